@@ -1,0 +1,312 @@
+//! The application: collects subscribers, connects them to a cluster (or the
+//! embedded one), runs them, and shuts them down gracefully.
+
+use std::sync::Arc;
+
+use clap::Parser as _;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{self, Cli, DEFAULT_BROKERS, EMBEDDED};
+use crate::consumer::{self, Runner};
+use crate::dispatch::{Stats, StatsSnapshot};
+use crate::embedded::EmbeddedCluster;
+use crate::subscriber::Subscriber;
+use crate::Error;
+
+/// Builds and starts a set of subscribers.
+///
+/// `kconc_runtime::main!()` uses it with every `#[subscriber]` of the program;
+/// programs with their own `main` and tests use it directly:
+///
+/// ```no_run
+/// # async fn f() -> Result<(), kconc_runtime::Error> {
+/// use kconc_runtime::{App, Message, Subscriber};
+/// let app = App::from_registry()
+///     .brokers("localhost:9092")
+///     .subscriber(Subscriber::new("audit", ["orders"], "audit", |m: Message| async move {
+///         println!("{}", m.offset());
+///     }));
+/// app.run().await // until SIGINT/SIGTERM
+/// # }
+/// ```
+#[derive(Debug, Default)]
+pub struct App {
+    brokers: Option<String>,
+    properties: Vec<(String, String)>,
+    subscribers: Vec<Subscriber>,
+    only: Vec<String>,
+    embedded_partitions: Option<i32>,
+}
+
+impl App {
+    /// An application with no subscribers yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// An application with every subscriber registered by `#[subscriber]`.
+    pub fn from_registry() -> Self {
+        Self {
+            subscribers: crate::registry::registered(),
+            ..Self::default()
+        }
+    }
+
+    /// Applies the command line and environment of a generated `main`
+    /// (flags and environment override what was set in code).
+    pub fn configure(mut self, cli: &Cli) -> Self {
+        if let Some(b) = &cli.brokers {
+            self.brokers = Some(b.clone());
+        }
+        self.properties.extend(config::env_properties());
+        self.properties.extend(cli.properties.iter().cloned());
+        self.only.extend(cli.only.iter().cloned());
+        self.embedded_partitions = Some(cli.embedded_partitions);
+        self
+    }
+
+    /// Kafka bootstrap servers, or `"embedded"` for the in-process mock cluster.
+    #[must_use]
+    pub fn brokers(mut self, brokers: impl Into<String>) -> Self {
+        self.brokers = Some(brokers.into());
+        self
+    }
+
+    /// The brokers this app will use unless told otherwise (a `main` that
+    /// wants `embedded` by default calls this before [`App::configure`]).
+    #[must_use]
+    pub fn default_brokers(mut self, brokers: impl Into<String>) -> Self {
+        if self.brokers.is_none() {
+            self.brokers = Some(brokers.into());
+        }
+        self
+    }
+
+    /// Sets a librdkafka property for every subscriber's consumer.
+    #[must_use]
+    pub fn property(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.properties.push((key.into(), value.into()));
+        self
+    }
+
+    /// Adds a subscriber built in code.
+    #[must_use]
+    pub fn subscriber(mut self, subscriber: Subscriber) -> Self {
+        self.subscribers.push(subscriber);
+        self
+    }
+
+    /// Runs only the subscribers with these names.
+    #[must_use]
+    pub fn only<I, S>(mut self, names: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.only.extend(names.into_iter().map(Into::into));
+        self
+    }
+
+    /// Partitions of each topic created on the embedded cluster (default 4).
+    #[must_use]
+    pub fn embedded_partitions(mut self, n: i32) -> Self {
+        self.embedded_partitions = Some(n);
+        self
+    }
+
+    /// The subscribers that will run, after `only`.
+    pub fn subscribers(&self) -> impl Iterator<Item = &Subscriber> {
+        self.subscribers
+            .iter()
+            .filter(|s| self.only.is_empty() || self.only.iter().any(|n| n == &s.name))
+    }
+
+    /// Starts every subscriber and returns at once. Must be called within a
+    /// tokio runtime (handlers run on it). Fails, naming the setting, on
+    /// invalid configuration; with `embedded` brokers it first starts the mock
+    /// cluster and creates the subscribed topics on it.
+    pub fn start(self) -> Result<Running, Error> {
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| Error::NoRuntime)?;
+        if let Some(missing) = self
+            .only
+            .iter()
+            .find(|n| !self.subscribers.iter().any(|s| &&s.name == n))
+        {
+            let known: Vec<&str> = self.subscribers.iter().map(|s| s.name.as_str()).collect();
+            return Err(Error::Config(format!(
+                "--only `{missing}`: no subscriber has that name (known: {})",
+                known.join(", ")
+            )));
+        }
+        let subs: Vec<&Subscriber> = self.subscribers().collect();
+        if subs.is_empty() {
+            return Err(Error::Config(
+                "no subscribers to run: add #[subscriber] handlers or App::subscriber".into(),
+            ));
+        }
+        for s in &subs {
+            s.validate()?;
+        }
+        let brokers = self.brokers.clone().unwrap_or_else(|| DEFAULT_BROKERS.to_owned());
+        let (embedded, bootstrap) = if brokers.trim() == EMBEDDED {
+            let cluster = EmbeddedCluster::start(1)?;
+            let partitions = self.embedded_partitions.unwrap_or(4);
+            for s in &subs {
+                for t in &s.topics {
+                    cluster.create_topic(t, partitions)?;
+                }
+            }
+            tracing::warn!(
+                bootstrap = cluster.bootstrap_servers(),
+                "EMBEDDED BROKER: using librdkafka's in-process mock cluster, NOT a real Kafka cluster; \
+                 data lives in memory and vanishes when the process exits. Set --brokers or KCONC_BROKERS for a real one."
+            );
+            let b = cluster.bootstrap_servers().to_owned();
+            (Some(cluster), b)
+        } else if brokers.trim().is_empty() {
+            return Err(Error::Config("`brokers` (KCONC_BROKERS / --brokers) is empty".into()));
+        } else {
+            (None, brokers)
+        };
+        let token = CancellationToken::new();
+        let mut runners = Vec::new();
+        for s in subs {
+            let cfg = config::consumer_config(&bootstrap, s, &self.properties);
+            match consumer::start(s, cfg, token.child_token(), runtime.clone()) {
+                Ok(r) => runners.push(r),
+                Err(e) => {
+                    token.cancel();
+                    return Err(e);
+                }
+            }
+        }
+        Ok(Running {
+            token,
+            runners,
+            embedded,
+            bootstrap,
+        })
+    }
+
+    /// Starts every subscriber and runs until SIGINT or SIGTERM, then shuts
+    /// down gracefully (a second signal exits at once).
+    pub async fn run(self) -> Result<(), Error> {
+        let running = self.start()?;
+        let signal = crate::signal::wait_for_signal();
+        tokio::pin!(signal);
+        let shutdown = running.shutdown_handle();
+        tokio::select! {
+            s = &mut signal => {
+                let name = s?;
+                tracing::info!(signal = name, "shutting down: draining in-flight handlers (send it again to exit at once)");
+                crate::signal::exit_on_second_signal();
+            }
+            () = shutdown.token.cancelled() => {}
+        }
+        running.shutdown().await;
+        Ok(())
+    }
+}
+
+/// Subscribers that are running.
+#[derive(Debug)]
+pub struct Running {
+    token: CancellationToken,
+    runners: Vec<Runner>,
+    embedded: Option<EmbeddedCluster>,
+    bootstrap: String,
+}
+
+/// Starts a graceful shutdown of a [`Running`] app from anywhere.
+#[derive(Clone, Debug)]
+pub struct ShutdownHandle {
+    token: CancellationToken,
+}
+
+impl ShutdownHandle {
+    /// Stops fetching; in-flight handlers get up to `shutdown_timeout` to finish.
+    pub fn shutdown(&self) {
+        self.token.cancel();
+    }
+
+    /// Whether shutdown has begun.
+    pub fn is_shutting_down(&self) -> bool {
+        self.token.is_cancelled()
+    }
+}
+
+impl Running {
+    /// A handle that starts the shutdown.
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        ShutdownHandle {
+            token: self.token.clone(),
+        }
+    }
+
+    /// The bootstrap servers in use (the embedded cluster's, if embedded).
+    pub fn bootstrap_servers(&self) -> &str {
+        &self.bootstrap
+    }
+
+    /// The embedded cluster, when the brokers are `embedded`.
+    pub fn embedded(&self) -> Option<&EmbeddedCluster> {
+        self.embedded.as_ref()
+    }
+
+    /// Counters of the subscriber named `name`.
+    pub fn stats(&self, name: &str) -> Option<StatsSnapshot> {
+        self.runners.iter().find(|r| r.name == name).map(|r| r.stats.snapshot())
+    }
+
+    /// Counters of all subscribers, summed.
+    pub fn total_stats(&self) -> StatsSnapshot {
+        let all: Vec<Arc<Stats>> = self.runners.iter().map(|r| r.stats.clone()).collect();
+        all.iter()
+            .map(|s| s.snapshot())
+            .fold(StatsSnapshot::default(), |a, b| StatsSnapshot {
+                dispatched: a.dispatched + b.dispatched,
+                handled: a.handled + b.handled,
+                failed: a.failed + b.failed,
+                panicked: a.panicked + b.panicked,
+                commits: a.commits + b.commits,
+                commit_failures: a.commit_failures + b.commit_failures,
+            })
+    }
+
+    /// Shuts down gracefully: stops fetching, waits up to each subscriber's
+    /// `shutdown_timeout` for in-flight handlers, commits, and leaves the
+    /// group. Returns when every subscriber has stopped.
+    pub async fn shutdown(self) -> Option<EmbeddedCluster> {
+        self.token.cancel();
+        self.wait().await
+    }
+
+    /// Waits until every subscriber has stopped (after a shutdown). Returns
+    /// the embedded cluster, if any, so a caller can still inspect it.
+    pub async fn wait(self) -> Option<EmbeddedCluster> {
+        for r in self.runners {
+            let _ = r.done.await;
+        }
+        self.embedded
+    }
+}
+
+/// The `main` generated by `kconc_runtime::main!()`.
+pub(crate) fn run_main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    config::init_tracing();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the tokio runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(App::from_registry().configure(&cli).run()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,758 @@
+//! The consumer: one poll thread per subscriber owns the rdkafka consumer and
+//! the engine state (which partitions are assigned, which messages wait for a
+//! handler slot, which run, which have finished). It polls, queues, starts
+//! handlers in arrival order up to `concurrency`, applies completions, asks
+//! the committer to commit, and serves rebalance callbacks (which librdkafka
+//! runs inside `poll`, on this thread, so waiting in them blocks no async
+//! worker).
+//!
+//! Backpressure: each assigned partition's messages are split into their own
+//! librdkafka queue when it is assigned. The loop reads a partition's queue
+//! only while fewer than `max_buffered` messages wait for a slot; an unread
+//! partition stays in librdkafka's bounded prefetch buffer, which stops
+//! fetching it when full. The consumer's own queue, which carries rebalances
+//! and errors, is polled on every turn whatever the backlog, so the member
+//! never exceeds `max.poll.interval.ms` because handlers are slow. (Pausing
+//! would do the same but purges the prefetched messages, and every resume
+//! then waits up to `fetch.wait.max.ms` for a refetch.)
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::{Duration, Instant};
+
+use rdkafka::client::ClientContext;
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::consumer::base_consumer::PartitionQueue;
+use rdkafka::consumer::{BaseConsumer, Consumer as _, ConsumerContext, Rebalance};
+use rdkafka::error::KafkaError;
+use rdkafka::message::BorrowedMessage;
+use rdkafka::{ClientConfig, Message as _, TopicPartitionList};
+use tokio_util::sync::CancellationToken;
+
+use crate::commit::{CommitRequest, Committer, PartitionKey};
+use crate::dispatch::{Dispatcher, Event, PartitionSlot, Stats};
+use crate::message::Message;
+use crate::offsets::OffsetTracker;
+use crate::subscriber::Subscriber;
+use crate::Error;
+
+/// How long the poll thread sleeps when nothing happens (it is woken earlier
+/// by a completion or by librdkafka when the queue becomes non-empty).
+const IDLE_WAIT: Duration = Duration::from_millis(100);
+/// Events or messages polled from the consumer's own queue in one turn.
+const POLL_BATCH: usize = 1024;
+/// Messages read from one partition's queue before the next partition's turn.
+const PARTITION_BATCH: usize = 64;
+/// How long the final commit of a shutdown may take.
+const FINAL_COMMIT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The rdkafka context of a kconc consumer: routes librdkafka's logs into
+/// `tracing` and runs the engine's rebalance handling.
+pub(crate) struct KconcContext {
+    subscriber: Arc<str>,
+    engine: Mutex<Option<Engine>>,
+}
+
+impl std::fmt::Debug for PartitionState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PartitionState")
+            .field("epoch", &self.epoch)
+            .field("running", &self.running)
+            .field("split", &self.queue.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for KconcContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KconcContext")
+            .field("subscriber", &self.subscriber)
+            .finish_non_exhaustive()
+    }
+}
+
+impl KconcContext {
+    fn engine(&self) -> MutexGuard<'_, Option<Engine>> {
+        // Only the poll thread takes this lock; a poisoned lock means a bug
+        // panicked while holding it, and its state is still the best we have.
+        self.engine.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl ClientContext for KconcContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        let sub = &*self.subscriber;
+        match level {
+            RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical | RDKafkaLogLevel::Error => {
+                tracing::error!(subscriber = sub, facility = fac, "librdkafka: {log_message}");
+            }
+            RDKafkaLogLevel::Warning => tracing::warn!(subscriber = sub, facility = fac, "librdkafka: {log_message}"),
+            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
+                tracing::info!(subscriber = sub, facility = fac, "librdkafka: {log_message}");
+            }
+            RDKafkaLogLevel::Debug => tracing::debug!(subscriber = sub, facility = fac, "librdkafka: {log_message}"),
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::warn!(subscriber = &*self.subscriber, error = %error, "librdkafka: {reason}");
+    }
+}
+
+impl ConsumerContext for KconcContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Revoke(tpl) => {
+                if let Some(engine) = self.engine().as_mut() {
+                    engine.revoke(consumer, tpl);
+                }
+            }
+            // Before librdkafka assigns and starts fetching, so that no
+            // message of these partitions reaches the consumer's own queue.
+            Rebalance::Assign(tpl) => {
+                if let Some(engine) = self.engine().as_mut() {
+                    engine.assign(tpl);
+                }
+            }
+            Rebalance::Error(e) => {
+                tracing::warn!(subscriber = &*self.subscriber, error = %e, "rebalance error");
+            }
+        }
+    }
+}
+
+/// The settings the engine reads on every message, copied out of [`Subscriber`].
+#[derive(Debug)]
+struct Settings {
+    name: Arc<str>,
+    group: String,
+    /// Handlers running at once, at most.
+    concurrency: usize,
+    /// Messages waiting for a handler slot, at most (partitions pause there).
+    max_buffered: usize,
+    commit_batch_size: usize,
+    commit_interval: Duration,
+    shutdown_timeout: Duration,
+    revoke_timeout: Duration,
+}
+
+#[derive(Debug)]
+struct TopicState {
+    name: Arc<str>,
+    partitions: HashMap<i32, PartitionState>,
+}
+
+struct PartitionState {
+    epoch: u64,
+    offsets: OffsetTracker,
+    /// Handlers of this partition running now.
+    running: usize,
+    /// This partition's own message queue (see the module docs).
+    queue: Option<PartitionQueue<KconcContext>>,
+    /// The last position handed to the committer.
+    requested: Option<i64>,
+}
+
+/// Everything the poll thread knows. Lives in the consumer's context so the
+/// rebalance callbacks reach it; only the poll thread ever locks it.
+struct Engine {
+    settings: Settings,
+    topics: Vec<TopicState>,
+    events: Receiver<Event>,
+    dispatcher: Dispatcher,
+    committer: Committer,
+    /// The consumer, to split partition queues off it (weak: the consumer
+    /// owns this engine through its context).
+    consumer: Weak<BaseConsumer<KconcContext>>,
+    /// Wakes the poll loop when a partition queue gets messages.
+    wake: mpsc::Sender<Event>,
+    /// Assigned partitions in the order their queues are read; the start
+    /// rotates so that no partition is always served first.
+    order: Vec<(usize, i32)>,
+    next_turn: usize,
+    next_epoch: u64,
+    /// Messages waiting for a handler slot, in arrival order (so each
+    /// partition's messages start in offset order).
+    waiting: VecDeque<(PartitionSlot, Message)>,
+    /// Handlers running now, all partitions.
+    running: usize,
+    finished_since_commit: usize,
+    last_commit: Instant,
+    /// Shutdown has begun: nothing more is dispatched.
+    closing: bool,
+}
+
+impl Engine {
+    fn topic_index(&mut self, name: &str) -> usize {
+        if let Some(i) = self.topics.iter().position(|t| &*t.name == name) {
+            return i;
+        }
+        self.topics.push(TopicState {
+            name: Arc::from(name),
+            partitions: HashMap::new(),
+        });
+        self.topics.len() - 1
+    }
+
+    fn new_partition(&mut self) -> PartitionState {
+        self.next_epoch += 1;
+        PartitionState {
+            epoch: self.next_epoch,
+            offsets: OffsetTracker::default(),
+            running: 0,
+            queue: None,
+            requested: None,
+        }
+    }
+
+    fn assign(&mut self, tpl: &TopicPartitionList) {
+        if tpl.count() == 0 {
+            return;
+        }
+        let consumer = self.consumer.upgrade();
+        for el in tpl.elements() {
+            let t = self.topic_index(el.topic());
+            let mut state = self.new_partition();
+            if let Some(consumer) = &consumer {
+                state.queue = consumer.split_partition_queue(el.topic(), el.partition()).map(|mut q| {
+                    let wake = self.wake.clone();
+                    q.set_nonempty_callback(move || {
+                        let _ = wake.send(Event::Wake);
+                    });
+                    q
+                });
+            }
+            if state.queue.is_none() {
+                tracing::warn!(
+                    subscriber = &*self.settings.name,
+                    topic = el.topic(),
+                    partition = el.partition(),
+                    "could not split the partition's queue; its messages come through the consumer queue"
+                );
+            }
+            self.topics[t].partitions.insert(el.partition(), state);
+        }
+        self.rebuild_order();
+        tracing::info!(
+            subscriber = &*self.settings.name,
+            group = self.settings.group,
+            partitions = %describe(tpl),
+            "partitions assigned"
+        );
+    }
+
+    fn rebuild_order(&mut self) {
+        self.order = self.all_partitions();
+        self.order.sort_unstable();
+    }
+
+    /// Stops dispatching the revoked partitions, waits (bounded) for their
+    /// in-flight handlers, commits their finished prefix synchronously and
+    /// drops their state. Other partitions keep running meanwhile.
+    fn revoke(&mut self, consumer: &BaseConsumer<KconcContext>, tpl: &TopicPartitionList) {
+        if tpl.count() == 0 {
+            return;
+        }
+        let started = Instant::now();
+        let mut revoked = Vec::new();
+        for el in tpl.elements() {
+            if let Some(t) = self.topics.iter().position(|t| &*t.name == el.topic()) {
+                if self.topics[t].partitions.contains_key(&el.partition()) {
+                    revoked.push((t, el.partition()));
+                }
+            }
+        }
+        // Messages of the revoked partitions that have not started never will
+        // here: the new owner reads them again from the committed offset.
+        self.waiting
+            .retain(|(slot, _)| !revoked.contains(&(slot.topic, slot.partition)));
+        let deadline = started + self.settings.revoke_timeout;
+        while self.in_flight(&revoked) > 0 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() || !self.wait_event(left) {
+                tracing::warn!(
+                    subscriber = &*self.settings.name,
+                    still_running = self.in_flight(&revoked),
+                    "revoke timeout: committing what finished; the rest will be redelivered to the new owner"
+                );
+                break;
+            }
+        }
+        let positions = self.positions(&revoked);
+        let keys: Vec<PartitionKey> = revoked.iter().map(|&(t, p)| self.key(t, p)).collect();
+        let lost = consumer.assignment_lost();
+        if lost {
+            tracing::warn!(
+                subscriber = &*self.settings.name,
+                "assignment lost (session expired): not committing the revoked partitions"
+            );
+            self.committer.request(CommitRequest::Positions(Vec::new()));
+        } else {
+            self.committer.request(CommitRequest::Positions(positions));
+        }
+        let result = self.committer.flush(keys, self.settings.revoke_timeout);
+        for &(t, p) in &revoked {
+            self.topics[t].partitions.remove(&p);
+        }
+        self.rebuild_order();
+        match result {
+            Ok(()) => tracing::info!(
+                subscriber = &*self.settings.name,
+                group = self.settings.group,
+                partitions = %describe(tpl),
+                took_ms = started.elapsed().as_millis() as u64,
+                "partitions revoked; finished prefix committed"
+            ),
+            Err(e) => tracing::warn!(
+                subscriber = &*self.settings.name,
+                group = self.settings.group,
+                partitions = %describe(tpl),
+                error = %e,
+                "partitions revoked; the commit of their finished prefix failed, so the new owner may redeliver some"
+            ),
+        }
+    }
+
+    fn key(&self, t: usize, partition: i32) -> PartitionKey {
+        PartitionKey {
+            topic: self.topics[t].name.clone(),
+            partition,
+        }
+    }
+
+    fn in_flight(&self, parts: &[(usize, i32)]) -> usize {
+        parts
+            .iter()
+            .filter_map(|&(t, p)| self.topics[t].partitions.get(&p))
+            .map(|p| p.running)
+            .sum()
+    }
+
+    /// Positions that moved since they were last handed to the committer.
+    fn positions(&mut self, parts: &[(usize, i32)]) -> Vec<(PartitionKey, u64, i64)> {
+        let mut out = Vec::new();
+        for &(t, p) in parts {
+            let name = self.topics[t].name.clone();
+            if let Some(ps) = self.topics[t].partitions.get_mut(&p) {
+                if let Some(pos) = ps.offsets.committable() {
+                    if ps.requested.is_none_or(|r| pos > r) {
+                        ps.requested = Some(pos);
+                        out.push((
+                            PartitionKey {
+                                topic: name,
+                                partition: p,
+                            },
+                            ps.epoch,
+                            pos,
+                        ));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn all_partitions(&self) -> Vec<(usize, i32)> {
+        self.topics
+            .iter()
+            .enumerate()
+            .flat_map(|(t, ts)| ts.partitions.keys().map(move |&p| (t, p)))
+            .collect()
+    }
+
+    /// Queues a message that came through the consumer's own queue (a
+    /// partition whose queue could not be split).
+    fn dispatch(&mut self, msg: &BorrowedMessage<'_>) {
+        if self.closing {
+            return;
+        }
+        let t = self.topic_index(msg.topic());
+        let partition = msg.partition();
+        if !self.topics[t].partitions.contains_key(&partition) {
+            let state = self.new_partition();
+            self.topics[t].partitions.insert(partition, state);
+            self.rebuild_order();
+        }
+        let msg = Message::detach(self.topics[t].name.clone(), msg);
+        self.enqueue(t, msg);
+    }
+
+    fn enqueue(&mut self, t: usize, msg: Message) {
+        let Some(ps) = self.topics[t].partitions.get_mut(&msg.partition()) else {
+            return;
+        };
+        if !ps.offsets.dispatched(msg.offset()) {
+            return;
+        }
+        let slot = PartitionSlot {
+            topic: t,
+            partition: msg.partition(),
+            epoch: ps.epoch,
+        };
+        self.waiting.push_back((slot, msg));
+    }
+
+    /// Reads partition queues, a batch from each in turn, while fewer than
+    /// `max_buffered` messages wait. Returns how many it read.
+    fn fill(&mut self) -> usize {
+        if self.closing || self.order.is_empty() {
+            return 0;
+        }
+        let mut read = 0;
+        loop {
+            let mut progress = false;
+            let n = self.order.len();
+            for i in 0..n {
+                let (t, p) = self.order[(self.next_turn + i) % n];
+                for _ in 0..PARTITION_BATCH {
+                    if self.waiting.len() >= self.settings.max_buffered {
+                        // The next turn starts after this partition, so a
+                        // deep partition cannot starve the others.
+                        self.next_turn = (self.next_turn + i + 1) % n;
+                        return read;
+                    }
+                    let name = self.topics[t].name.clone();
+                    let polled = match self.topics[t].partitions.get(&p).and_then(|ps| ps.queue.as_ref()) {
+                        Some(q) => match q.poll(Duration::ZERO) {
+                            Some(Ok(m)) => Ok(Message::detach(name, &m)),
+                            Some(Err(e)) => Err(Some(e)),
+                            None => Err(None),
+                        },
+                        None => Err(None),
+                    };
+                    match polled {
+                        Ok(msg) => {
+                            self.enqueue(t, msg);
+                            read += 1;
+                            progress = true;
+                        }
+                        Err(Some(e)) => {
+                            tracing::warn!(subscriber = &*self.settings.name, topic = &*self.topics[t].name, partition = p, error = %e, "fetch error");
+                            break;
+                        }
+                        Err(None) => break,
+                    }
+                }
+            }
+            self.next_turn = (self.next_turn + 1) % n;
+            if !progress {
+                return read;
+            }
+        }
+    }
+
+    /// Starts waiting messages, oldest first, while slots are free.
+    fn start_ready(&mut self) {
+        while self.running < self.settings.concurrency {
+            let Some((slot, msg)) = self.waiting.pop_front() else {
+                return;
+            };
+            if let Some(ps) = self.topics[slot.topic].partitions.get_mut(&slot.partition) {
+                ps.running += 1;
+            }
+            self.running += 1;
+            self.dispatcher.spawn(slot, msg);
+        }
+    }
+
+    fn on_event(&mut self, ev: Event) {
+        let Event::Done(c) = ev else { return };
+        self.running = self.running.saturating_sub(1);
+        let Some(ts) = self.topics.get_mut(c.slot.topic) else {
+            return;
+        };
+        let Some(ps) = ts.partitions.get_mut(&c.slot.partition) else {
+            return;
+        };
+        if ps.epoch != c.slot.epoch {
+            return;
+        }
+        ps.running = ps.running.saturating_sub(1);
+        ps.offsets.finished(c.offset);
+        self.finished_since_commit += 1;
+    }
+
+    /// Applies every event already queued; returns how many there were.
+    fn drain_events(&mut self) -> usize {
+        let mut n = 0;
+        while let Ok(ev) = self.events.try_recv() {
+            self.on_event(ev);
+            n += 1;
+        }
+        n
+    }
+
+    /// Waits up to `timeout` for one event, then drains the rest.
+    /// Returns `false` on timeout.
+    fn wait_event(&mut self, timeout: Duration) -> bool {
+        match self.events.recv_timeout(timeout) {
+            Ok(ev) => {
+                self.on_event(ev);
+                self.drain_events();
+                true
+            }
+            Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => false,
+        }
+    }
+
+    fn maybe_commit(&mut self, force: bool) {
+        let due = self.finished_since_commit >= self.settings.commit_batch_size
+            || (self.finished_since_commit > 0 && self.last_commit.elapsed() >= self.settings.commit_interval);
+        if !(due || force) {
+            return;
+        }
+        let parts = self.all_partitions();
+        let positions = self.positions(&parts);
+        self.finished_since_commit = 0;
+        self.last_commit = Instant::now();
+        if !positions.is_empty() {
+            self.committer.request(CommitRequest::Positions(positions));
+        }
+    }
+}
+
+fn describe(tpl: &TopicPartitionList) -> String {
+    let mut parts: Vec<String> = tpl
+        .elements()
+        .iter()
+        .map(|e| format!("{}[{}]", e.topic(), e.partition()))
+        .collect();
+    parts.sort();
+    parts.join(",")
+}
+
+/// A running subscriber's poll thread.
+#[derive(Debug)]
+pub(crate) struct Runner {
+    pub(crate) name: String,
+    pub(crate) stats: Arc<Stats>,
+    pub(crate) done: tokio::sync::oneshot::Receiver<()>,
+}
+
+/// Creates the consumer, subscribes, and starts the poll thread.
+pub(crate) fn start(
+    sub: &Subscriber,
+    config: ClientConfig,
+    shutdown: CancellationToken,
+    runtime: tokio::runtime::Handle,
+) -> Result<Runner, Error> {
+    let name: Arc<str> = Arc::from(sub.name.as_str());
+    let context = KconcContext {
+        subscriber: name.clone(),
+        engine: Mutex::new(None),
+    };
+    let mut consumer: BaseConsumer<KconcContext> = config
+        .create_with_context(context)
+        .map_err(|e| Error::from_client_creation(&sub.name, e))?;
+    let (events_tx, events_rx) = mpsc::channel();
+    let wake = events_tx.clone();
+    consumer.set_nonempty_callback(move || {
+        let _ = wake.send(Event::Wake);
+    });
+    let topics: Vec<&str> = sub.topics.iter().map(String::as_str).collect();
+    consumer.subscribe(&topics).map_err(|source| Error::Kafka {
+        subscriber: sub.name.clone(),
+        source,
+    })?;
+    let consumer = Arc::new(consumer);
+    let stats = Arc::new(Stats::default());
+    let committer = Committer::spawn(&sub.name, sub.group.clone(), consumer.clone(), stats.clone())
+        .map_err(|e| Error::Thread(sub.name.clone(), e))?;
+    let wake = events_tx.clone();
+    let engine = Engine {
+        settings: Settings {
+            name: name.clone(),
+            group: sub.group.clone(),
+            concurrency: sub.concurrency,
+            max_buffered: sub.effective_max_buffered(),
+            commit_batch_size: sub.commit_batch_size,
+            commit_interval: sub.commit_interval,
+            shutdown_timeout: sub.shutdown_timeout,
+            revoke_timeout: sub.revoke_timeout,
+        },
+        topics: Vec::new(),
+        events: events_rx,
+        dispatcher: Dispatcher {
+            subscriber: name.clone(),
+            handler: sub.handler.clone(),
+            events: events_tx,
+            stats: stats.clone(),
+            runtime,
+        },
+        committer,
+        consumer: Arc::downgrade(&consumer),
+        wake,
+        order: Vec::new(),
+        next_turn: 0,
+        next_epoch: 0,
+        waiting: VecDeque::new(),
+        running: 0,
+        finished_since_commit: 0,
+        last_commit: Instant::now(),
+        closing: false,
+    };
+    *consumer.context().engine() = Some(engine);
+    let (done_tx, done) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name(format!("kconc-poll-{}", sub.name))
+        .spawn(move || {
+            poll_loop(&consumer, &shutdown);
+            close(consumer);
+            let _ = done_tx.send(());
+        })
+        .map_err(|e| Error::Thread(sub.name.clone(), e))?;
+    tracing::info!(subscriber = &*name, group = sub.group, topics = ?sub.topics, concurrency = sub.concurrency, "subscriber started");
+    Ok(Runner {
+        name: sub.name.clone(),
+        stats,
+        done,
+    })
+}
+
+fn with_engine<R>(consumer: &BaseConsumer<KconcContext>, f: impl FnOnce(&mut Engine) -> R) -> Option<R> {
+    consumer.context().engine().as_mut().map(f)
+}
+
+fn poll_loop(consumer: &BaseConsumer<KconcContext>, shutdown: &CancellationToken) {
+    while !shutdown.is_cancelled() {
+        // Rebalances and errors (and the messages of any unsplit partition):
+        // served on every turn, however far behind the handlers are.
+        let mut polled = 0;
+        for _ in 0..POLL_BATCH {
+            match consumer.poll(Duration::ZERO) {
+                Some(Ok(msg)) => {
+                    with_engine(consumer, |e| e.dispatch(&msg));
+                    polled += 1;
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(subscriber = &*consumer.context().subscriber, error = %e, "consumer error");
+                }
+                None => break,
+            }
+        }
+        with_engine(consumer, |e| {
+            let mut events = e.drain_events();
+            loop {
+                e.start_ready();
+                let read = e.fill();
+                e.start_ready();
+                polled += read;
+                if read == 0 {
+                    break;
+                }
+                events += e.drain_events();
+            }
+            e.maybe_commit(false);
+            if polled == 0 && events == 0 {
+                e.wait_event(IDLE_WAIT);
+                e.start_ready();
+                e.maybe_commit(false);
+            }
+        });
+    }
+    drain_on_shutdown(consumer);
+}
+
+/// Stops fetching, waits up to `shutdown_timeout` for in-flight handlers
+/// (polling meanwhile so rebalances are still served), then commits.
+fn drain_on_shutdown(consumer: &BaseConsumer<KconcContext>) {
+    let started = Instant::now();
+    let Some(deadline) = with_engine(consumer, |e| {
+        e.closing = true;
+        // Messages that have not started are read again after a restart.
+        e.waiting.clear();
+        started + e.settings.shutdown_timeout
+    }) else {
+        return;
+    };
+    loop {
+        let still = with_engine(consumer, |e| {
+            e.drain_events();
+            let left = deadline.saturating_duration_since(Instant::now());
+            if e.running > 0 && !left.is_zero() {
+                e.wait_event(left.min(IDLE_WAIT));
+            }
+            e.running
+        })
+        .unwrap_or(0);
+        if still == 0 {
+            break;
+        }
+        if Instant::now() >= deadline {
+            tracing::warn!(
+                subscriber = &*consumer.context().subscriber,
+                still_running = still,
+                "shutdown timeout: committing what finished; unfinished messages will be redelivered"
+            );
+            break;
+        }
+        // Serve rebalance callbacks; a message polled now is not dispatched.
+        let _ = consumer.poll(Duration::ZERO);
+    }
+    final_commit(consumer, started);
+}
+
+/// Commits every finished prefix, retrying (and polling in between, so a
+/// rebalance in progress can complete and give the member its new
+/// generation) until it succeeds or `FINAL_COMMIT_TIMEOUT` passes.
+fn final_commit(consumer: &BaseConsumer<KconcContext>, started: Instant) {
+    let deadline = Instant::now() + FINAL_COMMIT_TIMEOUT;
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let Some(result) = with_engine(consumer, |e| {
+            e.maybe_commit(true);
+            e.committer.flush(Vec::new(), left)
+        }) else {
+            return;
+        };
+        let name = consumer.context().subscriber.clone();
+        match result {
+            Ok(()) => {
+                tracing::info!(
+                    subscriber = &*name,
+                    took_ms = started.elapsed().as_millis() as u64,
+                    "shutdown: in-flight handlers drained and offsets committed"
+                );
+                return;
+            }
+            Err(err) if Instant::now() + backoff >= deadline => {
+                tracing::warn!(
+                    subscriber = &*name,
+                    error = %err,
+                    "shutdown: final commit failed; uncommitted messages will be redelivered"
+                );
+                return;
+            }
+            Err(err) => {
+                tracing::debug!(subscriber = &*name, error = %err, "shutdown: final commit failed; retrying");
+                let until = Instant::now() + backoff;
+                while Instant::now() < until {
+                    let _ = consumer.poll(until.saturating_duration_since(Instant::now()));
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+            }
+        }
+    }
+}
+
+/// Takes the engine out of the context (which stops the committer and breaks
+/// the consumer -> context -> committer -> consumer cycle), then drops the
+/// consumer, which leaves the group.
+fn close(consumer: Arc<BaseConsumer<KconcContext>>) {
+    let engine = consumer.context().engine().take();
+    if let Some(engine) = engine {
+        engine.committer.stop();
+    }
+    let started = Instant::now();
+    let refs = Arc::strong_count(&consumer);
+    let name = consumer.context().subscriber.clone();
+    drop(consumer);
+    tracing::debug!(
+        subscriber = &*name,
+        refs,
+        took_ms = started.elapsed().as_millis() as u64,
+        "consumer closed"
+    );
+}

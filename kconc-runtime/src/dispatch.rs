@@ -1,0 +1,132 @@
+//! Dispatch: runs the handler for one message as a tokio task, catches its
+//! errors and panics, and reports back to the poll loop that it finished.
+//! The poll loop decides when a message may start (its concurrency bound).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::Sender;
+use std::sync::Arc;
+
+use crate::handler::{Handler, Outcome};
+use crate::message::Message;
+
+/// Counters of one subscriber, readable while it runs.
+#[derive(Debug, Default)]
+pub(crate) struct Stats {
+    /// Messages handed to handler tasks.
+    pub dispatched: AtomicU64,
+    /// Handler calls that returned success.
+    pub handled: AtomicU64,
+    /// Handler calls that returned an error.
+    pub failed: AtomicU64,
+    /// Handler calls that panicked.
+    pub panicked: AtomicU64,
+    /// Successful offset commits.
+    pub commits: AtomicU64,
+    /// Failed offset commits (each retried with the newest positions).
+    pub commit_failures: AtomicU64,
+}
+
+/// A snapshot of [`Stats`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StatsSnapshot {
+    /// Messages handed to handler tasks.
+    pub dispatched: u64,
+    /// Handler calls that returned success.
+    pub handled: u64,
+    /// Handler calls that returned an error.
+    pub failed: u64,
+    /// Handler calls that panicked.
+    pub panicked: u64,
+    /// Successful offset commits.
+    pub commits: u64,
+    /// Failed offset commits.
+    pub commit_failures: u64,
+}
+
+impl Stats {
+    /// Reads every counter.
+    pub(crate) fn snapshot(&self) -> StatsSnapshot {
+        let r = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        StatsSnapshot {
+            dispatched: r(&self.dispatched),
+            handled: r(&self.handled),
+            failed: r(&self.failed),
+            panicked: r(&self.panicked),
+            commits: r(&self.commits),
+            commit_failures: r(&self.commit_failures),
+        }
+    }
+}
+
+/// An event for the poll loop: a handler task ended, or the consumer's queue
+/// has something to poll.
+#[derive(Debug)]
+pub(crate) enum Event {
+    Done(Completion),
+    Wake,
+}
+
+/// A message finished: handled, or failed and given up on. Every started
+/// handler reports exactly once, so no offset can become a permanent floor.
+#[derive(Debug)]
+pub(crate) struct Completion {
+    pub(crate) slot: PartitionSlot,
+    pub(crate) offset: i64,
+}
+
+/// Where a partition's state lives in the poll loop, and which assignment
+/// (epoch) of it the message belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct PartitionSlot {
+    pub(crate) topic: usize,
+    pub(crate) partition: i32,
+    pub(crate) epoch: u64,
+}
+
+/// What every handler task of one subscriber shares.
+#[derive(Clone, Debug)]
+pub(crate) struct Dispatcher {
+    pub(crate) subscriber: Arc<str>,
+    pub(crate) handler: Handler,
+    pub(crate) events: Sender<Event>,
+    pub(crate) stats: Arc<Stats>,
+    pub(crate) runtime: tokio::runtime::Handle,
+}
+
+impl Dispatcher {
+    /// Spawns the task that handles one message and reports its completion.
+    pub(crate) fn spawn(&self, slot: PartitionSlot, msg: Message) {
+        self.stats.dispatched.fetch_add(1, Ordering::Relaxed);
+        let this = self.clone();
+        self.runtime.spawn(async move {
+            let offset = msg.offset();
+            this.run(msg).await;
+            // The poll loop keeps the receiver until shutdown has given up on
+            // running handlers; a failed send means nobody waits any more.
+            let _ = this.events.send(Event::Done(Completion { slot, offset }));
+        });
+    }
+
+    async fn run(&self, msg: Message) {
+        let (topic, partition, offset) = (msg.topic().to_owned(), msg.partition(), msg.offset());
+        match self.handler.call(msg).await {
+            Outcome::Ok => {
+                self.stats.handled.fetch_add(1, Ordering::Relaxed);
+            }
+            Outcome::Failed(error) => {
+                self.stats.failed.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    subscriber = %self.subscriber, topic, partition, offset, error = %error,
+                    "handler failed; the message counts as finished"
+                );
+            }
+            Outcome::Panicked(panic) => {
+                self.stats.panicked.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(
+                    subscriber = %self.subscriber, topic, partition, offset, panic,
+                    "handler panicked; the message counts as finished"
+                );
+            }
+        }
+    }
+}

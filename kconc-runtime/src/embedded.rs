@@ -1,0 +1,129 @@
+//! The embedded broker: librdkafka's in-process mock cluster, so examples and
+//! tests run on a machine with no Kafka. It is a real Kafka-protocol broker
+//! (consumer groups, offset commits, fault injection) but keeps everything in
+//! memory and disappears with the process. Not for production.
+
+use rdkafka::consumer::DefaultConsumerContext;
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{BaseProducer, DefaultProducerContext, Producer as _};
+use rdkafka::ClientConfig;
+
+use crate::Error;
+
+/// An in-process mock Kafka cluster.
+///
+/// Created by [`EmbeddedCluster::start`], or by an [`App`](crate::App) whose
+/// brokers are `embedded`. [`EmbeddedCluster::mock`] gives rdkafka's
+/// [`MockCluster`] for fault injection (broker down, request errors, ...).
+pub struct EmbeddedCluster {
+    // The cluster lives as long as this client (it was created with
+    // `test.mock.num.brokers`), which never sends anything itself.
+    owner: BaseProducer<DefaultProducerContext>,
+    bootstrap: String,
+}
+
+impl std::fmt::Debug for EmbeddedCluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmbeddedCluster")
+            .field("bootstrap", &self.bootstrap)
+            .finish_non_exhaustive()
+    }
+}
+
+impl EmbeddedCluster {
+    /// Starts a mock cluster of `brokers` brokers (at least 1).
+    ///
+    /// Consumer groups form at once: the usual 3 s initial rebalance delay of
+    /// the mock is turned off.
+    pub fn start(brokers: u32) -> Result<Self, Error> {
+        let owner: BaseProducer<DefaultProducerContext> = ClientConfig::new()
+            .set("test.mock.num.brokers", brokers.max(1).to_string())
+            .create()
+            .map_err(|e| Error::Embedded(e.to_string()))?;
+        let bootstrap = owner
+            .client()
+            .mock_cluster()
+            .ok_or_else(|| Error::Embedded("librdkafka did not create a mock cluster".into()))?
+            .bootstrap_servers();
+        no_initial_rebalance_delay(&owner);
+        Ok(Self { owner, bootstrap })
+    }
+
+    /// The `bootstrap.servers` value that reaches the cluster.
+    pub fn bootstrap_servers(&self) -> &str {
+        &self.bootstrap
+    }
+
+    /// rdkafka's handle on the cluster, for topic creation and fault injection.
+    pub fn mock(&self) -> MockCluster<'_, DefaultProducerContext> {
+        match self.owner.client().mock_cluster() {
+            Some(m) => m,
+            // `start` checked that the client has a cluster, and it keeps it.
+            None => unreachable!("the embedded cluster's client lost its mock cluster"),
+        }
+    }
+
+    /// Creates a topic with `partitions` partitions (the mock cluster has no
+    /// CreateTopics API; this calls it directly).
+    pub fn create_topic(&self, topic: &str, partitions: i32) -> Result<(), Error> {
+        self.mock()
+            .create_topic(topic, partitions, 1)
+            .map_err(|e| Error::Embedded(format!("cannot create topic `{topic}`: {e}")))
+    }
+
+    /// A client configuration pointing at this cluster.
+    pub fn client_config(&self) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &self.bootstrap);
+        c
+    }
+
+    /// Reads the committed offsets of `group` for `partitions` partitions of
+    /// `topic` (`None` where nothing is committed), without joining the group.
+    pub fn committed_offsets(&self, group: &str, topic: &str, partitions: i32) -> Result<Vec<Option<i64>>, Error> {
+        committed_offsets(&self.bootstrap, group, topic, partitions)
+    }
+}
+
+/// Reads the committed offsets of `group` on any cluster (see
+/// [`EmbeddedCluster::committed_offsets`]).
+pub fn committed_offsets(
+    bootstrap: &str,
+    group: &str,
+    topic: &str,
+    partitions: i32,
+) -> Result<Vec<Option<i64>>, Error> {
+    use rdkafka::consumer::{BaseConsumer, Consumer as _};
+    use rdkafka::{Offset, TopicPartitionList};
+    let consumer: BaseConsumer<DefaultConsumerContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .create()
+        .map_err(|e| Error::Embedded(e.to_string()))?;
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_range(topic, 0, partitions - 1);
+    let got = consumer
+        .committed_offsets(tpl, std::time::Duration::from_secs(10))
+        .map_err(|e| Error::Embedded(format!("cannot read committed offsets of `{group}`: {e}")))?;
+    Ok((0..partitions)
+        .map(|p| match got.find_partition(topic, p).map(|e| e.offset()) {
+            Some(Offset::Offset(o)) => Some(o),
+            _ => None,
+        })
+        .collect())
+}
+
+#[allow(unsafe_code)]
+fn no_initial_rebalance_delay(owner: &BaseProducer<DefaultProducerContext>) {
+    // SAFETY: `owner` is a live client created with `test.mock.num.brokers`,
+    // so `rd_kafka_handle_mock_cluster` returns its cluster (checked non-null
+    // below), which stays alive while `owner` does; the setter only stores an
+    // integer in the cluster under its lock.
+    unsafe {
+        let cluster = rdkafka::bindings::rd_kafka_handle_mock_cluster(owner.client().native_ptr());
+        if !cluster.is_null() {
+            rdkafka::bindings::rd_kafka_mock_group_initial_rebalance_delay_ms(cluster, 0);
+        }
+    }
+}

@@ -1,0 +1,56 @@
+//! Errors of starting and running an application.
+
+use rdkafka::error::KafkaError;
+
+/// Why an [`App`](crate::App) could not start or stopped abnormally.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A setting is invalid; the message names it and says what is accepted.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// The Kafka client refused an operation for a subscriber.
+    #[error("subscriber `{subscriber}`: {source}")]
+    Kafka {
+        /// The subscriber's name.
+        subscriber: String,
+        /// What librdkafka said.
+        #[source]
+        source: KafkaError,
+    },
+    /// The embedded (in-process mock) cluster could not start or be set up.
+    #[error("embedded cluster: {0}")]
+    Embedded(String),
+    /// `App::start` was called outside a tokio runtime.
+    #[error("kconc must be started from within a tokio runtime")]
+    NoRuntime,
+    /// A thread could not be spawned.
+    #[error("subscriber `{0}`: cannot spawn a thread: {1}")]
+    Thread(String, #[source] std::io::Error),
+    /// Installing the signal handlers failed.
+    #[error("cannot listen for shutdown signals: {0}")]
+    Signal(#[source] std::io::Error),
+}
+
+impl Error {
+    /// Client creation fails on a bad property; librdkafka's message names
+    /// the property (and, for an invalid value, quotes the value, which may be
+    /// a secret, so the message is reduced to the property's name then).
+    pub(crate) fn from_client_creation(subscriber: &str, e: KafkaError) -> Self {
+        let text = e.to_string();
+        let msg = match quoted_property(&text) {
+            Some(prop) if crate::config::is_secret(&prop) => {
+                format!("subscriber `{subscriber}`: invalid value for librdkafka property `{prop}` (value not shown)")
+            }
+            _ => format!("subscriber `{subscriber}`: {text}"),
+        };
+        Error::Config(msg)
+    }
+}
+
+/// The property named in a librdkafka configuration error such as
+/// `Invalid value "x" for configuration property "sasl.password"`.
+fn quoted_property(text: &str) -> Option<String> {
+    let rest = &text[text.find("property \"")? + "property \"".len()..];
+    Some(rest[..rest.find('"')?].to_owned())
+}

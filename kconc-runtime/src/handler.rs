@@ -1,0 +1,111 @@
+//! Handlers: what a subscriber runs for each message, and how its outcome is read.
+
+use std::error::Error as StdError;
+use std::fmt;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures_util::FutureExt as _;
+
+use crate::message::Message;
+
+/// The error type a handler's failure is reduced to.
+pub type BoxError = Box<dyn StdError + Send + Sync + 'static>;
+
+/// The future a type-erased handler returns.
+pub type HandlerFuture = Pin<Box<dyn Future<Output = Result<(), BoxError>> + Send + 'static>>;
+
+/// A type-erased handler, shared by every task of one subscriber.
+#[derive(Clone)]
+pub struct Handler(Arc<dyn Fn(Message) -> HandlerFuture + Send + Sync + 'static>);
+
+impl fmt::Debug for Handler {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Handler")
+    }
+}
+
+impl Handler {
+    /// Wraps an async function or closure taking the [`Message`].
+    ///
+    /// Its output may be `()` or `Result<(), E>` for any `E` convertible into
+    /// a boxed error (so `anyhow::Result<()>` works).
+    pub fn new<F, Fut, R>(f: F) -> Self
+    where
+        F: Fn(Message) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = R> + Send + 'static,
+        R: IntoHandlerResult,
+    {
+        Self(Arc::new(move |msg| {
+            let fut = f(msg);
+            Box::pin(async move { fut.await.into_handler_result() })
+        }))
+    }
+
+    /// Wraps a plain function pointer that already returns a [`HandlerFuture`]
+    /// (what `#[subscriber]` generates).
+    pub fn from_fn(f: fn(Message) -> HandlerFuture) -> Self {
+        Self(Arc::new(f))
+    }
+
+    /// Runs the handler on one message, turning a panic (while building the
+    /// future or while polling it) into an error so it never escapes the task.
+    pub(crate) async fn call(&self, msg: Message) -> Outcome {
+        let fut = match std::panic::catch_unwind(AssertUnwindSafe(|| (self.0)(msg))) {
+            Ok(fut) => fut,
+            Err(panic) => return Outcome::Panicked(panic_text(&*panic)),
+        };
+        match AssertUnwindSafe(fut).catch_unwind().await {
+            Ok(Ok(())) => Outcome::Ok,
+            Ok(Err(e)) => Outcome::Failed(e),
+            Err(panic) => Outcome::Panicked(panic_text(&*panic)),
+        }
+    }
+}
+
+/// How one call of a handler ended.
+#[derive(Debug)]
+pub(crate) enum Outcome {
+    Ok,
+    Failed(BoxError),
+    Panicked(String),
+}
+
+fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "panic with a non-string payload".to_owned()
+    }
+}
+
+/// The return types a handler may have: `()` or `Result<(), E>` where `E`
+/// converts into a boxed error.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a valid return type for a kconc handler",
+    label = "the handler returns `{Self}` here",
+    note = "return `()` or `Result<(), E>` where `E: Into<Box<dyn std::error::Error + Send + Sync>>` (for example `anyhow::Result<()>`)"
+)]
+pub trait IntoHandlerResult {
+    /// Reduces the value to success or a boxed error.
+    fn into_handler_result(self) -> Result<(), BoxError>;
+}
+
+impl IntoHandlerResult for () {
+    fn into_handler_result(self) -> Result<(), BoxError> {
+        Ok(())
+    }
+}
+
+impl<E> IntoHandlerResult for Result<(), E>
+where
+    E: Into<BoxError>,
+{
+    fn into_handler_result(self) -> Result<(), BoxError> {
+        self.map_err(Into::into)
+    }
+}

@@ -1,0 +1,174 @@
+//! The owned message a handler receives.
+
+use std::sync::Arc;
+
+use rdkafka::message::{BorrowedMessage, Headers as _};
+use rdkafka::Message as _;
+
+/// One Kafka record, detached from the consumer so a handler task can own it.
+///
+/// Built by the runtime from each fetched record; the payload, key and headers
+/// are copies, so the handler may keep them as long as it likes.
+#[derive(Clone, Debug)]
+pub struct Message {
+    topic: Arc<str>,
+    partition: i32,
+    offset: i64,
+    timestamp: Option<i64>,
+    key: Option<Vec<u8>>,
+    payload: Option<Vec<u8>>,
+    headers: Vec<Header>,
+}
+
+/// One record header: a name and an optional value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Header {
+    /// The header's name.
+    pub key: String,
+    /// The header's value; `None` for a header sent with a null value.
+    pub value: Option<Vec<u8>>,
+}
+
+impl Message {
+    /// Builds a message by hand, for tests of handlers outside a consumer.
+    pub fn new(topic: &str, partition: i32, offset: i64) -> Self {
+        Self {
+            topic: Arc::from(topic),
+            partition,
+            offset,
+            timestamp: None,
+            key: None,
+            payload: None,
+            headers: Vec::new(),
+        }
+    }
+
+    /// Sets the key (builder style, for tests).
+    #[must_use]
+    pub fn with_key(mut self, key: impl Into<Vec<u8>>) -> Self {
+        self.key = Some(key.into());
+        self
+    }
+
+    /// Sets the payload (builder style, for tests).
+    #[must_use]
+    pub fn with_payload(mut self, payload: impl Into<Vec<u8>>) -> Self {
+        self.payload = Some(payload.into());
+        self
+    }
+
+    /// Adds a header (builder style, for tests).
+    #[must_use]
+    pub fn with_header(mut self, key: impl Into<String>, value: Option<Vec<u8>>) -> Self {
+        self.headers.push(Header { key: key.into(), value });
+        self
+    }
+
+    /// Copies a fetched record. `topic` is shared between the messages of one
+    /// partition so that detaching does not allocate the topic name each time.
+    pub(crate) fn detach(topic: Arc<str>, msg: &BorrowedMessage<'_>) -> Self {
+        let headers = msg
+            .headers()
+            .map(|hs| {
+                hs.iter()
+                    .map(|h| Header {
+                        key: h.key.to_owned(),
+                        value: h.value.map(<[u8]>::to_vec),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        Self {
+            topic,
+            partition: msg.partition(),
+            offset: msg.offset(),
+            timestamp: msg.timestamp().to_millis(),
+            key: msg.key().map(<[u8]>::to_vec),
+            payload: msg.payload().map(<[u8]>::to_vec),
+            headers,
+        }
+    }
+
+    /// The topic the record was read from.
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// The partition the record was read from.
+    pub fn partition(&self) -> i32 {
+        self.partition
+    }
+
+    /// The record's offset in its partition.
+    pub fn offset(&self) -> i64 {
+        self.offset
+    }
+
+    /// The record's timestamp in milliseconds since the Unix epoch, if it has one.
+    pub fn timestamp(&self) -> Option<i64> {
+        self.timestamp
+    }
+
+    /// The record's key, if it has one.
+    pub fn key(&self) -> Option<&[u8]> {
+        self.key.as_deref()
+    }
+
+    /// The record's payload; `None` for a tombstone (null value).
+    pub fn payload(&self) -> Option<&[u8]> {
+        self.payload.as_deref()
+    }
+
+    /// The record's headers, in the order they were sent.
+    pub fn headers(&self) -> &[Header] {
+        &self.headers
+    }
+
+    /// The first header with this name, if any.
+    pub fn header(&self, key: &str) -> Option<&Header> {
+        self.headers.iter().find(|h| h.key == key)
+    }
+
+    /// The payload as UTF-8 text.
+    ///
+    /// Fails with a [`PayloadError`] naming the topic, partition and offset when
+    /// the payload is missing or not valid UTF-8.
+    pub fn payload_str(&self) -> Result<&str, PayloadError> {
+        let bytes = self.payload().ok_or_else(|| self.payload_error("payload is null"))?;
+        std::str::from_utf8(bytes).map_err(|e| self.payload_error(format!("payload is not valid UTF-8: {e}")))
+    }
+
+    /// The key as UTF-8 text.
+    ///
+    /// Fails with a [`PayloadError`] when the key is missing or not valid UTF-8.
+    pub fn key_str(&self) -> Result<&str, PayloadError> {
+        let bytes = self.key().ok_or_else(|| self.payload_error("key is null"))?;
+        std::str::from_utf8(bytes).map_err(|e| self.payload_error(format!("key is not valid UTF-8: {e}")))
+    }
+
+    /// An error about this message's content, carrying where the message is.
+    pub fn payload_error(&self, what: impl Into<String>) -> PayloadError {
+        PayloadError {
+            topic: self.topic.to_string(),
+            partition: self.partition,
+            offset: self.offset,
+            what: what.into(),
+        }
+    }
+}
+
+/// A message whose content cannot be used as the handler asked (null payload,
+/// invalid UTF-8, ...). It is a per-message error: it goes to the error policy
+/// like any handler error and never stops the consumer.
+#[derive(Debug, thiserror::Error)]
+#[error("{topic}[{partition}]@{offset}: {what}")]
+pub struct PayloadError {
+    /// The topic of the message.
+    pub topic: String,
+    /// The partition of the message.
+    pub partition: i32,
+    /// The offset of the message.
+    pub offset: i64,
+    /// What was wrong with it.
+    pub what: String,
+}

@@ -1,0 +1,150 @@
+//! Offsets: which offsets of one partition have finished, and how far the
+//! contiguous finished prefix reaches (the position that is safe to commit).
+
+use std::collections::VecDeque;
+
+/// Tracks one partition within one assignment.
+///
+/// Offsets are dispatched in increasing order (not necessarily contiguous:
+/// compaction and transaction markers leave gaps) and finish in any order.
+/// The committable position is one past the last offset of the longest
+/// finished prefix of what was dispatched; it only ever moves forward.
+#[derive(Debug, Default)]
+pub(crate) struct OffsetTracker {
+    /// Dispatched offsets at or after the first unfinished one, with a flag
+    /// saying whether each has finished. Sorted by offset.
+    pending: VecDeque<(i64, bool)>,
+    /// One past the last offset of the finished prefix, once there is one.
+    position: Option<i64>,
+    /// The highest offset dispatched so far.
+    last_dispatched: Option<i64>,
+}
+
+impl OffsetTracker {
+    /// Records that `offset` was handed to a handler. Returns `false` (and
+    /// records nothing) for an offset at or below one already dispatched,
+    /// which is a redelivery the tracker already covers.
+    pub(crate) fn dispatched(&mut self, offset: i64) -> bool {
+        if self.last_dispatched.is_some_and(|last| offset <= last) {
+            return false;
+        }
+        self.last_dispatched = Some(offset);
+        self.pending.push_back((offset, false));
+        true
+    }
+
+    /// Records that `offset` finished (handled, or given up on by the error
+    /// policy). Returns `true` if the committable position moved.
+    pub(crate) fn finished(&mut self, offset: i64) -> bool {
+        let Ok(idx) = self.pending.binary_search_by_key(&offset, |&(o, _)| o) else {
+            return false;
+        };
+        self.pending[idx].1 = true;
+        if idx != 0 {
+            return false;
+        }
+        while let Some(&(o, true)) = self.pending.front() {
+            self.position = Some(o + 1);
+            self.pending.pop_front();
+        }
+        true
+    }
+
+    /// The offset to commit: one past the finished prefix, if any finished.
+    pub(crate) fn committable(&self) -> Option<i64> {
+        self.position
+    }
+
+    /// How many dispatched offsets are not yet part of the finished prefix.
+    #[cfg(test)]
+    pub(crate) fn unfinished_window(&self) -> usize {
+        self.pending.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::OffsetTracker;
+
+    #[test]
+    fn position_stops_at_first_unfinished_offset() {
+        let mut t = OffsetTracker::default();
+        for o in 10..15 {
+            assert!(t.dispatched(o));
+        }
+        assert_eq!(t.committable(), None);
+        assert!(!t.finished(11));
+        assert!(!t.finished(12));
+        assert_eq!(t.committable(), None, "10 is still running");
+        assert!(t.finished(10));
+        assert_eq!(t.committable(), Some(13));
+        assert!(!t.finished(14), "13 is still running");
+        assert_eq!(t.committable(), Some(13), "13 is still running");
+        assert!(t.finished(13));
+        assert_eq!(t.committable(), Some(15));
+        assert_eq!(t.unfinished_window(), 0);
+    }
+
+    #[test]
+    fn gaps_in_offsets_do_not_block_the_prefix() {
+        let mut t = OffsetTracker::default();
+        for o in [3, 7, 8, 20] {
+            t.dispatched(o);
+        }
+        t.finished(7);
+        t.finished(3);
+        assert_eq!(t.committable(), Some(8));
+        t.finished(20);
+        t.finished(8);
+        assert_eq!(t.committable(), Some(21));
+    }
+
+    #[test]
+    fn redelivered_or_unknown_offsets_are_ignored() {
+        let mut t = OffsetTracker::default();
+        t.dispatched(5);
+        assert!(!t.dispatched(5));
+        assert!(!t.dispatched(4));
+        assert!(!t.finished(99));
+        t.finished(5);
+        assert!(!t.finished(5));
+        assert_eq!(t.committable(), Some(6));
+    }
+
+    #[test]
+    fn position_never_moves_backwards_under_any_finish_order() {
+        // Every permutation of finishing 6 offsets.
+        fn permutations(v: Vec<i64>) -> Vec<Vec<i64>> {
+            if v.len() <= 1 {
+                return vec![v];
+            }
+            let mut out = Vec::new();
+            for i in 0..v.len() {
+                let mut rest = v.clone();
+                let x = rest.remove(i);
+                for mut p in permutations(rest) {
+                    p.insert(0, x);
+                    out.push(p);
+                }
+            }
+            out
+        }
+        for order in permutations((0..6).collect()) {
+            let mut t = OffsetTracker::default();
+            (0..6).for_each(|o| {
+                t.dispatched(o);
+            });
+            let mut last = None;
+            let mut done = [false; 6];
+            for o in order {
+                t.finished(o);
+                done[o as usize] = true;
+                let prefix = done.iter().take_while(|d| **d).count() as i64;
+                let expect = (prefix > 0).then_some(prefix);
+                assert_eq!(t.committable(), expect);
+                assert!(t.committable() >= last);
+                last = t.committable();
+            }
+        }
+    }
+}

@@ -1,0 +1,199 @@
+//! Subscribers: a handler plus the static settings it runs with, whether it
+//! came from `#[subscriber]` (through the registry) or was built in code.
+
+use std::time::Duration;
+
+use crate::handler::{Handler, IntoHandlerResult};
+use crate::message::Message;
+use crate::registry::Registration;
+
+/// Default number of handlers running at once per subscriber.
+pub const DEFAULT_CONCURRENCY: usize = 10;
+/// Default number of finished messages after which offsets are committed.
+pub const DEFAULT_COMMIT_BATCH_SIZE: usize = 100;
+/// Default longest time finished offsets wait before they are committed.
+pub const DEFAULT_COMMIT_INTERVAL: Duration = Duration::from_secs(1);
+/// Default time shutdown waits for in-flight handlers.
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(20);
+/// Default time a revoke waits for the revoked partitions' in-flight handlers.
+pub const DEFAULT_REVOKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// One consumer of one or more topics in one group, with its handler.
+///
+/// Built by `#[subscriber]` (see [`Subscriber::from_registration`]) or in code
+/// with [`Subscriber::new`] and the setters, for programs and tests that pass
+/// closures. Every setting has a default; see the `DEFAULT_*` constants.
+#[derive(Clone, Debug)]
+pub struct Subscriber {
+    pub(crate) name: String,
+    pub(crate) topics: Vec<String>,
+    pub(crate) group: String,
+    pub(crate) concurrency: usize,
+    pub(crate) max_buffered: Option<usize>,
+    pub(crate) commit_batch_size: usize,
+    pub(crate) commit_interval: Duration,
+    pub(crate) shutdown_timeout: Duration,
+    pub(crate) revoke_timeout: Duration,
+    pub(crate) properties: Vec<(String, String)>,
+    pub(crate) handler: Handler,
+}
+
+impl Subscriber {
+    /// A subscriber named `name` consuming `topics` in consumer group `group`.
+    ///
+    /// The handler is an async function or closure taking a [`Message`] and
+    /// returning `()` or `Result<(), E>`.
+    pub fn new<I, T, F, Fut, R>(name: impl Into<String>, topics: I, group: impl Into<String>, handler: F) -> Self
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<String>,
+        F: Fn(Message) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = R> + Send + 'static,
+        R: IntoHandlerResult,
+    {
+        Self::with_handler(
+            name.into(),
+            topics.into_iter().map(Into::into).collect(),
+            group.into(),
+            Handler::new(handler),
+        )
+    }
+
+    fn with_handler(name: String, topics: Vec<String>, group: String, handler: Handler) -> Self {
+        Self {
+            name,
+            topics,
+            group,
+            concurrency: DEFAULT_CONCURRENCY,
+            max_buffered: None,
+            commit_batch_size: DEFAULT_COMMIT_BATCH_SIZE,
+            commit_interval: DEFAULT_COMMIT_INTERVAL,
+            shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
+            revoke_timeout: DEFAULT_REVOKE_TIMEOUT,
+            properties: Vec::new(),
+            handler,
+        }
+    }
+
+    /// The subscriber described by a `#[subscriber]` registration.
+    pub fn from_registration(reg: &Registration) -> Self {
+        let mut s = Self::with_handler(
+            reg.name.to_owned(),
+            reg.topics.iter().map(|t| (*t).to_owned()).collect(),
+            reg.group.to_owned(),
+            Handler::from_fn(reg.handler),
+        );
+        if let Some(c) = reg.concurrency {
+            s.concurrency = c;
+        }
+        if let Some(n) = reg.commit_batch_size {
+            s.commit_batch_size = n;
+        }
+        if let Some(d) = reg.commit_interval {
+            s.commit_interval = d;
+        }
+        if let Some(d) = reg.shutdown_timeout {
+            s.shutdown_timeout = d;
+        }
+        s
+    }
+
+    /// At most this many handlers of this subscriber run at once (default 10).
+    #[must_use]
+    pub fn concurrency(mut self, n: usize) -> Self {
+        self.concurrency = n;
+        self
+    }
+
+    /// At most this many fetched messages wait for a free handler slot
+    /// (default: twice `concurrency`, at least 16). Partitions are paused,
+    /// while polling goes on, when the bound is reached.
+    #[must_use]
+    pub fn max_buffered(mut self, n: usize) -> Self {
+        self.max_buffered = Some(n);
+        self
+    }
+
+    /// Commit once this many messages have finished since the last commit (default 100).
+    #[must_use]
+    pub fn commit_batch_size(mut self, n: usize) -> Self {
+        self.commit_batch_size = n;
+        self
+    }
+
+    /// Commit finished offsets at least this often (default 1 s).
+    #[must_use]
+    pub fn commit_interval(mut self, d: Duration) -> Self {
+        self.commit_interval = d;
+        self
+    }
+
+    /// How long shutdown waits for in-flight handlers (default 20 s).
+    #[must_use]
+    pub fn shutdown_timeout(mut self, d: Duration) -> Self {
+        self.shutdown_timeout = d;
+        self
+    }
+
+    /// How long a revoke waits for the revoked partitions' in-flight handlers
+    /// before it commits what has finished (default 10 s). Keep it well below
+    /// `max.poll.interval.ms`.
+    #[must_use]
+    pub fn revoke_timeout(mut self, d: Duration) -> Self {
+        self.revoke_timeout = d;
+        self
+    }
+
+    /// Sets a librdkafka property for this subscriber's consumer only; it
+    /// overrides the application-wide properties.
+    #[must_use]
+    pub fn property(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.properties.push((key.into(), value.into()));
+        self
+    }
+
+    /// The subscriber's name (for `#[subscriber]`, the function's path).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The topics it consumes.
+    pub fn topics(&self) -> &[String] {
+        &self.topics
+    }
+
+    /// Its consumer group.
+    pub fn group(&self) -> &str {
+        &self.group
+    }
+
+    pub(crate) fn effective_max_buffered(&self) -> usize {
+        self.max_buffered.unwrap_or_else(|| (self.concurrency * 2).max(16))
+    }
+
+    /// Checks the settings that the macro cannot check for code-built subscribers.
+    pub(crate) fn validate(&self) -> Result<(), crate::Error> {
+        let bad = |setting: &str, reason: &str| {
+            Err(crate::Error::Config(format!(
+                "subscriber `{}`: `{setting}` {reason}",
+                self.name
+            )))
+        };
+        if self.topics.is_empty() || self.topics.iter().any(String::is_empty) {
+            return bad("topic", "must name at least one non-empty topic");
+        }
+        if self.group.is_empty() {
+            return bad("group", "must not be empty");
+        }
+        if self.concurrency == 0 {
+            return bad("concurrency", "must be at least 1");
+        }
+        if self.commit_batch_size == 0 {
+            return bad("commit_batch_size", "must be at least 1");
+        }
+        if self.commit_interval.is_zero() {
+            return bad("commit_interval", "must be longer than zero");
+        }
+        Ok(())
+    }
+}

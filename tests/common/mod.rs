@@ -1,0 +1,202 @@
+//! Shared helpers of the integration tests: an embedded (in-process,
+//! librdkafka mock) cluster per test, a producer that records partition ends,
+//! a recorder of what handlers saw, and waiting for a state with a deadline.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use kconc_runtime::rdkafka::producer::{BaseProducer, BaseRecord, Producer as _};
+use kconc_runtime::{App, EmbeddedCluster, Message};
+
+/// An app on `bootstrap` with the mock cluster's rebalance wait made short:
+/// the mock waits `session.timeout.ms - 1 s` for members on every rebalance
+/// after the first join (45 s with librdkafka's default).
+pub fn test_app(bootstrap: &str) -> App {
+    App::new()
+        .brokers(bootstrap)
+        .property("session.timeout.ms", "3000")
+        .property("heartbeat.interval.ms", "500")
+}
+
+/// An embedded cluster with one topic of `partitions` partitions.
+/// Logs go to stderr when `RUST_LOG` is set (e.g. `RUST_LOG=kconc_runtime=debug`).
+pub fn cluster(topic: &str, partitions: i32) -> EmbeddedCluster {
+    if std::env::var_os("RUST_LOG").is_some() {
+        kconc_runtime::config::init_tracing();
+    }
+    let c = EmbeddedCluster::start(1).expect("start the embedded cluster");
+    c.create_topic(topic, partitions).expect("create the topic");
+    c
+}
+
+/// Produces `count` messages round-robin over the partitions, key `k{i % keys}`,
+/// payload `i`, and returns each partition's end offset as the broker reports it.
+pub fn produce(bootstrap: &str, topic: &str, partitions: i32, count: usize, keys: usize) -> Vec<i64> {
+    let producer: BaseProducer = kconc_runtime::rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("linger.ms", "5")
+        .create()
+        .expect("create the producer");
+    for i in 0..count {
+        let key = format!("k{}", i % keys.max(1));
+        let payload = i.to_string();
+        let partition = (i % partitions as usize) as i32;
+        let mut record = BaseRecord::to(topic).key(&key).payload(&payload).partition(partition);
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((_, r)) => {
+                    producer.poll(Duration::from_millis(10));
+                    record = r;
+                }
+            }
+        }
+        if i % 1000 == 0 {
+            producer.poll(Duration::ZERO);
+        }
+    }
+    producer.flush(Duration::from_secs(30)).expect("flush the producer");
+    end_offsets(bootstrap, topic, partitions)
+}
+
+/// Each partition's high watermark (its end offset).
+pub fn end_offsets(bootstrap: &str, topic: &str, partitions: i32) -> Vec<i64> {
+    use kconc_runtime::rdkafka::consumer::{BaseConsumer, Consumer as _};
+    let c: BaseConsumer = kconc_runtime::rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .expect("create a metadata consumer");
+    (0..partitions)
+        .map(|p| {
+            c.fetch_watermarks(topic, p, Duration::from_secs(10))
+                .expect("watermarks")
+                .1
+        })
+        .collect()
+}
+
+/// The committed offsets of `group` (None where nothing is committed).
+pub fn committed(bootstrap: &str, group: &str, topic: &str, partitions: i32) -> Vec<Option<i64>> {
+    kconc_runtime::embedded::committed_offsets(bootstrap, group, topic, partitions).expect("read committed offsets")
+}
+
+/// Waits until `cond` holds, checking every 10 ms; panics with `what` after `deadline`.
+pub fn wait_until(what: &str, deadline: Duration, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(
+            start.elapsed() < deadline,
+            "timed out after {deadline:?} waiting for: {what}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Async variant of [`wait_until`], for use inside tokio tests.
+pub async fn wait_for(what: &str, deadline: Duration, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(
+            start.elapsed() < deadline,
+            "timed out after {deadline:?} waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// What handlers saw: every (partition, offset) with how often it was
+/// handled, handlers running now and the most ever running at once.
+#[derive(Debug, Default)]
+pub struct Recorder {
+    seen: Mutex<HashMap<(i32, i64), usize>>,
+    order: Mutex<Vec<(i32, i64)>>,
+    pub started: AtomicUsize,
+    pub finished: AtomicUsize,
+    in_flight: AtomicUsize,
+    max_in_flight: AtomicUsize,
+}
+
+/// Marks a handler as running until dropped.
+pub struct Running<'a>(&'a Recorder);
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+        self.0.finished.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+impl Recorder {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    /// Call at the start of a handler; keep the guard until it returns.
+    pub fn start(&self, msg: &Message) -> Running<'_> {
+        let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        self.max_in_flight.fetch_max(now, Ordering::SeqCst);
+        self.started.fetch_add(1, Ordering::SeqCst);
+        *self
+            .seen
+            .lock()
+            .unwrap()
+            .entry((msg.partition(), msg.offset()))
+            .or_default() += 1;
+        self.order.lock().unwrap().push((msg.partition(), msg.offset()));
+        Running(self)
+    }
+
+    pub fn max_in_flight(&self) -> usize {
+        self.max_in_flight.load(Ordering::SeqCst)
+    }
+
+    pub fn finished(&self) -> usize {
+        self.finished.load(Ordering::SeqCst)
+    }
+
+    pub fn distinct(&self) -> usize {
+        self.seen.lock().unwrap().len()
+    }
+
+    /// How often each (partition, offset) was handled.
+    pub fn counts(&self) -> HashMap<(i32, i64), usize> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    /// Offsets handled per partition, sorted.
+    pub fn by_partition(&self) -> BTreeMap<i32, Vec<i64>> {
+        let mut m: BTreeMap<i32, Vec<i64>> = BTreeMap::new();
+        for &(p, o) in self.seen.lock().unwrap().keys() {
+            m.entry(p).or_default().push(o);
+        }
+        m.values_mut().for_each(|v| v.sort_unstable());
+        m
+    }
+
+    /// The first offset of each partition not handled, counting from 0:
+    /// where a contiguous-prefix commit of this recorder's work would stand.
+    pub fn prefix(&self, partitions: i32) -> Vec<i64> {
+        let seen = self.seen.lock().unwrap();
+        (0..partitions)
+            .map(|p| {
+                let mut o = 0;
+                while seen.contains_key(&(p, o)) {
+                    o += 1;
+                }
+                o
+            })
+            .collect()
+    }
+}
+
+/// Asserts every offset below each partition's end was handled at least once.
+pub fn assert_all_handled(counts: &HashMap<(i32, i64), usize>, ends: &[i64]) {
+    for (p, &end) in ends.iter().enumerate() {
+        let missing: Vec<i64> = (0..end).filter(|o| !counts.contains_key(&(p as i32, *o))).collect();
+        assert!(missing.is_empty(), "partition {p}: offsets never handled: {missing:?}");
+    }
+}

@@ -1,0 +1,386 @@
+//! The engine's guarantees, each checked against librdkafka's in-process mock
+//! cluster (a real Kafka-protocol broker): every message handled, committed
+//! offsets equal partition ends, commits never pass an unfinished message and
+//! never go backwards, the concurrency bound, errors and panics contained,
+//! revoke and shutdown commit the finished prefix.
+
+// Tests fail loudly: unwrap and expect are the point here.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::*;
+use kconc_runtime::rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+use kconc_runtime::{Message, Subscriber};
+
+const DEADLINE: Duration = Duration::from_secs(60);
+
+fn quick(sub: Subscriber) -> Subscriber {
+    sub.commit_interval(Duration::from_millis(100))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_message_is_handled_once_and_commits_reach_partition_ends() {
+    let (topic, group, parts, n) = ("orders", "g-all", 4, 2_000);
+    let cluster = cluster(topic, parts);
+    let ends = produce(cluster.bootstrap_servers(), topic, parts, n, 100);
+    assert_eq!(ends.iter().sum::<i64>(), n as i64);
+
+    let rec = Recorder::new();
+    let r = rec.clone();
+    let sub = Subscriber::new("all", [topic], group, move |m: Message| {
+        let r = r.clone();
+        async move {
+            let _g = r.start(&m);
+            tokio::time::sleep(Duration::from_micros(200 + (m.offset() as u64 % 7) * 300)).await;
+        }
+    })
+    .concurrency(20);
+    let app = test_app(cluster.bootstrap_servers()).subscriber(sub).start().unwrap();
+    wait_for("all messages handled", DEADLINE, || rec.finished() >= n).await;
+    app.shutdown().await;
+
+    let counts = rec.counts();
+    assert_all_handled(&counts, &ends);
+    let dups: Vec<_> = counts.iter().filter(|(_, c)| **c > 1).collect();
+    assert!(dups.is_empty(), "handled more than once in a clean run: {dups:?}");
+    assert_eq!(rec.started.load(Ordering::SeqCst), n);
+    let committed = committed(cluster.bootstrap_servers(), group, topic, parts);
+    assert_eq!(
+        committed,
+        ends.iter().map(|e| Some(*e)).collect::<Vec<_>>(),
+        "committed offsets must equal partition ends"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commit_never_passes_an_unfinished_message_and_catches_up_when_it_finishes() {
+    let (topic, group, parts) = ("slow", "g-slow", 2);
+    let cluster = cluster(topic, parts);
+    // Partition 0 gets 50 messages, partition 1 gets 50; offset 5 of partition 0 is slow.
+    let ends = produce(cluster.bootstrap_servers(), topic, parts, 100, 10);
+    let bootstrap = cluster.bootstrap_servers().to_owned();
+
+    let gate_slow = Arc::new(tokio::sync::Notify::new());
+    let gate_p1 = Arc::new(tokio::sync::Notify::new());
+    let p1_open = Arc::new(AtomicBool::new(false));
+    let rec = Recorder::new();
+    let (r, gs, g1, open) = (rec.clone(), gate_slow.clone(), gate_p1.clone(), p1_open.clone());
+    let sub = Subscriber::new("slow", [topic], group, move |m: Message| {
+        let (r, gs, g1, open) = (r.clone(), gs.clone(), g1.clone(), open.clone());
+        async move {
+            let _g = r.start(&m);
+            if m.partition() == 0 && m.offset() == 5 {
+                gs.notified().await;
+            }
+            // Partition 1 waits until partition 0's fast messages are all done,
+            // so its later commits prove commits happened after they finished.
+            if m.partition() == 1 && !open.load(Ordering::SeqCst) {
+                g1.notified().await;
+            }
+        }
+    })
+    .concurrency(100)
+    .commit_batch_size(1);
+    let app = test_app(&bootstrap).subscriber(quick(sub)).start().unwrap();
+
+    // All of partition 0 but offset 5 finishes.
+    wait_for("partition 0's 49 fast messages", DEADLINE, || {
+        rec.by_partition().get(&0).map_or(0, Vec::len) == 50 && rec.finished() >= 49
+    })
+    .await;
+    // Now let partition 1 finish and wait until its end is committed: every
+    // commit after this point was made with offset 5 of partition 0 unfinished.
+    p1_open.store(true, Ordering::SeqCst);
+    gate_p1.notify_waiters();
+    wait_for("partition 1 committed to its end", DEADLINE, || {
+        committed(&bootstrap, group, topic, parts)[1] == Some(ends[1])
+    })
+    .await;
+    assert_eq!(
+        committed(&bootstrap, group, topic, parts)[0],
+        Some(5),
+        "partition 0 must stay committed at the unfinished offset 5"
+    );
+
+    gate_slow.notify_waiters();
+    wait_for("partition 0 catches up to its end", DEADLINE, || {
+        committed(&bootstrap, group, topic, parts)[0] == Some(ends[0])
+    })
+    .await;
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_more_than_concurrency_handlers_run_at_once() {
+    let (topic, group, parts, n) = ("bounded", "g-bounded", 4, 600);
+    let cluster = cluster(topic, parts);
+    produce(cluster.bootstrap_servers(), topic, parts, n, 50);
+    let rec = Recorder::new();
+    let r = rec.clone();
+    let sub = Subscriber::new("bounded", [topic], group, move |m: Message| {
+        let r = r.clone();
+        async move {
+            let _g = r.start(&m);
+            tokio::time::sleep(Duration::from_millis(3)).await;
+        }
+    })
+    .concurrency(8);
+    let app = test_app(cluster.bootstrap_servers()).subscriber(sub).start().unwrap();
+    wait_for("all handled", DEADLINE, || rec.finished() >= n).await;
+    app.shutdown().await;
+    let max = rec.max_in_flight();
+    assert!(max <= 8, "{max} handlers ran at once with concurrency = 8");
+    assert!(
+        max >= 4,
+        "only {max} handlers ever ran at once: dispatch is not concurrent"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_and_panicking_handlers_do_not_stop_the_consumer() {
+    let (topic, group, parts, n) = ("faulty", "g-faulty", 3, 300);
+    let cluster = cluster(topic, parts);
+    let ends = produce(cluster.bootstrap_servers(), topic, parts, n, 30);
+    let rec = Recorder::new();
+    let r = rec.clone();
+    let sub = Subscriber::new("faulty", [topic], group, move |m: Message| {
+        let r = r.clone();
+        async move {
+            let _g = r.start(&m);
+            let i: usize = m.payload_str()?.parse()?;
+            match i % 10 {
+                3 => Err(format!("message {i} is refused").into()),
+                7 => panic!("handler bug on message {i}"),
+                _ => Ok::<(), kconc_runtime::BoxError>(()),
+            }
+        }
+    })
+    .concurrency(10);
+    let app = test_app(cluster.bootstrap_servers())
+        .subscriber(quick(sub))
+        .start()
+        .unwrap();
+    wait_for("all handled", DEADLINE, || rec.finished() >= n).await;
+    let stats = app.stats("faulty").unwrap();
+    let bootstrap = app.bootstrap_servers().to_owned();
+    app.shutdown().await;
+    assert_all_handled(&rec.counts(), &ends);
+    assert_eq!((stats.handled, stats.failed, stats.panicked), (240, 30, 30));
+    assert_eq!(
+        committed(&bootstrap, group, topic, parts),
+        ends.iter().map(|e| Some(*e)).collect::<Vec<_>>()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_finishes_in_flight_handlers_commits_them_and_restart_skips_nothing() {
+    let (topic, group, parts, n) = ("drain", "g-drain", 2, 400);
+    let cluster = cluster(topic, parts);
+    let ends = produce(cluster.bootstrap_servers(), topic, parts, n, 40);
+    let bootstrap = cluster.bootstrap_servers().to_owned();
+
+    let first = Recorder::new();
+    let r = first.clone();
+    let sub = Subscriber::new("drain", [topic], group, move |m: Message| {
+        let r = r.clone();
+        async move {
+            let _g = r.start(&m);
+            tokio::time::sleep(Duration::from_millis(150)).await;
+        }
+    })
+    .concurrency(10)
+    .shutdown_timeout(Duration::from_secs(10));
+    let app = test_app(&bootstrap).subscriber(sub).start().unwrap();
+    wait_for("some handled and a full set in flight", DEADLINE, || {
+        first.finished() >= 20 && first.started.load(Ordering::SeqCst) >= first.finished() + 10
+    })
+    .await;
+    app.shutdown().await;
+    let started = first.started.load(Ordering::SeqCst);
+    assert_eq!(
+        first.finished(),
+        started,
+        "every handler that started must finish before shutdown returns"
+    );
+    assert!(started < n, "the test needs messages left over for the restart");
+    let after_first = committed(&bootstrap, group, topic, parts);
+    assert_eq!(
+        after_first,
+        first
+            .prefix(parts)
+            .into_iter()
+            .map(|o| (o > 0).then_some(o))
+            .collect::<Vec<_>>(),
+        "shutdown commits exactly the finished prefix"
+    );
+
+    let second = Recorder::new();
+    let r = second.clone();
+    let sub = Subscriber::new("drain", [topic], group, move |m: Message| {
+        let r = r.clone();
+        async move {
+            let _g = r.start(&m);
+        }
+    });
+    let app = test_app(&bootstrap).subscriber(sub).start().unwrap();
+    wait_for("the rest handled after restart", DEADLINE, || {
+        second.finished() >= n - first.distinct()
+    })
+    .await;
+    app.shutdown().await;
+    let mut all = first.counts();
+    for (k, c) in second.counts() {
+        *all.entry(k).or_default() += c;
+    }
+    assert_all_handled(&all, &ends);
+    let twice: Vec<_> = all.iter().filter(|(_, c)| **c > 1).map(|(k, _)| *k).collect();
+    assert!(
+        twice.is_empty(),
+        "a drained shutdown must not cause redelivery: {twice:?}"
+    );
+    assert_eq!(
+        committed(&bootstrap, group, topic, parts),
+        ends.iter().map(|e| Some(*e)).collect::<Vec<_>>()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_commits_are_retried_and_committed_offsets_never_go_backwards() {
+    let (topic, group, parts, n) = ("flaky-commit", "g-flaky", 3, 3_000);
+    let cluster = cluster(topic, parts);
+    let ends = produce(cluster.bootstrap_servers(), topic, parts, n, 100);
+    let bootstrap = cluster.bootstrap_servers().to_owned();
+    // The next 6 OffsetCommit requests fail.
+    cluster.mock().request_errors(
+        RDKafkaApiKey::OffsetCommit,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_OFFSET_METADATA_TOO_LARGE; 6],
+    );
+
+    // Watch the committed offsets from outside while the consumer runs.
+    let history: Arc<Mutex<Vec<Vec<Option<i64>>>>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let watcher = {
+        let (h, s, b) = (history.clone(), stop.clone(), bootstrap.clone());
+        std::thread::spawn(move || {
+            while !s.load(Ordering::SeqCst) {
+                h.lock().unwrap().push(committed(&b, group, topic, parts));
+            }
+        })
+    };
+
+    let rec = Recorder::new();
+    let r = rec.clone();
+    let sub = Subscriber::new("flaky", [topic], group, move |m: Message| {
+        let r = r.clone();
+        async move {
+            let _g = r.start(&m);
+            tokio::time::sleep(Duration::from_micros(500)).await;
+        }
+    })
+    .concurrency(20)
+    .commit_batch_size(50);
+    let app = test_app(&bootstrap).subscriber(quick(sub)).start().unwrap();
+    wait_for("all handled", DEADLINE, || rec.finished() >= n).await;
+    wait_for("commits reach the ends despite failures", DEADLINE, || {
+        committed(&bootstrap, group, topic, parts) == ends.iter().map(|e| Some(*e)).collect::<Vec<_>>()
+    })
+    .await;
+    let stats = app.stats("flaky").unwrap();
+    app.shutdown().await;
+    stop.store(true, Ordering::SeqCst);
+    watcher.join().unwrap();
+
+    assert!(
+        stats.commit_failures >= 1,
+        "the injected commit errors were never seen: {stats:?}"
+    );
+    let history = history.lock().unwrap();
+    assert!(history.len() > 3, "the watcher saw too little");
+    for p in 0..parts as usize {
+        let seq: Vec<i64> = history.iter().filter_map(|h| h[p]).collect();
+        assert!(
+            seq.windows(2).all(|w| w[0] <= w[1]),
+            "partition {p}: committed offset went backwards: {seq:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoke_commits_the_finished_prefix_and_the_new_member_resumes_there() {
+    let (topic, group, parts, n) = ("moving", "g-moving", 4, 4_000);
+    let cluster = cluster(topic, parts);
+    let ends = produce(cluster.bootstrap_servers(), topic, parts, n, 100);
+    let bootstrap = cluster.bootstrap_servers().to_owned();
+    // a is slow enough (4 x 10 ms handlers: ~10 s for everything) to still
+    // be busy when b has joined, so partitions move with work left on them.
+    let member = |name: &str, rec: Arc<Recorder>, work: Duration| {
+        Subscriber::new(name, [topic], group, move |m: Message| {
+            let r = rec.clone();
+            async move {
+                let _g = r.start(&m);
+                tokio::time::sleep(work).await;
+            }
+        })
+        .concurrency(4)
+    };
+    let a = Recorder::new();
+    let app_a = test_app(&bootstrap)
+        .subscriber(member("a", a.clone(), Duration::from_millis(10)))
+        .start()
+        .unwrap();
+    wait_for("member a under way", DEADLINE, || a.finished() >= 100).await;
+
+    let b = Recorder::new();
+    let app_b = test_app(&bootstrap)
+        .subscriber(member("b", b.clone(), Duration::from_millis(1)))
+        .start()
+        .unwrap();
+    wait_for("member b receives partitions", DEADLINE, || b.finished() > 0).await;
+    wait_for("every message handled by a or b", DEADLINE, || {
+        let mut all = a.counts();
+        for (k, c) in b.counts() {
+            *all.entry(k).or_default() += c;
+        }
+        ends.iter()
+            .enumerate()
+            .all(|(p, &e)| (0..e).all(|o| all.contains_key(&(p as i32, o))))
+    })
+    .await;
+    app_a.shutdown().await;
+    app_b.shutdown().await;
+
+    // Where b started on each partition it took over must be exactly where a's
+    // finished prefix stood: no gap (skip) and no redelivery beyond a's
+    // in-flight messages (a's revoke waits for them, so none are expected).
+    let a_prefix = a.prefix(parts);
+    let b_parts = b.by_partition();
+    assert!(!b_parts.is_empty());
+    let mut duplicates = 0;
+    for (p, offsets) in &b_parts {
+        let first = offsets[0];
+        let a_had = a_prefix[*p as usize];
+        assert!(
+            first <= a_had,
+            "partition {p}: b started at {first} but a had only finished up to {a_had}: skipped"
+        );
+        duplicates += offsets.iter().filter(|o| a.counts().contains_key(&(*p, **o))).count();
+    }
+    assert!(
+        duplicates <= 4,
+        "{duplicates} duplicates: more than a's concurrency (4) in flight at revoke"
+    );
+    let mut all = a.counts();
+    for (k, c) in b.counts() {
+        *all.entry(k).or_default() += c;
+    }
+    assert_all_handled(&all, &ends);
+    assert_eq!(
+        committed(&bootstrap, group, topic, parts),
+        ends.iter().map(|e| Some(*e)).collect::<Vec<_>>()
+    );
+}
