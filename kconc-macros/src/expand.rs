@@ -123,7 +123,9 @@ fn register(args: &Args, func: &ItemFn) -> TokenStream {
         ReturnType::Default => quote!(),
         ReturnType::Type(_, ty) => quote_spanned!(ty.span()=> #p::assert_handler_output::<#ty>();),
     };
-    let send_check = quote_spanned!(ident.span()=> #p::assert_send(&future););
+    // Spanned at the function's name: a non-`Send` future (or an output that
+    // is not a handler result) is reported there.
+    let boxed = quote_spanned!(ident.span()=> #p::into_handler_future(future));
 
     quote! {
         #[doc(hidden)]
@@ -132,8 +134,7 @@ fn register(args: &Args, func: &ItemFn) -> TokenStream {
                 #arg_check
                 #output_check
                 let future = #ident(message);
-                #send_check
-                #p::into_handler_future(future)
+                #boxed
             }
             #p::inventory::submit! {
                 #p::Registration {

@@ -29,13 +29,24 @@ use crate::Error;
 /// app.run().await // until SIGINT/SIGTERM
 /// # }
 /// ```
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct App {
     brokers: Option<String>,
     properties: Vec<(String, String)>,
     subscribers: Vec<Subscriber>,
     only: Vec<String>,
     embedded_partitions: Option<i32>,
+}
+
+impl std::fmt::Debug for App {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("App")
+            .field("brokers", &self.brokers)
+            .field("properties", &config::Redacted(&self.properties))
+            .field("subscribers", &self.subscribers)
+            .field("only", &self.only)
+            .finish_non_exhaustive()
+    }
 }
 
 impl App {

@@ -54,3 +54,26 @@ fn quoted_property(text: &str) -> Option<String> {
     let rest = &text[text.find("property \"")? + "property \"".len()..];
     Some(rest[..rest.find('"')?].to_owned())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rejected_secret_value_is_not_quoted() {
+        let e =
+            KafkaError::ClientCreation("Invalid value \"hunter2\" for configuration property \"sasl.password\"".into());
+        let text = Error::from_client_creation("billing", e).to_string();
+        assert!(!text.contains("hunter2"), "{text}");
+        assert!(text.contains("`sasl.password`") && text.contains("billing"), "{text}");
+    }
+
+    #[test]
+    fn a_rejected_ordinary_value_is_shown_with_its_property() {
+        let e = KafkaError::ClientCreation(
+            "Invalid value \"soon\" for configuration property \"session.timeout.ms\"".into(),
+        );
+        let text = Error::from_client_creation("billing", e).to_string();
+        assert!(text.contains("session.timeout.ms") && text.contains("soon"), "{text}");
+    }
+}

@@ -93,10 +93,6 @@ pub mod __private {
         Box::pin(async move { fut.await.into_handler_result() })
     }
 
-    /// Compile-time check that a handler's future is `Send`; called from a
-    /// span on the user's code so the error points there.
-    pub fn assert_send<T: Send>(_: &T) {}
-
     /// Compile-time check of a handler's return type.
     pub fn assert_handler_output<T: IntoHandlerResult>() {}
 

@@ -23,7 +23,7 @@ pub const DEFAULT_REVOKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Built by `#[subscriber]` (see [`Subscriber::from_registration`]) or in code
 /// with [`Subscriber::new`] and the setters, for programs and tests that pass
 /// closures. Every setting has a default; see the `DEFAULT_*` constants.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Subscriber {
     pub(crate) name: String,
     pub(crate) topics: Vec<String>,
@@ -36,6 +36,23 @@ pub struct Subscriber {
     pub(crate) revoke_timeout: Duration,
     pub(crate) properties: Vec<(String, String)>,
     pub(crate) handler: Handler,
+}
+
+impl std::fmt::Debug for Subscriber {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subscriber")
+            .field("name", &self.name)
+            .field("topics", &self.topics)
+            .field("group", &self.group)
+            .field("concurrency", &self.concurrency)
+            .field("max_buffered", &self.effective_max_buffered())
+            .field("commit_batch_size", &self.commit_batch_size)
+            .field("commit_interval", &self.commit_interval)
+            .field("shutdown_timeout", &self.shutdown_timeout)
+            .field("revoke_timeout", &self.revoke_timeout)
+            .field("properties", &crate::config::Redacted(&self.properties))
+            .finish_non_exhaustive()
+    }
 }
 
 impl Subscriber {

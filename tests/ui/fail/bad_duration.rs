@@ -1,0 +1,9 @@
+use kconc_runtime::{subscriber, Message};
+
+#[subscriber(topic = "orders", group = "billing", commit_interval = "5 seconds")]
+async fn bill(_order: Message) {}
+
+#[subscriber(topic = "orders", group = "audit", shutdown_timeout = "0s")]
+async fn audit(_order: Message) {}
+
+fn main() {}
