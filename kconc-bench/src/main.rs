@@ -1,0 +1,286 @@
+//! Throughput of kconc next to a hand-written rdkafka loop, in one run, on
+//! the embedded (in-process mock) cluster or a real one.
+//!
+//! Run with: `cargo run --release -p kconc-bench` (add `-- --smoke` for a
+//! seconds-long check, `-- --brokers HOST:PORT` for a real cluster).
+//!
+//! Workloads (topic of 8 partitions, keys `k{i % 1000}`, ~220-byte JSON):
+//! - W-noop: the handler decodes the JSON and returns; baseline: a raw
+//!   `BaseConsumer` loop that decodes the same JSON and stores offsets.
+//! - W-io: the handler awaits a 10 ms timer; bound: `concurrency / 10 ms`.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kconc_runtime::rdkafka::consumer::{BaseConsumer, Consumer as _};
+use kconc_runtime::rdkafka::producer::{BaseProducer, BaseRecord, Producer as _};
+use kconc_runtime::rdkafka::{ClientConfig, Message as _};
+use kconc_runtime::{App, EmbeddedCluster, Message, Subscriber};
+
+const PARTITIONS: i32 = 8;
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Order {
+    id: u64,
+    customer: String,
+    sku: String,
+    quantity: u32,
+    price_cents: u64,
+    currency: String,
+    note: String,
+}
+
+struct Options {
+    brokers: Option<String>,
+    noop_messages: usize,
+    io_messages: usize,
+    runs: usize,
+    io_concurrency: Vec<usize>,
+}
+
+fn options() -> Result<Options, String> {
+    let mut o = Options {
+        brokers: None,
+        noop_messages: 200_000,
+        io_messages: 20_000,
+        runs: 3,
+        io_concurrency: vec![10, 100, 1_000],
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--smoke" => {
+                o.noop_messages = 2_000;
+                o.io_messages = 500;
+                o.runs = 1;
+                o.io_concurrency = vec![100];
+            }
+            "--brokers" => o.brokers = Some(args.next().ok_or("--brokers needs a value")?),
+            "--runs" => {
+                o.runs = args
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .ok_or("--runs needs a number")?
+            }
+            "--messages" => {
+                o.noop_messages = args
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .ok_or("--messages needs a number")?;
+            }
+            "--help" | "-h" => {
+                println!("usage: kconc-bench [--smoke] [--brokers HOST:PORT] [--runs N] [--messages N]");
+                std::process::exit(0);
+            }
+            other => return Err(format!("unknown argument `{other}` (try --help)")),
+        }
+    }
+    Ok(o)
+}
+
+fn payload(i: usize) -> String {
+    let order = Order {
+        id: i as u64,
+        customer: format!("customer-{:06}", i % 50_000),
+        sku: format!("SKU-{:08}", i % 9_973),
+        quantity: (i % 7) as u32 + 1,
+        price_cents: (i as u64 * 37) % 100_000,
+        currency: "EUR".into(),
+        note: "deliver to the back door, ring twice, leave with the neighbour if nobody answers".into(),
+    };
+    serde_json::to_string(&order).unwrap_or_default()
+}
+
+fn produce(bootstrap: &str, topic: &str, n: usize) -> Result<(), String> {
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("linger.ms", "20")
+        .set("batch.num.messages", "10000")
+        .create()
+        .map_err(|e| e.to_string())?;
+    for i in 0..n {
+        let (key, value) = (format!("k{}", i % 1_000), payload(i));
+        let mut record = BaseRecord::to(topic)
+            .key(&key)
+            .payload(&value)
+            .partition((i % PARTITIONS as usize) as i32);
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((_, r)) => {
+                    producer.poll(Duration::from_millis(5));
+                    record = r;
+                }
+            }
+        }
+    }
+    producer.flush(Duration::from_secs(60)).map_err(|e| e.to_string())
+}
+
+/// Messages per second of a raw rdkafka loop reading `n` messages.
+fn raw_loop(bootstrap: &str, topic: &str, group: &str, n: usize) -> Result<f64, String> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", group)
+        .set("enable.auto.commit", "true")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .map_err(|e| e.to_string())?;
+    consumer.subscribe(&[topic]).map_err(|e| e.to_string())?;
+    let mut seen = 0;
+    let mut start = None;
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while seen < n {
+        if Instant::now() > deadline {
+            return Err(format!("raw loop: only {seen} of {n} messages"));
+        }
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => {
+                start.get_or_insert_with(Instant::now);
+                let order: Result<Order, _> = serde_json::from_slice(m.payload().unwrap_or_default());
+                std::hint::black_box(order.map(|o| o.id).unwrap_or(0));
+                let _ = consumer.store_offset_from_message(&m);
+                seen += 1;
+            }
+            Some(Err(e)) => return Err(e.to_string()),
+            None => {}
+        }
+    }
+    let took = start.map_or(Duration::ZERO, |s| s.elapsed());
+    Ok(n as f64 / took.as_secs_f64())
+}
+
+/// Messages per second of kconc reading `n` messages with `concurrency`,
+/// the handler sleeping `work` (or only decoding when zero).
+async fn framework(
+    bootstrap: &str,
+    topic: &str,
+    group: &str,
+    n: usize,
+    concurrency: usize,
+    work: Duration,
+) -> Result<(f64, u64), String> {
+    let count = Arc::new(AtomicUsize::new(0));
+    let first = Arc::new(std::sync::OnceLock::<Instant>::new());
+    let (c, f) = (count.clone(), first.clone());
+    let sub = Subscriber::new("bench", [topic], group, move |m: Message| {
+        let (c, f) = (c.clone(), f.clone());
+        async move {
+            f.get_or_init(Instant::now);
+            let order: Result<Order, _> = serde_json::from_slice(m.payload().unwrap_or_default());
+            std::hint::black_box(order.map(|o| o.id).unwrap_or(0));
+            if !work.is_zero() {
+                tokio::time::sleep(work).await;
+            }
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+    })
+    .concurrency(concurrency);
+    let running = App::new()
+        .brokers(bootstrap)
+        .subscriber(sub)
+        .start()
+        .map_err(|e| e.to_string())?;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while count.load(Ordering::Relaxed) < n {
+        if Instant::now() > deadline {
+            return Err(format!("kconc: only {} of {n} messages", count.load(Ordering::Relaxed)));
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let took = first.get().map_or(Duration::ZERO, Instant::elapsed);
+    let commits = running.total_stats().commits;
+    running.shutdown().await;
+    Ok((n as f64 / took.as_secs_f64(), commits))
+}
+
+fn median(mut v: Vec<f64>) -> (f64, f64, f64) {
+    v.sort_by(f64::total_cmp);
+    (v[v.len() / 2], v[0], v[v.len() - 1])
+}
+
+#[tokio::main]
+async fn main() {
+    if let Err(e) = run().await {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+}
+
+async fn run() -> Result<(), String> {
+    let o = options()?;
+    let cluster;
+    let bootstrap = match &o.brokers {
+        Some(b) => b.clone(),
+        None => {
+            cluster = EmbeddedCluster::start(1).map_err(|e| e.to_string())?;
+            cluster
+                .create_topic("bench-noop", PARTITIONS)
+                .map_err(|e| e.to_string())?;
+            cluster
+                .create_topic("bench-io", PARTITIONS)
+                .map_err(|e| e.to_string())?;
+            cluster.bootstrap_servers().to_owned()
+        }
+    };
+    let where_ = o.brokers.as_deref().unwrap_or("embedded mock cluster");
+    println!("kconc-bench on {where_}, {} run(s) each, median (min-max)", o.runs);
+    produce(&bootstrap, "bench-noop", o.noop_messages)?;
+    produce(&bootstrap, "bench-io", o.io_messages)?;
+
+    let mut raw = Vec::new();
+    let mut fw = Vec::new();
+    let mut commits = 0;
+    for run in 0..o.runs {
+        raw.push(tokio::task::block_in_place(|| {
+            raw_loop(&bootstrap, "bench-noop", &format!("raw-{run}"), o.noop_messages)
+        })?);
+        let (rate, c) = framework(
+            &bootstrap,
+            "bench-noop",
+            &format!("fw-{run}"),
+            o.noop_messages,
+            100,
+            Duration::ZERO,
+        )
+        .await?;
+        fw.push(rate);
+        commits = c;
+    }
+    let (r, rmin, rmax) = median(raw);
+    let (f, fmin, fmax) = median(fw);
+    println!(
+        "W-noop  {} msgs  raw rdkafka loop  {r:>9.0} msg/s ({rmin:.0}-{rmax:.0})",
+        o.noop_messages
+    );
+    println!(
+        "W-noop  {} msgs  kconc (c=100)     {f:>9.0} msg/s ({fmin:.0}-{fmax:.0})  ratio {:.2}  commits {commits}",
+        o.noop_messages,
+        f / r
+    );
+    for &c in &o.io_concurrency {
+        let mut rates = Vec::new();
+        for run in 0..o.runs {
+            let (rate, _) = framework(
+                &bootstrap,
+                "bench-io",
+                &format!("io-{c}-{run}"),
+                o.io_messages,
+                c,
+                Duration::from_millis(10),
+            )
+            .await?;
+            rates.push(rate);
+        }
+        let (m, lo, hi) = median(rates);
+        let bound = c as f64 / 0.010;
+        println!(
+            "W-io    {} msgs  kconc (c={c:<5})  {m:>9.0} msg/s ({lo:.0}-{hi:.0})  bound {bound:.0}  ratio {:.2}",
+            o.io_messages,
+            m / bound
+        );
+    }
+    Ok(())
+}
