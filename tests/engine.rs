@@ -384,3 +384,47 @@ async fn revoke_commits_the_finished_prefix_and_the_new_member_resumes_there() {
         ends.iter().map(|e| Some(*e)).collect::<Vec<_>>()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_handlers_never_exceed_max_poll_interval_and_the_buffer_stays_bounded() {
+    // Every handler takes longer than max.poll.interval.ms (1.6 s > 1.5 s)
+    // and there is a backlog of ~6 s of work: a consumer that stopped polling
+    // while its handler slots are full would be thrown out of the group.
+    let (topic, group, parts, n) = ("backlog", "g-backlog", 4, 8);
+    let cluster = cluster(topic, parts);
+    let ends = produce(cluster.bootstrap_servers(), topic, parts, n, 16);
+    let rec = Recorder::new();
+    let r = rec.clone();
+    let sub = Subscriber::new("backlog", [topic], group, move |m: Message| {
+        let r = r.clone();
+        async move {
+            let _g = r.start(&m);
+            tokio::time::sleep(Duration::from_millis(1_600)).await;
+        }
+    })
+    .concurrency(2)
+    .max_buffered(3)
+    .property("session.timeout.ms", "1500")
+    .property("heartbeat.interval.ms", "300")
+    .property("max.poll.interval.ms", "1500");
+    let app = test_app(cluster.bootstrap_servers()).subscriber(sub).start().unwrap();
+    wait_for("all handled", DEADLINE, || rec.finished() >= n).await;
+    let stats = app.stats("backlog").unwrap();
+    let bootstrap = app.bootstrap_servers().to_owned();
+    app.shutdown().await;
+    assert_eq!(stats.assignments, 1, "the member was rebalanced: {stats:?}");
+    assert_eq!(stats.revocations, 0, "the member lost its partitions: {stats:?}");
+    assert!(
+        stats.max_waiting <= 3,
+        "{} messages waited, more than max_buffered = 3",
+        stats.max_waiting
+    );
+    assert!(stats.max_waiting >= 2, "the backlog never filled the buffer: {stats:?}");
+    assert!(rec.max_in_flight() <= 2);
+    let twice: Vec<_> = rec.counts().into_iter().filter(|(_, c)| *c > 1).collect();
+    assert!(twice.is_empty(), "redelivered: {twice:?}");
+    assert_eq!(
+        committed(&bootstrap, group, topic, parts),
+        ends.iter().map(|e| Some(*e)).collect::<Vec<_>>()
+    );
+}

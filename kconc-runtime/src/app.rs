@@ -281,6 +281,9 @@ impl Running {
                 panicked: a.panicked + b.panicked,
                 commits: a.commits + b.commits,
                 commit_failures: a.commit_failures + b.commit_failures,
+                assignments: a.assignments + b.assignments,
+                revocations: a.revocations + b.revocations,
+                max_waiting: a.max_waiting.max(b.max_waiting),
             })
     }
 

@@ -34,6 +34,9 @@ pub(crate) struct PartitionKey {
 pub(crate) enum CommitRequest {
     /// Commit these positions (partition, epoch, next offset to read).
     Positions(Vec<(PartitionKey, u64, i64)>),
+    /// Forget these partitions without committing (their assignment was
+    /// lost: the member is no longer in the group, a commit would fail).
+    Forget(Vec<PartitionKey>),
     /// Commit now, reply with the outcome, then forget `forget` (revoked partitions).
     Flush {
         forget: Vec<PartitionKey>,
@@ -133,6 +136,13 @@ fn run(rx: &Receiver<CommitRequest>, group: &str, consumer: &BaseConsumer<KconcC
                             continue;
                         }
                         merge(&mut entries, key, epoch, offset);
+                    }
+                }
+                CommitRequest::Forget(keys) => {
+                    for key in keys {
+                        if let Some(e) = entries.remove(&key) {
+                            forgotten.insert(key, e.epoch);
+                        }
                     }
                 }
                 CommitRequest::Flush { forget: f, reply } => {

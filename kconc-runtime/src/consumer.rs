@@ -17,6 +17,7 @@
 //! then waits up to `fetch.wait.max.ms` for a refetch.)
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::Ordering;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
@@ -231,9 +232,16 @@ impl Engine {
                     "could not split the partition's queue; its messages come through the consumer queue"
                 );
             }
-            self.topics[t].partitions.insert(el.partition(), state);
+            // Assigned again without a revoke in between (eager protocol):
+            // what waited under the old assignment is read again from the
+            // committed offset.
+            let p = el.partition();
+            self.waiting
+                .retain(|(slot, _)| !(slot.topic == t && slot.partition == p));
+            self.topics[t].partitions.insert(p, state);
         }
         self.rebuild_order();
+        self.dispatcher.stats.assignments.fetch_add(1, Ordering::Relaxed);
         tracing::info!(
             subscriber = &*self.settings.name,
             group = self.settings.group,
@@ -255,6 +263,7 @@ impl Engine {
             return;
         }
         let started = Instant::now();
+        self.dispatcher.stats.revocations.fetch_add(1, Ordering::Relaxed);
         let mut revoked = Vec::new();
         for el in tpl.elements() {
             if let Some(t) = self.topics.iter().position(|t| &*t.name == el.topic()) {
@@ -281,22 +290,27 @@ impl Engine {
         }
         let positions = self.positions(&revoked);
         let keys: Vec<PartitionKey> = revoked.iter().map(|&(t, p)| self.key(t, p)).collect();
+        // A lost assignment (session expired, poll interval exceeded) is no
+        // longer ours to commit: the group has moved on without this member.
         let lost = consumer.assignment_lost();
-        if lost {
-            tracing::warn!(
-                subscriber = &*self.settings.name,
-                "assignment lost (session expired): not committing the revoked partitions"
-            );
-            self.committer.request(CommitRequest::Positions(Vec::new()));
+        let result = if lost {
+            self.committer.request(CommitRequest::Forget(keys));
+            Ok(())
         } else {
             self.committer.request(CommitRequest::Positions(positions));
-        }
-        let result = self.committer.flush(keys, self.settings.revoke_timeout);
+            self.committer.flush(keys, self.settings.revoke_timeout)
+        };
         for &(t, p) in &revoked {
             self.topics[t].partitions.remove(&p);
         }
         self.rebuild_order();
         match result {
+            Ok(()) if lost => tracing::warn!(
+                subscriber = &*self.settings.name,
+                group = self.settings.group,
+                partitions = %describe(tpl),
+                "partitions lost; their uncommitted messages will be redelivered to the new owner"
+            ),
             Ok(()) => tracing::info!(
                 subscriber = &*self.settings.name,
                 group = self.settings.group,
@@ -391,6 +405,10 @@ impl Engine {
             epoch: ps.epoch,
         };
         self.waiting.push_back((slot, msg));
+        self.dispatcher
+            .stats
+            .max_waiting
+            .fetch_max(self.waiting.len() as u64, Ordering::Relaxed);
     }
 
     /// Reads partition queues, a batch from each in turn, while fewer than

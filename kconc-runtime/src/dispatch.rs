@@ -24,6 +24,12 @@ pub(crate) struct Stats {
     pub commits: AtomicU64,
     /// Failed offset commits (each retried with the newest positions).
     pub commit_failures: AtomicU64,
+    /// Rebalances that assigned partitions to this member.
+    pub assignments: AtomicU64,
+    /// Rebalances that revoked partitions from this member.
+    pub revocations: AtomicU64,
+    /// The most messages ever waiting for a handler slot at once.
+    pub max_waiting: AtomicU64,
 }
 
 /// A snapshot of [`Stats`].
@@ -41,6 +47,12 @@ pub struct StatsSnapshot {
     pub commits: u64,
     /// Failed offset commits.
     pub commit_failures: u64,
+    /// Rebalances that assigned partitions to this member.
+    pub assignments: u64,
+    /// Rebalances that revoked partitions from this member.
+    pub revocations: u64,
+    /// The most messages ever waiting for a handler slot at once (bounded by `max_buffered`).
+    pub max_waiting: u64,
 }
 
 impl Stats {
@@ -54,6 +66,9 @@ impl Stats {
             panicked: r(&self.panicked),
             commits: r(&self.commits),
             commit_failures: r(&self.commit_failures),
+            assignments: r(&self.assignments),
+            revocations: r(&self.revocations),
+            max_waiting: r(&self.max_waiting),
         }
     }
 }
