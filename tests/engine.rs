@@ -351,6 +351,8 @@ async fn revoke_commits_the_finished_prefix_and_the_new_member_resumes_there() {
             .all(|(p, &e)| (0..e).all(|o| all.contains_key(&(p as i32, o))))
     })
     .await;
+    let a_stats = app_a.stats("a").unwrap();
+    assert!(a_stats.revocations >= 1, "a never had partitions revoked: {a_stats:?}");
     app_a.shutdown().await;
     app_b.shutdown().await;
 
@@ -370,10 +372,21 @@ async fn revoke_commits_the_finished_prefix_and_the_new_member_resumes_there() {
         );
         duplicates += offsets.iter().filter(|o| a.counts().contains_key(&(*p, **o))).count();
     }
-    assert!(
-        duplicates <= 4,
-        "{duplicates} duplicates: more than a's concurrency (4) in flight at revoke"
-    );
+    // The mock cluster now and then refuses the revoke's commit (a rebalance
+    // already in progress); kconc counts that, and only then may the new
+    // owner start from the last periodic commit (duplicates, never a skip).
+    if a_stats.revoke_commit_failures == 0 {
+        assert!(
+            duplicates <= 4,
+            "{duplicates} duplicates: more than a's concurrency (4) in flight at revoke; {a_stats:?}"
+        );
+    } else {
+        eprintln!("note: the broker refused a's revoke commit; {duplicates} duplicates");
+        assert!(
+            duplicates <= 4 + 100,
+            "{duplicates} duplicates: more than one commit batch; {a_stats:?}"
+        );
+    }
     let mut all = a.counts();
     for (k, c) in b.counts() {
         *all.entry(k).or_default() += c;

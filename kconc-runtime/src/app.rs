@@ -283,6 +283,7 @@ impl Running {
                 commit_failures: a.commit_failures + b.commit_failures,
                 assignments: a.assignments + b.assignments,
                 revocations: a.revocations + b.revocations,
+                revoke_commit_failures: a.revoke_commit_failures + b.revoke_commit_failures,
                 max_waiting: a.max_waiting.max(b.max_waiting),
             })
     }

@@ -318,13 +318,19 @@ impl Engine {
                 took_ms = started.elapsed().as_millis() as u64,
                 "partitions revoked; finished prefix committed"
             ),
-            Err(e) => tracing::warn!(
-                subscriber = &*self.settings.name,
-                group = self.settings.group,
-                partitions = %describe(tpl),
-                error = %e,
-                "partitions revoked; the commit of their finished prefix failed, so the new owner may redeliver some"
-            ),
+            Err(e) => {
+                self.dispatcher
+                    .stats
+                    .revoke_commit_failures
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    subscriber = &*self.settings.name,
+                    group = self.settings.group,
+                    partitions = %describe(tpl),
+                    error = %e,
+                    "partitions revoked; the commit of their finished prefix failed, so the new owner may redeliver some"
+                );
+            }
         }
     }
 

@@ -28,6 +28,9 @@ pub(crate) struct Stats {
     pub assignments: AtomicU64,
     /// Rebalances that revoked partitions from this member.
     pub revocations: AtomicU64,
+    /// Revokes whose commit of the finished prefix failed (the new owner
+    /// then starts from an older commit: duplicates, never a skip).
+    pub revoke_commit_failures: AtomicU64,
     /// The most messages ever waiting for a handler slot at once.
     pub max_waiting: AtomicU64,
 }
@@ -51,6 +54,8 @@ pub struct StatsSnapshot {
     pub assignments: u64,
     /// Rebalances that revoked partitions from this member.
     pub revocations: u64,
+    /// Revokes whose commit of the finished prefix failed.
+    pub revoke_commit_failures: u64,
     /// The most messages ever waiting for a handler slot at once (bounded by `max_buffered`).
     pub max_waiting: u64,
 }
@@ -68,6 +73,7 @@ impl Stats {
             commit_failures: r(&self.commit_failures),
             assignments: r(&self.assignments),
             revocations: r(&self.revocations),
+            revoke_commit_failures: r(&self.revoke_commit_failures),
             max_waiting: r(&self.max_waiting),
         }
     }
