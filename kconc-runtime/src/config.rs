@@ -19,7 +19,7 @@ pub const DEFAULT_BROKERS: &str = "localhost:9092";
 pub struct Cli {
     /// Kafka bootstrap servers (host:port,...), or `embedded` for an in-process
     /// mock cluster (not a real cluster; for trying things out). Default: localhost:9092.
-    #[arg(long, env = "KCONC_BROKERS")]
+    #[arg(long, env = "KCONC_BROKERS", hide_env_values = true)]
     pub brokers: Option<String>,
 
     /// A librdkafka property for every consumer, as KEY=VALUE (repeatable).
@@ -147,6 +147,48 @@ pub fn init_tracing() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn help_lists_every_flag_and_its_environment_variable() {
+        use clap::CommandFactory as _;
+        let help = Cli::command().render_long_help().to_string();
+        for needle in [
+            "--brokers",
+            "KCONC_BROKERS",
+            "embedded",
+            "--property",
+            "KCONC_RDKAFKA_",
+            "--only",
+            "--embedded-partitions",
+        ] {
+            assert!(help.contains(needle), "--help lacks {needle}:\n{help}");
+        }
+    }
+
+    #[test]
+    fn flags_parse_and_a_bad_one_names_itself() {
+        let cli = Cli::try_parse_from([
+            "svc",
+            "--brokers",
+            "b:9092",
+            "--property",
+            "client.rack=r1",
+            "--only",
+            "a",
+        ])
+        .unwrap();
+        assert_eq!(cli.brokers.as_deref(), Some("b:9092"));
+        assert_eq!(cli.properties, vec![("client.rack".to_owned(), "r1".to_owned())]);
+        assert_eq!(cli.only, vec!["a".to_owned()]);
+        let err = Cli::try_parse_from(["svc", "--property", "nonsense"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--property") && err.contains("KEY=VALUE"), "{err}");
+        let err = Cli::try_parse_from(["svc", "--embedded-partitions", "0"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--embedded-partitions"), "{err}");
+    }
 
     #[test]
     fn secrets_are_recognised() {

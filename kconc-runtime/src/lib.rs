@@ -61,13 +61,22 @@ pub use message::{Header, Message, PayloadError};
 pub use subscriber::Subscriber;
 
 /// Generates the program's `main`: runs every `#[subscriber]` until SIGINT or
-/// SIGTERM. `--help` lists the flags; `--brokers`/`KCONC_BROKERS` say where
-/// the cluster is (`embedded` starts an in-process mock cluster).
+/// SIGTERM, then shuts down gracefully. `--help` lists the flags;
+/// `--brokers`/`KCONC_BROKERS` say where the cluster is (default
+/// `localhost:9092`; `embedded` starts an in-process mock cluster).
+///
+/// `main!(default_brokers = "embedded")` changes the default, for examples
+/// that must run on a machine with no Kafka.
 #[macro_export]
 macro_rules! main {
     () => {
         fn main() -> ::std::process::ExitCode {
-            $crate::__private::run_main()
+            $crate::__private::run_main(::std::option::Option::None)
+        }
+    };
+    (default_brokers = $brokers:expr $(,)?) => {
+        fn main() -> ::std::process::ExitCode {
+            $crate::__private::run_main(::std::option::Option::Some($brokers))
         }
     };
 }
@@ -97,7 +106,7 @@ pub mod __private {
     pub fn assert_handler_output<T: IntoHandlerResult>() {}
 
     /// The body of the `main` that `main!()` generates.
-    pub fn run_main() -> ::std::process::ExitCode {
-        crate::app::run_main()
+    pub fn run_main(default_brokers: Option<&str>) -> ::std::process::ExitCode {
+        crate::app::run_main(default_brokers)
     }
 }
