@@ -256,7 +256,7 @@ async fn failed_commits_are_retried_and_committed_offsets_never_go_backwards() {
     let ends = produce(cluster.bootstrap_servers(), topic, parts, n, 100);
     let bootstrap = cluster.bootstrap_servers().to_owned();
     // The next 6 OffsetCommit requests fail.
-    cluster.mock().request_errors(
+    cluster.mock().unwrap().request_errors(
         RDKafkaApiKey::OffsetCommit,
         &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_OFFSET_METADATA_TOO_LARGE; 6],
     );

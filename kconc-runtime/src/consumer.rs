@@ -278,6 +278,8 @@ impl Engine {
             .retain(|(slot, _)| !revoked.contains(&(slot.topic, slot.partition)));
         let deadline = started + self.settings.revoke_timeout;
         while self.in_flight(&revoked) > 0 {
+            // The partitions that stay keep starting handlers meanwhile.
+            self.start_ready();
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() || !self.wait_event(left) {
                 tracing::warn!(

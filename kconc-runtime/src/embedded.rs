@@ -55,18 +55,17 @@ impl EmbeddedCluster {
     }
 
     /// rdkafka's handle on the cluster, for topic creation and fault injection.
-    pub fn mock(&self) -> MockCluster<'_, DefaultProducerContext> {
-        match self.owner.client().mock_cluster() {
-            Some(m) => m,
-            // `start` checked that the client has a cluster, and it keeps it.
-            None => unreachable!("the embedded cluster's client lost its mock cluster"),
-        }
+    pub fn mock(&self) -> Result<MockCluster<'_, DefaultProducerContext>, Error> {
+        self.owner
+            .client()
+            .mock_cluster()
+            .ok_or_else(|| Error::Embedded("the embedded cluster's client has no mock cluster".into()))
     }
 
     /// Creates a topic with `partitions` partitions (the mock cluster has no
     /// CreateTopics API; this calls it directly).
     pub fn create_topic(&self, topic: &str, partitions: i32) -> Result<(), Error> {
-        self.mock()
+        self.mock()?
             .create_topic(topic, partitions, 1)
             .map_err(|e| Error::Embedded(format!("cannot create topic `{topic}`: {e}")))
     }
