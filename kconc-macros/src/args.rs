@@ -1,4 +1,4 @@
-//! Parsing and validating the arguments of `#[subscriber(...)]`.
+//! Parsing and validating the options of `#[subscriber(...)]`.
 
 use proc_macro2::{Span, TokenStream};
 use syn::ext::IdentExt as _;
@@ -6,8 +6,10 @@ use syn::parse::{ParseStream, Parser as _};
 use syn::spanned::Spanned as _;
 use syn::{Expr, ExprArray, ExprLit, Ident, Lit, LitInt, LitStr, Token};
 
-/// Every key the attribute accepts, in the order the docs list them.
-pub(crate) const KEYS: &[&str] = &[
+use crate::errors::Errors;
+
+/// Every option the attribute accepts, in the order the docs list them.
+const KEYS: &[&str] = &[
     "topic",
     "topics",
     "group",
@@ -20,50 +22,32 @@ pub(crate) const KEYS: &[&str] = &[
     "crate",
 ];
 
-/// The validated arguments. Durations are in milliseconds.
-#[derive(Default)]
+/// The validated options. Literals keep their spans so generated code that
+/// uses them points back at the attribute.
 pub(crate) struct Args {
+    /// One or more non-empty topic names.
     pub(crate) topics: Vec<LitStr>,
-    pub(crate) group: Option<LitStr>,
+    pub(crate) group: LitStr,
     pub(crate) concurrency: Option<LitInt>,
     pub(crate) commit_batch_size: Option<LitInt>,
     pub(crate) commit_interval_ms: Option<u64>,
     pub(crate) shutdown_timeout_ms: Option<u64>,
     pub(crate) name: Option<LitStr>,
+    /// The path that replaces `::kconc_runtime` in generated code.
     pub(crate) krate: Option<syn::Path>,
 }
 
-/// Collects every error so the user sees all mistakes at once.
-#[derive(Default)]
-pub(crate) struct Errors(Option<syn::Error>);
-
-impl Errors {
-    pub(crate) fn push(&mut self, e: syn::Error) {
-        match &mut self.0 {
-            Some(all) => all.combine(e),
-            None => self.0 = Some(e),
-        }
-    }
-
-    pub(crate) fn push_at(&mut self, span: Span, msg: impl std::fmt::Display) {
-        self.push(syn::Error::new(span, msg));
-    }
-
-    pub(crate) fn into_result(self) -> syn::Result<()> {
-        self.0.map_or(Ok(()), Err)
-    }
-}
-
-/// Parses `key = value, ...`. Errors are pushed to `errors`; what could be
-/// read is returned so expansion can go on for the IDE's sake.
-pub(crate) fn parse(tokens: TokenStream, errors: &mut Errors) -> Args {
-    let mut raw: Vec<(Ident, Expr)> = Vec::new();
+/// Parses `key = value, ...`: the options if every one is valid, else an
+/// error for each mistake, each spanned at the offending token.
+pub(crate) fn parse(tokens: TokenStream) -> syn::Result<Args> {
+    let mut errors = Errors::default();
+    let mut pairs: Vec<(Ident, Expr)> = Vec::new();
     let parser = |input: ParseStream<'_>| {
         while !input.is_empty() {
             let key = Ident::parse_any(input)?;
             input.parse::<Token![=]>()?;
             let value: Expr = input.parse()?;
-            raw.push((key, value));
+            pairs.push((key, value));
             if input.is_empty() {
                 break;
             }
@@ -72,24 +56,31 @@ pub(crate) fn parse(tokens: TokenStream, errors: &mut Errors) -> Args {
         Ok(())
     };
     if let Err(e) = parser.parse2(tokens) {
-        errors.push(syn::Error::new(
+        // The pairs read before the mistake are still checked below.
+        errors.push_at(
             e.span(),
-            format!(
-                "{e}; expected `key = value` pairs separated by commas, e.g. `topic = \"orders\", group = \"billing\"`"
-            ),
-        ));
+            format!("{e}; the options are `key = value` pairs separated by commas, e.g. `topic = \"orders\", group = \"billing\"`"),
+        );
     }
 
-    let mut args = Args::default();
     let mut seen: Vec<String> = Vec::new();
-    let mut topic_key: Option<Ident> = None;
-    for (key, value) in raw {
+    let mut topic_key: Option<String> = None;
+    let mut topics = Vec::new();
+    let mut group = None;
+    let mut concurrency = None;
+    let mut commit_batch_size = None;
+    let mut commit_interval_ms = None;
+    let mut shutdown_timeout_ms = None;
+    let mut name = None;
+    let mut krate = None;
+    for (key, value) in pairs {
         let k = key.unraw().to_string();
         if seen.contains(&k) {
-            errors.push_at(key.span(), format!("duplicate `{k}`: give each option once"));
+            errors.push_at(key.span(), format!("duplicate option `{k}`: give each option once"));
             continue;
         }
         seen.push(k.clone());
+        let errors = &mut errors;
         match k.as_str() {
             "topic" | "topics" => {
                 if let Some(first) = &topic_key {
@@ -99,61 +90,43 @@ pub(crate) fn parse(tokens: TokenStream, errors: &mut Errors) -> Args {
                     );
                     continue;
                 }
-                topic_key = Some(key.clone());
-                if k == "topic" {
-                    if let Some(t) = non_empty_str(&value, "topic", errors) {
-                        args.topics.push(t);
-                    }
+                topic_key = Some(k.clone());
+                topics = if k == "topic" {
+                    non_empty_str(&value, "topic", errors).into_iter().collect()
                 } else {
-                    args.topics = topic_list(&value, errors);
-                }
+                    topic_list(&value, errors)
+                };
             }
-            "group" => args.group = non_empty_str(&value, "group", errors),
+            "group" => group = non_empty_str(&value, "group", errors),
             "concurrency" => {
-                args.concurrency = positive_int(
+                concurrency = at_least_one(
                     &value,
                     "concurrency",
                     "the number of handlers that may run at once",
                     errors,
-                )
+                );
             }
             "commit_batch_size" => {
-                args.commit_batch_size = positive_int(
+                commit_batch_size = at_least_one(
                     &value,
                     "commit_batch_size",
                     "how many finished messages trigger a commit",
                     errors,
                 );
             }
-            "commit_interval" => args.commit_interval_ms = duration(&value, "commit_interval", errors),
-            "shutdown_timeout" => args.shutdown_timeout_ms = duration(&value, "shutdown_timeout", errors),
-            "name" => args.name = non_empty_str(&value, "name", errors),
-            "ordering" => {
-                if let Some(s) = string(&value, "ordering", errors) {
-                    match s.value().as_str() {
-                        "unordered" => {}
-                        "key" | "partition" => errors.push_at(
-                            s.span(),
-                            format!("`ordering = \"{}\"` is not supported yet; this version supports `ordering = \"unordered\"` only", s.value()),
-                        ),
-                        other => errors.push_at(
-                            s.span(),
-                            format!("unknown ordering `{other}`: this version supports `ordering = \"unordered\"` (`\"key\"` and `\"partition\"` are planned)"),
-                        ),
-                    }
+            "commit_interval" => {
+                commit_interval_ms = duration(&value, "commit_interval", errors);
+                if let (Some(0), Some(s)) = (commit_interval_ms, lit_str(&value)) {
+                    errors.push_at(
+                        s.span(),
+                        "`commit_interval` must be longer than zero: it is how often finished offsets are committed",
+                    );
                 }
             }
-            "crate" => {
-                if let Some(s) = string(&value, "crate", errors) {
-                    match s.parse_with(syn::Path::parse_mod_style) {
-                        Ok(p) => args.krate = Some(p),
-                        Err(_) => errors.push_at(
-                            s.span(),
-                            "`crate` must be a path, e.g. `crate = \"my_kconc\"` or `crate = \"::kconc_runtime\"`",
-                        ),
-                    }
-                }
-            }
+            "shutdown_timeout" => shutdown_timeout_ms = duration(&value, "shutdown_timeout", errors),
+            "name" => name = non_empty_str(&value, "name", errors),
+            "ordering" => ordering(&value, errors),
+            "crate" => krate = crate_path(&value, errors),
             _ => {
                 let hint = closest(&k).map_or(String::new(), |c| format!("; did you mean `{c}`?"));
                 errors.push_at(
@@ -170,33 +143,53 @@ pub(crate) fn parse(tokens: TokenStream, errors: &mut Errors) -> Args {
         );
     }
     if !seen.iter().any(|k| k == "group") {
-        errors.push_at(
-            Span::call_site(),
-            "missing `group`: add the consumer group, e.g. `group = \"billing\"`, to #[subscriber(...)]",
-        );
+        errors.push_at(Span::call_site(), MISSING_GROUP);
     }
-    args
+    match (errors.finish(()), group) {
+        (Ok(()), Some(group)) => Ok(Args {
+            topics,
+            group,
+            concurrency,
+            commit_batch_size,
+            commit_interval_ms,
+            shutdown_timeout_ms,
+            name,
+            krate,
+        }),
+        (Err(e), _) => Err(e),
+        // Not reached: a `group` missing or invalid has been reported above.
+        (Ok(()), None) => Err(syn::Error::new(Span::call_site(), MISSING_GROUP)),
+    }
 }
+
+const MISSING_GROUP: &str =
+    "missing `group`: add the consumer group, e.g. `group = \"billing\"`, to #[subscriber(...)]";
 
 fn lit(value: &Expr) -> Option<&Lit> {
     match value {
         Expr::Lit(ExprLit { lit, .. }) => Some(lit),
+        // Literals passed through a `macro_rules!` arrive wrapped in a group.
         Expr::Group(g) => lit(&g.expr),
         _ => None,
     }
 }
 
-fn string(value: &Expr, key: &str, errors: &mut Errors) -> Option<LitStr> {
+fn lit_str(value: &Expr) -> Option<&LitStr> {
     match lit(value) {
-        Some(Lit::Str(s)) => Some(s.clone()),
-        _ => {
-            errors.push_at(
-                value.span(),
-                format!("`{key}` takes a string literal, e.g. `{key} = \"...\"`"),
-            );
-            None
-        }
+        Some(Lit::Str(s)) => Some(s),
+        _ => None,
     }
+}
+
+fn string(value: &Expr, key: &str, errors: &mut Errors) -> Option<LitStr> {
+    let s = lit_str(value).cloned();
+    if s.is_none() {
+        errors.push_at(
+            value.span(),
+            format!("`{key}` takes a string literal, e.g. `{key} = \"...\"`"),
+        );
+    }
+    s
 }
 
 fn non_empty_str(value: &Expr, key: &str, errors: &mut Errors) -> Option<LitStr> {
@@ -212,7 +205,7 @@ fn topic_list(value: &Expr, errors: &mut Errors) -> Vec<LitStr> {
     let Expr::Array(ExprArray { elems, .. }) = value else {
         errors.push_at(
             value.span(),
-            "`topics` takes a list of string literals, e.g. `topics = [\"orders\", \"refunds\"]`",
+            "`topics` takes a list of string literals, e.g. `topics = [\"orders\", \"refunds\"]` (for one topic, `topic = \"orders\"`)",
         );
         return Vec::new();
     };
@@ -229,7 +222,7 @@ fn topic_list(value: &Expr, errors: &mut Errors) -> Vec<LitStr> {
         .collect()
 }
 
-fn positive_int(value: &Expr, key: &str, what: &str, errors: &mut Errors) -> Option<LitInt> {
+fn at_least_one(value: &Expr, key: &str, what: &str, errors: &mut Errors) -> Option<LitInt> {
     let Some(Lit::Int(i)) = lit(value) else {
         errors.push_at(
             value.span(),
@@ -255,43 +248,82 @@ fn positive_int(value: &Expr, key: &str, what: &str, errors: &mut Errors) -> Opt
 
 fn duration(value: &Expr, key: &str, errors: &mut Errors) -> Option<u64> {
     let s = string(value, key, errors)?;
-    match parse_duration_ms(&s.value()) {
-        Some(0) => {
-            errors.push_at(s.span(), format!("`{key}` must be longer than zero"));
-            None
-        }
-        Some(ms) => Some(ms),
-        None => {
+    let ms = parse_duration_ms(&s.value());
+    if ms.is_none() {
+        errors.push_at(
+            s.span(),
+            format!("`{key}` takes a duration: a whole number followed by `ms`, `s` or `m`, e.g. `{key} = \"500ms\"`, `\"2s\"` or `\"1m\"`"),
+        );
+    }
+    ms
+}
+
+/// `"500ms"`, `"2s"`, `"1m"` to milliseconds; `None` for anything else.
+fn parse_duration_ms(s: &str) -> Option<u64> {
+    let unit_at = s.find(|c: char| !c.is_ascii_digit())?;
+    let (n, unit) = s.split_at(unit_at);
+    let n: u64 = n.parse().ok()?;
+    let factor = match unit {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        _ => return None,
+    };
+    n.checked_mul(factor)
+}
+
+fn ordering(value: &Expr, errors: &mut Errors) {
+    let Some(s) = string(value, "ordering", errors) else {
+        return;
+    };
+    let given = s.value();
+    if given == "unordered" {
+        return;
+    }
+    let msg = if given == "key" || given == "partition" {
+        format!("`ordering = \"{given}\"` is not supported in this version: only `ordering = \"unordered\"` is (`\"key\"` and `\"partition\"` are planned)")
+    } else {
+        format!("unknown ordering `{given}`: only `ordering = \"unordered\"` is supported in this version (`\"key\"` and `\"partition\"` are planned)")
+    };
+    errors.push_at(s.span(), msg);
+}
+
+fn crate_path(value: &Expr, errors: &mut Errors) -> Option<syn::Path> {
+    let s = string(value, "crate", errors)?;
+    match s.parse_with(syn::Path::parse_mod_style) {
+        // Spanned at the literal so a path that does not resolve is reported there.
+        Ok(p) => Some(respan_path(p, s.span())),
+        Err(_) => {
             errors.push_at(
                 s.span(),
-                format!("`{key}` takes a duration: a whole number and a unit, `ms`, `s`, `m` or `h`, e.g. `{key} = \"500ms\"` or `\"2s\"`"),
+                "`crate` takes the path of the kconc runtime as a string, e.g. `crate = \"my_kconc\"` for a dependency renamed to `my_kconc`",
             );
             None
         }
     }
 }
 
-/// `"500ms"`, `"2s"`, `"1m"`, `"1h"` to milliseconds.
-pub(crate) fn parse_duration_ms(s: &str) -> Option<u64> {
-    let s = s.trim();
-    let digits = s.find(|c: char| !c.is_ascii_digit())?;
-    let (n, unit) = s.split_at(digits);
-    let n: u64 = n.parse().ok()?;
-    let factor = match unit.trim() {
-        "ms" => 1,
-        "s" => 1_000,
-        "m" => 60_000,
-        "h" => 3_600_000,
-        _ => return None,
-    };
-    n.checked_mul(factor)
+fn respan_path(mut path: syn::Path, span: Span) -> syn::Path {
+    if let Some(colon) = &mut path.leading_colon {
+        colon.spans = [span, span];
+    }
+    for seg in &mut path.segments {
+        seg.ident.set_span(span);
+    }
+    for p in path.segments.pairs_mut() {
+        if let syn::punctuated::Pair::Punctuated(_, colon) = p {
+            colon.spans = [span, span];
+        }
+    }
+    path
 }
 
-/// The valid key closest to a misspelt one, if it is close.
+/// The valid option closest to a misspelt one, if it is close enough to be
+/// a likely typo.
 fn closest(key: &str) -> Option<&'static str> {
     KEYS.iter()
         .map(|k| (edit_distance(key, k), *k))
-        .filter(|(d, k)| *d <= 2 || k.starts_with(key) || key.starts_with(k))
+        .filter(|(d, k)| *d <= 2 || (key.len() >= 3 && (k.starts_with(key) || key.starts_with(k))))
         .min_by_key(|(d, _)| *d)
         .map(|(_, k)| k)
 }
@@ -314,22 +346,39 @@ mod tests {
     use super::*;
 
     #[test]
-    fn durations() {
+    fn durations_accept_ms_s_and_m_only() {
         assert_eq!(parse_duration_ms("500ms"), Some(500));
         assert_eq!(parse_duration_ms("2s"), Some(2_000));
         assert_eq!(parse_duration_ms("1m"), Some(60_000));
-        assert_eq!(parse_duration_ms("1h"), Some(3_600_000));
+        assert_eq!(parse_duration_ms("0s"), Some(0));
+        assert_eq!(parse_duration_ms("1h"), None);
         assert_eq!(parse_duration_ms("2"), None);
         assert_eq!(parse_duration_ms("s"), None);
         assert_eq!(parse_duration_ms("1.5s"), None);
+        assert_eq!(parse_duration_ms("5 s"), None);
         assert_eq!(parse_duration_ms("10 days"), None);
+        assert_eq!(parse_duration_ms("99999999999999999999m"), None);
     }
 
     #[test]
-    fn typo_hints() {
+    fn typos_get_a_hint_and_strangers_do_not() {
         assert_eq!(closest("concurency"), Some("concurrency"));
         assert_eq!(closest("topc"), Some("topic"));
         assert_eq!(closest("grop"), Some("group"));
+        assert_eq!(closest("commit_interval_ms"), Some("commit_interval"));
         assert_eq!(closest("wibble"), None);
+        assert_eq!(closest("parallelism"), None);
+    }
+
+    #[test]
+    fn every_mistake_is_reported_at_once() {
+        let tokens: TokenStream = "concurrency = 0, colour = \"blue\", commit_interval = \"soon\""
+            .parse()
+            .expect("valid tokens");
+        let Err(e) = parse(tokens) else {
+            panic!("the options are invalid");
+        };
+        let messages: Vec<String> = e.into_iter().map(|e| e.to_string()).collect();
+        assert_eq!(messages.len(), 5, "{messages:#?}");
     }
 }

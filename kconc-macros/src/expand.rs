@@ -2,138 +2,122 @@
 //! block holding the adapter the runtime calls and the `inventory`
 //! registration. Generated code names only `<crate>::__private::...`.
 
-use proc_macro2::TokenStream;
-use quote::{quote, quote_spanned, ToTokens as _};
+use proc_macro2::{Span, TokenStream};
+use quote::{quote, quote_spanned};
+use syn::ext::IdentExt as _;
 use syn::spanned::Spanned as _;
-use syn::{FnArg, ItemFn, ReturnType};
+use syn::{FnArg, Ident, ItemFn, LitInt, LitStr, ReturnType};
 
-use crate::args::{self, Args, Errors};
+use crate::args::{self, Args};
+use crate::signature;
 
+/// The whole expansion. On any mistake: the function exactly as written (so
+/// IDEs and the rest of the crate keep working) plus every error, and no
+/// registration.
 pub(crate) fn subscriber(args: TokenStream, item: TokenStream) -> TokenStream {
-    let mut errors = Errors::default();
-    let args = args::parse(args, &mut errors);
-    let func: ItemFn = match syn::parse2(item.clone()) {
-        Ok(f) => f,
+    match expand(args, item.clone()) {
+        Ok(expanded) => expanded,
         Err(e) => {
-            let e = syn::Error::new(e.span(), "#[subscriber] goes on an `async fn`");
-            let err = e.to_compile_error();
-            return quote!(#item #err);
+            let errors = e.to_compile_error();
+            quote!(#item #errors)
+        }
+    }
+}
+
+fn expand(args: TokenStream, item: TokenStream) -> syn::Result<TokenStream> {
+    let args = args::parse(args);
+    let func = syn::parse2::<ItemFn>(item.clone()).map_err(|e| {
+        syn::Error::new(
+            e.span(),
+            format!("#[subscriber] goes on an `async fn` taking the message ({e})"),
+        )
+    });
+    let (args, func) = match (args, func) {
+        (Ok(args), Ok(func)) => {
+            signature::check(&func)?;
+            (args, func)
+        }
+        (Err(mut e), Ok(func)) => {
+            if let Err(more) = signature::check(&func) {
+                e.combine(more);
+            }
+            return Err(e);
+        }
+        (Err(mut e), Err(more)) => {
+            e.combine(more);
+            return Err(e);
+        }
+        (Ok(_), Err(e)) => return Err(e),
+    };
+    let registration = registration(&args, &func);
+    Ok(quote!(#item #registration))
+}
+
+fn registration(args: &Args, func: &ItemFn) -> TokenStream {
+    let p = private(args, Span::call_site());
+    let ident = &func.sig.ident;
+
+    let name = match &args.name {
+        Some(name) => quote!(#name),
+        None => {
+            let fn_name = LitStr::new(&ident.unraw().to_string(), ident.span());
+            quote!(::core::concat!(::core::module_path!(), "::", #fn_name))
         }
     };
-    check_signature(&func, &mut errors);
-    match errors.into_result() {
-        Ok(()) => {
-            let registration = register(&args, &func);
-            quote!(#func #registration)
-        }
-        // The function as written, so IDEs keep working, plus every error.
-        Err(e) => {
-            let err = e.to_compile_error();
-            quote!(#func #err)
-        }
-    }
-}
-
-fn check_signature(func: &ItemFn, errors: &mut Errors) {
-    let sig = &func.sig;
-    if sig.asyncness.is_none() {
-        errors.push_at(
-            sig.fn_token.span(),
-            "kconc handlers must be `async fn`: add `async` before `fn`",
-        );
-    }
-    if !sig.generics.params.is_empty() || sig.generics.where_clause.is_some() {
-        errors.push_at(
-            sig.generics.span(),
-            "kconc handlers cannot be generic: the runtime calls one concrete function; remove the type parameters",
-        );
-    }
-    if let Some(v) = &sig.variadic {
-        errors.push_at(v.span(), "kconc handlers cannot be variadic");
-    }
-    for arg in &sig.inputs {
-        if let FnArg::Receiver(r) = arg {
-            errors.push_at(
-                r.span(),
-                "kconc handlers cannot take `self`: make it a free `async fn` and reach shared state through a static or the message",
-            );
-            return;
-        }
-    }
-    if sig.inputs.len() != 1 {
-        let span = if sig.inputs.is_empty() {
-            sig.paren_token.span.join()
-        } else {
-            sig.inputs.span()
-        };
-        errors.push_at(
-            span,
-            format!(
-                "kconc handlers take exactly one argument, the message (`kconc_runtime::Message`); this one takes {}",
-                sig.inputs.len()
-            ),
-        );
-    }
-}
-
-fn register(args: &Args, func: &ItemFn) -> TokenStream {
-    let krate = args
-        .krate
-        .as_ref()
-        .map_or_else(|| quote!(::kconc_runtime), |p| p.to_token_stream());
-    let p = quote!(#krate::__private);
-    let ident = &func.sig.ident;
-    let name = args.name.as_ref().map_or_else(
-        || {
-            quote!(::core::concat!(
-                ::core::module_path!(),
-                "::",
-                ::core::stringify!(#ident)
-            ))
-        },
-        |n| quote!(#n),
-    );
     let topics = &args.topics;
     let group = &args.group;
-    let opt_usize = |v: &Option<syn::LitInt>| match v {
-        Some(i) => {
-            let n: usize = i.base10_parse().unwrap_or(1);
-            quote_spanned!(i.span()=> #p::Some(#n))
+    let usize_option = |v: &Option<LitInt>| match v {
+        Some(n) => {
+            let n = LitInt::new(&format!("{}usize", n.base10_digits()), n.span());
+            quote!(#p::Some(#n))
         }
         None => quote!(#p::None),
     };
-    let opt_ms = |v: Option<u64>| match v {
+    let duration_option = |ms: Option<u64>| match ms {
         Some(ms) => quote!(#p::Some(#p::Duration::from_millis(#ms))),
         None => quote!(#p::None),
     };
-    let concurrency = opt_usize(&args.concurrency);
-    let commit_batch_size = opt_usize(&args.commit_batch_size);
-    let commit_interval = opt_ms(args.commit_interval_ms);
-    let shutdown_timeout = opt_ms(args.shutdown_timeout_ms);
+    let concurrency = usize_option(&args.concurrency);
+    let commit_batch_size = usize_option(&args.commit_batch_size);
+    let commit_interval = duration_option(args.commit_interval_ms);
+    let shutdown_timeout = duration_option(args.shutdown_timeout_ms);
 
-    // Checks whose errors land on the user's code rather than on ours.
-    let arg_check = func.sig.inputs.first().and_then(|a| match a {
+    // The type checks are spanned at the user's code, so their errors land
+    // there and not on the attribute: a wrong argument type at the
+    // argument's type; a non-`Send` future or an unsupported output at the
+    // return type (at the name if there is none). The adapter's locals carry
+    // those spans too (a mixed-site span would move the errors back to the
+    // attribute), and a `kconc_` prefix, so a handler named `message` is
+    // still the function called.
+    let message = local("message", ident.span());
+    let handler = local("handler", ident.span());
+    let arg_check = func.sig.inputs.first().and_then(|arg| match arg {
         FnArg::Typed(t) => {
             let ty = &t.ty;
-            Some(quote_spanned!(ty.span()=> let message: #ty = message;))
+            let typed = local("message", ty.span());
+            Some(quote_spanned!(ty.span()=> let #typed: #ty = #typed;))
         }
         FnArg::Receiver(_) => None,
     });
-    let output_check = match &func.sig.output {
-        ReturnType::Default => quote!(),
-        ReturnType::Type(_, ty) => quote_spanned!(ty.span()=> #p::assert_handler_output::<#ty>();),
+    let output_span = match &func.sig.output {
+        ReturnType::Default => ident.span(),
+        ReturnType::Type(_, ty) => ty.span(),
     };
-    // Spanned at the function's name: a non-`Send` future (or an output that
-    // is not a handler result) is reported there.
-    let boxed = quote_spanned!(ident.span()=> #p::into_handler_future(future));
+    // One call checks both that the future is `Send` and that its output is
+    // a handler result, so a mistake is reported once.
+    let future = local("future", output_span);
+    let p_output = private(args, output_span);
+    let boxed = quote_spanned!(output_span=> #p_output::into_handler_future(#future));
 
     quote! {
         #[doc(hidden)]
         const _: () = {
-            fn __kconc_adapter(message: #p::Message) -> #p::HandlerFuture {
+            fn __kconc_adapter(#message: #p::Message) -> #p::HandlerFuture {
                 #arg_check
-                #output_check
-                let future = #ident(message);
+                // Named as a value, not only called: the attribute is what
+                // requires `async`, so clippy's `unused_async` must not fire.
+                let #handler = #ident;
+                let #future = #handler(#message);
                 #boxed
             }
             #p::inventory::submit! {
@@ -152,4 +136,19 @@ fn register(args: &Args, func: &ItemFn) -> TokenStream {
             }
         };
     }
+}
+
+/// The path of the runtime's `__private` module: under `::kconc_runtime`, or
+/// under the `crate = ".."` path (which keeps the literal's span, so a path
+/// that does not resolve is reported there).
+fn private(args: &Args, span: Span) -> TokenStream {
+    match &args.krate {
+        Some(krate) => quote!(#krate::__private),
+        None => quote_spanned!(span=> ::kconc_runtime::__private),
+    }
+}
+
+/// A local of the adapter, reported at `at`.
+fn local(name: &str, at: Span) -> Ident {
+    Ident::new(&format!("kconc_{name}"), at)
 }

@@ -8,12 +8,16 @@
 //! }
 //! ```
 //!
-//! Every option is checked at compile time; a mistake is an error pointing at
-//! the offending token, and the function is still emitted so IDEs keep
-//! working. See the `kconc-runtime` documentation for what each option does.
+//! Every option is checked at compile time; each mistake is an error at the
+//! offending token, all reported in one compile, and the function is still
+//! emitted so IDEs keep working. The modules, in the order the macro runs
+//! them: `args` reads the options, `signature` checks the function's shape,
+//! `expand` generates the adapter and the registration.
 
 mod args;
+mod errors;
 mod expand;
+mod signature;
 
 use proc_macro::TokenStream;
 
@@ -22,7 +26,12 @@ use proc_macro::TokenStream;
 /// Options: `topic = ".."` or `topics = ["..", ..]`, `group = ".."` (both
 /// required), `concurrency = N`, `ordering = "unordered"`,
 /// `commit_batch_size = N`, `commit_interval = "1s"`,
-/// `shutdown_timeout = "20s"`, `name = ".."`, `crate = "path"`.
+/// `shutdown_timeout = "20s"` (durations in `ms`, `s` or `m`),
+/// `name = ".."` (default: the function's path), `crate = "path"` (for a
+/// renamed `kconc-runtime` dependency).
+///
+/// The function takes one argument, the `kconc_runtime::Message`, and returns
+/// `()` or `Result<(), E>` where `E` converts into a boxed error.
 #[proc_macro_attribute]
 pub fn subscriber(args: TokenStream, item: TokenStream) -> TokenStream {
     expand::subscriber(args.into(), item.into()).into()

@@ -102,9 +102,6 @@ pub mod __private {
         Box::pin(async move { fut.await.into_handler_result() })
     }
 
-    /// Compile-time check of a handler's return type.
-    pub fn assert_handler_output<T: IntoHandlerResult>() {}
-
     /// The body of the `main` that `main!()` generates.
     pub fn run_main(default_brokers: Option<&str>) -> ::std::process::ExitCode {
         crate::app::run_main(default_brokers)

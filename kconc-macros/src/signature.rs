@@ -1,0 +1,72 @@
+//! Checking that the function under `#[subscriber]` is one the runtime can
+//! call: a free, non-generic `async fn` taking the message.
+//!
+//! The argument's and the output's *types* are checked by the compiler, on
+//! the user's spans, by code that `expand` generates.
+
+use syn::spanned::Spanned as _;
+use syn::{FnArg, ItemFn, Type};
+
+use crate::errors::Errors;
+
+/// `Ok` if the signature has the shape of a handler, else an error for each
+/// mistake, spanned at the offending token.
+pub(crate) fn check(func: &ItemFn) -> syn::Result<()> {
+    let mut errors = Errors::default();
+    let sig = &func.sig;
+    if sig.asyncness.is_none() {
+        errors.push_at(
+            sig.fn_token.span(),
+            "kconc handlers must be `async fn`; add `async` before `fn`",
+        );
+    }
+    if let Some(unsafety) = &sig.unsafety {
+        errors.push_at(
+            unsafety.span(),
+            "kconc handlers cannot be `unsafe fn`: the runtime calls them with no safety contract; remove `unsafe` and use an `unsafe` block inside",
+        );
+    }
+    if !sig.generics.params.is_empty() || sig.generics.where_clause.is_some() {
+        errors.push_at(
+            sig.generics.span(),
+            "kconc handlers cannot be generic: the runtime calls one concrete function; remove the generic parameters",
+        );
+    }
+    if let Some(v) = &sig.variadic {
+        errors.push_at(v.span(), "kconc handlers cannot be variadic");
+    }
+    let receiver = sig.inputs.iter().find_map(|arg| match arg {
+        FnArg::Receiver(r) => Some(r),
+        FnArg::Typed(_) => None,
+    });
+    if let Some(r) = receiver {
+        errors.push_at(
+            r.span(),
+            "kconc handlers cannot take `self`: make it a free `async fn` (outside the `impl`) and reach shared state through a `static`",
+        );
+    } else if sig.inputs.len() != 1 {
+        let span = if sig.inputs.is_empty() {
+            sig.paren_token.span.join()
+        } else {
+            sig.inputs.span()
+        };
+        errors.push_at(
+            span,
+            format!(
+                "kconc handlers take exactly one argument, the message (`kconc_runtime::Message`); this one takes {}",
+                sig.inputs.len()
+            ),
+        );
+    }
+    for arg in &sig.inputs {
+        if let FnArg::Typed(t) = arg {
+            if let Type::ImplTrait(_) = &*t.ty {
+                errors.push_at(
+                    t.ty.span(),
+                    "kconc handlers cannot be generic: take the message as `kconc_runtime::Message`, not `impl Trait`",
+                );
+            }
+        }
+    }
+    errors.finish(())
+}

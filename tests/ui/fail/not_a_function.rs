@@ -1,0 +1,6 @@
+use kconc_runtime::subscriber;
+
+#[subscriber(topic = "orders", group = "billing")]
+struct Biller;
+
+fn main() {}
