@@ -32,7 +32,7 @@ use rdkafka::{ClientConfig, Message as _, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
 use crate::commit::{CommitRequest, Committer, PartitionKey};
-use crate::dispatch::{Dispatcher, Event, PartitionSlot, Stats};
+use crate::dispatch::{Dispatcher, Event, PartitionSlot, Shared, Stats};
 use crate::message::Message;
 use crate::offsets::OffsetTracker;
 use crate::subscriber::Subscriber;
@@ -241,7 +241,7 @@ impl Engine {
             self.topics[t].partitions.insert(p, state);
         }
         self.rebuild_order();
-        self.dispatcher.stats.assignments.fetch_add(1, Ordering::Relaxed);
+        self.dispatcher.stats().assignments.fetch_add(1, Ordering::Relaxed);
         tracing::info!(
             subscriber = &*self.settings.name,
             group = self.settings.group,
@@ -263,7 +263,7 @@ impl Engine {
             return;
         }
         let started = Instant::now();
-        self.dispatcher.stats.revocations.fetch_add(1, Ordering::Relaxed);
+        self.dispatcher.stats().revocations.fetch_add(1, Ordering::Relaxed);
         let mut revoked = Vec::new();
         for el in tpl.elements() {
             if let Some(t) = self.topics.iter().position(|t| &*t.name == el.topic()) {
@@ -322,7 +322,7 @@ impl Engine {
             ),
             Err(e) => {
                 self.dispatcher
-                    .stats
+                    .stats()
                     .revoke_commit_failures
                     .fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(
@@ -414,7 +414,7 @@ impl Engine {
         };
         self.waiting.push_back((slot, msg));
         self.dispatcher
-            .stats
+            .stats()
             .max_waiting
             .fetch_max(self.waiting.len() as u64, Ordering::Relaxed);
     }
@@ -438,10 +438,10 @@ impl Engine {
                         self.next_turn = (self.next_turn + i + 1) % n;
                         return read;
                     }
-                    let name = self.topics[t].name.clone();
-                    let polled = match self.topics[t].partitions.get(&p).and_then(|ps| ps.queue.as_ref()) {
+                    let topic = &self.topics[t];
+                    let polled = match topic.partitions.get(&p).and_then(|ps| ps.queue.as_ref()) {
                         Some(q) => match q.poll(Duration::ZERO) {
-                            Some(Ok(m)) => Ok(Message::detach(name, &m)),
+                            Some(Ok(m)) => Ok(Message::detach(topic.name.clone(), &m)),
                             Some(Err(e)) => Err(Some(e)),
                             None => Err(None),
                         },
@@ -599,13 +599,13 @@ pub(crate) fn start(
         },
         topics: Vec::new(),
         events: events_rx,
-        dispatcher: Dispatcher {
+        dispatcher: Dispatcher::new(Shared {
             subscriber: name.clone(),
             handler: sub.handler.clone(),
             events: events_tx,
             stats: stats.clone(),
             runtime,
-        },
+        }),
         committer,
         consumer: Arc::downgrade(&consumer),
         wake,

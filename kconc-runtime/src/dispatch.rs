@@ -104,9 +104,13 @@ pub(crate) struct PartitionSlot {
     pub(crate) epoch: u64,
 }
 
-/// What every handler task of one subscriber shares.
+/// What every handler task of one subscriber shares. Cloned once per
+/// message as a single `Arc`, not field by field.
 #[derive(Clone, Debug)]
-pub(crate) struct Dispatcher {
+pub(crate) struct Dispatcher(Arc<Shared>);
+
+#[derive(Debug)]
+pub(crate) struct Shared {
     pub(crate) subscriber: Arc<str>,
     pub(crate) handler: Handler,
     pub(crate) events: Sender<Event>,
@@ -115,11 +119,19 @@ pub(crate) struct Dispatcher {
 }
 
 impl Dispatcher {
+    pub(crate) fn new(shared: Shared) -> Self {
+        Self(Arc::new(shared))
+    }
+
+    pub(crate) fn stats(&self) -> &Stats {
+        &self.0.stats
+    }
+
     /// Spawns the task that handles one message and reports its completion.
     pub(crate) fn spawn(&self, slot: PartitionSlot, msg: Message) {
-        self.stats.dispatched.fetch_add(1, Ordering::Relaxed);
-        let this = self.clone();
-        self.runtime.spawn(async move {
+        self.0.stats.dispatched.fetch_add(1, Ordering::Relaxed);
+        let this = self.0.clone();
+        self.0.runtime.spawn(async move {
             let offset = msg.offset();
             this.run(msg).await;
             // The poll loop keeps the receiver until shutdown has given up on
@@ -127,9 +139,13 @@ impl Dispatcher {
             let _ = this.events.send(Event::Done(Completion { slot, offset }));
         });
     }
+}
 
+impl Shared {
     async fn run(&self, msg: Message) {
-        let (topic, partition, offset) = (msg.topic().to_owned(), msg.partition(), msg.offset());
+        // Kept for the log line of a failure; cloning the shared name is
+        // cheaper than formatting on every message.
+        let (topic, partition, offset) = (msg.topic_name(), msg.partition(), msg.offset());
         match self.handler.call(msg).await {
             Outcome::Ok => {
                 self.stats.handled.fetch_add(1, Ordering::Relaxed);
@@ -137,14 +153,14 @@ impl Dispatcher {
             Outcome::Failed(error) => {
                 self.stats.failed.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(
-                    subscriber = %self.subscriber, topic, partition, offset, error = %error,
+                    subscriber = %self.subscriber, topic = &*topic, partition, offset, error = %error,
                     "handler failed; the message counts as finished"
                 );
             }
             Outcome::Panicked(panic) => {
                 self.stats.panicked.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(
-                    subscriber = %self.subscriber, topic, partition, offset, panic,
+                    subscriber = %self.subscriber, topic = &*topic, partition, offset, panic,
                     "handler panicked; the message counts as finished"
                 );
             }

@@ -89,6 +89,11 @@ impl Message {
         }
     }
 
+    /// The topic's name, shared with the other messages of its partition.
+    pub(crate) fn topic_name(&self) -> Arc<str> {
+        self.topic.clone()
+    }
+
     /// The topic the record was read from.
     pub fn topic(&self) -> &str {
         &self.topic
