@@ -90,15 +90,43 @@ fn registration(args: &Args, func: &ItemFn) -> TokenStream {
     // attribute), and a `kconc_` prefix, so a handler named `message` is
     // still the function called.
     let message = local("message", ident.span());
+    let cx = local("cx", ident.span());
     let handler = local("handler", ident.span());
-    let arg_check = func.sig.inputs.first().and_then(|arg| match arg {
-        FnArg::Typed(t) => {
-            let ty = &t.ty;
-            let typed = local("message", ty.span());
-            Some(quote_spanned!(ty.span()=> let #typed: #ty = #typed;))
-        }
-        FnArg::Receiver(_) => None,
-    });
+    // Each argument is extracted from the message, the last one by value (it
+    // may be the whole `Message`). The extractor call is spanned at the
+    // argument's type, so a type that is not an extractor is reported there.
+    let types: Vec<&syn::Type> = func
+        .sig
+        .inputs
+        .iter()
+        .filter_map(|arg| match arg {
+            FnArg::Typed(t) => Some(&*t.ty),
+            FnArg::Receiver(_) => None,
+        })
+        .collect();
+    let mut args_names = Vec::new();
+    let mut extractions = Vec::new();
+    for (i, ty) in types.iter().enumerate() {
+        let name = local(&format!("arg{i}"), ty.span());
+        let p_ty = private(args, ty.span());
+        let call = if i + 1 == types.len() {
+            quote_spanned!(ty.span()=> <#ty as #p_ty::FromMessageOwned>::from_message_owned(#message, #cx))
+        } else {
+            quote_spanned!(ty.span()=> <#ty as #p_ty::FromMessage>::from_message(&#message, #cx))
+        };
+        extractions.push(quote! {
+            let #name = match #call {
+                #p::Ok(value) => value,
+                #p::Err(error) => return #p::extraction_failed(error),
+            };
+        });
+        args_names.push(name);
+    }
+    let unused = if types.is_empty() {
+        quote!(let _ = (#message, #cx);)
+    } else {
+        quote!()
+    };
     let output_span = match &func.sig.output {
         ReturnType::Default => ident.span(),
         ReturnType::Type(_, ty) => ty.span(),
@@ -112,12 +140,13 @@ fn registration(args: &Args, func: &ItemFn) -> TokenStream {
     quote! {
         #[doc(hidden)]
         const _: () = {
-            fn __kconc_adapter(#message: #p::Message) -> #p::HandlerFuture {
-                #arg_check
+            fn __kconc_adapter(#message: #p::Message, #cx: &#p::Context) -> #p::HandlerFuture {
+                #(#extractions)*
+                #unused
                 // Named as a value, not only called: the attribute is what
                 // requires `async`, so clippy's `unused_async` must not fire.
                 let #handler = #ident;
-                let #future = #handler(#message);
+                let #future = #handler(#(#args_names),*);
                 #boxed
             }
             #p::inventory::submit! {

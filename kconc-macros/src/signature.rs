@@ -1,5 +1,5 @@
 //! Checking that the function under `#[subscriber]` is one the runtime can
-//! call: a free, non-generic `async fn` taking the message.
+//! call: a free, non-generic `async fn` taking up to 16 extractors.
 //!
 //! The argument's and the output's *types* are checked by the compiler, on
 //! the user's spans, by code that `expand` generates.
@@ -8,6 +8,9 @@ use syn::spanned::Spanned as _;
 use syn::{FnArg, ItemFn, Type};
 
 use crate::errors::Errors;
+
+/// The most arguments a handler may take.
+const MAX_ARGS: usize = 16;
 
 /// `Ok` if the signature has the shape of a handler, else an error for each
 /// mistake, spanned at the offending token.
@@ -44,16 +47,11 @@ pub(crate) fn check(func: &ItemFn) -> syn::Result<()> {
             r.span(),
             "kconc handlers cannot take `self`: make it a free `async fn` (outside the `impl`) and reach shared state through a `static`",
         );
-    } else if sig.inputs.len() != 1 {
-        let span = if sig.inputs.is_empty() {
-            sig.paren_token.span.join()
-        } else {
-            sig.inputs.span()
-        };
+    } else if sig.inputs.len() > MAX_ARGS {
         errors.push_at(
-            span,
+            sig.inputs.span(),
             format!(
-                "kconc handlers take exactly one argument, the message (`kconc_runtime::Message`); this one takes {}",
+                "kconc handlers take at most {MAX_ARGS} arguments (extractors such as `Json<T>`, `Key<T>`, `Meta`); this one takes {}",
                 sig.inputs.len()
             ),
         );
@@ -63,7 +61,7 @@ pub(crate) fn check(func: &ItemFn) -> syn::Result<()> {
             if let Type::ImplTrait(_) = &*t.ty {
                 errors.push_at(
                     t.ty.span(),
-                    "kconc handlers cannot be generic: take the message as `kconc_runtime::Message`, not `impl Trait`",
+                    "kconc handlers cannot be generic: name a concrete extractor type (`Json<Order>`, `Text`, `Message`, ...), not `impl Trait`",
                 );
             }
         }

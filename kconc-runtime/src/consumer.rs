@@ -564,6 +564,7 @@ pub(crate) fn start(
     runtime: tokio::runtime::Handle,
 ) -> Result<Runner, Error> {
     let name: Arc<str> = Arc::from(sub.name.as_str());
+    let handler_context = crate::context::Context::new(name.clone(), &sub.group, shutdown.clone(), &config);
     let context = KconcContext {
         subscriber: name.clone(),
         engine: Mutex::new(None),
@@ -602,6 +603,7 @@ pub(crate) fn start(
         dispatcher: Dispatcher::new(Shared {
             subscriber: name.clone(),
             handler: sub.handler.clone(),
+            context: handler_context,
             events: events_tx,
             stats: stats.clone(),
             runtime,

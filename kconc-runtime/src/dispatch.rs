@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::Arc;
 
+use crate::context::Context;
 use crate::handler::{Handler, Outcome};
 use crate::message::Message;
 
@@ -113,6 +114,7 @@ pub(crate) struct Dispatcher(Arc<Shared>);
 pub(crate) struct Shared {
     pub(crate) subscriber: Arc<str>,
     pub(crate) handler: Handler,
+    pub(crate) context: Context,
     pub(crate) events: Sender<Event>,
     pub(crate) stats: Arc<Stats>,
     pub(crate) runtime: tokio::runtime::Handle,
@@ -146,7 +148,7 @@ impl Shared {
         // Kept for the log line of a failure; cloning the shared name is
         // cheaper than formatting on every message.
         let (topic, partition, offset) = (msg.topic_name(), msg.partition(), msg.offset());
-        match self.handler.call(msg).await {
+        match self.handler.call(msg, &self.context).await {
             Outcome::Ok => {
                 self.stats.handled.fetch_add(1, Ordering::Relaxed);
             }

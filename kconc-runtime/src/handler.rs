@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use futures_util::FutureExt as _;
 
+use crate::context::Context;
 use crate::message::Message;
 
 /// The error type a handler's failure is reduced to.
@@ -17,9 +18,11 @@ pub type BoxError = Box<dyn StdError + Send + Sync + 'static>;
 /// The future a type-erased handler returns.
 pub type HandlerFuture = Pin<Box<dyn Future<Output = Result<(), BoxError>> + Send + 'static>>;
 
+type HandlerFn = dyn Fn(Message, &Context) -> HandlerFuture + Send + Sync + 'static;
+
 /// A type-erased handler, shared by every task of one subscriber.
 #[derive(Clone)]
-pub struct Handler(Arc<dyn Fn(Message) -> HandlerFuture + Send + Sync + 'static>);
+pub struct Handler(Arc<HandlerFn>);
 
 impl fmt::Debug for Handler {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -38,22 +41,36 @@ impl Handler {
         Fut: Future<Output = R> + Send + 'static,
         R: IntoHandlerResult,
     {
-        Self(Arc::new(move |msg| {
+        Self(Arc::new(move |msg, _: &Context| {
             let fut = f(msg);
+            Box::pin(async move { fut.await.into_handler_result() })
+        }))
+    }
+
+    /// Wraps an async function or closure taking the [`Message`] and the
+    /// subscriber's [`Context`] (for shutdown signals and follow-up messages).
+    pub fn with_context<F, Fut, R>(f: F) -> Self
+    where
+        F: Fn(Message, Context) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = R> + Send + 'static,
+        R: IntoHandlerResult,
+    {
+        Self(Arc::new(move |msg, cx: &Context| {
+            let fut = f(msg, cx.clone());
             Box::pin(async move { fut.await.into_handler_result() })
         }))
     }
 
     /// Wraps a plain function pointer that already returns a [`HandlerFuture`]
     /// (what `#[subscriber]` generates).
-    pub fn from_fn(f: fn(Message) -> HandlerFuture) -> Self {
+    pub fn from_fn(f: fn(Message, &Context) -> HandlerFuture) -> Self {
         Self(Arc::new(f))
     }
 
     /// Runs the handler on one message, turning a panic (while building the
     /// future or while polling it) into an error so it never escapes the task.
-    pub(crate) async fn call(&self, msg: Message) -> Outcome {
-        let fut = match std::panic::catch_unwind(AssertUnwindSafe(|| (self.0)(msg))) {
+    pub(crate) async fn call(&self, msg: Message, cx: &Context) -> Outcome {
+        let fut = match std::panic::catch_unwind(AssertUnwindSafe(|| (self.0)(msg, cx))) {
             Ok(fut) => fut,
             Err(panic) => return Outcome::Panicked(panic_text(&*panic)),
         };

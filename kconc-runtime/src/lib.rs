@@ -31,7 +31,9 @@ pub use kconc_macros::subscriber;
 /// The rdkafka crate kconc runs on, for producing and for fault injection in tests.
 pub use ::rdkafka;
 
-// Where handlers and their settings come from.
+// Where handlers and their settings come from, and what they take.
+pub mod context;
+pub mod extract;
 pub mod handler;
 pub mod message;
 pub mod registry;
@@ -53,9 +55,11 @@ mod error;
 mod signal;
 
 pub use app::{App, Running, ShutdownHandle};
+pub use context::Context;
 pub use dispatch::StatsSnapshot;
 pub use embedded::EmbeddedCluster;
 pub use error::Error;
+pub use extract::{Bytes, FromKey, FromMessage, FromMessageOwned, Headers, Json, Key, Meta, Payload, Text};
 pub use handler::{BoxError, Handler, IntoHandlerResult};
 pub use message::{Header, Message, PayloadError};
 pub use subscriber::Subscriber;
@@ -89,8 +93,17 @@ pub mod __private {
     pub use ::std::option::Option::{None, Some};
     pub use ::std::time::Duration;
 
+    pub use crate::context::Context;
+    pub use crate::extract::{FromMessage, FromMessageOwned};
     pub use crate::handler::{HandlerFuture, IntoHandlerResult};
-    pub use crate::message::Message;
+    pub use crate::message::{Message, PayloadError};
+    pub use ::std::result::Result::{Err, Ok};
+
+    /// The future of a handler whose arguments could not be extracted: the
+    /// message fails with the extractor's error (and goes to the error policy).
+    pub fn extraction_failed(error: PayloadError) -> HandlerFuture {
+        Box::pin(::std::future::ready(Err(error.into())))
+    }
     pub use crate::registry::Registration;
 
     /// Boxes the future of a user's handler into the erased type.

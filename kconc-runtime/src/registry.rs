@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use crate::context::Context;
 use crate::handler::HandlerFuture;
 use crate::message::Message;
 use crate::subscriber::Subscriber;
@@ -27,7 +28,7 @@ pub struct Registration {
     /// `shutdown_timeout`, if given.
     pub shutdown_timeout: Option<Duration>,
     /// The generated adapter that calls the user's function.
-    pub handler: fn(Message) -> HandlerFuture,
+    pub handler: fn(Message, &Context) -> HandlerFuture,
     /// Where the attribute was written, for `--list` and diagnostics.
     pub file: &'static str,
     /// The line of the attribute.

@@ -76,6 +76,21 @@ impl Subscriber {
         )
     }
 
+    /// A subscriber with a handler built by [`Handler::new`] or
+    /// [`Handler::with_context`] (for closures that need the [`Context`](crate::Context)).
+    pub fn from_handler<I, T>(name: impl Into<String>, topics: I, group: impl Into<String>, handler: Handler) -> Self
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<String>,
+    {
+        Self::with_handler(
+            name.into(),
+            topics.into_iter().map(Into::into).collect(),
+            group.into(),
+            handler,
+        )
+    }
+
     fn with_handler(name: String, topics: Vec<String>, group: String, handler: Handler) -> Self {
         Self {
             name,
