@@ -12,20 +12,19 @@
 //! with no Kafka; a real service writes plain `kconc_runtime::main!();`,
 //! whose default is `localhost:9092`.
 
-use kconc_runtime::{subscriber, Message};
+use kconc_runtime::{subscriber, Bytes, Key, Meta};
 
-/// Logs each event's key and size.
+/// Logs each event's key and size. The arguments are extractors: a keyless
+/// event or a tombstone arrives as `None`; a key that is not UTF-8 fails
+/// that event alone (logged with its topic, partition and offset).
 #[subscriber(topic = "events", group = "event-logger", concurrency = 8)]
-async fn log_event(event: Message) -> Result<(), kconc_runtime::PayloadError> {
-    let key = event.key_str().unwrap_or("<no key>");
-    let size = event.payload().map_or(0, <[u8]>::len);
+async fn log_event(meta: Meta, key: Option<Key<String>>, body: Option<Bytes>) {
+    let key = key.map_or_else(|| "<no key>".to_owned(), Key::into_inner);
+    let size = body.map_or(0, |b| b.len());
     println!(
         "{}[{}]@{}: key {key}, {size} bytes",
-        event.topic(),
-        event.partition(),
-        event.offset()
+        meta.topic, meta.partition, meta.offset
     );
-    Ok(())
 }
 
 kconc_runtime::main!(default_brokers = "embedded");
