@@ -1,11 +1,21 @@
-//! Bad configuration fails at start-up with an error naming the setting, and
-//! secrets never appear in it.
+//! Run-time configuration: the layers (code < file < environment < flags),
+//! the group prefix reaching the consumer, `--list`, and bad configuration
+//! failing at start-up with an error naming the setting, secrets never
+//! appearing in it. The environment is passed in, never set: tests in one
+//! binary share the process environment.
 
 // Tests fail loudly: unwrap and expect are the point here.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
+use common::{cluster, committed, produce, test_app, wait_for};
+use kconc_runtime::config::{self, Cli};
 use kconc_runtime::{App, Error, Message, Subscriber};
 
 fn sub() -> Subscriber {
@@ -89,4 +99,226 @@ async fn a_secret_value_is_never_echoed_in_an_error() {
     assert!(!text.contains(secret), "{text}");
     let debug = format!("{:?}", App::new().property("sasl.password", secret));
     assert!(!debug.contains(secret), "App's Debug output leaks a secret: {debug}");
+}
+
+fn cli(args: &[&str]) -> Cli {
+    Cli::try_from_iter(std::iter::once("svc").chain(args.iter().copied())).unwrap()
+}
+
+fn kv(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+}
+
+/// A properties file with `text` in a fresh temporary directory, removed on drop.
+struct TempFile(PathBuf);
+
+impl TempFile {
+    fn new(name: &str, text: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("kconc-config-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        Self(path)
+    }
+
+    fn path(&self) -> &str {
+        self.0.to_str().unwrap()
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if let Some(dir) = self.0.parent() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+#[test]
+fn precedence_is_code_then_file_then_environment_then_flags() {
+    let file = TempFile::new(
+        "layers.properties",
+        "# deployment defaults\n\
+         bootstrap.servers = file:9092\n\
+         client.rack = file\n\
+         fetch.min.bytes = 10\n\
+         \n\
+         ! kept from the file\n\
+         socket.keepalive.enable = true\n",
+    );
+    let code = kv(&[
+        ("client.rack", "code"),
+        ("fetch.min.bytes", "1"),
+        ("fetch.max.bytes", "2000000"),
+    ]);
+    let env = kv(&[
+        ("HOME", "/root"),
+        ("KCONC_RDKAFKA_CLIENT_RACK", "env"),
+        ("KCONC_RDKAFKA_FETCH_MIN_BYTES", "20"),
+    ]);
+    let flags = cli(&["--config", file.path(), "--property", "client.rack=flag"]);
+    let from_file = config::read_properties_file(&file.0).unwrap();
+    let run = config::resolve(&flags, &from_file, env).unwrap();
+    assert_eq!(run.brokers.as_deref(), Some("file:9092"));
+    assert_eq!(
+        config::merge_properties(&[&code, &run.properties]),
+        kv(&[
+            ("client.rack", "flag"),
+            ("fetch.min.bytes", "20"),
+            ("fetch.max.bytes", "2000000"),
+            ("socket.keepalive.enable", "true"),
+        ])
+    );
+    // --brokers beats the file's bootstrap.servers, and both beat the code.
+    let flags = cli(&["--config", file.path(), "--brokers", "flag:9092"]);
+    assert_eq!(
+        config::resolve(&flags, &from_file, Vec::new())
+            .unwrap()
+            .brokers
+            .as_deref(),
+        Some("flag:9092")
+    );
+}
+
+#[tokio::test]
+async fn a_malformed_config_file_fails_at_start_with_file_and_line_without_the_secret() {
+    let file = TempFile::new(
+        "bad.properties",
+        "# credentials\nsasl.username=svc\nsasl.password hunter2-very-secret\n",
+    );
+    let app = App::new()
+        .brokers("localhost:1")
+        .subscriber(sub())
+        .configure_with_env(&cli(&["--config", file.path()]), Vec::new());
+    let text = start_err(app);
+    assert!(text.contains(&format!("{}:3:", file.path())), "{text}");
+    assert!(text.contains("KEY=VALUE"), "{text}");
+    assert!(!text.contains("hunter2"), "{text}");
+}
+
+#[tokio::test]
+async fn a_missing_config_file_fails_naming_the_path() {
+    let app = App::new()
+        .brokers("localhost:1")
+        .subscriber(sub())
+        .configure_with_env(&cli(&["--config", "/nonexistent/kconc.properties"]), Vec::new());
+    let text = start_err(app);
+    assert!(text.contains("/nonexistent/kconc.properties"), "{text}");
+}
+
+#[tokio::test]
+async fn an_unknown_kconc_variable_fails_at_start_naming_the_one_meant() {
+    let env = kv(&[("KCONC_BROKER", "b:9092"), ("KCONC_RDKAFKA_SASL_PASSWORD", "hunter2")]);
+    let app = App::new()
+        .brokers("localhost:1")
+        .subscriber(sub())
+        .configure_with_env(&cli(&[]), env);
+    let text = start_err(app);
+    assert!(
+        text.contains("KCONC_BROKER") && text.contains("did you mean KCONC_BROKERS"),
+        "{text}"
+    );
+    assert!(!text.contains("b:9092") && !text.contains("hunter2"), "{text}");
+    let app = App::new()
+        .brokers("localhost:1")
+        .subscriber(sub())
+        .configure_with_env(&cli(&[]), kv(&[("KCONC_RDKAFKA_", "x")]));
+    assert!(start_err(app).contains("KCONC_RDKAFKA_"));
+}
+
+#[test]
+fn list_shows_every_subscriber_with_its_prefixed_group_and_no_property() {
+    let app = App::new()
+        .property("sasl.password", "hunter2")
+        .subscriber(
+            Subscriber::new("billing", ["orders", "refunds"], "billing", |_m: Message| async {}).concurrency(20),
+        )
+        .subscriber(
+            Subscriber::new("audit", ["orders"], "audit-group", |_m: Message| async {})
+                .property("sasl.password", "hunter2"),
+        )
+        .configure_with_env(&cli(&["--group-prefix", "staging-"]), Vec::new());
+    let table = app.describe_subscribers();
+    let lines: Vec<Vec<&str>> = table.lines().map(|l| l.split_whitespace().collect()).collect();
+    assert_eq!(
+        lines,
+        vec![
+            vec!["NAME", "TOPICS", "GROUP", "CONCURRENCY", "ORDERING"],
+            vec!["billing", "orders,refunds", "staging-billing", "20", "unordered"],
+            vec!["audit", "orders", "staging-audit-group", "10", "unordered"],
+        ],
+        "{table}"
+    );
+    assert!(!table.contains("hunter2"), "{table}");
+    let only = App::new()
+        .subscriber(Subscriber::new("billing", ["orders"], "billing", |_m: Message| async {}))
+        .subscriber(Subscriber::new("audit", ["orders"], "audit", |_m: Message| async {}))
+        .configure_with_env(&cli(&["--only", "audit"]), Vec::new())
+        .describe_subscribers();
+    assert_eq!(only.lines().count(), 2, "{only}");
+    assert!(only.contains("audit") && !only.contains("billing"), "{only}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_prefix_reaches_the_consumer_and_its_commits() {
+    let (topic, group, n) = ("prefixed", "g-prefix", 5);
+    let cluster = cluster(topic, 1);
+    let bootstrap = cluster.bootstrap_servers().to_owned();
+    let ends = produce(&bootstrap, topic, 1, n, 1);
+    let handled = Arc::new(AtomicUsize::new(0));
+    let h = handled.clone();
+    let sub = Subscriber::new("prefixed", [topic], group, move |_m: Message| {
+        let h = h.clone();
+        async move {
+            h.fetch_add(1, Ordering::SeqCst);
+        }
+    })
+    .commit_interval(Duration::from_millis(100));
+    let app = test_app(&bootstrap)
+        .group_prefix("staging-")
+        .subscriber(sub)
+        .start()
+        .unwrap();
+    wait_for("all messages handled", Duration::from_secs(60), || {
+        handled.load(Ordering::SeqCst) >= n
+    })
+    .await;
+    app.shutdown().await;
+    assert_eq!(
+        committed(&bootstrap, &format!("staging-{group}"), topic, 1),
+        vec![Some(ends[0])],
+        "commits land under the prefixed group"
+    );
+    assert_eq!(
+        committed(&bootstrap, group, topic, 1),
+        vec![None],
+        "nothing under the bare group"
+    );
+}
+
+#[tokio::test]
+async fn flag_properties_override_the_subscribers_own_and_are_checked() {
+    // A subscriber's property is code; a bad flag must still fail naming itself.
+    let text = start_err(
+        App::new()
+            .brokers("localhost:1")
+            .subscriber(sub().property("session.timeout.ms", "6000"))
+            .configure_with_env(&cli(&["--property", "session.timeout.ms=soon"]), Vec::new()),
+    );
+    assert!(
+        text.contains("--property") && text.contains("session.timeout.ms"),
+        "{text}"
+    );
+}
+
+#[test]
+fn debug_output_of_configuration_never_shows_a_secret() {
+    let secret = "hunter2-very-secret";
+    let c = cli(&["--property", &format!("sasl.password={secret}")]);
+    assert!(!format!("{c:?}").contains(secret));
+    let app = App::new().configure_with_env(&c, kv(&[("KCONC_RDKAFKA_SSL_KEY_PASSWORD", secret)]));
+    let debug = format!("{app:?}");
+    assert!(!debug.contains(secret), "{debug}");
+    let run = config::resolve(&c, &[], Vec::new()).unwrap();
+    assert!(!format!("{run:?}").contains(secret));
 }

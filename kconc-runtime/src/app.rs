@@ -3,7 +3,6 @@
 
 use std::sync::Arc;
 
-use clap::Parser as _;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{self, Cli, DEFAULT_BROKERS, EMBEDDED};
@@ -32,17 +31,25 @@ use crate::Error;
 #[derive(Default)]
 pub struct App {
     brokers: Option<String>,
+    group_prefix: Option<String>,
+    /// Set in code; every subscriber's own properties override them.
     properties: Vec<(String, String)>,
+    /// From the file, the environment and flags; override everything in code.
+    run_properties: Vec<(String, String)>,
     subscribers: Vec<Subscriber>,
     only: Vec<String>,
     embedded_partitions: Option<i32>,
+    /// A bad run-time setting found by `configure`, reported by `start`.
+    config_error: Option<String>,
 }
 
 impl std::fmt::Debug for App {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("App")
             .field("brokers", &self.brokers)
+            .field("group_prefix", &self.group_prefix)
             .field("properties", &config::Redacted(&self.properties))
+            .field("run_properties", &config::Redacted(&self.run_properties))
             .field("subscribers", &self.subscribers)
             .field("only", &self.only)
             .finish_non_exhaustive()
@@ -63,16 +70,57 @@ impl App {
         }
     }
 
-    /// Applies the command line and environment of a generated `main`
-    /// (flags and environment override what was set in code).
-    pub fn configure(mut self, cli: &Cli) -> Self {
-        if let Some(b) = &cli.brokers {
-            self.brokers = Some(b.clone());
+    /// Applies the run-time configuration of a generated `main`: the
+    /// `--config` file, the `KCONC_*` environment variables and the flags,
+    /// each overriding the one before and all of them what was set in code
+    /// (see [`config::resolve`]).
+    ///
+    /// A bad setting (unreadable file, malformed line, unknown `KCONC_*`
+    /// variable, property librdkafka refuses) is kept and returned by
+    /// [`App::start`], naming the setting and where it came from.
+    pub fn configure(self, cli: &Cli) -> Self {
+        let settings = config::resolve_from_process(cli);
+        self.apply(cli, settings)
+    }
+
+    /// [`App::configure`] with the environment variables given, not read
+    /// from the process: for tests and programs that build their own.
+    pub fn configure_with_env<I>(self, cli: &Cli, env: I) -> Self
+    where
+        I: IntoIterator<Item = (String, String)>,
+    {
+        let file = match &cli.config {
+            Some(path) => config::read_properties_file(path),
+            None => Ok(Vec::new()),
+        };
+        let settings = file.and_then(|file| config::resolve(cli, &file, env));
+        self.apply(cli, settings)
+    }
+
+    fn apply(mut self, cli: &Cli, settings: Result<config::RunSettings, Error>) -> Self {
+        match settings {
+            Ok(s) => {
+                if let Some(b) = s.brokers {
+                    self.brokers = Some(b);
+                }
+                if let Some(p) = s.group_prefix {
+                    self.group_prefix = Some(p);
+                }
+                self.run_properties = config::merge_properties(&[&self.run_properties, &s.properties]);
+            }
+            Err(Error::Config(e)) => self.config_error = self.config_error.or(Some(e)),
+            Err(e) => self.config_error = self.config_error.or(Some(e.to_string())),
         }
-        self.properties.extend(config::env_properties());
-        self.properties.extend(cli.properties.iter().cloned());
         self.only.extend(cli.only.iter().cloned());
         self.embedded_partitions = Some(cli.embedded_partitions);
+        self
+    }
+
+    /// Prepends `prefix` to every subscriber's consumer group (`staging-`
+    /// turns `billing` into `staging-billing`), for the consumer and in logs.
+    #[must_use]
+    pub fn group_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.group_prefix = Some(prefix.into());
         self
     }
 
@@ -132,12 +180,55 @@ impl App {
             .filter(|s| self.only.is_empty() || self.only.iter().any(|n| n == &s.name))
     }
 
+    /// The consumer group `subscriber` joins: its group after the group prefix.
+    pub fn group_of(&self, subscriber: &Subscriber) -> String {
+        format!("{}{}", self.group_prefix.as_deref().unwrap_or(""), subscriber.group)
+    }
+
+    /// The table `--list` prints: one row per subscriber that would run
+    /// (after `only`), with its name, topics, consumer group (after the
+    /// prefix), concurrency and ordering. Never shows a property.
+    pub fn describe_subscribers(&self) -> String {
+        let header = ["NAME", "TOPICS", "GROUP", "CONCURRENCY", "ORDERING"].map(str::to_owned);
+        let rows: Vec<[String; 5]> = self
+            .subscribers()
+            .map(|s| {
+                [
+                    s.name.clone(),
+                    s.topics.join(","),
+                    self.group_of(s),
+                    s.concurrency.to_string(),
+                    "unordered".to_owned(),
+                ]
+            })
+            .collect();
+        if rows.is_empty() {
+            return "no subscribers\n".to_owned();
+        }
+        let mut widths = [0usize; 5];
+        for row in std::iter::once(&header).chain(&rows) {
+            for (w, cell) in widths.iter_mut().zip(row) {
+                *w = (*w).max(cell.chars().count());
+            }
+        }
+        let mut out = String::new();
+        for row in std::iter::once(&header).chain(&rows) {
+            let cells: Vec<String> = row.iter().zip(widths).map(|(cell, w)| format!("{cell:<w$}")).collect();
+            out.push_str(cells.join("  ").trim_end());
+            out.push('\n');
+        }
+        out
+    }
+
     /// Starts every subscriber and returns at once. Must be called within a
     /// tokio runtime (handlers run on it). Fails, naming the setting, on
     /// invalid configuration; with `embedded` brokers it first starts the mock
     /// cluster and creates the subscribed topics on it.
     pub fn start(self) -> Result<Running, Error> {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| Error::NoRuntime)?;
+        if let Some(e) = self.config_error {
+            return Err(Error::Config(e));
+        }
         if let Some(missing) = self
             .only
             .iter()
@@ -158,6 +249,15 @@ impl App {
         for s in &subs {
             s.validate()?;
         }
+        // The prefixed group is the one the consumer joins, commits under and logs.
+        let subs: Vec<Subscriber> = subs
+            .into_iter()
+            .map(|s| {
+                let mut s = s.clone();
+                s.group = self.group_of(&s);
+                s
+            })
+            .collect();
         let brokers = self.brokers.clone().unwrap_or_else(|| DEFAULT_BROKERS.to_owned());
         let (embedded, bootstrap) = if brokers.trim() == EMBEDDED {
             let cluster = EmbeddedCluster::start(1)?;
@@ -181,8 +281,8 @@ impl App {
         };
         let token = CancellationToken::new();
         let mut runners = Vec::new();
-        for s in subs {
-            let cfg = config::consumer_config(&bootstrap, s, &self.properties);
+        for s in &subs {
+            let cfg = config::consumer_config(&bootstrap, s, &self.properties, &self.run_properties);
             match consumer::start(s, cfg, token.child_token(), runtime.clone()) {
                 Ok(r) => runners.push(r),
                 Err(e) => {
@@ -308,8 +408,25 @@ impl Running {
 
 /// The `main` generated by `kconc_runtime::main!()`.
 pub(crate) fn run_main(default_brokers: Option<&str>) -> std::process::ExitCode {
-    let cli = Cli::parse();
-    config::init_tracing();
+    let cli = Cli::from_args();
+    if let Err(e) = config::init_tracing_with(cli.log.as_deref()) {
+        eprintln!("error: {e}");
+        return std::process::ExitCode::FAILURE;
+    }
+    let mut app = App::from_registry();
+    if let Some(b) = default_brokers {
+        app = app.default_brokers(b);
+    }
+    let app = app.configure(&cli);
+    if cli.list {
+        // A listing shows the effective configuration, so a bad one fails here too.
+        if let Some(e) = &app.config_error {
+            eprintln!("error: {}", Error::Config(e.clone()));
+            return std::process::ExitCode::FAILURE;
+        }
+        print!("{}", app.describe_subscribers());
+        return std::process::ExitCode::SUCCESS;
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -317,11 +434,7 @@ pub(crate) fn run_main(default_brokers: Option<&str>) -> std::process::ExitCode 
             return std::process::ExitCode::FAILURE;
         }
     };
-    let mut app = App::from_registry();
-    if let Some(b) = default_brokers {
-        app = app.default_brokers(b);
-    }
-    match runtime.block_on(app.configure(&cli).run()) {
+    match runtime.block_on(app.run()) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
