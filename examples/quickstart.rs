@@ -16,7 +16,7 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use kconc_runtime::config::{init_tracing, Cli, EMBEDDED};
+use kconc_runtime::config::{init_tracing_with, Cli, EMBEDDED};
 use kconc_runtime::rdkafka::producer::{BaseProducer, BaseRecord, Producer as _};
 use kconc_runtime::{subscriber, App, Message};
 
@@ -41,9 +41,25 @@ async fn handle(msg: Message) -> Result<(), std::io::Error> {
 
 fn main() -> ExitCode {
     let cli = Cli::from_args();
-    init_tracing();
-    let demo = cli.brokers.as_deref().is_none_or(|b| b.trim() == EMBEDDED);
+    if let Err(e) = init_tracing_with(cli.log.as_deref()) {
+        eprintln!("error: {e}");
+        return ExitCode::FAILURE;
+    }
     let app = App::from_registry().default_brokers(EMBEDDED).configure(&cli);
+    if cli.list {
+        return match app.listing() {
+            Ok(table) => {
+                print!("{table}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    // Brokers from --brokers, KCONC_BROKERS or a --config file all count.
+    let demo = app.brokers_in_use() == EMBEDDED;
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {

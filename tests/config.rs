@@ -338,3 +338,26 @@ async fn tls_and_sasl_scram_are_built_in() {
         .expect("SASL_SSL with SCRAM should be accepted");
     running.shutdown().await;
 }
+
+#[test]
+fn listing_fails_on_bad_configuration_and_brokers_in_use_follow_the_layers() {
+    let bad = App::new()
+        .subscriber(sub())
+        .configure_with_env(&cli(&["--list"]), kv(&[("KCONC_BROKRS", "b:9092")]));
+    let err = bad.listing().unwrap_err().to_string();
+    assert!(err.contains("KCONC_BROKRS"), "{err}");
+
+    assert_eq!(App::new().brokers_in_use(), "localhost:9092");
+    let file = TempFile::new("brokers.properties", "bootstrap.servers = file:9092\n");
+    let from_file = App::new()
+        .default_brokers("embedded")
+        .configure_with_env(&cli(&["--config", file.path()]), Vec::new());
+    assert_eq!(from_file.brokers_in_use(), "file:9092");
+    // KCONC_BROKERS reaches the same field through clap, as --brokers does.
+    let from_flag = App::new()
+        .default_brokers("embedded")
+        .configure_with_env(&cli(&["--config", file.path(), "--brokers", " flag:9092 "]), Vec::new());
+    assert_eq!(from_flag.brokers_in_use(), "flag:9092");
+    let table = App::new().subscriber(sub()).listing().unwrap();
+    assert!(table.contains("cfg"), "{table}");
+}

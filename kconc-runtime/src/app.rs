@@ -185,6 +185,22 @@ impl App {
         format!("{}{}", self.group_prefix.as_deref().unwrap_or(""), subscriber.group)
     }
 
+    /// The bootstrap servers [`App::start`] will use: the configured ones,
+    /// else `localhost:9092`; `"embedded"` means the in-process mock cluster.
+    pub fn brokers_in_use(&self) -> &str {
+        self.brokers.as_deref().map_or(DEFAULT_BROKERS, str::trim)
+    }
+
+    /// What `--list` prints ([`App::describe_subscribers`]), or the
+    /// configuration error [`App::start`] would report: a listing shows the
+    /// effective configuration, so a bad one fails here too.
+    pub fn listing(&self) -> Result<String, Error> {
+        match &self.config_error {
+            Some(e) => Err(Error::Config(e.clone())),
+            None => Ok(self.describe_subscribers()),
+        }
+    }
+
     /// The table `--list` prints: one row per subscriber that would run
     /// (after `only`), with its name, topics, consumer group (after the
     /// prefix), concurrency and ordering. Never shows a property.
@@ -258,8 +274,8 @@ impl App {
                 s
             })
             .collect();
-        let brokers = self.brokers.clone().unwrap_or_else(|| DEFAULT_BROKERS.to_owned());
-        let (embedded, bootstrap) = if brokers.trim() == EMBEDDED {
+        let brokers = self.brokers_in_use().to_owned();
+        let (embedded, bootstrap) = if brokers == EMBEDDED {
             let cluster = EmbeddedCluster::start(1)?;
             let partitions = self.embedded_partitions.unwrap_or(4);
             for s in &subs {
@@ -419,13 +435,16 @@ pub(crate) fn run_main(default_brokers: Option<&str>) -> std::process::ExitCode 
     }
     let app = app.configure(&cli);
     if cli.list {
-        // A listing shows the effective configuration, so a bad one fails here too.
-        if let Some(e) = &app.config_error {
-            eprintln!("error: {}", Error::Config(e.clone()));
-            return std::process::ExitCode::FAILURE;
-        }
-        print!("{}", app.describe_subscribers());
-        return std::process::ExitCode::SUCCESS;
+        return match app.listing() {
+            Ok(table) => {
+                print!("{table}");
+                std::process::ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                std::process::ExitCode::FAILURE
+            }
+        };
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,

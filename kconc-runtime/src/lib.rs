@@ -21,6 +21,27 @@
 //! never skips one. Commits are batched by count and time, and made
 //! synchronously on revoke and shutdown.
 //!
+//! Mistakes are compile errors at the offending token. A handler argument
+//! that is not an extractor, for example:
+//!
+//! ```compile_fail,E0277
+//! use kconc_runtime::{subscriber, Meta};
+//!
+//! #[subscriber(topic = "orders", group = "billing")]
+//! async fn bill(meta: Meta, count: u32) {}
+//! # fn main() {}
+//! ```
+//!
+//! ```text
+//! error[E0277]: `u32` cannot be an argument of a kconc handler
+//!   |
+//! 4 | async fn bill(meta: Meta, count: u32) {}
+//!   |                                  ^^^ not an extractor
+//!   = note: handler arguments are built from the message: use `Message`, `Json<T>`,
+//!           `Text`, `Bytes`, `Key<T>`, `Headers`, `Meta`, `Context` or `Option<..>`
+//!           of some of these; or implement `kconc_runtime::FromMessage` for `u32`
+//! ```
+//!
 //! The modules follow a message through the system, in order:
 
 #![warn(missing_docs)]
