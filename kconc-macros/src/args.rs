@@ -15,6 +15,7 @@ const KEYS: &[&str] = &[
     "group",
     "concurrency",
     "ordering",
+    "max_buffered",
     "commit_batch_size",
     "commit_interval",
     "shutdown_timeout",
@@ -29,6 +30,9 @@ pub(crate) struct Args {
     pub(crate) topics: Vec<LitStr>,
     pub(crate) group: LitStr,
     pub(crate) concurrency: Option<LitInt>,
+    /// The `Ordering` variant: `Unordered`, `Key` or `Partition`.
+    pub(crate) ordering: Option<&'static str>,
+    pub(crate) max_buffered: Option<LitInt>,
     pub(crate) commit_batch_size: Option<LitInt>,
     pub(crate) commit_interval_ms: Option<u64>,
     pub(crate) shutdown_timeout_ms: Option<u64>,
@@ -68,6 +72,8 @@ pub(crate) fn parse(tokens: TokenStream) -> syn::Result<Args> {
     let mut topics = Vec::new();
     let mut group = None;
     let mut concurrency = None;
+    let mut ordering_mode = None;
+    let mut max_buffered = None;
     let mut commit_batch_size = None;
     let mut commit_interval_ms = None;
     let mut shutdown_timeout_ms = None;
@@ -106,6 +112,14 @@ pub(crate) fn parse(tokens: TokenStream) -> syn::Result<Args> {
                     errors,
                 );
             }
+            "max_buffered" => {
+                max_buffered = at_least_one(
+                    &value,
+                    "max_buffered",
+                    "how many fetched messages may wait for a handler slot",
+                    errors,
+                );
+            }
             "commit_batch_size" => {
                 commit_batch_size = at_least_one(
                     &value,
@@ -125,7 +139,7 @@ pub(crate) fn parse(tokens: TokenStream) -> syn::Result<Args> {
             }
             "shutdown_timeout" => shutdown_timeout_ms = duration(&value, "shutdown_timeout", errors),
             "name" => name = non_empty_str(&value, "name", errors),
-            "ordering" => ordering(&value, errors),
+            "ordering" => ordering_mode = ordering(&value, errors),
             "crate" => krate = crate_path(&value, errors),
             _ => {
                 let hint = closest(&k).map_or(String::new(), |c| format!("; did you mean `{c}`?"));
@@ -150,6 +164,8 @@ pub(crate) fn parse(tokens: TokenStream) -> syn::Result<Args> {
             topics,
             group,
             concurrency,
+            ordering: ordering_mode,
+            max_buffered,
             commit_batch_size,
             commit_interval_ms,
             shutdown_timeout_ms,
@@ -272,20 +288,28 @@ fn parse_duration_ms(s: &str) -> Option<u64> {
     n.checked_mul(factor)
 }
 
-fn ordering(value: &Expr, errors: &mut Errors) {
-    let Some(s) = string(value, "ordering", errors) else {
-        return;
-    };
-    let given = s.value();
-    if given == "unordered" {
-        return;
+fn ordering(value: &Expr, errors: &mut Errors) -> Option<&'static str> {
+    let s = string(value, "ordering", errors)?;
+    match s.value().as_str() {
+        "unordered" => Some("Unordered"),
+        "key" => Some("Key"),
+        "partition" => Some("Partition"),
+        given => {
+            let hint = ["unordered", "key", "partition"]
+                .into_iter()
+                .find(|m| {
+                    given.eq_ignore_ascii_case(m)
+                        || given.trim_end_matches('s').eq_ignore_ascii_case(m)
+                        || given.to_ascii_lowercase().starts_with(m)
+                })
+                .map_or(String::new(), |m| format!("; did you mean `\"{m}\"`?"));
+            errors.push_at(
+                s.span(),
+                format!("unknown ordering `{given}`{hint}\nuse `ordering = \"unordered\"` (the default), `\"key\"` (same key one at a time, in offset order) or `\"partition\"` (each partition one at a time)"),
+            );
+            None
+        }
     }
-    let msg = if given == "key" || given == "partition" {
-        format!("`ordering = \"{given}\"` is not supported in this version: only `ordering = \"unordered\"` is (`\"key\"` and `\"partition\"` are planned)")
-    } else {
-        format!("unknown ordering `{given}`: only `ordering = \"unordered\"` is supported in this version (`\"key\"` and `\"partition\"` are planned)")
-    };
-    errors.push_at(s.span(), msg);
 }
 
 fn crate_path(value: &Expr, errors: &mut Errors) -> Option<syn::Path> {

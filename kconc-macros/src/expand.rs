@@ -78,6 +78,14 @@ fn registration(args: &Args, func: &ItemFn) -> TokenStream {
         None => quote!(#p::None),
     };
     let concurrency = usize_option(&args.concurrency);
+    let max_buffered = usize_option(&args.max_buffered);
+    let ordering = match &args.ordering {
+        Some(o) => {
+            let variant = syn::Ident::new(o, Span::call_site());
+            quote!(#p::Some(#p::Ordering::#variant))
+        }
+        None => quote!(#p::None),
+    };
     let commit_batch_size = usize_option(&args.commit_batch_size);
     let commit_interval = duration_option(args.commit_interval_ms);
     let shutdown_timeout = duration_option(args.shutdown_timeout_ms);
@@ -155,6 +163,8 @@ fn registration(args: &Args, func: &ItemFn) -> TokenStream {
                     topics: &[#(#topics),*],
                     group: #group,
                     concurrency: #concurrency,
+                    ordering: #ordering,
+                    max_buffered: #max_buffered,
                     commit_batch_size: #commit_batch_size,
                     commit_interval: #commit_interval,
                     shutdown_timeout: #shutdown_timeout,

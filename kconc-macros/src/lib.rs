@@ -24,14 +24,17 @@ use proc_macro::TokenStream;
 /// Registers an `async fn` as a Kafka handler run by `kconc-runtime`.
 ///
 /// Options: `topic = ".."` or `topics = ["..", ..]`, `group = ".."` (both
-/// required), `concurrency = N`, `ordering = "unordered"`,
+/// required), `concurrency = N`, `ordering = "unordered" | "key" |
+/// "partition"`, `max_buffered = N`,
 /// `commit_batch_size = N`, `commit_interval = "1s"`,
 /// `shutdown_timeout = "20s"` (durations in `ms`, `s` or `m`),
 /// `name = ".."` (default: the function's path), `crate = "path"` (for a
 /// renamed `kconc-runtime` dependency).
 ///
-/// The function takes one argument, the `kconc_runtime::Message`, and returns
-/// `()` or `Result<(), E>` where `E` converts into a boxed error.
+/// The function's arguments are extractors (`Json<T>`, `Text`, `Bytes`,
+/// `Key<T>`, `Headers`, `Meta`, `Context`, the whole `Message` last, or any
+/// `kconc_runtime::FromMessage` type); it returns `()` or `Result<(), E>`
+/// where `E` converts into a boxed error.
 #[proc_macro_attribute]
 pub fn subscriber(args: TokenStream, item: TokenStream) -> TokenStream {
     expand::subscriber(args.into(), item.into()).into()

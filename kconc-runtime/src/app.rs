@@ -7,7 +7,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{self, Cli, DEFAULT_BROKERS, EMBEDDED};
 use crate::consumer::{self, Runner};
-use crate::dispatch::{Stats, StatsSnapshot};
+use crate::dispatch::{PartitionPause, Stats, StatsSnapshot};
 use crate::embedded::EmbeddedCluster;
 use crate::subscriber::Subscriber;
 use crate::Error;
@@ -214,7 +214,7 @@ impl App {
                     s.topics.join(","),
                     self.group_of(s),
                     s.concurrency.to_string(),
-                    "unordered".to_owned(),
+                    s.ordering.to_string(),
                 ]
             })
             .collect();
@@ -383,6 +383,16 @@ impl Running {
     /// Counters of the subscriber named `name`.
     pub fn stats(&self, name: &str) -> Option<StatsSnapshot> {
         self.runners.iter().find(|r| r.name == name).map(|r| r.stats.snapshot())
+    }
+
+    /// The partitions of the subscriber named `name` that backpressure has
+    /// paused, now or before (empty if none ever was).
+    pub fn partition_pauses(&self, name: &str) -> Vec<PartitionPause> {
+        self.runners
+            .iter()
+            .find(|r| r.name == name)
+            .map(|r| r.stats.pauses())
+            .unwrap_or_default()
     }
 
     /// Counters of all subscribers, summed.

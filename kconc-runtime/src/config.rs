@@ -510,7 +510,13 @@ pub(crate) fn consumer_config(
         // A new group starts at the beginning: nothing is silently skipped.
         .set("auto.offset.reset", "earliest")
         // Revoke only what moves on a rebalance.
-        .set("partition.assignment.strategy", "cooperative-sticky");
+        .set("partition.assignment.strategy", "cooperative-sticky")
+        // Every assigned partition gets its own queue (see the consumer
+        // module), and librdkafka's prefetch bound then holds per partition:
+        // 8 MB each instead of the default 64 MB keeps a large assignment's
+        // prefetch small while a fetch (1 MB per partition) still fits many
+        // times over.
+        .set("queued.max.messages.kbytes", "8192");
     for (k, v) in app_properties.iter().chain(&sub.properties).chain(run_properties) {
         c.set(k, v);
     }

@@ -6,17 +6,24 @@
 //! runs inside `poll`, on this thread, so waiting in them blocks no async
 //! worker).
 //!
+//! Ordering: fetched messages go into the [`Schedule`], which releases a
+//! message only when its key (or partition) has nothing else ready or
+//! running, per the subscriber's ordering mode.
+//!
 //! Backpressure: each assigned partition's messages are split into their own
 //! librdkafka queue when it is assigned. The loop reads a partition's queue
-//! only while fewer than `max_buffered` messages wait for a slot; an unread
-//! partition stays in librdkafka's bounded prefetch buffer, which stops
-//! fetching it when full. The consumer's own queue, which carries rebalances
+//! only while fewer than `max_buffered` messages wait for a slot, and (in
+//! `key` and `partition` ordering) while the partition's messages waiting
+//! behind busy lanes stay below its share of `max_buffered`; a partition over
+//! its share is paused (not read) until they drain, so it cannot fill the
+//! buffer and stall the others. An unread partition stays in librdkafka's
+//! bounded prefetch buffer, which stops fetching it when full. The consumer's own queue, which carries rebalances
 //! and errors, is polled on every turn whatever the backlog, so the member
 //! never exceeds `max.poll.interval.ms` because handlers are slow. (Pausing
 //! would do the same but purges the prefetched messages, and every resume
 //! then waits up to `fetch.wait.max.ms` for a refetch.)
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -35,6 +42,7 @@ use crate::commit::{CommitRequest, Committer, PartitionKey};
 use crate::dispatch::{Dispatcher, Event, PartitionSlot, Shared, Stats};
 use crate::message::Message;
 use crate::offsets::OffsetTracker;
+use crate::schedule::Schedule;
 use crate::subscriber::Subscriber;
 use crate::Error;
 
@@ -153,6 +161,9 @@ struct PartitionState {
     queue: Option<PartitionQueue<KconcContext>>,
     /// The last position handed to the committer.
     requested: Option<i64>,
+    /// Not read because its messages waiting behind busy lanes reached its
+    /// share of `max_buffered`.
+    paused: bool,
 }
 
 /// Everything the poll thread knows. Lives in the consumer's context so the
@@ -173,9 +184,8 @@ struct Engine {
     order: Vec<(usize, i32)>,
     next_turn: usize,
     next_epoch: u64,
-    /// Messages waiting for a handler slot, in arrival order (so each
-    /// partition's messages start in offset order).
-    waiting: VecDeque<(PartitionSlot, Message)>,
+    /// Messages fetched and not started, in the order they may start.
+    waiting: Schedule,
     /// Handlers running now, all partitions.
     running: usize,
     finished_since_commit: usize,
@@ -204,6 +214,7 @@ impl Engine {
             running: 0,
             queue: None,
             requested: None,
+            paused: false,
         }
     }
 
@@ -236,8 +247,7 @@ impl Engine {
             // what waited under the old assignment is read again from the
             // committed offset.
             let p = el.partition();
-            self.waiting
-                .retain(|(slot, _)| !(slot.topic == t && slot.partition == p));
+            self.waiting.drop_partition(t, p);
             self.topics[t].partitions.insert(p, state);
         }
         self.rebuild_order();
@@ -274,8 +284,9 @@ impl Engine {
         }
         // Messages of the revoked partitions that have not started never will
         // here: the new owner reads them again from the committed offset.
-        self.waiting
-            .retain(|(slot, _)| !revoked.contains(&(slot.topic, slot.partition)));
+        for &(t, p) in &revoked {
+            self.waiting.drop_partition(t, p);
+        }
         let deadline = started + self.settings.revoke_timeout;
         while self.in_flight(&revoked) > 0 {
             // The partitions that stay keep starting handlers meanwhile.
@@ -303,7 +314,9 @@ impl Engine {
             self.committer.flush(keys, self.settings.revoke_timeout)
         };
         for &(t, p) in &revoked {
-            self.topics[t].partitions.remove(&p);
+            if self.topics[t].partitions.remove(&p).is_some_and(|ps| ps.paused) {
+                self.dispatcher.stats().set_paused(&self.topics[t].name, p, false);
+            }
         }
         self.rebuild_order();
         match result {
@@ -411,8 +424,9 @@ impl Engine {
             topic: t,
             partition: msg.partition(),
             epoch: ps.epoch,
+            lane: None,
         };
-        self.waiting.push_back((slot, msg));
+        self.waiting.push(slot, msg);
         self.dispatcher
             .stats()
             .max_waiting
@@ -420,15 +434,23 @@ impl Engine {
     }
 
     /// Reads partition queues, a batch from each in turn, while fewer than
-    /// `max_buffered` messages wait. Returns how many it read.
+    /// `max_buffered` messages wait and the partition's messages blocked
+    /// behind busy lanes are below its share. Returns how many it read.
     fn fill(&mut self) -> usize {
         if self.closing || self.order.is_empty() {
             return 0;
         }
+        let n = self.order.len();
+        let share = (self.settings.max_buffered / n).max(1);
+        for i in 0..n {
+            let (t, p) = self.order[i];
+            if self.waiting.blocked(t, p) < share {
+                self.set_paused(t, p, false);
+            }
+        }
         let mut read = 0;
         loop {
             let mut progress = false;
-            let n = self.order.len();
             for i in 0..n {
                 let (t, p) = self.order[(self.next_turn + i) % n];
                 for _ in 0..PARTITION_BATCH {
@@ -437,6 +459,10 @@ impl Engine {
                         // deep partition cannot starve the others.
                         self.next_turn = (self.next_turn + i + 1) % n;
                         return read;
+                    }
+                    if self.waiting.blocked(t, p) >= share {
+                        self.set_paused(t, p, true);
+                        break;
                     }
                     let topic = &self.topics[t];
                     let polled = match topic.partitions.get(&p).and_then(|ps| ps.queue.as_ref()) {
@@ -468,10 +494,36 @@ impl Engine {
         }
     }
 
+    /// Marks a partition paused or resumed by backpressure, logging and
+    /// counting the change.
+    fn set_paused(&mut self, t: usize, p: i32, paused: bool) {
+        let Some(ps) = self.topics[t].partitions.get_mut(&p) else {
+            return;
+        };
+        if ps.paused == paused {
+            return;
+        }
+        ps.paused = paused;
+        let topic = &*self.topics[t].name;
+        self.dispatcher.stats().set_paused(topic, p, paused);
+        tracing::debug!(
+            subscriber = &*self.settings.name,
+            topic,
+            partition = p,
+            paused,
+            "backpressure: partition {}",
+            if paused {
+                "paused: its buffer share is full"
+            } else {
+                "resumed"
+            }
+        );
+    }
+
     /// Starts waiting messages, oldest first, while slots are free.
     fn start_ready(&mut self) {
         while self.running < self.settings.concurrency {
-            let Some((slot, msg)) = self.waiting.pop_front() else {
+            let Some((slot, msg)) = self.waiting.pop() else {
                 return;
             };
             if let Some(ps) = self.topics[slot.topic].partitions.get_mut(&slot.partition) {
@@ -497,6 +549,7 @@ impl Engine {
         ps.running = ps.running.saturating_sub(1);
         ps.offsets.finished(c.offset);
         self.finished_since_commit += 1;
+        self.waiting.finished(c.slot, c.offset);
     }
 
     /// Applies every event already queued; returns how many there were.
@@ -614,7 +667,7 @@ pub(crate) fn start(
         order: Vec::new(),
         next_turn: 0,
         next_epoch: 0,
-        waiting: VecDeque::new(),
+        waiting: Schedule::new(sub.ordering),
         running: 0,
         finished_since_commit: 0,
         last_commit: Instant::now(),

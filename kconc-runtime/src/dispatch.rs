@@ -2,9 +2,10 @@
 //! errors and panics, and reports back to the poll loop that it finished.
 //! The poll loop decides when a message may start (its concurrency bound).
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::Sender;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use crate::context::Context;
 use crate::handler::{Handler, Outcome};
@@ -34,6 +35,33 @@ pub(crate) struct Stats {
     pub revoke_commit_failures: AtomicU64,
     /// The most messages ever waiting for a handler slot at once.
     pub max_waiting: AtomicU64,
+    /// Partitions that have been paused because their own buffer was full
+    /// (`key` and `partition` ordering), by topic and partition. Written
+    /// only when a partition pauses or resumes.
+    pub pauses: Mutex<BTreeMap<(String, i32), PauseState>>,
+}
+
+/// Whether a partition is paused now, and how often it has been.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct PauseState {
+    pub paused: bool,
+    pub times: u64,
+}
+
+/// A partition that has been paused by backpressure: its messages waiting
+/// behind busy keys (or behind its running message, in `partition`
+/// ordering) reached its share of `max_buffered`, so it was not read until
+/// they drained. Other partitions are read meanwhile.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PartitionPause {
+    /// The topic.
+    pub topic: String,
+    /// The partition.
+    pub partition: i32,
+    /// Paused right now.
+    pub paused: bool,
+    /// How many times it has been paused.
+    pub times: u64,
 }
 
 /// A snapshot of [`Stats`].
@@ -62,6 +90,29 @@ pub struct StatsSnapshot {
 }
 
 impl Stats {
+    /// Records that a partition paused (`paused`) or resumed.
+    pub(crate) fn set_paused(&self, topic: &str, partition: i32, paused: bool) {
+        let Ok(mut map) = self.pauses.lock() else { return };
+        let state = map.entry((topic.to_owned(), partition)).or_default();
+        if paused && !state.paused {
+            state.times += 1;
+        }
+        state.paused = paused;
+    }
+
+    /// Every partition that has ever been paused.
+    pub(crate) fn pauses(&self) -> Vec<PartitionPause> {
+        let Ok(map) = self.pauses.lock() else { return Vec::new() };
+        map.iter()
+            .map(|((topic, partition), s)| PartitionPause {
+                topic: topic.clone(),
+                partition: *partition,
+                paused: s.paused,
+                times: s.times,
+            })
+            .collect()
+    }
+
     /// Reads every counter.
     pub(crate) fn snapshot(&self) -> StatsSnapshot {
         let r = |a: &AtomicU64| a.load(Ordering::Relaxed);
@@ -96,13 +147,14 @@ pub(crate) struct Completion {
     pub(crate) offset: i64,
 }
 
-/// Where a partition's state lives in the poll loop, and which assignment
-/// (epoch) of it the message belongs to.
+/// Where a partition's state lives in the poll loop, which assignment
+/// (epoch) of it the message belongs to, and its ordering lane, if any.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct PartitionSlot {
     pub(crate) topic: usize,
     pub(crate) partition: i32,
     pub(crate) epoch: u64,
+    pub(crate) lane: Option<u64>,
 }
 
 /// What every handler task of one subscriber shares. Cloned once per

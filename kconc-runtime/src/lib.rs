@@ -69,6 +69,7 @@ mod commit;
 mod consumer;
 mod dispatch;
 mod offsets;
+mod schedule;
 
 // Starting, running and stopping it all.
 pub mod app;
@@ -77,13 +78,13 @@ mod signal;
 
 pub use app::{App, Running, ShutdownHandle};
 pub use context::Context;
-pub use dispatch::StatsSnapshot;
+pub use dispatch::{PartitionPause, StatsSnapshot};
 pub use embedded::EmbeddedCluster;
 pub use error::Error;
 pub use extract::{Bytes, FromKey, FromMessage, FromMessageOwned, Headers, Json, Key, Meta, Payload, Text};
 pub use handler::{BoxError, Handler, IntoHandlerResult};
 pub use message::{Header, Message, PayloadError};
-pub use subscriber::Subscriber;
+pub use subscriber::{Ordering, Subscriber};
 
 /// Generates the program's `main`: runs every `#[subscriber]` until SIGINT or
 /// SIGTERM, then shuts down gracefully. `--help` lists the flags;
@@ -118,6 +119,7 @@ pub mod __private {
     pub use crate::extract::{FromMessage, FromMessageOwned};
     pub use crate::handler::{HandlerFuture, IntoHandlerResult};
     pub use crate::message::{Message, PayloadError};
+    pub use crate::subscriber::Ordering;
     pub use ::std::result::Result::{Err, Ok};
 
     /// The future of a handler whose arguments could not be extracted: the

@@ -21,6 +21,10 @@ pub struct Registration {
     pub group: &'static str,
     /// `concurrency`, if given.
     pub concurrency: Option<usize>,
+    /// `ordering`, if given.
+    pub ordering: Option<crate::subscriber::Ordering>,
+    /// `max_buffered`, if given.
+    pub max_buffered: Option<usize>,
     /// `commit_batch_size`, if given.
     pub commit_batch_size: Option<usize>,
     /// `commit_interval`, if given.

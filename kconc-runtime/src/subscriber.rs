@@ -18,6 +18,56 @@ pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(20);
 /// Default time a revoke waits for the revoked partitions' in-flight handlers.
 pub const DEFAULT_REVOKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How much order a subscriber's handlers keep (guarantee 4 of the design).
+///
+/// Within one partition, handlers always *start* in offset order; the modes
+/// differ in what may run at the same time.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Ordering {
+    /// Any messages run concurrently, up to `concurrency` (the default).
+    #[default]
+    Unordered,
+    /// Messages with the same key in the same partition run one after
+    /// another, in offset order; different keys run concurrently. A message
+    /// without a key is its own key: it runs concurrently with everything.
+    Key,
+    /// Each partition's messages run one after another, in offset order;
+    /// partitions run concurrently.
+    Partition,
+}
+
+impl Ordering {
+    /// The name used in `#[subscriber(ordering = "..")]` and `--list`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Unordered => "unordered",
+            Self::Key => "key",
+            Self::Partition => "partition",
+        }
+    }
+}
+
+impl std::fmt::Display for Ordering {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Ordering {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "unordered" => Ok(Self::Unordered),
+            "key" => Ok(Self::Key),
+            "partition" => Ok(Self::Partition),
+            other => Err(format!(
+                "unknown ordering `{other}`: use `unordered`, `key` or `partition`"
+            )),
+        }
+    }
+}
+
 /// One consumer of one or more topics in one group, with its handler.
 ///
 /// Built by `#[subscriber]` (see [`Subscriber::from_registration`]) or in code
@@ -29,6 +79,7 @@ pub struct Subscriber {
     pub(crate) topics: Vec<String>,
     pub(crate) group: String,
     pub(crate) concurrency: usize,
+    pub(crate) ordering: Ordering,
     pub(crate) max_buffered: Option<usize>,
     pub(crate) commit_batch_size: usize,
     pub(crate) commit_interval: Duration,
@@ -45,6 +96,7 @@ impl std::fmt::Debug for Subscriber {
             .field("topics", &self.topics)
             .field("group", &self.group)
             .field("concurrency", &self.concurrency)
+            .field("ordering", &self.ordering)
             .field("max_buffered", &self.effective_max_buffered())
             .field("commit_batch_size", &self.commit_batch_size)
             .field("commit_interval", &self.commit_interval)
@@ -97,6 +149,7 @@ impl Subscriber {
             topics,
             group,
             concurrency: DEFAULT_CONCURRENCY,
+            ordering: Ordering::Unordered,
             max_buffered: None,
             commit_batch_size: DEFAULT_COMMIT_BATCH_SIZE,
             commit_interval: DEFAULT_COMMIT_INTERVAL,
@@ -118,6 +171,12 @@ impl Subscriber {
         if let Some(c) = reg.concurrency {
             s.concurrency = c;
         }
+        if let Some(o) = reg.ordering {
+            s.ordering = o;
+        }
+        if let Some(n) = reg.max_buffered {
+            s.max_buffered = Some(n);
+        }
         if let Some(n) = reg.commit_batch_size {
             s.commit_batch_size = n;
         }
@@ -137,9 +196,21 @@ impl Subscriber {
         self
     }
 
-    /// At most this many fetched messages wait for a free handler slot
-    /// (default: twice `concurrency`, at least 16). Partitions are paused,
-    /// while polling goes on, when the bound is reached.
+    /// How much order the handlers keep (default [`Ordering::Unordered`]).
+    #[must_use]
+    pub fn ordering(mut self, ordering: Ordering) -> Self {
+        self.ordering = ordering;
+        self
+    }
+
+    /// At most this many fetched messages wait for a free handler slot or
+    /// for their key or partition to be free (default: twice `concurrency`,
+    /// at least 16). When the bound is reached, reading stops while polling
+    /// goes on. In `key` and `partition` ordering a partition also stops
+    /// being read (is paused) when the messages it has waiting behind busy
+    /// keys reach its share of the bound (`max_buffered / assigned
+    /// partitions`), so one backed-up partition cannot fill the buffer and
+    /// stall the others.
     #[must_use]
     pub fn max_buffered(mut self, n: usize) -> Self {
         self.max_buffered = Some(n);
@@ -199,6 +270,11 @@ impl Subscriber {
         &self.group
     }
 
+    /// Its ordering mode.
+    pub fn ordering_mode(&self) -> Ordering {
+        self.ordering
+    }
+
     pub(crate) fn effective_max_buffered(&self) -> usize {
         self.max_buffered.unwrap_or_else(|| (self.concurrency * 2).max(16))
     }
@@ -219,6 +295,9 @@ impl Subscriber {
         }
         if self.concurrency == 0 {
             return bad("concurrency", "must be at least 1");
+        }
+        if self.max_buffered == Some(0) {
+            return bad("max_buffered", "must be at least 1");
         }
         if self.commit_batch_size == 0 {
             return bad("commit_batch_size", "must be at least 1");

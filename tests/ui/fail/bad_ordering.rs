@@ -1,8 +1,5 @@
 use kconc_runtime::{subscriber, Message};
 
-#[subscriber(topic = "orders", group = "billing", ordering = "key")]
-async fn bill(_order: Message) {}
-
 #[subscriber(topic = "orders", group = "audit", ordering = "random")]
 async fn audit(_order: Message) {}
 

@@ -1,0 +1,334 @@
+//! The schedule: which fetched messages may start now, given the
+//! subscriber's ordering mode.
+//!
+//! Every message belongs to a *lane* or to none. In `unordered` mode no
+//! message has a lane; in `partition` mode a partition is one lane; in `key`
+//! mode each key of a partition is one (a message without a key has none: it
+//! is its own key). A lane runs one message at a time: while one of its
+//! messages is ready or running, the lane's later messages wait in it, in
+//! offset order. Messages that may start now wait in one FIFO, `ready`, in
+//! the order they became startable, so a busy lane never blocks another.
+//!
+//! A lane is identified by a hash of (topic, partition, assignment epoch,
+//! key). Two keys that collide share a lane: they run one after another,
+//! which keeps every ordering promise and costs only some concurrency.
+
+use std::collections::hash_map::DefaultHasher;
+use std::collections::{HashMap, VecDeque};
+use std::hash::{Hash as _, Hasher as _};
+
+use crate::dispatch::PartitionSlot;
+use crate::message::Message;
+use crate::subscriber::Ordering;
+
+/// A busy lane: the message that holds it (ready or running) and the ones
+/// waiting behind it, in offset order.
+#[derive(Debug)]
+struct Lane {
+    holder: (PartitionSlot, i64),
+    waiting: VecDeque<(PartitionSlot, Message)>,
+}
+
+/// Fetched messages that have not started, and the lanes that are busy.
+#[derive(Debug)]
+pub(crate) struct Schedule {
+    mode: Ordering,
+    /// Messages that may start now, in the order they became startable.
+    ready: VecDeque<(PartitionSlot, Message)>,
+    /// Busy lanes (one of their messages is ready or running).
+    lanes: HashMap<u64, Lane>,
+    /// Messages waiting in lanes, by partition.
+    blocked: HashMap<(usize, i32), usize>,
+    /// Every message not started: `ready` plus the lanes' waiting ones.
+    len: usize,
+}
+
+impl Schedule {
+    pub(crate) fn new(mode: Ordering) -> Self {
+        Self {
+            mode,
+            ready: VecDeque::new(),
+            lanes: HashMap::new(),
+            blocked: HashMap::new(),
+            len: 0,
+        }
+    }
+
+    /// Messages fetched and not started.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Messages of this partition waiting behind a busy lane.
+    pub(crate) fn blocked(&self, topic: usize, partition: i32) -> usize {
+        self.blocked.get(&(topic, partition)).copied().unwrap_or(0)
+    }
+
+    fn lane_of(&self, slot: &PartitionSlot, msg: &Message) -> Option<u64> {
+        let key = match self.mode {
+            Ordering::Unordered => return None,
+            Ordering::Partition => None,
+            Ordering::Key => Some(msg.key()?),
+        };
+        let mut h = DefaultHasher::new();
+        (slot.topic, slot.partition, slot.epoch).hash(&mut h);
+        key.hash(&mut h);
+        Some(h.finish())
+    }
+
+    /// Adds a fetched message: ready at once if its lane is free, else
+    /// behind the lane's earlier messages.
+    pub(crate) fn push(&mut self, slot: PartitionSlot, msg: Message) {
+        let lane = self.lane_of(&slot, &msg);
+        self.push_to(slot, msg, lane);
+    }
+
+    fn push_to(&mut self, mut slot: PartitionSlot, msg: Message, lane: Option<u64>) {
+        self.len += 1;
+        slot.lane = lane;
+        let Some(id) = lane else {
+            self.ready.push_back((slot, msg));
+            return;
+        };
+        match self.lanes.get_mut(&id) {
+            Some(lane) => {
+                *self.blocked.entry((slot.topic, slot.partition)).or_insert(0) += 1;
+                lane.waiting.push_back((slot, msg));
+            }
+            None => {
+                self.lanes.insert(
+                    id,
+                    Lane {
+                        holder: (slot, msg.offset()),
+                        waiting: VecDeque::new(),
+                    },
+                );
+                self.ready.push_back((slot, msg));
+            }
+        }
+    }
+
+    /// The next message to start.
+    pub(crate) fn pop(&mut self) -> Option<(PartitionSlot, Message)> {
+        let next = self.ready.pop_front()?;
+        self.len -= 1;
+        Some(next)
+    }
+
+    /// The message at `offset` of this slot finished: if it held its lane,
+    /// the lane's next message becomes ready, or the lane is free. Anything
+    /// else (no lane, a lane dropped by a revoke) changes nothing.
+    pub(crate) fn finished(&mut self, slot: PartitionSlot, offset: i64) {
+        let Some(id) = slot.lane else { return };
+        let Some(lane) = self.lanes.get_mut(&id) else {
+            return;
+        };
+        if lane.holder != (slot, offset) {
+            return;
+        }
+        match lane.waiting.pop_front() {
+            Some((next, msg)) => {
+                if let Some(n) = self.blocked.get_mut(&(next.topic, next.partition)) {
+                    *n = n.saturating_sub(1);
+                }
+                lane.holder = (next, msg.offset());
+                self.ready.push_back((next, msg));
+            }
+            None => {
+                self.lanes.remove(&id);
+            }
+        }
+    }
+
+    /// Forgets every message of a partition that has not started, and
+    /// releases the lanes its messages hold (revoke, or a new assignment of
+    /// it). Its running handlers' completions are then ignored here.
+    pub(crate) fn drop_partition(&mut self, topic: usize, partition: i32) {
+        let of_it = |slot: &PartitionSlot| slot.topic == topic && slot.partition == partition;
+        let before = self.ready.len();
+        self.ready.retain(|(slot, _)| !of_it(slot));
+        let mut dropped = before - self.ready.len();
+        let mut promoted = Vec::new();
+        self.lanes.retain(|_, lane| {
+            let before = lane.waiting.len();
+            lane.waiting.retain(|(slot, _)| !of_it(slot));
+            dropped += before - lane.waiting.len();
+            if !of_it(&lane.holder.0) {
+                return true;
+            }
+            // Only another partition's message can still be waiting here
+            // (two keys whose hashes collide share a lane): it goes next.
+            match lane.waiting.pop_front() {
+                Some((next, msg)) => {
+                    lane.holder = (next, msg.offset());
+                    promoted.push((next, msg));
+                    true
+                }
+                None => false,
+            }
+        });
+        for (next, msg) in promoted {
+            if let Some(n) = self.blocked.get_mut(&(next.topic, next.partition)) {
+                *n = n.saturating_sub(1);
+            }
+            self.ready.push_back((next, msg));
+        }
+        self.blocked.remove(&(topic, partition));
+        self.len -= dropped;
+    }
+
+    /// Forgets every message that has not started (shutdown).
+    pub(crate) fn clear(&mut self) {
+        self.ready.clear();
+        self.lanes.clear();
+        self.blocked.clear();
+        self.len = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn slot(partition: i32) -> PartitionSlot {
+        PartitionSlot {
+            topic: 0,
+            partition,
+            epoch: 1,
+            lane: None,
+        }
+    }
+
+    fn msg(partition: i32, offset: i64, key: Option<&str>) -> Message {
+        let m = Message::new("t", partition, offset);
+        match key {
+            Some(k) => m.with_key(k),
+            None => m,
+        }
+    }
+
+    fn drain(s: &mut Schedule) -> Vec<(PartitionSlot, i64)> {
+        std::iter::from_fn(|| s.pop().map(|(slot, m)| (slot, m.offset()))).collect()
+    }
+
+    #[test]
+    fn unordered_starts_everything_in_arrival_order() {
+        let mut s = Schedule::new(Ordering::Unordered);
+        for o in 0..4 {
+            s.push(slot(0), msg(0, o, Some("a")));
+        }
+        assert_eq!(s.len(), 4);
+        let offsets: Vec<i64> = drain(&mut s).into_iter().map(|(_, o)| o).collect();
+        assert_eq!(offsets, [0, 1, 2, 3]);
+        assert_eq!(s.len(), 0);
+    }
+
+    #[test]
+    fn key_mode_runs_one_message_per_key_and_frees_the_next_in_order() {
+        let mut s = Schedule::new(Ordering::Key);
+        // a0 b1 a2 a3 b4 -: a and b run at once; a2 waits for a0, b4 for b1;
+        // the keyless 5 runs at once.
+        for (o, k) in [
+            (0, Some("a")),
+            (1, Some("b")),
+            (2, Some("a")),
+            (3, Some("a")),
+            (4, Some("b")),
+            (5, None),
+        ] {
+            s.push(slot(0), msg(0, o, k));
+        }
+        assert_eq!(s.blocked(0, 0), 3);
+        let first = drain(&mut s);
+        assert_eq!(first.iter().map(|(_, o)| *o).collect::<Vec<_>>(), [0, 1, 5]);
+        assert_eq!(s.len(), 3);
+        // b1 finishes: b4 is next; a is still busy.
+        s.finished(first[1].0, first[1].1);
+        let next = drain(&mut s);
+        assert_eq!(next.iter().map(|(_, o)| *o).collect::<Vec<_>>(), [4]);
+        s.finished(first[0].0, first[0].1);
+        let a2 = drain(&mut s);
+        assert_eq!(a2.iter().map(|(_, o)| *o).collect::<Vec<_>>(), [2]);
+        s.finished(a2[0].0, a2[0].1);
+        let a3 = drain(&mut s);
+        assert_eq!(a3.iter().map(|(_, o)| *o).collect::<Vec<_>>(), [3]);
+        assert_eq!(s.blocked(0, 0), 0);
+        // The keyless message had no lane; finishing it changes nothing.
+        s.finished(first[2].0, first[2].1);
+        s.finished(next[0].0, next[0].1);
+        s.finished(a3[0].0, a3[0].1);
+        assert!(s.lanes.is_empty());
+        assert_eq!(s.len(), 0);
+    }
+
+    #[test]
+    fn the_same_key_in_two_partitions_is_two_lanes() {
+        let mut s = Schedule::new(Ordering::Key);
+        s.push(slot(0), msg(0, 0, Some("a")));
+        s.push(slot(1), msg(1, 0, Some("a")));
+        assert_eq!(drain(&mut s).len(), 2);
+    }
+
+    #[test]
+    fn colliding_keys_share_a_lane_and_a_dropped_holder_frees_it() {
+        let mut s = Schedule::new(Ordering::Key);
+        // Two partitions' keys with the same lane id (a hash collision).
+        s.push_to(slot(0), msg(0, 0, Some("a")), Some(7));
+        s.push_to(slot(1), msg(1, 0, Some("b")), Some(7));
+        s.push_to(slot(0), msg(0, 1, Some("a")), Some(7));
+        let first = drain(&mut s);
+        assert_eq!(first.len(), 1, "one lane, one message at a time");
+        // Partition 0 is revoked while its message runs: partition 1's
+        // message must not wait for a completion that will be ignored.
+        s.drop_partition(0, 0);
+        let next = drain(&mut s);
+        assert_eq!(
+            next.iter().map(|(sl, o)| (sl.partition, *o)).collect::<Vec<_>>(),
+            [(1, 0)]
+        );
+        // The late completion of the revoked message does not free the lane.
+        s.finished(first[0].0, first[0].1);
+        assert_eq!(s.lanes.len(), 1);
+        s.finished(next[0].0, next[0].1);
+        assert!(s.lanes.is_empty());
+        assert_eq!(s.len(), 0);
+    }
+
+    #[test]
+    fn partition_mode_runs_one_message_per_partition() {
+        let mut s = Schedule::new(Ordering::Partition);
+        for o in 0..3 {
+            s.push(slot(0), msg(0, o, Some("x")));
+            s.push(slot(1), msg(1, o, None));
+        }
+        let first = drain(&mut s);
+        assert_eq!(first.len(), 2);
+        assert_eq!(s.blocked(0, 0), 2);
+        assert_eq!(s.blocked(0, 1), 2);
+        s.finished(first[0].0, first[0].1);
+        let next = drain(&mut s);
+        assert_eq!(next.len(), 1);
+        assert_eq!((next[0].0.partition, next[0].1), (0, 1));
+    }
+
+    #[test]
+    fn dropping_a_partition_forgets_its_lanes_and_counts() {
+        let mut s = Schedule::new(Ordering::Key);
+        for o in 0..4 {
+            s.push(slot(0), msg(0, o, Some("a")));
+            s.push(slot(1), msg(1, o, Some("a")));
+        }
+        let running = drain(&mut s);
+        assert_eq!(s.len(), 6);
+        s.drop_partition(0, 0);
+        assert_eq!(s.len(), 3);
+        assert_eq!(s.blocked(0, 0), 0);
+        // A late completion of the dropped partition is ignored.
+        s.finished(running[0].0, running[0].1);
+        assert!(drain(&mut s).is_empty());
+        s.finished(running[1].0, running[1].1);
+        assert_eq!(drain(&mut s).len(), 1);
+        s.clear();
+        assert_eq!(s.len(), 0);
+    }
+}
