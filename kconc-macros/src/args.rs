@@ -19,6 +19,11 @@ const KEYS: &[&str] = &[
     "commit_batch_size",
     "commit_interval",
     "shutdown_timeout",
+    "retries",
+    "backoff",
+    "max_backoff",
+    "on_error",
+    "dead_letter",
     "name",
     "crate",
 ];
@@ -36,6 +41,12 @@ pub(crate) struct Args {
     pub(crate) commit_batch_size: Option<LitInt>,
     pub(crate) commit_interval_ms: Option<u64>,
     pub(crate) shutdown_timeout_ms: Option<u64>,
+    pub(crate) retries: Option<u32>,
+    pub(crate) backoff_ms: Option<u64>,
+    pub(crate) max_backoff_ms: Option<u64>,
+    /// `"skip"` or `"stop"` (a dead letter is `dead_letter`).
+    pub(crate) on_error: Option<LitStr>,
+    pub(crate) dead_letter: Option<LitStr>,
     pub(crate) name: Option<LitStr>,
     /// The path that replaces `::kconc_runtime` in generated code.
     pub(crate) krate: Option<syn::Path>,
@@ -77,6 +88,12 @@ pub(crate) fn parse(tokens: TokenStream) -> syn::Result<Args> {
     let mut commit_batch_size = None;
     let mut commit_interval_ms = None;
     let mut shutdown_timeout_ms = None;
+    let mut retries = None;
+    let mut backoff_ms = None;
+    let mut max_backoff_ms = None;
+    let mut max_backoff_span = Span::call_site();
+    let mut on_error: Option<LitStr> = None;
+    let mut dead_letter: Option<LitStr> = None;
     let mut name = None;
     let mut krate = None;
     for (key, value) in pairs {
@@ -138,6 +155,25 @@ pub(crate) fn parse(tokens: TokenStream) -> syn::Result<Args> {
                 }
             }
             "shutdown_timeout" => shutdown_timeout_ms = duration(&value, "shutdown_timeout", errors),
+            "retries" => retries = whole_number(&value, "retries", errors),
+            "backoff" => backoff_ms = duration(&value, "backoff", errors),
+            "max_backoff" => {
+                max_backoff_ms = duration(&value, "max_backoff", errors);
+                max_backoff_span = value.span();
+            }
+            "on_error" => {
+                if let Some(s) = string(&value, "on_error", errors) {
+                    if ["skip", "stop", "dead_letter"].contains(&s.value().as_str()) {
+                        on_error = Some(s);
+                    } else {
+                        errors.push_at(
+                            s.span(),
+                            format!("unknown `on_error = \"{}\"`: use `\"skip\"` (log and commit, the default), `\"stop\"` (stop the partition) or `\"dead_letter\"` together with `dead_letter = \"topic\"`", s.value()),
+                        );
+                    }
+                }
+            }
+            "dead_letter" => dead_letter = non_empty_str(&value, "dead_letter", errors),
             "name" => name = non_empty_str(&value, "name", errors),
             "ordering" => ordering_mode = ordering(&value, errors),
             "crate" => krate = crate_path(&value, errors),
@@ -148,6 +184,28 @@ pub(crate) fn parse(tokens: TokenStream) -> syn::Result<Args> {
                     format!("unknown option `{k}`{hint}\nvalid options: {}", KEYS.join(", ")),
                 );
             }
+        }
+    }
+    match (&on_error, &dead_letter) {
+        (Some(o), None) if o.value() == "dead_letter" => errors.push_at(
+            o.span(),
+            "`on_error = \"dead_letter\"` needs the topic: add `dead_letter = \"orders.dlq\"`",
+        ),
+        (Some(o), Some(_)) if o.value() != "dead_letter" => errors.push_at(
+            o.span(),
+            format!(
+                "`on_error = \"{}\"` contradicts `dead_letter`: remove one of them",
+                o.value()
+            ),
+        ),
+        _ => {}
+    }
+    if let (Some(b), Some(m)) = (backoff_ms, max_backoff_ms) {
+        if m < b {
+            errors.push_at(
+                max_backoff_span,
+                "`max_backoff` is shorter than `backoff`: the longest wait between retries must be at least the first",
+            );
         }
     }
     if topic_key.is_none() {
@@ -169,6 +227,11 @@ pub(crate) fn parse(tokens: TokenStream) -> syn::Result<Args> {
             commit_batch_size,
             commit_interval_ms,
             shutdown_timeout_ms,
+            retries,
+            backoff_ms,
+            max_backoff_ms,
+            on_error,
+            dead_letter,
             name,
             krate,
         }),
@@ -256,6 +319,23 @@ fn at_least_one(value: &Expr, key: &str, what: &str, errors: &mut Errors) -> Opt
             errors.push_at(
                 i.span(),
                 format!("`{key}` must be a whole number from 1 to {}", u32::MAX),
+            );
+            None
+        }
+    }
+}
+
+fn whole_number(value: &Expr, key: &str, errors: &mut Errors) -> Option<u32> {
+    let Some(Lit::Int(i)) = lit(value) else {
+        errors.push_at(value.span(), format!("`{key}` takes a whole number, e.g. `{key} = 3`"));
+        return None;
+    };
+    match i.base10_parse::<u32>() {
+        Ok(n) => Some(n),
+        Err(_) => {
+            errors.push_at(
+                i.span(),
+                format!("`{key}` must be a whole number from 0 to {}", u32::MAX),
             );
             None
         }

@@ -89,6 +89,18 @@ fn registration(args: &Args, func: &ItemFn) -> TokenStream {
     let commit_batch_size = usize_option(&args.commit_batch_size);
     let commit_interval = duration_option(args.commit_interval_ms);
     let shutdown_timeout = duration_option(args.shutdown_timeout_ms);
+    let retries = match args.retries {
+        Some(n) => quote!(#p::Some(#n)),
+        None => quote!(#p::None),
+    };
+    let backoff = duration_option(args.backoff_ms);
+    let max_backoff = duration_option(args.max_backoff_ms);
+    let str_option = |v: &Option<LitStr>| match v {
+        Some(s) => quote!(#p::Some(#s)),
+        None => quote!(#p::None),
+    };
+    let on_error = str_option(&args.on_error);
+    let dead_letter = str_option(&args.dead_letter);
 
     // The type checks are spanned at the user's code, so their errors land
     // there and not on the attribute: a wrong argument type at the
@@ -168,6 +180,11 @@ fn registration(args: &Args, func: &ItemFn) -> TokenStream {
                     commit_batch_size: #commit_batch_size,
                     commit_interval: #commit_interval,
                     shutdown_timeout: #shutdown_timeout,
+                    retries: #retries,
+                    backoff: #backoff,
+                    max_backoff: #max_backoff,
+                    on_error: #on_error,
+                    dead_letter: #dead_letter,
                     handler: __kconc_adapter,
                     file: ::core::file!(),
                     line: ::core::line!(),

@@ -7,7 +7,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{self, Cli, DEFAULT_BROKERS, EMBEDDED};
 use crate::consumer::{self, Runner};
-use crate::dispatch::{PartitionPause, Stats, StatsSnapshot};
+use crate::dispatch::{PartitionPause, Stats, StatsSnapshot, StoppedPartition};
 use crate::embedded::EmbeddedCluster;
 use crate::subscriber::Subscriber;
 use crate::Error;
@@ -395,6 +395,16 @@ impl Running {
             .unwrap_or_default()
     }
 
+    /// The partitions of the subscriber named `name` that the error policy
+    /// has stopped (`on_error = stop`), with the offset and the error.
+    pub fn stopped_partitions(&self, name: &str) -> Vec<StoppedPartition> {
+        self.runners
+            .iter()
+            .find(|r| r.name == name)
+            .map(|r| r.stats.stopped_partitions())
+            .unwrap_or_default()
+    }
+
     /// Counters of all subscribers, summed.
     pub fn total_stats(&self) -> StatsSnapshot {
         let all: Vec<Arc<Stats>> = self.runners.iter().map(|r| r.stats.clone()).collect();
@@ -405,6 +415,10 @@ impl Running {
                 handled: a.handled + b.handled,
                 failed: a.failed + b.failed,
                 panicked: a.panicked + b.panicked,
+                retried: a.retried + b.retried,
+                dead_lettered: a.dead_lettered + b.dead_lettered,
+                dead_letter_failures: a.dead_letter_failures + b.dead_letter_failures,
+                stopped: a.stopped + b.stopped,
                 commits: a.commits + b.commits,
                 commit_failures: a.commit_failures + b.commit_failures,
                 assignments: a.assignments + b.assignments,

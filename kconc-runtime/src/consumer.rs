@@ -23,7 +23,8 @@
 //! would do the same but purges the prefetched messages, and every resume
 //! then waits up to `fetch.wait.max.ms` for a refetch.)
 
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -164,6 +165,37 @@ struct PartitionState {
     /// Not read because its messages waiting behind busy lanes reached its
     /// share of `max_buffered`.
     paused: bool,
+    /// Stopped by the error policy: never read or dispatched again in this
+    /// assignment.
+    stopped: bool,
+}
+
+/// A failed message waiting for its retry.
+struct Delayed {
+    due: Instant,
+    seq: u64,
+    slot: PartitionSlot,
+    msg: Message,
+}
+
+impl PartialEq for Delayed {
+    fn eq(&self, other: &Self) -> bool {
+        (self.due, self.seq) == (other.due, other.seq)
+    }
+}
+
+impl Eq for Delayed {}
+
+impl PartialOrd for Delayed {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Delayed {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.due, self.seq).cmp(&(other.due, other.seq))
+    }
 }
 
 /// Everything the poll thread knows. Lives in the consumer's context so the
@@ -186,6 +218,11 @@ struct Engine {
     next_epoch: u64,
     /// Messages fetched and not started, in the order they may start.
     waiting: Schedule,
+    /// Failed messages waiting for their retry, soonest first. They hold
+    /// no handler slot; their offsets stay unfinished and, in key or
+    /// partition ordering, their lanes stay busy.
+    delayed: BinaryHeap<Reverse<Delayed>>,
+    delayed_seq: u64,
     /// Handlers running now, all partitions.
     running: usize,
     finished_since_commit: usize,
@@ -215,6 +252,7 @@ impl Engine {
             queue: None,
             requested: None,
             paused: false,
+            stopped: false,
         }
     }
 
@@ -247,7 +285,7 @@ impl Engine {
             // what waited under the old assignment is read again from the
             // committed offset.
             let p = el.partition();
-            self.waiting.drop_partition(t, p);
+            self.forget_unstarted(t, p);
             self.topics[t].partitions.insert(p, state);
         }
         self.rebuild_order();
@@ -285,7 +323,7 @@ impl Engine {
         // Messages of the revoked partitions that have not started never will
         // here: the new owner reads them again from the committed offset.
         for &(t, p) in &revoked {
-            self.waiting.drop_partition(t, p);
+            self.forget_unstarted(t, p);
         }
         let deadline = started + self.settings.revoke_timeout;
         while self.in_flight(&revoked) > 0 {
@@ -314,8 +352,13 @@ impl Engine {
             self.committer.flush(keys, self.settings.revoke_timeout)
         };
         for &(t, p) in &revoked {
-            if self.topics[t].partitions.remove(&p).is_some_and(|ps| ps.paused) {
-                self.dispatcher.stats().set_paused(&self.topics[t].name, p, false);
+            if let Some(ps) = self.topics[t].partitions.remove(&p) {
+                if ps.paused {
+                    self.dispatcher.stats().set_paused(&self.topics[t].name, p, false);
+                }
+                if ps.stopped {
+                    self.dispatcher.stats().set_stopped(&self.topics[t].name, p, None);
+                }
             }
         }
         self.rebuild_order();
@@ -347,6 +390,38 @@ impl Engine {
                 );
             }
         }
+    }
+
+    /// Forgets a partition's messages that have not started: fetched ones
+    /// and retries (revoke, stop, or a new assignment of it). They are read
+    /// again from the committed offset by whoever owns it next.
+    fn forget_unstarted(&mut self, t: usize, p: i32) {
+        self.waiting.drop_partition(t, p);
+        self.delayed
+            .retain(|Reverse(d)| !(d.slot.topic == t && d.slot.partition == p));
+    }
+
+    /// Moves retries that are due to the front of the schedule.
+    fn release_due(&mut self) {
+        let now = Instant::now();
+        while self.delayed.peek().is_some_and(|Reverse(d)| d.due <= now) {
+            let Some(Reverse(d)) = self.delayed.pop() else { break };
+            let live = self.topics[d.slot.topic]
+                .partitions
+                .get(&d.slot.partition)
+                .is_some_and(|ps| ps.epoch == d.slot.epoch && !ps.stopped);
+            if live && !self.closing {
+                self.waiting.retry(d.slot, d.msg);
+            }
+        }
+    }
+
+    /// How long the loop may sleep: until the next retry is due, at most
+    /// `IDLE_WAIT`.
+    fn idle_wait(&self) -> Duration {
+        self.delayed.peek().map_or(IDLE_WAIT, |Reverse(d)| {
+            d.due.saturating_duration_since(Instant::now()).min(IDLE_WAIT)
+        })
     }
 
     fn key(&self, t: usize, partition: i32) -> PartitionKey {
@@ -465,6 +540,9 @@ impl Engine {
                         break;
                     }
                     let topic = &self.topics[t];
+                    if topic.partitions.get(&p).is_none_or(|ps| ps.stopped) {
+                        break;
+                    }
                     let polled = match topic.partitions.get(&p).and_then(|ps| ps.queue.as_ref()) {
                         Some(q) => match q.poll(Duration::ZERO) {
                             Some(Ok(m)) => Ok(Message::detach(topic.name.clone(), &m)),
@@ -522,6 +600,7 @@ impl Engine {
 
     /// Starts waiting messages, oldest first, while slots are free.
     fn start_ready(&mut self) {
+        self.release_due();
         while self.running < self.settings.concurrency {
             let Some((slot, msg)) = self.waiting.pop() else {
                 return;
@@ -535,21 +614,50 @@ impl Engine {
     }
 
     fn on_event(&mut self, ev: Event) {
-        let Event::Done(c) = ev else { return };
+        let slot = match &ev {
+            Event::Wake => return,
+            Event::Done(c) => c.slot,
+            Event::Retry { slot, .. } | Event::Stopped { slot, .. } | Event::Abandoned(slot) => *slot,
+        };
+        // Every other event frees a handler slot.
         self.running = self.running.saturating_sub(1);
-        let Some(ts) = self.topics.get_mut(c.slot.topic) else {
+        let Some(ts) = self.topics.get_mut(slot.topic) else {
             return;
         };
-        let Some(ps) = ts.partitions.get_mut(&c.slot.partition) else {
+        let Some(ps) = ts.partitions.get_mut(&slot.partition) else {
             return;
         };
-        if ps.epoch != c.slot.epoch {
+        if ps.epoch != slot.epoch {
             return;
         }
         ps.running = ps.running.saturating_sub(1);
-        ps.offsets.finished(c.offset);
-        self.finished_since_commit += 1;
-        self.waiting.finished(c.slot, c.offset);
+        match ev {
+            Event::Done(c) => {
+                ps.offsets.finished(c.offset);
+                self.finished_since_commit += 1;
+                self.waiting.finished(c.slot, c.offset);
+            }
+            Event::Retry { slot, msg, due } => {
+                if !ps.stopped && !self.closing {
+                    self.delayed_seq += 1;
+                    self.delayed.push(Reverse(Delayed {
+                        due,
+                        seq: self.delayed_seq,
+                        slot,
+                        msg,
+                    }));
+                }
+            }
+            Event::Stopped { slot, offset, reason } => {
+                ps.stopped = true;
+                let topic = ts.name.clone();
+                self.forget_unstarted(slot.topic, slot.partition);
+                self.dispatcher
+                    .stats()
+                    .set_stopped(&topic, slot.partition, Some((offset, reason)));
+            }
+            Event::Abandoned(_) | Event::Wake => {}
+        }
     }
 
     /// Applies every event already queued; returns how many there were.
@@ -660,6 +768,7 @@ pub(crate) fn start(
             events: events_tx,
             stats: stats.clone(),
             runtime,
+            policy: sub.policy.clone(),
         }),
         committer,
         consumer: Arc::downgrade(&consumer),
@@ -668,6 +777,8 @@ pub(crate) fn start(
         next_turn: 0,
         next_epoch: 0,
         waiting: Schedule::new(sub.ordering),
+        delayed: BinaryHeap::new(),
+        delayed_seq: 0,
         running: 0,
         finished_since_commit: 0,
         last_commit: Instant::now(),
@@ -726,7 +837,8 @@ fn poll_loop(consumer: &BaseConsumer<KconcContext>, shutdown: &CancellationToken
             }
             e.maybe_commit(false);
             if polled == 0 && events == 0 {
-                e.wait_event(IDLE_WAIT);
+                let wait = e.idle_wait();
+                e.wait_event(wait);
                 e.start_ready();
                 e.maybe_commit(false);
             }
@@ -743,6 +855,7 @@ fn drain_on_shutdown(consumer: &BaseConsumer<KconcContext>) {
         e.closing = true;
         // Messages that have not started are read again after a restart.
         e.waiting.clear();
+        e.delayed.clear();
         started + e.settings.shutdown_timeout
     }) else {
         return;

@@ -6,10 +6,12 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use crate::context::Context;
 use crate::handler::{Handler, Outcome};
 use crate::message::Message;
+use crate::policy::{self, ErrorPolicy, OnError};
 
 /// Counters of one subscriber, readable while it runs.
 #[derive(Debug, Default)]
@@ -22,6 +24,14 @@ pub(crate) struct Stats {
     pub failed: AtomicU64,
     /// Handler calls that panicked.
     pub panicked: AtomicU64,
+    /// Failed attempts scheduled for a retry.
+    pub retried: AtomicU64,
+    /// Messages produced to the dead-letter topic.
+    pub dead_lettered: AtomicU64,
+    /// Dead-letter produces that failed (each retried).
+    pub dead_letter_failures: AtomicU64,
+    /// Messages that stopped their partition (`on_error = stop`).
+    pub stopped: AtomicU64,
     /// Successful offset commits.
     pub commits: AtomicU64,
     /// Failed offset commits (each retried with the newest positions).
@@ -39,6 +49,22 @@ pub(crate) struct Stats {
     /// (`key` and `partition` ordering), by topic and partition. Written
     /// only when a partition pauses or resumes.
     pub pauses: Mutex<BTreeMap<(String, i32), PauseState>>,
+    /// Partitions stopped by the error policy now: the offset and the error.
+    pub stopped_partitions: Mutex<BTreeMap<(String, i32), (i64, String)>>,
+}
+
+/// A partition stopped by `on_error = stop`: nothing at or after `offset`
+/// is handled or committed until it is reassigned or the program restarts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoppedPartition {
+    /// The topic.
+    pub topic: String,
+    /// The partition.
+    pub partition: i32,
+    /// The offset of the message that failed its last attempt.
+    pub offset: i64,
+    /// Why: the last attempt's error.
+    pub reason: String,
 }
 
 /// Whether a partition is paused now, and how often it has been.
@@ -75,6 +101,14 @@ pub struct StatsSnapshot {
     pub failed: u64,
     /// Handler calls that panicked.
     pub panicked: u64,
+    /// Failed attempts scheduled for a retry.
+    pub retried: u64,
+    /// Messages produced to the dead-letter topic.
+    pub dead_lettered: u64,
+    /// Dead-letter produces that failed (each retried).
+    pub dead_letter_failures: u64,
+    /// Messages that stopped their partition.
+    pub stopped: u64,
     /// Successful offset commits.
     pub commits: u64,
     /// Failed offset commits.
@@ -100,6 +134,36 @@ impl Stats {
         state.paused = paused;
     }
 
+    /// Records (or, with `None`, clears) a stopped partition.
+    pub(crate) fn set_stopped(&self, topic: &str, partition: i32, stopped: Option<(i64, String)>) {
+        let Ok(mut map) = self.stopped_partitions.lock() else {
+            return;
+        };
+        match stopped {
+            Some(s) => {
+                map.insert((topic.to_owned(), partition), s);
+            }
+            None => {
+                map.remove(&(topic.to_owned(), partition));
+            }
+        }
+    }
+
+    /// The partitions stopped by the error policy now.
+    pub(crate) fn stopped_partitions(&self) -> Vec<StoppedPartition> {
+        let Ok(map) = self.stopped_partitions.lock() else {
+            return Vec::new();
+        };
+        map.iter()
+            .map(|((topic, partition), (offset, reason))| StoppedPartition {
+                topic: topic.clone(),
+                partition: *partition,
+                offset: *offset,
+                reason: reason.clone(),
+            })
+            .collect()
+    }
+
     /// Every partition that has ever been paused.
     pub(crate) fn pauses(&self) -> Vec<PartitionPause> {
         let Ok(map) = self.pauses.lock() else { return Vec::new() };
@@ -121,6 +185,10 @@ impl Stats {
             handled: r(&self.handled),
             failed: r(&self.failed),
             panicked: r(&self.panicked),
+            retried: r(&self.retried),
+            dead_lettered: r(&self.dead_lettered),
+            dead_letter_failures: r(&self.dead_letter_failures),
+            stopped: r(&self.stopped),
             commits: r(&self.commits),
             commit_failures: r(&self.commit_failures),
             assignments: r(&self.assignments),
@@ -135,7 +203,23 @@ impl Stats {
 /// has something to poll.
 #[derive(Debug)]
 pub(crate) enum Event {
+    /// Finished: handled, skipped or dead-lettered.
     Done(Completion),
+    /// Failed with retries left: `msg` (its next attempt) starts again at `due`.
+    Retry {
+        slot: PartitionSlot,
+        msg: Message,
+        due: Instant,
+    },
+    /// Failed its last attempt under `on_error = stop`.
+    Stopped {
+        slot: PartitionSlot,
+        offset: i64,
+        reason: String,
+    },
+    /// Gave up at shutdown without finishing (a dead letter not yet
+    /// acknowledged): the slot is free, the offset stays uncommitted.
+    Abandoned(PartitionSlot),
     Wake,
 }
 
@@ -170,6 +254,7 @@ pub(crate) struct Shared {
     pub(crate) events: Sender<Event>,
     pub(crate) stats: Arc<Stats>,
     pub(crate) runtime: tokio::runtime::Handle,
+    pub(crate) policy: ErrorPolicy,
 }
 
 impl Dispatcher {
@@ -181,42 +266,117 @@ impl Dispatcher {
         &self.0.stats
     }
 
-    /// Spawns the task that handles one message and reports its completion.
+    /// Spawns the task that handles one message and reports how it ended.
     pub(crate) fn spawn(&self, slot: PartitionSlot, msg: Message) {
         self.0.stats.dispatched.fetch_add(1, Ordering::Relaxed);
         let this = self.0.clone();
         self.0.runtime.spawn(async move {
-            let offset = msg.offset();
-            this.run(msg).await;
+            let event = this.run(slot, msg).await;
             // The poll loop keeps the receiver until shutdown has given up on
             // running handlers; a failed send means nobody waits any more.
-            let _ = this.events.send(Event::Done(Completion { slot, offset }));
+            let _ = this.events.send(event);
         });
     }
 }
 
 impl Shared {
-    async fn run(&self, msg: Message) {
+    async fn run(&self, slot: PartitionSlot, msg: Message) -> Event {
         // Kept for the log line of a failure; cloning the shared name is
         // cheaper than formatting on every message.
-        let (topic, partition, offset) = (msg.topic_name(), msg.partition(), msg.offset());
-        match self.handler.call(msg, &self.context).await {
+        let (topic, partition, offset, attempt) = (msg.topic_name(), msg.partition(), msg.offset(), msg.attempt());
+        let copy = self.policy.keeps_copy(attempt).then(|| msg.clone());
+        let (error, retryable) = match self.handler.call(msg, &self.context).await {
             Outcome::Ok => {
                 self.stats.handled.fetch_add(1, Ordering::Relaxed);
+                return Event::Done(Completion { slot, offset });
             }
             Outcome::Failed(error) => {
                 self.stats.failed.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(
-                    subscriber = %self.subscriber, topic = &*topic, partition, offset, error = %error,
-                    "handler failed; the message counts as finished"
-                );
+                (error.to_string(), policy::is_retryable(&*error))
             }
             Outcome::Panicked(panic) => {
                 self.stats.panicked.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(
-                    subscriber = %self.subscriber, topic = &*topic, partition, offset, panic,
-                    "handler panicked; the message counts as finished"
+                (format!("handler panicked: {panic}"), true)
+            }
+        };
+        if let (true, true, Some(copy)) = (retryable, self.policy.retries_left(attempt), &copy) {
+            let clock = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.subsec_nanos());
+            let seed = (offset as u64) ^ (u64::from(attempt) << 48) ^ u64::from(clock);
+            let delay = self.policy.delay(attempt, seed ^ (partition as u64).rotate_left(32));
+            self.stats.retried.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                subscriber = %self.subscriber, topic = &*topic, partition, offset, attempt, error,
+                retry_in_ms = delay.as_millis() as u64,
+                "handler failed; retrying"
+            );
+            return Event::Retry {
+                slot,
+                msg: copy.clone().next_attempt(),
+                due: Instant::now() + delay,
+            };
+        }
+        match &self.policy.on_error {
+            OnError::Skip => {
+                tracing::warn!(
+                    subscriber = %self.subscriber, topic = &*topic, partition, offset, attempt, error,
+                    "handler failed; skipped (the message counts as finished)"
                 );
+                Event::Done(Completion { slot, offset })
+            }
+            OnError::Stop => {
+                self.stats.stopped.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(
+                    subscriber = %self.subscriber, topic = &*topic, partition, offset, attempt, error,
+                    "handler failed; partition stopped: nothing after this offset is handled or committed until it is reassigned or the program restarts"
+                );
+                Event::Stopped {
+                    slot,
+                    offset,
+                    reason: error,
+                }
+            }
+            OnError::DeadLetter(dlq) => match copy {
+                Some(copy) => self.dead_letter(slot, dlq, &copy, &error).await,
+                // Not reached: a dead-letter policy always keeps a copy.
+                None => Event::Abandoned(slot),
+            },
+        }
+    }
+
+    /// Produces the message to the dead-letter topic, retrying until the
+    /// broker acknowledges it (or shutdown begins: then it is left
+    /// uncommitted, to be redelivered).
+    async fn dead_letter(&self, slot: PartitionSlot, dlq: &str, msg: &Message, error: &str) -> Event {
+        let (topic, partition, offset, attempt) = (msg.topic(), msg.partition(), msg.offset(), msg.attempt());
+        let mut wait = self.policy.backoff.max(std::time::Duration::from_millis(10));
+        loop {
+            match policy::dead_letter(&self.context, dlq, msg, error).await {
+                Ok(()) => {
+                    self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(
+                        subscriber = %self.subscriber, topic, partition, offset, attempt, error, dead_letter = dlq,
+                        "handler failed; message dead-lettered"
+                    );
+                    return Event::Done(Completion { slot, offset });
+                }
+                Err(e) => {
+                    self.stats.dead_letter_failures.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(
+                        subscriber = %self.subscriber, topic, partition, offset, dead_letter = dlq, error = %e,
+                        retry_in_ms = wait.as_millis() as u64,
+                        "dead-letter produce failed; retrying (the offset stays uncommitted)"
+                    );
+                    if self.context.is_shutting_down() {
+                        return Event::Abandoned(slot);
+                    }
+                    tokio::select! {
+                        () = tokio::time::sleep(wait) => {}
+                        () = self.context.shutting_down() => return Event::Abandoned(slot),
+                    }
+                    wait = (wait * 2).min(self.policy.max_backoff.max(wait));
+                }
             }
         }
     }

@@ -308,7 +308,7 @@ impl FromMessage for Meta {
             offset: msg.offset(),
             timestamp: msg.timestamp(),
             group: cx.group_name(),
-            attempt: 1,
+            attempt: msg.attempt(),
         })
     }
 }

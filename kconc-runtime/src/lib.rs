@@ -69,6 +69,7 @@ mod commit;
 mod consumer;
 mod dispatch;
 mod offsets;
+mod policy;
 mod schedule;
 
 // Starting, running and stopping it all.
@@ -78,12 +79,13 @@ mod signal;
 
 pub use app::{App, Running, ShutdownHandle};
 pub use context::Context;
-pub use dispatch::{PartitionPause, StatsSnapshot};
+pub use dispatch::{PartitionPause, StatsSnapshot, StoppedPartition};
 pub use embedded::EmbeddedCluster;
 pub use error::Error;
 pub use extract::{Bytes, FromKey, FromMessage, FromMessageOwned, Headers, Json, Key, Meta, Payload, Text};
 pub use handler::{BoxError, Handler, IntoHandlerResult};
 pub use message::{Header, Message, PayloadError};
+pub use policy::{NonRetryable, OnError};
 pub use subscriber::{Ordering, Subscriber};
 
 /// Generates the program's `main`: runs every `#[subscriber]` until SIGINT or

@@ -18,6 +18,8 @@ pub struct Message {
     key: Option<Vec<u8>>,
     payload: Option<Vec<u8>>,
     headers: Vec<Header>,
+    /// Which attempt at handling this record this is (1 for the first).
+    attempt: u32,
 }
 
 /// One record header: a name and an optional value.
@@ -40,6 +42,7 @@ impl Message {
             key: None,
             payload: None,
             headers: Vec::new(),
+            attempt: 1,
         }
     }
 
@@ -86,7 +89,20 @@ impl Message {
             key: msg.key().map(<[u8]>::to_vec),
             payload: msg.payload().map(<[u8]>::to_vec),
             headers,
+            attempt: 1,
         }
+    }
+
+    /// Which attempt at handling this record this is: 1, then 2 on the
+    /// first retry, and so on.
+    pub fn attempt(&self) -> u32 {
+        self.attempt
+    }
+
+    /// The same record for the next attempt.
+    pub(crate) fn next_attempt(mut self) -> Self {
+        self.attempt += 1;
+        self
     }
 
     /// The topic's name, shared with the other messages of its partition.

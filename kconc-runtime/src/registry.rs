@@ -31,6 +31,16 @@ pub struct Registration {
     pub commit_interval: Option<Duration>,
     /// `shutdown_timeout`, if given.
     pub shutdown_timeout: Option<Duration>,
+    /// `retries`, if given.
+    pub retries: Option<u32>,
+    /// `backoff`, if given.
+    pub backoff: Option<Duration>,
+    /// `max_backoff`, if given.
+    pub max_backoff: Option<Duration>,
+    /// `on_error`, if given: `"skip"`, `"stop"` or `"dead_letter"`.
+    pub on_error: Option<&'static str>,
+    /// `dead_letter`, if given: the dead-letter topic.
+    pub dead_letter: Option<&'static str>,
     /// The generated adapter that calls the user's function.
     pub handler: fn(Message, &Context) -> HandlerFuture,
     /// Where the attribute was written, for `--list` and diagnostics.

@@ -108,6 +108,13 @@ impl Schedule {
         }
     }
 
+    /// A failed message's next attempt: it starts before anything else
+    /// (it still holds its lane, so nothing behind it has started).
+    pub(crate) fn retry(&mut self, slot: PartitionSlot, msg: Message) {
+        self.len += 1;
+        self.ready.push_front((slot, msg));
+    }
+
     /// The next message to start.
     pub(crate) fn pop(&mut self) -> Option<(PartitionSlot, Message)> {
         let next = self.ready.pop_front()?;

@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use crate::handler::{Handler, IntoHandlerResult};
 use crate::message::Message;
+use crate::policy::{ErrorPolicy, OnError};
+pub use crate::policy::{DEFAULT_BACKOFF, DEFAULT_MAX_BACKOFF};
 use crate::registry::Registration;
 
 /// Default number of handlers running at once per subscriber.
@@ -85,6 +87,7 @@ pub struct Subscriber {
     pub(crate) commit_interval: Duration,
     pub(crate) shutdown_timeout: Duration,
     pub(crate) revoke_timeout: Duration,
+    pub(crate) policy: ErrorPolicy,
     pub(crate) properties: Vec<(String, String)>,
     pub(crate) handler: Handler,
 }
@@ -102,6 +105,7 @@ impl std::fmt::Debug for Subscriber {
             .field("commit_interval", &self.commit_interval)
             .field("shutdown_timeout", &self.shutdown_timeout)
             .field("revoke_timeout", &self.revoke_timeout)
+            .field("policy", &self.policy)
             .field("properties", &crate::config::Redacted(&self.properties))
             .finish_non_exhaustive()
     }
@@ -155,6 +159,7 @@ impl Subscriber {
             commit_interval: DEFAULT_COMMIT_INTERVAL,
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
             revoke_timeout: DEFAULT_REVOKE_TIMEOUT,
+            policy: ErrorPolicy::default(),
             properties: Vec::new(),
             handler,
         }
@@ -185,6 +190,20 @@ impl Subscriber {
         }
         if let Some(d) = reg.shutdown_timeout {
             s.shutdown_timeout = d;
+        }
+        if let Some(n) = reg.retries {
+            s.policy.retries = n;
+        }
+        if let Some(d) = reg.backoff {
+            s.policy.backoff = d;
+        }
+        if let Some(d) = reg.max_backoff {
+            s.policy.max_backoff = d;
+        }
+        match (reg.on_error, reg.dead_letter) {
+            (_, Some(topic)) => s.policy.on_error = OnError::DeadLetter(topic.to_owned()),
+            (Some("stop"), None) => s.policy.on_error = OnError::Stop,
+            _ => {}
         }
         s
     }
@@ -247,6 +266,45 @@ impl Subscriber {
         self
     }
 
+    /// Retry a failed message up to `n` more times (default 0) before the
+    /// `on_error` step, waiting `backoff` doubled on each retry up to
+    /// `max_backoff`, with jitter. A waiting retry holds no handler slot;
+    /// its offset is not committed until it finishes, and in `key` or
+    /// `partition` ordering the messages behind it with its key (or
+    /// partition) wait for it.
+    #[must_use]
+    pub fn retries(mut self, n: u32) -> Self {
+        self.policy.retries = n;
+        self
+    }
+
+    /// The wait before the first retry (default 100 ms).
+    #[must_use]
+    pub fn backoff(mut self, d: Duration) -> Self {
+        self.policy.backoff = d;
+        self
+    }
+
+    /// The longest wait between retries (default 10 s).
+    #[must_use]
+    pub fn max_backoff(mut self, d: Duration) -> Self {
+        self.policy.max_backoff = d;
+        self
+    }
+
+    /// What happens after the last attempt fails (default [`OnError::Skip`]).
+    #[must_use]
+    pub fn on_error(mut self, on_error: OnError) -> Self {
+        self.policy.on_error = on_error;
+        self
+    }
+
+    /// Shorthand for `on_error(OnError::DeadLetter(topic))`.
+    #[must_use]
+    pub fn dead_letter(self, topic: impl Into<String>) -> Self {
+        self.on_error(OnError::DeadLetter(topic.into()))
+    }
+
     /// Sets a librdkafka property for this subscriber's consumer only; it
     /// overrides the application-wide properties.
     #[must_use]
@@ -304,6 +362,15 @@ impl Subscriber {
         }
         if self.commit_interval.is_zero() {
             return bad("commit_interval", "must be longer than zero");
+        }
+        if self.policy.retries > 0 && self.policy.backoff.is_zero() {
+            return bad("backoff", "must be longer than zero when there are retries");
+        }
+        if self.policy.max_backoff < self.policy.backoff {
+            return bad("max_backoff", "must be at least `backoff`");
+        }
+        if matches!(&self.policy.on_error, OnError::DeadLetter(t) if t.trim().is_empty()) {
+            return bad("dead_letter", "must name a topic");
         }
         Ok(())
     }

@@ -1,0 +1,408 @@
+//! The error policy against the embedded mock cluster: retries with backoff
+//! that keep their place (and their key's order) without holding a handler
+//! slot, dead letters with the original record and where it came from, a
+//! dead-letter produce that fails holding the commit back, panics,
+//! undecodable payloads and non-retryable errors following the policy, and
+//! `stop` stopping only the failing partition.
+
+// Tests fail loudly: unwrap and expect are the point here.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering as AtomicOrdering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+use kconc_runtime::rdkafka::consumer::{BaseConsumer, Consumer as _};
+use kconc_runtime::rdkafka::message::{Headers as _, Message as _};
+use kconc_runtime::rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+use kconc_runtime::{Context, FromMessage as _, Json, Message, NonRetryable, OnError, Ordering, Subscriber};
+
+const DEADLINE: Duration = Duration::from_secs(60);
+
+/// A dead letter as read back: partition key, payload and headers.
+#[derive(Debug)]
+struct DeadLetter {
+    key: Option<Vec<u8>>,
+    payload: Option<Vec<u8>>,
+    headers: HashMap<String, String>,
+}
+
+impl DeadLetter {
+    fn header(&self, name: &str) -> &str {
+        self.headers.get(name).map_or("", String::as_str)
+    }
+}
+
+/// Reads the whole of a one-partition topic (waiting until it holds at
+/// least `at_least` records).
+fn read_topic(bootstrap: &str, topic: &str, at_least: usize) -> Vec<DeadLetter> {
+    let consumer: BaseConsumer = kconc_runtime::rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", format!("reader-{topic}"))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[topic]).unwrap();
+    let end = || end_offsets(bootstrap, topic, 1)[0];
+    wait_until("dead letters produced", DEADLINE, || end() >= at_least as i64);
+    let end = end();
+    let mut out = Vec::new();
+    let start = Instant::now();
+    while (out.len() as i64) < end {
+        assert!(
+            start.elapsed() < DEADLINE,
+            "read only {} of {end} dead letters",
+            out.len()
+        );
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+            let headers = m
+                .headers()
+                .map(|hs| {
+                    hs.iter()
+                        .map(|h| {
+                            let v = h.value.map(|v| String::from_utf8_lossy(v).into_owned());
+                            (h.key.to_owned(), v.unwrap_or_default())
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            out.push(DeadLetter {
+                key: m.key().map(<[u8]>::to_vec),
+                payload: m.payload().map(<[u8]>::to_vec),
+                headers,
+            });
+        }
+    }
+    out
+}
+
+fn all_committed(ends: &[i64]) -> Vec<Option<i64>> {
+    ends.iter().map(|e| Some(*e)).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_succeed_on_the_third_attempt_in_key_order() {
+    let (topic, group, parts, n) = ("retried", "g-retried", 2, 400);
+    let cluster = cluster(topic, parts);
+    let ends = produce(cluster.bootstrap_servers(), topic, parts, n, 20);
+    let bootstrap = cluster.bootstrap_servers().to_owned();
+    // Per (partition, key): the offsets in the order they succeeded.
+    type Lanes = HashMap<(i32, Vec<u8>), Vec<i64>>;
+    let succeeded: Arc<Mutex<Lanes>> = Arc::default();
+    let attempts: Arc<Mutex<HashMap<(i32, i64), u32>>> = Arc::default();
+    let (s, a) = (succeeded.clone(), attempts.clone());
+    let sub = Subscriber::new("retried", [topic], group, move |m: Message| {
+        let (s, a) = (s.clone(), a.clone());
+        async move {
+            a.lock().unwrap().insert((m.partition(), m.offset()), m.attempt());
+            if m.offset() % 10 == 0 && m.attempt() < 3 {
+                return Err(format!("flaky on attempt {}", m.attempt()));
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            let key = m.key().unwrap().to_vec();
+            s.lock()
+                .unwrap()
+                .entry((m.partition(), key))
+                .or_default()
+                .push(m.offset());
+            Ok(())
+        }
+    })
+    .ordering(Ordering::Key)
+    .concurrency(8)
+    .retries(3)
+    .backoff(Duration::from_millis(20))
+    .commit_interval(Duration::from_millis(100));
+    let app = test_app(&bootstrap).subscriber(sub).start().unwrap();
+    wait_for("committed up to the ends", DEADLINE, || {
+        committed(&bootstrap, group, topic, parts) == all_committed(&ends)
+    })
+    .await;
+    let stats = app.stats("retried").unwrap();
+    app.shutdown().await;
+    let attempts = attempts.lock().unwrap();
+    let flaky: Vec<_> = attempts.iter().filter(|((_, o), _)| o % 10 == 0).collect();
+    assert_eq!(flaky.len(), n / 10);
+    assert!(
+        flaky.iter().all(|(_, &a)| a == 3),
+        "a flaky message did not end on attempt 3"
+    );
+    assert!(attempts.iter().filter(|((_, o), _)| o % 10 != 0).all(|(_, &a)| a == 1));
+    assert_eq!(stats.retried, 2 * (n as u64 / 10), "{stats:?}");
+    for (lane, offsets) in succeeded.lock().unwrap().iter() {
+        assert!(
+            offsets.windows(2).all(|w| w[0] < w[1]),
+            "{lane:?}: handled out of offset order around a retry: {offsets:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_retry_holds_the_commit_but_not_a_handler_slot() {
+    // One slot, 50 messages; offset 10 fails once and waits ~1-2 s for its
+    // retry. Were the slot held during the wait, nothing else could run.
+    let (topic, group, n) = ("held", "g-held", 50);
+    let cluster = cluster(topic, 1);
+    produce(cluster.bootstrap_servers(), topic, 1, n, 50);
+    let bootstrap = cluster.bootstrap_servers().to_owned();
+    let rec = Recorder::new();
+    let retried_ok = Arc::new(AtomicBool::new(false));
+    let others_done_before_retry = Arc::new(AtomicUsize::new(0));
+    let (r, ok, before) = (rec.clone(), retried_ok.clone(), others_done_before_retry.clone());
+    let sub = Subscriber::new("held", [topic], group, move |m: Message| {
+        let (r, ok, before) = (r.clone(), ok.clone(), before.clone());
+        async move {
+            if m.offset() == 10 {
+                if m.attempt() == 1 {
+                    return Err("not yet");
+                }
+                before.store(r.finished(), AtomicOrdering::SeqCst);
+                ok.store(true, AtomicOrdering::SeqCst);
+            }
+            let _g = r.start(&m);
+            Ok(())
+        }
+    })
+    .concurrency(1)
+    .retries(1)
+    .backoff(Duration::from_secs(2))
+    .commit_interval(Duration::from_millis(50));
+    let app = test_app(&bootstrap).subscriber(sub).start().unwrap();
+    wait_for("the commit stops at the waiting retry", DEADLINE, || {
+        committed(&bootstrap, group, topic, 1) == [Some(10)]
+    })
+    .await;
+    assert!(
+        !retried_ok.load(AtomicOrdering::SeqCst),
+        "offset 10 was retried before the commit was seen to wait for it"
+    );
+    wait_for("committed to the end", DEADLINE, || {
+        committed(&bootstrap, group, topic, 1) == [Some(n as i64)]
+    })
+    .await;
+    app.shutdown().await;
+    assert_eq!(
+        others_done_before_retry.load(AtomicOrdering::SeqCst),
+        n - 1,
+        "the other messages should all have run while offset 10 waited"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn permanent_failures_are_dead_lettered_once_with_their_origin() {
+    let (topic, group, parts, n, dlq) = ("doomed", "g-doomed", 2, 200, "doomed.dlq");
+    let cluster = cluster(topic, parts);
+    cluster.create_topic(dlq, 1).unwrap();
+    let ends = produce(cluster.bootstrap_servers(), topic, parts, n, 10);
+    let bootstrap = cluster.bootstrap_servers().to_owned();
+    let sub = Subscriber::new("doomed", [topic], group, |m: Message| async move {
+        if m.offset() % 25 == 0 {
+            return Err(format!("cannot bill order {}", m.payload_str().unwrap()));
+        }
+        Ok(())
+    })
+    .concurrency(8)
+    .retries(1)
+    .backoff(Duration::from_millis(10))
+    .dead_letter(dlq)
+    .commit_interval(Duration::from_millis(100));
+    let app = test_app(&bootstrap).subscriber(sub).start().unwrap();
+    wait_for("committed up to the ends", DEADLINE, || {
+        committed(&bootstrap, group, topic, parts) == all_committed(&ends)
+    })
+    .await;
+    let stats = app.stats("doomed").unwrap();
+    app.shutdown().await;
+    let doomed: usize = ends.iter().map(|&e| (0..e).filter(|o| o % 25 == 0).count()).sum();
+    assert_eq!(stats.dead_lettered, doomed as u64, "{stats:?}");
+    let letters = read_topic(&bootstrap, dlq, doomed);
+    assert_eq!(letters.len(), doomed, "each permanent failure exactly once");
+    let mut origins: Vec<(i32, i64)> = Vec::new();
+    for l in &letters {
+        let (p, o): (i32, i64) = (
+            l.header("kconc-original-partition").parse().unwrap(),
+            l.header("kconc-original-offset").parse().unwrap(),
+        );
+        assert_eq!(o % 25, 0, "{l:?}");
+        // produce() sends message i to partition i % parts, as offset i / parts.
+        let i = o * i64::from(parts) + i64::from(p);
+        assert_eq!(l.payload.as_deref(), Some(i.to_string().as_bytes()), "{l:?}");
+        assert_eq!(l.key.as_deref(), Some(format!("k{}", i % 10).as_bytes()), "{l:?}");
+        assert_eq!(l.header("kconc-original-topic"), topic);
+        assert_eq!(l.header("kconc-group"), group);
+        assert_eq!(l.header("kconc-attempts"), "2");
+        assert!(!l.header("kconc-original-timestamp").is_empty(), "{l:?}");
+        assert_eq!(l.header("kconc-error"), format!("cannot bill order {i}"));
+        origins.push((p, o));
+    }
+    origins.sort_unstable();
+    origins.dedup();
+    assert_eq!(origins.len(), doomed, "a message was dead-lettered twice");
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct Order {
+    #[allow(dead_code)]
+    id: u64,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn panics_bad_json_and_non_retryable_errors_follow_the_policy() {
+    // Offsets 0, 3, 6..: panic (retried once, then dead-lettered); 1, 4, ..:
+    // the payload is not an `Order` (never retried); 2, 5, ..: a
+    // `NonRetryable` error (never retried).
+    let (topic, group, n, dlq) = ("mixed", "g-mixed", 30, "mixed.dlq");
+    let cluster = cluster(topic, 1);
+    cluster.create_topic(dlq, 1).unwrap();
+    let ends = produce(cluster.bootstrap_servers(), topic, 1, n, 5);
+    let bootstrap = cluster.bootstrap_servers().to_owned();
+    let sub = Subscriber::from_handler(
+        "mixed",
+        [topic],
+        group,
+        kconc_runtime::Handler::with_context(|m: Message, cx: Context| async move {
+            match m.offset() % 3 {
+                0 => panic!("boom at {}", m.offset()),
+                1 => {
+                    let _order = Json::<Order>::from_message(&m, &cx)?;
+                    Ok(())
+                }
+                _ => Err(kconc_runtime::BoxError::from(NonRetryable::new("amount is negative"))),
+            }
+        }),
+    )
+    .concurrency(4)
+    .retries(1)
+    .backoff(Duration::from_millis(10))
+    .on_error(OnError::DeadLetter(dlq.to_owned()))
+    .commit_interval(Duration::from_millis(100));
+    let app = test_app(&bootstrap).subscriber(sub).start().unwrap();
+    wait_for("committed to the end", DEADLINE, || {
+        committed(&bootstrap, group, topic, 1) == all_committed(&ends)
+    })
+    .await;
+    let stats = app.stats("mixed").unwrap();
+    app.shutdown().await;
+    let letters = read_topic(&bootstrap, dlq, n);
+    assert_eq!(letters.len(), n);
+    for l in &letters {
+        let offset: i64 = l.header("kconc-original-offset").parse().unwrap();
+        let (attempts, error) = (l.header("kconc-attempts"), l.header("kconc-error"));
+        match offset % 3 {
+            0 => assert!(
+                attempts == "2" && error.contains("panicked") && error.contains("boom"),
+                "{l:?}"
+            ),
+            1 => assert!(
+                attempts == "1" && error.contains("JSON") && error.contains(&format!("@{offset}")),
+                "{l:?}"
+            ),
+            _ => assert!(attempts == "1" && error == "amount is negative", "{l:?}"),
+        }
+    }
+    assert_eq!(stats.retried, n as u64 / 3, "only the panics are retried: {stats:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_dead_letter_produce_holds_the_commit_until_it_succeeds() {
+    let (topic, group, n, dlq) = ("undeliverable", "g-undeliverable", 20, "undeliverable.dlq");
+    let cluster = cluster(topic, 1);
+    cluster.create_topic(dlq, 1).unwrap();
+    produce(cluster.bootstrap_servers(), topic, 1, n, 5);
+    let bootstrap = cluster.bootstrap_servers().to_owned();
+    // Every produce from now on fails, the first few times: the dead letter's.
+    cluster.mock().unwrap().request_errors(
+        RDKafkaApiKey::Produce,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED; 3],
+    );
+    let sub = Subscriber::new("undeliverable", [topic], group, |m: Message| async move {
+        if m.offset() == 5 {
+            return Err("permanently broken");
+        }
+        Ok(())
+    })
+    .concurrency(4)
+    .backoff(Duration::from_millis(200))
+    .dead_letter(dlq)
+    .commit_interval(Duration::from_millis(50));
+    let app = test_app(&bootstrap).subscriber(sub).start().unwrap();
+    // The commit is read before the counter: if nothing was dead-lettered
+    // after the commit was read, that commit must not pass offset 5.
+    let mut highest = None;
+    wait_for("the dead letter acknowledged", DEADLINE, || {
+        let c = committed(&bootstrap, group, topic, 1)[0];
+        let lettered = app.stats("undeliverable").unwrap().dead_lettered;
+        if lettered == 0 {
+            assert!(
+                c.is_none_or(|c| c <= 5),
+                "committed {c:?} past offset 5 before it was dead-lettered"
+            );
+            highest = highest.max(c);
+        }
+        lettered > 0
+    })
+    .await;
+    let stats = app.stats("undeliverable").unwrap();
+    assert!(
+        stats.dead_letter_failures > 0,
+        "no produce failed: the test proves nothing; {stats:?}"
+    );
+    assert_eq!(
+        highest,
+        Some(5),
+        "the commit should have stood at offset 5 meanwhile; {stats:?}"
+    );
+    wait_for("committed to the end", DEADLINE, || {
+        committed(&bootstrap, group, topic, 1) == [Some(n as i64)]
+    })
+    .await;
+    app.shutdown().await;
+    let letters = read_topic(&bootstrap, dlq, 1);
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert_eq!(letters[0].header("kconc-original-offset"), "5");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_stops_only_the_failing_partition_and_says_why() {
+    let (topic, group, parts, n) = ("stopping", "g-stopping", 3, 300);
+    let cluster = cluster(topic, parts);
+    let ends = produce(cluster.bootstrap_servers(), topic, parts, n, 30);
+    let bootstrap = cluster.bootstrap_servers().to_owned();
+    let sub = Subscriber::new("stopping", [topic], group, |m: Message| async move {
+        if m.partition() == 1 && m.offset() == 20 {
+            return Err("ledger rejected the entry");
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        Ok(())
+    })
+    .concurrency(4)
+    .retries(1)
+    .backoff(Duration::from_millis(10))
+    .on_error(OnError::Stop)
+    .commit_interval(Duration::from_millis(50));
+    let app = test_app(&bootstrap).subscriber(sub).start().unwrap();
+    let expected = vec![Some(ends[0]), Some(20), Some(ends[2])];
+    wait_for(
+        "the other partitions finish; partition 1 stands at 20",
+        DEADLINE,
+        || committed(&bootstrap, group, topic, parts) == expected,
+    )
+    .await;
+    let stopped = app.stopped_partitions("stopping");
+    let stats = app.stats("stopping").unwrap();
+    app.shutdown().await;
+    assert_eq!(stopped.len(), 1, "{stopped:?}");
+    assert_eq!(
+        (stopped[0].topic.as_str(), stopped[0].partition, stopped[0].offset),
+        (topic, 1, 20)
+    );
+    assert_eq!(stopped[0].reason, "ledger rejected the entry");
+    assert_eq!((stats.stopped, stats.retried), (1, 1), "{stats:?}");
+    // After a restart the stopped message is tried again: it is not lost.
+    assert_eq!(committed(&bootstrap, group, topic, parts), expected);
+}
