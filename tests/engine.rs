@@ -52,7 +52,7 @@ async fn every_message_is_handled_once_and_commits_reach_partition_ends() {
     let committed = committed(cluster.bootstrap_servers(), group, topic, parts);
     assert_eq!(
         committed,
-        ends.iter().map(|e| Some(*e)).collect::<Vec<_>>(),
+        all_committed(&ends),
         "committed offsets must equal partition ends"
     );
 }
@@ -171,10 +171,7 @@ async fn failing_and_panicking_handlers_do_not_stop_the_consumer() {
     app.shutdown().await;
     assert_all_handled(&rec.counts(), &ends);
     assert_eq!((stats.handled, stats.failed, stats.panicked), (240, 30, 30));
-    assert_eq!(
-        committed(&bootstrap, group, topic, parts),
-        ends.iter().map(|e| Some(*e)).collect::<Vec<_>>()
-    );
+    assert_eq!(committed(&bootstrap, group, topic, parts), all_committed(&ends));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -243,10 +240,7 @@ async fn graceful_shutdown_finishes_in_flight_handlers_commits_them_and_restart_
         twice.is_empty(),
         "a drained shutdown must not cause redelivery: {twice:?}"
     );
-    assert_eq!(
-        committed(&bootstrap, group, topic, parts),
-        ends.iter().map(|e| Some(*e)).collect::<Vec<_>>()
-    );
+    assert_eq!(committed(&bootstrap, group, topic, parts), all_committed(&ends));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -287,7 +281,7 @@ async fn failed_commits_are_retried_and_committed_offsets_never_go_backwards() {
     let app = test_app(&bootstrap).subscriber(quick(sub)).start().unwrap();
     wait_for("all handled", DEADLINE, || rec.finished() >= n).await;
     wait_for("commits reach the ends despite failures", DEADLINE, || {
-        committed(&bootstrap, group, topic, parts) == ends.iter().map(|e| Some(*e)).collect::<Vec<_>>()
+        committed(&bootstrap, group, topic, parts) == all_committed(&ends)
     })
     .await;
     let stats = app.stats("flaky").unwrap();
@@ -392,10 +386,7 @@ async fn revoke_commits_the_finished_prefix_and_the_new_member_resumes_there() {
         *all.entry(k).or_default() += c;
     }
     assert_all_handled(&all, &ends);
-    assert_eq!(
-        committed(&bootstrap, group, topic, parts),
-        ends.iter().map(|e| Some(*e)).collect::<Vec<_>>()
-    );
+    assert_eq!(committed(&bootstrap, group, topic, parts), all_committed(&ends));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -436,8 +427,5 @@ async fn slow_handlers_never_exceed_max_poll_interval_and_the_buffer_stays_bound
     assert!(rec.max_in_flight() <= 2);
     let twice: Vec<_> = rec.counts().into_iter().filter(|(_, c)| *c > 1).collect();
     assert!(twice.is_empty(), "redelivered: {twice:?}");
-    assert_eq!(
-        committed(&bootstrap, group, topic, parts),
-        ends.iter().map(|e| Some(*e)).collect::<Vec<_>>()
-    );
+    assert_eq!(committed(&bootstrap, group, topic, parts), all_committed(&ends));
 }

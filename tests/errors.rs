@@ -81,10 +81,6 @@ fn read_topic(bootstrap: &str, topic: &str, at_least: usize) -> Vec<DeadLetter> 
     out
 }
 
-fn all_committed(ends: &[i64]) -> Vec<Option<i64>> {
-    ends.iter().map(|e| Some(*e)).collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retries_succeed_on_the_third_attempt_in_key_order() {
     let (topic, group, parts, n) = ("retried", "g-retried", 2, 400);

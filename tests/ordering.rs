@@ -110,10 +110,6 @@ fn produce_records(
     end_offsets(bootstrap, topic, partitions)
 }
 
-fn all_committed(ends: &[i64]) -> Vec<Option<i64>> {
-    ends.iter().map(|e| Some(*e)).collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn key_mode_runs_each_key_in_offset_order_and_keys_concurrently() {
     let (topic, group, parts, n) = ("keyed", "g-keyed", 8, 20_000);

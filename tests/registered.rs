@@ -72,7 +72,7 @@ async fn registered_subscriber_consumes_and_commits() {
     assert_eq!(SINGLE.load(Ordering::SeqCst), 200);
     assert_eq!(
         committed(cluster.bootstrap_servers(), "reg-single", "reg-single", 2),
-        ends.iter().map(|e| Some(*e)).collect::<Vec<_>>()
+        all_committed(&ends)
     );
 }
 
@@ -96,7 +96,7 @@ async fn attribute_settings_reach_the_runtime_for_several_topics() {
     for (topic, ends) in [("reg-a", ends_a), ("reg-b", ends_b)] {
         assert_eq!(
             committed(cluster.bootstrap_servers(), "reg-multi", topic, 2),
-            ends.iter().map(|e| Some(*e)).collect::<Vec<_>>(),
+            all_committed(&ends),
             "{topic}"
         );
     }

@@ -380,29 +380,25 @@ impl Running {
         self.embedded.as_ref()
     }
 
+    fn stats_of(&self, name: &str) -> Option<&Stats> {
+        self.runners.iter().find(|r| r.name == name).map(|r| &*r.stats)
+    }
+
     /// Counters of the subscriber named `name`.
     pub fn stats(&self, name: &str) -> Option<StatsSnapshot> {
-        self.runners.iter().find(|r| r.name == name).map(|r| r.stats.snapshot())
+        self.stats_of(name).map(Stats::snapshot)
     }
 
     /// The partitions of the subscriber named `name` that backpressure has
     /// paused, now or before (empty if none ever was).
     pub fn partition_pauses(&self, name: &str) -> Vec<PartitionPause> {
-        self.runners
-            .iter()
-            .find(|r| r.name == name)
-            .map(|r| r.stats.pauses())
-            .unwrap_or_default()
+        self.stats_of(name).map(Stats::pauses).unwrap_or_default()
     }
 
     /// The partitions of the subscriber named `name` that the error policy
     /// has stopped (`on_error = stop`), with the offset and the error.
     pub fn stopped_partitions(&self, name: &str) -> Vec<StoppedPartition> {
-        self.runners
-            .iter()
-            .find(|r| r.name == name)
-            .map(|r| r.stats.stopped_partitions())
-            .unwrap_or_default()
+        self.stats_of(name).map(Stats::stopped_partitions).unwrap_or_default()
     }
 
     /// Counters of all subscribers, summed.

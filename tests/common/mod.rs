@@ -84,6 +84,11 @@ pub fn committed(bootstrap: &str, group: &str, topic: &str, partitions: i32) -> 
     kconc_runtime::embedded::committed_offsets(bootstrap, group, topic, partitions).expect("read committed offsets")
 }
 
+/// What `committed` reads once everything up to `ends` is committed.
+pub fn all_committed(ends: &[i64]) -> Vec<Option<i64>> {
+    ends.iter().map(|e| Some(*e)).collect()
+}
+
 /// Waits until `cond` holds, checking every 10 ms; panics with `what` after `deadline`.
 pub fn wait_until(what: &str, deadline: Duration, mut cond: impl FnMut() -> bool) {
     let start = Instant::now();
