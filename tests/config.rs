@@ -243,9 +243,25 @@ fn list_shows_every_subscriber_with_its_prefixed_group_and_no_property() {
     assert_eq!(
         lines,
         vec![
-            vec!["NAME", "TOPICS", "GROUP", "CONCURRENCY", "ORDERING"],
-            vec!["billing", "orders,refunds", "staging-billing", "20", "unordered"],
-            vec!["audit", "orders", "staging-audit-group", "10", "unordered"],
+            vec![
+                "NAME",
+                "TOPICS",
+                "GROUP",
+                "CONCURRENCY",
+                "ORDERING",
+                "RETRIES",
+                "ON_ERROR"
+            ],
+            vec![
+                "billing",
+                "orders,refunds",
+                "staging-billing",
+                "20",
+                "unordered",
+                "0",
+                "skip"
+            ],
+            vec!["audit", "orders", "staging-audit-group", "10", "unordered", "0", "skip"],
         ],
         "{table}"
     );
@@ -360,4 +376,67 @@ fn listing_fails_on_bad_configuration_and_brokers_in_use_follow_the_layers() {
     assert_eq!(from_flag.brokers_in_use(), "flag:9092");
     let table = App::new().subscriber(sub()).listing().unwrap();
     assert!(table.contains("cfg"), "{table}");
+}
+
+#[test]
+fn set_overrides_subscriber_settings_and_names_a_bad_one() {
+    let app = App::new()
+        .subscriber(Subscriber::new("billing", ["orders"], "billing", |_m: Message| async {}))
+        .subscriber(Subscriber::new("audit", ["orders"], "audit", |_m: Message| async {}))
+        .configure_with_env(
+            &cli(&[
+                "--set",
+                "billing.concurrency=40",
+                "--set",
+                "billing.ordering=key",
+                "--set",
+                "*.retries=3",
+                "--set",
+                "audit.dead_letter=orders.dlq",
+            ]),
+            Vec::new(),
+        );
+    let table = app.listing().unwrap();
+    let rows: Vec<Vec<&str>> = table.lines().skip(1).map(|l| l.split_whitespace().collect()).collect();
+    assert_eq!(
+        rows,
+        vec![
+            vec!["billing", "orders", "billing", "40", "key", "3", "skip"],
+            vec![
+                "audit",
+                "orders",
+                "audit",
+                "10",
+                "unordered",
+                "3",
+                "dead_letter(orders.dlq)"
+            ],
+        ],
+        "{table}"
+    );
+    for (set, expected) in [
+        ("billing.retries=many", "`retries` takes a whole number"),
+        ("billing.parallelism=4", "unknown setting `parallelism`"),
+        ("biling.concurrency=4", "no subscriber is named `biling`"),
+        ("billing.backoff=soon", "`backoff` takes a duration"),
+        ("billing.ordering=random", "unknown ordering `random`"),
+        ("concurrency=4", "expected NAME.KEY=VALUE"),
+    ] {
+        let err = App::new()
+            .subscriber(Subscriber::new("billing", ["orders"], "billing", |_m: Message| async {}))
+            .configure_with_env(&cli(&["--set", set]), Vec::new())
+            .listing()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--set") && err.contains(expected), "{set}: {err}");
+    }
+}
+
+#[tokio::test]
+async fn a_set_value_out_of_range_fails_at_start_naming_the_setting() {
+    let app = App::new()
+        .brokers("localhost:1")
+        .subscriber(sub())
+        .configure_with_env(&cli(&["--set", "cfg.concurrency=0"]), Vec::new());
+    assert!(start_err(app).contains("`concurrency` must be at least 1"));
 }

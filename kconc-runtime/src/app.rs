@@ -111,9 +111,30 @@ impl App {
             Err(Error::Config(e)) => self.config_error = self.config_error.or(Some(e)),
             Err(e) => self.config_error = self.config_error.or(Some(e.to_string())),
         }
+        for set in &cli.set {
+            if let Err(e) = self.override_setting(set) {
+                self.config_error = self.config_error.or(Some(format!("--set `{set}`: {e}")));
+            }
+        }
         self.only.extend(cli.only.iter().cloned());
         self.embedded_partitions = Some(cli.embedded_partitions);
         self
+    }
+
+    /// Applies one `--set NAME.KEY=VALUE` to the subscribers added so far.
+    fn override_setting(&mut self, set: &str) -> Result<(), String> {
+        let (target, value) = set.split_once('=').ok_or("expected NAME.KEY=VALUE")?;
+        let (name, key) = target.trim().rsplit_once('.').ok_or("expected NAME.KEY=VALUE")?;
+        let mut matched = false;
+        for s in self.subscribers.iter_mut().filter(|s| name == "*" || s.name == name) {
+            s.set(key, value)?;
+            matched = true;
+        }
+        if !matched {
+            let known: Vec<&str> = self.subscribers.iter().map(|s| s.name.as_str()).collect();
+            return Err(format!("no subscriber is named `{name}` (known: {})", known.join(", ")));
+        }
+        Ok(())
     }
 
     /// Prepends `prefix` to every subscriber's consumer group (`staging-`
@@ -205,8 +226,17 @@ impl App {
     /// (after `only`), with its name, topics, consumer group (after the
     /// prefix), concurrency and ordering. Never shows a property.
     pub fn describe_subscribers(&self) -> String {
-        let header = ["NAME", "TOPICS", "GROUP", "CONCURRENCY", "ORDERING"].map(str::to_owned);
-        let rows: Vec<[String; 5]> = self
+        let header = [
+            "NAME",
+            "TOPICS",
+            "GROUP",
+            "CONCURRENCY",
+            "ORDERING",
+            "RETRIES",
+            "ON_ERROR",
+        ]
+        .map(str::to_owned);
+        let rows: Vec<[String; 7]> = self
             .subscribers()
             .map(|s| {
                 [
@@ -215,13 +245,15 @@ impl App {
                     self.group_of(s),
                     s.concurrency.to_string(),
                     s.ordering.to_string(),
+                    s.policy.retries.to_string(),
+                    s.policy.on_error.to_string(),
                 ]
             })
             .collect();
         if rows.is_empty() {
             return "no subscribers\n".to_owned();
         }
-        let mut widths = [0usize; 5];
+        let mut widths = [0usize; 7];
         for row in std::iter::once(&header).chain(&rows) {
             for (w, cell) in widths.iter_mut().zip(row) {
                 *w = (*w).max(cell.chars().count());

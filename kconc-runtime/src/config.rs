@@ -67,11 +67,21 @@ pub struct Cli {
     #[arg(long = "property", value_name = "KEY=VALUE", value_parser = PropertyParser)]
     pub properties: Vec<(String, String)>,
 
+    /// Overrides a subscriber setting from the code, as NAME.KEY=VALUE
+    /// (repeatable; NAME `*` means every subscriber). KEY is one of
+    /// concurrency, ordering, max_buffered, commit_batch_size,
+    /// commit_interval, shutdown_timeout, revoke_timeout, retries, backoff,
+    /// max_backoff, on_error (skip|stop), dead_letter (a topic).
+    /// Example: --set 'billing::bill.retries=5'.
+    #[arg(long = "set", value_name = "NAME.KEY=VALUE")]
+    pub set: Vec<String>,
+
     /// Run only the subscriber with this name (repeatable).
     #[arg(long = "only", value_name = "NAME")]
     pub only: Vec<String>,
 
-    /// Print the subscribers (name, topics, group, concurrency, ordering) and
+    /// Print the subscribers (name, topics, group, concurrency, ordering,
+    /// retries, on_error) and
     /// exit without connecting to any broker.
     #[arg(long)]
     pub list: bool,
@@ -93,6 +103,7 @@ impl std::fmt::Debug for Cli {
             .field("group_prefix", &self.group_prefix)
             .field("config", &self.config)
             .field("properties", &Redacted(&self.properties))
+            .field("set", &self.set)
             .field("only", &self.only)
             .field("list", &self.list)
             .field("log", &self.log)

@@ -337,6 +337,71 @@ impl Subscriber {
         self.max_buffered.unwrap_or_else(|| (self.concurrency * 2).max(16))
     }
 
+    /// The settings `--set NAME.KEY=VALUE` may override.
+    pub const SETTABLE: &'static [&'static str] = &[
+        "concurrency",
+        "ordering",
+        "max_buffered",
+        "commit_batch_size",
+        "commit_interval",
+        "shutdown_timeout",
+        "revoke_timeout",
+        "retries",
+        "backoff",
+        "max_backoff",
+        "on_error",
+        "dead_letter",
+    ];
+
+    /// Overrides one setting from text (what `--set` does); the error says
+    /// what the setting accepts. Values are checked again by `App::start`.
+    pub fn set(&mut self, key: &str, value: &str) -> Result<(), String> {
+        let v = value.trim();
+        let number = || {
+            v.parse::<usize>()
+                .map_err(|_| format!("`{key}` takes a whole number, not `{v}`"))
+        };
+        let duration = || {
+            parse_duration(v)
+                .ok_or_else(|| format!("`{key}` takes a duration such as `500ms`, `2s` or `1m`, not `{v}`"))
+        };
+        match key {
+            "concurrency" => self.concurrency = number()?,
+            "ordering" => self.ordering = v.parse()?,
+            "max_buffered" => self.max_buffered = Some(number()?),
+            "commit_batch_size" => self.commit_batch_size = number()?,
+            "commit_interval" => self.commit_interval = duration()?,
+            "shutdown_timeout" => self.shutdown_timeout = duration()?,
+            "revoke_timeout" => self.revoke_timeout = duration()?,
+            "retries" => {
+                self.policy.retries = v
+                    .parse()
+                    .map_err(|_| format!("`retries` takes a whole number, not `{v}`"))?;
+            }
+            "backoff" => self.policy.backoff = duration()?,
+            "max_backoff" => self.policy.max_backoff = duration()?,
+            "on_error" => {
+                self.policy.on_error = match v {
+                    "skip" => OnError::Skip,
+                    "stop" => OnError::Stop,
+                    _ => {
+                        return Err(format!(
+                            "`on_error` takes `skip` or `stop` (or set `dead_letter` to a topic), not `{v}`"
+                        ))
+                    }
+                };
+            }
+            "dead_letter" => self.policy.on_error = OnError::DeadLetter(v.to_owned()),
+            other => {
+                return Err(format!(
+                    "unknown setting `{other}` (one of {})",
+                    Self::SETTABLE.join(", ")
+                ))
+            }
+        }
+        Ok(())
+    }
+
     /// Checks the settings that the macro cannot check for code-built subscribers.
     pub(crate) fn validate(&self) -> Result<(), crate::Error> {
         let bad = |setting: &str, reason: &str| {
@@ -373,5 +438,18 @@ impl Subscriber {
             return bad("dead_letter", "must name a topic");
         }
         Ok(())
+    }
+}
+
+/// `"500ms"`, `"2s"`, `"1m"` as a duration; `None` for anything else.
+fn parse_duration(s: &str) -> Option<Duration> {
+    let unit_at = s.find(|c: char| !c.is_ascii_digit())?;
+    let (n, unit) = s.split_at(unit_at);
+    let n: u64 = n.parse().ok()?;
+    match unit {
+        "ms" => Some(Duration::from_millis(n)),
+        "s" => Some(Duration::from_secs(n)),
+        "m" => n.checked_mul(60).map(Duration::from_secs),
+        _ => None,
     }
 }
