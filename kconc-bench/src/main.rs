@@ -28,6 +28,88 @@ use kconc_runtime::{App, EmbeddedCluster, Message, Ordering as Mode, Subscriber}
 
 const PARTITIONS: i32 = 8;
 
+/// Counts heap allocations, so a run can report allocations per message.
+#[allow(unsafe_code)]
+mod counting {
+    use std::alloc::{GlobalAlloc, Layout, System};
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    pub(crate) static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+
+    pub(crate) struct Counting;
+
+    // SAFETY: every call is forwarded unchanged to the system allocator;
+    // the only addition is a relaxed counter increment.
+    unsafe impl GlobalAlloc for Counting {
+        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+            ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+            // SAFETY: the caller upholds `alloc`'s contract, passed on as is.
+            unsafe { System.alloc(layout) }
+        }
+
+        unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+            // SAFETY: `ptr` came from `System.alloc` with this layout.
+            unsafe { System.dealloc(ptr, layout) }
+        }
+
+        unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+            ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+            // SAFETY: as for `alloc` and `dealloc`.
+            unsafe { System.realloc(ptr, layout, new_size) }
+        }
+    }
+
+    #[global_allocator]
+    static GLOBAL: Counting = Counting;
+}
+
+/// The whole process's CPU time and allocation count at one moment (the
+/// embedded broker runs in this process too, for the raw loop and for kconc
+/// alike, so differences between the two are the framework's).
+#[derive(Clone, Copy, Debug, Default)]
+struct Usage {
+    cpu: Duration,
+    allocations: u64,
+}
+
+impl Usage {
+    fn now() -> Self {
+        // utime and stime, fields 14 and 15 of /proc/self/stat, in clock
+        // ticks of 10 ms; the name field may hold spaces, so count from ')'.
+        let cpu = std::fs::read_to_string("/proc/self/stat")
+            .ok()
+            .and_then(|s| {
+                let rest = s.rsplit_once(')')?.1;
+                let f: Vec<&str> = rest.split_whitespace().collect();
+                let ticks = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+                Some(Duration::from_millis(ticks * 10))
+            })
+            .unwrap_or_default();
+        Self {
+            cpu,
+            allocations: counting::ALLOCATIONS.load(Ordering::Relaxed),
+        }
+    }
+
+    fn since(self, start: Usage) -> Usage {
+        Usage {
+            cpu: self.cpu.saturating_sub(start.cpu),
+            allocations: self.allocations.saturating_sub(start.allocations),
+        }
+    }
+}
+
+/// The peak resident set size of this process so far, in MB.
+fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+            line.split_whitespace().nth(1)?.parse::<f64>().ok()
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
 #[derive(serde::Serialize, serde::Deserialize)]
 struct Order {
     id: u64,
@@ -48,6 +130,7 @@ struct Options {
     key100_messages: usize,
     partition_messages: usize,
     only: Vec<String>,
+    svg: Option<String>,
 }
 
 impl Options {
@@ -71,6 +154,7 @@ fn options() -> Result<Options, String> {
         key100_messages: 40_000,
         partition_messages: 2_400,
         only: Vec::new(),
+        svg: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -95,6 +179,7 @@ fn options() -> Result<Options, String> {
                     o.only.push(w.to_owned());
                 }
             }
+            "--svg" => o.svg = Some(args.next().ok_or("--svg needs a file")?),
             "--brokers" => o.brokers = Some(args.next().ok_or("--brokers needs a value")?),
             "--runs" => {
                 o.runs = args
@@ -110,7 +195,7 @@ fn options() -> Result<Options, String> {
             }
             "--help" | "-h" => {
                 println!(
-                    "usage: kconc-bench [--smoke] [--brokers HOST:PORT] [--runs N] [--messages N] [--only {}]",
+                    "usage: kconc-bench [--smoke] [--brokers HOST:PORT] [--runs N] [--messages N] [--only {}] [--svg FILE]",
                     WORKLOADS.join(",")
                 );
                 std::process::exit(0);
@@ -161,7 +246,7 @@ fn produce(bootstrap: &str, topic: &str, n: usize, keys: usize) -> Result<(), St
 }
 
 /// Messages per second of a raw rdkafka loop reading `n` messages.
-fn raw_loop(bootstrap: &str, topic: &str, group: &str, n: usize) -> Result<f64, String> {
+fn raw_loop(bootstrap: &str, topic: &str, group: &str, n: usize) -> Result<(f64, Usage), String> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("group.id", group)
@@ -173,6 +258,7 @@ fn raw_loop(bootstrap: &str, topic: &str, group: &str, n: usize) -> Result<f64, 
     consumer.subscribe(&[topic]).map_err(|e| e.to_string())?;
     let mut seen = 0;
     let mut start = None;
+    let mut usage = Usage::default();
     let deadline = Instant::now() + Duration::from_secs(300);
     while seen < n {
         if Instant::now() > deadline {
@@ -180,7 +266,10 @@ fn raw_loop(bootstrap: &str, topic: &str, group: &str, n: usize) -> Result<f64, 
         }
         match consumer.poll(Duration::from_millis(100)) {
             Some(Ok(m)) => {
-                start.get_or_insert_with(Instant::now);
+                start.get_or_insert_with(|| {
+                    usage = Usage::now();
+                    Instant::now()
+                });
                 let order: Result<Order, _> = serde_json::from_slice(m.payload().unwrap_or_default());
                 std::hint::black_box(order.map(|o| o.id).unwrap_or(0));
                 let _ = consumer.store_offset_from_message(&m);
@@ -191,7 +280,7 @@ fn raw_loop(bootstrap: &str, topic: &str, group: &str, n: usize) -> Result<f64, 
         }
     }
     let took = start.map_or(Duration::ZERO, |s| s.elapsed());
-    Ok(n as f64 / took.as_secs_f64())
+    Ok((n as f64 / took.as_secs_f64(), Usage::now().since(usage)))
 }
 
 /// What one kconc run measured.
@@ -201,6 +290,8 @@ struct Measured {
     max_waiting: u64,
     /// Mean time a handler took, as the handler measured it.
     latency: Duration,
+    /// CPU and allocations from the first message to the last.
+    usage: Usage,
 }
 
 impl Measured {
@@ -224,12 +315,12 @@ async fn framework(
     let count = Arc::new(AtomicUsize::new(0));
     let busy_ns = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let b = busy_ns.clone();
-    let first = Arc::new(std::sync::OnceLock::<Instant>::new());
+    let first = Arc::new(std::sync::OnceLock::<(Instant, Usage)>::new());
     let (c, f) = (count.clone(), first.clone());
     let sub = Subscriber::new("bench", [topic], group, move |m: Message| {
         let (c, f, b) = (c.clone(), f.clone(), b.clone());
         async move {
-            f.get_or_init(Instant::now);
+            f.get_or_init(|| (Instant::now(), Usage::now()));
             let started = Instant::now();
             let order: Result<Order, _> = serde_json::from_slice(m.payload().unwrap_or_default());
             std::hint::black_box(order.map(|o| o.id).unwrap_or(0));
@@ -254,7 +345,9 @@ async fn framework(
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
-    let took = first.get().map_or(Duration::ZERO, Instant::elapsed);
+    let (took, usage) = first.get().map_or((Duration::ZERO, Usage::default()), |(t, u)| {
+        (t.elapsed(), Usage::now().since(*u))
+    });
     let stats = running.total_stats();
     running.shutdown().await;
     Ok(Measured {
@@ -262,6 +355,7 @@ async fn framework(
         commits: stats.commits,
         max_waiting: stats.max_waiting,
         latency: Duration::from_nanos(busy_ns.load(Ordering::Relaxed) / n.max(1) as u64),
+        usage,
     })
 }
 
@@ -300,14 +394,16 @@ async fn run() -> Result<(), String> {
     produce(&bootstrap, "bench-io", o.io_messages, 1_000)?;
     produce(&bootstrap, "bench-key100", o.key100_messages, 100)?;
 
+    let mut chart = Chart::default();
     if o.wants("noop") {
-        let mut raw = Vec::new();
-        let mut fw = Vec::new();
-        let mut commits = 0;
+        let (mut raw, mut fw) = (Vec::new(), Vec::new());
+        let (mut raw_use, mut fw_use, mut commits) = (Usage::default(), Usage::default(), 0);
         for run in 0..o.runs {
-            raw.push(tokio::task::block_in_place(|| {
+            let (rate, usage) = tokio::task::block_in_place(|| {
                 raw_loop(&bootstrap, "bench-noop", &format!("raw-{run}"), o.noop_messages)
-            })?);
+            })?;
+            raw.push(rate);
+            raw_use = usage;
             let m = framework(
                 &bootstrap,
                 "bench-noop",
@@ -318,19 +414,25 @@ async fn run() -> Result<(), String> {
             )
             .await?;
             fw.push(m.rate);
+            fw_use = m.usage;
             commits = m.commits;
         }
         let (r, rmin, rmax) = median(raw);
         let (f, fmin, fmax) = median(fw);
+        let n = o.noop_messages as f64;
+        let per = |u: Usage| (u.cpu.as_secs_f64() * 1e6 / n, u.allocations as f64 / n);
+        let ((raw_cpu, raw_alloc), (fw_cpu, fw_alloc)) = (per(raw_use), per(fw_use));
         println!(
-            "W-noop       {:>6} msgs  raw rdkafka loop        {r:>9.0} msg/s ({rmin:.0}-{rmax:.0})",
+            "W-noop       {:>6} msgs  raw rdkafka loop        {r:>9.0} msg/s ({rmin:.0}-{rmax:.0})  cpu {raw_cpu:.2} us/msg  allocs {raw_alloc:.1}/msg",
             o.noop_messages
         );
         println!(
-            "W-noop       {:>6} msgs  kconc c=100             {f:>9.0} msg/s ({fmin:.0}-{fmax:.0})  ratio {:.2} of raw  commits {commits}",
+            "W-noop       {:>6} msgs  kconc c=100             {f:>9.0} msg/s ({fmin:.0}-{fmax:.0})  ratio {:.2} of raw  cpu {fw_cpu:.2} us/msg  allocs {fw_alloc:.1}/msg (framework {:+.1})  commits {commits}",
             o.noop_messages,
-            f / r
+            f / r,
+            fw_alloc - raw_alloc,
         );
+        chart.noop = Some((r, f));
     }
     for &c in &o.io_concurrency {
         let bound = c as f64 / 0.010;
@@ -368,6 +470,9 @@ async fn run() -> Result<(), String> {
             );
             if ordering == Mode::Unordered {
                 unordered = Some(rate);
+                chart.io.push((c, rate, bound));
+            } else {
+                chart.key.push((c, rate));
             }
         }
     }
@@ -428,7 +533,118 @@ async fn run() -> Result<(), String> {
             rate / last.measured_bound(PARTITIONS as usize),
         );
     }
+    println!(
+        "peak RSS of the whole process (broker included): {:.0} MB",
+        peak_rss_mb()
+    );
+    if let Some(path) = &o.svg {
+        std::fs::write(path, chart.svg()).map_err(|e| format!("{path}: {e}"))?;
+        println!("chart written to {path}");
+    }
     Ok(())
+}
+
+/// What the chart shows, gathered during the run.
+#[derive(Default)]
+struct Chart {
+    /// W-noop: raw loop and kconc, msg/s.
+    noop: Option<(f64, f64)>,
+    /// W-io: concurrency, kconc msg/s, bound.
+    io: Vec<(usize, f64, f64)>,
+    /// W-key (1,000 keys): concurrency, msg/s.
+    key: Vec<(usize, f64)>,
+}
+
+impl Chart {
+    /// Two panels: W-io throughput against concurrency (log-log; kconc,
+    /// key ordering and the bound), and W-noop bars (raw loop and kconc).
+    fn svg(&self) -> String {
+        let mut out = String::from(
+            "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"760\" height=\"320\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"760\" height=\"320\" fill=\"white\"/>\n",
+        );
+        // Left panel: x = log10(concurrency) over [1, 3], y = log10(msg/s) over [2, 5].
+        let (x0, y0, w, h) = (60.0, 270.0, 380.0, 220.0);
+        let px = |c: usize| x0 + ((c as f64).log10() - 1.0) / 2.0 * w;
+        let py = |v: f64| y0 - ((v.max(100.0)).log10() - 2.0) / 3.0 * h;
+        out += &format!(
+            "<text x=\"{x0}\" y=\"30\" font-size=\"14\">W-io: 10 ms handler, msg/s against concurrency</text>\n"
+        );
+        out += &format!("<line x1=\"{x0}\" y1=\"{y0}\" x2=\"{}\" y2=\"{y0}\" stroke=\"black\"/><line x1=\"{x0}\" y1=\"{y0}\" x2=\"{x0}\" y2=\"{}\" stroke=\"black\"/>\n", x0 + w, y0 - h);
+        for c in [10, 100, 1000] {
+            out += &format!(
+                "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{c}</text>\n",
+                px(c),
+                y0 + 16.0
+            );
+        }
+        for v in [100.0, 1_000.0, 10_000.0, 100_000.0] {
+            out += &format!(
+                "<text x=\"{}\" y=\"{}\" text-anchor=\"end\">{v:.0}</text>\n",
+                x0 - 6.0,
+                py(v) + 4.0
+            );
+        }
+        let line = |pts: Vec<(f64, f64)>, colour: &str, dash: &str| {
+            let d: Vec<String> = pts.iter().map(|(x, y)| format!("{x:.1},{y:.1}")).collect();
+            let mut s = format!("<polyline points=\"{}\" fill=\"none\" stroke=\"{colour}\" stroke-width=\"2\" stroke-dasharray=\"{dash}\"/>\n", d.join(" "));
+            for (x, y) in pts {
+                s += &format!("<circle cx=\"{x:.1}\" cy=\"{y:.1}\" r=\"3\" fill=\"{colour}\"/>\n");
+            }
+            s
+        };
+        out += &line(self.io.iter().map(|&(c, _, b)| (px(c), py(b))).collect(), "gray", "5,4");
+        out += &line(self.io.iter().map(|&(c, r, _)| (px(c), py(r))).collect(), "#1f77b4", "");
+        out += &line(
+            self.key.iter().map(|&(c, r)| (px(c), py(r))).collect(),
+            "#ff7f0e",
+            "2,2",
+        );
+        for (i, (label, colour)) in [
+            ("bound: concurrency / 10 ms", "gray"),
+            ("kconc unordered", "#1f77b4"),
+            ("kconc key (1,000 keys)", "#ff7f0e"),
+        ]
+        .iter()
+        .enumerate()
+        {
+            let y = 50.0 + 16.0 * i as f64;
+            out += &format!("<rect x=\"{}\" y=\"{}\" width=\"12\" height=\"4\" fill=\"{colour}\"/><text x=\"{}\" y=\"{}\">{label}</text>\n", x0 + 10.0, y - 4.0, x0 + 28.0, y);
+        }
+        // Right panel: W-noop bars.
+        if let Some((raw, fw)) = self.noop {
+            let (bx, by, bh) = (520.0, 270.0, 220.0);
+            let top = raw.max(fw).max(1.0);
+            out += &format!("<text x=\"{bx}\" y=\"30\" font-size=\"14\">W-noop: msg/s</text>\n");
+            for (i, (label, v, colour)) in [("raw rdkafka", raw, "gray"), ("kconc", fw, "#1f77b4")]
+                .iter()
+                .enumerate()
+            {
+                let x = bx + 20.0 + 100.0 * i as f64;
+                let hgt = v / top * bh * 0.9;
+                out += &format!(
+                    "<rect x=\"{x}\" y=\"{:.1}\" width=\"60\" height=\"{hgt:.1}\" fill=\"{colour}\"/>\n",
+                    by - hgt
+                );
+                out += &format!(
+                    "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{label}</text>\n",
+                    x + 30.0,
+                    by + 16.0
+                );
+                out += &format!(
+                    "<text x=\"{}\" y=\"{:.1}\" text-anchor=\"middle\">{:.0}k</text>\n",
+                    x + 30.0,
+                    by - hgt - 6.0,
+                    v / 1000.0
+                );
+            }
+            out += &format!(
+                "<line x1=\"{bx}\" y1=\"{by}\" x2=\"{}\" y2=\"{by}\" stroke=\"black\"/>\n",
+                bx + 220.0
+            );
+        }
+        out += "</svg>\n";
+        out
+    }
 }
 
 /// Runs a workload `o.runs` times: median rate, min, max, and the last run.
