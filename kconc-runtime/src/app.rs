@@ -350,7 +350,17 @@ impl App {
     /// Starts every subscriber and runs until SIGINT or SIGTERM, then shuts
     /// down gracefully (a second signal exits at once).
     pub async fn run(self) -> Result<(), Error> {
-        let running = self.start()?;
+        self.start()?.run_until_signal().await
+    }
+}
+
+impl Running {
+    /// Runs until SIGINT or SIGTERM (or a [`ShutdownHandle::shutdown`]),
+    /// then shuts down gracefully; a second signal exits at once. What
+    /// [`App::run`] does after [`App::start`], for a program that wants the
+    /// [`Running`] handle (its stats, its assignment) meanwhile.
+    pub async fn run_until_signal(self) -> Result<(), Error> {
+        let running = self;
         let signal = crate::signal::wait_for_signal();
         tokio::pin!(signal);
         let shutdown = running.shutdown_handle();
@@ -374,6 +384,33 @@ pub struct Running {
     runners: Vec<Runner>,
     embedded: Option<EmbeddedCluster>,
     bootstrap: String,
+}
+
+/// One subscriber's live counters and partition state (see
+/// [`Running::stats_handle`]).
+#[derive(Clone, Debug)]
+pub struct StatsHandle(Arc<Stats>);
+
+impl StatsHandle {
+    /// The counters now.
+    pub fn snapshot(&self) -> StatsSnapshot {
+        self.0.snapshot()
+    }
+
+    /// The partitions assigned now, as (topic, partition), sorted.
+    pub fn assigned_partitions(&self) -> Vec<(String, i32)> {
+        self.0.assigned()
+    }
+
+    /// The partitions backpressure has paused, now or before.
+    pub fn partition_pauses(&self) -> Vec<PartitionPause> {
+        self.0.pauses()
+    }
+
+    /// The partitions the error policy has stopped.
+    pub fn stopped_partitions(&self) -> Vec<StoppedPartition> {
+        self.0.stopped_partitions()
+    }
 }
 
 /// Starts a graceful shutdown of a [`Running`] app from anywhere.
@@ -416,6 +453,16 @@ impl Running {
         self.runners.iter().find(|r| r.name == name).map(|r| &*r.stats)
     }
 
+    /// A handle on the live counters and partition state of the subscriber
+    /// named `name` that stays usable after this `Running` has moved (into
+    /// [`Running::run_until_signal`], say).
+    pub fn stats_handle(&self, name: &str) -> Option<StatsHandle> {
+        self.runners
+            .iter()
+            .find(|r| r.name == name)
+            .map(|r| StatsHandle(r.stats.clone()))
+    }
+
     /// Counters of the subscriber named `name`.
     pub fn stats(&self, name: &str) -> Option<StatsSnapshot> {
         self.stats_of(name).map(Stats::snapshot)
@@ -425,6 +472,12 @@ impl Running {
     /// paused, now or before (empty if none ever was).
     pub fn partition_pauses(&self, name: &str) -> Vec<PartitionPause> {
         self.stats_of(name).map(Stats::pauses).unwrap_or_default()
+    }
+
+    /// The partitions assigned to the subscriber named `name` now, as
+    /// (topic, partition), sorted.
+    pub fn assigned_partitions(&self, name: &str) -> Vec<(String, i32)> {
+        self.stats_of(name).map(Stats::assigned).unwrap_or_default()
     }
 
     /// The partitions of the subscriber named `name` that the error policy

@@ -554,6 +554,7 @@ pub fn init_tracing_with(filter: Option<&str>) -> Result<(), Error> {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
     Ok(())
 }

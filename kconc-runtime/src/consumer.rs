@@ -287,6 +287,7 @@ impl Engine {
             let p = el.partition();
             self.forget_unstarted(t, p);
             self.topics[t].partitions.insert(p, state);
+            self.dispatcher.stats().set_assigned(el.topic(), p, true);
         }
         self.rebuild_order();
         self.dispatcher.stats().assignments.fetch_add(1, Ordering::Relaxed);
@@ -352,6 +353,7 @@ impl Engine {
             self.committer.flush(keys, self.settings.revoke_timeout)
         };
         for &(t, p) in &revoked {
+            self.dispatcher.stats().set_assigned(&self.topics[t].name, p, false);
             if let Some(ps) = self.topics[t].partitions.remove(&p) {
                 if ps.paused {
                     self.dispatcher.stats().set_paused(&self.topics[t].name, p, false);

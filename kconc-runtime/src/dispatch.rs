@@ -2,7 +2,7 @@
 //! errors and panics, and reports back to the poll loop that it finished.
 //! The poll loop decides when a message may start (its concurrency bound).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
@@ -51,6 +51,8 @@ pub(crate) struct Stats {
     pub pauses: Mutex<BTreeMap<(String, i32), PauseState>>,
     /// Partitions stopped by the error policy now: the offset and the error.
     pub stopped_partitions: Mutex<BTreeMap<(String, i32), (i64, String)>>,
+    /// Partitions assigned to this member now.
+    pub assigned: Mutex<BTreeSet<(String, i32)>>,
 }
 
 /// A partition stopped by `on_error = stop`: nothing at or after `offset`
@@ -132,6 +134,24 @@ impl Stats {
             state.times += 1;
         }
         state.paused = paused;
+    }
+
+    /// Records that a partition was assigned (`true`) or revoked.
+    pub(crate) fn set_assigned(&self, topic: &str, partition: i32, assigned: bool) {
+        let Ok(mut set) = self.assigned.lock() else { return };
+        if assigned {
+            set.insert((topic.to_owned(), partition));
+        } else {
+            set.remove(&(topic.to_owned(), partition));
+        }
+    }
+
+    /// The partitions assigned now, sorted by topic and partition.
+    pub(crate) fn assigned(&self) -> Vec<(String, i32)> {
+        self.assigned
+            .lock()
+            .map(|set| set.iter().cloned().collect())
+            .unwrap_or_default()
     }
 
     /// Records (or, with `None`, clears) a stopped partition.

@@ -77,7 +77,7 @@ pub mod app;
 mod error;
 mod signal;
 
-pub use app::{App, Running, ShutdownHandle};
+pub use app::{App, Running, ShutdownHandle, StatsHandle};
 pub use context::Context;
 pub use dispatch::{PartitionPause, StatsSnapshot, StoppedPartition};
 pub use embedded::EmbeddedCluster;
