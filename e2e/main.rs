@@ -1,0 +1,345 @@
+//! `kconc-e2e`: the program the end-to-end tests run against a real broker
+//! (Tansu, see `scripts/broker`), as separate processes that can be killed.
+//!
+//! ```text
+//! kconc-e2e produce --brokers B --topic T --partitions P --count N [--keys K] [--first-id I] [--rate MSGS_PER_S]
+//! kconc-e2e consume --brokers B --topic T --group G --journal FILE [--status FILE]
+//!                   [--concurrency 100] [--ordering unordered|key|partition] [--delay-ms 1-20]
+//!                   [--commit-batch-size 100] [--shutdown-timeout-ms 20000] [--properties k=v,k=v]
+//!
+//! kconc-e2e mock-broker --topic T --partitions P
+//! ```
+//!
+//! `mock-broker` hosts librdkafka's mock cluster in this process, creates the
+//! topic, prints `bootstrap ADDRESS` and serves until its standard input
+//! closes: a second external broker, whose group coordinator (unlike Tansu
+//! 0.6.0's) waits for every member to rejoin before completing a rebalance.
+//!
+//! `produce` sends message ids `first-id..first-id+count` as payloads with key
+//! `k{id % keys}` to partition `(id % keys) % partitions` (so a key stays on
+//! one partition), one record per batch (Tansu 0.6.0 skips the rest of a
+//! batch when a fetch starts inside it), and prints each partition's end
+//! offset as the delivery reports give it: `ends 12 40 ...`.
+//!
+//! `consume` runs one kconc subscriber until SIGTERM/SIGINT. Its handler
+//! sleeps a random delay, then appends `id partition offset key start_ns
+//! end_ns pid` to the journal and returns only once that line is on disk
+//! (written and fsynced in batches), so an outside check can count what was
+//! handled across kills and restarts. With `--status`, it rewrites that file
+//! every 100 ms with its assigned partitions and counters.
+
+use std::collections::HashMap;
+use std::io::Write as _;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering as AtomicOrdering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use kconc_runtime::rdkafka::message::Message as _;
+use kconc_runtime::rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer as _, ProducerContext};
+use kconc_runtime::rdkafka::{ClientConfig, ClientContext};
+use kconc_runtime::{App, Message, Ordering, Subscriber};
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("produce") => Opts::parse(&args[1..]).and_then(|o| produce(&o)),
+        Some("consume") => Opts::parse(&args[1..]).and_then(|o| consume(&o)),
+        Some("mock-broker") => Opts::parse(&args[1..]).and_then(|o| mock_broker(&o)),
+        _ => Err("usage: kconc-e2e produce|consume --brokers B --topic T ... (see the source's doc comment)".into()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("kconc-e2e: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `--name value` pairs.
+struct Opts(HashMap<String, String>);
+
+impl Opts {
+    fn parse(args: &[String]) -> Result<Self, String> {
+        let mut map = HashMap::new();
+        let mut it = args.iter();
+        while let Some(flag) = it.next() {
+            let name = flag
+                .strip_prefix("--")
+                .ok_or_else(|| format!("expected a --flag, found `{flag}`"))?;
+            let value = it.next().ok_or_else(|| format!("--{name} needs a value"))?;
+            map.insert(name.to_owned(), value.clone());
+        }
+        Ok(Self(map))
+    }
+
+    fn str(&self, name: &str) -> Result<&str, String> {
+        self.0
+            .get(name)
+            .map(String::as_str)
+            .ok_or_else(|| format!("--{name} is required"))
+    }
+
+    fn num<T: std::str::FromStr>(&self, name: &str, default: Option<T>) -> Result<T, String> {
+        match (self.0.get(name), default) {
+            (Some(v), _) => v.parse().map_err(|_| format!("--{name}: `{v}` is not a number")),
+            (None, Some(d)) => Ok(d),
+            (None, None) => Err(format!("--{name} is required")),
+        }
+    }
+}
+
+fn mock_broker(o: &Opts) -> Result<(), String> {
+    let cluster = kconc_runtime::EmbeddedCluster::start(1).map_err(|e| e.to_string())?;
+    cluster
+        .create_topic(o.str("topic")?, o.num("partitions", None)?)
+        .map_err(|e| e.to_string())?;
+    println!("bootstrap {}", cluster.bootstrap_servers());
+    std::io::stdout().flush().map_err(|e| e.to_string())?;
+    // Serve until the parent closes our standard input (or kills us).
+    let mut sink = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut sink);
+    drop(cluster);
+    Ok(())
+}
+
+/// Records the end offset of each partition from the delivery reports.
+struct Ends {
+    ends: Vec<AtomicI64>,
+    failed: AtomicU64,
+}
+
+impl ClientContext for Ends {}
+
+impl ProducerContext for Ends {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        match result {
+            Ok(m) => {
+                if let Some(end) = usize::try_from(m.partition()).ok().and_then(|p| self.ends.get(p)) {
+                    end.fetch_max(m.offset() + 1, AtomicOrdering::Relaxed);
+                }
+            }
+            Err((e, _)) => {
+                eprintln!("kconc-e2e: delivery failed: {e}");
+                self.failed.fetch_add(1, AtomicOrdering::Relaxed);
+            }
+        }
+    }
+}
+
+fn produce(o: &Opts) -> Result<(), String> {
+    let topic = o.str("topic")?;
+    let partitions: i32 = o.num("partitions", None)?;
+    let count: u64 = o.num("count", None)?;
+    let keys: u64 = o.num("keys", Some(1000))?;
+    let first: u64 = o.num("first-id", Some(0))?;
+    let rate: f64 = o.num("rate", Some(0.0))?;
+    if partitions < 1 || keys < 1 {
+        return Err("--partitions and --keys must be at least 1".into());
+    }
+    let context = Ends {
+        ends: (0..partitions).map(|_| AtomicI64::new(0)).collect(),
+        failed: AtomicU64::new(0),
+    };
+    let producer: BaseProducer<Ends> = ClientConfig::new()
+        .set("bootstrap.servers", o.str("brokers")?)
+        .set("batch.num.messages", "1")
+        .set("linger.ms", "0")
+        .set("enable.idempotence", "true")
+        .create_with_context(context)
+        .map_err(|e| format!("cannot create the producer: {e}"))?;
+    let started = Instant::now();
+    for (i, id) in (first..first + count).enumerate() {
+        let k = id % keys;
+        let (key, payload) = (format!("k{k}"), id.to_string());
+        let partition = (k % partitions as u64) as i32;
+        let mut record = BaseRecord::to(topic).key(&key).payload(&payload).partition(partition);
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((_, r)) => {
+                    producer.poll(Duration::from_millis(5));
+                    record = r;
+                }
+            }
+        }
+        producer.poll(Duration::ZERO);
+        if rate > 0.0 {
+            let due = Duration::from_secs_f64((i + 1) as f64 / rate);
+            if let Some(wait) = due.checked_sub(started.elapsed()) {
+                std::thread::sleep(wait);
+            }
+        }
+    }
+    producer
+        .flush(Duration::from_secs(120))
+        .map_err(|e| format!("flush: {e}"))?;
+    let failed = producer.context().failed.load(AtomicOrdering::Relaxed);
+    if failed > 0 {
+        return Err(format!("{failed} messages were not delivered"));
+    }
+    let ends: Vec<String> = producer
+        .context()
+        .ends
+        .iter()
+        .map(|e| e.load(AtomicOrdering::Relaxed).to_string())
+        .collect();
+    println!("ends {}", ends.join(" "));
+    eprintln!(
+        "kconc-e2e: produced {count} messages in {:.2} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// A line for the journal and the handler waiting for it to be on disk.
+type JournalEntry = (String, tokio::sync::oneshot::Sender<()>);
+
+/// Appends lines to the journal, fsyncing once per batch of whatever is
+/// waiting, then lets the handlers of that batch return. On an I/O error the
+/// process exits: a handler must not count as done unless its line is durable.
+fn journal_writer(path: String, rx: mpsc::Receiver<JournalEntry>) {
+    let mut file = match std::fs::OpenOptions::new().create(true).append(true).open(&path) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("kconc-e2e: cannot open the journal {path}: {e}");
+            std::process::exit(3);
+        }
+    };
+    let mut buf = String::new();
+    let mut acks = Vec::new();
+    while let Ok(first) = rx.recv() {
+        let mut next = Some(first);
+        while let Some((line, ack)) = next {
+            buf.push_str(&line);
+            acks.push(ack);
+            next = rx.try_recv().ok();
+        }
+        if let Err(e) = file.write_all(buf.as_bytes()).and_then(|()| file.sync_data()) {
+            eprintln!("kconc-e2e: cannot write the journal {path}: {e}");
+            std::process::exit(3);
+        }
+        buf.clear();
+        for ack in acks.drain(..) {
+            let _ = ack.send(());
+        }
+    }
+}
+
+fn nanos_now() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0)
+}
+
+fn consume(o: &Opts) -> Result<(), String> {
+    kconc_runtime::config::init_tracing_with(None).map_err(|e| e.to_string())?;
+    let brokers = o.str("brokers")?.to_owned();
+    let topic = o.str("topic")?.to_owned();
+    let group = o.str("group")?.to_owned();
+    let journal = o.str("journal")?.to_owned();
+    let status = o.0.get("status").cloned();
+    let concurrency: usize = o.num("concurrency", Some(100))?;
+    let ordering = match o.0.get("ordering").map_or("unordered", String::as_str) {
+        "unordered" => Ordering::Unordered,
+        "key" => Ordering::Key,
+        "partition" => Ordering::Partition,
+        other => return Err(format!("--ordering: `{other}` is not unordered, key or partition")),
+    };
+    let delay = o.0.get("delay-ms").map_or("1-20", String::as_str);
+    let (lo, hi) = delay
+        .split_once('-')
+        .and_then(|(a, b)| Some((a.parse::<u64>().ok()?, b.parse::<u64>().ok()?)))
+        .filter(|(a, b)| a <= b)
+        .ok_or_else(|| format!("--delay-ms: `{delay}` is not a range such as 1-20"))?;
+    let batch: usize = o.num("commit-batch-size", Some(100))?;
+    let shutdown_ms: u64 = o.num("shutdown-timeout-ms", Some(20_000))?;
+    // `--properties k=v,k=v`: librdkafka properties (debug=cgrp, ...).
+    let properties: Vec<(String, String)> = match o.0.get("properties") {
+        None => Vec::new(),
+        Some(list) => list
+            .split(',')
+            .map(|kv| {
+                kv.split_once('=')
+                    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                    .ok_or_else(|| format!("--properties: `{kv}` is not KEY=VALUE"))
+            })
+            .collect::<Result<_, _>>()?,
+    };
+
+    let (tx, rx) = mpsc::channel::<JournalEntry>();
+    std::thread::spawn(move || journal_writer(journal, rx));
+    let pid = std::process::id();
+    let sub = Subscriber::new("e2e", [topic], group, move |m: Message| {
+        let tx = tx.clone();
+        async move {
+            let start = nanos_now();
+            let ms = if hi > lo { rand::random_range(lo..=hi) } else { lo };
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            let id = m.payload_str().map_err(|e| e.to_string())?.to_owned();
+            let key = m.key_str().unwrap_or("-").to_owned();
+            let line = format!(
+                "{id} {} {} {key} {start} {} {pid}\n",
+                m.partition(),
+                m.offset(),
+                nanos_now()
+            );
+            let (ack, done) = tokio::sync::oneshot::channel();
+            tx.send((line, ack))
+                .map_err(|_| "the journal writer is gone".to_owned())?;
+            done.await.map_err(|_| "the journal writer is gone".to_owned())?;
+            Ok::<(), String>(())
+        }
+    })
+    .concurrency(concurrency)
+    .ordering(ordering)
+    .commit_batch_size(batch)
+    .shutdown_timeout(Duration::from_millis(shutdown_ms));
+
+    let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
+    runtime.block_on(async move {
+        let app = App::new()
+            .brokers(brokers)
+            // A killed member is noticed after 6 s (Kafka's minimum) rather
+            // than librdkafka's default 45 s.
+            .property("session.timeout.ms", "6000")
+            .property("heartbeat.interval.ms", "1000");
+        let app = properties.iter().fold(app, |app, (k, v)| app.property(k, v));
+        let running = app.subscriber(sub).start().map_err(|e| e.to_string())?;
+        if let Some(path) = status {
+            let stats = running.stats_handle("e2e");
+            tokio::spawn(async move {
+                loop {
+                    if let Some(s) = &stats {
+                        write_status(&path, s);
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            });
+        }
+        running.run_until_signal().await.map_err(|e| e.to_string())
+    })
+}
+
+/// Rewrites the status file atomically: `assigned P P ...` and counters.
+fn write_status(path: &str, stats: &kconc_runtime::StatsHandle) {
+    let assigned: Vec<String> = stats.assigned_partitions().iter().map(|(_, p)| p.to_string()).collect();
+    let s = stats.snapshot();
+    let text = format!(
+        "assigned {}\nhandled {}\ncommits {}\ncommit_failures {}\nassignments {}\nrevocations {}\n",
+        assigned.join(" "),
+        s.handled,
+        s.commits,
+        s.commit_failures,
+        s.assignments,
+        s.revocations
+    );
+    let tmp = format!("{path}.tmp");
+    if std::fs::write(&tmp, text).is_ok() {
+        let _ = std::fs::rename(&tmp, path);
+    }
+}

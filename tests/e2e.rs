@@ -1,0 +1,627 @@
+//! End-to-end tests on a real external broker, Tansu, with the consumer in
+//! separate processes (the `kconc-e2e` program) that are killed, stopped and
+//! run side by side in one group. Each handled message is journalled durably
+//! by the consumer before its handler returns, so the checks here count what
+//! was handled across kills and restarts.
+//!
+//! The Tansu ones need the broker, so a plain `cargo test` skips them (it
+//! runs only the scale-out test on a mock cluster in its own process). Run
+//! them with:
+//!
+//! ```text
+//! bash scripts/broker install && bash scripts/broker start
+//! cargo test --test e2e -- --ignored --test-threads 1 --nocapture
+//! ```
+//!
+//! (`bash scripts/test`, the README's test command, does exactly this.)
+//! Tansu 0.6.0's bugs are worked around as DESIGN.md says: the producer sends
+//! one record per batch, and partition ends come from its delivery reports.
+
+// Tests fail loudly: unwrap and expect are the point here.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::io::Read as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+const E2E: &str = env!("CARGO_BIN_EXE_kconc-e2e");
+const START_IT: &str = "bash scripts/broker install && bash scripts/broker start";
+
+fn brokers() -> String {
+    format!(
+        "127.0.0.1:{}",
+        std::env::var("TANSU_PORT").unwrap_or_else(|_| "19092".into())
+    )
+}
+
+/// A name no earlier run on the same (long-lived) broker has used.
+fn unique(name: &str) -> String {
+    let t = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis();
+    format!("{name}-{t}")
+}
+
+/// A fresh directory for one test's journals and logs.
+fn work_dir(name: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("e2e").join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// The broker a test runs on: the Tansu started by `scripts/broker`, or
+/// librdkafka's mock cluster hosted in a `kconc-e2e mock-broker` process.
+struct Broker {
+    addr: String,
+    process: Option<Child>,
+}
+
+impl Broker {
+    /// Tansu, with `topic` created on it.
+    fn tansu(topic: &str, partitions: i32) -> Self {
+        create_topic(topic, partitions);
+        Self {
+            addr: brokers(),
+            process: None,
+        }
+    }
+
+    /// A mock cluster in its own process, with `topic` created on it.
+    fn mock_process(topic: &str, partitions: i32) -> Self {
+        let mut child = Command::new(E2E)
+            .args(["mock-broker", "--topic", topic, "--partitions", &partitions.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut line).unwrap();
+        let addr = line
+            .trim()
+            .strip_prefix("bootstrap ")
+            .expect("the mock broker printed its address")
+            .to_owned();
+        Self {
+            addr,
+            process: Some(child),
+        }
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.process {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn create_topic(topic: &str, partitions: i32) {
+    let out = Command::new("bash")
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(["scripts/broker", "topic", topic, &partitions.to_string()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "creating topic {topic} failed (is the broker running? {START_IT}): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Starts `kconc-e2e produce`; [`finish_produce`] returns the partition ends.
+fn spawn_produce(broker: &Broker, topic: &str, partitions: i32, count: u64, rate: u64) -> Child {
+    Command::new(E2E)
+        .args(["produce", "--brokers", &broker.addr, "--topic", topic])
+        .args(["--partitions", &partitions.to_string(), "--count", &count.to_string()])
+        .args(["--keys", "1000", "--rate", &rate.to_string()])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn finish_produce(mut child: Child) -> Vec<i64> {
+    let mut out = String::new();
+    child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+    assert!(child.wait().unwrap().success(), "the producer failed");
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("ends "))
+        .expect("the producer printed its ends");
+    line[5..].split(' ').map(|e| e.parse().unwrap()).collect()
+}
+
+fn produce(broker: &Broker, topic: &str, partitions: i32, count: u64) -> Vec<i64> {
+    finish_produce(spawn_produce(broker, topic, partitions, count, 0))
+}
+
+fn committed(broker: &Broker, topic: &str, group: &str, partitions: i32) -> Vec<Option<i64>> {
+    kconc_runtime::embedded::committed_offsets(&broker.addr, group, topic, partitions).unwrap()
+}
+
+fn all_committed(ends: &[i64]) -> Vec<Option<i64>> {
+    ends.iter().map(|e| Some(*e)).collect()
+}
+
+/// Waits until `cond` holds, checking every 20 ms; panics with `what` after `deadline`.
+fn wait_until(what: &str, deadline: Duration, mut cond: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !cond() {
+        assert!(
+            start.elapsed() < deadline,
+            "timed out after {deadline:?} waiting for: {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    start.elapsed()
+}
+
+/// One `kconc-e2e consume` process; killed if the test panics.
+struct Consumer {
+    child: Child,
+    journal: PathBuf,
+    status: PathBuf,
+}
+
+impl Consumer {
+    fn start(dir: &Path, name: &str, broker: &Broker, topic: &str, group: &str, extra: &[&str]) -> Self {
+        let journal = dir.join(format!("{name}.journal"));
+        let status = dir.join(format!("{name}.status"));
+        let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
+        let child = Command::new(E2E)
+            .args(["consume", "--brokers", &broker.addr, "--topic", topic, "--group", group])
+            .arg("--journal")
+            .arg(&journal)
+            .arg("--status")
+            .arg(&status)
+            .args(extra)
+            .env("RUST_LOG", "kconc_runtime=info")
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        Self { child, journal, status }
+    }
+
+    fn journal_lines(&self) -> usize {
+        std::fs::read(&self.journal).map_or(0, |b| b.iter().filter(|&&c| c == b'\n').count())
+    }
+
+    /// The partitions it has assigned now (empty before its first status).
+    fn assigned(&self) -> BTreeSet<i32> {
+        let text = std::fs::read_to_string(&self.status).unwrap_or_default();
+        text.lines()
+            .find_map(|l| l.strip_prefix("assigned"))
+            .map(|rest| rest.split_whitespace().map(|p| p.parse().unwrap()).collect())
+            .unwrap_or_default()
+    }
+
+    fn kill9(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// Sends SIGTERM and waits (up to `deadline`) for the exit.
+    fn terminate(&mut self, deadline: Duration) -> (ExitStatus, Duration) {
+        let started = Instant::now();
+        let ok = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return (status, started.elapsed());
+            }
+            assert!(
+                started.elapsed() < deadline,
+                "the consumer did not exit within {deadline:?} of SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Consumer {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// One journal line: a handled message.
+#[derive(Clone, Debug)]
+struct Entry {
+    id: u64,
+    partition: i32,
+    offset: i64,
+    key: String,
+    start: u128,
+    end: u128,
+    pid: u32,
+}
+
+fn read_journal(path: &Path) -> Vec<Entry> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.lines()
+        .map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            assert_eq!(f.len(), 7, "a torn journal line: {l:?}");
+            Entry {
+                id: f[0].parse().unwrap(),
+                partition: f[1].parse().unwrap(),
+                offset: f[2].parse().unwrap(),
+                key: f[3].to_owned(),
+                start: f[4].parse().unwrap(),
+                end: f[5].parse().unwrap(),
+                pid: f[6].parse().unwrap(),
+            }
+        })
+        .collect()
+}
+
+/// Every id below `count` handled at least once, each at the partition its
+/// key maps to; returns how often each id was handled.
+fn check_all_handled(entries: &[Entry], count: u64, partitions: i32) -> HashMap<u64, usize> {
+    let mut times: HashMap<u64, usize> = HashMap::new();
+    for e in entries {
+        assert_eq!(
+            e.partition as u64,
+            (e.id % 1000) % partitions as u64,
+            "id {} came from the wrong partition",
+            e.id
+        );
+        assert_eq!(e.key, format!("k{}", e.id % 1000));
+        *times.entry(e.id).or_default() += 1;
+    }
+    let missing: Vec<u64> = (0..count).filter(|id| !times.contains_key(id)).collect();
+    assert!(
+        missing.is_empty(),
+        "{} ids never handled, e.g. {:?}",
+        missing.len(),
+        &missing[..missing.len().min(10)]
+    );
+    assert_eq!(times.len() as u64, count, "ids handled that were never produced");
+    times
+}
+
+/// Key order across every process: no handling of a key's message started
+/// before each earlier message of that key had finished at least once.
+fn check_key_order(entries: &[Entry]) {
+    let mut by_key: HashMap<(i32, &str), Vec<&Entry>> = HashMap::new();
+    for e in entries {
+        by_key.entry((e.partition, &e.key)).or_default().push(e);
+    }
+    for ((p, key), mut list) in by_key {
+        list.sort_by_key(|e| (e.offset, e.end));
+        // first_end[i]: when offset list[i] first finished; prefix max of it.
+        let mut finished_before: u128 = 0;
+        let mut i = 0;
+        while i < list.len() {
+            let offset = list[i].offset;
+            let same: Vec<&Entry> = list[i..].iter().take_while(|e| e.offset == offset).copied().collect();
+            for e in &same {
+                assert!(
+                    e.start >= finished_before,
+                    "key {key} on partition {p}: offset {offset} started (pid {}) before an earlier offset of the key had finished",
+                    e.pid
+                );
+            }
+            let first_end = same.iter().map(|e| e.end).min().unwrap();
+            finished_before = finished_before.max(first_end);
+            i += same.len();
+        }
+    }
+}
+
+/// kill -9 mid-run, restart: nothing lost, duplicates only above the
+/// position committed at the kill and bounded, committed == ends at the end.
+#[test]
+#[ignore = "needs the Tansu broker: bash scripts/broker start"]
+fn kill9_and_restart_loses_nothing_and_duplicates_are_bounded() {
+    let (parts, n, concurrency, batch) = (8, 50_000_u64, 100_i64, 100_i64);
+    let topic = unique("e2e-kill");
+    let group = format!("{topic}-g");
+    let dir = work_dir("kill9");
+    let broker = Broker::tansu(&topic, parts);
+    let started = Instant::now();
+    let ends = produce(&broker, &topic, parts, n);
+    println!(
+        "produced {n} messages one per batch in {:.1} s; ends {ends:?}",
+        started.elapsed().as_secs_f64()
+    );
+    assert_eq!(ends.iter().sum::<i64>() as u64, n);
+
+    let args = [
+        "--concurrency",
+        "100",
+        "--delay-ms",
+        "1-20",
+        "--commit-batch-size",
+        "100",
+    ];
+    let mut first = Consumer::start(&dir, "first", &broker, &topic, &group, &args);
+    let kill_at = rand::random_range(5_000..40_000);
+    wait_until(
+        "the first consumer to reach the kill point",
+        Duration::from_secs(180),
+        || first.journal_lines() >= kill_at,
+    );
+    first.kill9();
+    let at_kill = committed(&broker, &topic, &group, parts);
+    let handled_before = read_journal(&first.journal);
+    println!(
+        "killed at {} handled (aimed at {kill_at}); committed then: {at_kill:?}",
+        handled_before.len()
+    );
+    assert!(
+        at_kill.iter().any(Option::is_some),
+        "nothing was committed before the kill: the test would prove nothing"
+    );
+
+    let restarted = Instant::now();
+    let mut second = Consumer::start(&dir, "second", &broker, &topic, &group, &args);
+    let first_handled = wait_until(
+        "the restarted consumer to handle a message",
+        Duration::from_secs(120),
+        || second.journal_lines() > 0,
+    );
+    let caught_up = wait_until("committed offsets to reach the ends", Duration::from_secs(240), || {
+        committed(&broker, &topic, &group, parts) == all_committed(&ends)
+    }) + first_handled;
+    let (status, _) = second.terminate(Duration::from_secs(30));
+    assert!(status.success(), "the restarted consumer exited with {status}");
+    println!(
+        "restart: first message handled {:.1} s after start (the killed member's session must expire), caught up after {:.1} s",
+        first_handled.as_secs_f64(),
+        restarted.elapsed().as_secs_f64().max(caught_up.as_secs_f64())
+    );
+
+    let handled_after = read_journal(&second.journal);
+    let all: Vec<Entry> = handled_before.iter().chain(&handled_after).cloned().collect();
+    let times = check_all_handled(&all, n, parts);
+    let position = |p: i32| at_kill[p as usize].unwrap_or(0);
+    // The restart starts at the committed position: nothing below it again.
+    for e in &handled_after {
+        assert!(
+            e.offset >= position(e.partition),
+            "partition {} offset {} handled again below the committed position {}",
+            e.partition,
+            e.offset,
+            position(e.partition)
+        );
+    }
+    // Duplicates are exactly the first run's messages at or above the
+    // committed position (finished but not yet committed at the kill).
+    let mut dup_per_partition: BTreeMap<i32, i64> = BTreeMap::new();
+    for e in &handled_before {
+        if times[&e.id] > 1 {
+            assert!(
+                e.offset >= position(e.partition),
+                "id {} below the commit was handled twice",
+                e.id
+            );
+            *dup_per_partition.entry(e.partition).or_default() += 1;
+        }
+    }
+    let dups = all.len() - times.len();
+    println!("duplicates: {dups} in all, per partition {dup_per_partition:?} (bound per partition: concurrency {concurrency} + commit batch {batch})");
+    for (p, d) in &dup_per_partition {
+        assert!(
+            *d <= concurrency + batch,
+            "partition {p}: {d} duplicates exceed concurrency + commit batch size"
+        );
+    }
+}
+
+/// SIGTERM mid-run: the process finishes what is in flight, commits it and
+/// exits within the shutdown timeout; a restart handles nothing twice.
+#[test]
+#[ignore = "needs the Tansu broker: bash scripts/broker start"]
+fn sigterm_drains_commits_and_a_restart_handles_nothing_twice() {
+    let (parts, n) = (8, 20_000_u64);
+    let shutdown_timeout = Duration::from_secs(20);
+    let topic = unique("e2e-term");
+    let group = format!("{topic}-g");
+    let dir = work_dir("sigterm");
+    let broker = Broker::tansu(&topic, parts);
+    let ends = produce(&broker, &topic, parts, n);
+
+    let args = [
+        "--concurrency",
+        "100",
+        "--delay-ms",
+        "1-20",
+        "--shutdown-timeout-ms",
+        "20000",
+    ];
+    let mut first = Consumer::start(&dir, "first", &broker, &topic, &group, &args);
+    wait_until("the first consumer to handle 5,000", Duration::from_secs(180), || {
+        first.journal_lines() >= 5_000
+    });
+    let (status, took) = first.terminate(shutdown_timeout + Duration::from_secs(10));
+    assert!(status.success(), "the consumer exited with {status} after SIGTERM");
+    assert!(
+        took <= shutdown_timeout,
+        "exit took {took:?}, more than the shutdown timeout"
+    );
+    let at_stop = committed(&broker, &topic, &group, parts);
+    let before = read_journal(&first.journal);
+    println!(
+        "SIGTERM after {} handled: exited in {} ms; committed {at_stop:?}",
+        before.len(),
+        took.as_millis()
+    );
+    assert!((before.len() as u64) < n, "the signal came too late to test a drain");
+
+    // Everything handled was committed, and nothing was skipped: each
+    // partition's handled offsets are exactly 0..committed.
+    let mut by_partition: BTreeMap<i32, BTreeSet<i64>> = BTreeMap::new();
+    for e in &before {
+        assert!(
+            by_partition.entry(e.partition).or_default().insert(e.offset),
+            "handled twice in one run"
+        );
+    }
+    for p in 0..parts {
+        let handled = by_partition.remove(&p).unwrap_or_default();
+        let expected: BTreeSet<i64> = (0..at_stop[p as usize].unwrap_or(0)).collect();
+        assert_eq!(
+            handled.len(),
+            expected.len(),
+            "partition {p}: handled offsets are not exactly the committed prefix"
+        );
+        assert_eq!(
+            handled, expected,
+            "partition {p}: handled offsets are not exactly the committed prefix"
+        );
+    }
+
+    let mut second = Consumer::start(&dir, "second", &broker, &topic, &group, &args);
+    wait_until("committed offsets to reach the ends", Duration::from_secs(240), || {
+        committed(&broker, &topic, &group, parts) == all_committed(&ends)
+    });
+    let (status, _) = second.terminate(Duration::from_secs(30));
+    assert!(status.success());
+    let all: Vec<Entry> = before.into_iter().chain(read_journal(&second.journal)).collect();
+    let times = check_all_handled(&all, n, parts);
+    let twice: Vec<u64> = times.iter().filter(|(_, &c)| c > 1).map(|(id, _)| *id).collect();
+    assert!(
+        twice.is_empty(),
+        "{} messages handled twice after a graceful stop, e.g. {:?}",
+        twice.len(),
+        &twice[..twice.len().min(10)]
+    );
+}
+
+/// Three processes in one group on 12 partitions while messages are
+/// produced, on Tansu: each gets a share; one stops, the others take its
+/// partitions; nothing is lost, and per-key order holds within each process.
+///
+/// Tansu 0.6.0's group coordinator answers a JoinGroup at once instead of
+/// waiting for the other members to rejoin, so its leader assigns from stale
+/// owned-partition lists and two processes can briefly own one partition:
+/// measured here as duplicates (printed) and, possibly, a key's messages
+/// handled in two processes at once. Per-key order across processes and
+/// "no duplicates on a graceful handover" are therefore checked on the mock
+/// cluster below, whose coordinator waits for every member as Kafka's does.
+#[test]
+#[ignore = "needs the Tansu broker: bash scripts/broker start"]
+fn three_processes_share_partitions_and_take_over_on_tansu() {
+    let topic = unique("e2e-scale");
+    let broker = Broker::tansu(&topic, 12);
+    let report = scale_out(&broker, &topic, "scale-out-tansu", &[]);
+    for (pid, entries) in &report.by_pid {
+        check_key_order(entries);
+        println!("process {pid}: {} handled, key order held", entries.len());
+    }
+    println!(
+        "Tansu: {} duplicates (its coordinator's overlapping assignments)",
+        report.duplicates
+    );
+}
+
+/// The same on librdkafka's mock cluster in its own process, whose group
+/// coordinator waits for all members: per-key order holds across the
+/// processes and graceful handovers redeliver nothing. (Needs no Tansu, so
+/// it runs in the plain `cargo test` too.)
+#[test]
+fn three_processes_share_partitions_and_take_over_in_key_order() {
+    let topic = unique("e2e-scale-mock");
+    let broker = Broker::mock_process(&topic, 12);
+    // The mock holds each rebalance for session.timeout.ms - 1 s.
+    let report = scale_out(
+        &broker,
+        &topic,
+        "scale-out-mock",
+        &["--properties", "session.timeout.ms=3000,heartbeat.interval.ms=500"],
+    );
+    let all: Vec<Entry> = report.by_pid.values().flatten().cloned().collect();
+    check_key_order(&all);
+    assert_eq!(report.duplicates, 0, "graceful handovers redelivered messages");
+}
+
+struct ScaleOut {
+    by_pid: BTreeMap<u32, Vec<Entry>>,
+    duplicates: usize,
+}
+
+fn scale_out(broker: &Broker, topic: &str, name: &str, extra: &[&str]) -> ScaleOut {
+    let (parts, n) = (12, 40_000_u64);
+    let group = format!("{topic}-g");
+    let dir = work_dir(name);
+    let mut args = vec!["--concurrency", "20", "--ordering", "key", "--delay-ms", "1-5"];
+    args.extend_from_slice(extra);
+    let mut consumers: Vec<Consumer> = ["a", "b", "c"]
+        .iter()
+        .map(|name| Consumer::start(&dir, name, broker, topic, &group, &args))
+        .collect();
+    let started = Instant::now();
+    let producer = spawn_produce(broker, topic, parts, n, 2_000);
+
+    let shared = |cs: &[&Consumer]| {
+        let sets: Vec<BTreeSet<i32>> = cs.iter().map(|c| c.assigned()).collect();
+        let total: usize = sets.iter().map(BTreeSet::len).sum();
+        let union: BTreeSet<i32> = sets.iter().flatten().copied().collect();
+        sets.iter().all(|s| !s.is_empty()) && total == parts as usize && union.len() == parts as usize
+    };
+    wait_until(
+        "all three processes to have a share of the partitions",
+        Duration::from_secs(90),
+        || shared(&consumers.iter().collect::<Vec<_>>()),
+    );
+    let shares: Vec<BTreeSet<i32>> = consumers.iter().map(Consumer::assigned).collect();
+    println!(
+        "shares {:.1} s after start: {shares:?}",
+        started.elapsed().as_secs_f64()
+    );
+    wait_until(
+        "each process to handle messages of its share",
+        Duration::from_secs(60),
+        || consumers.iter().all(|c| c.journal_lines() > 0),
+    );
+
+    let (status, stop_took) = consumers[1].terminate(Duration::from_secs(30));
+    assert!(status.success());
+    let handover = wait_until(
+        "the other two to take over all partitions",
+        Duration::from_secs(90),
+        || shared(&[&consumers[0], &consumers[2]]),
+    );
+    println!(
+        "b stopped in {} ms; a and c own all partitions {:.1} s later: {:?} {:?}",
+        stop_took.as_millis(),
+        handover.as_secs_f64(),
+        consumers[0].assigned(),
+        consumers[2].assigned()
+    );
+
+    let ends = finish_produce(producer);
+    println!("producing ended {:.1} s after start", started.elapsed().as_secs_f64());
+    wait_until("committed offsets to reach the ends", Duration::from_secs(240), || {
+        committed(broker, topic, &group, parts) == all_committed(&ends)
+    });
+    for i in [0, 2] {
+        let (status, _) = consumers[i].terminate(Duration::from_secs(30));
+        assert!(status.success());
+    }
+    let mut by_pid: BTreeMap<u32, Vec<Entry>> = BTreeMap::new();
+    for c in &consumers {
+        for e in read_journal(&c.journal) {
+            by_pid.entry(e.pid).or_default().push(e);
+        }
+    }
+    assert_eq!(by_pid.len(), 3, "every process handled messages");
+    let all: Vec<Entry> = by_pid.values().flatten().cloned().collect();
+    let times = check_all_handled(&all, n, parts);
+    let duplicates = all.len() - times.len();
+    println!(
+        "handled {} times for {} messages: {duplicates} duplicates",
+        all.len(),
+        times.len()
+    );
+    ScaleOut { by_pid, duplicates }
+}
