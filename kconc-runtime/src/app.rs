@@ -9,6 +9,7 @@ use crate::config::{self, Cli, DEFAULT_BROKERS, EMBEDDED};
 use crate::consumer::{self, Runner};
 use crate::dispatch::{PartitionPause, Stats, StatsSnapshot, StoppedPartition};
 use crate::embedded::EmbeddedCluster;
+use crate::health::{self, Health, HealthThresholds, Watched};
 use crate::subscriber::Subscriber;
 use crate::Error;
 
@@ -41,6 +42,9 @@ pub struct App {
     embedded_partitions: Option<i32>,
     /// A bad run-time setting found by `configure`, reported by `start`.
     config_error: Option<String>,
+    /// Where to serve /healthz, /readyz and /metrics, if anywhere.
+    http: Option<String>,
+    thresholds: HealthThresholds,
 }
 
 impl std::fmt::Debug for App {
@@ -117,6 +121,9 @@ impl App {
             }
         }
         self.only.extend(cli.only.iter().cloned());
+        if let Some(addr) = &cli.http {
+            self.http = Some(addr.clone());
+        }
         self.embedded_partitions = Some(cli.embedded_partitions);
         self
     }
@@ -135,6 +142,20 @@ impl App {
             return Err(format!("no subscriber is named `{name}` (known: {})", known.join(", ")));
         }
         Ok(())
+    }
+
+    /// Serves `/healthz` (liveness), `/readyz` (readiness) and `/metrics`
+    /// (Prometheus text) over HTTP on `addr` (`127.0.0.1:9090`; port 0 picks
+    /// one, see [`Running::http_addr`]) until the app has shut down.
+    pub fn http(mut self, addr: impl Into<String>) -> Self {
+        self.http = Some(addr.into());
+        self
+    }
+
+    /// When health calls a subscriber unhealthy (see [`HealthThresholds`]).
+    pub fn health_thresholds(mut self, thresholds: HealthThresholds) -> Self {
+        self.thresholds = thresholds;
+        self
     }
 
     /// Prepends `prefix` to every subscriber's consumer group (`staging-`
@@ -339,11 +360,36 @@ impl App {
                 }
             }
         }
+        let watched: Vec<Watched> = runners
+            .iter()
+            .zip(&subs)
+            .map(|(r, s)| Watched {
+                name: r.name.clone(),
+                group: s.group.clone(),
+                stats: r.stats.clone(),
+            })
+            .collect();
+        let http = match &self.http {
+            None => None,
+            Some(addr) => {
+                let stop = CancellationToken::new();
+                match health::serve(addr, watched.clone(), self.thresholds, stop.clone(), &runtime) {
+                    Ok((local, task)) => Some(HttpServer { local, task, stop }),
+                    Err(e) => {
+                        token.cancel();
+                        return Err(e);
+                    }
+                }
+            }
+        };
         Ok(Running {
             token,
             runners,
             embedded,
             bootstrap,
+            watched,
+            thresholds: self.thresholds,
+            http,
         })
     }
 
@@ -384,6 +430,17 @@ pub struct Running {
     runners: Vec<Runner>,
     embedded: Option<EmbeddedCluster>,
     bootstrap: String,
+    watched: Vec<Watched>,
+    thresholds: HealthThresholds,
+    http: Option<HttpServer>,
+}
+
+/// The HTTP endpoint's task, closed after the subscribers have stopped.
+#[derive(Debug)]
+struct HttpServer {
+    local: std::net::SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+    stop: CancellationToken,
 }
 
 /// One subscriber's live counters and partition state (see
@@ -523,7 +580,28 @@ impl Running {
         for r in self.runners {
             let _ = r.done.await;
         }
+        // Health answered "shutting down" while the handlers drained; now
+        // that everything is committed and closed, the endpoint goes too.
+        if let Some(http) = self.http {
+            http.stop.cancel();
+            let _ = http.task.await;
+        }
         self.embedded
+    }
+
+    /// Liveness and readiness of every subscriber, and why not.
+    pub fn health(&self) -> Health {
+        health::health(&self.watched, &self.thresholds)
+    }
+
+    /// The metrics in Prometheus text format, as `/metrics` serves them.
+    pub fn metrics_text(&self) -> Result<String, Error> {
+        health::metrics_text(&self.watched, &self.thresholds)
+    }
+
+    /// Where the HTTP endpoint listens, when [`App::http`] (`--http`) is set.
+    pub fn http_addr(&self) -> Option<std::net::SocketAddr> {
+        self.http.as_ref().map(|h| h.local)
     }
 }
 

@@ -71,7 +71,10 @@ impl Committer {
         let (tx, rx) = mpsc::channel();
         let thread = std::thread::Builder::new()
             .name(format!("kconc-commit-{name}"))
-            .spawn(move || run(&rx, &group, &consumer, &stats))?;
+            .spawn(move || {
+                let _alive = stats.alive_while(|s| &s.committer_alive);
+                run(&rx, &group, &consumer, &stats);
+            })?;
         Ok(Self { tx, thread })
     }
 
@@ -210,6 +213,17 @@ fn commit_wanted(
     match consumer.commit(&tpl, CommitMode::Sync) {
         Ok(()) => {
             stats.commits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            stats
+                .last_commit_ms
+                .store(crate::dispatch::unix_ms(), std::sync::atomic::Ordering::Relaxed);
+            stats
+                .commit_failing_since_ms
+                .store(0, std::sync::atomic::Ordering::Relaxed);
+            if let Ok(mut committed) = stats.committed.lock() {
+                for (key, offset) in &sent {
+                    committed.insert((key.topic.to_string(), key.partition), *offset);
+                }
+            }
             for (key, offset) in sent {
                 if let Some(e) = entries.get_mut(&key) {
                     e.committed = Some(e.committed.map_or(offset, |c| c.max(offset)));
@@ -220,6 +234,12 @@ fn commit_wanted(
         }
         Err(e) => {
             stats.commit_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let _ = stats.commit_failing_since_ms.compare_exchange(
+                0,
+                crate::dispatch::unix_ms(),
+                std::sync::atomic::Ordering::Relaxed,
+                std::sync::atomic::Ordering::Relaxed,
+            );
             tracing::warn!(group, error = %e, partitions = tpl.count(), "offset commit failed; will retry with the newest positions");
             Err(e)
         }

@@ -91,6 +91,11 @@ pub struct Cli {
     #[arg(long = "log", env = "KCONC_LOG", value_name = "FILTER", hide_env_values = true)]
     pub log: Option<String>,
 
+    /// Serve /healthz, /readyz and /metrics (Prometheus) over HTTP on this
+    /// address, e.g. 127.0.0.1:9090. Off unless set.
+    #[arg(long, env = "KCONC_HTTP", value_name = "ADDR", hide_env_values = true)]
+    pub http: Option<String>,
+
     /// Partitions of each topic created on the embedded cluster.
     #[arg(long, env = "KCONC_EMBEDDED_PARTITIONS", hide_env_values = true, default_value_t = 4, value_parser = clap::value_parser!(i32).range(1..=1000))]
     pub embedded_partitions: i32,
@@ -107,6 +112,7 @@ impl std::fmt::Debug for Cli {
             .field("only", &self.only)
             .field("list", &self.list)
             .field("log", &self.log)
+            .field("http", &self.http)
             .field("embedded_partitions", &self.embedded_partitions)
             .finish()
     }
@@ -338,8 +344,6 @@ where
                 )));
             }
             props.push((key, value, var.clone()));
-        } else if var == "KCONC_HTTP" {
-            tracing::debug!("KCONC_HTTP is reserved for a later version of kconc and ignored");
         } else if !KNOWN_ENV_VARS.contains(&var.as_str()) {
             return Err(unknown_env_var(&var, rest));
         }
@@ -598,6 +602,8 @@ mod tests {
             "KCONC_LOG",
             "--embedded-partitions",
             "KCONC_EMBEDDED_PARTITIONS",
+            "--http",
+            "KCONC_HTTP",
             "Precedence",
         ] {
             assert!(help.contains(needle), "--help lacks {needle}:\n{help}");

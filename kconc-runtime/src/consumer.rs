@@ -122,6 +122,7 @@ impl ConsumerContext for KconcContext {
             // message of these partitions reaches the consumer's own queue.
             Rebalance::Assign(tpl) => {
                 if let Some(engine) = self.engine().as_mut() {
+                    engine.dispatcher.stats().joined.store(true, Ordering::Relaxed);
                     engine.assign(tpl);
                 }
             }
@@ -229,6 +230,8 @@ struct Engine {
     last_commit: Instant,
     /// Shutdown has begun: nothing more is dispatched.
     closing: bool,
+    /// When the high watermarks were last read, in Unix milliseconds.
+    last_watermarks: u64,
 }
 
 impl Engine {
@@ -299,6 +302,30 @@ impl Engine {
         );
     }
 
+    /// Publishes what health and metrics read: the time of this turn, the
+    /// buffered count and, once a second, the partitions' high watermarks
+    /// (librdkafka's cached values: no request to the broker).
+    fn observe(&mut self, consumer: &BaseConsumer<KconcContext>) {
+        let stats = self.dispatcher.stats();
+        let now = crate::dispatch::unix_ms();
+        stats.last_poll_ms.store(now, Ordering::Relaxed);
+        stats.buffered.store(self.waiting.len() as u64, Ordering::Relaxed);
+        if now.saturating_sub(self.last_watermarks) < 1000 {
+            return;
+        }
+        self.last_watermarks = now;
+        let mut marks = Vec::new();
+        for &(t, p) in &self.order {
+            let topic = &*self.topics[t].name;
+            if let Some(high) = cached_high_watermark(consumer, topic, p) {
+                marks.push(((topic.to_owned(), p), high));
+            }
+        }
+        if let Ok(mut map) = stats.high_watermarks.lock() {
+            map.extend(marks);
+        }
+    }
+
     fn rebuild_order(&mut self) {
         self.order = self.all_partitions();
         self.order.sort_unstable();
@@ -354,6 +381,7 @@ impl Engine {
         };
         for &(t, p) in &revoked {
             self.dispatcher.stats().set_assigned(&self.topics[t].name, p, false);
+            self.dispatcher.stats().forget_partition(&self.topics[t].name, p);
             if let Some(ps) = self.topics[t].partitions.remove(&p) {
                 if ps.paused {
                     self.dispatcher.stats().set_paused(&self.topics[t].name, p, false);
@@ -491,6 +519,7 @@ impl Engine {
     }
 
     fn enqueue(&mut self, t: usize, msg: Message) {
+        self.dispatcher.stats().received.fetch_add(1, Ordering::Relaxed);
         let Some(ps) = self.topics[t].partitions.get_mut(&msg.partition()) else {
             return;
         };
@@ -701,6 +730,28 @@ impl Engine {
     }
 }
 
+/// The high watermark librdkafka last saw in a fetch response for the
+/// partition (`rd_kafka_get_watermark_offsets`: local, never a request),
+/// `None` before the first fetch. rdkafka wraps only the querying variant.
+#[allow(unsafe_code)]
+fn cached_high_watermark(consumer: &BaseConsumer<KconcContext>, topic: &str, partition: i32) -> Option<i64> {
+    let topic = std::ffi::CString::new(topic).ok()?;
+    let (mut low, mut high) = (-1_i64, -1_i64);
+    // SAFETY: the client pointer is live while `consumer` is borrowed; the
+    // topic is a valid NUL-terminated string for the call's duration; low
+    // and high are valid for writes. The call only reads librdkafka's cache.
+    let err = unsafe {
+        rdkafka::bindings::rd_kafka_get_watermark_offsets(
+            consumer.client().native_ptr(),
+            topic.as_ptr(),
+            partition,
+            &mut low,
+            &mut high,
+        )
+    };
+    (err == rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR && high >= 0).then_some(high)
+}
+
 fn describe(tpl: &TopicPartitionList) -> String {
     let mut parts: Vec<String> = tpl
         .elements()
@@ -784,13 +835,16 @@ pub(crate) fn start(
         running: 0,
         finished_since_commit: 0,
         last_commit: Instant::now(),
+        last_watermarks: 0,
         closing: false,
     };
     *consumer.context().engine() = Some(engine);
     let (done_tx, done) = tokio::sync::oneshot::channel();
+    let poll_stats = stats.clone();
     std::thread::Builder::new()
         .name(format!("kconc-poll-{}", sub.name))
         .spawn(move || {
+            let _alive = poll_stats.alive_while(|s| &s.poll_alive);
             poll_loop(&consumer, &shutdown);
             close(consumer);
             let _ = done_tx.send(());
@@ -838,6 +892,7 @@ fn poll_loop(consumer: &BaseConsumer<KconcContext>, shutdown: &CancellationToken
                 events += e.drain_events();
             }
             e.maybe_commit(false);
+            e.observe(consumer);
             if polled == 0 && events == 0 {
                 let wait = e.idle_wait();
                 e.wait_event(wait);
@@ -855,6 +910,7 @@ fn drain_on_shutdown(consumer: &BaseConsumer<KconcContext>) {
     let started = Instant::now();
     let Some(deadline) = with_engine(consumer, |e| {
         e.closing = true;
+        e.dispatcher.stats().closing.store(true, Ordering::Relaxed);
         // Messages that have not started are read again after a restart.
         e.waiting.clear();
         e.delayed.clear();

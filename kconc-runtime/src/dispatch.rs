@@ -3,7 +3,7 @@
 //! The poll loop decides when a message may start (its concurrency bound).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -53,6 +53,63 @@ pub(crate) struct Stats {
     pub stopped_partitions: Mutex<BTreeMap<(String, i32), (i64, String)>>,
     /// Partitions assigned to this member now.
     pub assigned: Mutex<BTreeSet<(String, i32)>>,
+    /// Messages read from Kafka (before any ordering or backpressure wait).
+    pub received: AtomicU64,
+    /// Handlers running now.
+    pub in_flight: AtomicU64,
+    /// Messages read and waiting for a handler slot now.
+    pub buffered: AtomicU64,
+    /// The group has answered a join with an assignment (possibly empty).
+    pub joined: AtomicBool,
+    /// The poll thread runs (false once it has ended, normally or not).
+    pub poll_alive: AtomicBool,
+    /// The committer thread runs.
+    pub committer_alive: AtomicBool,
+    /// Shutdown has begun.
+    pub closing: AtomicBool,
+    /// When the poll loop last turned, in Unix milliseconds.
+    pub last_poll_ms: AtomicU64,
+    /// When a commit last succeeded, in Unix milliseconds (0: never).
+    pub last_commit_ms: AtomicU64,
+    /// Since when every commit has failed, in Unix milliseconds (0: the last succeeded).
+    pub commit_failing_since_ms: AtomicU64,
+    /// The last committed offset of each partition.
+    pub committed: Mutex<BTreeMap<(String, i32), i64>>,
+    /// The high watermark of each assigned partition, as last fetched.
+    pub high_watermarks: Mutex<BTreeMap<(String, i32), i64>>,
+    /// How long handler calls take.
+    pub handler_seconds: HandlerHistogram,
+}
+
+/// The handler duration histogram (buckets from 0.5 ms to about 16 s).
+#[derive(Debug, Clone)]
+pub(crate) struct HandlerHistogram(pub(crate) prometheus_client::metrics::histogram::Histogram);
+
+impl Default for HandlerHistogram {
+    fn default() -> Self {
+        Self(prometheus_client::metrics::histogram::Histogram::new(
+            prometheus_client::metrics::histogram::exponential_buckets(0.0005, 2.0, 16),
+        ))
+    }
+}
+
+/// Clears a liveness flag of [`Stats`] when dropped.
+pub(crate) struct AliveGuard {
+    stats: Arc<Stats>,
+    flag: fn(&Stats) -> &AtomicBool,
+}
+
+impl Drop for AliveGuard {
+    fn drop(&mut self) {
+        (self.flag)(&self.stats).store(false, Ordering::Relaxed);
+    }
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub(crate) fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// A partition stopped by `on_error = stop`: nothing at or after `offset`
@@ -146,6 +203,18 @@ impl Stats {
         }
     }
 
+    /// Drops a revoked partition's committed offset and high watermark: its
+    /// lag is the new owner's to report.
+    pub(crate) fn forget_partition(&self, topic: &str, partition: i32) {
+        let key = (topic.to_owned(), partition);
+        if let Ok(mut m) = self.committed.lock() {
+            m.remove(&key);
+        }
+        if let Ok(mut m) = self.high_watermarks.lock() {
+            m.remove(&key);
+        }
+    }
+
     /// The partitions assigned now, sorted by topic and partition.
     pub(crate) fn assigned(&self) -> Vec<(String, i32)> {
         self.assigned
@@ -195,6 +264,16 @@ impl Stats {
                 times: s.times,
             })
             .collect()
+    }
+
+    /// Sets `flag` while this guard lives and clears it when dropped,
+    /// however the thread holding it ends (a panic included).
+    pub(crate) fn alive_while(self: &Arc<Self>, flag: fn(&Self) -> &AtomicBool) -> AliveGuard {
+        flag(self).store(true, Ordering::Relaxed);
+        AliveGuard {
+            stats: self.clone(),
+            flag,
+        }
     }
 
     /// Reads every counter.
@@ -305,7 +384,30 @@ impl Shared {
         // cheaper than formatting on every message.
         let (topic, partition, offset, attempt) = (msg.topic_name(), msg.partition(), msg.offset(), msg.attempt());
         let copy = self.policy.keeps_copy(attempt).then(|| msg.clone());
-        let (error, retryable) = match self.handler.call(msg, &self.context).await {
+        let span = tracing::debug_span!(
+            "message",
+            subscriber = &*self.subscriber,
+            topic = &*topic,
+            partition,
+            offset,
+            key = tracing::field::Empty,
+            attempt,
+            traceparent = tracing::field::Empty,
+        );
+        if !span.is_disabled() {
+            if let Some(key) = msg.key() {
+                span.record("key", String::from_utf8_lossy(key).as_ref());
+            }
+            if let Some(tp) = msg.header("traceparent").and_then(|h| h.value.as_deref()) {
+                span.record("traceparent", String::from_utf8_lossy(tp).as_ref());
+            }
+        }
+        self.stats.in_flight.fetch_add(1, Ordering::Relaxed);
+        let started = Instant::now();
+        let outcome = tracing::Instrument::instrument(self.handler.call(msg, &self.context), span).await;
+        self.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.stats.handler_seconds.0.observe(started.elapsed().as_secs_f64());
+        let (error, retryable) = match outcome {
             Outcome::Ok => {
                 self.stats.handled.fetch_add(1, Ordering::Relaxed);
                 return Event::Done(Completion { slot, offset });

@@ -63,6 +63,7 @@ pub mod subscriber;
 // Where brokers and properties come from, and the embedded broker.
 pub mod config;
 pub mod embedded;
+pub mod health;
 
 // The engine, in the order a message flows through it.
 mod commit;
@@ -84,6 +85,7 @@ pub use embedded::EmbeddedCluster;
 pub use error::Error;
 pub use extract::{Bytes, FromKey, FromMessage, FromMessageOwned, Headers, Json, Key, Meta, Payload, Text};
 pub use handler::{BoxError, Handler, IntoHandlerResult};
+pub use health::{Health, HealthThresholds, SubscriberHealth};
 pub use message::{Header, Message, PayloadError};
 pub use policy::{NonRetryable, OnError};
 pub use subscriber::{Ordering, Subscriber};

@@ -1,0 +1,427 @@
+//! Operating a running app: health (liveness and readiness), Prometheus
+//! metrics, and the optional HTTP endpoint that serves both
+//! (`--http 127.0.0.1:9090` / `KCONC_HTTP`: `/healthz`, `/readyz`, `/metrics`).
+//!
+//! Everything here reads the counters and flags each subscriber's poll loop
+//! and committer publish in its [`Stats`]; nothing here talks to Kafka.
+//! Nothing configured (brokers, properties, secrets) is ever part of it.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use tokio_util::sync::CancellationToken;
+
+use crate::dispatch::{unix_ms, Stats, StoppedPartition};
+use crate::Error;
+
+/// When health calls a subscriber unhealthy.
+#[derive(Clone, Copy, Debug)]
+pub struct HealthThresholds {
+    /// Commits failing without a success for this long: unhealthy (default 60 s).
+    pub commit_failures_for: Duration,
+    /// The poll loop not turning for this long: not live (default 60 s; it
+    /// turns at least every 100 ms unless a revoke waits for handlers).
+    pub poll_stalled_for: Duration,
+}
+
+impl Default for HealthThresholds {
+    fn default() -> Self {
+        Self {
+            commit_failures_for: Duration::from_secs(60),
+            poll_stalled_for: Duration::from_secs(60),
+        }
+    }
+}
+
+/// One subscriber's state as health sees it.
+#[derive(Clone, Debug)]
+pub struct SubscriberHealth {
+    /// The subscriber's name.
+    pub name: String,
+    /// Its consumer group.
+    pub group: String,
+    /// Its poll loop and committer are alive and turning, commits are not
+    /// failing beyond the threshold, and no partition is stopped.
+    pub healthy: bool,
+    /// It has joined its group (with partitions, or deliberately none) and is
+    /// not shutting down.
+    pub ready: bool,
+    /// Why it is unhealthy or not ready (empty when healthy and ready).
+    pub problems: Vec<String>,
+    /// The partitions assigned now.
+    pub assigned: Vec<(String, i32)>,
+    /// When the poll loop last turned.
+    pub last_poll: Option<SystemTime>,
+    /// When a commit last succeeded.
+    pub last_commit: Option<SystemTime>,
+    /// How long commits have failed without a success, if they are failing.
+    pub commits_failing_for: Option<Duration>,
+    /// Partitions stopped by the error policy, with the offset and why.
+    pub stopped: Vec<StoppedPartition>,
+    /// Partitions paused by backpressure now.
+    pub paused: Vec<(String, i32)>,
+}
+
+/// The whole app's health: live unless some subscriber is unhealthy, ready
+/// when every subscriber is.
+#[derive(Clone, Debug)]
+pub struct Health {
+    /// No subscriber is unhealthy.
+    pub healthy: bool,
+    /// Every subscriber is ready.
+    pub ready: bool,
+    /// Per subscriber.
+    pub subscribers: Vec<SubscriberHealth>,
+}
+
+impl Health {
+    /// A plain-text report, one line per subscriber and one per problem.
+    pub fn report(&self) -> String {
+        let mut out = String::new();
+        for s in &self.subscribers {
+            out.push_str(&format!(
+                "{} group={} healthy={} ready={} assigned={} stopped={} paused={}\n",
+                s.name,
+                s.group,
+                s.healthy,
+                s.ready,
+                s.assigned.len(),
+                s.stopped.len(),
+                s.paused.len()
+            ));
+            for p in &s.problems {
+                out.push_str(&format!("  {p}\n"));
+            }
+        }
+        out
+    }
+}
+
+/// What health and metrics read for one subscriber.
+#[derive(Clone, Debug)]
+pub(crate) struct Watched {
+    pub(crate) name: String,
+    pub(crate) group: String,
+    pub(crate) stats: Arc<Stats>,
+}
+
+fn time_of(ms: u64) -> Option<SystemTime> {
+    (ms > 0).then(|| UNIX_EPOCH + Duration::from_millis(ms))
+}
+
+pub(crate) fn subscriber_health(w: &Watched, t: &HealthThresholds) -> SubscriberHealth {
+    let s = &w.stats;
+    let now = unix_ms();
+    let closing = s.closing.load(Ordering::Relaxed);
+    let mut problems = Vec::new();
+    let mut healthy = true;
+    if !s.poll_alive.load(Ordering::Relaxed) && !closing {
+        healthy = false;
+        problems.push("the poll loop has stopped".to_owned());
+    }
+    if !s.committer_alive.load(Ordering::Relaxed) && !closing {
+        healthy = false;
+        problems.push("the committer has stopped".to_owned());
+    }
+    let last_poll = s.last_poll_ms.load(Ordering::Relaxed);
+    if last_poll > 0 && !closing && now.saturating_sub(last_poll) > t.poll_stalled_for.as_millis() as u64 {
+        healthy = false;
+        problems.push(format!("the poll loop has not turned for {} ms", now - last_poll));
+    }
+    let failing_since = s.commit_failing_since_ms.load(Ordering::Relaxed);
+    let commits_failing_for = (failing_since > 0).then(|| Duration::from_millis(now.saturating_sub(failing_since)));
+    if let Some(d) = commits_failing_for {
+        if d > t.commit_failures_for {
+            healthy = false;
+            problems.push(format!("offset commits have failed for {} s", d.as_secs()));
+        }
+    }
+    let stopped = s.stopped_partitions();
+    for p in &stopped {
+        healthy = false;
+        problems.push(format!(
+            "partition {}[{}] stopped at offset {} by the error policy: {}",
+            p.topic, p.partition, p.offset, p.reason
+        ));
+    }
+    let joined = s.joined.load(Ordering::Relaxed);
+    let ready = joined && !closing && healthy;
+    if closing {
+        problems.push("shutting down".to_owned());
+    } else if !joined {
+        problems.push("has not joined its consumer group yet".to_owned());
+    }
+    SubscriberHealth {
+        name: w.name.clone(),
+        group: w.group.clone(),
+        healthy,
+        ready,
+        problems,
+        assigned: s.assigned(),
+        last_poll: time_of(last_poll),
+        last_commit: time_of(s.last_commit_ms.load(Ordering::Relaxed)),
+        commits_failing_for,
+        stopped,
+        paused: s
+            .pauses()
+            .into_iter()
+            .filter(|p| p.paused)
+            .map(|p| (p.topic, p.partition))
+            .collect(),
+    }
+}
+
+pub(crate) fn health(watched: &[Watched], t: &HealthThresholds) -> Health {
+    let subscribers: Vec<SubscriberHealth> = watched.iter().map(|w| subscriber_health(w, t)).collect();
+    Health {
+        healthy: subscribers.iter().all(|s| s.healthy),
+        ready: subscribers.iter().all(|s| s.ready),
+        subscribers,
+    }
+}
+
+type Labels = Vec<(String, String)>;
+
+fn sub_labels(name: &str) -> Labels {
+    vec![("subscriber".to_owned(), name.to_owned())]
+}
+
+fn partition_labels(name: &str, topic: &str, partition: i32) -> Labels {
+    vec![
+        ("subscriber".to_owned(), name.to_owned()),
+        ("topic".to_owned(), topic.to_owned()),
+        ("partition".to_owned(), partition.to_string()),
+    ]
+}
+
+/// The Prometheus text exposition of every subscriber's metrics.
+pub(crate) fn metrics_text(watched: &[Watched], t: &HealthThresholds) -> Result<String, Error> {
+    let mut registry = Registry::with_prefix("kconc");
+    let counter = |registry: &mut Registry, name: &str, help: &str, get: &dyn Fn(&Stats) -> u64| {
+        let family = Family::<Labels, Counter>::default();
+        for w in watched {
+            family.get_or_create(&sub_labels(&w.name)).inc_by(get(&w.stats));
+        }
+        registry.register(name, help, family);
+    };
+    let r = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    counter(&mut registry, "messages_received", "Messages read from Kafka", &|s| {
+        r(&s.received)
+    });
+    counter(
+        &mut registry,
+        "messages_handled",
+        "Handler calls that succeeded",
+        &|s| r(&s.handled),
+    );
+    counter(
+        &mut registry,
+        "messages_failed",
+        "Handler calls that returned an error",
+        &|s| r(&s.failed),
+    );
+    counter(
+        &mut registry,
+        "messages_panicked",
+        "Handler calls that panicked",
+        &|s| r(&s.panicked),
+    );
+    counter(
+        &mut registry,
+        "messages_retried",
+        "Failed attempts scheduled for a retry",
+        &|s| r(&s.retried),
+    );
+    counter(
+        &mut registry,
+        "messages_dead_lettered",
+        "Messages produced to the dead-letter topic",
+        &|s| r(&s.dead_lettered),
+    );
+    counter(&mut registry, "commits", "Offset commits that succeeded", &|s| {
+        r(&s.commits)
+    });
+    counter(&mut registry, "commit_failures", "Offset commits that failed", &|s| {
+        r(&s.commit_failures)
+    });
+    counter(
+        &mut registry,
+        "rebalance_assignments",
+        "Rebalances that assigned partitions",
+        &|s| r(&s.assignments),
+    );
+    counter(
+        &mut registry,
+        "rebalance_revocations",
+        "Rebalances that revoked partitions",
+        &|s| r(&s.revocations),
+    );
+
+    let gauge = |registry: &mut Registry, name: &str, help: &str, get: &dyn Fn(&Watched) -> i64| {
+        let family = Family::<Labels, Gauge>::default();
+        for w in watched {
+            family.get_or_create(&sub_labels(&w.name)).set(get(w));
+        }
+        registry.register(name, help, family);
+    };
+    gauge(&mut registry, "in_flight", "Handlers running now", &|w| {
+        r(&w.stats.in_flight) as i64
+    });
+    gauge(
+        &mut registry,
+        "buffered",
+        "Messages read and waiting for a handler slot",
+        &|w| r(&w.stats.buffered) as i64,
+    );
+    gauge(&mut registry, "assigned_partitions", "Partitions assigned now", &|w| {
+        w.stats.assigned().len() as i64
+    });
+    gauge(
+        &mut registry,
+        "paused_partitions",
+        "Partitions paused by backpressure now",
+        &|w| w.stats.pauses().iter().filter(|p| p.paused).count() as i64,
+    );
+    gauge(
+        &mut registry,
+        "stopped_partitions",
+        "Partitions stopped by the error policy",
+        &|w| w.stats.stopped_partitions().len() as i64,
+    );
+    gauge(&mut registry, "healthy", "1 when the subscriber is healthy", &|w| {
+        i64::from(subscriber_health(w, t).healthy)
+    });
+    gauge(&mut registry, "ready", "1 when the subscriber is ready", &|w| {
+        i64::from(subscriber_health(w, t).ready)
+    });
+
+    let committed = Family::<Labels, Gauge>::default();
+    let high = Family::<Labels, Gauge>::default();
+    let lag = Family::<Labels, Gauge>::default();
+    for w in watched {
+        let commits = w.stats.committed.lock().map(|m| m.clone()).unwrap_or_default();
+        let marks = w.stats.high_watermarks.lock().map(|m| m.clone()).unwrap_or_default();
+        for ((topic, p), offset) in &commits {
+            committed
+                .get_or_create(&partition_labels(&w.name, topic, *p))
+                .set(*offset);
+        }
+        for ((topic, p), h) in &marks {
+            high.get_or_create(&partition_labels(&w.name, topic, *p)).set(*h);
+            // Lag counts from the committed offset (0 when nothing is yet).
+            let c = commits.get(&(topic.clone(), *p)).copied().unwrap_or(0);
+            lag.get_or_create(&partition_labels(&w.name, topic, *p))
+                .set((h - c).max(0));
+        }
+    }
+    registry.register("committed_offset", "The last committed offset per partition", committed);
+    registry.register("high_watermark", "The partition's end offset as last fetched", high);
+    registry.register(
+        "consumer_lag",
+        "High watermark minus committed offset per partition",
+        lag,
+    );
+    for w in watched {
+        let sub = registry.sub_registry_with_label(("subscriber".into(), w.name.clone().into()));
+        sub.register(
+            "handler_duration_seconds",
+            "How long handler calls take",
+            w.stats.handler_seconds.0.clone(),
+        );
+    }
+    let mut out = String::new();
+    encode(&mut out, &registry).map_err(|e| Error::Config(format!("cannot encode metrics: {e}")))?;
+    Ok(out)
+}
+
+/// The HTTP endpoint: binds at once (so a bad `--http` fails at start-up)
+/// and serves until `stop` is cancelled.
+pub(crate) fn serve(
+    addr: &str,
+    watched: Vec<Watched>,
+    thresholds: HealthThresholds,
+    stop: CancellationToken,
+    runtime: &tokio::runtime::Handle,
+) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), Error> {
+    use axum::http::StatusCode;
+    use axum::routing::get;
+
+    let bad = |e: String| Error::Config(format!("--http/KCONC_HTTP `{addr}`: {e}"));
+    let std_listener = std::net::TcpListener::bind(addr).map_err(|e| bad(e.to_string()))?;
+    std_listener.set_nonblocking(true).map_err(|e| bad(e.to_string()))?;
+    let local = std_listener.local_addr().map_err(|e| bad(e.to_string()))?;
+    let state = Arc::new((watched, thresholds));
+    let (h, r, m) = (state.clone(), state.clone(), state);
+    let app = axum::Router::new()
+        .route(
+            "/healthz",
+            get(move || {
+                let health = health(&h.0, &h.1);
+                let code = if health.healthy {
+                    StatusCode::OK
+                } else {
+                    StatusCode::SERVICE_UNAVAILABLE
+                };
+                async move { (code, health.report()) }
+            }),
+        )
+        .route(
+            "/readyz",
+            get(move || {
+                let health = health(&r.0, &r.1);
+                let code = if health.ready {
+                    StatusCode::OK
+                } else {
+                    StatusCode::SERVICE_UNAVAILABLE
+                };
+                async move { (code, health.report()) }
+            }),
+        )
+        .route(
+            "/metrics",
+            get(move || {
+                let result = metrics_text(&m.0, &m.1);
+                async move {
+                    match result {
+                        Ok(text) => (
+                            StatusCode::OK,
+                            [(
+                                "content-type",
+                                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                            )],
+                            text,
+                        ),
+                        Err(e) => (
+                            StatusCode::INTERNAL_SERVER_ERROR,
+                            [("content-type", "text/plain; charset=utf-8")],
+                            e.to_string(),
+                        ),
+                    }
+                }
+            }),
+        );
+    let task = runtime.spawn(async move {
+        let listener = match tokio::net::TcpListener::from_std(std_listener) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(error = %e, "the HTTP endpoint cannot start");
+                return;
+            }
+        };
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "the HTTP endpoint failed");
+        }
+    });
+    tracing::info!(address = %local, "HTTP endpoint: /healthz /readyz /metrics");
+    Ok((local, task))
+}

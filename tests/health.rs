@@ -1,0 +1,249 @@
+//! Health, readiness and metrics over the HTTP endpoint (`App::http`, the
+//! `--http` flag), against the embedded cluster with faults injected: before
+//! the group is joined, once assigned, during a commit failure streak, with
+//! a partition stopped by the error policy, and during shutdown. The
+//! metrics are parsed as Prometheus text and checked against the run.
+
+// Tests fail loudly: unwrap and expect are the point here.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::HashMap;
+use std::io::{Read as _, Write as _};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use kconc_runtime::rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+use kconc_runtime::{HealthThresholds, Message, OnError, Subscriber};
+
+const SECRET: &str = "hunter2-do-not-print";
+const DEADLINE: Duration = Duration::from_secs(60);
+
+/// `GET path` with a plain HTTP/1.1 request; `None` when nothing listens.
+async fn get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    let path = path.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+        write!(s, "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").ok()?;
+        let mut text = String::new();
+        s.read_to_string(&mut text).ok()?;
+        let status = text.split(' ').nth(1)?.parse().ok()?;
+        let body = text
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default();
+        Some((status, body))
+    })
+    .await
+    .unwrap()
+}
+
+async fn status(addr: SocketAddr, path: &str) -> u16 {
+    get(addr, path).await.map_or(0, |(s, _)| s)
+}
+
+/// Waits until `GET path` answers `code`; returns the body.
+async fn wait_status(addr: SocketAddr, path: &str, code: u16, what: &str) -> String {
+    let start = std::time::Instant::now();
+    loop {
+        if let Some((s, body)) = get(addr, path).await {
+            if s == code {
+                return body;
+            }
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "timed out waiting for {path} to answer {code}: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The samples of a Prometheus text exposition: `name{labels}` -> value.
+fn parse_metrics(text: &str) -> HashMap<String, f64> {
+    let lines = text.lines().map(|l| Ok(l.to_owned()));
+    let scrape = prometheus_parse::Scrape::parse(lines).expect("/metrics parses as Prometheus text");
+    let mut out = HashMap::new();
+    for s in scrape.samples {
+        let mut labels: Vec<String> = s.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        labels.sort();
+        let value = match s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            _ => continue,
+        };
+        out.insert(format!("{}{{{}}}", s.metric, labels.join(",")), value);
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_readiness_and_metrics_follow_the_consumer() {
+    let (topic, group, parts) = ("watched", "g-watched", 2);
+    let cluster = cluster(topic, parts);
+    let bootstrap = cluster.bootstrap_servers().to_owned();
+    let mock = cluster.mock().unwrap();
+    // Before the group is joined: the only broker is down.
+    mock.broker_down(1).unwrap();
+    let slow = Arc::new(AtomicBool::new(false));
+    let s = slow.clone();
+    let sub = Subscriber::new("watched", [topic], group, move |m: Message| {
+        let slow = s.load(Ordering::SeqCst);
+        async move {
+            if slow && m.offset() % 50 == 0 {
+                tokio::time::sleep(Duration::from_millis(1500)).await;
+            }
+        }
+    })
+    .concurrency(8);
+    let app = test_app(&bootstrap)
+        .property("sasl.password", SECRET)
+        .http("127.0.0.1:0")
+        .health_thresholds(HealthThresholds {
+            commit_failures_for: Duration::from_millis(300),
+            ..HealthThresholds::default()
+        })
+        .subscriber(sub)
+        .start()
+        .unwrap();
+    let addr = app.http_addr().unwrap();
+    let (code, body) = get(addr, "/readyz").await.unwrap();
+    assert_eq!(code, 503, "ready before joining: {body}");
+    assert!(body.contains("has not joined"), "{body}");
+    assert_eq!(status(addr, "/healthz").await, 200, "alive while waiting to join");
+
+    mock.broker_up(1).unwrap();
+    wait_status(addr, "/readyz", 200, "ready once assigned").await;
+    let ends = produce(&bootstrap, topic, parts, 1_000, 10);
+    wait_for("committed == ends", DEADLINE, || {
+        committed(&bootstrap, group, topic, parts) == all_committed(&ends)
+    })
+    .await;
+    // The metrics match the run, and lag reaches zero once caught up.
+    let start = std::time::Instant::now();
+    let metrics = loop {
+        let (code, text) = get(addr, "/metrics").await.unwrap();
+        assert_eq!(code, 200);
+        let m = parse_metrics(&text);
+        let lag_zero = (0..parts).all(|p| {
+            m.get(&format!(
+                "kconc_consumer_lag{{partition={p},subscriber=watched,topic={topic}}}"
+            )) == Some(&0.0)
+        });
+        if lag_zero {
+            break m;
+        }
+        assert!(start.elapsed() < DEADLINE, "lag never reached zero:\n{text}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(metrics["kconc_messages_received_total{subscriber=watched}"], 1_000.0);
+    assert_eq!(metrics["kconc_messages_handled_total{subscriber=watched}"], 1_000.0);
+    assert_eq!(metrics["kconc_messages_failed_total{subscriber=watched}"], 0.0);
+    assert_eq!(metrics["kconc_in_flight{subscriber=watched}"], 0.0);
+    assert_eq!(metrics["kconc_assigned_partitions{subscriber=watched}"], parts as f64);
+    for p in 0..parts {
+        let key = format!("kconc_committed_offset{{partition={p},subscriber=watched,topic={topic}}}");
+        assert_eq!(metrics[&key], ends[p as usize] as f64, "{key}");
+    }
+    assert!(metrics["kconc_commits_total{subscriber=watched}"] >= 1.0);
+    let stats = app.stats("watched").unwrap();
+    assert_eq!(
+        metrics["kconc_commits_total{subscriber=watched}"], stats.commits as f64,
+        "commit counter matches the stats"
+    );
+
+    // A commit failure streak longer than the threshold: unhealthy, then
+    // healthy again once commits succeed.
+    use RDKafkaRespErr::*;
+    let errors = [
+        RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT,
+        RD_KAFKA_RESP_ERR_NOT_COORDINATOR,
+        RD_KAFKA_RESP_ERR_COORDINATOR_NOT_AVAILABLE,
+    ]
+    .repeat(8);
+    mock.request_errors(RDKafkaApiKey::OffsetCommit, &errors);
+    let ends = produce(&bootstrap, topic, parts, 200, 10);
+    let body = wait_status(addr, "/healthz", 503, "unhealthy while commits fail").await;
+    assert!(body.contains("offset commits have failed"), "{body}");
+    assert_eq!(status(addr, "/readyz").await, 503, "not ready while unhealthy");
+    wait_status(addr, "/healthz", 200, "healthy once commits succeed again").await;
+    wait_for("committed == ends after the streak", DEADLINE, || {
+        committed(&bootstrap, group, topic, parts) == all_committed(&ends)
+    })
+    .await;
+
+    // No configured secret in any endpoint.
+    for path in ["/healthz", "/readyz", "/metrics"] {
+        let (_, body) = get(addr, path).await.unwrap();
+        assert!(!body.contains(SECRET), "{path} shows the secret");
+    }
+
+    // During shutdown: alive (draining), not ready; closed afterwards.
+    slow.store(true, Ordering::SeqCst);
+    produce(&bootstrap, topic, parts, 100, 10);
+    wait_for("a slow handler in flight", DEADLINE, || {
+        app.stats("watched").unwrap().dispatched > app.stats("watched").unwrap().handled
+    })
+    .await;
+    let shutdown = app.shutdown_handle();
+    shutdown.shutdown();
+    let body = wait_status(addr, "/readyz", 503, "not ready while shutting down").await;
+    assert!(body.contains("shutting down"), "{body}");
+    assert_eq!(status(addr, "/healthz").await, 200, "alive while draining");
+    app.wait().await;
+    assert!(
+        get(addr, "/healthz").await.is_none(),
+        "the endpoint is closed after shutdown"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_partition_makes_the_subscriber_unhealthy_and_says_why() {
+    let (topic, group, parts) = ("stopping", "g-stopping", 2);
+    let cluster = cluster(topic, parts);
+    let bootstrap = cluster.bootstrap_servers().to_owned();
+    let sub = Subscriber::new("stopping", [topic], group, |m: Message| async move {
+        if m.partition() == 1 && m.offset() == 5 {
+            Err("cannot post this one")
+        } else {
+            Ok(())
+        }
+    })
+    .on_error(OnError::Stop);
+    let app = test_app(&bootstrap)
+        .http("127.0.0.1:0")
+        .subscriber(sub)
+        .start()
+        .unwrap();
+    let addr = app.http_addr().unwrap();
+    produce(&bootstrap, topic, parts, 40, 4);
+    let body = wait_status(addr, "/healthz", 503, "unhealthy with a stopped partition").await;
+    assert!(body.contains("partition stopping[1] stopped at offset 5"), "{body}");
+    assert!(body.contains("cannot post this one"), "{body}");
+    let health = app.health();
+    assert!(!health.healthy && !health.ready);
+    assert_eq!(health.subscribers[0].stopped.len(), 1);
+    let metrics = parse_metrics(&app.metrics_text().unwrap());
+    assert_eq!(metrics["kconc_stopped_partitions{subscriber=stopping}"], 1.0);
+    assert_eq!(metrics["kconc_healthy{subscriber=stopping}"], 0.0);
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_http_address_fails_at_start_naming_the_setting() {
+    let cluster = cluster("unserved", 1);
+    let sub = Subscriber::new("unserved", ["unserved"], "g", |_m: Message| async {});
+    let err = test_app(cluster.bootstrap_servers())
+        .http("not-an-address")
+        .subscriber(sub)
+        .start()
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("--http/KCONC_HTTP `not-an-address`"), "{err}");
+}
