@@ -47,6 +47,8 @@ pub struct SubscriberHealth {
     pub name: String,
     /// Its consumer group.
     pub group: String,
+    /// Its poll thread runs (false once it has ended, after a shutdown or not).
+    pub running: bool,
     /// Its poll loop and committer are alive and turning, commits are not
     /// failing beyond the threshold, and no partition is stopped.
     pub healthy: bool,
@@ -161,6 +163,7 @@ pub(crate) fn subscriber_health(w: &Watched, t: &HealthThresholds) -> Subscriber
     SubscriberHealth {
         name: w.name.clone(),
         group: w.group.clone(),
+        running: s.poll_alive.load(Ordering::Relaxed),
         healthy,
         ready,
         problems,
@@ -424,4 +427,109 @@ pub(crate) fn serve(
     });
     tracing::info!(address = %local, "HTTP endpoint: /healthz /readyz /metrics");
     Ok((local, task))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicBool;
+
+    use super::*;
+
+    /// A subscriber whose loops run, joined, polled and committed just now.
+    fn running() -> Watched {
+        let stats = Stats::default();
+        let now = unix_ms();
+        stats.poll_alive.store(true, Ordering::Relaxed);
+        stats.committer_alive.store(true, Ordering::Relaxed);
+        stats.joined.store(true, Ordering::Relaxed);
+        stats.last_poll_ms.store(now, Ordering::Relaxed);
+        stats.last_commit_ms.store(now, Ordering::Relaxed);
+        Watched {
+            name: "s".into(),
+            group: "g".into(),
+            stats: Arc::new(stats),
+        }
+    }
+
+    fn check(w: &Watched) -> SubscriberHealth {
+        subscriber_health(w, &HealthThresholds::default())
+    }
+
+    fn set(flag: &AtomicBool, v: bool) {
+        flag.store(v, Ordering::Relaxed);
+    }
+
+    #[test]
+    fn a_running_joined_subscriber_is_healthy_and_ready() {
+        let h = check(&running());
+        assert!(h.healthy && h.ready && h.running, "{:?}", h.problems);
+        assert!(h.problems.is_empty());
+    }
+
+    #[test]
+    fn a_dead_poll_loop_or_committer_is_unhealthy_unless_shutting_down() {
+        let w = running();
+        set(&w.stats.poll_alive, false);
+        let h = check(&w);
+        assert!(!h.healthy && !h.ready && !h.running);
+        assert!(h.problems.iter().any(|p| p.contains("poll loop has stopped")));
+        set(&w.stats.poll_alive, true);
+        set(&w.stats.committer_alive, false);
+        let h = check(&w);
+        assert!(!h.healthy && h.problems.iter().any(|p| p.contains("committer has stopped")));
+        set(&w.stats.closing, true);
+        let h = check(&w);
+        assert!(h.healthy && !h.ready, "{:?}", h.problems);
+        assert!(h.problems.iter().any(|p| p.contains("shutting down")));
+    }
+
+    #[test]
+    fn a_stalled_poll_loop_is_unhealthy() {
+        let w = running();
+        w.stats.last_poll_ms.store(unix_ms() - 61_000, Ordering::Relaxed);
+        let h = check(&w);
+        assert!(!h.healthy && h.problems.iter().any(|p| p.contains("has not turned")));
+    }
+
+    #[test]
+    fn commits_failing_beyond_the_threshold_are_unhealthy() {
+        let w = running();
+        w.stats
+            .commit_failing_since_ms
+            .store(unix_ms() - 30_000, Ordering::Relaxed);
+        let h = check(&w);
+        assert!(h.healthy, "30 s of failures is within the 60 s default");
+        assert!(h.commits_failing_for.is_some_and(|d| d >= Duration::from_secs(30)));
+        w.stats
+            .commit_failing_since_ms
+            .store(unix_ms() - 61_000, Ordering::Relaxed);
+        assert!(!check(&w).healthy);
+    }
+
+    #[test]
+    fn not_ready_before_joining() {
+        let w = running();
+        set(&w.stats.joined, false);
+        let h = check(&w);
+        assert!(h.healthy && !h.ready);
+        assert!(h.problems.iter().any(|p| p.contains("has not joined")));
+    }
+
+    #[test]
+    fn metrics_encode_with_partition_labels_and_lag() {
+        let w = running();
+        w.stats.handled.store(7, Ordering::Relaxed);
+        w.stats.committed.lock().unwrap().insert(("t".into(), 0), 40);
+        w.stats.high_watermarks.lock().unwrap().insert(("t".into(), 0), 50);
+        let text = metrics_text(&[w], &HealthThresholds::default()).unwrap();
+        assert!(
+            text.contains("kconc_messages_handled_total{subscriber=\"s\"} 7"),
+            "{text}"
+        );
+        assert!(
+            text.contains("kconc_consumer_lag{subscriber=\"s\",topic=\"t\",partition=\"0\"} 10"),
+            "{text}"
+        );
+        assert!(text.ends_with("# EOF\n"), "{text}");
+    }
 }
