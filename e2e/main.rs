@@ -330,8 +330,9 @@ fn write_status(path: &str, stats: &kconc_runtime::StatsHandle) {
     let assigned: Vec<String> = stats.assigned_partitions().iter().map(|(_, p)| p.to_string()).collect();
     let s = stats.snapshot();
     let text = format!(
-        "assigned {}\nhandled {}\ncommits {}\ncommit_failures {}\nassignments {}\nrevocations {}\n",
+        "assigned {}\ndispatched {}\nhandled {}\ncommits {}\ncommit_failures {}\nassignments {}\nrevocations {}\n",
         assigned.join(" "),
+        s.dispatched,
         s.handled,
         s.commits,
         s.commit_failures,

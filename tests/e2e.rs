@@ -197,6 +197,26 @@ impl Consumer {
             .unwrap_or_default()
     }
 
+    /// A counter from its status file (0 before the first status).
+    fn counter(&self, name: &str) -> u64 {
+        let text = std::fs::read_to_string(&self.status).unwrap_or_default();
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or(0)
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.journal.with_extension("log")).unwrap_or_default()
+    }
+
+    fn signal(&self, name: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{name}"), &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+
     fn kill9(&mut self) {
         self.child.kill().unwrap();
         self.child.wait().unwrap();
@@ -624,4 +644,46 @@ fn scale_out(broker: &Broker, topic: &str, name: &str, extra: &[&str]) -> ScaleO
         times.len()
     );
     ScaleOut { by_pid, duplicates }
+}
+
+/// A second SIGTERM while the first one's drain waits for slow handlers
+/// exits at once (status 130) without committing anything unfinished. On
+/// the mock cluster in its own process, so it runs in the plain `cargo test`.
+#[test]
+fn a_second_signal_exits_at_once_and_commits_nothing_unfinished() {
+    let parts = 2;
+    let topic = unique("e2e-twice");
+    let group = format!("{topic}-g");
+    let broker = Broker::mock_process(&topic, parts);
+    produce(&broker, &topic, parts, 100);
+    let dir = work_dir("second-signal");
+    let args = [
+        "--concurrency",
+        "10",
+        "--delay-ms",
+        "30000-30000",
+        "--shutdown-timeout-ms",
+        "60000",
+    ];
+    let mut c = Consumer::start(&dir, "slow", &broker, &topic, &group, &args);
+    wait_until("10 slow handlers running", Duration::from_secs(60), || {
+        c.counter("dispatched") >= 10
+    });
+    c.signal("TERM");
+    wait_until("the first signal's drain to begin", Duration::from_secs(10), || {
+        c.log().contains("shutting down")
+    });
+    assert!(
+        c.child.try_wait().unwrap().is_none(),
+        "the first signal waits for the handlers"
+    );
+    let (status, took) = c.terminate(Duration::from_secs(5));
+    assert_eq!(status.code(), Some(130), "a second signal exits with 130");
+    println!("second SIGTERM: exited in {} ms", took.as_millis());
+    assert_eq!(c.journal_lines(), 0, "no handler finished");
+    assert_eq!(
+        committed(&broker, &topic, &group, parts),
+        vec![None; parts as usize],
+        "nothing unfinished was committed"
+    );
 }
