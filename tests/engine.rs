@@ -389,6 +389,87 @@ async fn revoke_commits_the_finished_prefix_and_the_new_member_resumes_there() {
     assert_eq!(committed(&bootstrap, group, topic, parts), all_committed(&ends));
 }
 
+/// A revoke waiting for a slow handler of a partition it takes away stalls
+/// the member for at most `revoke_timeout`, and its kept partitions go on
+/// right after. (librdkafka pauses the whole assignment before it hands an
+/// incremental rebalance to the application and resumes it only when the
+/// callback returns, so during the wait only what is already in flight or
+/// buffered runs: measured, nothing new is fetched for the kept partitions.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_revoked_partition_stalls_the_member_at_most_revoke_timeout() {
+    const SLOW_AT: i64 = 100;
+    let (topic, group, parts, n) = ("keeping", "g-keeping", 4, 8_000);
+    let cluster = cluster(topic, parts);
+    let bootstrap = cluster.bootstrap_servers().to_owned();
+    produce(&bootstrap, topic, parts, n, 100);
+    // a: one 6 s handler per partition (at offset 100), 5 ms for the rest;
+    // with 8 slots the slow ones leave 4 for the others.
+    let starts: Arc<Mutex<Vec<(i32, std::time::Instant)>>> = Arc::default();
+    let slow_started = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (st, ss) = (starts.clone(), slow_started.clone());
+    let a = Subscriber::new("a", [topic], group, move |m: Message| {
+        st.lock().unwrap().push((m.partition(), std::time::Instant::now()));
+        let slow = m.offset() == SLOW_AT;
+        if slow {
+            ss.fetch_add(1, Ordering::SeqCst);
+        }
+        async move {
+            let d = if slow { 6_000 } else { 5 };
+            tokio::time::sleep(Duration::from_millis(d)).await;
+        }
+    })
+    .concurrency(8)
+    .revoke_timeout(Duration::from_secs(1));
+    let app_a = test_app(&bootstrap).subscriber(a).start().unwrap();
+    wait_for("all four slow handlers running", DEADLINE, || {
+        slow_started.load(Ordering::SeqCst) == parts as usize
+    })
+    .await;
+    let b = Subscriber::new("b", [topic], group, |_m: Message| async {});
+    let app_b = test_app(&bootstrap).subscriber(b).start().unwrap();
+    // The revoke begins when a counts it and ends when its partitions go.
+    let a_stats = app_a.stats_handle("a").unwrap();
+    wait_for("a's revoke to begin", DEADLINE, || a_stats.snapshot().revocations >= 1).await;
+    let began = std::time::Instant::now();
+    wait_for("a's revoke to end", DEADLINE, || {
+        a_stats.assigned_partitions().len() < parts as usize
+    })
+    .await;
+    let ended = std::time::Instant::now();
+    let wait = ended - began;
+    let kept: Vec<i32> = a_stats.assigned_partitions().iter().map(|(_, p)| *p).collect();
+    assert!(!kept.is_empty(), "a kept no partition");
+    let kept_started_since = |t: std::time::Instant| {
+        starts
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(p, s)| kept.contains(p) && *s > t)
+            .count()
+    };
+    // The kept partitions go on while their own slow handlers still run.
+    wait_for("handlers on the kept partitions after the revoke", DEADLINE, || {
+        kept_started_since(ended) >= 50
+    })
+    .await;
+    let resumed = ended.elapsed();
+    eprintln!("revoke waited {wait:?} (revoke_timeout 1 s); 50 handlers started on kept partitions {kept:?} {resumed:?} after it");
+    assert!(
+        wait >= Duration::from_millis(800),
+        "the revoke did not wait for the slow handler ({wait:?}): nothing shown"
+    );
+    assert!(
+        wait < Duration::from_millis(2_500),
+        "the revoke stalled {wait:?}, beyond revoke_timeout"
+    );
+    assert!(
+        resumed < Duration::from_secs(3),
+        "kept partitions resumed only {resumed:?} after the revoke, while the slow handlers still ran"
+    );
+    app_a.shutdown().await;
+    app_b.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_handlers_never_exceed_max_poll_interval_and_the_buffer_stays_bounded() {
     // Every handler takes longer than max.poll.interval.ms (1.6 s > 1.5 s)
