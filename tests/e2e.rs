@@ -580,7 +580,6 @@ fn scale_out(broker: &Broker, topic: &str, name: &str, extra: &[&str]) -> ScaleO
         .map(|name| Consumer::start(&dir, name, broker, topic, &group, &args))
         .collect();
     let started = Instant::now();
-    let producer = spawn_produce(broker, topic, parts, n, 2_000);
 
     let shared = |cs: &[&Consumer]| {
         let sets: Vec<BTreeSet<i32>> = cs.iter().map(|c| c.assigned()).collect();
@@ -598,6 +597,15 @@ fn scale_out(broker: &Broker, topic: &str, name: &str, extra: &[&str]) -> ScaleO
         "shares {:.1} s after start: {shares:?}",
         started.elapsed().as_secs_f64()
     );
+    // Produced only once the group has settled: a process that starts
+    // first is given every partition and loses most of them when the
+    // others join, and the mock coordinator refuses the commit of that
+    // revoke (it answers OffsetCommit with REBALANCE_IN_PROGRESS while the
+    // group is joining, where Kafka accepts it from the current
+    // generation), so start-up order alone would decide whether a few
+    // finished messages are redelivered. The handover below happens while
+    // messages are produced.
+    let producer = spawn_produce(broker, topic, parts, n, 2_000);
     wait_until(
         "each process to handle messages of its share",
         Duration::from_secs(60),
