@@ -634,19 +634,28 @@ impl Engine {
         self.release_due();
         while self.running < self.settings.concurrency {
             let Some((slot, msg)) = self.waiting.pop() else {
-                return;
+                break;
             };
             if let Some(ps) = self.topics[slot.topic].partitions.get_mut(&slot.partition) {
                 ps.running += 1;
             }
             self.running += 1;
-            self.dispatcher.spawn(slot, msg);
+            self.dispatcher.start(slot, msg);
         }
+        self.dispatcher.flush();
     }
 
     fn on_event(&mut self, ev: Event) {
         let slot = match &ev {
             Event::Wake => return,
+            Event::Batch(_) => {
+                if let Event::Batch(events) = ev {
+                    for ev in events {
+                        self.on_event(ev);
+                    }
+                }
+                return;
+            }
             Event::Done(c) => c.slot,
             Event::Retry { slot, .. } | Event::Stopped { slot, .. } | Event::Abandoned(slot) => *slot,
         };
@@ -687,7 +696,7 @@ impl Engine {
                     .stats()
                     .set_stopped(&topic, slot.partition, Some((offset, reason)));
             }
-            Event::Abandoned(_) | Event::Wake => {}
+            Event::Abandoned(_) | Event::Batch(_) | Event::Wake => {}
         }
     }
 
@@ -814,15 +823,18 @@ pub(crate) fn start(
         },
         topics: Vec::new(),
         events: events_rx,
-        dispatcher: Dispatcher::new(Shared {
-            subscriber: name.clone(),
-            handler: sub.handler.clone(),
-            context: handler_context,
-            events: events_tx,
-            stats: stats.clone(),
-            runtime,
-            policy: sub.policy.clone(),
-        }),
+        dispatcher: Dispatcher::new(
+            Shared {
+                subscriber: name.clone(),
+                handler: sub.handler.clone(),
+                context: handler_context,
+                events: events_tx,
+                stats: stats.clone(),
+                runtime,
+                policy: sub.policy.clone(),
+            },
+            sub.concurrency,
+        ),
         committer,
         consumer: Arc::downgrade(&consumer),
         wake,

@@ -1,12 +1,20 @@
-//! Dispatch: runs the handler for one message as a tokio task, catches its
-//! errors and panics, and reports back to the poll loop that it finished.
+//! Dispatch: runs the handler for each message on a few worker tasks,
+//! catches its errors and panics, and reports back to the poll loop that it
+//! finished.
 //! The poll loop decides when a message may start (its concurrency bound).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::time::Instant;
+
+use futures_util::stream::FuturesUnordered;
+use futures_util::{FutureExt as _, StreamExt as _};
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 
 use crate::context::Context;
 use crate::handler::{Handler, Outcome};
@@ -319,6 +327,8 @@ pub(crate) enum Event {
     /// Gave up at shutdown without finishing (a dead letter not yet
     /// acknowledged): the slot is free, the offset stays uncommitted.
     Abandoned(PartitionSlot),
+    /// Several of the above, sent together by one worker.
+    Batch(Vec<Event>),
     Wake,
 }
 
@@ -340,11 +350,7 @@ pub(crate) struct PartitionSlot {
     pub(crate) lane: Option<u64>,
 }
 
-/// What every handler task of one subscriber shares. Cloned once per
-/// message as a single `Arc`, not field by field.
-#[derive(Clone, Debug)]
-pub(crate) struct Dispatcher(Arc<Shared>);
-
+/// What every handler of one subscriber shares.
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub(crate) subscriber: Arc<str>,
@@ -356,26 +362,145 @@ pub(crate) struct Shared {
     pub(crate) policy: ErrorPolicy,
 }
 
+/// Messages handed to one worker at once.
+type Batch = Vec<(PartitionSlot, Message)>;
+
+/// Hands started messages to a few long-lived worker tasks, one per tokio
+/// worker thread, instead of spawning a task per message: a worker drives
+/// its handlers as one set of futures and reports their ends in batches, so
+/// the poll thread pays for a channel send per turn, not a task per message.
+///
+/// The poll thread decides what may start (the concurrency bound, ordering,
+/// retries); a worker only runs what it is given. Handlers on one worker
+/// share its thread, so a handler that computes for long without awaiting
+/// delays the others on that worker: CPU-heavy work belongs in
+/// `tokio::task::spawn_blocking`, as everywhere in tokio.
+#[derive(Debug)]
+pub(crate) struct Dispatcher {
+    shared: Arc<Shared>,
+    workers: Vec<UnboundedSender<Batch>>,
+    /// Started this turn, per worker; sent by [`Dispatcher::flush`].
+    pending: Vec<Batch>,
+    next: usize,
+}
+
 impl Dispatcher {
-    pub(crate) fn new(shared: Shared) -> Self {
-        Self(Arc::new(shared))
+    /// Spawns the workers (one per tokio worker thread, at most
+    /// `concurrency`) on the shared runtime.
+    pub(crate) fn new(shared: Shared, concurrency: usize) -> Self {
+        let shared = Arc::new(shared);
+        let n = shared.runtime.metrics().num_workers().clamp(1, concurrency.max(1));
+        let workers: Vec<_> = (0..n)
+            .map(|_| {
+                let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+                shared.runtime.spawn(work(shared.clone(), rx));
+                tx
+            })
+            .collect();
+        Self {
+            shared,
+            pending: workers.iter().map(|_| Vec::new()).collect(),
+            workers,
+            next: 0,
+        }
     }
 
     pub(crate) fn stats(&self) -> &Stats {
-        &self.0.stats
+        &self.shared.stats
     }
 
-    /// Spawns the task that handles one message and reports how it ended.
-    pub(crate) fn spawn(&self, slot: PartitionSlot, msg: Message) {
-        self.0.stats.dispatched.fetch_add(1, Ordering::Relaxed);
-        let this = self.0.clone();
-        self.0.runtime.spawn(async move {
-            let event = this.run(slot, msg).await;
-            // The poll loop keeps the receiver until shutdown has given up on
-            // running handlers; a failed send means nobody waits any more.
-            let _ = this.events.send(event);
-        });
+    /// Starts handling one message: it runs once [`Dispatcher::flush`] hands
+    /// this turn's messages to the workers, and reports exactly one event.
+    pub(crate) fn start(&mut self, slot: PartitionSlot, msg: Message) {
+        self.shared.stats.dispatched.fetch_add(1, Ordering::Relaxed);
+        let n = self.pending.len();
+        if let Some(batch) = self.pending.get_mut(self.next % n.max(1)) {
+            batch.push((slot, msg));
+        }
+        self.next = self.next.wrapping_add(1);
     }
+
+    /// Hands what was started since the last flush to the workers, one send
+    /// per worker that has something.
+    pub(crate) fn flush(&mut self) {
+        for (tx, batch) in self.workers.iter().zip(&mut self.pending) {
+            if batch.is_empty() {
+                continue;
+            }
+            if let Err(unsent) = tx.send(std::mem::take(batch)) {
+                // The worker is gone (the runtime is shutting down): these
+                // never run, so free their slots and leave them uncommitted.
+                for (slot, _) in unsent.0 {
+                    let _ = self.shared.events.send(Event::Abandoned(slot));
+                }
+            }
+        }
+    }
+}
+
+/// One worker: runs every message it is given concurrently and sends the
+/// events of those that ended, batched per wake-up, until the dispatcher is
+/// dropped and its handlers have ended.
+async fn work(shared: Arc<Shared>, mut inbox: UnboundedReceiver<Batch>) {
+    let shared = &*shared;
+    let mut running = FuturesUnordered::new();
+    let mut ended = Vec::new();
+    let mut open = true;
+    std::future::poll_fn(|cx| {
+        while open {
+            match inbox.poll_recv(cx) {
+                Poll::Ready(Some(batch)) => {
+                    for (slot, msg) in batch {
+                        running.push(guarded(shared, slot, msg));
+                    }
+                }
+                Poll::Ready(None) => open = false,
+                Poll::Pending => break,
+            }
+        }
+        while let Poll::Ready(Some(event)) = running.poll_next_unpin(cx) {
+            ended.push(event);
+        }
+        match ended.len() {
+            0 => {}
+            1 => {
+                if let Some(event) = ended.pop() {
+                    let _ = shared.events.send(event);
+                }
+            }
+            _ => {
+                // The poll loop keeps the receiver until shutdown has given
+                // up on running handlers; a failed send means nobody waits.
+                let _ = shared.events.send(Event::Batch(std::mem::take(&mut ended)));
+            }
+        }
+        if !open && running.is_empty() {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    })
+    .await;
+}
+
+/// Runs one message; should kconc's own code around the handler panic (the
+/// handler's panics are caught inside), its slot is freed and its offset
+/// left uncommitted, so the worker and its other handlers go on.
+fn guarded(shared: &Shared, slot: PartitionSlot, msg: Message) -> impl Future<Output = Event> + Send + '_ {
+    let (partition, offset) = (msg.partition(), msg.offset());
+    AssertUnwindSafe(shared.run(slot, msg))
+        .catch_unwind()
+        .map(move |ended| {
+            ended.unwrap_or_else(|_| {
+                tracing::error!(
+                    subscriber = &*shared.subscriber,
+                    partition,
+                    offset,
+                    "kconc panicked around a handler call; the message is left uncommitted"
+                );
+                Event::Abandoned(slot)
+            })
+        })
 }
 
 impl Shared {

@@ -15,8 +15,12 @@ pub struct Message {
     partition: i32,
     offset: i64,
     timestamp: Option<i64>,
-    key: Option<Vec<u8>>,
-    payload: Option<Vec<u8>>,
+    /// The key's bytes followed by the payload's, in one allocation.
+    data: Vec<u8>,
+    /// The key's length; `None` for a null key.
+    key_len: Option<usize>,
+    /// `false` for a null payload (a tombstone).
+    has_payload: bool,
     headers: Vec<Header>,
     /// Which attempt at handling this record this is (1 for the first).
     attempt: u32,
@@ -39,8 +43,9 @@ impl Message {
             partition,
             offset,
             timestamp: None,
-            key: None,
-            payload: None,
+            data: Vec::new(),
+            key_len: None,
+            has_payload: false,
             headers: Vec::new(),
             attempt: 1,
         }
@@ -49,15 +54,28 @@ impl Message {
     /// Sets the key (builder style, for tests).
     #[must_use]
     pub fn with_key(mut self, key: impl Into<Vec<u8>>) -> Self {
-        self.key = Some(key.into());
+        let payload = self.payload().map(<[u8]>::to_vec);
+        self.set_data(Some(&key.into()), payload.as_deref());
         self
     }
 
     /// Sets the payload (builder style, for tests).
     #[must_use]
     pub fn with_payload(mut self, payload: impl Into<Vec<u8>>) -> Self {
-        self.payload = Some(payload.into());
+        let key = self.key().map(<[u8]>::to_vec);
+        self.set_data(key.as_deref(), Some(&payload.into()));
         self
+    }
+
+    /// Stores the key and the payload together.
+    fn set_data(&mut self, key: Option<&[u8]>, payload: Option<&[u8]>) {
+        let (k, p) = (key.unwrap_or_default(), payload.unwrap_or_default());
+        let mut data = Vec::with_capacity(k.len() + p.len());
+        data.extend_from_slice(k);
+        data.extend_from_slice(p);
+        self.data = data;
+        self.key_len = key.map(<[u8]>::len);
+        self.has_payload = payload.is_some();
     }
 
     /// Adds a header (builder style, for tests).
@@ -81,16 +99,19 @@ impl Message {
                     .collect()
             })
             .unwrap_or_default();
-        Self {
+        let mut this = Self {
             topic,
             partition: msg.partition(),
             offset: msg.offset(),
             timestamp: msg.timestamp().to_millis(),
-            key: msg.key().map(<[u8]>::to_vec),
-            payload: msg.payload().map(<[u8]>::to_vec),
+            data: Vec::new(),
+            key_len: None,
+            has_payload: false,
             headers,
             attempt: 1,
-        }
+        };
+        this.set_data(msg.key(), msg.payload());
+        this
     }
 
     /// Which attempt at handling this record this is: 1, then 2 on the
@@ -132,12 +153,16 @@ impl Message {
 
     /// The record's key, if it has one.
     pub fn key(&self) -> Option<&[u8]> {
-        self.key.as_deref()
+        self.key_len.and_then(|n| self.data.get(..n))
     }
 
     /// The record's payload; `None` for a tombstone (null value).
     pub fn payload(&self) -> Option<&[u8]> {
-        self.payload.as_deref()
+        if self.has_payload {
+            self.data.get(self.key_len.unwrap_or(0)..)
+        } else {
+            None
+        }
     }
 
     /// The record's headers, in the order they were sent.
@@ -192,4 +217,25 @@ pub struct PayloadError {
     pub offset: i64,
     /// What was wrong with it.
     pub what: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Message;
+
+    #[test]
+    fn key_and_payload_share_a_buffer_but_read_apart() {
+        let m = Message::new("t", 0, 0);
+        assert_eq!((m.key(), m.payload()), (None, None));
+        let m = Message::new("t", 0, 0).with_payload("p1");
+        assert_eq!((m.key(), m.payload()), (None, Some(&b"p1"[..])));
+        let m = m.with_key("key");
+        assert_eq!((m.key(), m.payload()), (Some(&b"key"[..]), Some(&b"p1"[..])));
+        let m = m.with_payload("");
+        assert_eq!((m.key(), m.payload()), (Some(&b"key"[..]), Some(&b""[..])));
+        let m = Message::new("t", 0, 0).with_key("");
+        assert_eq!((m.key(), m.payload()), (Some(&b""[..]), None));
+        let m = m.with_payload("x").with_key("kk");
+        assert_eq!((m.key(), m.payload()), (Some(&b"kk"[..]), Some(&b"x"[..])));
+    }
 }
