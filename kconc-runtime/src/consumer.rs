@@ -523,6 +523,7 @@ impl Engine {
         let Some(ps) = self.topics[t].partitions.get_mut(&msg.partition()) else {
             return;
         };
+        let first = ps.offsets.is_untouched();
         if !ps.offsets.dispatched(msg.offset()) {
             return;
         }
@@ -532,6 +533,11 @@ impl Engine {
             epoch: ps.epoch,
             lane: None,
         };
+        if first {
+            self.dispatcher
+                .stats()
+                .set_fetch_start(&self.topics[t].name, msg.partition(), msg.offset());
+        }
         self.waiting.push(slot, msg);
         self.dispatcher
             .stats()

@@ -85,6 +85,9 @@ pub(crate) struct Stats {
     pub committed: Mutex<BTreeMap<(String, i32), i64>>,
     /// The high watermark of each assigned partition, as last fetched.
     pub high_watermarks: Mutex<BTreeMap<(String, i32), i64>>,
+    /// The first offset read in each partition's current assignment: where
+    /// lag counts from until this member has committed the partition.
+    pub fetch_starts: Mutex<BTreeMap<(String, i32), i64>>,
     /// How long handler calls take.
     pub handler_seconds: HandlerHistogram,
 }
@@ -220,6 +223,16 @@ impl Stats {
         }
         if let Ok(mut m) = self.high_watermarks.lock() {
             m.remove(&key);
+        }
+        if let Ok(mut m) = self.fetch_starts.lock() {
+            m.remove(&key);
+        }
+    }
+
+    /// Records the first offset read in a partition's assignment.
+    pub(crate) fn set_fetch_start(&self, topic: &str, partition: i32, offset: i64) {
+        if let Ok(mut m) = self.fetch_starts.lock() {
+            m.insert((topic.to_owned(), partition), offset);
         }
     }
 

@@ -311,6 +311,7 @@ pub(crate) fn metrics_text(watched: &[Watched], t: &HealthThresholds) -> Result<
     for w in watched {
         let commits = w.stats.committed.lock().map(|m| m.clone()).unwrap_or_default();
         let marks = w.stats.high_watermarks.lock().map(|m| m.clone()).unwrap_or_default();
+        let starts = w.stats.fetch_starts.lock().map(|m| m.clone()).unwrap_or_default();
         for ((topic, p), offset) in &commits {
             committed
                 .get_or_create(&partition_labels(&w.name, topic, *p))
@@ -318,10 +319,16 @@ pub(crate) fn metrics_text(watched: &[Watched], t: &HealthThresholds) -> Result<
         }
         for ((topic, p), h) in &marks {
             high.get_or_create(&partition_labels(&w.name, topic, *p)).set(*h);
-            // Lag counts from the committed offset (0 when nothing is yet).
-            let c = commits.get(&(topic.clone(), *p)).copied().unwrap_or(0);
+            // Lag counts from this member's last commit of the partition,
+            // or before that from the first offset it read there. With
+            // neither (nothing read since the assignment) it is unknown and
+            // left out rather than reported as the whole partition.
+            let key = (topic.clone(), *p);
+            let Some(&from) = commits.get(&key).or_else(|| starts.get(&key)) else {
+                continue;
+            };
             lag.get_or_create(&partition_labels(&w.name, topic, *p))
-                .set((h - c).max(0));
+                .set((h - from).max(0));
         }
     }
     registry.register("committed_offset", "The last committed offset per partition", committed);
@@ -531,5 +538,32 @@ mod tests {
             "{text}"
         );
         assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+
+    #[test]
+    fn lag_counts_from_the_first_offset_read_until_a_commit_and_is_left_out_without_either() {
+        let w = running();
+        w.stats.fetch_starts.lock().unwrap().insert(("t".into(), 1), 1_000);
+        w.stats.high_watermarks.lock().unwrap().insert(("t".into(), 1), 1_250);
+        w.stats.high_watermarks.lock().unwrap().insert(("t".into(), 2), 900);
+        let text = metrics_text(std::slice::from_ref(&w), &HealthThresholds::default()).unwrap();
+        assert!(
+            text.contains("kconc_consumer_lag{subscriber=\"s\",topic=\"t\",partition=\"1\"} 250"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("kconc_consumer_lag{subscriber=\"s\",topic=\"t\",partition=\"2\"}"),
+            "no basis for partition 2's lag, so none is reported: {text}"
+        );
+        assert!(
+            text.contains("kconc_high_watermark{subscriber=\"s\",topic=\"t\",partition=\"2\"} 900"),
+            "{text}"
+        );
+        w.stats.committed.lock().unwrap().insert(("t".into(), 1), 1_200);
+        let text = metrics_text(&[w], &HealthThresholds::default()).unwrap();
+        assert!(
+            text.contains("kconc_consumer_lag{subscriber=\"s\",topic=\"t\",partition=\"1\"} 50"),
+            "a commit takes over from the first offset read: {text}"
+        );
     }
 }

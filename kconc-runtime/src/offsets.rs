@@ -33,6 +33,11 @@ impl OffsetTracker {
         true
     }
 
+    /// Whether nothing has been dispatched in this assignment yet.
+    pub(crate) fn is_untouched(&self) -> bool {
+        self.last_dispatched.is_none()
+    }
+
     /// Records that `offset` finished (handled, or given up on by the error
     /// policy). Returns `true` if the committable position moved.
     pub(crate) fn finished(&mut self, offset: i64) -> bool {
