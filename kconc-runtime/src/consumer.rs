@@ -24,7 +24,7 @@
 //! then waits up to `fetch.wait.max.ms` for a refetch.)
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::BinaryHeap;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -41,6 +41,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::commit::{CommitRequest, Committer, PartitionKey};
 use crate::dispatch::{Dispatcher, Event, PartitionSlot, Shared, Stats};
+use crate::hash::SmallKeyMap;
 use crate::message::Message;
 use crate::offsets::OffsetTracker;
 use crate::schedule::Schedule;
@@ -151,7 +152,7 @@ struct Settings {
 #[derive(Debug)]
 struct TopicState {
     name: Arc<str>,
-    partitions: HashMap<i32, PartitionState>,
+    partitions: SmallKeyMap<i32, PartitionState>,
 }
 
 struct PartitionState {
@@ -241,7 +242,7 @@ impl Engine {
         }
         self.topics.push(TopicState {
             name: Arc::from(name),
-            partitions: HashMap::new(),
+            partitions: SmallKeyMap::default(),
         });
         self.topics.len() - 1
     }

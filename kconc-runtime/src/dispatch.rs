@@ -598,7 +598,10 @@ impl Shared {
                 }
             }
             OnError::DeadLetter(dlq) => match copy {
-                Some(copy) => self.dead_letter(slot, dlq, &copy, &error).await,
+                // Boxed: the dead-letter produce is rare and its future is
+                // large; inline, it would make every message's future
+                // (allocated and moved per message) several times bigger.
+                Some(copy) => Box::pin(self.dead_letter(slot, dlq, &copy, &error)).await,
                 // Not reached: a dead-letter policy always keeps a copy.
                 None => Event::Abandoned(slot),
             },

@@ -69,6 +69,7 @@ pub mod health;
 mod commit;
 mod consumer;
 mod dispatch;
+mod hash;
 mod offsets;
 mod policy;
 mod schedule;

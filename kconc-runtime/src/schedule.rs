@@ -15,6 +15,8 @@
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{HashMap, VecDeque};
+
+use crate::hash::SmallKeyMap;
 use std::hash::{Hash as _, Hasher as _};
 
 use crate::dispatch::PartitionSlot;
@@ -38,7 +40,7 @@ pub(crate) struct Schedule {
     /// Busy lanes (one of their messages is ready or running).
     lanes: HashMap<u64, Lane>,
     /// Messages waiting in lanes, by partition.
-    blocked: HashMap<(usize, i32), usize>,
+    blocked: SmallKeyMap<(usize, i32), usize>,
     /// Every message not started: `ready` plus the lanes' waiting ones.
     len: usize,
 }
@@ -49,7 +51,7 @@ impl Schedule {
             mode,
             ready: VecDeque::new(),
             lanes: HashMap::new(),
-            blocked: HashMap::new(),
+            blocked: SmallKeyMap::default(),
             len: 0,
         }
     }
