@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use kconc_runtime::rdkafka::producer::{BaseProducer, BaseRecord, Producer as _};
-use kconc_runtime::{App, EmbeddedCluster, Message};
+use kconc_runtime::{App, EmbeddedCluster, Message, StatsSnapshot};
 
 /// An app on `bootstrap` with the mock cluster's rebalance wait made short:
 /// the mock waits `session.timeout.ms - 1 s` for members on every rebalance
@@ -20,6 +20,27 @@ pub fn test_app(bootstrap: &str) -> App {
         .brokers(bootstrap)
         .property("session.timeout.ms", "3000")
         .property("heartbeat.interval.ms", "500")
+}
+
+/// How many messages the new owner of revoked partitions may handle again
+/// that the old member (`stats`, running `concurrency` handlers and
+/// committing every `commit_batch` messages) had already handled.
+///
+/// When the revoke's commit succeeds, only what was in flight when the
+/// revoke began: its handlers are awaited, and their commit is made, before
+/// the partitions go. When the broker refuses that commit, the new owner
+/// starts at the last commit that succeeded, so everything finished since
+/// comes again. librdkafka's mock coordinator refuses every OffsetCommit
+/// while the group is joining (`rd_kafka_mock_cgrp_classic_check_state`),
+/// and it holds a join for `session.timeout.ms - 1 s`, so the periodic
+/// commits of that window fail as well (Kafka accepts them from the current
+/// generation). Each refused periodic commit stands for at most one batch.
+pub fn redelivery_bound(stats: &StatsSnapshot, concurrency: usize, commit_batch: usize) -> usize {
+    if stats.revoke_commit_failures == 0 {
+        concurrency
+    } else {
+        concurrency + commit_batch * (1 + stats.commit_failures as usize)
+    }
 }
 
 /// An embedded cluster with one topic of `partitions` partitions.
