@@ -12,8 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::Instant;
 
-use futures_util::stream::FuturesUnordered;
-use futures_util::{FutureExt as _, StreamExt as _};
+use futures_util::FutureExt as _;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 
 use crate::context::Context;
@@ -456,24 +455,23 @@ impl Dispatcher {
 /// dropped and its handlers have ended.
 async fn work(shared: Arc<Shared>, mut inbox: UnboundedReceiver<Batch>) {
     let shared = &*shared;
-    let mut running = FuturesUnordered::new();
+    let mut running = Slots::new();
     let mut ended = Vec::new();
     let mut open = true;
     std::future::poll_fn(|cx| {
+        running.register(cx);
         while open {
             match inbox.poll_recv(cx) {
                 Poll::Ready(Some(batch)) => {
                     for (slot, msg) in batch {
-                        running.push(guarded(shared, slot, msg));
+                        running.insert(guarded(shared, slot, msg));
                     }
                 }
                 Poll::Ready(None) => open = false,
                 Poll::Pending => break,
             }
         }
-        while let Poll::Ready(Some(event)) = running.poll_next_unpin(cx) {
-            ended.push(event);
-        }
+        running.poll_woken(&mut ended);
         match ended.len() {
             0 => {}
             1 => {
@@ -494,6 +492,130 @@ async fn work(shared: Arc<Shared>, mut inbox: UnboundedReceiver<Batch>) {
         }
     })
     .await;
+}
+
+/// The handlers one worker runs: a set of futures polled only when woken,
+/// like `FuturesUnordered`, but whose places (the pinned box a future lives
+/// in, and its waker) are made once and reused by later messages, so
+/// running a message allocates nothing here.
+struct Slots<F> {
+    slots: Vec<Slot<F>>,
+    /// Places free for the next message.
+    free: Vec<usize>,
+    /// Places to poll now: new futures, and those woken.
+    due: Vec<usize>,
+    woken: Arc<Woken>,
+}
+
+struct Slot<F> {
+    future: std::pin::Pin<Box<Option<F>>>,
+    wake: Arc<SlotWake>,
+    waker: std::task::Waker,
+}
+
+/// The places woken since the worker last looked, and the worker's waker.
+#[derive(Default)]
+struct Woken {
+    places: Mutex<Vec<usize>>,
+    worker: futures_util::task::AtomicWaker,
+}
+
+/// The waker of one place. `queued` keeps a place from being listed twice;
+/// it is cleared just before each poll, so a wake during or after that poll
+/// lists it again and none is lost. A wake meant for a place's previous
+/// future only causes one spurious poll of the next.
+struct SlotWake {
+    place: usize,
+    queued: AtomicBool,
+    woken: Arc<Woken>,
+}
+
+impl std::task::Wake for SlotWake {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        if !self.queued.swap(true, Ordering::SeqCst) {
+            self.woken
+                .places
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push(self.place);
+            self.woken.worker.wake();
+        }
+    }
+}
+
+impl<F: Future> Slots<F> {
+    fn new() -> Self {
+        Self {
+            slots: Vec::new(),
+            free: Vec::new(),
+            due: Vec::new(),
+            woken: Arc::default(),
+        }
+    }
+
+    /// Makes `cx` the waker to call when a future here is woken.
+    fn register(&self, cx: &std::task::Context<'_>) {
+        self.woken.worker.register(cx.waker());
+    }
+
+    fn is_empty(&self) -> bool {
+        self.free.len() == self.slots.len()
+    }
+
+    /// Adds a future, to be polled first by the next [`Slots::poll_woken`].
+    fn insert(&mut self, future: F) {
+        let place = match self.free.pop() {
+            Some(place) => place,
+            None => {
+                let place = self.slots.len();
+                let wake = Arc::new(SlotWake {
+                    place,
+                    queued: AtomicBool::new(false),
+                    woken: self.woken.clone(),
+                });
+                self.slots.push(Slot {
+                    future: Box::pin(None),
+                    waker: std::task::Waker::from(wake.clone()),
+                    wake,
+                });
+                place
+            }
+        };
+        if let Some(slot) = self.slots.get_mut(place) {
+            slot.future.set(Some(future));
+        }
+        self.due.push(place);
+    }
+
+    /// Polls the new futures and those woken since the last call; pushes
+    /// the outputs of those that finished onto `ended`.
+    fn poll_woken(&mut self, ended: &mut Vec<F::Output>) {
+        self.due.append(
+            &mut self
+                .woken
+                .places
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        for place in self.due.drain(..) {
+            let Some(slot) = self.slots.get_mut(place) else {
+                continue;
+            };
+            slot.wake.queued.store(false, Ordering::SeqCst);
+            let Some(future) = slot.future.as_mut().as_pin_mut() else {
+                continue; // already finished: a late or repeated wake
+            };
+            if let Poll::Ready(out) = future.poll(&mut std::task::Context::from_waker(&slot.waker)) {
+                slot.future.set(None);
+                self.free.push(place);
+                ended.push(out);
+            }
+        }
+    }
 }
 
 /// Runs one message; should kconc's own code around the handler panic (the
@@ -642,5 +764,69 @@ impl Shared {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::future::BoxFuture;
+    use std::task::{Context, Wake, Waker};
+
+    struct Count(AtomicU64);
+
+    impl Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn waiting(rx: tokio::sync::oneshot::Receiver<u32>) -> BoxFuture<'static, u32> {
+        async move { rx.await.unwrap_or(0) }.boxed()
+    }
+
+    #[test]
+    fn slots_poll_what_was_woken_reuse_places_and_lose_no_wake_after_a_stale_one() {
+        let worker = Arc::new(Count(AtomicU64::new(0)));
+        let waker = Waker::from(worker.clone());
+        let mut slots = Slots::new();
+        slots.register(&Context::from_waker(&waker));
+        let mut ended = Vec::new();
+
+        let (tx_a, rx_a) = tokio::sync::oneshot::channel();
+        slots.insert(waiting(rx_a));
+        slots.insert(async { 7 }.boxed());
+        slots.poll_woken(&mut ended);
+        assert_eq!(ended, [7], "a ready future ends on its first poll");
+        assert!(!slots.is_empty());
+
+        // The finished future's place is taken by the next one.
+        let (tx_c, rx_c) = tokio::sync::oneshot::channel();
+        slots.insert(waiting(rx_c));
+        assert_eq!(slots.slots.len(), 2);
+        slots.poll_woken(&mut ended);
+        assert_eq!(ended, [7], "nothing was woken");
+        let _ = tx_c.send(5);
+        assert_eq!(worker.0.load(Ordering::SeqCst), 1, "a wake wakes the worker");
+        slots.poll_woken(&mut ended);
+        assert_eq!(ended, [7, 5]);
+
+        // A late wake for a finished future, then a new future in its place:
+        // the new future's own wake must still get through.
+        let place = slots.free[0];
+        slots.slots[place].waker.wake_by_ref();
+        let (tx_e, rx_e) = tokio::sync::oneshot::channel();
+        slots.insert(waiting(rx_e));
+        slots.poll_woken(&mut ended);
+        assert_eq!(ended, [7, 5], "a spurious poll ends nothing");
+        let _ = tx_e.send(9);
+        slots.poll_woken(&mut ended);
+        assert_eq!(ended, [7, 5, 9]);
+
+        let _ = tx_a.send(3);
+        slots.poll_woken(&mut ended);
+        assert_eq!(ended, [7, 5, 9, 3]);
+        assert!(slots.is_empty());
+        assert_eq!(slots.slots.len(), 2, "two places served four futures");
     }
 }
