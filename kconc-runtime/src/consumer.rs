@@ -653,18 +653,16 @@ impl Engine {
     }
 
     fn on_event(&mut self, ev: Event) {
-        let slot = match &ev {
+        let slot = match ev {
             Event::Wake => return,
-            Event::Batch(_) => {
-                if let Event::Batch(events) = ev {
-                    for ev in events {
-                        self.on_event(ev);
-                    }
+            Event::Batch(events) => {
+                for ev in events {
+                    self.on_event(ev);
                 }
                 return;
             }
-            Event::Done(c) => c.slot,
-            Event::Retry { slot, .. } | Event::Stopped { slot, .. } | Event::Abandoned(slot) => *slot,
+            Event::Done(ref c) => c.slot,
+            Event::Retry { slot, .. } | Event::Stopped { slot, .. } | Event::Abandoned(slot) => slot,
         };
         // Every other event frees a handler slot.
         self.running = self.running.saturating_sub(1);

@@ -15,11 +15,10 @@
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{HashMap, VecDeque};
-
-use crate::hash::SmallKeyMap;
 use std::hash::{Hash as _, Hasher as _};
 
 use crate::dispatch::PartitionSlot;
+use crate::hash::SmallKeyMap;
 use crate::message::Message;
 use crate::subscriber::Ordering;
 
