@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use common::*;
 use kconc_runtime::rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
-use kconc_runtime::{Message, Subscriber};
+use kconc_runtime::{FirstPoll, Message, Subscriber};
 
 const DEADLINE: Duration = Duration::from_secs(60);
 
@@ -505,4 +505,114 @@ async fn slow_handlers_never_exceed_max_poll_interval_and_the_buffer_stays_bound
     let twice: Vec<_> = rec.counts().into_iter().filter(|(_, c)| *c > 1).collect();
     assert!(twice.is_empty(), "redelivered: {twice:?}");
     assert_eq!(committed(&bootstrap, group, topic, parts), all_committed(&ends));
+}
+
+/// Handlers begun on the poll thread (`FirstPoll`) keep every guarantee:
+/// handlers that end at once, wait, or fail and are retried, under each
+/// mode, are all handled, committed to the partition ends, bounded by
+/// `concurrency`, and begun where the mode says.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_first_poll_mode_handles_each_message_once_and_commits_partition_ends() {
+    let (parts, n) = (4, 1_200);
+    for mode in [FirstPoll::Auto, FirstPoll::PollThread, FirstPoll::Worker] {
+        let topic = format!("first-poll-{}", mode.as_str());
+        let group = format!("g-{topic}");
+        let cluster = cluster(&topic, parts);
+        let ends = produce(cluster.bootstrap_servers(), &topic, parts, n, 50);
+        let rec = Recorder::new();
+        let r = rec.clone();
+        let sub = Subscriber::new("mixed", [topic.as_str()], group.as_str(), move |m: Message| {
+            let r = r.clone();
+            async move {
+                let _g = r.start(&m);
+                if m.offset() % 4 == 0 {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                if m.offset() % 50 == 7 && m.attempt() == 1 {
+                    return Err(format!("offset {} fails its first attempt", m.offset()));
+                }
+                Ok(())
+            }
+        })
+        .concurrency(8)
+        .retries(2)
+        .backoff(Duration::from_millis(1))
+        .first_poll(mode);
+        let app = test_app(cluster.bootstrap_servers())
+            .subscriber(quick(sub))
+            .start()
+            .unwrap();
+        let retried = ends
+            .iter()
+            .map(|&e| (0..e).filter(|o| o % 50 == 7).count())
+            .sum::<usize>();
+        wait_for("all handled", DEADLINE, || rec.finished() >= n + retried).await;
+        let stats = app.stats("mixed").unwrap();
+        let bootstrap = app.bootstrap_servers().to_owned();
+        app.shutdown().await;
+
+        let counts = rec.counts();
+        assert_all_handled(&counts, &ends);
+        let wrong: Vec<_> = counts
+            .iter()
+            .filter(|((_, o), c)| **c != if o % 50 == 7 { 2 } else { 1 })
+            .collect();
+        assert!(
+            wrong.is_empty(),
+            "{mode:?}: handled the wrong number of times: {wrong:?}"
+        );
+        assert_eq!(stats.retried as usize, retried, "{mode:?}");
+        assert!(rec.max_in_flight() <= 8, "{mode:?}: {} at once", rec.max_in_flight());
+        assert_eq!(
+            committed(&bootstrap, &group, &topic, parts),
+            all_committed(&ends),
+            "{mode:?}: committed offsets must equal partition ends"
+        );
+        let here = stats.first_polls_on_poll_thread as usize;
+        match mode {
+            FirstPoll::Worker => assert_eq!(here, 0),
+            FirstPoll::PollThread => assert_eq!(here, n + retried),
+            // Three in four end on their first poll, quickly: most begin on
+            // the poll thread (a preempted poll thread may send a few
+            // hundred to the workers for a while).
+            FirstPoll::Auto => assert!(here >= n / 4, "only {here} of {n} begun on the poll thread"),
+        }
+    }
+}
+
+/// A handler that blocks its thread (here 5 ms) leaves the poll thread
+/// after one message and runs on the workers, concurrently; the poll
+/// thread tries one again only after 256 more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blocking_handler_leaves_the_poll_thread_at_once() {
+    let (topic, group, parts, n) = ("blocking", "g-blocking", 2, 300);
+    let cluster = cluster(topic, parts);
+    let ends = produce(cluster.bootstrap_servers(), topic, parts, n, 10);
+    let rec = Recorder::new();
+    let r = rec.clone();
+    let sub = Subscriber::new("blocking", [topic], group, move |m: Message| {
+        let r = r.clone();
+        async move {
+            let _g = r.start(&m);
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    })
+    .concurrency(4);
+    let app = test_app(cluster.bootstrap_servers())
+        .subscriber(quick(sub))
+        .start()
+        .unwrap();
+    wait_for("all handled", DEADLINE, || rec.finished() >= n).await;
+    let stats = app.stats("blocking").unwrap();
+    app.shutdown().await;
+    assert_all_handled(&rec.counts(), &ends);
+    assert!(
+        stats.first_polls_on_poll_thread <= 2,
+        "{} blocking handlers began on the poll thread",
+        stats.first_polls_on_poll_thread
+    );
+    assert!(
+        rec.max_in_flight() >= 2,
+        "blocking handlers ran one at a time: they stayed on one thread"
+    );
 }

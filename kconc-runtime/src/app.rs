@@ -550,6 +550,7 @@ impl Running {
             .map(|s| s.snapshot())
             .fold(StatsSnapshot::default(), |a, b| StatsSnapshot {
                 dispatched: a.dispatched + b.dispatched,
+                first_polls_on_poll_thread: a.first_polls_on_poll_thread + b.first_polls_on_poll_thread,
                 handled: a.handled + b.handled,
                 failed: a.failed + b.failed,
                 panicked: a.panicked + b.panicked,

@@ -69,9 +69,10 @@ pub struct Cli {
 
     /// Overrides a subscriber setting from the code, as NAME.KEY=VALUE
     /// (repeatable; NAME `*` means every subscriber). KEY is one of
-    /// concurrency, ordering, max_buffered, commit_batch_size,
-    /// commit_interval, shutdown_timeout, revoke_timeout, retries, backoff,
-    /// max_backoff, on_error (skip|stop), dead_letter (a topic).
+    /// concurrency, ordering, first_poll (auto|poll_thread|worker),
+    /// max_buffered, commit_batch_size, commit_interval, shutdown_timeout,
+    /// revoke_timeout, retries, backoff, max_backoff, on_error (skip|stop),
+    /// dead_letter (a topic).
     /// Example: --set 'billing::bill.retries=5'.
     #[arg(long = "set", value_name = "NAME.KEY=VALUE")]
     pub set: Vec<String>,

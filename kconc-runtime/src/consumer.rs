@@ -55,6 +55,9 @@ const IDLE_WAIT: Duration = Duration::from_millis(100);
 const POLL_BATCH: usize = 1024;
 /// Messages read from one partition's queue before the next partition's turn.
 const PARTITION_BATCH: usize = 64;
+/// Messages read from partition queues in one turn of the poll loop, at
+/// most, before it polls the consumer again for rebalances and errors.
+const TURN_READS: usize = 4096;
 /// How long the final commit of a shutdown may take.
 const FINAL_COMMIT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -594,6 +597,12 @@ impl Engine {
                             self.enqueue(t, msg);
                             read += 1;
                             progress = true;
+                            // Started as soon as read while slots are free:
+                            // a handler that ends on its first poll then
+                            // frees its record before the next is read.
+                            if self.running < self.settings.concurrency {
+                                self.start_waiting();
+                            }
                         }
                         Err(Some(e)) => {
                             tracing::warn!(subscriber = &*self.settings.name, topic = &*self.topics[t].name, partition = p, error = %e, "fetch error");
@@ -639,6 +648,13 @@ impl Engine {
     /// Starts waiting messages, oldest first, while slots are free.
     fn start_ready(&mut self) {
         self.release_due();
+        self.start_waiting();
+        self.dispatcher.flush();
+    }
+
+    /// Starts waiting messages while slots are free; what goes to workers
+    /// waits for the next flush.
+    fn start_waiting(&mut self) {
         while self.running < self.settings.concurrency {
             let Some((slot, msg)) = self.waiting.pop() else {
                 break;
@@ -647,9 +663,12 @@ impl Engine {
                 ps.running += 1;
             }
             self.running += 1;
-            self.dispatcher.start(slot, msg);
+            if let Some(ended) = self.dispatcher.start(slot, msg) {
+                // Ended on its first poll, here: its lane and slot are free
+                // for the next message at once.
+                self.on_event(ended);
+            }
         }
-        self.dispatcher.flush();
     }
 
     fn on_event(&mut self, ev: Event) {
@@ -835,10 +854,11 @@ pub(crate) fn start(
                 context: handler_context,
                 events: events_tx,
                 stats: stats.clone(),
-                runtime,
+                runtime: runtime.clone(),
                 policy: sub.policy.clone(),
             },
             sub.concurrency,
+            sub.first_poll,
         ),
         committer,
         consumer: Arc::downgrade(&consumer),
@@ -861,6 +881,9 @@ pub(crate) fn start(
     std::thread::Builder::new()
         .name(format!("kconc-poll-{}", sub.name))
         .spawn(move || {
+            // Handlers' first polls may run here (see `Dispatcher`): they
+            // find the runtime's timers and spawner as on a worker.
+            let _runtime = runtime.enter();
             let _alive = poll_stats.alive_while(|s| &s.poll_alive);
             poll_loop(&consumer, &shutdown);
             close(consumer);
@@ -907,6 +930,14 @@ fn poll_loop(consumer: &BaseConsumer<KconcContext>, shutdown: &CancellationToken
                     break;
                 }
                 events += e.drain_events();
+                // Handlers that end on their first poll free their slots at
+                // once, so reading could go on for as long as the backlog
+                // lasts: commit as it goes, and go back to serving
+                // rebalances after a turn's worth.
+                e.maybe_commit(false);
+                if polled >= TURN_READS {
+                    break;
+                }
             }
             e.maybe_commit(false);
             e.observe(consumer);

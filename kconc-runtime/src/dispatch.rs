@@ -12,19 +12,21 @@ use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::Instant;
 
-use futures_util::FutureExt as _;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 
 use crate::context::Context;
-use crate::handler::{Handler, Outcome};
+use crate::handler::{Handler, HandlerFuture, Outcome};
 use crate::message::Message;
 use crate::policy::{self, ErrorPolicy, OnError};
+use crate::subscriber::FirstPoll;
 
 /// Counters of one subscriber, readable while it runs.
 #[derive(Debug, Default)]
 pub(crate) struct Stats {
     /// Messages handed to handler tasks.
     pub dispatched: AtomicU64,
+    /// Handlers whose first poll ran on the poll thread ([`FirstPoll`]).
+    pub first_polls_here: AtomicU64,
     /// Handler calls that returned success.
     pub handled: AtomicU64,
     /// Handler calls that returned an error.
@@ -164,6 +166,9 @@ pub struct PartitionPause {
 pub struct StatsSnapshot {
     /// Messages handed to handler tasks.
     pub dispatched: u64,
+    /// Handlers whose first poll ran on the subscriber's poll thread
+    /// (see [`crate::FirstPoll`]); the others ran on workers throughout.
+    pub first_polls_on_poll_thread: u64,
     /// Handler calls that returned success.
     pub handled: u64,
     /// Handler calls that returned an error.
@@ -301,6 +306,7 @@ impl Stats {
         let r = |a: &AtomicU64| a.load(Ordering::Relaxed);
         StatsSnapshot {
             dispatched: r(&self.dispatched),
+            first_polls_on_poll_thread: r(&self.first_polls_here),
             handled: r(&self.handled),
             failed: r(&self.failed),
             panicked: r(&self.panicked),
@@ -374,13 +380,59 @@ pub(crate) struct Shared {
     pub(crate) policy: ErrorPolicy,
 }
 
-/// Messages handed to one worker at once.
-type Batch = Vec<(PartitionSlot, Message)>;
+/// Where a worker takes a message up.
+pub(crate) enum Start {
+    /// From the start.
+    Fresh(PartitionSlot, Message),
+    /// The poll thread called the handler and its future waits: the worker
+    /// polls it on (with its own waker) until it ends.
+    Running(Call, HandlerFuture),
+    /// The handler failed its last attempt on the poll thread and the
+    /// policy dead-letters it: the worker produces the dead letter.
+    DeadLetter(Box<DeadLetter>),
+}
+
+impl std::fmt::Debug for Start {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Fresh(slot, msg) => f.debug_tuple("Fresh").field(slot).field(&msg.offset()).finish(),
+            Self::Running(call, _) => f.debug_tuple("Running").field(&call.slot).field(&call.offset).finish(),
+            Self::DeadLetter(dead) => f
+                .debug_tuple("DeadLetter")
+                .field(&dead.call.slot)
+                .field(&dead.call.offset)
+                .finish(),
+        }
+    }
+}
+
+/// A message to dead-letter: the call that failed, the message as it was,
+/// and the last attempt's error.
+pub(crate) struct DeadLetter {
+    call: Call,
+    copy: Message,
+    error: String,
+}
+
+/// What beginning a handler on the poll thread came to.
+enum Begun {
+    /// It ended on its first poll.
+    Ended(Event),
+    /// A worker takes it on from here.
+    HandOver(Start),
+}
 
 /// Hands started messages to a few long-lived worker tasks, one per tokio
 /// worker thread, instead of spawning a task per message: a worker drives
 /// its handlers as one set of futures and reports their ends in batches, so
 /// the poll thread pays for a channel send per turn, not a task per message.
+///
+/// While handlers tend to end on their first poll, quickly (decode, update
+/// something in memory, return), the poll thread calls each handler and
+/// polls its future once itself: one that ends costs no hand-over, no
+/// wake-up and no event; one that has to wait goes to a worker as it is.
+/// [`Inline`] watches how that goes and hands messages straight to the
+/// workers while handlers wait or compute for long.
 ///
 /// The poll thread decides what may start (the concurrency bound, ordering,
 /// retries); a worker only runs what it is given. Handlers on one worker
@@ -390,16 +442,17 @@ type Batch = Vec<(PartitionSlot, Message)>;
 #[derive(Debug)]
 pub(crate) struct Dispatcher {
     shared: Arc<Shared>,
-    workers: Vec<UnboundedSender<Batch>>,
+    workers: Vec<UnboundedSender<Vec<Start>>>,
     /// Started this turn, per worker; sent by [`Dispatcher::flush`].
-    pending: Vec<Batch>,
+    pending: Vec<Vec<Start>>,
     next: usize,
+    inline: Inline,
 }
 
 impl Dispatcher {
     /// Spawns the workers (one per tokio worker thread, at most
     /// `concurrency`) on the shared runtime.
-    pub(crate) fn new(shared: Shared, concurrency: usize) -> Self {
+    pub(crate) fn new(shared: Shared, concurrency: usize, first_poll: FirstPoll) -> Self {
         let shared = Arc::new(shared);
         let n = shared.runtime.metrics().num_workers().clamp(1, concurrency.max(1));
         let workers: Vec<_> = (0..n)
@@ -414,6 +467,7 @@ impl Dispatcher {
             pending: workers.iter().map(|_| Vec::new()).collect(),
             workers,
             next: 0,
+            inline: Inline::new(first_poll),
         }
     }
 
@@ -421,15 +475,36 @@ impl Dispatcher {
         &self.shared.stats
     }
 
-    /// Starts handling one message: it runs once [`Dispatcher::flush`] hands
-    /// this turn's messages to the workers, and reports exactly one event.
-    pub(crate) fn start(&mut self, slot: PartitionSlot, msg: Message) {
+    /// Starts handling one message. It reports exactly one event: returned
+    /// here if the handler ended on its first poll, else sent by a worker
+    /// once [`Dispatcher::flush`] has handed it over and it ends.
+    pub(crate) fn start(&mut self, slot: PartitionSlot, msg: Message) -> Option<Event> {
         self.shared.stats.dispatched.fetch_add(1, Ordering::Relaxed);
-        let n = self.pending.len();
-        if let Some(batch) = self.pending.get_mut(self.next % n.max(1)) {
-            batch.push((slot, msg));
+        if !self.inline.on() {
+            self.hand_over(Start::Fresh(slot, msg));
+            return None;
         }
-        self.next = self.next.wrapping_add(1);
+        self.shared.stats.first_polls_here.fetch_add(1, Ordering::Relaxed);
+        // kconc's own code around the handler (the handler's panics are
+        // caught inside) must not take the poll thread down: should it
+        // panic, the slot is freed and the offset left uncommitted.
+        let (partition, offset) = (msg.partition(), msg.offset());
+        match std::panic::catch_unwind(AssertUnwindSafe(|| self.begin_here(slot, msg))) {
+            Ok(Begun::Ended(event)) => Some(event),
+            Ok(Begun::HandOver(start)) => {
+                self.hand_over(start);
+                None
+            }
+            Err(_) => {
+                tracing::error!(
+                    subscriber = &*self.shared.subscriber,
+                    partition,
+                    offset,
+                    "kconc panicked around a handler call; the message is left uncommitted"
+                );
+                Some(Event::Abandoned(slot))
+            }
+        }
     }
 
     /// Hands what was started since the last flush to the workers, one send
@@ -441,11 +516,134 @@ impl Dispatcher {
             }
             if let Err(unsent) = tx.send(std::mem::take(batch)) {
                 // The worker is gone (the runtime is shutting down): these
-                // never run, so free their slots and leave them uncommitted.
-                for (slot, _) in unsent.0 {
+                // never run on, so free their slots and leave them
+                // uncommitted.
+                for start in unsent.0 {
+                    let slot = match start {
+                        Start::Fresh(slot, _) => slot,
+                        Start::Running(call, _) => {
+                            self.shared.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
+                            call.slot
+                        }
+                        Start::DeadLetter(dead) => dead.call.slot,
+                    };
                     let _ = self.shared.events.send(Event::Abandoned(slot));
                 }
             }
+        }
+    }
+
+    fn hand_over(&mut self, start: Start) {
+        let n = self.pending.len();
+        if let Some(batch) = self.pending.get_mut(self.next % n.max(1)) {
+            batch.push(start);
+        }
+        self.next = self.next.wrapping_add(1);
+    }
+
+    /// Calls the handler here and polls its future once. Returns the event
+    /// if it ended, or what a worker takes up.
+    fn begin_here(&mut self, slot: PartitionSlot, msg: Message) -> Begun {
+        let shared = &*self.shared;
+        let (call, begun) = shared.begin(slot, msg);
+        let (outcome, took) = match begun {
+            Ok(mut fut) => {
+                let polled = {
+                    let _in_span = call.span.enter();
+                    // A waker that does nothing is enough: a future that
+                    // waits is polled again by its worker, with the
+                    // worker's waker, before the worker sleeps, and a
+                    // future must register the waker of its latest poll.
+                    Handler::poll(&mut fut, &mut std::task::Context::from_waker(std::task::Waker::noop()))
+                };
+                let took = call.started.elapsed();
+                self.inline.record(took, polled.is_pending());
+                match polled {
+                    Poll::Ready(outcome) => (outcome, took),
+                    Poll::Pending => return Begun::HandOver(Start::Running(call, fut)),
+                }
+            }
+            Err(outcome) => (outcome, call.started.elapsed()),
+        };
+        match shared.conclude(call, outcome, took) {
+            Concluded::Event(event) => Begun::Ended(event),
+            Concluded::DeadLetter(dead) => Begun::HandOver(Start::DeadLetter(dead)),
+        }
+    }
+}
+
+/// Decides whether the poll thread polls new handlers once itself (see
+/// [`FirstPoll::Auto`] for the rule). When it does not, messages go
+/// straight to the workers and it tries again after `backoff` messages, a
+/// wait that doubles each time the try fails. So handlers that wait for
+/// I/O, or compute, run on the workers, and the poll thread, which also
+/// serves rebalances, is held up by at most one handler's first poll per
+/// try.
+#[derive(Debug)]
+struct Inline {
+    mode: FirstPoll,
+    on: bool,
+    /// Messages left in this window (on) or until the next try (off).
+    left: u32,
+    waited: u32,
+    spent: std::time::Duration,
+    backoff: u32,
+}
+
+const INLINE_WINDOW: u32 = 64;
+const INLINE_BUDGET: std::time::Duration = std::time::Duration::from_micros(20);
+const INLINE_MAX: std::time::Duration = std::time::Duration::from_micros(500);
+const FIRST_BACKOFF: u32 = 256;
+const MAX_BACKOFF: u32 = 1 << 16;
+
+impl Inline {
+    fn new(mode: FirstPoll) -> Self {
+        Self {
+            mode,
+            on: mode != FirstPoll::Worker,
+            left: INLINE_WINDOW,
+            waited: 0,
+            spent: std::time::Duration::ZERO,
+            backoff: FIRST_BACKOFF,
+        }
+    }
+
+    /// Whether to begin the next message here; counts it when not.
+    fn on(&mut self) -> bool {
+        if self.on {
+            return true;
+        }
+        if self.mode == FirstPoll::Auto {
+            self.left = self.left.saturating_sub(1);
+            if self.left == 0 {
+                self.on = true;
+                self.left = INLINE_WINDOW;
+                self.waited = 0;
+                self.spent = std::time::Duration::ZERO;
+            }
+        }
+        false
+    }
+
+    /// Records how a first poll here went.
+    fn record(&mut self, took: std::time::Duration, waited: bool) {
+        if self.mode != FirstPoll::Auto {
+            return;
+        }
+        self.spent += took;
+        self.waited += u32::from(waited);
+        if took > INLINE_MAX || self.waited > INLINE_WINDOW / 2 || self.spent > INLINE_BUDGET * INLINE_WINDOW {
+            self.on = false;
+            self.left = self.backoff;
+            self.backoff = self.backoff.saturating_mul(2).min(MAX_BACKOFF);
+            return;
+        }
+        self.left = self.left.saturating_sub(1);
+        if self.left == 0 {
+            self.left = INLINE_WINDOW;
+            self.waited = 0;
+            self.spent = std::time::Duration::ZERO;
+            self.backoff = FIRST_BACKOFF;
         }
     }
 }
@@ -453,7 +651,7 @@ impl Dispatcher {
 /// One worker: runs every message it is given concurrently and sends the
 /// events of those that ended, batched per wake-up, until the dispatcher is
 /// dropped and its handlers have ended.
-async fn work(shared: Arc<Shared>, mut inbox: UnboundedReceiver<Batch>) {
+async fn work(shared: Arc<Shared>, mut inbox: UnboundedReceiver<Vec<Start>>) {
     let shared = &*shared;
     let mut running = Slots::new();
     let mut ended = Vec::new();
@@ -463,8 +661,8 @@ async fn work(shared: Arc<Shared>, mut inbox: UnboundedReceiver<Batch>) {
         while open {
             match inbox.poll_recv(cx) {
                 Poll::Ready(Some(batch)) => {
-                    for (slot, msg) in batch {
-                        running.insert(guarded(shared, slot, msg));
+                    for start in batch {
+                        running.insert(Drive::new(shared, start));
                     }
                 }
                 Poll::Ready(None) => open = false,
@@ -618,30 +816,164 @@ impl<F: Future> Slots<F> {
     }
 }
 
-/// Runs one message; should kconc's own code around the handler panic (the
-/// handler's panics are caught inside), its slot is freed and its offset
-/// left uncommitted, so the worker and its other handlers go on.
-fn guarded(shared: &Shared, slot: PartitionSlot, msg: Message) -> impl Future<Output = Event> + Send + '_ {
-    let (partition, offset) = (msg.partition(), msg.offset());
-    AssertUnwindSafe(shared.run(slot, msg))
-        .catch_unwind()
-        .map(move |ended| {
-            ended.unwrap_or_else(|_| {
+/// One message on a worker, from where its [`Start`] says to its event: a
+/// plain state machine, not nested `async` layers, so building it and
+/// moving it into its place copies one small value. Should kconc's own
+/// code around the handler panic (the handler's panics are caught inside),
+/// its slot is freed and its offset left uncommitted, so the worker and
+/// its other handlers go on.
+struct Drive<'a> {
+    shared: &'a Shared,
+    /// The message's slot and offset, for the log line of such a panic.
+    slot: PartitionSlot,
+    offset: i64,
+    state: DriveState<'a>,
+}
+
+// The handler state is the one every message is in; boxing it to even out
+// the sizes would cost an allocation per message.
+#[allow(clippy::large_enum_variant)]
+enum DriveState<'a> {
+    /// The handler runs (or its building panicked: then the outcome is
+    /// known already).
+    Handler(Call, Result<HandlerFuture, Option<Outcome>>),
+    /// Producing the dead letter.
+    DeadLetter(std::pin::Pin<Box<dyn Future<Output = Event> + Send + 'a>>),
+    /// Ended (its event returned).
+    Ended,
+}
+
+impl<'a> Drive<'a> {
+    fn new(shared: &'a Shared, start: Start) -> Self {
+        let (slot, offset) = match &start {
+            Start::Fresh(slot, msg) => (*slot, msg.offset()),
+            Start::Running(call, _) => (call.slot, call.offset),
+            Start::DeadLetter(dead) => (dead.call.slot, dead.call.offset),
+        };
+        let state = match start {
+            Start::Fresh(slot, msg) => {
+                let (call, begun) = shared.begin(slot, msg);
+                DriveState::Handler(call, begun.map_err(Some))
+            }
+            Start::Running(call, fut) => DriveState::Handler(call, Ok(fut)),
+            Start::DeadLetter(dead) => DriveState::DeadLetter(shared.dead_letter_boxed(*dead)),
+        };
+        Self {
+            shared,
+            slot,
+            offset,
+            state,
+        }
+    }
+
+    fn step(&mut self, cx: &mut std::task::Context<'_>) -> Poll<Event> {
+        loop {
+            match &mut self.state {
+                DriveState::Handler(call, begun) => {
+                    let outcome = match begun {
+                        Ok(fut) => {
+                            let _in_span = call.span.enter();
+                            match Handler::poll(fut, cx) {
+                                Poll::Ready(outcome) => outcome,
+                                Poll::Pending => return Poll::Pending,
+                            }
+                        }
+                        Err(outcome) => match outcome.take() {
+                            Some(outcome) => outcome,
+                            // Not reached: the state ends below once taken.
+                            None => {
+                                self.state = DriveState::Ended;
+                                return Poll::Ready(Event::Abandoned(self.slot));
+                            }
+                        },
+                    };
+                    let DriveState::Handler(call, _) = std::mem::replace(&mut self.state, DriveState::Ended) else {
+                        return Poll::Ready(Event::Abandoned(self.slot));
+                    };
+                    let took = call.started.elapsed();
+                    match self.shared.conclude(call, outcome, took) {
+                        Concluded::Event(event) => return Poll::Ready(event),
+                        Concluded::DeadLetter(dead) => {
+                            self.state = DriveState::DeadLetter(self.shared.dead_letter_boxed(*dead));
+                        }
+                    }
+                }
+                DriveState::DeadLetter(fut) => {
+                    let event = std::task::ready!(fut.as_mut().poll(cx));
+                    self.state = DriveState::Ended;
+                    return Poll::Ready(event);
+                }
+                // Not polled again once ended (the worker frees its place).
+                DriveState::Ended => return Poll::Ready(Event::Abandoned(self.slot)),
+            }
+        }
+    }
+}
+
+impl Future for Drive<'_> {
+    type Output = Event;
+
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Event> {
+        let this = &mut *self;
+        match std::panic::catch_unwind(AssertUnwindSafe(|| this.step(cx))) {
+            Ok(poll) => poll,
+            Err(_) => {
                 tracing::error!(
-                    subscriber = &*shared.subscriber,
-                    partition,
-                    offset,
+                    subscriber = &*this.shared.subscriber,
+                    partition = this.slot.partition,
+                    offset = this.offset,
                     "kconc panicked around a handler call; the message is left uncommitted"
                 );
-                Event::Abandoned(slot)
-            })
-        })
+                this.state = DriveState::Ended;
+                Poll::Ready(Event::Abandoned(this.slot))
+            }
+        }
+    }
+}
+
+/// One handler call in progress: what its end needs to know.
+pub(crate) struct Call {
+    slot: PartitionSlot,
+    /// Kept for the log line of a failure; cloning the shared name is
+    /// cheaper than formatting on every message.
+    topic: Arc<str>,
+    partition: i32,
+    offset: i64,
+    attempt: u32,
+    /// The message as it was, for a retry or a dead letter (when the policy
+    /// may need one: the handler consumes the message).
+    copy: Option<Message>,
+    span: tracing::Span,
+    started: Instant,
+}
+
+/// How a handler call ended, for the poll loop.
+enum Concluded {
+    Event(Event),
+    /// Failed its last attempt and the policy dead-letters it: the produce
+    /// comes first.
+    DeadLetter(Box<DeadLetter>),
 }
 
 impl Shared {
-    async fn run(&self, slot: PartitionSlot, msg: Message) -> Event {
-        // Kept for the log line of a failure; cloning the shared name is
-        // cheaper than formatting on every message.
+    /// Boxed: the dead-letter produce is rare and its future is large;
+    /// inline, it would make every message's future (built and moved per
+    /// message) several times bigger.
+    fn dead_letter_boxed(&self, dead: DeadLetter) -> std::pin::Pin<Box<dyn Future<Output = Event> + Send + '_>> {
+        Box::pin(async move {
+            let DeadLetter { call, copy, error } = dead;
+            match &self.policy.on_error {
+                OnError::DeadLetter(dlq) => self.dead_letter(call.slot, dlq, &copy, &error).await,
+                // Not reached: only a dead-letter policy concludes so.
+                _ => Event::Abandoned(call.slot),
+            }
+        })
+    }
+
+    /// Begins a call: the span, the copy kept for a retry or a dead letter,
+    /// and the handler's future (a panic while building it is the call's
+    /// outcome).
+    fn begin(&self, slot: PartitionSlot, msg: Message) -> (Call, Result<HandlerFuture, Outcome>) {
         let (topic, partition, offset, attempt) = (msg.topic_name(), msg.partition(), msg.offset(), msg.attempt());
         let copy = self.policy.keeps_copy(attempt).then(|| msg.clone());
         let span = tracing::debug_span!(
@@ -664,13 +996,41 @@ impl Shared {
         }
         self.stats.in_flight.fetch_add(1, Ordering::Relaxed);
         let started = Instant::now();
-        let outcome = tracing::Instrument::instrument(self.handler.call(msg, &self.context), span).await;
+        let begun = {
+            let _in_span = span.enter();
+            self.handler.begin(msg, &self.context)
+        };
+        let call = Call {
+            slot,
+            topic,
+            partition,
+            offset,
+            attempt,
+            copy,
+            span,
+            started,
+        };
+        (call, begun)
+    }
+
+    /// Ends a call that took `took`: counts it, and decides by the error
+    /// policy what its outcome leads to.
+    fn conclude(&self, call: Call, outcome: Outcome, took: std::time::Duration) -> Concluded {
         self.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
-        self.stats.handler_seconds.0.observe(started.elapsed().as_secs_f64());
+        self.stats.handler_seconds.0.observe(took.as_secs_f64());
+        let Call {
+            slot,
+            topic,
+            partition,
+            offset,
+            attempt,
+            copy,
+            ..
+        } = call;
         let (error, retryable) = match outcome {
             Outcome::Ok => {
                 self.stats.handled.fetch_add(1, Ordering::Relaxed);
-                return Event::Done(Completion { slot, offset });
+                return Concluded::Event(Event::Done(Completion { slot, offset }));
             }
             Outcome::Failed(error) => {
                 self.stats.failed.fetch_add(1, Ordering::Relaxed);
@@ -693,11 +1053,11 @@ impl Shared {
                 retry_in_ms = delay.as_millis() as u64,
                 "handler failed; retrying"
             );
-            return Event::Retry {
+            return Concluded::Event(Event::Retry {
                 slot,
                 msg: copy.clone().next_attempt(),
                 due: Instant::now() + delay,
-            };
+            });
         }
         match &self.policy.on_error {
             OnError::Skip => {
@@ -705,7 +1065,7 @@ impl Shared {
                     subscriber = %self.subscriber, topic = &*topic, partition, offset, attempt, error,
                     "handler failed; skipped (the message counts as finished)"
                 );
-                Event::Done(Completion { slot, offset })
+                Concluded::Event(Event::Done(Completion { slot, offset }))
             }
             OnError::Stop => {
                 self.stats.stopped.fetch_add(1, Ordering::Relaxed);
@@ -713,19 +1073,29 @@ impl Shared {
                     subscriber = %self.subscriber, topic = &*topic, partition, offset, attempt, error,
                     "handler failed; partition stopped: nothing after this offset is handled or committed until it is reassigned or the program restarts"
                 );
-                Event::Stopped {
+                Concluded::Event(Event::Stopped {
                     slot,
                     offset,
                     reason: error,
-                }
+                })
             }
-            OnError::DeadLetter(dlq) => match copy {
-                // Boxed: the dead-letter produce is rare and its future is
-                // large; inline, it would make every message's future
-                // (allocated and moved per message) several times bigger.
-                Some(copy) => Box::pin(self.dead_letter(slot, dlq, &copy, &error)).await,
+            OnError::DeadLetter(_) => match copy {
+                Some(copy) => Concluded::DeadLetter(Box::new(DeadLetter {
+                    call: Call {
+                        slot,
+                        topic,
+                        partition,
+                        offset,
+                        attempt,
+                        copy: None,
+                        span: tracing::Span::none(),
+                        started: Instant::now(),
+                    },
+                    copy,
+                    error,
+                })),
                 // Not reached: a dead-letter policy always keeps a copy.
-                None => Event::Abandoned(slot),
+                None => Concluded::Event(Event::Abandoned(slot)),
             },
         }
     }
@@ -771,6 +1141,7 @@ impl Shared {
 mod tests {
     use super::*;
     use futures_util::future::BoxFuture;
+    use futures_util::FutureExt as _;
     use std::task::{Context, Wake, Waker};
 
     struct Count(AtomicU64);
@@ -828,5 +1199,72 @@ mod tests {
         assert_eq!(ended, [7, 5, 9, 3]);
         assert!(slots.is_empty());
         assert_eq!(slots.slots.len(), 2, "two places served four futures");
+    }
+
+    /// Feeds `n` first polls of `took` each, `waited` or not, counting how
+    /// many the rule let begin here.
+    fn feed(inline: &mut Inline, n: u32, took: std::time::Duration, waited: bool) -> u32 {
+        let mut here = 0;
+        for _ in 0..n {
+            if inline.on() {
+                here += 1;
+                inline.record(took, waited);
+            }
+        }
+        here
+    }
+
+    #[test]
+    fn first_polls_stay_on_the_poll_thread_only_while_handlers_end_there_quickly() {
+        let quick = std::time::Duration::from_micros(2);
+        let mut auto = Inline::new(FirstPoll::Auto);
+        assert_eq!(
+            feed(&mut auto, 10_000, quick, false),
+            10_000,
+            "quick handlers that end stay here"
+        );
+
+        // Handlers that wait: the window gives up after half of it waited,
+        // then tries again after 256, 512, 1,024 ... messages.
+        let mut waits = Inline::new(FirstPoll::Auto);
+        assert_eq!(
+            feed(&mut waits, INLINE_WINDOW / 2 + 1, quick, true),
+            INLINE_WINDOW / 2 + 1
+        );
+        assert!(!waits.on);
+        assert_eq!(feed(&mut waits, FIRST_BACKOFF - 1, quick, true), 0);
+        assert_eq!(
+            feed(&mut waits, 1, quick, true),
+            0,
+            "the 256th message is counted, then a try"
+        );
+        assert!(waits.on);
+        assert_eq!(
+            feed(&mut waits, INLINE_WINDOW / 2 + 1, quick, true),
+            INLINE_WINDOW / 2 + 1
+        );
+        assert_eq!(waits.left, 2 * FIRST_BACKOFF, "the wait doubles after a failed try");
+        let here = feed(&mut waits, 100_000, quick, true);
+        assert!(here < 1_000, "{here} of 100,000 waiting handlers began here");
+
+        // One slow first poll stops it at once; a good window afterwards
+        // resets the wait.
+        let mut slow = Inline::new(FirstPoll::Auto);
+        assert_eq!(feed(&mut slow, 1, INLINE_MAX * 2, false), 1);
+        assert!(!slow.on);
+        assert_eq!(feed(&mut slow, FIRST_BACKOFF, quick, false), 0);
+        assert!(slow.on);
+        assert_eq!(feed(&mut slow, INLINE_WINDOW, quick, false), INLINE_WINDOW);
+        assert_eq!(slow.backoff, FIRST_BACKOFF);
+
+        // Steady work over budget (here 40 µs each) stops it within a window.
+        let mut busy = Inline::new(FirstPoll::Auto);
+        let here = feed(&mut busy, INLINE_WINDOW, INLINE_BUDGET * 2, false);
+        assert!(here <= INLINE_WINDOW / 2 + 1 && !busy.on, "{here}");
+
+        let mut always = Inline::new(FirstPoll::PollThread);
+        assert_eq!(feed(&mut always, 1_000, INLINE_MAX * 2, true), 1_000);
+        let mut never = Inline::new(FirstPoll::Worker);
+        assert_eq!(feed(&mut never, 100_000, quick, false), 0);
     }
 }

@@ -6,8 +6,7 @@ use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
-
-use futures_util::FutureExt as _;
+use std::task::Poll;
 
 use crate::context::Context;
 use crate::message::Message;
@@ -67,17 +66,22 @@ impl Handler {
         Self(Arc::new(f))
     }
 
-    /// Runs the handler on one message, turning a panic (while building the
-    /// future or while polling it) into an error so it never escapes the task.
-    pub(crate) async fn call(&self, msg: Message, cx: &Context) -> Outcome {
-        let fut = match std::panic::catch_unwind(AssertUnwindSafe(|| (self.0)(msg, cx))) {
-            Ok(fut) => fut,
-            Err(panic) => return Outcome::Panicked(panic_text(&*panic)),
-        };
-        match AssertUnwindSafe(fut).catch_unwind().await {
-            Ok(Ok(())) => Outcome::Ok,
-            Ok(Err(e)) => Outcome::Failed(e),
-            Err(panic) => Outcome::Panicked(panic_text(&*panic)),
+    /// Calls the handler on one message and returns its future; a panic
+    /// while building it is the call's outcome.
+    pub(crate) fn begin(&self, msg: Message, cx: &Context) -> Result<HandlerFuture, Outcome> {
+        std::panic::catch_unwind(AssertUnwindSafe(|| (self.0)(msg, cx)))
+            .map_err(|panic| Outcome::Panicked(panic_text(&*panic)))
+    }
+
+    /// Polls a handler's future once, turning a panic into the outcome, so
+    /// it never escapes to the thread polling it. A future that ended (or
+    /// panicked) is not polled again.
+    pub(crate) fn poll(fut: &mut HandlerFuture, cx: &mut std::task::Context<'_>) -> Poll<Outcome> {
+        match std::panic::catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(cx))) {
+            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Ready(Ok(()))) => Poll::Ready(Outcome::Ok),
+            Ok(Poll::Ready(Err(e))) => Poll::Ready(Outcome::Failed(e)),
+            Err(panic) => Poll::Ready(Outcome::Panicked(panic_text(&*panic))),
         }
     }
 }

@@ -226,6 +226,12 @@ pub(crate) fn metrics_text(watched: &[Watched], t: &HealthThresholds) -> Result<
     );
     counter(
         &mut registry,
+        "first_polls_on_poll_thread",
+        "Handlers whose first poll ran on the poll thread (first_poll = auto or poll_thread)",
+        &|s| r(&s.first_polls_here),
+    );
+    counter(
+        &mut registry,
         "messages_failed",
         "Handler calls that returned an error",
         &|s| r(&s.failed),

@@ -89,7 +89,7 @@ pub use handler::{BoxError, Handler, IntoHandlerResult};
 pub use health::{Health, HealthThresholds, SubscriberHealth};
 pub use message::{Header, Message, PayloadError};
 pub use policy::{NonRetryable, OnError};
-pub use subscriber::{Ordering, Subscriber};
+pub use subscriber::{FirstPoll, Ordering, Subscriber};
 
 /// Generates the program's `main`: runs every `#[subscriber]` until SIGINT or
 /// SIGTERM, then shuts down gracefully. `--help` lists the flags;
