@@ -616,3 +616,44 @@ async fn a_blocking_handler_leaves_the_poll_thread_at_once() {
         "blocking handlers ran one at a time: they stayed on one thread"
     );
 }
+
+/// Handlers that end on their first poll free their slots as fast as
+/// messages are read, so nothing but the loop's own bounds makes it stop
+/// reading: a backlog must still be committed while it is consumed (and
+/// rebalances served), not only once it has been read to the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_of_quick_handlers_is_committed_while_it_is_consumed() {
+    let (topic, group, parts, n) = ("backlog", "g-backlog", 4, 20_000);
+    let cluster = cluster(topic, parts);
+    let ends = produce(cluster.bootstrap_servers(), topic, parts, n, 100);
+    let done = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let d = done.clone();
+    let sub = Subscriber::new("backlog", [topic], group, move |_m: Message| {
+        let d = d.clone();
+        async move {
+            // About 10 µs of work on the poll thread: 20,000 take 0.2 s.
+            let until = std::time::Instant::now() + Duration::from_micros(10);
+            while std::time::Instant::now() < until {
+                std::hint::spin_loop();
+            }
+            d.fetch_add(1, Ordering::SeqCst);
+        }
+    })
+    .concurrency(100)
+    .first_poll(FirstPoll::PollThread);
+    let app = test_app(cluster.bootstrap_servers())
+        .subscriber(quick(sub))
+        .start()
+        .unwrap();
+    wait_for("all handled", DEADLINE, || done.load(Ordering::SeqCst) >= n).await;
+    let stats = app.stats("backlog").unwrap();
+    let bootstrap = app.bootstrap_servers().to_owned();
+    app.shutdown().await;
+    assert!(
+        stats.commits >= 5,
+        "only {} commits while 20,000 messages were consumed (commit_batch_size 100)",
+        stats.commits
+    );
+    assert_eq!(stats.first_polls_on_poll_thread as usize, n);
+    assert_eq!(committed(&bootstrap, group, topic, parts), all_committed(&ends));
+}

@@ -58,6 +58,10 @@ const PARTITION_BATCH: usize = 64;
 /// Messages read from partition queues in one turn of the poll loop, at
 /// most, before it polls the consumer again for rebalances and errors.
 const TURN_READS: usize = 4096;
+/// Messages one `fill` reads at most: handlers that end on their first
+/// poll free their slots as fast as it reads, so without a bound it would
+/// read the whole backlog before the loop commits or serves a rebalance.
+const FILL_READS: usize = 256;
 /// How long the final commit of a shutdown may take.
 const FINAL_COMMIT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -551,7 +555,8 @@ impl Engine {
 
     /// Reads partition queues, a batch from each in turn, while fewer than
     /// `max_buffered` messages wait and the partition's messages blocked
-    /// behind busy lanes are below its share. Returns how many it read.
+    /// behind busy lanes are below its share, up to `FILL_READS` messages.
+    /// Returns how many it read.
     fn fill(&mut self) -> usize {
         if self.closing || self.order.is_empty() {
             return 0;
@@ -570,7 +575,7 @@ impl Engine {
             for i in 0..n {
                 let (t, p) = self.order[(self.next_turn + i) % n];
                 for _ in 0..PARTITION_BATCH {
-                    if self.waiting.len() >= self.settings.max_buffered {
+                    if self.waiting.len() >= self.settings.max_buffered || read >= FILL_READS {
                         // The next turn starts after this partition, so a
                         // deep partition cannot starve the others.
                         self.next_turn = (self.next_turn + i + 1) % n;
