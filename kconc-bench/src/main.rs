@@ -20,7 +20,8 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use kconc_runtime::rdkafka::consumer::{BaseConsumer, Consumer as _, StreamConsumer};
+use kconc_runtime::rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
+use kconc_runtime::rdkafka::message::BorrowedMessage;
 use kconc_runtime::rdkafka::producer::{BaseProducer, BaseRecord, Producer as _};
 use kconc_runtime::rdkafka::{ClientConfig, Message as _};
 use kconc_runtime::{App, EmbeddedCluster, FirstPoll, Message, Ordering as Mode, Subscriber};
@@ -248,77 +249,81 @@ fn produce(bootstrap: &str, topic: &str, n: usize, keys: usize) -> Result<(), St
     producer.flush(Duration::from_secs(60)).map_err(|e| e.to_string())
 }
 
-/// Messages per second of a raw rdkafka loop reading `n` messages.
-fn raw_loop(bootstrap: &str, topic: &str, group: &str, n: usize) -> Result<(f64, Usage), String> {
-    let consumer: BaseConsumer = ClientConfig::new()
+/// The raw loops' consumer: offsets stored by hand after each message and
+/// committed by librdkafka every 5 s, as a hand-written service would.
+fn raw_config(bootstrap: &str, group: &str) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
         .set("bootstrap.servers", bootstrap)
         .set("group.id", group)
         .set("enable.auto.commit", "true")
         .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest")
-        .create()
-        .map_err(|e| e.to_string())?;
+        .set("auto.offset.reset", "earliest");
+    config
+}
+
+/// Messages per second of a raw rdkafka loop reading `n` messages.
+fn raw_loop(bootstrap: &str, topic: &str, group: &str, n: usize) -> Result<(f64, Usage), String> {
+    let consumer: BaseConsumer = raw_config(bootstrap, group).create().map_err(|e| e.to_string())?;
     consumer.subscribe(&[topic]).map_err(|e| e.to_string())?;
-    let mut seen = 0;
-    let mut start = None;
-    let mut usage = Usage::default();
+    let mut run = RawRun::default();
     let deadline = Instant::now() + Duration::from_secs(300);
-    while seen < n {
+    while run.seen < n {
         if Instant::now() > deadline {
-            return Err(format!("raw loop: only {seen} of {n} messages"));
+            return Err(format!("raw loop: only {} of {n} messages", run.seen));
         }
         match consumer.poll(Duration::from_millis(100)) {
-            Some(Ok(m)) => {
-                start.get_or_insert_with(|| {
-                    usage = Usage::now();
-                    Instant::now()
-                });
-                let order: Result<Order, _> = serde_json::from_slice(m.payload().unwrap_or_default());
-                std::hint::black_box(order.map(|o| o.id).unwrap_or(0));
-                let _ = consumer.store_offset_from_message(&m);
-                seen += 1;
-            }
+            Some(Ok(m)) => run.handle(&consumer, &m),
             Some(Err(e)) => return Err(e.to_string()),
             None => {}
         }
     }
-    let took = start.map_or(Duration::ZERO, |s| s.elapsed());
-    Ok((n as f64 / took.as_secs_f64(), Usage::now().since(usage)))
+    Ok(run.finish())
+}
+
+/// What a raw loop counts, and the work it does per message.
+#[derive(Default)]
+struct RawRun {
+    seen: usize,
+    start: Option<(Instant, Usage)>,
+}
+
+impl RawRun {
+    /// Decodes the JSON and stores the offset, as kconc's handler decodes
+    /// it and kconc stores (commits) offsets.
+    fn handle<C: Consumer>(&mut self, consumer: &C, m: &BorrowedMessage<'_>) {
+        self.start.get_or_insert_with(|| (Instant::now(), Usage::now()));
+        let order: Result<Order, _> = serde_json::from_slice(m.payload().unwrap_or_default());
+        std::hint::black_box(order.map(|o| o.id).unwrap_or(0));
+        let _ = consumer.store_offset_from_message(m);
+        self.seen += 1;
+    }
+
+    /// Messages per second and usage from the first message to now.
+    fn finish(self) -> (f64, Usage) {
+        let (took, usage) = self.start.map_or((Duration::ZERO, Usage::default()), |(t, u)| {
+            (t.elapsed(), Usage::now().since(u))
+        });
+        (self.seen as f64 / took.as_secs_f64(), usage)
+    }
 }
 
 /// The baseline: a hand-written async loop over rdkafka's
 /// `StreamConsumer` (what a tokio service would write without kconc), doing
 /// the same work as [`raw_loop`].
 async fn stream_loop(bootstrap: &str, topic: &str, group: &str, n: usize) -> Result<(f64, Usage), String> {
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", group)
-        .set("enable.auto.commit", "true")
-        .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest")
-        .create()
-        .map_err(|e| e.to_string())?;
+    let consumer: StreamConsumer = raw_config(bootstrap, group).create().map_err(|e| e.to_string())?;
     consumer.subscribe(&[topic]).map_err(|e| e.to_string())?;
-    let mut seen = 0;
-    let mut start = None;
-    let mut usage = Usage::default();
+    let mut run = RawRun::default();
     let deadline = Instant::now() + Duration::from_secs(300);
-    while seen < n {
+    while run.seen < n {
         let m = tokio::time::timeout_at(deadline.into(), consumer.recv())
             .await
-            .map_err(|_| format!("stream loop: only {seen} of {n} messages"))?
+            .map_err(|_| format!("stream loop: only {} of {n} messages", run.seen))?
             .map_err(|e| e.to_string())?;
-        start.get_or_insert_with(|| {
-            usage = Usage::now();
-            Instant::now()
-        });
-        let order: Result<Order, _> = serde_json::from_slice(m.payload().unwrap_or_default());
-        std::hint::black_box(order.map(|o| o.id).unwrap_or(0));
-        let _ = consumer.store_offset_from_message(&m);
-        seen += 1;
+        run.handle(&consumer, &m);
     }
-    let took = start.map_or(Duration::ZERO, |s| s.elapsed());
-    Ok((n as f64 / took.as_secs_f64(), Usage::now().since(usage)))
+    Ok(run.finish())
 }
 
 /// What one kconc run measured.

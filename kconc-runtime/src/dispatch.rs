@@ -1015,18 +1015,12 @@ impl Shared {
 
     /// Ends a call that took `took`: counts it, and decides by the error
     /// policy what its outcome leads to.
-    fn conclude(&self, call: Call, outcome: Outcome, took: std::time::Duration) -> Concluded {
+    fn conclude(&self, mut call: Call, outcome: Outcome, took: std::time::Duration) -> Concluded {
         self.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
         self.stats.handler_seconds.0.observe(took.as_secs_f64());
-        let Call {
-            slot,
-            topic,
-            partition,
-            offset,
-            attempt,
-            copy,
-            ..
-        } = call;
+        let (slot, partition, offset, attempt) = (call.slot, call.partition, call.offset, call.attempt);
+        let copy = call.copy.take();
+        let topic = call.topic.clone();
         let (error, retryable) = match outcome {
             Outcome::Ok => {
                 self.stats.handled.fetch_add(1, Ordering::Relaxed);
@@ -1080,20 +1074,7 @@ impl Shared {
                 })
             }
             OnError::DeadLetter(_) => match copy {
-                Some(copy) => Concluded::DeadLetter(Box::new(DeadLetter {
-                    call: Call {
-                        slot,
-                        topic,
-                        partition,
-                        offset,
-                        attempt,
-                        copy: None,
-                        span: tracing::Span::none(),
-                        started: Instant::now(),
-                    },
-                    copy,
-                    error,
-                })),
+                Some(copy) => Concluded::DeadLetter(Box::new(DeadLetter { call, copy, error })),
                 // Not reached: a dead-letter policy always keeps a copy.
                 None => Concluded::Event(Event::Abandoned(slot)),
             },
