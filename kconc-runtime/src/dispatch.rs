@@ -1020,7 +1020,6 @@ impl Shared {
         self.stats.handler_seconds.0.observe(took.as_secs_f64());
         let (slot, partition, offset, attempt) = (call.slot, call.partition, call.offset, call.attempt);
         let copy = call.copy.take();
-        let topic = call.topic.clone();
         let (error, retryable) = match outcome {
             Outcome::Ok => {
                 self.stats.handled.fetch_add(1, Ordering::Relaxed);
@@ -1035,6 +1034,8 @@ impl Shared {
                 (format!("handler panicked: {panic}"), true)
             }
         };
+        // For the log lines below (only failures get here).
+        let topic = call.topic.clone();
         if let (true, true, Some(copy)) = (retryable, self.policy.retries_left(attempt), &copy) {
             let clock = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
