@@ -392,17 +392,26 @@ pub(crate) enum Start {
     DeadLetter(Box<DeadLetter>),
 }
 
+impl Start {
+    /// The message's slot and offset.
+    fn slot_offset(&self) -> (PartitionSlot, i64) {
+        match self {
+            Self::Fresh(slot, msg) => (*slot, msg.offset()),
+            Self::Running(call, _) => (call.slot, call.offset),
+            Self::DeadLetter(dead) => (dead.call.slot, dead.call.offset),
+        }
+    }
+}
+
 impl std::fmt::Debug for Start {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Fresh(slot, msg) => f.debug_tuple("Fresh").field(slot).field(&msg.offset()).finish(),
-            Self::Running(call, _) => f.debug_tuple("Running").field(&call.slot).field(&call.offset).finish(),
-            Self::DeadLetter(dead) => f
-                .debug_tuple("DeadLetter")
-                .field(&dead.call.slot)
-                .field(&dead.call.offset)
-                .finish(),
-        }
+        let name = match self {
+            Self::Fresh(..) => "Fresh",
+            Self::Running(..) => "Running",
+            Self::DeadLetter(_) => "DeadLetter",
+        };
+        let (slot, offset) = self.slot_offset();
+        f.debug_tuple(name).field(&slot).field(&offset).finish()
     }
 }
 
@@ -519,15 +528,10 @@ impl Dispatcher {
                 // never run on, so free their slots and leave them
                 // uncommitted.
                 for start in unsent.0 {
-                    let slot = match start {
-                        Start::Fresh(slot, _) => slot,
-                        Start::Running(call, _) => {
-                            self.shared.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
-                            call.slot
-                        }
-                        Start::DeadLetter(dead) => dead.call.slot,
-                    };
-                    let _ = self.shared.events.send(Event::Abandoned(slot));
+                    if let Start::Running(..) = start {
+                        self.shared.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
+                    }
+                    let _ = self.shared.events.send(Event::Abandoned(start.slot_offset().0));
                 }
             }
         }
@@ -617,12 +621,17 @@ impl Inline {
             self.left = self.left.saturating_sub(1);
             if self.left == 0 {
                 self.on = true;
-                self.left = INLINE_WINDOW;
-                self.waited = 0;
-                self.spent = std::time::Duration::ZERO;
+                self.open_window();
             }
         }
         false
+    }
+
+    /// Starts counting a new window of first polls here.
+    fn open_window(&mut self) {
+        self.left = INLINE_WINDOW;
+        self.waited = 0;
+        self.spent = std::time::Duration::ZERO;
     }
 
     /// Records how a first poll here went.
@@ -640,9 +649,7 @@ impl Inline {
         }
         self.left = self.left.saturating_sub(1);
         if self.left == 0 {
-            self.left = INLINE_WINDOW;
-            self.waited = 0;
-            self.spent = std::time::Duration::ZERO;
+            self.open_window();
             self.backoff = FIRST_BACKOFF;
         }
     }
@@ -834,9 +841,11 @@ struct Drive<'a> {
 // the sizes would cost an allocation per message.
 #[allow(clippy::large_enum_variant)]
 enum DriveState<'a> {
-    /// The handler runs (or its building panicked: then the outcome is
-    /// known already).
-    Handler(Call, Result<HandlerFuture, Option<Outcome>>),
+    /// Not begun: the handler is called on the first poll (where a panic
+    /// of kconc's own code is caught).
+    Fresh(PartitionSlot, Message),
+    /// The handler runs.
+    Handler(Call, HandlerFuture),
     /// Producing the dead letter.
     DeadLetter(std::pin::Pin<Box<dyn Future<Output = Event> + Send + 'a>>),
     /// Ended (its event returned).
@@ -845,17 +854,10 @@ enum DriveState<'a> {
 
 impl<'a> Drive<'a> {
     fn new(shared: &'a Shared, start: Start) -> Self {
-        let (slot, offset) = match &start {
-            Start::Fresh(slot, msg) => (*slot, msg.offset()),
-            Start::Running(call, _) => (call.slot, call.offset),
-            Start::DeadLetter(dead) => (dead.call.slot, dead.call.offset),
-        };
+        let (slot, offset) = start.slot_offset();
         let state = match start {
-            Start::Fresh(slot, msg) => {
-                let (call, begun) = shared.begin(slot, msg);
-                DriveState::Handler(call, begun.map_err(Some))
-            }
-            Start::Running(call, fut) => DriveState::Handler(call, Ok(fut)),
+            Start::Fresh(slot, msg) => DriveState::Fresh(slot, msg),
+            Start::Running(call, fut) => DriveState::Handler(call, fut),
             Start::DeadLetter(dead) => DriveState::DeadLetter(shared.dead_letter_boxed(*dead)),
         };
         Self {
@@ -868,35 +870,31 @@ impl<'a> Drive<'a> {
 
     fn step(&mut self, cx: &mut std::task::Context<'_>) -> Poll<Event> {
         loop {
-            match &mut self.state {
-                DriveState::Handler(call, begun) => {
-                    let outcome = match begun {
-                        Ok(fut) => {
-                            let _in_span = call.span.enter();
-                            match Handler::poll(fut, cx) {
-                                Poll::Ready(outcome) => outcome,
-                                Poll::Pending => return Poll::Pending,
-                            }
+            let (call, outcome) = match &mut self.state {
+                DriveState::Fresh(..) => {
+                    let DriveState::Fresh(slot, msg) = std::mem::replace(&mut self.state, DriveState::Ended) else {
+                        continue;
+                    };
+                    match self.shared.begin(slot, msg) {
+                        (call, Ok(fut)) => {
+                            self.state = DriveState::Handler(call, fut);
+                            continue;
                         }
-                        Err(outcome) => match outcome.take() {
-                            Some(outcome) => outcome,
-                            // Not reached: the state ends below once taken.
-                            None => {
-                                self.state = DriveState::Ended;
-                                return Poll::Ready(Event::Abandoned(self.slot));
-                            }
-                        },
+                        (call, Err(outcome)) => (call, outcome),
+                    }
+                }
+                DriveState::Handler(call, fut) => {
+                    let polled = {
+                        let _in_span = call.span.enter();
+                        Handler::poll(fut, cx)
+                    };
+                    let Poll::Ready(outcome) = polled else {
+                        return Poll::Pending;
                     };
                     let DriveState::Handler(call, _) = std::mem::replace(&mut self.state, DriveState::Ended) else {
-                        return Poll::Ready(Event::Abandoned(self.slot));
+                        continue;
                     };
-                    let took = call.started.elapsed();
-                    match self.shared.conclude(call, outcome, took) {
-                        Concluded::Event(event) => return Poll::Ready(event),
-                        Concluded::DeadLetter(dead) => {
-                            self.state = DriveState::DeadLetter(self.shared.dead_letter_boxed(*dead));
-                        }
-                    }
+                    (call, outcome)
                 }
                 DriveState::DeadLetter(fut) => {
                     let event = std::task::ready!(fut.as_mut().poll(cx));
@@ -905,6 +903,13 @@ impl<'a> Drive<'a> {
                 }
                 // Not polled again once ended (the worker frees its place).
                 DriveState::Ended => return Poll::Ready(Event::Abandoned(self.slot)),
+            };
+            let took = call.started.elapsed();
+            match self.shared.conclude(call, outcome, took) {
+                Concluded::Event(event) => return Poll::Ready(event),
+                Concluded::DeadLetter(dead) => {
+                    self.state = DriveState::DeadLetter(self.shared.dead_letter_boxed(*dead));
+                }
             }
         }
     }
