@@ -510,7 +510,8 @@ async fn slow_handlers_never_exceed_max_poll_interval_and_the_buffer_stays_bound
 /// Handlers begun on the poll thread (`FirstPoll`) keep every guarantee:
 /// handlers that end at once, wait, or fail and are retried, under each
 /// mode, are all handled, committed to the partition ends, bounded by
-/// `concurrency`, and begun where the mode says.
+/// `concurrency`, and begun where the mode says. A first attempt that fails
+/// on the poll thread runs again on a worker, uncounted, before its retry.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_first_poll_mode_handles_each_message_once_and_commits_partition_ends() {
     let (parts, n) = (4, 1_200);
@@ -553,15 +554,33 @@ async fn every_first_poll_mode_handles_each_message_once_and_commits_partition_e
 
         let counts = rec.counts();
         assert_all_handled(&counts, &ends);
+        let reruns = stats.first_polls_rerun_on_worker as usize;
         let wrong: Vec<_> = counts
             .iter()
-            .filter(|((_, o), c)| **c != if o % 50 == 7 { 2 } else { 1 })
+            .filter(|((_, o), c)| {
+                let fails = o % 50 == 7;
+                match (fails, mode) {
+                    (false, _) => **c != 1,
+                    // Failed, then retried.
+                    (true, FirstPoll::Worker) => **c != 2,
+                    // Failed on the poll thread, ran again on a worker
+                    // (and failed there), then retried.
+                    (true, FirstPoll::PollThread) => **c != 3,
+                    (true, _) => !(2..=3).contains(*c),
+                }
+            })
             .collect();
         assert!(
             wrong.is_empty(),
             "{mode:?}: handled the wrong number of times: {wrong:?}"
         );
         assert_eq!(stats.retried as usize, retried, "{mode:?}");
+        assert_eq!(
+            counts.values().sum::<usize>(),
+            n + retried + reruns,
+            "{mode:?}: {stats:?}"
+        );
+        assert_eq!(stats.failed as usize, retried, "{mode:?}: reruns are not counted");
         assert!(rec.max_in_flight() <= 8, "{mode:?}: {} at once", rec.max_in_flight());
         assert_eq!(
             committed(&bootstrap, &group, &topic, parts),
@@ -570,8 +589,8 @@ async fn every_first_poll_mode_handles_each_message_once_and_commits_partition_e
         );
         let here = stats.first_polls_on_poll_thread as usize;
         match mode {
-            FirstPoll::Worker => assert_eq!(here, 0),
-            FirstPoll::PollThread => assert_eq!(here, n + retried),
+            FirstPoll::Worker => assert_eq!((here, reruns), (0, 0)),
+            FirstPoll::PollThread => assert_eq!((here, reruns), (n + retried, retried)),
             // The first message always begins there. How many more do
             // depends on how long first polls take on this machine (a
             // debug build, a loaded CI box): the rule itself is checked
@@ -581,9 +600,9 @@ async fn every_first_poll_mode_handles_each_message_once_and_commits_partition_e
     }
 }
 
-/// A handler that blocks its thread (here 5 ms) leaves the poll thread
-/// after one message and runs on the workers, concurrently; the poll
-/// thread tries one again only after 256 more.
+/// Under `FirstPoll::Auto`, a handler that blocks its thread (here 5 ms)
+/// leaves the poll thread after one message and runs on the workers,
+/// concurrently; the poll thread tries one again only after 256 more.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_blocking_handler_leaves_the_poll_thread_at_once() {
     let (topic, group, parts, n) = ("blocking", "g-blocking", 2, 300);
@@ -598,7 +617,8 @@ async fn a_blocking_handler_leaves_the_poll_thread_at_once() {
             std::thread::sleep(Duration::from_millis(5));
         }
     })
-    .concurrency(4);
+    .concurrency(4)
+    .first_poll(FirstPoll::Auto);
     let app = test_app(cluster.bootstrap_servers())
         .subscriber(quick(sub))
         .start()

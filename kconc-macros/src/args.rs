@@ -15,6 +15,7 @@ const KEYS: &[&str] = &[
     "group",
     "concurrency",
     "ordering",
+    "first_poll",
     "max_buffered",
     "commit_batch_size",
     "commit_interval",
@@ -37,6 +38,8 @@ pub(crate) struct Args {
     pub(crate) concurrency: Option<LitInt>,
     /// The `Ordering` variant: `Unordered`, `Key` or `Partition`.
     pub(crate) ordering: Option<&'static str>,
+    /// The `FirstPoll` variant: `Worker`, `PollThread` or `Auto`.
+    pub(crate) first_poll: Option<&'static str>,
     pub(crate) max_buffered: Option<LitInt>,
     pub(crate) commit_batch_size: Option<LitInt>,
     pub(crate) commit_interval_ms: Option<u64>,
@@ -84,6 +87,7 @@ pub(crate) fn parse(tokens: TokenStream) -> syn::Result<Args> {
     let mut group = None;
     let mut concurrency = None;
     let mut ordering_mode = None;
+    let mut first_poll_mode = None;
     let mut max_buffered = None;
     let mut commit_batch_size = None;
     let mut commit_interval_ms = None;
@@ -176,6 +180,7 @@ pub(crate) fn parse(tokens: TokenStream) -> syn::Result<Args> {
             "dead_letter" => dead_letter = non_empty_str(&value, "dead_letter", errors),
             "name" => name = non_empty_str(&value, "name", errors),
             "ordering" => ordering_mode = ordering(&value, errors),
+            "first_poll" => first_poll_mode = first_poll(&value, errors),
             "crate" => krate = crate_path(&value, errors),
             _ => {
                 let hint = closest(&k).map_or(String::new(), |c| format!("; did you mean `{c}`?"));
@@ -223,6 +228,7 @@ pub(crate) fn parse(tokens: TokenStream) -> syn::Result<Args> {
             group,
             concurrency,
             ordering: ordering_mode,
+            first_poll: first_poll_mode,
             max_buffered,
             commit_batch_size,
             commit_interval_ms,
@@ -386,6 +392,22 @@ fn ordering(value: &Expr, errors: &mut Errors) -> Option<&'static str> {
             errors.push_at(
                 s.span(),
                 format!("unknown ordering `{given}`{hint}\nuse `ordering = \"unordered\"` (the default), `\"key\"` (same key one at a time, in offset order) or `\"partition\"` (each partition one at a time)"),
+            );
+            None
+        }
+    }
+}
+
+fn first_poll(value: &Expr, errors: &mut Errors) -> Option<&'static str> {
+    let s = string(value, "first_poll", errors)?;
+    match s.value().as_str() {
+        "worker" => Some("Worker"),
+        "poll_thread" => Some("PollThread"),
+        "auto" => Some("Auto"),
+        given => {
+            errors.push_at(
+                s.span(),
+                format!("unknown first_poll `{given}`\nuse `first_poll = \"worker\"` (the default: handlers run on the tokio workers), `\"poll_thread\"` (the poll thread runs each handler up to its first wait; for short, non-blocking handlers only) or `\"auto\"` (the poll thread does so while first polls stay short)"),
             );
             None
         }

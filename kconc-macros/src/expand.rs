@@ -86,6 +86,13 @@ fn registration(args: &Args, func: &ItemFn) -> TokenStream {
         }
         None => quote!(#p::None),
     };
+    let first_poll = match &args.first_poll {
+        Some(f) => {
+            let variant = syn::Ident::new(f, Span::call_site());
+            quote!(#p::Some(#p::FirstPoll::#variant))
+        }
+        None => quote!(#p::None),
+    };
     let commit_batch_size = usize_option(&args.commit_batch_size);
     let commit_interval = duration_option(args.commit_interval_ms);
     let shutdown_timeout = duration_option(args.shutdown_timeout_ms);
@@ -176,6 +183,7 @@ fn registration(args: &Args, func: &ItemFn) -> TokenStream {
                     group: #group,
                     concurrency: #concurrency,
                     ordering: #ordering,
+                    first_poll: #first_poll,
                     max_buffered: #max_buffered,
                     commit_batch_size: #commit_batch_size,
                     commit_interval: #commit_interval,

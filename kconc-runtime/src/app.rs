@@ -551,6 +551,7 @@ impl Running {
             .fold(StatsSnapshot::default(), |a, b| StatsSnapshot {
                 dispatched: a.dispatched + b.dispatched,
                 first_polls_on_poll_thread: a.first_polls_on_poll_thread + b.first_polls_on_poll_thread,
+                first_polls_rerun_on_worker: a.first_polls_rerun_on_worker + b.first_polls_rerun_on_worker,
                 handled: a.handled + b.handled,
                 failed: a.failed + b.failed,
                 panicked: a.panicked + b.panicked,

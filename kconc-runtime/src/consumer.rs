@@ -123,7 +123,11 @@ impl ConsumerContext for KconcContext {
         match rebalance {
             Rebalance::Revoke(tpl) => {
                 if let Some(engine) = self.engine().as_mut() {
+                    // User code never runs inside the callback: what starts
+                    // meanwhile goes to the workers.
+                    engine.in_callback = true;
                     engine.revoke(consumer, tpl);
+                    engine.in_callback = false;
                 }
             }
             // Before librdkafka assigns and starts fetching, so that no
@@ -238,6 +242,12 @@ struct Engine {
     last_commit: Instant,
     /// Shutdown has begun: nothing more is dispatched.
     closing: bool,
+    /// This subscriber's shutdown signal: once it is given, nothing more
+    /// starts, even before the poll loop notices.
+    shutdown: CancellationToken,
+    /// Inside a rebalance callback: handlers started now go to the workers
+    /// whatever the `FirstPoll` mode.
+    in_callback: bool,
     /// When the high watermarks were last read, in Unix milliseconds.
     last_watermarks: u64,
 }
@@ -654,12 +664,24 @@ impl Engine {
     fn start_ready(&mut self) {
         self.release_due();
         self.start_waiting();
-        self.dispatcher.flush();
+        if !self.dispatcher.flush() && !self.shutdown.is_cancelled() {
+            // The runtime the handlers run on is gone: nothing can run any
+            // more, so this subscriber stops (what was handed over stays
+            // uncommitted) instead of reading on.
+            tracing::error!(
+                subscriber = &*self.settings.name,
+                "the tokio runtime the handlers run on has shut down; stopping this subscriber"
+            );
+            self.shutdown.cancel();
+        }
     }
 
     /// Starts waiting messages while slots are free; what goes to workers
     /// waits for the next flush.
     fn start_waiting(&mut self) {
+        if self.closing || self.shutdown.is_cancelled() {
+            return;
+        }
         while self.running < self.settings.concurrency {
             let Some((slot, msg)) = self.waiting.pop() else {
                 break;
@@ -668,7 +690,7 @@ impl Engine {
                 ps.running += 1;
             }
             self.running += 1;
-            if let Some(ended) = self.dispatcher.start(slot, msg) {
+            if let Some(ended) = self.dispatcher.start(slot, msg, !self.in_callback) {
                 // Ended on its first poll, here: its lane and slot are free
                 // for the next message at once.
                 self.on_event(ended);
@@ -879,6 +901,8 @@ pub(crate) fn start(
         last_commit: Instant::now(),
         last_watermarks: 0,
         closing: false,
+        shutdown: shutdown.clone(),
+        in_callback: false,
     };
     *consumer.context().engine() = Some(engine);
     let (done_tx, done) = tokio::sync::oneshot::channel();

@@ -15,7 +15,7 @@ use std::time::Instant;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 
 use crate::context::Context;
-use crate::handler::{Handler, HandlerFuture, Outcome};
+use crate::handler::{BoxError, Handler, HandlerFuture, Outcome};
 use crate::message::Message;
 use crate::policy::{self, ErrorPolicy, OnError};
 use crate::subscriber::FirstPoll;
@@ -27,6 +27,9 @@ pub(crate) struct Stats {
     pub dispatched: AtomicU64,
     /// Handlers whose first poll ran on the poll thread ([`FirstPoll`]).
     pub first_polls_here: AtomicU64,
+    /// First polls on the poll thread that failed or panicked there and ran
+    /// again on a worker, uncounted.
+    pub first_polls_rerun: AtomicU64,
     /// Handler calls that returned success.
     pub handled: AtomicU64,
     /// Handler calls that returned an error.
@@ -169,6 +172,9 @@ pub struct StatsSnapshot {
     /// Handlers whose first poll ran on the subscriber's poll thread
     /// (see [`crate::FirstPoll`]); the others ran on workers throughout.
     pub first_polls_on_poll_thread: u64,
+    /// Of those, the ones that failed or panicked on the poll thread and
+    /// ran again from the start on a worker (not counted as failures).
+    pub first_polls_rerun_on_worker: u64,
     /// Handler calls that returned success.
     pub handled: u64,
     /// Handler calls that returned an error.
@@ -307,6 +313,7 @@ impl Stats {
         StatsSnapshot {
             dispatched: r(&self.dispatched),
             first_polls_on_poll_thread: r(&self.first_polls_here),
+            first_polls_rerun_on_worker: r(&self.first_polls_rerun),
             handled: r(&self.handled),
             failed: r(&self.failed),
             panicked: r(&self.panicked),
@@ -342,8 +349,10 @@ pub(crate) enum Event {
         offset: i64,
         reason: String,
     },
-    /// Gave up at shutdown without finishing (a dead letter not yet
-    /// acknowledged): the slot is free, the offset stays uncommitted.
+    /// Never run, or given up without finishing, because shutdown began or
+    /// the runtime is gone (a message handed to a worker too late, a dead
+    /// letter not yet acknowledged): the slot is free, the offset stays
+    /// uncommitted. Never sent while the subscriber runs on.
     Abandoned(PartitionSlot),
     /// Several of the above, sent together by one worker.
     Batch(Vec<Event>),
@@ -385,10 +394,11 @@ pub(crate) enum Start {
     /// From the start.
     Fresh(PartitionSlot, Message),
     /// The poll thread called the handler and its future waits: the worker
-    /// polls it on (with its own waker) until it ends.
-    Running(Call, HandlerFuture),
-    /// The handler failed its last attempt on the poll thread and the
-    /// policy dead-letters it: the worker produces the dead letter.
+    /// polls it on (with its own waker) until it ends. The waker of that
+    /// first poll, if the future kept it, forwards to the worker's.
+    Running(Call, HandlerFuture, Option<Arc<Handover>>),
+    /// The handler failed its last attempt and the policy dead-letters it:
+    /// the worker produces the dead letter.
     DeadLetter(Box<DeadLetter>),
 }
 
@@ -397,8 +407,8 @@ impl Start {
     fn slot_offset(&self) -> (PartitionSlot, i64) {
         match self {
             Self::Fresh(slot, msg) => (*slot, msg.offset()),
-            Self::Running(call, _) => (call.slot, call.offset),
-            Self::DeadLetter(dead) => (dead.call.slot, dead.call.offset),
+            Self::Running(call, ..) => (call.end.slot, call.end.offset),
+            Self::DeadLetter(dead) => (dead.end.slot, dead.end.offset),
         }
     }
 }
@@ -415,10 +425,10 @@ impl std::fmt::Debug for Start {
     }
 }
 
-/// A message to dead-letter: the call that failed, the message as it was,
-/// and the last attempt's error.
+/// A message to dead-letter: where it came from (with the message as it
+/// was) and the last attempt's error.
 pub(crate) struct DeadLetter {
-    call: Call,
+    end: Ending,
     copy: Message,
     error: String,
 }
@@ -436,12 +446,16 @@ enum Begun {
 /// its handlers as one set of futures and reports their ends in batches, so
 /// the poll thread pays for a channel send per turn, not a task per message.
 ///
-/// While handlers tend to end on their first poll, quickly (decode, update
-/// something in memory, return), the poll thread calls each handler and
-/// polls its future once itself: one that ends costs no hand-over, no
-/// wake-up and no event; one that has to wait goes to a worker as it is.
-/// [`Inline`] watches how that goes and hands messages straight to the
-/// workers while handlers wait or compute for long.
+/// By default ([`FirstPoll::Worker`]) user code runs only there, inside a
+/// tokio task. Where the subscriber opts in (`PollThread`, `Auto`), the poll
+/// thread calls a handler and polls its future once itself: one that ends
+/// costs no hand-over; one that has to wait goes to a worker as it is, with
+/// a waker that forwards to the worker's; one that fails or panics there is
+/// not judged by it (the poll thread is not a task: `tokio::task::id()`, or
+/// a runtime shutting down, fails there and not on a worker) and runs again
+/// from the start on a worker, uncounted. [`Inline`] watches how first polls
+/// go (for `Auto`), and the poll loop never begins one inside a rebalance
+/// callback.
 ///
 /// The poll thread decides what may start (the concurrency bound, ordering,
 /// retries); a worker only runs what it is given. Handlers on one worker
@@ -456,6 +470,11 @@ pub(crate) struct Dispatcher {
     pending: Vec<Vec<Start>>,
     next: usize,
     inline: Inline,
+    /// The waker of the next first poll here (made anew only when a future
+    /// keeps the previous one).
+    handover: Arc<Handover>,
+    /// A first poll here has failed before (its warning is given once).
+    rerun_warned: bool,
 }
 
 impl Dispatcher {
@@ -477,6 +496,8 @@ impl Dispatcher {
             workers,
             next: 0,
             inline: Inline::new(first_poll),
+            handover: Arc::default(),
+            rerun_warned: false,
         }
     }
 
@@ -485,19 +506,21 @@ impl Dispatcher {
     }
 
     /// Starts handling one message. It reports exactly one event: returned
-    /// here if the handler ended on its first poll, else sent by a worker
-    /// once [`Dispatcher::flush`] has handed it over and it ends.
-    pub(crate) fn start(&mut self, slot: PartitionSlot, msg: Message) -> Option<Event> {
+    /// here if the handler ended on its first poll on this thread, else sent
+    /// by a worker once [`Dispatcher::flush`] has handed it over and it ends.
+    /// `here` is false where user code must not run on this thread whatever
+    /// the mode (inside a rebalance callback).
+    pub(crate) fn start(&mut self, slot: PartitionSlot, msg: Message, here: bool) -> Option<Event> {
         self.shared.stats.dispatched.fetch_add(1, Ordering::Relaxed);
-        if !self.inline.on() {
+        if !here || !self.inline.on() {
             self.hand_over(Start::Fresh(slot, msg));
             return None;
         }
         self.shared.stats.first_polls_here.fetch_add(1, Ordering::Relaxed);
-        // kconc's own code around the handler (the handler's panics are
-        // caught inside) must not take the poll thread down: should it
-        // panic, the slot is freed and the offset left uncommitted.
-        let (partition, offset) = (msg.partition(), msg.offset());
+        // Should kconc's own code around the first poll panic (the
+        // handler's panics are caught inside), the message runs again on a
+        // worker, like a first poll that failed.
+        let again = msg.clone();
         match std::panic::catch_unwind(AssertUnwindSafe(|| self.begin_here(slot, msg))) {
             Ok(Begun::Ended(event)) => Some(event),
             Ok(Begun::HandOver(start)) => {
@@ -507,26 +530,29 @@ impl Dispatcher {
             Err(_) => {
                 tracing::error!(
                     subscriber = &*self.shared.subscriber,
-                    partition,
-                    offset,
-                    "kconc panicked around a handler call; the message is left uncommitted"
+                    partition = slot.partition,
+                    offset = again.offset(),
+                    "kconc panicked around a first poll on the poll thread; the message runs again on a worker"
                 );
-                Some(Event::Abandoned(slot))
+                self.inline.record(std::time::Duration::ZERO, FirstPollEnd::Failed);
+                self.hand_over(Start::Fresh(slot, again));
+                None
             }
         }
     }
 
     /// Hands what was started since the last flush to the workers, one send
-    /// per worker that has something.
-    pub(crate) fn flush(&mut self) {
+    /// per worker that has something. Returns `false` if the workers are
+    /// gone (the runtime has shut down): what was handed over is abandoned
+    /// (left uncommitted) and nothing can run any more.
+    pub(crate) fn flush(&mut self) -> bool {
+        let mut alive = true;
         for (tx, batch) in self.workers.iter().zip(&mut self.pending) {
             if batch.is_empty() {
                 continue;
             }
             if let Err(unsent) = tx.send(std::mem::take(batch)) {
-                // The worker is gone (the runtime is shutting down): these
-                // never run on, so free their slots and leave them
-                // uncommitted.
+                alive = false;
                 for start in unsent.0 {
                     if let Start::Running(..) = start {
                         self.shared.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
@@ -535,6 +561,7 @@ impl Dispatcher {
                 }
             }
         }
+        alive
     }
 
     fn hand_over(&mut self, start: Start) {
@@ -546,43 +573,161 @@ impl Dispatcher {
     }
 
     /// Calls the handler here and polls its future once. Returns the event
-    /// if it ended, or what a worker takes up.
+    /// if it ended well, or what a worker takes up: the future that waits,
+    /// or the message again (from the start) when it failed here.
     fn begin_here(&mut self, slot: PartitionSlot, msg: Message) -> Begun {
         let shared = &*self.shared;
+        let again = msg.clone();
         let (call, begun) = shared.begin(slot, msg);
-        let (outcome, took) = match begun {
+        let failure = match begun {
             Ok(mut fut) => {
+                let waker = std::task::Waker::from(self.handover.clone());
                 let polled = {
                     let _in_span = call.span.enter();
-                    // A waker that does nothing is enough: a future that
-                    // waits is polled again by its worker, with the
-                    // worker's waker, before the worker sleeps, and a
-                    // future must register the waker of its latest poll.
-                    Handler::poll(&mut fut, &mut std::task::Context::from_waker(std::task::Waker::noop()))
+                    Handler::poll(&mut fut, &mut std::task::Context::from_waker(&waker))
                 };
+                drop(waker);
                 let took = call.started.elapsed();
-                self.inline.record(took, polled.is_pending());
                 match polled {
-                    Poll::Ready(outcome) => (outcome, took),
-                    Poll::Pending => return Begun::HandOver(Start::Running(call, fut)),
+                    Poll::Pending => {
+                        self.inline.record(took, FirstPollEnd::Waited);
+                        // A future that kept the waker takes it along; the
+                        // next first poll gets a new one.
+                        let kept = (Arc::strong_count(&self.handover) > 1).then(|| std::mem::take(&mut self.handover));
+                        return Begun::HandOver(Start::Running(call, fut, kept));
+                    }
+                    Poll::Ready(Outcome::Ok) => {
+                        self.inline.record(took, FirstPollEnd::Ended);
+                        drop_guarded(fut);
+                        return match shared.conclude(call.end, Outcome::Ok, took) {
+                            Concluded::Event(event) => Begun::Ended(event),
+                            Concluded::DeadLetter(dead) => Begun::HandOver(Start::DeadLetter(dead)),
+                        };
+                    }
+                    Poll::Ready(failed) => {
+                        self.inline.record(took, FirstPollEnd::Failed);
+                        drop_guarded(fut);
+                        failed
+                    }
                 }
             }
-            Err(outcome) => (outcome, call.started.elapsed()),
+            Err(failed) => {
+                self.inline.record(call.started.elapsed(), FirstPollEnd::Failed);
+                failed
+            }
         };
-        match shared.conclude(call, outcome, took) {
-            Concluded::Event(event) => Begun::Ended(event),
-            Concluded::DeadLetter(dead) => Begun::HandOver(Start::DeadLetter(dead)),
+        shared.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
+        shared.stats.first_polls_rerun.fetch_add(1, Ordering::Relaxed);
+        let error = describe_outcome(failure);
+        if std::mem::replace(&mut self.rerun_warned, true) {
+            tracing::debug!(
+                subscriber = &*shared.subscriber,
+                topic = &*call.end.topic,
+                partition = slot.partition,
+                offset = call.end.offset,
+                error,
+                "handler failed on its first poll on the poll thread; it runs again on a worker"
+            );
+        } else {
+            tracing::warn!(
+                subscriber = &*shared.subscriber,
+                topic = &*call.end.topic,
+                partition = slot.partition,
+                offset = call.end.offset,
+                error,
+                "handler failed on its first poll on the poll thread; it runs again on a worker, uncounted \
+                 (the poll thread is not a tokio task: code that needs one should not use first_poll = poll_thread \
+                 or auto); further such reruns are logged at debug level"
+            );
+        }
+        Begun::HandOver(Start::Fresh(slot, again))
+    }
+}
+
+/// The error text of a failed outcome (for a log line), computed where a
+/// panic of the error's own code cannot escape.
+fn describe_outcome(outcome: Outcome) -> String {
+    match outcome {
+        Outcome::Ok => String::new(),
+        Outcome::Panicked(text) => format!("handler panicked: {text}"),
+        Outcome::Failed(error) => describe_error(error).0,
+    }
+}
+
+/// A handler's error as text and whether the policy may retry it. Both run
+/// the error's own code (`Display`, `source()`), which must not take kconc
+/// down: should it panic, the error reads as such and may be retried.
+fn describe_error(error: BoxError) -> (String, bool) {
+    let described = std::panic::catch_unwind(AssertUnwindSafe(|| (error.to_string(), policy::is_retryable(&*error))))
+        .unwrap_or_else(|_| ("the handler's error panicked while being formatted".to_owned(), true));
+    drop_guarded(error);
+    described
+}
+
+/// Drops a value of the user's (a handler's future or error) where a panic
+/// in its `Drop` cannot escape: the outcome it belonged to stands.
+fn drop_guarded<T>(value: T) {
+    if std::panic::catch_unwind(AssertUnwindSafe(move || drop(value))).is_err() {
+        tracing::warn!("a handler's future or error panicked while being dropped; the outcome stands");
+    }
+}
+
+/// The waker of a first poll on the poll thread. Until a worker takes the
+/// future up, a wake is remembered; afterwards it goes to the worker's own
+/// waker for the future's place, so a future that registered only this
+/// waker (once, on its first poll) is still woken on its worker.
+#[derive(Debug, Default)]
+pub(crate) struct Handover(Mutex<HandoverState>);
+
+#[derive(Debug, Default)]
+struct HandoverState {
+    target: Option<std::task::Waker>,
+    woken: bool,
+}
+
+impl Handover {
+    /// From now on, wakes go to `target` (and one that came before goes now).
+    fn connect(&self, target: &std::task::Waker) {
+        let mut state = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        state.target = Some(target.clone());
+        if std::mem::take(&mut state.woken) {
+            target.wake_by_ref();
         }
     }
+}
+
+impl std::task::Wake for Handover {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        let mut state = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        match &state.target {
+            Some(target) => target.wake_by_ref(),
+            None => state.woken = true,
+        }
+    }
+}
+
+/// How a first poll on the poll thread went.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum FirstPollEnd {
+    /// The handler ended well.
+    Ended,
+    /// It has to wait: a worker takes it on.
+    Waited,
+    /// It failed or panicked there (it runs again on a worker).
+    Failed,
 }
 
 /// Decides whether the poll thread polls new handlers once itself (see
 /// [`FirstPoll::Auto`] for the rule). When it does not, messages go
 /// straight to the workers and it tries again after `backoff` messages, a
 /// wait that doubles each time the try fails. So handlers that wait for
-/// I/O, or compute, run on the workers, and the poll thread, which also
-/// serves rebalances, is held up by at most one handler's first poll per
-/// try.
+/// I/O, or compute, or fail there, run on the workers, and the poll thread,
+/// which also serves rebalances, is held up by at most one handler's first
+/// poll per try.
 #[derive(Debug)]
 struct Inline {
     mode: FirstPoll,
@@ -635,13 +780,17 @@ impl Inline {
     }
 
     /// Records how a first poll here went.
-    fn record(&mut self, took: std::time::Duration, waited: bool) {
+    fn record(&mut self, took: std::time::Duration, end: FirstPollEnd) {
         if self.mode != FirstPoll::Auto {
             return;
         }
         self.spent += took;
-        self.waited += u32::from(waited);
-        if took > INLINE_MAX || self.waited > INLINE_WINDOW / 2 || self.spent > INLINE_BUDGET * INLINE_WINDOW {
+        self.waited += u32::from(end == FirstPollEnd::Waited);
+        if end == FirstPollEnd::Failed
+            || took > INLINE_MAX
+            || self.waited > INLINE_WINDOW / 2
+            || self.spent > INLINE_BUDGET * INLINE_WINDOW
+        {
             self.on = false;
             self.left = self.backoff;
             self.backoff = self.backoff.saturating_mul(2).min(MAX_BACKOFF);
@@ -669,7 +818,14 @@ async fn work(shared: Arc<Shared>, mut inbox: UnboundedReceiver<Vec<Start>>) {
             match inbox.poll_recv(cx) {
                 Poll::Ready(Some(batch)) => {
                     for start in batch {
-                        running.insert(Drive::new(shared, start));
+                        let handover = match &start {
+                            Start::Running(_, _, handover) => handover.clone(),
+                            _ => None,
+                        };
+                        let place = running.insert(Drive::new(shared, start));
+                        if let (Some(handover), Some(waker)) = (handover, running.waker(place)) {
+                            handover.connect(waker);
+                        }
                     }
                 }
                 Poll::Ready(None) => open = false,
@@ -771,8 +927,9 @@ impl<F: Future> Slots<F> {
         self.free.len() == self.slots.len()
     }
 
-    /// Adds a future, to be polled first by the next [`Slots::poll_woken`].
-    fn insert(&mut self, future: F) {
+    /// Adds a future, to be polled first by the next [`Slots::poll_woken`];
+    /// returns its place.
+    fn insert(&mut self, future: F) -> usize {
         let place = match self.free.pop() {
             Some(place) => place,
             None => {
@@ -794,6 +951,12 @@ impl<F: Future> Slots<F> {
             slot.future.set(Some(future));
         }
         self.due.push(place);
+        place
+    }
+
+    /// The waker of a place.
+    fn waker(&self, place: usize) -> Option<&std::task::Waker> {
+        self.slots.get(place).map(|slot| &slot.waker)
     }
 
     /// Polls the new futures and those woken since the last call; pushes
@@ -827,11 +990,11 @@ impl<F: Future> Slots<F> {
 /// plain state machine, not nested `async` layers, so building it and
 /// moving it into its place copies one small value. Should kconc's own
 /// code around the handler panic (the handler's panics are caught inside),
-/// its slot is freed and its offset left uncommitted, so the worker and
-/// its other handlers go on.
+/// the message is concluded as panicked under the error policy (without a
+/// retry), so its lane and slot are freed and its offset is final.
 struct Drive<'a> {
     shared: &'a Shared,
-    /// The message's slot and offset, for the log line of such a panic.
+    /// The message's slot and offset, for a conclusion after such a panic.
     slot: PartitionSlot,
     offset: i64,
     state: DriveState<'a>,
@@ -857,7 +1020,7 @@ impl<'a> Drive<'a> {
         let (slot, offset) = start.slot_offset();
         let state = match start {
             Start::Fresh(slot, msg) => DriveState::Fresh(slot, msg),
-            Start::Running(call, fut) => DriveState::Handler(call, fut),
+            Start::Running(call, fut, _) => DriveState::Handler(call, fut),
             Start::DeadLetter(dead) => DriveState::DeadLetter(shared.dead_letter_boxed(*dead)),
         };
         Self {
@@ -870,17 +1033,25 @@ impl<'a> Drive<'a> {
 
     fn step(&mut self, cx: &mut std::task::Context<'_>) -> Poll<Event> {
         loop {
-            let (call, outcome) = match &mut self.state {
+            let (end, outcome, took) = match &mut self.state {
                 DriveState::Fresh(..) => {
                     let DriveState::Fresh(slot, msg) = std::mem::replace(&mut self.state, DriveState::Ended) else {
                         continue;
                     };
+                    // Handed over before shutdown began and reached only
+                    // now: it never starts (it is read again after a restart).
+                    if self.shared.context.is_shutting_down() {
+                        return Poll::Ready(Event::Abandoned(slot));
+                    }
                     match self.shared.begin(slot, msg) {
                         (call, Ok(fut)) => {
                             self.state = DriveState::Handler(call, fut);
                             continue;
                         }
-                        (call, Err(outcome)) => (call, outcome),
+                        (call, Err(outcome)) => {
+                            let took = call.started.elapsed();
+                            (call.end, outcome, took)
+                        }
                     }
                 }
                 DriveState::Handler(call, fut) => {
@@ -891,10 +1062,13 @@ impl<'a> Drive<'a> {
                     let Poll::Ready(outcome) = polled else {
                         return Poll::Pending;
                     };
-                    let DriveState::Handler(call, _) = std::mem::replace(&mut self.state, DriveState::Ended) else {
+                    let DriveState::Handler(call, fut) = std::mem::replace(&mut self.state, DriveState::Ended) else {
                         continue;
                     };
-                    (call, outcome)
+                    let took = call.started.elapsed();
+                    drop(call.span);
+                    drop_guarded(fut);
+                    (call.end, outcome, took)
                 }
                 DriveState::DeadLetter(fut) => {
                     let event = std::task::ready!(fut.as_mut().poll(cx));
@@ -904,8 +1078,7 @@ impl<'a> Drive<'a> {
                 // Not polled again once ended (the worker frees its place).
                 DriveState::Ended => return Poll::Ready(Event::Abandoned(self.slot)),
             };
-            let took = call.started.elapsed();
-            match self.shared.conclude(call, outcome, took) {
+            match self.shared.conclude(end, outcome, took) {
                 Concluded::Event(event) => return Poll::Ready(event),
                 Concluded::DeadLetter(dead) => {
                     self.state = DriveState::DeadLetter(self.shared.dead_letter_boxed(*dead));
@@ -927,17 +1100,26 @@ impl Future for Drive<'_> {
                     subscriber = &*this.shared.subscriber,
                     partition = this.slot.partition,
                     offset = this.offset,
-                    "kconc panicked around a handler call; the message is left uncommitted"
+                    "kconc panicked around a handler call; the message is concluded as panicked"
                 );
-                this.state = DriveState::Ended;
-                Poll::Ready(Event::Abandoned(this.slot))
+                let state = std::mem::replace(&mut this.state, DriveState::Ended);
+                let in_call = matches!(state, DriveState::Handler(..));
+                drop_guarded(state);
+                Poll::Ready(this.shared.conclude_after_panic(this.slot, this.offset, in_call))
             }
         }
     }
 }
 
-/// One handler call in progress: what its end needs to know.
+/// One handler call in progress.
 pub(crate) struct Call {
+    end: Ending,
+    span: tracing::Span,
+    started: Instant,
+}
+
+/// What a message's conclusion needs to know.
+struct Ending {
     slot: PartitionSlot,
     /// Kept for the log line of a failure; cloning the shared name is
     /// cheaper than formatting on every message.
@@ -946,10 +1128,9 @@ pub(crate) struct Call {
     offset: i64,
     attempt: u32,
     /// The message as it was, for a retry or a dead letter (when the policy
-    /// may need one: the handler consumes the message).
+    /// may need one: the handler consumes the message). A clone shares the
+    /// record: nothing is copied.
     copy: Option<Message>,
-    span: tracing::Span,
-    started: Instant,
 }
 
 /// How a handler call ended, for the poll loop.
@@ -966,11 +1147,15 @@ impl Shared {
     /// message) several times bigger.
     fn dead_letter_boxed(&self, dead: DeadLetter) -> std::pin::Pin<Box<dyn Future<Output = Event> + Send + '_>> {
         Box::pin(async move {
-            let DeadLetter { call, copy, error } = dead;
+            let DeadLetter { end, copy, error } = dead;
             match &self.policy.on_error {
-                OnError::DeadLetter(dlq) => self.dead_letter(call.slot, dlq, &copy, &error).await,
+                OnError::DeadLetter(dlq) => self.dead_letter(end.slot, dlq, &copy, &error).await,
                 // Not reached: only a dead-letter policy concludes so.
-                _ => Event::Abandoned(call.slot),
+                _ => Event::Stopped {
+                    slot: end.slot,
+                    offset: end.offset,
+                    reason: error,
+                },
             }
         })
     }
@@ -1006,25 +1191,49 @@ impl Shared {
             self.handler.begin(msg, &self.context)
         };
         let call = Call {
-            slot,
-            topic,
-            partition,
-            offset,
-            attempt,
-            copy,
+            end: Ending {
+                slot,
+                topic,
+                partition,
+                offset,
+                attempt,
+                copy,
+            },
             span,
             started,
         };
         (call, begun)
     }
 
+    /// The conclusion of a message whose call kconc's own code broke off
+    /// with a panic: it counts as panicked, and goes to the error policy
+    /// without a retry (its copy may be gone), so it is final: skipped,
+    /// or its partition stopped (also under a dead-letter policy, which
+    /// would need the copy).
+    fn conclude_after_panic(&self, slot: PartitionSlot, offset: i64, in_call: bool) -> Event {
+        if in_call {
+            self.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
+        }
+        self.stats.panicked.fetch_add(1, Ordering::Relaxed);
+        let reason = "kconc panicked while running or concluding the handler".to_owned();
+        match &self.policy.on_error {
+            OnError::Skip => Event::Done(Completion { slot, offset }),
+            OnError::Stop | OnError::DeadLetter(_) => {
+                self.stats.stopped.fetch_add(1, Ordering::Relaxed);
+                Event::Stopped { slot, offset, reason }
+            }
+        }
+    }
+
     /// Ends a call that took `took`: counts it, and decides by the error
-    /// policy what its outcome leads to.
-    fn conclude(&self, mut call: Call, outcome: Outcome, took: std::time::Duration) -> Concluded {
+    /// policy what its outcome leads to. Every outcome leads to exactly one
+    /// conclusion; the error's own code (its text, its source chain, its
+    /// drop) cannot break it off.
+    fn conclude(&self, mut end: Ending, outcome: Outcome, took: std::time::Duration) -> Concluded {
         self.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
         self.stats.handler_seconds.0.observe(took.as_secs_f64());
-        let (slot, partition, offset, attempt) = (call.slot, call.partition, call.offset, call.attempt);
-        let copy = call.copy.take();
+        let (slot, partition, offset, attempt) = (end.slot, end.partition, end.offset, end.attempt);
+        let copy = end.copy.take();
         let (error, retryable) = match outcome {
             Outcome::Ok => {
                 self.stats.handled.fetch_add(1, Ordering::Relaxed);
@@ -1032,7 +1241,7 @@ impl Shared {
             }
             Outcome::Failed(error) => {
                 self.stats.failed.fetch_add(1, Ordering::Relaxed);
-                (error.to_string(), policy::is_retryable(&*error))
+                describe_error(error)
             }
             Outcome::Panicked(panic) => {
                 self.stats.panicked.fetch_add(1, Ordering::Relaxed);
@@ -1040,7 +1249,7 @@ impl Shared {
             }
         };
         // For the log lines below (only failures get here).
-        let topic = call.topic.clone();
+        let topic = end.topic.clone();
         if let (true, true, Some(copy)) = (retryable, self.policy.retries_left(attempt), &copy) {
             let clock = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -1080,9 +1289,16 @@ impl Shared {
                 })
             }
             OnError::DeadLetter(_) => match copy {
-                Some(copy) => Concluded::DeadLetter(Box::new(DeadLetter { call, copy, error })),
+                Some(copy) => Concluded::DeadLetter(Box::new(DeadLetter { end, copy, error })),
                 // Not reached: a dead-letter policy always keeps a copy.
-                None => Concluded::Event(Event::Abandoned(slot)),
+                None => {
+                    self.stats.stopped.fetch_add(1, Ordering::Relaxed);
+                    Concluded::Event(Event::Stopped {
+                        slot,
+                        offset,
+                        reason: error,
+                    })
+                }
             },
         }
     }
@@ -1144,6 +1360,18 @@ mod tests {
     }
 
     #[test]
+    fn a_handover_waker_remembers_an_early_wake_and_forwards_later_ones() {
+        let handover = Arc::new(Handover::default());
+        let waker = Waker::from(handover.clone());
+        waker.wake_by_ref();
+        let worker = Arc::new(Count(AtomicU64::new(0)));
+        handover.connect(&Waker::from(worker.clone()));
+        assert_eq!(worker.0.load(Ordering::SeqCst), 1, "the early wake is passed on");
+        waker.wake();
+        assert_eq!(worker.0.load(Ordering::SeqCst), 2, "a later wake goes to the worker");
+    }
+
+    #[test]
     fn slots_poll_what_was_woken_reuse_places_and_lose_no_wake_after_a_stale_one() {
         let worker = Arc::new(Count(AtomicU64::new(0)));
         let waker = Waker::from(worker.clone());
@@ -1195,7 +1423,12 @@ mod tests {
         for _ in 0..n {
             if inline.on() {
                 here += 1;
-                inline.record(took, waited);
+                let end = if waited {
+                    FirstPollEnd::Waited
+                } else {
+                    FirstPollEnd::Ended
+                };
+                inline.record(took, end);
             }
         }
         here
@@ -1248,6 +1481,12 @@ mod tests {
         let mut busy = Inline::new(FirstPoll::Auto);
         let here = feed(&mut busy, INLINE_WINDOW, INLINE_BUDGET * 2, false);
         assert!(here <= INLINE_WINDOW / 2 + 1 && !busy.on, "{here}");
+
+        // One first poll that failed there stops it at once.
+        let mut failing = Inline::new(FirstPoll::Auto);
+        assert!(failing.on());
+        failing.record(quick, FirstPollEnd::Failed);
+        assert!(!failing.on, "a failed first poll keeps Auto on");
 
         let mut always = Inline::new(FirstPoll::PollThread);
         assert_eq!(feed(&mut always, 1_000, INLINE_MAX * 2, true), 1_000);

@@ -124,7 +124,7 @@ pub mod __private {
     pub use crate::extract::{FromMessage, FromMessageOwned};
     pub use crate::handler::{HandlerFuture, IntoHandlerResult};
     pub use crate::message::{Message, PayloadError};
-    pub use crate::subscriber::Ordering;
+    pub use crate::subscriber::{FirstPoll, Ordering};
     pub use ::std::result::Result::{Err, Ok};
 
     /// The future of a handler whose arguments could not be extracted: the

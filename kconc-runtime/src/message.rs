@@ -8,7 +8,10 @@ use rdkafka::Message as _;
 /// One Kafka record, detached from the consumer so a handler task can own it.
 ///
 /// Built by the runtime from each fetched record; the payload, key and headers
-/// are copies, so the handler may keep them as long as it likes.
+/// are copies, so the handler may keep them as long as it likes. Cloning a
+/// message is cheap: clones share the key, payload and headers (which never
+/// change once read), so the runtime keeps one for a retry or a dead letter
+/// without copying the record.
 #[derive(Clone, Debug)]
 pub struct Message {
     topic: Arc<str>,
@@ -16,12 +19,13 @@ pub struct Message {
     offset: i64,
     timestamp: Option<i64>,
     /// The key's bytes followed by the payload's, in one allocation.
-    data: Vec<u8>,
+    data: Arc<[u8]>,
     /// The key's length; `None` for a null key.
     key_len: Option<usize>,
     /// `false` for a null payload (a tombstone).
     has_payload: bool,
-    headers: Vec<Header>,
+    /// `None` when the record has no headers (no allocation then).
+    headers: Option<Arc<[Header]>>,
     /// Which attempt at handling this record this is (1 for the first).
     attempt: u32,
 }
@@ -43,10 +47,10 @@ impl Message {
             partition,
             offset,
             timestamp: None,
-            data: Vec::new(),
+            data: Arc::from(&[][..]),
             key_len: None,
             has_payload: false,
-            headers: Vec::new(),
+            headers: None,
             attempt: 1,
         }
     }
@@ -70,10 +74,13 @@ impl Message {
     /// Stores the key and the payload together.
     fn set_data(&mut self, key: Option<&[u8]>, payload: Option<&[u8]>) {
         let (k, p) = (key.unwrap_or_default(), payload.unwrap_or_default());
-        let mut data = Vec::with_capacity(k.len() + p.len());
-        data.extend_from_slice(k);
-        data.extend_from_slice(p);
-        self.data = data;
+        // One allocation either way: an exact-size iterator is collected
+        // into its `Arc` directly.
+        self.data = if k.is_empty() {
+            Arc::from(p)
+        } else {
+            k.iter().chain(p).copied().collect()
+        };
         self.key_len = key.map(<[u8]>::len);
         self.has_payload = payload.is_some();
     }
@@ -81,30 +88,29 @@ impl Message {
     /// Adds a header (builder style, for tests).
     #[must_use]
     pub fn with_header(mut self, key: impl Into<String>, value: Option<Vec<u8>>) -> Self {
-        self.headers.push(Header { key: key.into(), value });
+        let mut headers = self.headers.as_deref().map(<[Header]>::to_vec).unwrap_or_default();
+        headers.push(Header { key: key.into(), value });
+        self.headers = Some(headers.into());
         self
     }
 
     /// Copies a fetched record. `topic` is shared between the messages of one
     /// partition so that detaching does not allocate the topic name each time.
     pub(crate) fn detach(topic: Arc<str>, msg: &BorrowedMessage<'_>) -> Self {
-        let headers = msg
-            .headers()
-            .map(|hs| {
-                hs.iter()
-                    .map(|h| Header {
-                        key: h.key.to_owned(),
-                        value: h.value.map(<[u8]>::to_vec),
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
+        let headers = msg.headers().filter(|hs| hs.count() > 0).map(|hs| {
+            hs.iter()
+                .map(|h| Header {
+                    key: h.key.to_owned(),
+                    value: h.value.map(<[u8]>::to_vec),
+                })
+                .collect()
+        });
         let mut this = Self {
             topic,
             partition: msg.partition(),
             offset: msg.offset(),
             timestamp: msg.timestamp().to_millis(),
-            data: Vec::new(),
+            data: Arc::from(&[][..]),
             key_len: None,
             has_payload: false,
             headers,
@@ -167,12 +173,12 @@ impl Message {
 
     /// The record's headers, in the order they were sent.
     pub fn headers(&self) -> &[Header] {
-        &self.headers
+        self.headers.as_deref().unwrap_or_default()
     }
 
     /// The first header with this name, if any.
     pub fn header(&self, key: &str) -> Option<&Header> {
-        self.headers.iter().find(|h| h.key == key)
+        self.headers().iter().find(|h| h.key == key)
     }
 
     /// The payload as UTF-8 text.

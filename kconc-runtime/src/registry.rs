@@ -23,6 +23,8 @@ pub struct Registration {
     pub concurrency: Option<usize>,
     /// `ordering`, if given.
     pub ordering: Option<crate::subscriber::Ordering>,
+    /// `first_poll`, if given.
+    pub first_poll: Option<crate::subscriber::FirstPoll>,
     /// `max_buffered`, if given.
     pub max_buffered: Option<usize>,
     /// `commit_batch_size`, if given.

@@ -70,26 +70,53 @@ impl std::str::FromStr for Ordering {
     }
 }
 
-/// Where a handler's first poll runs: the first stretch of its code, up to
-/// its first `.await` that has to wait.
+/// Where a handler's code runs: on the tokio workers (the default), or, for
+/// its first poll (the stretch up to its first `.await` that has to wait),
+/// on the subscriber's poll thread.
 ///
-/// A handler that finishes on its first poll (decode, update something in
-/// memory, return) costs the least when the subscriber's poll thread runs it
-/// right away: no hand-over to a worker, no wake-up, no message back.
+/// The default, [`FirstPoll::Worker`], runs every handler inside a tokio
+/// task on the runtime's workers, where everything tokio offers works and a
+/// handler that blocks or computes holds up only its own worker. The other
+/// two modes are an opt-in for handlers known to be short and
+/// non-blocking: the poll thread runs the first poll itself, so a handler
+/// that ends there costs no hand-over to a worker. Their trade-offs:
+///
+/// - The poll thread is the consumer's control path (rebalances, commits,
+///   health): while a first poll runs, nothing else of the subscriber does.
+///   A first poll that blocks (a lock, a synchronous DNS lookup,
+///   `Handle::block_on`, which works there instead of panicking) stalls the
+///   subscriber, and if it outlasts `max.poll.interval.ms` the member is
+///   thrown out of its group. kconc cannot pre-empt it.
+/// - The poll thread is not a tokio task: `tokio::task::id()` panics there,
+///   task-locals set outside the handler are absent, and there is no coop
+///   budget. A first poll that fails or panics on the poll thread is never
+///   judged there: the message runs again, from the start, on a worker,
+///   and only that run counts (so its side effects before the failure may
+///   happen twice). `kconc_first_polls_rerun_on_worker_total` counts these.
+/// - The waker of the first poll is not the worker's: a future must
+///   register the waker of its latest poll (as the `Future` contract asks),
+///   though kconc forwards wakes of the first one too.
+/// - All first polls of a subscriber share one thread: CPU-bound handlers
+///   get one core, whatever `concurrency` says.
+///
+/// Whatever the mode, no handler begins inside a rebalance callback (kept
+/// partitions' messages started during a revoke go to the workers) or after
+/// shutdown has begun.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum FirstPoll {
-    /// The poll thread runs first polls while, over a window of 64
-    /// messages, at most half of the handlers had to wait and their first
-    /// polls took under 20 µs on average (none over 500 µs); otherwise the
-    /// workers run everything and the poll thread tries again after 256
-    /// messages, then 512, up to 65,536. The default.
+    /// Every handler runs on the workers, inside a tokio task. The default.
     #[default]
-    Auto,
-    /// The poll thread always runs first polls (handlers that wait go on
-    /// on a worker). For handlers known to be short, and for measuring.
-    PollThread,
-    /// The workers run every handler from its start, as a task does.
     Worker,
+    /// The poll thread runs every first poll (handlers that wait go on on a
+    /// worker). For handlers known to be short; see the trade-offs above.
+    PollThread,
+    /// The poll thread runs first polls while, over a window of 64
+    /// messages, none failed, at most half of the handlers had to wait and
+    /// their first polls took under 20 µs on average (none over 500 µs);
+    /// otherwise the workers run everything and the poll thread tries again
+    /// after 256 messages, then 512, up to 65,536. A timing rule, so where
+    /// a handler runs varies with load; see the trade-offs above.
+    Auto,
 }
 
 impl FirstPoll {
@@ -112,7 +139,7 @@ impl std::str::FromStr for FirstPoll {
             "poll_thread" => Ok(Self::PollThread),
             "worker" => Ok(Self::Worker),
             other => Err(format!(
-                "unknown first_poll `{other}`: use `auto`, `poll_thread` or `worker`"
+                "unknown first_poll `{other}`: use `worker` (the default), `poll_thread` or `auto`"
             )),
         }
     }
@@ -204,7 +231,7 @@ impl Subscriber {
             group,
             concurrency: DEFAULT_CONCURRENCY,
             ordering: Ordering::Unordered,
-            first_poll: FirstPoll::Auto,
+            first_poll: FirstPoll::Worker,
             max_buffered: None,
             commit_batch_size: DEFAULT_COMMIT_BATCH_SIZE,
             commit_interval: DEFAULT_COMMIT_INTERVAL,
@@ -229,6 +256,9 @@ impl Subscriber {
         }
         if let Some(o) = reg.ordering {
             s.ordering = o;
+        }
+        if let Some(f) = reg.first_poll {
+            s.first_poll = f;
         }
         if let Some(n) = reg.max_buffered {
             s.max_buffered = Some(n);
@@ -273,7 +303,9 @@ impl Subscriber {
         self
     }
 
-    /// Where handlers' first polls run (default [`FirstPoll::Auto`]).
+    /// Where handlers run (default [`FirstPoll::Worker`]: on the tokio
+    /// workers, inside a task). See [`FirstPoll`] for the opt-in modes and
+    /// their trade-offs.
     #[must_use]
     pub fn first_poll(mut self, first_poll: FirstPoll) -> Self {
         self.first_poll = first_poll;
@@ -389,6 +421,11 @@ impl Subscriber {
     /// Its ordering mode.
     pub fn ordering_mode(&self) -> Ordering {
         self.ordering
+    }
+
+    /// Where its handlers run.
+    pub fn first_poll_mode(&self) -> FirstPoll {
+        self.first_poll
     }
 
     pub(crate) fn effective_max_buffered(&self) -> usize {

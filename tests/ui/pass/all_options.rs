@@ -5,6 +5,7 @@ use kconc_runtime::{subscriber, Message};
     group = "billing",
     concurrency = 20,
     ordering = "unordered",
+    first_poll = "worker",
     commit_batch_size = 500,
     commit_interval = "250ms",
     shutdown_timeout = "1m",
