@@ -57,6 +57,7 @@ async fn invalid_subscriber_settings_name_the_setting() {
         (sub().concurrency(0), "concurrency"),
         (sub().commit_batch_size(0), "commit_batch_size"),
         (sub().commit_interval(Duration::ZERO), "commit_interval"),
+        (sub().revoke_timeout(Duration::ZERO), "revoke_timeout"),
         (
             Subscriber::new("cfg", Vec::<String>::new(), "g", |_m: Message| async {}),
             "topic",

@@ -450,12 +450,14 @@ async fn a_slow_revoked_partition_stalls_the_member_at_most_revoke_timeout() {
     .await;
     let resumed = ended.elapsed();
     eprintln!("revoke waited {wait:?} (revoke_timeout 1 s); 50 handlers started on kept partitions {kept:?} {resumed:?} after it");
+    // Handlers get revoke_timeout less what the commit may need (a
+    // quarter of it, at most 1 s): 750 ms here.
     assert!(
-        wait >= Duration::from_millis(800),
+        wait >= Duration::from_millis(600),
         "the revoke did not wait for the slow handler ({wait:?}): nothing shown"
     );
     assert!(
-        wait < Duration::from_millis(2_500),
+        wait < Duration::from_millis(1_500),
         "the revoke stalled {wait:?}, beyond revoke_timeout"
     );
     assert!(

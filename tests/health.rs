@@ -203,8 +203,12 @@ async fn health_readiness_and_metrics_follow_the_consumer() {
     );
 }
 
+/// A partition stopped by `on_error = "stop"` needs an operator: the
+/// subscriber is no longer ready (and says why), but stays live, so an
+/// orchestrator does not restart it in a loop (each restart rebalancing
+/// the whole group and stopping again at the same message).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stopped_partition_makes_the_subscriber_unhealthy_and_says_why() {
+async fn a_stopped_partition_withdraws_readiness_says_why_and_stays_live() {
     let (topic, group, parts) = ("stopping", "g-stopping", 2);
     let cluster = cluster(topic, parts);
     let bootstrap = cluster.bootstrap_servers().to_owned();
@@ -223,15 +227,21 @@ async fn a_stopped_partition_makes_the_subscriber_unhealthy_and_says_why() {
         .unwrap();
     let addr = app.http_addr().unwrap();
     produce(&bootstrap, topic, parts, 40, 4);
-    let body = wait_status(addr, "/healthz", 503, "unhealthy with a stopped partition").await;
+    let body = wait_status(addr, "/readyz", 503, "not ready with a stopped partition").await;
     assert!(body.contains("partition stopping[1] stopped at offset 5"), "{body}");
     assert!(body.contains("cannot post this one"), "{body}");
+    assert_eq!(
+        status(addr, "/healthz").await,
+        200,
+        "a stopped partition fails liveness"
+    );
     let health = app.health();
-    assert!(!health.healthy && !health.ready);
+    assert!(health.healthy && !health.ready, "{health:?}");
     assert_eq!(health.subscribers[0].stopped.len(), 1);
     let metrics = parse_metrics(&app.metrics_text().unwrap());
     assert_eq!(metrics["kconc_stopped_partitions{subscriber=stopping}"], 1.0);
-    assert_eq!(metrics["kconc_healthy{subscriber=stopping}"], 0.0);
+    assert_eq!(metrics["kconc_healthy{subscriber=stopping}"], 1.0);
+    assert_eq!(metrics["kconc_ready{subscriber=stopping}"], 0.0);
     app.shutdown().await;
 }
 

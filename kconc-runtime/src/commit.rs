@@ -6,12 +6,15 @@
 //! commit never stalls polling and two commits can never overtake each other.
 //! Within one assignment of a partition (an *epoch*) the committed position
 //! only moves forward; a failed commit is retried with the newest position,
-//! never with the stale one that failed.
+//! never with the stale one that failed. What an assignment asked to have
+//! committed is forgotten only for that assignment (and older ones): a
+//! partition that came back keeps committing. A revoke's commit that could
+//! not be made by its deadline is dropped, never made late, after the
+//! partition may have moved to another member.
 
 use std::collections::HashMap;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _};
@@ -19,7 +22,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::consumer::KconcContext;
-use crate::dispatch::Stats;
+use crate::dispatch::{Event, Stats};
 
 /// A partition in one assignment: the same partition assigned again later is
 /// a new epoch and starts its committed position afresh.
@@ -29,18 +32,25 @@ pub(crate) struct PartitionKey {
     pub(crate) partition: i32,
 }
 
+/// A partition in the assignment numbered `epoch`.
+pub(crate) type Assigned = (PartitionKey, u64);
+
 /// What the poll loop asks of the committer.
 #[derive(Debug)]
 pub(crate) enum CommitRequest {
     /// Commit these positions (partition, epoch, next offset to read).
     Positions(Vec<(PartitionKey, u64, i64)>),
-    /// Forget these partitions without committing (their assignment was
-    /// lost: the member is no longer in the group, a commit would fail).
-    Forget(Vec<PartitionKey>),
-    /// Commit now, reply with the outcome, then forget `forget` (revoked partitions).
+    /// Forget these partitions' assignments (and older ones) without
+    /// committing (their assignment was lost: the member is no longer in
+    /// the group, a commit would fail).
+    Forget(Vec<Assigned>),
+    /// Commit now, reply with the outcome, then forget `forget` (revoked
+    /// partitions). Served after `deadline`, it commits nothing of
+    /// `forget`: the partitions may have moved on by then.
     Flush {
-        forget: Vec<PartitionKey>,
-        reply: Sender<Result<(), KafkaError>>,
+        forget: Vec<Assigned>,
+        deadline: Instant,
+        reply: Sender<Result<(), FlushError>>,
     },
 }
 
@@ -58,24 +68,30 @@ const RETRY_MAX: Duration = Duration::from_secs(5);
 #[derive(Debug)]
 pub(crate) struct Committer {
     tx: Sender<CommitRequest>,
-    thread: JoinHandle<()>,
+    /// Told when the thread has ended.
+    ended: Receiver<()>,
 }
 
 impl Committer {
+    /// Starts the thread. It reports what it committed to `events` (the
+    /// poll loop's), as [`Event::Committed`].
     pub(crate) fn spawn(
         name: &str,
         group: String,
         consumer: Arc<BaseConsumer<KconcContext>>,
         stats: Arc<Stats>,
+        events: Sender<Event>,
     ) -> std::io::Result<Self> {
         let (tx, rx) = mpsc::channel();
-        let thread = std::thread::Builder::new()
+        let (ended_tx, ended) = mpsc::channel();
+        std::thread::Builder::new()
             .name(format!("kconc-commit-{name}"))
             .spawn(move || {
                 let _alive = stats.alive_while(|s| &s.committer_alive);
-                run(&rx, &group, &consumer, &stats);
+                run(&rx, &group, &consumer, &stats, &events);
+                let _ = ended_tx.send(());
             })?;
-        Ok(Self { tx, thread })
+        Ok(Self { tx, ended })
     }
 
     pub(crate) fn request(&self, req: CommitRequest) {
@@ -84,25 +100,34 @@ impl Committer {
         let _ = self.tx.send(req);
     }
 
-    /// Commits everything asked so far and waits (up to `timeout`) for the result.
-    pub(crate) fn flush(&self, forget: Vec<PartitionKey>, timeout: Duration) -> Result<(), FlushError> {
+    /// Commits everything asked so far and waits, until `deadline` at the
+    /// latest, for the result; then forgets `forget`. What of `forget` is
+    /// not committed by the deadline is never committed.
+    pub(crate) fn flush(&self, forget: Vec<Assigned>, deadline: Instant) -> Result<(), FlushError> {
         let (reply, rx) = mpsc::channel();
-        self.request(CommitRequest::Flush { forget, reply });
-        match rx.recv_timeout(timeout) {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(FlushError::Kafka(e)),
+        self.request(CommitRequest::Flush {
+            forget,
+            deadline,
+            reply,
+        });
+        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(result) => result,
             Err(_) => Err(FlushError::TimedOut),
         }
     }
 
-    /// Stops the thread after it has served every request sent so far.
-    pub(crate) fn stop(self) {
+    /// Stops the thread after it has served every request sent so far,
+    /// waiting for it until `deadline`. Returns `false` if it had not ended
+    /// by then (a commit that does not return): it is left to end alone.
+    pub(crate) fn stop(self, deadline: Instant) -> bool {
         drop(self.tx);
-        let _ = self.thread.join();
+        self.ended
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .is_ok()
     }
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub(crate) enum FlushError {
     #[error("{0}")]
     Kafka(KafkaError),
@@ -110,11 +135,100 @@ pub(crate) enum FlushError {
     TimedOut,
 }
 
-fn run(rx: &Receiver<CommitRequest>, group: &str, consumer: &BaseConsumer<KconcContext>, stats: &Stats) {
-    let mut entries: HashMap<PartitionKey, Entry> = HashMap::new();
-    // The newest epoch forgotten per partition: a request from that epoch or
-    // an older one must never bring the partition back.
-    let mut forgotten: HashMap<PartitionKey, u64> = HashMap::new();
+/// The committer's memory: what each partition's assignment wants
+/// committed, and which assignments are forgotten.
+#[derive(Debug, Default)]
+struct Book {
+    entries: HashMap<PartitionKey, Entry>,
+    /// The newest epoch forgotten per partition: a request from that epoch or
+    /// an older one must never bring the partition back.
+    forgotten: HashMap<PartitionKey, u64>,
+}
+
+/// What serving one batch of requests leaves to do after its commit.
+#[derive(Debug, Default)]
+struct Served {
+    /// Flushes waiting for the commit's outcome.
+    waiters: Vec<Sender<Result<(), FlushError>>>,
+    /// Assignments to forget once the commit is made.
+    forget: Vec<Assigned>,
+}
+
+impl Book {
+    /// Takes in a batch of requests at `now`: positions are merged, lost
+    /// assignments forgotten at once, and flushes either wait for the
+    /// commit (and forget afterwards) or, past their deadline, forget at
+    /// once without committing and are told so.
+    fn take(&mut self, requests: impl IntoIterator<Item = CommitRequest>, now: Instant) -> Served {
+        let mut served = Served::default();
+        for req in requests {
+            match req {
+                CommitRequest::Positions(ps) => {
+                    for (key, epoch, offset) in ps {
+                        if self.forgotten.get(&key).is_some_and(|&f| epoch <= f) {
+                            continue;
+                        }
+                        merge(&mut self.entries, key, epoch, offset);
+                    }
+                }
+                CommitRequest::Forget(assigned) => self.forget(assigned),
+                CommitRequest::Flush {
+                    forget,
+                    deadline,
+                    reply,
+                } => {
+                    if now > deadline {
+                        self.forget(forget);
+                        let _ = reply.send(Err(FlushError::TimedOut));
+                    } else {
+                        served.forget.extend(forget);
+                        served.waiters.push(reply);
+                    }
+                }
+            }
+        }
+        served
+    }
+
+    /// Forgets each partition's entry of that assignment or an older one;
+    /// a newer assignment's entry stays.
+    fn forget(&mut self, assigned: Vec<Assigned>) {
+        for (key, epoch) in assigned {
+            if self.entries.get(&key).is_some_and(|e| e.epoch <= epoch) {
+                self.entries.remove(&key);
+            }
+            let f = self.forgotten.entry(key).or_insert(epoch);
+            *f = (*f).max(epoch);
+        }
+    }
+
+    /// The positions to commit now: those past what was last committed.
+    fn wanted(&self) -> Vec<(PartitionKey, u64, i64)> {
+        self.entries
+            .iter()
+            .filter(|(_, e)| e.committed.is_none_or(|c| e.wanted > c))
+            .map(|(k, e)| (k.clone(), e.epoch, e.wanted))
+            .collect()
+    }
+
+    /// Records a successful commit of `sent`.
+    fn committed(&mut self, sent: &[(PartitionKey, u64, i64)]) {
+        for (key, epoch, offset) in sent {
+            if let Some(e) = self.entries.get_mut(key).filter(|e| e.epoch == *epoch) {
+                e.committed = Some(e.committed.map_or(*offset, |c| c.max(*offset)));
+            }
+        }
+    }
+}
+
+fn run(
+    rx: &Receiver<CommitRequest>,
+    group: &str,
+    consumer: &BaseConsumer<KconcContext>,
+    stats: &Stats,
+    events: &Sender<Event>,
+) {
+    let mut book = Book::default();
     let mut retry_at: Option<Instant> = None;
     let mut backoff = RETRY_MIN;
     loop {
@@ -129,32 +243,9 @@ fn run(rx: &Receiver<CommitRequest>, group: &str, consumer: &BaseConsumer<KconcC
                 Err(RecvTimeoutError::Disconnected) => return,
             },
         };
-        let mut waiters = Vec::new();
-        let mut forget = Vec::new();
-        for req in first.into_iter().chain(std::iter::from_fn(|| rx.try_recv().ok())) {
-            match req {
-                CommitRequest::Positions(ps) => {
-                    for (key, epoch, offset) in ps {
-                        if forgotten.get(&key).is_some_and(|&f| epoch <= f) {
-                            continue;
-                        }
-                        merge(&mut entries, key, epoch, offset);
-                    }
-                }
-                CommitRequest::Forget(keys) => {
-                    for key in keys {
-                        if let Some(e) = entries.remove(&key) {
-                            forgotten.insert(key, e.epoch);
-                        }
-                    }
-                }
-                CommitRequest::Flush { forget: f, reply } => {
-                    forget.extend(f);
-                    waiters.push(reply);
-                }
-            }
-        }
-        let result = commit_wanted(&mut entries, group, consumer, stats);
+        let requests = first.into_iter().chain(std::iter::from_fn(|| rx.try_recv().ok()));
+        let served = book.take(requests, Instant::now());
+        let result = commit_wanted(&mut book, group, consumer, stats, events);
         match &result {
             Ok(()) => {
                 retry_at = None;
@@ -165,13 +256,9 @@ fn run(rx: &Receiver<CommitRequest>, group: &str, consumer: &BaseConsumer<KconcC
                 backoff = (backoff * 2).min(RETRY_MAX);
             }
         }
-        for key in forget {
-            if let Some(e) = entries.remove(&key) {
-                forgotten.insert(key, e.epoch);
-            }
-        }
-        for w in waiters {
-            let _ = w.send(result.clone());
+        book.forget(served.forget);
+        for w in served.waiters {
+            let _ = w.send(result.clone().map_err(FlushError::Kafka));
         }
     }
 }
@@ -194,21 +281,25 @@ fn merge(entries: &mut HashMap<PartitionKey, Entry>, key: PartitionKey, epoch: u
 }
 
 fn commit_wanted(
-    entries: &mut HashMap<PartitionKey, Entry>,
+    book: &mut Book,
     group: &str,
     consumer: &BaseConsumer<KconcContext>,
     stats: &Stats,
+    events: &Sender<Event>,
 ) -> Result<(), KafkaError> {
-    let mut tpl = TopicPartitionList::new();
-    let mut sent = Vec::new();
-    for (key, e) in entries.iter() {
-        if e.committed.is_none_or(|c| e.wanted > c) {
-            tpl.add_partition_offset(&key.topic, key.partition, Offset::Offset(e.wanted))?;
-            sent.push((key.clone(), e.wanted));
-        }
-    }
+    let sent = book.wanted();
     if sent.is_empty() {
+        // Nothing is waiting to be committed (what failed before has been
+        // committed since, or forgotten with its assignment): commits are
+        // not failing any more.
+        stats
+            .commit_failing_since_ms
+            .store(0, std::sync::atomic::Ordering::Relaxed);
         return Ok(());
+    }
+    let mut tpl = TopicPartitionList::new();
+    for (key, _, offset) in &sent {
+        tpl.add_partition_offset(&key.topic, key.partition, Offset::Offset(*offset))?;
     }
     match consumer.commit(&tpl, CommitMode::Sync) {
         Ok(()) => {
@@ -220,15 +311,12 @@ fn commit_wanted(
                 .commit_failing_since_ms
                 .store(0, std::sync::atomic::Ordering::Relaxed);
             if let Ok(mut committed) = stats.committed.lock() {
-                for (key, offset) in &sent {
+                for (key, _, offset) in &sent {
                     committed.insert((key.topic.to_string(), key.partition), *offset);
                 }
             }
-            for (key, offset) in sent {
-                if let Some(e) = entries.get_mut(&key) {
-                    e.committed = Some(e.committed.map_or(offset, |c| c.max(offset)));
-                }
-            }
+            book.committed(&sent);
+            let _ = events.send(Event::Committed(sent));
             tracing::debug!(group, partitions = tpl.count(), "committed offsets");
             Ok(())
         }
@@ -257,6 +345,18 @@ mod tests {
         }
     }
 
+    fn flush(forget: Vec<Assigned>, deadline: Instant) -> (CommitRequest, Receiver<Result<(), FlushError>>) {
+        let (reply, rx) = mpsc::channel();
+        (
+            CommitRequest::Flush {
+                forget,
+                deadline,
+                reply,
+            },
+            rx,
+        )
+    }
+
     #[test]
     fn merge_keeps_the_highest_position_of_an_epoch() {
         let mut m = HashMap::new();
@@ -276,5 +376,111 @@ mod tests {
         assert_eq!((m[&key(0)].wanted, m[&key(0)].committed), (4, None));
         merge(&mut m, key(0), 1, 50);
         assert_eq!(m[&key(0)].wanted, 4);
+    }
+
+    /// A revoke's flush forgets the revoked assignment after the commit;
+    /// the partition assigned back to this member meanwhile (a new epoch,
+    /// in the same batch) keeps its entry and goes on committing.
+    #[test]
+    fn a_deferred_forget_removes_only_its_own_assignment() {
+        let now = Instant::now();
+        let mut book = Book::default();
+        let (flush, _rx) = flush(vec![(key(0), 1)], now + Duration::from_secs(5));
+        let served = book.take(
+            [
+                CommitRequest::Positions(vec![(key(0), 1, 10)]),
+                flush,
+                CommitRequest::Positions(vec![(key(0), 2, 5)]),
+            ],
+            now,
+        );
+        // What the commit would send: the newest assignment's position.
+        assert_eq!(book.wanted(), vec![(key(0), 2, 5)]);
+        book.committed(&book.wanted());
+        book.forget(served.forget);
+        assert_eq!(
+            book.entries.get(&key(0)).map(|e| (e.epoch, e.committed)),
+            Some((2, Some(5)))
+        );
+        assert_eq!(book.forgotten.get(&key(0)), Some(&1));
+        book.take([CommitRequest::Positions(vec![(key(0), 2, 9)])], now);
+        assert_eq!(book.wanted(), vec![(key(0), 2, 9)], "epoch 2 still commits");
+        book.take([CommitRequest::Positions(vec![(key(0), 1, 99)])], now);
+        assert_eq!(book.wanted(), vec![(key(0), 2, 9)], "epoch 1 never comes back");
+    }
+
+    /// A revoke's flush that reaches the committer after its deadline (the
+    /// committer was stuck in a slow commit) commits nothing of the revoked
+    /// partitions: by then they may belong to another member, whose newer
+    /// commit this one would move backwards.
+    #[test]
+    fn a_flush_served_after_its_deadline_commits_nothing_of_its_partitions() {
+        let now = Instant::now();
+        let mut book = Book::default();
+        let (flush, rx) = flush(vec![(key(0), 1)], now);
+        let served = book.take(
+            [CommitRequest::Positions(vec![(key(0), 1, 10), (key(1), 1, 7)]), flush],
+            now + Duration::from_millis(1),
+        );
+        assert!(matches!(rx.try_recv(), Ok(Err(FlushError::TimedOut))));
+        assert!(served.waiters.is_empty());
+        assert_eq!(
+            book.wanted(),
+            vec![(key(1), 1, 7)],
+            "only the kept partition is committed"
+        );
+    }
+
+    /// A commit fails, and what it held is then forgotten (its partitions
+    /// revoked): nothing is left to commit, so commits are not failing any
+    /// more. The flag used to stay set for ever, and health then reported
+    /// "commits failing" until a restart.
+    #[test]
+    fn the_commit_failure_flag_clears_once_nothing_is_left_to_commit() {
+        use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+        let cluster = crate::EmbeddedCluster::start(1).unwrap();
+        cluster.create_topic("t", 1).unwrap();
+        let consumer: BaseConsumer<KconcContext> = cluster
+            .client_config()
+            .set("group.id", "g")
+            .set("enable.auto.commit", "false")
+            .create_with_context(KconcContext::new(Arc::from("s")))
+            .unwrap();
+        cluster.mock().unwrap().request_errors(
+            RDKafkaApiKey::OffsetCommit,
+            &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_REBALANCE_IN_PROGRESS],
+        );
+        let stats = Arc::new(Stats::default());
+        let (events, _events) = mpsc::channel();
+        let committer = Committer::spawn("s", "g".into(), Arc::new(consumer), stats.clone(), events).unwrap();
+        committer.request(CommitRequest::Positions(vec![(key(0), 1, 10)]));
+        let flushed = committer.flush(vec![(key(0), 1)], Instant::now() + Duration::from_secs(30));
+        assert!(flushed.is_err(), "the injected error did not fail the commit");
+        let failing = || stats.commit_failing_since_ms.load(std::sync::atomic::Ordering::Relaxed);
+        assert_ne!(failing(), 0);
+        let until = Instant::now() + Duration::from_secs(30);
+        while failing() != 0 {
+            assert!(
+                Instant::now() < until,
+                "commits still reported failing with nothing to commit"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(committer.stop(Instant::now() + Duration::from_secs(30)));
+    }
+
+    #[test]
+    fn a_lost_assignment_is_forgotten_at_once_and_only_its_own_epoch() {
+        let now = Instant::now();
+        let mut book = Book::default();
+        book.take([CommitRequest::Positions(vec![(key(0), 3, 10)])], now);
+        book.take([CommitRequest::Forget(vec![(key(0), 2)])], now);
+        assert_eq!(
+            book.wanted(),
+            vec![(key(0), 3, 10)],
+            "an older epoch's forget spares epoch 3"
+        );
+        book.take([CommitRequest::Forget(vec![(key(0), 3)])], now);
+        assert!(book.wanted().is_empty());
     }
 }

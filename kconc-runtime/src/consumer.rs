@@ -39,7 +39,7 @@ use rdkafka::message::BorrowedMessage;
 use rdkafka::{ClientConfig, Message as _, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
-use crate::commit::{CommitRequest, Committer, PartitionKey};
+use crate::commit::{Assigned, CommitRequest, Committer, PartitionKey};
 use crate::dispatch::{Dispatcher, Event, PartitionSlot, Shared, Stats};
 use crate::hash::SmallKeyMap;
 use crate::message::Message;
@@ -91,6 +91,14 @@ impl std::fmt::Debug for KconcContext {
 }
 
 impl KconcContext {
+    /// The context of a consumer of subscriber `subscriber`, with no engine yet.
+    pub(crate) fn new(subscriber: Arc<str>) -> Self {
+        Self {
+            subscriber,
+            engine: Mutex::new(None),
+        }
+    }
+
     fn engine(&self) -> MutexGuard<'_, Option<Engine>> {
         // Only the poll thread takes this lock; a poisoned lock means a bug
         // panicked while holding it, and its state is still the best we have.
@@ -181,6 +189,10 @@ struct PartitionState {
     /// Stopped by the error policy: never read or dispatched again in this
     /// assignment.
     stopped: bool,
+    /// Being revoked: nothing of it starts or is retried any more.
+    revoking: bool,
+    /// The position the committer last committed in this assignment.
+    committed: Option<i64>,
 }
 
 /// A failed message waiting for its retry.
@@ -274,6 +286,8 @@ impl Engine {
             requested: None,
             paused: false,
             stopped: false,
+            revoking: false,
+            committed: None,
         }
     }
 
@@ -351,17 +365,21 @@ impl Engine {
 
     /// Stops dispatching the revoked partitions, waits (bounded) for their
     /// in-flight handlers, commits their finished prefix synchronously and
-    /// drops their state. Other partitions keep running meanwhile.
+    /// drops their state, all within `revoke_timeout`. Other partitions
+    /// keep running meanwhile. A lost assignment (the group has moved on
+    /// without this member) is dropped at once, without a wait or a commit.
     fn revoke(&mut self, consumer: &BaseConsumer<KconcContext>, tpl: &TopicPartitionList) {
         if tpl.count() == 0 {
             return;
         }
         let started = Instant::now();
+        let deadline = started + self.settings.revoke_timeout;
         self.dispatcher.stats().revocations.fetch_add(1, Ordering::Relaxed);
         let mut revoked = Vec::new();
         for el in tpl.elements() {
             if let Some(t) = self.topics.iter().position(|t| &*t.name == el.topic()) {
-                if self.topics[t].partitions.contains_key(&el.partition()) {
+                if let Some(ps) = self.topics[t].partitions.get_mut(&el.partition()) {
+                    ps.revoking = true;
                     revoked.push((t, el.partition()));
                 }
             }
@@ -371,31 +389,40 @@ impl Engine {
         for &(t, p) in &revoked {
             self.forget_unstarted(t, p);
         }
-        let deadline = started + self.settings.revoke_timeout;
-        while self.in_flight(&revoked) > 0 {
-            // The partitions that stay keep starting handlers meanwhile.
-            self.start_ready();
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() || !self.wait_event(left) {
-                tracing::warn!(
-                    subscriber = &*self.settings.name,
-                    still_running = self.in_flight(&revoked),
-                    "revoke timeout: committing what finished; the rest will be redelivered to the new owner"
-                );
-                break;
+        let lost = consumer.assignment_lost();
+        if lost {
+            // Not ready again until the member has rejoined its group.
+            self.dispatcher.stats().joined.store(false, Ordering::Relaxed);
+        } else {
+            // Handlers may take the time the commit of their finished
+            // prefix does not need.
+            let handlers_until = deadline - commit_allowance(self.settings.revoke_timeout);
+            while self.in_flight(&revoked) > 0 {
+                // The partitions that stay keep starting handlers meanwhile
+                // (on the workers: this is a rebalance callback).
+                self.start_ready();
+                let left = handlers_until.saturating_duration_since(Instant::now());
+                if left.is_zero() || !self.wait_event(left) {
+                    tracing::warn!(
+                        subscriber = &*self.settings.name,
+                        still_running = self.in_flight(&revoked),
+                        "revoke timeout: committing what finished; the rest will be redelivered to the new owner"
+                    );
+                    break;
+                }
             }
         }
         let positions = self.positions(&revoked);
-        let keys: Vec<PartitionKey> = revoked.iter().map(|&(t, p)| self.key(t, p)).collect();
-        // A lost assignment (session expired, poll interval exceeded) is no
-        // longer ours to commit: the group has moved on without this member.
-        let lost = consumer.assignment_lost();
+        let assigned: Vec<Assigned> = revoked
+            .iter()
+            .filter_map(|&(t, p)| Some((self.key(t, p), self.topics[t].partitions.get(&p)?.epoch)))
+            .collect();
         let result = if lost {
-            self.committer.request(CommitRequest::Forget(keys));
+            self.committer.request(CommitRequest::Forget(assigned));
             Ok(())
         } else {
             self.committer.request(CommitRequest::Positions(positions));
-            self.committer.flush(keys, self.settings.revoke_timeout)
+            self.committer.flush(assigned, deadline)
         };
         for &(t, p) in &revoked {
             self.dispatcher.stats().set_assigned(&self.topics[t].name, p, false);
@@ -434,7 +461,7 @@ impl Engine {
                     group = self.settings.group,
                     partitions = %describe(tpl),
                     error = %e,
-                    "partitions revoked; the commit of their finished prefix failed, so the new owner may redeliver some"
+                    "partitions revoked; the commit of their finished prefix failed (or did not finish in time and was dropped), so the new owner may redeliver some"
                 );
             }
         }
@@ -457,7 +484,7 @@ impl Engine {
             let live = self.topics[d.slot.topic]
                 .partitions
                 .get(&d.slot.partition)
-                .is_some_and(|ps| ps.epoch == d.slot.epoch && !ps.stopped);
+                .is_some_and(|ps| ps.epoch == d.slot.epoch && !ps.stopped && !ps.revoking);
             if live && !self.closing {
                 self.waiting.retry(d.slot, d.msg);
             }
@@ -701,6 +728,10 @@ impl Engine {
     fn on_event(&mut self, ev: Event) {
         let slot = match ev {
             Event::Wake => return,
+            Event::Committed(positions) => {
+                self.on_committed(positions);
+                return;
+            }
             Event::Batch(events) => {
                 for ev in events {
                     self.on_event(ev);
@@ -729,7 +760,9 @@ impl Engine {
                 self.waiting.finished(c.slot, c.offset);
             }
             Event::Retry { slot, msg, due } => {
-                if !ps.stopped && !self.closing {
+                // A revoked partition's message is not tried again here: it
+                // stays uncommitted and goes to the new owner.
+                if !ps.stopped && !ps.revoking && !self.closing {
                     self.delayed_seq += 1;
                     self.delayed.push(Reverse(Delayed {
                         due,
@@ -747,7 +780,20 @@ impl Engine {
                     .stats()
                     .set_stopped(&topic, slot.partition, Some((offset, reason)));
             }
-            Event::Abandoned(_) | Event::Batch(_) | Event::Wake => {}
+            Event::Abandoned(_) | Event::Batch(_) | Event::Committed(_) | Event::Wake => {}
+        }
+    }
+
+    /// Records what the committer has committed, where it is still this
+    /// assignment's.
+    fn on_committed(&mut self, positions: Vec<(PartitionKey, u64, i64)>) {
+        for (key, epoch, offset) in positions {
+            let Some(ts) = self.topics.iter_mut().find(|t| t.name == key.topic) else {
+                continue;
+            };
+            if let Some(ps) = ts.partitions.get_mut(&key.partition).filter(|ps| ps.epoch == epoch) {
+                ps.committed = Some(ps.committed.map_or(offset, |c| c.max(offset)));
+            }
         }
     }
 
@@ -812,6 +858,12 @@ fn cached_high_watermark(consumer: &BaseConsumer<KconcContext>, topic: &str, par
     (err == rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR && high >= 0).then_some(high)
 }
 
+/// How much of `revoke_timeout` a revoke keeps for the commit of the
+/// revoked partitions' finished prefix: the handlers get the rest.
+fn commit_allowance(revoke_timeout: Duration) -> Duration {
+    (revoke_timeout / 4).min(Duration::from_secs(1))
+}
+
 fn describe(tpl: &TopicPartitionList) -> String {
     let mut parts: Vec<String> = tpl
         .elements()
@@ -839,10 +891,7 @@ pub(crate) fn start(
 ) -> Result<Runner, Error> {
     let name: Arc<str> = Arc::from(sub.name.as_str());
     let handler_context = crate::context::Context::new(name.clone(), &sub.group, shutdown.clone(), &config);
-    let context = KconcContext {
-        subscriber: name.clone(),
-        engine: Mutex::new(None),
-    };
+    let context = KconcContext::new(name.clone());
     let mut consumer: BaseConsumer<KconcContext> = config
         .create_with_context(context)
         .map_err(|e| Error::from_client_creation(&sub.name, e))?;
@@ -858,8 +907,14 @@ pub(crate) fn start(
     })?;
     let consumer = Arc::new(consumer);
     let stats = Arc::new(Stats::default());
-    let committer = Committer::spawn(&sub.name, sub.group.clone(), consumer.clone(), stats.clone())
-        .map_err(|e| Error::Thread(sub.name.clone(), e))?;
+    let committer = Committer::spawn(
+        &sub.name,
+        sub.group.clone(),
+        consumer.clone(),
+        stats.clone(),
+        events_tx.clone(),
+    )
+    .map_err(|e| Error::Thread(sub.name.clone(), e))?;
     let wake = events_tx.clone();
     let engine = Engine {
         settings: Settings {
@@ -1032,7 +1087,7 @@ fn final_commit(consumer: &BaseConsumer<KconcContext>, started: Instant) {
         let left = deadline.saturating_duration_since(Instant::now());
         let Some(result) = with_engine(consumer, |e| {
             e.maybe_commit(true);
-            e.committer.flush(Vec::new(), left)
+            e.committer.flush(Vec::new(), Instant::now() + left)
         }) else {
             return;
         };
@@ -1072,7 +1127,7 @@ fn final_commit(consumer: &BaseConsumer<KconcContext>, started: Instant) {
 fn close(consumer: Arc<BaseConsumer<KconcContext>>) {
     let engine = consumer.context().engine().take();
     if let Some(engine) = engine {
-        engine.committer.stop();
+        engine.committer.stop(Instant::now() + FINAL_COMMIT_TIMEOUT);
     }
     let started = Instant::now();
     let refs = Arc::strong_count(&consumer);

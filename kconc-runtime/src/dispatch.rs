@@ -356,6 +356,8 @@ pub(crate) enum Event {
     Abandoned(PartitionSlot),
     /// Several of the above, sent together by one worker.
     Batch(Vec<Event>),
+    /// The committer committed these positions (partition, epoch, offset).
+    Committed(Vec<(crate::commit::PartitionKey, u64, i64)>),
     Wake,
 }
 

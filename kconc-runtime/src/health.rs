@@ -49,11 +49,13 @@ pub struct SubscriberHealth {
     pub group: String,
     /// Its poll thread runs (false once it has ended, after a shutdown or not).
     pub running: bool,
-    /// Its poll loop and committer are alive and turning, commits are not
-    /// failing beyond the threshold, and no partition is stopped.
+    /// Its poll loop and committer are alive and turning, and commits are
+    /// not failing beyond the threshold (liveness: a restart may help).
     pub healthy: bool,
-    /// It has joined its group (with partitions, or deliberately none) and is
-    /// not shutting down.
+    /// It is healthy, is in its group (joined, with partitions or
+    /// deliberately none, and not since lost its assignment without
+    /// rejoining), no partition of it is stopped by the error policy, and
+    /// it is not shutting down (readiness: it is doing its work).
     pub ready: bool,
     /// Why it is unhealthy or not ready (empty when healthy and ready).
     pub problems: Vec<String>,
@@ -145,20 +147,26 @@ pub(crate) fn subscriber_health(w: &Watched, t: &HealthThresholds) -> Subscriber
             problems.push(format!("offset commits have failed for {} s", d.as_secs()));
         }
     }
+    // A stopped partition needs an operator, not a restart: a liveness
+    // failure would restart the member (rebalancing the whole group each
+    // time) and stop it again at the same message. It withdraws readiness.
     let stopped = s.stopped_partitions();
+    let mut degraded = false;
     for p in &stopped {
-        healthy = false;
+        degraded = true;
         problems.push(format!(
             "partition {}[{}] stopped at offset {} by the error policy: {}",
             p.topic, p.partition, p.offset, p.reason
         ));
     }
     let joined = s.joined.load(Ordering::Relaxed);
-    let ready = joined && !closing && healthy;
+    let ready = joined && !closing && healthy && !degraded;
     if closing {
         problems.push("shutting down".to_owned());
     } else if !joined {
-        problems.push("has not joined its consumer group yet".to_owned());
+        problems.push(
+            "not in its consumer group: it has not joined yet, or lost its assignment and not rejoined".to_owned(),
+        );
     }
     SubscriberHealth {
         name: w.name.clone(),

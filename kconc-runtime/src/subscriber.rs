@@ -525,6 +525,12 @@ impl Subscriber {
         if self.commit_interval.is_zero() {
             return bad("commit_interval", "must be longer than zero");
         }
+        if self.revoke_timeout.is_zero() {
+            return bad(
+                "revoke_timeout",
+                "must be longer than zero: a revoke needs time to commit the revoked partitions' finished prefix",
+            );
+        }
         if self.policy.retries > 0 && self.policy.backoff.is_zero() {
             return bad("backoff", "must be longer than zero when there are retries");
         }
