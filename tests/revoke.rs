@@ -226,3 +226,72 @@ async fn a_revoke_holds_the_rebalance_at_most_revoke_timeout_even_when_its_commi
         "the revoke held the rebalance callback for {took:?}, beyond revoke_timeout (2 s)"
     );
 }
+
+/// Key order within one process across a quick reassign: the partition
+/// is revoked (eager assignment) while a message of its only key runs for
+/// 3 s, longer than `revoke_timeout`, and comes straight back to the same
+/// member (the member that joined subscribes to another topic). The key's
+/// messages of the new assignment, the unfinished one included, must wait
+/// for the old run: no two runs of the key overlap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_of_a_partition_that_comes_back_waits_for_its_message_still_running() {
+    let (topic, other, group) = ("comes-back", "comes-back-other", "g-comes-back");
+    let cluster = cluster(topic, 1);
+    cluster.create_topic(other, 1).unwrap();
+    let bootstrap = cluster.bootstrap_servers().to_owned();
+    let ends = produce(&bootstrap, topic, 1, 30, 1);
+    let runs: Arc<Mutex<Vec<(i64, Instant, Instant)>>> = Arc::default();
+    let slow_started = Arc::new(AtomicUsize::new(0));
+    let (r, ss) = (runs.clone(), slow_started.clone());
+    let a = Subscriber::new("a", [topic], group, move |m: Message| {
+        let (r, ss) = (r.clone(), ss.clone());
+        async move {
+            let start = Instant::now();
+            let slow = m.offset() == 10 && ss.fetch_add(1, Ordering::SeqCst) == 0;
+            let d = if slow { 3_000 } else { 5 };
+            tokio::time::sleep(Duration::from_millis(d)).await;
+            r.lock().unwrap().push((m.offset(), start, Instant::now()));
+        }
+    })
+    .ordering(kconc_runtime::Ordering::Key)
+    .revoke_timeout(Duration::from_millis(500))
+    .commit_interval(Duration::from_millis(100));
+    let eager = |sub| {
+        test_app(&bootstrap)
+            .property("partition.assignment.strategy", "range")
+            .subscriber(sub)
+            .start()
+            .unwrap()
+    };
+    let app_a = eager(a);
+    let a_stats = app_a.stats_handle("a").unwrap();
+    wait_for("the slow run of offset 10 under way", DEADLINE, || {
+        slow_started.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    let app_b = eager(Subscriber::new("b", [other], group, |_m: Message| async {}));
+    wait_for("the partition revoked and assigned back to a", DEADLINE, || {
+        let s = a_stats.snapshot();
+        s.revocations >= 1 && s.assignments >= 2
+    })
+    .await;
+    wait_for("committed to the end", DEADLINE, || {
+        committed(&bootstrap, group, topic, 1) == all_committed(&ends)
+    })
+    .await;
+    app_b.shutdown().await;
+    app_a.shutdown().await;
+    let mut runs = runs.lock().unwrap().clone();
+    runs.sort_by_key(|(_, start, _)| *start);
+    assert!(
+        runs.iter().filter(|(o, ..)| *o == 10).count() >= 2,
+        "offset 10 was not handled again after the reassign: the test proves nothing; {runs:?}"
+    );
+    for w in runs.windows(2) {
+        let ((o1, _, end1), (o2, start2, _)) = (w[0], w[1]);
+        assert!(
+            start2 >= end1,
+            "offset {o2} of the key began before offset {o1} had ended"
+        );
+    }
+}

@@ -726,7 +726,7 @@ impl Engine {
     }
 
     fn on_event(&mut self, ev: Event) {
-        let slot = match ev {
+        let (slot, offset) = match ev {
             Event::Wake => return,
             Event::Committed(positions) => {
                 self.on_committed(positions);
@@ -738,20 +738,31 @@ impl Engine {
                 }
                 return;
             }
-            Event::Done(ref c) => c.slot,
-            Event::Retry { slot, .. } | Event::Stopped { slot, .. } | Event::Abandoned(slot) => slot,
+            Event::Done(ref c) => (c.slot, c.offset),
+            Event::Retry { slot, ref msg, .. } => (slot, msg.offset()),
+            Event::Stopped { slot, offset, .. } | Event::Abandoned(slot, offset) => (slot, offset),
         };
         // Every other event frees a handler slot.
         self.running = self.running.saturating_sub(1);
+        let current = self
+            .topics
+            .get(slot.topic)
+            .and_then(|ts| ts.partitions.get(&slot.partition))
+            .is_some_and(|ps| ps.epoch == slot.epoch);
+        if !current {
+            // A handler of an assignment that is gone (revoked, or since
+            // assigned again): its outcome counts for nothing here, but the
+            // lane it held is free now, so the key's messages of the new
+            // assignment may start.
+            self.waiting.finished(slot, offset);
+            return;
+        }
         let Some(ts) = self.topics.get_mut(slot.topic) else {
             return;
         };
         let Some(ps) = ts.partitions.get_mut(&slot.partition) else {
             return;
         };
-        if ps.epoch != slot.epoch {
-            return;
-        }
         ps.running = ps.running.saturating_sub(1);
         match ev {
             Event::Done(c) => {
@@ -763,6 +774,8 @@ impl Engine {
                 // A revoked partition's message is not tried again here: it
                 // stays uncommitted and goes to the new owner.
                 if !ps.stopped && !ps.revoking && !self.closing {
+                    // It keeps its lane, idle, until its retry starts.
+                    self.waiting.idle(slot, msg.offset());
                     self.delayed_seq += 1;
                     self.delayed.push(Reverse(Delayed {
                         due,
@@ -770,17 +783,21 @@ impl Engine {
                         slot,
                         msg,
                     }));
+                } else {
+                    self.waiting.finished(slot, msg.offset());
                 }
             }
             Event::Stopped { slot, offset, reason } => {
                 ps.stopped = true;
                 let topic = ts.name.clone();
+                self.waiting.finished(slot, offset);
                 self.forget_unstarted(slot.topic, slot.partition);
                 self.dispatcher
                     .stats()
                     .set_stopped(&topic, slot.partition, Some((offset, reason)));
             }
-            Event::Abandoned(_) | Event::Batch(_) | Event::Committed(_) | Event::Wake => {}
+            Event::Abandoned(slot, offset) => self.waiting.finished(slot, offset),
+            Event::Batch(_) | Event::Committed(_) | Event::Wake => {}
         }
     }
 

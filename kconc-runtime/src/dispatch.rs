@@ -260,8 +260,13 @@ impl Stats {
             return;
         };
         match stopped {
+            // Nothing at or after the first stopped offset is committed:
+            // a later failure of the same partition does not move it.
             Some(s) => {
-                map.insert((topic.to_owned(), partition), s);
+                let entry = map.entry((topic.to_owned(), partition)).or_insert_with(|| s.clone());
+                if s.0 < entry.0 {
+                    *entry = s;
+                }
             }
             None => {
                 map.remove(&(topic.to_owned(), partition));
@@ -353,7 +358,7 @@ pub(crate) enum Event {
     /// the runtime is gone (a message handed to a worker too late, a dead
     /// letter not yet acknowledged): the slot is free, the offset stays
     /// uncommitted. Never sent while the subscriber runs on.
-    Abandoned(PartitionSlot),
+    Abandoned(PartitionSlot, i64),
     /// Several of the above, sent together by one worker.
     Batch(Vec<Event>),
     /// The committer committed these positions (partition, epoch, offset).
@@ -559,7 +564,8 @@ impl Dispatcher {
                     if let Start::Running(..) = start {
                         self.shared.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
                     }
-                    let _ = self.shared.events.send(Event::Abandoned(start.slot_offset().0));
+                    let (slot, offset) = start.slot_offset();
+                    let _ = self.shared.events.send(Event::Abandoned(slot, offset));
                 }
             }
         }
@@ -1043,7 +1049,7 @@ impl<'a> Drive<'a> {
                     // Handed over before shutdown began and reached only
                     // now: it never starts (it is read again after a restart).
                     if self.shared.context.is_shutting_down() {
-                        return Poll::Ready(Event::Abandoned(slot));
+                        return Poll::Ready(Event::Abandoned(slot, msg.offset()));
                     }
                     match self.shared.begin(slot, msg) {
                         (call, Ok(fut)) => {
@@ -1078,7 +1084,7 @@ impl<'a> Drive<'a> {
                     return Poll::Ready(event);
                 }
                 // Not polled again once ended (the worker frees its place).
-                DriveState::Ended => return Poll::Ready(Event::Abandoned(self.slot)),
+                DriveState::Ended => return Poll::Ready(Event::Abandoned(self.slot, self.offset)),
             };
             match self.shared.conclude(end, outcome, took) {
                 Concluded::Event(event) => return Poll::Ready(event),
@@ -1329,11 +1335,11 @@ impl Shared {
                         "dead-letter produce failed; retrying (the offset stays uncommitted)"
                     );
                     if self.context.is_shutting_down() {
-                        return Event::Abandoned(slot);
+                        return Event::Abandoned(slot, offset);
                     }
                     tokio::select! {
                         () = tokio::time::sleep(wait) => {}
-                        () = self.context.shutting_down() => return Event::Abandoned(slot),
+                        () = self.context.shutting_down() => return Event::Abandoned(slot, offset),
                     }
                     wait = (wait * 2).min(self.policy.max_backoff.max(wait));
                 }

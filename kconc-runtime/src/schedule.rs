@@ -9,9 +9,13 @@
 //! offset order. Messages that may start now wait in one FIFO, `ready`, in
 //! the order they became startable, so a busy lane never blocks another.
 //!
-//! A lane is identified by a hash of (topic, partition, assignment epoch,
-//! key). Two keys that collide share a lane: they run one after another,
-//! which keeps every ordering promise and costs only some concurrency.
+//! A lane is identified by a hash of (topic, partition, key), not of the
+//! assignment: when a partition is revoked while a message of a key runs,
+//! and comes back to this member before it ends, the key's messages of the
+//! new assignment wait for it. (Its lane outlives the revoke until it ends;
+//! a lane whose holder has not started is dropped with the partition.) Two
+//! keys that collide share a lane: they run one after another, which keeps
+//! every ordering promise and costs only some concurrency.
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{HashMap, VecDeque};
@@ -22,11 +26,13 @@ use crate::hash::SmallKeyMap;
 use crate::message::Message;
 use crate::subscriber::Ordering;
 
-/// A busy lane: the message that holds it (ready or running) and the ones
-/// waiting behind it, in offset order.
+/// A busy lane: the message that holds it (ready, running, or waiting for
+/// its retry) and the ones waiting behind it, in offset order.
 #[derive(Debug)]
 struct Lane {
     holder: (PartitionSlot, i64),
+    /// The holder is running (started, not yet ended or waiting for a retry).
+    running: bool,
     waiting: VecDeque<(PartitionSlot, Message)>,
 }
 
@@ -72,7 +78,7 @@ impl Schedule {
             Ordering::Key => Some(msg.key()?),
         };
         let mut h = DefaultHasher::new();
-        (slot.topic, slot.partition, slot.epoch).hash(&mut h);
+        (slot.topic, slot.partition).hash(&mut h);
         key.hash(&mut h);
         Some(h.finish())
     }
@@ -101,6 +107,7 @@ impl Schedule {
                     id,
                     Lane {
                         holder: (slot, msg.offset()),
+                        running: false,
                         waiting: VecDeque::new(),
                     },
                 );
@@ -116,11 +123,26 @@ impl Schedule {
         self.ready.push_front((slot, msg));
     }
 
-    /// The next message to start.
+    /// The next message to start (it counts as running from now on).
     pub(crate) fn pop(&mut self) -> Option<(PartitionSlot, Message)> {
         let next = self.ready.pop_front()?;
         self.len -= 1;
+        if let Some(lane) = next.0.lane.and_then(|id| self.lanes.get_mut(&id)) {
+            if lane.holder == (next.0, next.1.offset()) {
+                lane.running = true;
+            }
+        }
         Some(next)
+    }
+
+    /// The message at `offset` of this slot ended and waits for its retry:
+    /// it keeps its lane, but no longer runs.
+    pub(crate) fn idle(&mut self, slot: PartitionSlot, offset: i64) {
+        if let Some(lane) = slot.lane.and_then(|id| self.lanes.get_mut(&id)) {
+            if lane.holder == (slot, offset) {
+                lane.running = false;
+            }
+        }
     }
 
     /// The message at `offset` of this slot finished: if it held its lane,
@@ -140,6 +162,7 @@ impl Schedule {
                     *n = n.saturating_sub(1);
                 }
                 lane.holder = (next, msg.offset());
+                lane.running = false;
                 self.ready.push_back((next, msg));
             }
             None => {
@@ -148,9 +171,11 @@ impl Schedule {
         }
     }
 
-    /// Forgets every message of a partition that has not started, and
-    /// releases the lanes its messages hold (revoke, or a new assignment of
-    /// it). Its running handlers' completions are then ignored here.
+    /// Forgets every message of a partition that has not started (revoke,
+    /// a stop, or a new assignment of it), and releases the lanes its
+    /// messages hold, except those whose holder is running: such a lane is
+    /// freed when its holder ends ([`Schedule::finished`]), so the key's
+    /// messages of a later assignment wait for it.
     pub(crate) fn drop_partition(&mut self, topic: usize, partition: i32) {
         let of_it = |slot: &PartitionSlot| slot.topic == topic && slot.partition == partition;
         let before = self.ready.len();
@@ -161,7 +186,7 @@ impl Schedule {
             let before = lane.waiting.len();
             lane.waiting.retain(|(slot, _)| !of_it(slot));
             dropped += before - lane.waiting.len();
-            if !of_it(&lane.holder.0) {
+            if !of_it(&lane.holder.0) || lane.running {
                 return true;
             }
             // Only another partition's message can still be waiting here
@@ -169,6 +194,7 @@ impl Schedule {
             match lane.waiting.pop_front() {
                 Some((next, msg)) => {
                     lane.holder = (next, msg.offset());
+                    lane.running = false;
                     promoted.push((next, msg));
                     true
                 }
@@ -286,20 +312,76 @@ mod tests {
         s.push_to(slot(0), msg(0, 1, Some("a")), Some(7));
         let first = drain(&mut s);
         assert_eq!(first.len(), 1, "one lane, one message at a time");
-        // Partition 0 is revoked while its message runs: partition 1's
-        // message must not wait for a completion that will be ignored.
+        // Partition 0 is revoked while its message runs: the lane stays
+        // held until that message ends (its completion is still reported),
+        // then partition 1's message goes next.
         s.drop_partition(0, 0);
+        assert!(drain(&mut s).is_empty());
+        s.finished(first[0].0, first[0].1);
         let next = drain(&mut s);
         assert_eq!(
             next.iter().map(|(sl, o)| (sl.partition, *o)).collect::<Vec<_>>(),
             [(1, 0)]
         );
-        // The late completion of the revoked message does not free the lane.
-        s.finished(first[0].0, first[0].1);
-        assert_eq!(s.lanes.len(), 1);
         s.finished(next[0].0, next[0].1);
         assert!(s.lanes.is_empty());
         assert_eq!(s.len(), 0);
+
+        // A holder that has not started goes with its partition at once.
+        s.push_to(slot(0), msg(0, 5, Some("a")), Some(7));
+        s.push_to(slot(1), msg(1, 5, Some("b")), Some(7));
+        s.drop_partition(0, 0);
+        let next = drain(&mut s);
+        assert_eq!(
+            next.iter().map(|(sl, o)| (sl.partition, *o)).collect::<Vec<_>>(),
+            [(1, 5)]
+        );
+    }
+
+    /// A partition is revoked while a message of key `a` runs, and comes
+    /// back (a new epoch) before that message ends: the new assignment's
+    /// messages of `a` wait for it; other keys do not.
+    #[test]
+    fn a_key_of_a_new_assignment_waits_for_the_old_assignments_running_message() {
+        let mut s = Schedule::new(Ordering::Key);
+        let old = slot(0);
+        s.push(old, msg(0, 10, Some("a")));
+        s.push(old, msg(0, 11, Some("b")));
+        s.push(old, msg(0, 12, Some("a")));
+        let running = drain(&mut s);
+        assert_eq!(running.len(), 2, "a@10 and b@11 run");
+        s.drop_partition(0, 0);
+        assert_eq!(s.len(), 0, "a@12 (not started) is forgotten");
+        let new = PartitionSlot { epoch: 2, ..slot(0) };
+        s.push(new, msg(0, 10, Some("a")));
+        s.push(new, msg(0, 11, Some("b")));
+        s.push(new, msg(0, 13, Some("c")));
+        assert_eq!(s.blocked(0, 0), 2, "a@10 and b@11 wait for their old holders");
+        let started = drain(&mut s);
+        assert_eq!(started.iter().map(|(_, o)| *o).collect::<Vec<_>>(), [13]);
+        // The old a@10 ends: the new a@10 may start now.
+        s.finished(running[0].0, running[0].1);
+        assert_eq!(
+            drain(&mut s).iter().map(|(sl, o)| (sl.epoch, *o)).collect::<Vec<_>>(),
+            [(2, 10)]
+        );
+        s.finished(running[1].0, running[1].1);
+        assert_eq!(
+            drain(&mut s).iter().map(|(sl, o)| (sl.epoch, *o)).collect::<Vec<_>>(),
+            [(2, 11)]
+        );
+    }
+
+    /// A lane whose holder waits for its retry (not running) is dropped
+    /// with its partition, like one whose holder has not started.
+    #[test]
+    fn a_lane_held_by_a_message_waiting_for_its_retry_goes_with_the_partition() {
+        let mut s = Schedule::new(Ordering::Key);
+        s.push(slot(0), msg(0, 1, Some("a")));
+        let started = drain(&mut s);
+        s.idle(started[0].0, started[0].1);
+        s.drop_partition(0, 0);
+        assert!(s.lanes.is_empty());
     }
 
     #[test]
