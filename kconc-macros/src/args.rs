@@ -17,6 +17,8 @@ const KEYS: &[&str] = &[
     "ordering",
     "first_poll",
     "max_buffered",
+    "max_uncommitted",
+    "handler_timeout",
     "commit_batch_size",
     "commit_interval",
     "shutdown_timeout",
@@ -41,6 +43,8 @@ pub(crate) struct Args {
     /// The `FirstPoll` variant: `Worker`, `PollThread` or `Auto`.
     pub(crate) first_poll: Option<&'static str>,
     pub(crate) max_buffered: Option<LitInt>,
+    pub(crate) max_uncommitted: Option<LitInt>,
+    pub(crate) handler_timeout_ms: Option<u64>,
     pub(crate) commit_batch_size: Option<LitInt>,
     pub(crate) commit_interval_ms: Option<u64>,
     pub(crate) shutdown_timeout_ms: Option<u64>,
@@ -89,6 +93,8 @@ pub(crate) fn parse(tokens: TokenStream) -> syn::Result<Args> {
     let mut ordering_mode = None;
     let mut first_poll_mode = None;
     let mut max_buffered = None;
+    let mut max_uncommitted = None;
+    let mut handler_timeout_ms = None;
     let mut commit_batch_size = None;
     let mut commit_interval_ms = None;
     let mut shutdown_timeout_ms = None;
@@ -140,6 +146,23 @@ pub(crate) fn parse(tokens: TokenStream) -> syn::Result<Args> {
                     "how many fetched messages may wait for a handler slot",
                     errors,
                 );
+            }
+            "max_uncommitted" => {
+                max_uncommitted = at_least_one(
+                    &value,
+                    "max_uncommitted",
+                    "how many offsets of a partition may be read past its last committed offset",
+                    errors,
+                );
+            }
+            "handler_timeout" => {
+                handler_timeout_ms = duration(&value, "handler_timeout", errors);
+                if let (Some(0), Some(s)) = (handler_timeout_ms, lit_str(&value)) {
+                    errors.push_at(
+                        s.span(),
+                        "`handler_timeout` must be longer than zero: it is how long a handler may run before its message fails",
+                    );
+                }
             }
             "commit_batch_size" => {
                 commit_batch_size = at_least_one(
@@ -230,6 +253,8 @@ pub(crate) fn parse(tokens: TokenStream) -> syn::Result<Args> {
             ordering: ordering_mode,
             first_poll: first_poll_mode,
             max_buffered,
+            max_uncommitted,
+            handler_timeout_ms,
             commit_batch_size,
             commit_interval_ms,
             shutdown_timeout_ms,

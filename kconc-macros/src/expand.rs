@@ -79,6 +79,8 @@ fn registration(args: &Args, func: &ItemFn) -> TokenStream {
     };
     let concurrency = usize_option(&args.concurrency);
     let max_buffered = usize_option(&args.max_buffered);
+    let max_uncommitted = usize_option(&args.max_uncommitted);
+    let handler_timeout = duration_option(args.handler_timeout_ms);
     let ordering = match &args.ordering {
         Some(o) => {
             let variant = syn::Ident::new(o, Span::call_site());
@@ -185,6 +187,8 @@ fn registration(args: &Args, func: &ItemFn) -> TokenStream {
                     ordering: #ordering,
                     first_poll: #first_poll,
                     max_buffered: #max_buffered,
+                    max_uncommitted: #max_uncommitted,
+                    handler_timeout: #handler_timeout,
                     commit_batch_size: #commit_batch_size,
                     commit_interval: #commit_interval,
                     shutdown_timeout: #shutdown_timeout,

@@ -25,9 +25,12 @@ use proc_macro::TokenStream;
 ///
 /// Options: `topic = ".."` or `topics = ["..", ..]`, `group = ".."` (both
 /// required), `concurrency = N`, `ordering = "unordered" | "key" |
-/// "partition"`, `max_buffered = N`,
+/// "partition"`, `first_poll = "worker" | "poll_thread" | "auto"`,
+/// `max_buffered = N`, `max_uncommitted = N`, `handler_timeout = "30s"`,
 /// `commit_batch_size = N`, `commit_interval = "1s"`,
-/// `shutdown_timeout = "20s"` (durations in `ms`, `s` or `m`),
+/// `shutdown_timeout = "20s"` (durations in `ms`, `s` or `m`), `retries =
+/// N`, `backoff = ".."`, `max_backoff = ".."`, `on_error = "skip" | "stop" |
+/// "dead_letter"`, `dead_letter = "topic"`,
 /// `name = ".."` (default: the function's path), `crate = "path"` (for a
 /// renamed `kconc-runtime` dependency).
 ///

@@ -549,6 +549,7 @@ impl Running {
         all.iter()
             .map(|s| s.snapshot())
             .fold(StatsSnapshot::default(), |a, b| StatsSnapshot {
+                received: a.received + b.received,
                 dispatched: a.dispatched + b.dispatched,
                 first_polls_on_poll_thread: a.first_polls_on_poll_thread + b.first_polls_on_poll_thread,
                 first_polls_rerun_on_worker: a.first_polls_rerun_on_worker + b.first_polls_rerun_on_worker,
@@ -565,6 +566,7 @@ impl Running {
                 revocations: a.revocations + b.revocations,
                 revoke_commit_failures: a.revoke_commit_failures + b.revoke_commit_failures,
                 max_waiting: a.max_waiting.max(b.max_waiting),
+                uncommitted_window_pauses: a.uncommitted_window_pauses + b.uncommitted_window_pauses,
             })
     }
 

@@ -160,8 +160,11 @@ struct Settings {
     group: String,
     /// Handlers running at once, at most.
     concurrency: usize,
-    /// Messages waiting for a handler slot, at most (partitions pause there).
+    /// Messages read and not started (retries included), at most
+    /// (reading stops there).
     max_buffered: usize,
+    /// Offsets of one partition read past its last committed one, at most.
+    max_uncommitted: usize,
     commit_batch_size: usize,
     commit_interval: Duration,
     shutdown_timeout: Duration,
@@ -341,7 +344,7 @@ impl Engine {
         let stats = self.dispatcher.stats();
         let now = crate::dispatch::unix_ms();
         stats.last_poll_ms.store(now, Ordering::Relaxed);
-        stats.buffered.store(self.waiting.len() as u64, Ordering::Relaxed);
+        stats.buffered.store(self.buffered() as u64, Ordering::Relaxed);
         if now.saturating_sub(self.last_watermarks) < 1000 {
             return;
         }
@@ -587,13 +590,31 @@ impl Engine {
         self.dispatcher
             .stats()
             .max_waiting
-            .fetch_max(self.waiting.len() as u64, Ordering::Relaxed);
+            .fetch_max(self.buffered() as u64, Ordering::Relaxed);
+    }
+
+    /// Messages read and not started: waiting for a slot or their lane,
+    /// or for their retry. What `max_buffered` bounds.
+    fn buffered(&self) -> usize {
+        self.waiting.len() + self.delayed.len()
+    }
+
+    /// Why a partition is not read now, if it is not: its messages waiting
+    /// behind busy lanes reached its `share` of `max_buffered` (key and
+    /// partition ordering), or its uncommitted window is full.
+    fn held_back(&self, t: usize, p: i32, share: usize) -> Option<&'static str> {
+        if self.waiting.blocked(t, p) >= share {
+            return Some("its buffer share is full");
+        }
+        let ps = self.topics[t].partitions.get(&p)?;
+        (ps.offsets.window(ps.committed) >= self.settings.max_uncommitted as u64)
+            .then_some("its uncommitted window is full (max_uncommitted): it waits for its commits")
     }
 
     /// Reads partition queues, a batch from each in turn, while fewer than
-    /// `max_buffered` messages wait and the partition's messages blocked
-    /// behind busy lanes are below its share, up to `FILL_READS` messages.
-    /// Returns how many it read.
+    /// `max_buffered` messages wait (retries included) and the partition is
+    /// not held back (see [`Engine::held_back`]), up to `FILL_READS`
+    /// messages. Returns how many it read.
     fn fill(&mut self) -> usize {
         if self.closing || self.order.is_empty() {
             return 0;
@@ -602,9 +623,8 @@ impl Engine {
         let share = (self.settings.max_buffered / n).max(1);
         for i in 0..n {
             let (t, p) = self.order[i];
-            if self.waiting.blocked(t, p) < share {
-                self.set_paused(t, p, false);
-            }
+            let held = self.held_back(t, p, share);
+            self.set_paused(t, p, held);
         }
         let mut read = 0;
         loop {
@@ -612,14 +632,14 @@ impl Engine {
             for i in 0..n {
                 let (t, p) = self.order[(self.next_turn + i) % n];
                 for _ in 0..PARTITION_BATCH {
-                    if self.waiting.len() >= self.settings.max_buffered || read >= FILL_READS {
+                    if self.buffered() >= self.settings.max_buffered || read >= FILL_READS {
                         // The next turn starts after this partition, so a
                         // deep partition cannot starve the others.
                         self.next_turn = (self.next_turn + i + 1) % n;
                         return read;
                     }
-                    if self.waiting.blocked(t, p) >= share {
-                        self.set_paused(t, p, true);
+                    if let Some(why) = self.held_back(t, p, share) {
+                        self.set_paused(t, p, Some(why));
                         break;
                     }
                     let topic = &self.topics[t];
@@ -661,29 +681,30 @@ impl Engine {
         }
     }
 
-    /// Marks a partition paused or resumed by backpressure, logging and
-    /// counting the change.
-    fn set_paused(&mut self, t: usize, p: i32, paused: bool) {
+    /// Marks a partition paused (`Some(why)`) or resumed by backpressure,
+    /// logging and counting the change.
+    fn set_paused(&mut self, t: usize, p: i32, held: Option<&'static str>) {
         let Some(ps) = self.topics[t].partitions.get_mut(&p) else {
             return;
         };
+        let paused = held.is_some();
         if ps.paused == paused {
             return;
         }
         ps.paused = paused;
         let topic = &*self.topics[t].name;
-        self.dispatcher.stats().set_paused(topic, p, paused);
+        let stats = self.dispatcher.stats();
+        stats.set_paused(topic, p, paused);
+        if held.is_some_and(|why| why.starts_with("its uncommitted")) {
+            stats.window_pauses.fetch_add(1, Ordering::Relaxed);
+        }
         tracing::debug!(
             subscriber = &*self.settings.name,
             topic,
             partition = p,
             paused,
             "backpressure: partition {}",
-            if paused {
-                "paused: its buffer share is full"
-            } else {
-                "resumed"
-            }
+            held.map_or_else(|| "resumed".to_owned(), |why| format!("paused: {why}"))
         );
     }
 
@@ -939,6 +960,7 @@ pub(crate) fn start(
             group: sub.group.clone(),
             concurrency: sub.concurrency,
             max_buffered: sub.effective_max_buffered(),
+            max_uncommitted: sub.max_uncommitted,
             commit_batch_size: sub.commit_batch_size,
             commit_interval: sub.commit_interval,
             shutdown_timeout: sub.shutdown_timeout,

@@ -55,8 +55,11 @@ pub(crate) struct Stats {
     /// Revokes whose commit of the finished prefix failed (the new owner
     /// then starts from an older commit: duplicates, never a skip).
     pub revoke_commit_failures: AtomicU64,
-    /// The most messages ever waiting for a handler slot at once.
+    /// The most messages ever read and not started at once (waiting for a
+    /// slot, their lane or their retry).
     pub max_waiting: AtomicU64,
+    /// Times a partition was paused because its uncommitted window was full.
+    pub window_pauses: AtomicU64,
     /// Partitions that have been paused because their own buffer was full
     /// (`key` and `partition` ordering), by topic and partition. Written
     /// only when a partition pauses or resumes.
@@ -167,6 +170,8 @@ pub struct PartitionPause {
 /// A snapshot of [`Stats`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct StatsSnapshot {
+    /// Messages read from Kafka (before any ordering or backpressure wait).
+    pub received: u64,
     /// Messages handed to handler tasks.
     pub dispatched: u64,
     /// Handlers whose first poll ran on the subscriber's poll thread
@@ -199,8 +204,12 @@ pub struct StatsSnapshot {
     pub revocations: u64,
     /// Revokes whose commit of the finished prefix failed.
     pub revoke_commit_failures: u64,
-    /// The most messages ever waiting for a handler slot at once (bounded by `max_buffered`).
+    /// The most messages ever read and not started at once, retries
+    /// waiting for their backoff included (bounded by `max_buffered`).
     pub max_waiting: u64,
+    /// Times a partition was paused because its uncommitted window
+    /// reached `max_uncommitted`.
+    pub uncommitted_window_pauses: u64,
 }
 
 impl Stats {
@@ -316,6 +325,7 @@ impl Stats {
     pub(crate) fn snapshot(&self) -> StatsSnapshot {
         let r = |a: &AtomicU64| a.load(Ordering::Relaxed);
         StatsSnapshot {
+            received: r(&self.received),
             dispatched: r(&self.dispatched),
             first_polls_on_poll_thread: r(&self.first_polls_here),
             first_polls_rerun_on_worker: r(&self.first_polls_rerun),
@@ -332,6 +342,7 @@ impl Stats {
             revocations: r(&self.revocations),
             revoke_commit_failures: r(&self.revoke_commit_failures),
             max_waiting: r(&self.max_waiting),
+            uncommitted_window_pauses: r(&self.window_pauses),
         }
     }
 }

@@ -16,6 +16,8 @@ pub(crate) struct OffsetTracker {
     pending: VecDeque<(i64, bool)>,
     /// One past the last offset of the finished prefix, once there is one.
     position: Option<i64>,
+    /// The first offset dispatched in this assignment.
+    first_dispatched: Option<i64>,
     /// The highest offset dispatched so far.
     last_dispatched: Option<i64>,
 }
@@ -29,8 +31,21 @@ impl OffsetTracker {
             return false;
         }
         self.last_dispatched = Some(offset);
+        self.first_dispatched.get_or_insert(offset);
         self.pending.push_back((offset, false));
         true
+    }
+
+    /// How many offsets have been dispatched past `committed` (the
+    /// position last committed in this assignment; before any, the first
+    /// offset dispatched): the partition's uncommitted window, counted in
+    /// offsets (gaps included, so it never undercounts).
+    pub(crate) fn window(&self, committed: Option<i64>) -> u64 {
+        let (Some(last), Some(first)) = (self.last_dispatched, self.first_dispatched) else {
+            return 0;
+        };
+        let from = committed.unwrap_or(first);
+        u64::try_from(last + 1 - from).unwrap_or(0)
     }
 
     /// Whether nothing has been dispatched in this assignment yet.
@@ -88,6 +103,20 @@ mod tests {
         assert!(t.finished(13));
         assert_eq!(t.committable(), Some(15));
         assert_eq!(t.unfinished_window(), 0);
+    }
+
+    #[test]
+    fn the_window_counts_from_the_committed_position_or_the_first_offset() {
+        let mut t = OffsetTracker::default();
+        assert_eq!(t.window(None), 0);
+        for o in 100..110 {
+            t.dispatched(o);
+        }
+        assert_eq!(t.window(None), 10, "nothing committed: from the first offset read");
+        t.finished(100);
+        assert_eq!(t.window(None), 10, "finishing does not shrink it: committing does");
+        assert_eq!(t.window(Some(101)), 9);
+        assert_eq!(t.window(Some(110)), 0);
     }
 
     #[test]

@@ -27,6 +27,10 @@ pub struct Registration {
     pub first_poll: Option<crate::subscriber::FirstPoll>,
     /// `max_buffered`, if given.
     pub max_buffered: Option<usize>,
+    /// `max_uncommitted`, if given.
+    pub max_uncommitted: Option<usize>,
+    /// `handler_timeout`, if given.
+    pub handler_timeout: Option<Duration>,
     /// `commit_batch_size`, if given.
     pub commit_batch_size: Option<usize>,
     /// `commit_interval`, if given.

@@ -19,6 +19,9 @@ pub const DEFAULT_COMMIT_INTERVAL: Duration = Duration::from_secs(1);
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(20);
 /// Default time a revoke waits for the revoked partitions' in-flight handlers.
 pub const DEFAULT_REVOKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default bound of each partition's uncommitted window (offsets read past
+/// its last committed offset).
+pub const DEFAULT_MAX_UNCOMMITTED: usize = 10_000;
 
 /// How much order a subscriber's handlers keep (guarantee 4 of the design).
 ///
@@ -159,6 +162,8 @@ pub struct Subscriber {
     pub(crate) ordering: Ordering,
     pub(crate) first_poll: FirstPoll,
     pub(crate) max_buffered: Option<usize>,
+    pub(crate) max_uncommitted: usize,
+    pub(crate) handler_timeout: Option<Duration>,
     pub(crate) commit_batch_size: usize,
     pub(crate) commit_interval: Duration,
     pub(crate) shutdown_timeout: Duration,
@@ -178,6 +183,8 @@ impl std::fmt::Debug for Subscriber {
             .field("ordering", &self.ordering)
             .field("first_poll", &self.first_poll)
             .field("max_buffered", &self.effective_max_buffered())
+            .field("max_uncommitted", &self.max_uncommitted)
+            .field("handler_timeout", &self.handler_timeout)
             .field("commit_batch_size", &self.commit_batch_size)
             .field("commit_interval", &self.commit_interval)
             .field("shutdown_timeout", &self.shutdown_timeout)
@@ -233,6 +240,8 @@ impl Subscriber {
             ordering: Ordering::Unordered,
             first_poll: FirstPoll::Worker,
             max_buffered: None,
+            max_uncommitted: DEFAULT_MAX_UNCOMMITTED,
+            handler_timeout: None,
             commit_batch_size: DEFAULT_COMMIT_BATCH_SIZE,
             commit_interval: DEFAULT_COMMIT_INTERVAL,
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
@@ -262,6 +271,12 @@ impl Subscriber {
         }
         if let Some(n) = reg.max_buffered {
             s.max_buffered = Some(n);
+        }
+        if let Some(n) = reg.max_uncommitted {
+            s.max_uncommitted = n;
+        }
+        if let Some(d) = reg.handler_timeout {
+            s.handler_timeout = Some(d);
         }
         if let Some(n) = reg.commit_batch_size {
             s.commit_batch_size = n;
@@ -323,6 +338,29 @@ impl Subscriber {
     #[must_use]
     pub fn max_buffered(mut self, n: usize) -> Self {
         self.max_buffered = Some(n);
+        self
+    }
+
+    /// At most this many offsets of one partition are read past its last
+    /// committed offset (default 10,000). A partition at the bound is
+    /// paused (not read, while polling goes on) until its commits catch up.
+    /// It bounds, per partition, the memory of what finished above a
+    /// message that has not (a stuck handler, a long retry), and what is
+    /// handled again after a crash, a lost assignment or a stretch of
+    /// failing commits.
+    #[must_use]
+    pub fn max_uncommitted(mut self, n: usize) -> Self {
+        self.max_uncommitted = n;
+        self
+    }
+
+    /// A handler running longer than this is dropped (cancelled at its
+    /// next `.await`) and its message fails with a timeout error: retried
+    /// if retries are left, then the error policy (default: none). A
+    /// handler that blocks its thread without awaiting cannot be cut off.
+    #[must_use]
+    pub fn handler_timeout(mut self, d: Duration) -> Self {
+        self.handler_timeout = Some(d);
         self
     }
 
@@ -438,6 +476,8 @@ impl Subscriber {
         "ordering",
         "first_poll",
         "max_buffered",
+        "max_uncommitted",
+        "handler_timeout",
         "commit_batch_size",
         "commit_interval",
         "shutdown_timeout",
@@ -466,6 +506,15 @@ impl Subscriber {
             "ordering" => self.ordering = v.parse()?,
             "first_poll" => self.first_poll = v.parse()?,
             "max_buffered" => self.max_buffered = Some(number()?),
+            "max_uncommitted" => self.max_uncommitted = number()?,
+            "handler_timeout" => {
+                self.handler_timeout = match v {
+                    "none" | "off" => None,
+                    _ => Some(parse_duration(v).ok_or_else(|| {
+                        format!("`handler_timeout` takes a duration such as `30s`, or `none`, not `{v}`")
+                    })?),
+                };
+            }
             "commit_batch_size" => self.commit_batch_size = number()?,
             "commit_interval" => self.commit_interval = duration()?,
             "shutdown_timeout" => self.shutdown_timeout = duration()?,
@@ -518,6 +567,12 @@ impl Subscriber {
         }
         if self.max_buffered == Some(0) {
             return bad("max_buffered", "must be at least 1");
+        }
+        if self.max_uncommitted == 0 {
+            return bad("max_uncommitted", "must be at least 1");
+        }
+        if self.handler_timeout.is_some_and(|d| d.is_zero()) {
+            return bad("handler_timeout", "must be longer than zero (or unset)");
         }
         if self.commit_batch_size == 0 {
             return bad("commit_batch_size", "must be at least 1");

@@ -6,6 +6,8 @@ use kconc_runtime::{subscriber, Message};
     concurrency = 20,
     ordering = "unordered",
     first_poll = "worker",
+    max_uncommitted = 5000,
+    handler_timeout = "30s",
     commit_batch_size = 500,
     commit_interval = "250ms",
     shutdown_timeout = "1m",
