@@ -20,10 +20,11 @@ use kconc_runtime::{EmbeddedCluster, Message, Subscriber};
 
 const DEADLINE: Duration = Duration::from_secs(60);
 
-/// Every message fails (after 20 ms) and is retried every ~10 ms; while a
-/// revoke waits for the running handlers of the partitions it takes away,
-/// none of their retries may start (they would run on a partition being
-/// handed to another member, and stretch the revoke to its timeout).
+/// Every message fails (after 10 to 38 ms) and is retried after 1 ms;
+/// while a revoke waits for the running handlers of the partitions it
+/// takes away, none of their retries may start (they would run on a
+/// partition being handed to another member, and, with handlers always
+/// running, stretch the revoke to its timeout).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revoked_partitions_failed_messages_are_not_retried_while_the_revoke_waits() {
     let (topic, group, parts, n) = ("no-retry", "g-no-retry", 4, 400);
@@ -34,16 +35,17 @@ async fn a_revoked_partitions_failed_messages_are_not_retried_while_the_revoke_w
     let at = attempts.clone();
     let a = Subscriber::new("a", [topic], group, move |m: Message| {
         at.lock().unwrap().push((m.partition(), m.attempt(), Instant::now()));
+        let work = Duration::from_millis(10 + (m.offset() as u64 % 5) * 7);
         async move {
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            tokio::time::sleep(work).await;
             Err::<(), _>("downstream is down")
         }
     })
     .concurrency(8)
     .ordering(kconc_runtime::Ordering::Key)
     .retries(1_000)
-    .backoff(Duration::from_millis(10))
-    .max_backoff(Duration::from_millis(10))
+    .backoff(Duration::from_millis(1))
+    .max_backoff(Duration::from_millis(1))
     .revoke_timeout(Duration::from_secs(3));
     let app_a = test_app(&bootstrap).subscriber(a).start().unwrap();
     let a_stats = app_a.stats_handle("a").unwrap();
@@ -65,7 +67,7 @@ async fn a_revoked_partitions_failed_messages_are_not_retried_while_the_revoke_w
         .lock()
         .unwrap()
         .iter()
-        .filter(|(p, attempt, at)| !kept.contains(p) && *attempt > 1 && *at > began + Duration::from_millis(30))
+        .filter(|(p, attempt, at)| !kept.contains(p) && *attempt > 1 && *at > began + Duration::from_millis(50))
         .map(|(p, attempt, at)| (*p, *attempt, at.duration_since(began)))
         .collect();
     assert!(
