@@ -108,3 +108,38 @@ async fn a_stuck_handler_holds_its_partition_at_max_uncommitted_and_the_others_g
     assert!(s.uncommitted_window_pauses >= 1, "{s:?}");
     assert_all_handled(&rec.counts(), &ends);
 }
+
+/// `handler_timeout` cuts off a handler that hangs: its message fails with
+/// a timeout error and follows the policy. On partition 0 offset 5 hangs
+/// on its first attempt only (its retry succeeds); on partition 1 offset 7
+/// hangs on every attempt, so after its retry it stops its partition.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handler_timeout_cuts_a_hanging_handler_off_and_its_message_follows_the_policy() {
+    let (topic, group, parts) = ("hanging", "g-hanging", 2);
+    let cluster = cluster(topic, parts);
+    let bootstrap = cluster.bootstrap_servers().to_owned();
+    let ends = produce(&bootstrap, topic, parts, 40, 4);
+    let sub = Subscriber::new("hanging", [topic], group, |m: Message| async move {
+        let hangs = (m.partition(), m.offset()) == (0, 5) && m.attempt() == 1 || (m.partition(), m.offset()) == (1, 7);
+        if hangs {
+            std::future::pending::<()>().await;
+        }
+    })
+    .handler_timeout(Duration::from_millis(200))
+    .retries(1)
+    .backoff(Duration::from_millis(10))
+    .on_error(kconc_runtime::OnError::Stop)
+    .commit_interval(Duration::from_millis(50));
+    let app = test_app(&bootstrap).subscriber(sub).start().unwrap();
+    let expected = vec![Some(ends[0]), Some(7)];
+    wait_for("partition 0 at its end, partition 1 stopped at 7", DEADLINE, || {
+        committed(&bootstrap, group, topic, parts) == expected && !app.stopped_partitions("hanging").is_empty()
+    })
+    .await;
+    let stats = app.stats("hanging").unwrap();
+    let stopped = app.stopped_partitions("hanging");
+    app.shutdown().await;
+    assert_eq!((stopped[0].partition, stopped[0].offset), (1, 7), "{stopped:?}");
+    assert!(stopped[0].reason.contains("handler_timeout"), "{stopped:?}");
+    assert_eq!((stats.failed, stats.retried, stats.stopped), (3, 2, 1), "{stats:?}");
+}

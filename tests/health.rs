@@ -257,3 +257,77 @@ async fn a_bad_http_address_fails_at_start_naming_the_setting() {
         .to_string();
     assert!(err.contains("--http/KCONC_HTTP `not-an-address`"), "{err}");
 }
+
+/// A handler stuck at offset 5 of partition 1 while messages keep coming
+/// behind it: metrics show how long the oldest handler has run, and once
+/// the partition's committed offset has not moved for
+/// `partition_stalled_for` (1 s here), health names it and withdraws
+/// readiness (liveness stays: a restart would not help). Both clear once
+/// the handler ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_handler_shows_in_metrics_and_its_stalled_partition_in_health() {
+    let (topic, group, parts) = ("stalled", "g-stalled", 2);
+    let cluster = cluster(topic, parts);
+    let bootstrap = cluster.bootstrap_servers().to_owned();
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let g = gate.clone();
+    let sub = Subscriber::new("stalled", [topic], group, move |m: Message| {
+        let g = g.clone();
+        async move {
+            if m.partition() == 1 && m.offset() == 5 {
+                let _ = g.acquire().await;
+            }
+        }
+    })
+    .commit_interval(Duration::from_millis(100));
+    let app = test_app(&bootstrap)
+        .health_thresholds(HealthThresholds {
+            partition_stalled_for: Duration::from_secs(1),
+            ..HealthThresholds::default()
+        })
+        .subscriber(sub)
+        .start()
+        .unwrap();
+    let ends = produce(&bootstrap, topic, parts, 100, 10);
+    wait_for("partition 1 reported stalled", DEADLINE, || {
+        !app.health().subscribers[0].stalled.is_empty()
+    })
+    .await;
+    let health = app.health();
+    let s = &health.subscribers[0];
+    assert_eq!(
+        s.stalled
+            .iter()
+            .map(|p| (p.topic.as_str(), p.partition))
+            .collect::<Vec<_>>(),
+        [(topic, 1)],
+        "{health:?}"
+    );
+    assert!(s.healthy && !s.ready, "{health:?}");
+    assert!(
+        s.problems
+            .iter()
+            .any(|p| p.contains("stalled[1]") && p.contains("has not moved")),
+        "{:?}",
+        s.problems
+    );
+    assert!(
+        s.oldest_handler.is_some_and(|d| d >= Duration::from_secs(1)),
+        "{health:?}"
+    );
+    let metrics = parse_metrics(&app.metrics_text().unwrap());
+    assert!(
+        metrics["kconc_oldest_handler_seconds{subscriber=stalled}"] >= 1.0,
+        "{metrics:?}"
+    );
+    assert_eq!(metrics["kconc_stalled_partitions{subscriber=stalled}"], 1.0);
+    gate.add_permits(1);
+    wait_for("committed to the ends, ready again", DEADLINE, || {
+        committed(&bootstrap, group, topic, parts) == all_committed(&ends) && app.health().ready
+    })
+    .await;
+    assert!(app.health().subscribers[0].stalled.is_empty());
+    let metrics = parse_metrics(&app.metrics_text().unwrap());
+    assert_eq!(metrics["kconc_oldest_handler_seconds{subscriber=stalled}"], 0.0);
+    app.shutdown().await;
+}

@@ -196,6 +196,9 @@ struct PartitionState {
     revoking: bool,
     /// The position the committer last committed in this assignment.
     committed: Option<i64>,
+    /// When `committed` last moved (or the partition was assigned), in
+    /// Unix milliseconds: how long its commits have stalled.
+    progress_ms: u64,
 }
 
 /// A failed message waiting for its retry.
@@ -291,6 +294,7 @@ impl Engine {
             stopped: false,
             revoking: false,
             committed: None,
+            progress_ms: crate::dispatch::unix_ms(),
         }
     }
 
@@ -350,14 +354,22 @@ impl Engine {
         }
         self.last_watermarks = now;
         let mut marks = Vec::new();
+        let mut progress = std::collections::BTreeMap::new();
         for &(t, p) in &self.order {
             let topic = &*self.topics[t].name;
             if let Some(high) = cached_high_watermark(consumer, topic, p) {
                 marks.push(((topic.to_owned(), p), high));
             }
+            if let Some(ps) = self.topics[t].partitions.get(&p) {
+                let waiting = ps.offsets.window(ps.committed) > 0;
+                progress.insert((topic.to_owned(), p), (ps.progress_ms, waiting));
+            }
         }
         if let Ok(mut map) = stats.high_watermarks.lock() {
             map.extend(marks);
+        }
+        if let Ok(mut map) = stats.progress.lock() {
+            *map = progress;
         }
     }
 
@@ -830,7 +842,10 @@ impl Engine {
                 continue;
             };
             if let Some(ps) = ts.partitions.get_mut(&key.partition).filter(|ps| ps.epoch == epoch) {
-                ps.committed = Some(ps.committed.map_or(offset, |c| c.max(offset)));
+                if ps.committed.is_none_or(|c| offset > c) {
+                    ps.committed = Some(offset);
+                    ps.progress_ms = crate::dispatch::unix_ms();
+                }
             }
         }
     }
@@ -977,6 +992,7 @@ pub(crate) fn start(
                 stats: stats.clone(),
                 runtime: runtime.clone(),
                 policy: sub.policy.clone(),
+                handler_timeout: sub.handler_timeout,
             },
             sub.concurrency,
             sub.first_poll,

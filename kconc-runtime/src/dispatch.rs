@@ -97,6 +97,14 @@ pub(crate) struct Stats {
     pub fetch_starts: Mutex<BTreeMap<(String, i32), i64>>,
     /// How long handler calls take.
     pub handler_seconds: HandlerHistogram,
+    /// When the message in each worker place began, in Unix milliseconds
+    /// (0: the place is free): the oldest is the oldest running handler.
+    pub running_since: Mutex<Vec<Arc<AtomicU64>>>,
+    /// Per assigned partition: when its committed offset last moved (or it
+    /// was assigned), in Unix milliseconds, and whether messages wait
+    /// behind that offset (read past it and not committed). Refreshed once
+    /// a second.
+    pub progress: Mutex<BTreeMap<(String, i32), (u64, bool)>>,
 }
 
 /// The handler duration histogram (buckets from 0.5 ms to about 16 s).
@@ -298,6 +306,18 @@ impl Stats {
             .collect()
     }
 
+    /// How long the oldest message in a worker now has been there (its
+    /// handler running, or its dead letter being produced), if any is.
+    pub(crate) fn oldest_running(&self) -> Option<std::time::Duration> {
+        let since = self.running_since.lock().ok()?;
+        let oldest = since
+            .iter()
+            .map(|s| s.load(Ordering::Relaxed))
+            .filter(|&ms| ms > 0)
+            .min()?;
+        Some(std::time::Duration::from_millis(unix_ms().saturating_sub(oldest)))
+    }
+
     /// Every partition that has ever been paused.
     pub(crate) fn pauses(&self) -> Vec<PartitionPause> {
         let Ok(map) = self.pauses.lock() else { return Vec::new() };
@@ -405,6 +425,8 @@ pub(crate) struct Shared {
     pub(crate) stats: Arc<Stats>,
     pub(crate) runtime: tokio::runtime::Handle,
     pub(crate) policy: ErrorPolicy,
+    /// A handler running longer is dropped and its message fails.
+    pub(crate) handler_timeout: Option<std::time::Duration>,
 }
 
 /// Where a worker takes a message up.
@@ -829,6 +851,7 @@ impl Inline {
 async fn work(shared: Arc<Shared>, mut inbox: UnboundedReceiver<Vec<Start>>) {
     let shared = &*shared;
     let mut running = Slots::new();
+    running.report_to(shared.stats.clone());
     let mut ended = Vec::new();
     let mut open = true;
     std::future::poll_fn(|cx| {
@@ -836,6 +859,8 @@ async fn work(shared: Arc<Shared>, mut inbox: UnboundedReceiver<Vec<Start>>) {
         while open {
             match inbox.poll_recv(cx) {
                 Poll::Ready(Some(batch)) => {
+                    // One clock reading for the batch: its messages begin now.
+                    running.now_ms = unix_ms();
                     for start in batch {
                         let handover = match &start {
                             Start::Running(_, _, handover) => handover.clone(),
@@ -885,12 +910,19 @@ struct Slots<F> {
     /// Places to poll now: new futures, and those woken.
     due: Vec<usize>,
     woken: Arc<Woken>,
+    /// Where each place's start time is published (see
+    /// [`Stats::running_since`]), if anywhere.
+    stats: Option<Arc<Stats>>,
+    /// The time stamped on the futures inserted next, in Unix milliseconds.
+    now_ms: u64,
 }
 
 struct Slot<F> {
     future: std::pin::Pin<Box<Option<F>>>,
     wake: Arc<SlotWake>,
     waker: std::task::Waker,
+    /// When its future began, in Unix milliseconds (0: free).
+    since: Arc<AtomicU64>,
 }
 
 /// The places woken since the worker last looked, and the worker's waker.
@@ -934,7 +966,14 @@ impl<F: Future> Slots<F> {
             free: Vec::new(),
             due: Vec::new(),
             woken: Arc::default(),
+            stats: None,
+            now_ms: 0,
         }
+    }
+
+    /// Publishes each place's start time in `stats`.
+    fn report_to(&mut self, stats: Arc<Stats>) {
+        self.stats = Some(stats);
     }
 
     /// Makes `cx` the waker to call when a future here is woken.
@@ -958,16 +997,22 @@ impl<F: Future> Slots<F> {
                     queued: AtomicBool::new(false),
                     woken: self.woken.clone(),
                 });
+                let since = Arc::new(AtomicU64::new(0));
+                if let Some(list) = self.stats.as_ref().and_then(|s| s.running_since.lock().ok()).as_mut() {
+                    list.push(since.clone());
+                }
                 self.slots.push(Slot {
                     future: Box::pin(None),
                     waker: std::task::Waker::from(wake.clone()),
                     wake,
+                    since,
                 });
                 place
             }
         };
         if let Some(slot) = self.slots.get_mut(place) {
             slot.future.set(Some(future));
+            slot.since.store(self.now_ms.max(1), Ordering::Relaxed);
         }
         self.due.push(place);
         place
@@ -998,6 +1043,7 @@ impl<F: Future> Slots<F> {
             };
             if let Poll::Ready(out) = future.poll(&mut std::task::Context::from_waker(&slot.waker)) {
                 slot.future.set(None);
+                slot.since.store(0, Ordering::Relaxed);
                 self.free.push(place);
                 ended.push(out);
             }
@@ -1017,6 +1063,9 @@ struct Drive<'a> {
     slot: PartitionSlot,
     offset: i64,
     state: DriveState<'a>,
+    /// Ends the handler at `handler_timeout` (boxed: made only where a
+    /// timeout is set).
+    deadline: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
 }
 
 // The handler state is the one every message is in; boxing it to even out
@@ -1042,12 +1091,17 @@ impl<'a> Drive<'a> {
             Start::Running(call, fut, _) => DriveState::Handler(call, fut),
             Start::DeadLetter(dead) => DriveState::DeadLetter(shared.dead_letter_boxed(*dead)),
         };
-        Self {
+        let mut drive = Self {
             shared,
             slot,
             offset,
             state,
+            deadline: None,
+        };
+        if let DriveState::Handler(call, _) = &drive.state {
+            drive.deadline = shared.deadline(call.started);
         }
+        drive
     }
 
     fn step(&mut self, cx: &mut std::task::Context<'_>) -> Poll<Event> {
@@ -1064,6 +1118,7 @@ impl<'a> Drive<'a> {
                     }
                     match self.shared.begin(slot, msg) {
                         (call, Ok(fut)) => {
+                            self.deadline = self.shared.deadline(call.started);
                             self.state = DriveState::Handler(call, fut);
                             continue;
                         }
@@ -1078,9 +1133,18 @@ impl<'a> Drive<'a> {
                         let _in_span = call.span.enter();
                         Handler::poll(fut, cx)
                     };
-                    let Poll::Ready(outcome) = polled else {
-                        return Poll::Pending;
+                    let outcome = match polled {
+                        Poll::Ready(outcome) => outcome,
+                        Poll::Pending => {
+                            let Some(deadline) = self.deadline.as_mut() else {
+                                return Poll::Pending;
+                            };
+                            std::task::ready!(deadline.as_mut().poll(cx));
+                            let after = self.shared.handler_timeout.unwrap_or_default();
+                            Outcome::Failed(Box::new(HandlerTimedOut { after }))
+                        }
                     };
+                    self.deadline = None;
                     let DriveState::Handler(call, fut) = std::mem::replace(&mut self.state, DriveState::Ended) else {
                         continue;
                     };
@@ -1160,7 +1224,26 @@ enum Concluded {
     DeadLetter(Box<DeadLetter>),
 }
 
+/// A handler ran longer than its subscriber's `handler_timeout` and was
+/// dropped: its message failed with this error (retried if retries are
+/// left, then the error policy).
+#[derive(Debug, thiserror::Error)]
+#[error("the handler ran longer than handler_timeout ({after:?}) and was cancelled")]
+pub struct HandlerTimedOut {
+    /// The `handler_timeout` it ran over.
+    pub after: std::time::Duration,
+}
+
 impl Shared {
+    /// The timer that ends a handler begun at `started`, if there is a
+    /// `handler_timeout`.
+    fn deadline(&self, started: Instant) -> Option<std::pin::Pin<Box<tokio::time::Sleep>>> {
+        let timeout = self.handler_timeout?;
+        Some(Box::pin(tokio::time::sleep_until(tokio::time::Instant::from_std(
+            started + timeout,
+        ))))
+    }
+
     /// Boxed: the dead-letter produce is rare and its future is large;
     /// inline, it would make every message's future (built and moved per
     /// message) several times bigger.

@@ -29,6 +29,11 @@ pub struct HealthThresholds {
     /// The poll loop not turning for this long: not live (default 60 s; it
     /// turns at least every 100 ms unless a revoke waits for handlers).
     pub poll_stalled_for: Duration,
+    /// A partition whose committed offset has not moved for this long while
+    /// messages wait behind it (read past it, not committed): not ready,
+    /// and reported (default 5 minutes). A stuck or very slow handler, or
+    /// a message whose retries last that long, holds a partition so.
+    pub partition_stalled_for: Duration,
 }
 
 impl Default for HealthThresholds {
@@ -36,8 +41,21 @@ impl Default for HealthThresholds {
         Self {
             commit_failures_for: Duration::from_secs(60),
             poll_stalled_for: Duration::from_secs(60),
+            partition_stalled_for: Duration::from_secs(300),
         }
     }
+}
+
+/// A partition whose committed offset has not moved for longer than
+/// [`HealthThresholds::partition_stalled_for`] while messages wait behind it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StalledPartition {
+    /// The topic.
+    pub topic: String,
+    /// The partition.
+    pub partition: i32,
+    /// How long its committed offset has not moved.
+    pub stalled_for: Duration,
 }
 
 /// One subscriber's state as health sees it.
@@ -71,6 +89,11 @@ pub struct SubscriberHealth {
     pub stopped: Vec<StoppedPartition>,
     /// Partitions paused by backpressure now.
     pub paused: Vec<(String, i32)>,
+    /// Partitions whose commits have stalled (see
+    /// [`HealthThresholds::partition_stalled_for`]).
+    pub stalled: Vec<StalledPartition>,
+    /// How long the oldest handler running now has run, if one runs.
+    pub oldest_handler: Option<Duration>,
 }
 
 /// The whole app's health: live unless some subscriber is unhealthy, ready
@@ -91,14 +114,15 @@ impl Health {
         let mut out = String::new();
         for s in &self.subscribers {
             out.push_str(&format!(
-                "{} group={} healthy={} ready={} assigned={} stopped={} paused={}\n",
+                "{} group={} healthy={} ready={} assigned={} stopped={} paused={} stalled={}\n",
                 s.name,
                 s.group,
                 s.healthy,
                 s.ready,
                 s.assigned.len(),
                 s.stopped.len(),
-                s.paused.len()
+                s.paused.len(),
+                s.stalled.len()
             ));
             for p in &s.problems {
                 out.push_str(&format!("  {p}\n"));
@@ -159,6 +183,17 @@ pub(crate) fn subscriber_health(w: &Watched, t: &HealthThresholds) -> Subscriber
             p.topic, p.partition, p.offset, p.reason
         ));
     }
+    let stalled = stalled_partitions(s, t, now);
+    for p in &stalled {
+        degraded = true;
+        problems.push(format!(
+            "partition {}[{}]: its committed offset has not moved for {} s while messages wait behind it \
+             (a stuck or slow handler, or long retries; see kconc_oldest_handler_seconds)",
+            p.topic,
+            p.partition,
+            p.stalled_for.as_secs()
+        ));
+    }
     let joined = s.joined.load(Ordering::Relaxed);
     let ready = joined && !closing && healthy && !degraded;
     if closing {
@@ -186,7 +221,26 @@ pub(crate) fn subscriber_health(w: &Watched, t: &HealthThresholds) -> Subscriber
             .filter(|p| p.paused)
             .map(|p| (p.topic, p.partition))
             .collect(),
+        stalled,
+        oldest_handler: s.oldest_running(),
     }
+}
+
+fn stalled_partitions(s: &Stats, t: &HealthThresholds, now: u64) -> Vec<StalledPartition> {
+    let Ok(progress) = s.progress.lock() else {
+        return Vec::new();
+    };
+    progress
+        .iter()
+        .filter(|(_, &(since, waiting))| {
+            waiting && now.saturating_sub(since) > t.partition_stalled_for.as_millis() as u64
+        })
+        .map(|((topic, partition), &(since, _))| StalledPartition {
+            topic: topic.clone(),
+            partition: *partition,
+            stalled_for: Duration::from_millis(now.saturating_sub(since)),
+        })
+        .collect()
 }
 
 pub(crate) fn health(watched: &[Watched], t: &HealthThresholds) -> Health {
@@ -312,6 +366,12 @@ pub(crate) fn metrics_text(watched: &[Watched], t: &HealthThresholds) -> Result<
         "Partitions stopped by the error policy",
         &|w| w.stats.stopped_partitions().len() as i64,
     );
+    gauge(
+        &mut registry,
+        "stalled_partitions",
+        "Partitions whose committed offset has not moved for partition_stalled_for while messages wait behind it",
+        &|w| stalled_partitions(&w.stats, t, unix_ms()).len() as i64,
+    );
     gauge(&mut registry, "healthy", "1 when the subscriber is healthy", &|w| {
         i64::from(subscriber_health(w, t).healthy)
     });
@@ -319,6 +379,16 @@ pub(crate) fn metrics_text(watched: &[Watched], t: &HealthThresholds) -> Result<
         i64::from(subscriber_health(w, t).ready)
     });
 
+    let oldest = Family::<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+    for w in watched {
+        let age = w.stats.oldest_running().unwrap_or_default();
+        oldest.get_or_create(&sub_labels(&w.name)).set(age.as_secs_f64());
+    }
+    registry.register(
+        "oldest_handler_seconds",
+        "How long the oldest handler running now has run (0 when none runs)",
+        oldest,
+    );
     let committed = Family::<Labels, Gauge>::default();
     let high = Family::<Labels, Gauge>::default();
     let lag = Family::<Labels, Gauge>::default();

@@ -81,12 +81,12 @@ mod signal;
 
 pub use app::{App, Running, ShutdownHandle, StatsHandle};
 pub use context::Context;
-pub use dispatch::{PartitionPause, StatsSnapshot, StoppedPartition};
+pub use dispatch::{HandlerTimedOut, PartitionPause, StatsSnapshot, StoppedPartition};
 pub use embedded::EmbeddedCluster;
 pub use error::Error;
 pub use extract::{Bytes, FromKey, FromMessage, FromMessageOwned, Headers, Json, Key, Meta, Payload, Text};
 pub use handler::{BoxError, Handler, IntoHandlerResult};
-pub use health::{Health, HealthThresholds, SubscriberHealth};
+pub use health::{Health, HealthThresholds, StalledPartition, SubscriberHealth};
 pub use message::{Header, Message, PayloadError};
 pub use policy::{NonRetryable, OnError};
 pub use subscriber::{FirstPoll, Ordering, Subscriber};
