@@ -14,6 +14,8 @@
 //! topic, prints `bootstrap ADDRESS` and serves until its standard input
 //! closes: a second external broker, whose group coordinator (unlike Tansu
 //! 0.6.0's) waits for every member to rejoin before completing a rebalance.
+//! A line `rtt MS` on its standard input makes it answer every request MS
+//! milliseconds late (it prints `rtt MS` once set).
 //!
 //! `produce` sends message ids `first-id..first-id+count` as payloads with key
 //! `k{id % keys}` to partition `(id % keys) % partitions` (so a key stays on
@@ -97,9 +99,24 @@ fn mock_broker(o: &Opts) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     println!("bootstrap {}", cluster.bootstrap_servers());
     std::io::stdout().flush().map_err(|e| e.to_string())?;
-    // Serve until the parent closes our standard input (or kills us).
-    let mut sink = Vec::new();
-    let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut sink);
+    // Serve until the parent closes our standard input (or kills us),
+    // taking commands from it meanwhile: `rtt MS` makes the broker answer
+    // every request MS milliseconds late.
+    for line in std::io::stdin().lines() {
+        let line = line.map_err(|e| e.to_string())?;
+        if let Some(ms) = line.trim().strip_prefix("rtt ") {
+            let ms: u64 = ms.parse().map_err(|_| format!("rtt: `{ms}` is not a number"))?;
+            cluster
+                .mock()
+                .and_then(|m| {
+                    m.broker_round_trip_time(1, Duration::from_millis(ms))
+                        .map_err(|e| kconc_runtime::Error::Embedded(e.to_string()))
+                })
+                .map_err(|e| e.to_string())?;
+            println!("rtt {ms}");
+            std::io::stdout().flush().map_err(|e| e.to_string())?;
+        }
+    }
     drop(cluster);
     Ok(())
 }
@@ -301,7 +318,7 @@ fn consume(o: &Opts) -> Result<(), String> {
     .shutdown_timeout(Duration::from_millis(shutdown_ms));
 
     let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
-    runtime.block_on(async move {
+    let result = runtime.block_on(async move {
         let app = App::new()
             .brokers(brokers)
             // A killed member is noticed after 6 s (Kafka's minimum) rather
@@ -322,7 +339,11 @@ fn consume(o: &Opts) -> Result<(), String> {
             });
         }
         running.run_until_signal().await.map_err(|e| e.to_string())
-    })
+    });
+    // As the program `main!()` generates: a worker thread still busy must
+    // not hold the exit up.
+    runtime.shutdown_timeout(kconc_runtime::SHUTDOWN_MARGIN / 2);
+    result
 }
 
 /// Rewrites the status file atomically: `assigned P P ...` and counters.

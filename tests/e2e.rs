@@ -55,6 +55,8 @@ fn work_dir(name: &str) -> PathBuf {
 struct Broker {
     addr: String,
     process: Option<Child>,
+    /// The mock broker process's standard output (its answers).
+    answers: Option<std::io::BufReader<std::process::ChildStdout>>,
 }
 
 impl Broker {
@@ -64,6 +66,7 @@ impl Broker {
         Self {
             addr: brokers(),
             process: None,
+            answers: None,
         }
     }
 
@@ -75,8 +78,9 @@ impl Broker {
             .stdout(Stdio::piped())
             .spawn()
             .unwrap();
+        let mut answers = std::io::BufReader::new(child.stdout.take().unwrap());
         let mut line = String::new();
-        std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut line).unwrap();
+        std::io::BufRead::read_line(&mut answers, &mut line).unwrap();
         let addr = line
             .trim()
             .strip_prefix("bootstrap ")
@@ -85,7 +89,26 @@ impl Broker {
         Self {
             addr,
             process: Some(child),
+            answers: Some(answers),
         }
+    }
+}
+
+impl Broker {
+    /// Makes the mock broker process answer every request `ms` late.
+    fn set_rtt(&mut self, ms: u64) {
+        use std::io::Write as _;
+        let child = self.process.as_mut().expect("only the mock broker takes commands");
+        let stdin = child.stdin.as_mut().unwrap();
+        writeln!(stdin, "rtt {ms}").unwrap();
+        stdin.flush().unwrap();
+        let mut line = String::new();
+        std::io::BufRead::read_line(self.answers.as_mut().unwrap(), &mut line).unwrap();
+        assert_eq!(
+            line.trim(),
+            format!("rtt {ms}"),
+            "the mock broker did not take the command"
+        );
     }
 }
 
@@ -693,5 +716,41 @@ fn a_second_signal_exits_at_once_and_commits_nothing_unfinished() {
         committed(&broker, &topic, &group, parts),
         vec![None; parts as usize],
         "nothing unfinished was committed"
+    );
+}
+
+/// SIGTERM while handlers (0.5 to 4 s each) are running and the broker has
+/// stopped answering (every request 30 s late: the committer's periodic
+/// commit, the final commit of what finishes during the drain, leaving the
+/// group): the process still exits within its shutdown timeout (3 s) plus
+/// kconc's margin (`SHUTDOWN_MARGIN`, 1 s). On the mock cluster in its own
+/// process, so it runs in the plain `cargo test`.
+#[test]
+fn sigterm_exits_within_shutdown_timeout_even_when_the_broker_stops_answering() {
+    let parts = 2;
+    let topic = unique("e2e-unanswered");
+    let group = format!("{topic}-g");
+    let mut broker = Broker::mock_process(&topic, parts);
+    produce(&broker, &topic, parts, 100);
+    let dir = work_dir("unanswered");
+    let args = [
+        "--concurrency",
+        "10",
+        "--delay-ms",
+        "500-4000",
+        "--shutdown-timeout-ms",
+        "3000",
+    ];
+    let mut c = Consumer::start(&dir, "stuck", &broker, &topic, &group, &args);
+    wait_until("handlers finishing and committed", Duration::from_secs(60), || {
+        c.counter("commits") >= 1 && c.counter("handled") >= 10
+    });
+    broker.set_rtt(30_000);
+    let (status, took) = c.terminate(Duration::from_secs(30));
+    println!("SIGTERM with an unanswering broker: exited in {} ms", took.as_millis());
+    assert_eq!(status.code(), Some(0), "{}", c.log());
+    assert!(
+        took < Duration::from_millis(3_000 + 1_000 + 500),
+        "exited {took:?} after SIGTERM; shutdown_timeout 3 s + SHUTDOWN_MARGIN 1 s"
     );
 }

@@ -2,6 +2,7 @@
 //! embedded one), runs them, and shuts them down gracefully.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
@@ -382,9 +383,11 @@ impl App {
                 }
             }
         };
+        let shutdown_timeout = subs.iter().map(|s| s.shutdown_timeout).max().unwrap_or_default();
         Ok(Running {
             token,
             runners,
+            shutdown_timeout,
             embedded,
             bootstrap,
             watched,
@@ -405,29 +408,44 @@ impl Running {
     /// then shuts down gracefully; a second signal exits at once. What
     /// [`App::run`] does after [`App::start`], for a program that wants the
     /// [`Running`] handle (its stats, its assignment) meanwhile.
+    ///
+    /// Returns once every subscriber has stopped, or at the latest
+    /// [`SHUTDOWN_MARGIN`] after the longest `shutdown_timeout` since the
+    /// shutdown began. If it cannot listen for signals, it shuts down
+    /// first and then returns the error.
     pub async fn run_until_signal(self) -> Result<(), Error> {
-        let running = self;
-        let signal = crate::signal::wait_for_signal();
-        tokio::pin!(signal);
-        let shutdown = running.shutdown_handle();
-        tokio::select! {
-            s = &mut signal => {
-                let name = s?;
-                tracing::info!(signal = name, "shutting down: draining in-flight handlers (send it again to exit at once)");
-                crate::signal::exit_on_second_signal();
+        let signals = match crate::signal::Signals::listen() {
+            Ok(signals) => signals,
+            Err(e) => {
+                self.shutdown().await;
+                return Err(e);
             }
-            () = shutdown.token.cancelled() => {}
-        }
-        running.shutdown().await;
+        };
+        tokio::spawn(signals.serve(self.token.clone()));
+        self.wait().await;
         Ok(())
     }
 }
 
+/// How much longer than the longest `shutdown_timeout` of its subscribers
+/// [`Running::shutdown`] (and so a program's exit) may take after a
+/// shutdown began: the subscribers' own drain, final commit and close keep
+/// within their `shutdown_timeout`, and what has not ended by then (a
+/// consumer whose close does not return, a commit the coordinator never
+/// answers) is left behind.
+pub const SHUTDOWN_MARGIN: Duration = Duration::from_secs(1);
+
 /// Subscribers that are running.
+///
+/// Dropping it without [`Running::shutdown`] starts a shutdown too (its
+/// consumers drain, commit and leave their groups on their own threads):
+/// no consumer keeps consuming once its owner is gone.
 #[derive(Debug)]
 pub struct Running {
     token: CancellationToken,
     runners: Vec<Runner>,
+    /// The longest `shutdown_timeout` of the subscribers.
+    shutdown_timeout: Duration,
     embedded: Option<EmbeddedCluster>,
     bootstrap: String,
     watched: Vec<Watched>,
@@ -467,6 +485,20 @@ impl StatsHandle {
     /// The partitions the error policy has stopped.
     pub fn stopped_partitions(&self) -> Vec<StoppedPartition> {
         self.0.stopped_partitions()
+    }
+
+    /// Whether its poll thread still runs (false once it has stopped,
+    /// after a shutdown or because its runtime went away).
+    pub fn is_running(&self) -> bool {
+        self.0.poll_alive.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        // Not waited for here (drop cannot await): the subscribers shut
+        // down on their own threads.
+        self.token.cancel();
     }
 }
 
@@ -572,25 +604,51 @@ impl Running {
 
     /// Shuts down gracefully: stops fetching, waits up to each subscriber's
     /// `shutdown_timeout` for in-flight handlers, commits, and leaves the
-    /// group. Returns when every subscriber has stopped.
+    /// group. Returns when every subscriber has stopped, and at the latest
+    /// [`SHUTDOWN_MARGIN`] after the longest `shutdown_timeout`.
     pub async fn shutdown(self) -> Option<EmbeddedCluster> {
         self.token.cancel();
         self.wait().await
     }
 
-    /// Waits until every subscriber has stopped (after a shutdown). Returns
-    /// the embedded cluster, if any, so a caller can still inspect it.
-    pub async fn wait(self) -> Option<EmbeddedCluster> {
-        for r in self.runners {
-            let _ = r.done.await;
+    /// Waits until every subscriber has stopped: on their own (the runtime
+    /// they run on went away), or after a shutdown began, at the latest
+    /// [`SHUTDOWN_MARGIN`] after the longest `shutdown_timeout` from then.
+    /// Returns the embedded cluster, if any, so a caller can still inspect
+    /// it.
+    pub async fn wait(mut self) -> Option<EmbeddedCluster> {
+        let runners = std::mem::take(&mut self.runners);
+        let watch: Vec<(String, Arc<Stats>)> = runners.iter().map(|r| (r.name.clone(), r.stats.clone())).collect();
+        let all_stopped = async move {
+            for r in runners {
+                let _ = r.done.await;
+            }
+        };
+        tokio::pin!(all_stopped);
+        tokio::select! {
+            () = &mut all_stopped => {}
+            () = self.token.cancelled() => {
+                let limit = self.shutdown_timeout + SHUTDOWN_MARGIN / 2;
+                if tokio::time::timeout(limit, &mut all_stopped).await.is_err() {
+                    let left: Vec<&str> = watch
+                        .iter()
+                        .filter(|(_, s)| s.poll_alive.load(std::sync::atomic::Ordering::Relaxed))
+                        .map(|(name, _)| name.as_str())
+                        .collect();
+                    tracing::warn!(
+                        subscribers = ?left,
+                        "shutdown: not stopped within shutdown_timeout (a commit or a close that does not return); not waiting for them"
+                    );
+                }
+            }
         }
         // Health answered "shutting down" while the handlers drained; now
         // that everything is committed and closed, the endpoint goes too.
-        if let Some(http) = self.http {
+        if let Some(http) = self.http.take() {
             http.stop.cancel();
             let _ = http.task.await;
         }
-        self.embedded
+        self.embedded.take()
     }
 
     /// Liveness and readiness of every subscriber, and why not.
@@ -640,7 +698,11 @@ pub(crate) fn run_main(default_brokers: Option<&str>) -> std::process::ExitCode 
             return std::process::ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(app.run()) {
+    let result = runtime.block_on(app.run());
+    // Handlers still running were dropped at the shutdown timeout; a
+    // worker thread blocked in one must not hold the exit up.
+    runtime.shutdown_timeout(SHUTDOWN_MARGIN / 2);
+    match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");

@@ -62,8 +62,6 @@ const TURN_READS: usize = 4096;
 /// poll free their slots as fast as it reads, so without a bound it would
 /// read the whole backlog before the loop commits or serves a rebalance.
 const FILL_READS: usize = 256;
-/// How long the final commit of a shutdown may take.
-const FINAL_COMMIT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The rdkafka context of a kconc consumer: routes librdkafka's logs into
 /// `tracing` and runs the engine's rebalance handling.
@@ -266,6 +264,9 @@ struct Engine {
     /// Inside a rebalance callback: handlers started now go to the workers
     /// whatever the `FirstPoll` mode.
     in_callback: bool,
+    /// When the shutdown under way must be over: a revoke during it ends
+    /// by then too.
+    shutdown_deadline: Option<Instant>,
     /// When the high watermarks were last read, in Unix milliseconds.
     last_watermarks: u64,
 }
@@ -388,7 +389,11 @@ impl Engine {
             return;
         }
         let started = Instant::now();
-        let deadline = started + self.settings.revoke_timeout;
+        // Within a shutdown, a revoke ends when the shutdown must.
+        let mut deadline = started + self.settings.revoke_timeout;
+        if let Some(shutdown) = self.shutdown_deadline {
+            deadline = deadline.min(shutdown);
+        }
         self.dispatcher.stats().revocations.fetch_add(1, Ordering::Relaxed);
         let mut revoked = Vec::new();
         for el in tpl.elements() {
@@ -411,7 +416,9 @@ impl Engine {
         } else {
             // Handlers may take the time the commit of their finished
             // prefix does not need.
-            let handlers_until = deadline - commit_allowance(self.settings.revoke_timeout);
+            let handlers_until = deadline
+                .checked_sub(commit_allowance(self.settings.revoke_timeout))
+                .unwrap_or(started);
             while self.in_flight(&revoked) > 0 {
                 // The partitions that stay keep starting handlers meanwhile
                 // (on the workers: this is a rebalance callback).
@@ -993,6 +1000,7 @@ pub(crate) fn start(
                 runtime: runtime.clone(),
                 policy: sub.policy.clone(),
                 handler_timeout: sub.handler_timeout,
+                abort: tokio_util::sync::CancellationToken::new(),
             },
             sub.concurrency,
             sub.first_poll,
@@ -1013,6 +1021,7 @@ pub(crate) fn start(
         closing: false,
         shutdown: shutdown.clone(),
         in_callback: false,
+        shutdown_deadline: None,
     };
     *consumer.context().engine() = Some(engine);
     let (done_tx, done) = tokio::sync::oneshot::channel();
@@ -1024,8 +1033,8 @@ pub(crate) fn start(
             // find the runtime's timers and spawner as on a worker.
             let _runtime = runtime.enter();
             let _alive = poll_stats.alive_while(|s| &s.poll_alive);
-            poll_loop(&consumer, &shutdown);
-            close(consumer);
+            let deadline = poll_loop(&consumer, &shutdown);
+            close(consumer, deadline);
             let _ = done_tx.send(());
         })
         .map_err(|e| Error::Thread(sub.name.clone(), e))?;
@@ -1041,7 +1050,8 @@ fn with_engine<R>(consumer: &BaseConsumer<KconcContext>, f: impl FnOnce(&mut Eng
     consumer.context().engine().as_mut().map(f)
 }
 
-fn poll_loop(consumer: &BaseConsumer<KconcContext>, shutdown: &CancellationToken) {
+/// Runs until shutdown, then drains; returns the shutdown's deadline.
+fn poll_loop(consumer: &BaseConsumer<KconcContext>, shutdown: &CancellationToken) -> Instant {
     while !shutdown.is_cancelled() {
         // Rebalances and errors (and the messages of any unsplit partition):
         // served on every turn, however far behind the handlers are.
@@ -1088,27 +1098,36 @@ fn poll_loop(consumer: &BaseConsumer<KconcContext>, shutdown: &CancellationToken
             }
         });
     }
-    drain_on_shutdown(consumer);
+    drain_on_shutdown(consumer)
 }
 
-/// Stops fetching, waits up to `shutdown_timeout` for in-flight handlers
-/// (polling meanwhile so rebalances are still served), then commits.
-fn drain_on_shutdown(consumer: &BaseConsumer<KconcContext>) {
+/// How much of `shutdown_timeout` a shutdown keeps for the final commit:
+/// in-flight handlers get the rest.
+fn final_commit_allowance(shutdown_timeout: Duration) -> Duration {
+    (shutdown_timeout / 4).min(Duration::from_secs(5))
+}
+
+/// Stops fetching, waits for in-flight handlers (polling meanwhile so
+/// rebalances are still served), drops those still running, and commits,
+/// all within `shutdown_timeout`; returns that deadline.
+fn drain_on_shutdown(consumer: &BaseConsumer<KconcContext>) -> Instant {
     let started = Instant::now();
-    let Some(deadline) = with_engine(consumer, |e| {
+    let Some((deadline, handlers_until)) = with_engine(consumer, |e| {
         e.closing = true;
         e.dispatcher.stats().closing.store(true, Ordering::Relaxed);
         // Messages that have not started are read again after a restart.
         e.waiting.clear();
         e.delayed.clear();
-        started + e.settings.shutdown_timeout
+        let deadline = started + e.settings.shutdown_timeout;
+        e.shutdown_deadline = Some(deadline);
+        (deadline, deadline - final_commit_allowance(e.settings.shutdown_timeout))
     }) else {
-        return;
+        return started;
     };
     loop {
         let still = with_engine(consumer, |e| {
             e.drain_events();
-            let left = deadline.saturating_duration_since(Instant::now());
+            let left = handlers_until.saturating_duration_since(Instant::now());
             if e.running > 0 && !left.is_zero() {
                 e.wait_event(left.min(IDLE_WAIT));
             }
@@ -1118,31 +1137,32 @@ fn drain_on_shutdown(consumer: &BaseConsumer<KconcContext>) {
         if still == 0 {
             break;
         }
-        if Instant::now() >= deadline {
+        if Instant::now() >= handlers_until {
             tracing::warn!(
                 subscriber = &*consumer.context().subscriber,
                 still_running = still,
-                "shutdown timeout: committing what finished; unfinished messages will be redelivered"
+                "shutdown timeout: dropping the handlers still running and committing what finished; \
+                 unfinished messages will be redelivered"
             );
+            with_engine(consumer, |e| e.dispatcher.abort());
             break;
         }
         // Serve rebalance callbacks; a message polled now is not dispatched.
         let _ = consumer.poll(Duration::ZERO);
     }
-    final_commit(consumer, started);
+    final_commit(consumer, started, deadline);
+    deadline
 }
 
 /// Commits every finished prefix, retrying (and polling in between, so a
 /// rebalance in progress can complete and give the member its new
-/// generation) until it succeeds or `FINAL_COMMIT_TIMEOUT` passes.
-fn final_commit(consumer: &BaseConsumer<KconcContext>, started: Instant) {
-    let deadline = Instant::now() + FINAL_COMMIT_TIMEOUT;
+/// generation) until it succeeds or `deadline` passes.
+fn final_commit(consumer: &BaseConsumer<KconcContext>, started: Instant, deadline: Instant) {
     let mut backoff = Duration::from_millis(50);
     loop {
-        let left = deadline.saturating_duration_since(Instant::now());
         let Some(result) = with_engine(consumer, |e| {
             e.maybe_commit(true);
-            e.committer.flush(Vec::new(), Instant::now() + left)
+            e.committer.flush(Vec::new(), deadline)
         }) else {
             return;
         };
@@ -1179,14 +1199,22 @@ fn final_commit(consumer: &BaseConsumer<KconcContext>, started: Instant) {
 /// Takes the engine out of the context (which stops the committer and breaks
 /// the consumer -> context -> committer -> consumer cycle), then drops the
 /// consumer, which leaves the group.
-fn close(consumer: Arc<BaseConsumer<KconcContext>>) {
+fn close(consumer: Arc<BaseConsumer<KconcContext>>, deadline: Instant) {
     let engine = consumer.context().engine().take();
+    let name = consumer.context().subscriber.clone();
     if let Some(engine) = engine {
-        engine.committer.stop(Instant::now() + FINAL_COMMIT_TIMEOUT);
+        if !engine.committer.stop(deadline) {
+            // A commit that does not return (a coordinator that never
+            // answers): the committer is left to end alone, and with it
+            // its share of the consumer; the program does not wait for it.
+            tracing::warn!(
+                subscriber = &*name,
+                "shutdown: a commit is still in progress at the shutdown timeout; not waiting for it"
+            );
+        }
     }
     let started = Instant::now();
     let refs = Arc::strong_count(&consumer);
-    let name = consumer.context().subscriber.clone();
     drop(consumer);
     tracing::debug!(
         subscriber = &*name,

@@ -427,6 +427,9 @@ pub(crate) struct Shared {
     pub(crate) policy: ErrorPolicy,
     /// A handler running longer is dropped and its message fails.
     pub(crate) handler_timeout: Option<std::time::Duration>,
+    /// Given at the end of a shutdown's drain: the workers drop the
+    /// handlers still running and end.
+    pub(crate) abort: tokio_util::sync::CancellationToken,
 }
 
 /// Where a worker takes a message up.
@@ -605,6 +608,12 @@ impl Dispatcher {
         alive
     }
 
+    /// Ends the workers now: the handlers still running are dropped (their
+    /// messages stay uncommitted). For the end of a shutdown's drain.
+    pub(crate) fn abort(&self) {
+        self.shared.abort.cancel();
+    }
+
     fn hand_over(&mut self, start: Start) {
         let n = self.pending.len();
         if let Some(batch) = self.pending.get_mut(self.next % n.max(1)) {
@@ -708,7 +717,13 @@ fn describe_error(error: BoxError) -> (String, bool) {
 /// Drops a value of the user's (a handler's future or error) where a panic
 /// in its `Drop` cannot escape: the outcome it belonged to stands.
 fn drop_guarded<T>(value: T) {
-    if std::panic::catch_unwind(AssertUnwindSafe(move || drop(value))).is_err() {
+    run_guarded(move || drop(value));
+}
+
+/// Runs `f` (which drops something of the user's) where a panic cannot
+/// escape.
+fn run_guarded(f: impl FnOnce()) {
+    if std::panic::catch_unwind(AssertUnwindSafe(f)).is_err() {
         tracing::warn!("a handler's future or error panicked while being dropped; the outcome stands");
     }
 }
@@ -854,7 +869,13 @@ async fn work(shared: Arc<Shared>, mut inbox: UnboundedReceiver<Vec<Start>>) {
     running.report_to(shared.stats.clone());
     let mut ended = Vec::new();
     let mut open = true;
+    let aborted = shared.abort.cancelled();
+    tokio::pin!(aborted);
     std::future::poll_fn(|cx| {
+        if aborted.as_mut().poll(cx).is_ready() {
+            running.clear();
+            return Poll::Ready(());
+        }
         running.register(cx);
         while open {
             match inbox.poll_recv(cx) {
@@ -1016,6 +1037,15 @@ impl<F: Future> Slots<F> {
         }
         self.due.push(place);
         place
+    }
+
+    /// Drops every future (where a panic in a `Drop` cannot escape).
+    fn clear(&mut self) {
+        for slot in &mut self.slots {
+            let future = &mut slot.future;
+            run_guarded(|| future.set(None));
+            slot.since.store(0, Ordering::Relaxed);
+        }
     }
 
     /// The waker of a place.

@@ -79,7 +79,7 @@ pub mod app;
 mod error;
 mod signal;
 
-pub use app::{App, Running, ShutdownHandle, StatsHandle};
+pub use app::{App, Running, ShutdownHandle, StatsHandle, SHUTDOWN_MARGIN};
 pub use context::Context;
 pub use dispatch::{HandlerTimedOut, PartitionPause, StatsSnapshot, StoppedPartition};
 pub use embedded::EmbeddedCluster;

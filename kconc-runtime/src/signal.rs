@@ -1,34 +1,80 @@
 //! Shutdown signals: the first SIGINT/SIGTERM starts a graceful shutdown, a
 //! second one exits at once (committed offsets are still safe: only finished
 //! prefixes were ever committed).
+//!
+//! One task listens from start to end, so no signal falls between two
+//! listeners: a signal that comes while a shutdown started in code
+//! ([`ShutdownHandle`](crate::ShutdownHandle)) already drains counts as the
+//! first, and the next one exits.
+
+use tokio_util::sync::CancellationToken;
 
 use crate::Error;
 
-/// Waits for SIGINT or SIGTERM.
-pub(crate) async fn wait_for_signal() -> Result<&'static str, Error> {
+/// The process's SIGTERM and SIGINT (Ctrl-C elsewhere), listened to from
+/// the moment this is made.
+pub(crate) struct Signals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut term = signal(SignalKind::terminate()).map_err(Error::Signal)?;
-        let mut int = signal(SignalKind::interrupt()).map_err(Error::Signal)?;
-        tokio::select! {
-            _ = term.recv() => Ok("SIGTERM"),
-            _ = int.recv() => Ok("SIGINT"),
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        tokio::signal::ctrl_c().await.map_err(Error::Signal)?;
-        Ok("Ctrl-C")
-    }
+    term: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    int: tokio::signal::unix::Signal,
 }
 
-/// After the first signal: exit the process on the next one.
-pub(crate) fn exit_on_second_signal() {
-    tokio::spawn(async {
-        if let Ok(name) = wait_for_signal().await {
-            tracing::warn!(signal = name, "second signal: exiting now without waiting for handlers");
-            std::process::exit(130);
+impl Signals {
+    /// Starts listening (installs tokio's handlers).
+    pub(crate) fn listen() -> Result<Self, Error> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Ok(Self {
+                term: signal(SignalKind::terminate()).map_err(Error::Signal)?,
+                int: signal(SignalKind::interrupt()).map_err(Error::Signal)?,
+            })
         }
-    });
+        #[cfg(not(unix))]
+        {
+            Ok(Self {})
+        }
+    }
+
+    /// The next signal's name.
+    async fn next(&mut self) -> &'static str {
+        #[cfg(unix)]
+        {
+            tokio::select! {
+                _ = self.term.recv() => "SIGTERM",
+                _ = self.int.recv() => "SIGINT",
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+            "Ctrl-C"
+        }
+    }
+
+    /// Serves for the rest of the program: the first signal cancels
+    /// `shutdown` (unless a shutdown already began), the next exits the
+    /// process at once with status 130.
+    pub(crate) async fn serve(mut self, shutdown: CancellationToken) {
+        let first = self.next().await;
+        if shutdown.is_cancelled() {
+            tracing::info!(
+                signal = first,
+                "already shutting down: draining in-flight handlers (send it again to exit at once)"
+            );
+        } else {
+            tracing::info!(
+                signal = first,
+                "shutting down: draining in-flight handlers (send it again to exit at once)"
+            );
+            shutdown.cancel();
+        }
+        let second = self.next().await;
+        tracing::warn!(
+            signal = second,
+            "second signal: exiting now without waiting for handlers"
+        );
+        std::process::exit(130);
+    }
 }
