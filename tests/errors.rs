@@ -402,3 +402,69 @@ async fn stop_stops_only_the_failing_partition_and_says_why() {
     // After a restart the stopped message is tried again: it is not lost.
     assert_eq!(committed(&bootstrap, group, topic, parts), expected);
 }
+
+/// An error whose `Display` panics.
+#[derive(Debug)]
+struct CannotSay;
+
+impl std::fmt::Display for CannotSay {
+    fn fmt(&self, _: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        panic!("this error cannot be formatted")
+    }
+}
+
+impl std::error::Error for CannotSay {}
+
+/// An error whose `Drop` panics.
+#[derive(Debug)]
+struct CannotGo;
+
+impl std::fmt::Display for CannotGo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("this error cannot be dropped")
+    }
+}
+
+impl std::error::Error for CannotGo {}
+
+impl Drop for CannotGo {
+    fn drop(&mut self) {
+        panic!("this error panics when dropped")
+    }
+}
+
+/// Every outcome is final: a handler's error whose `Display` panics (offset
+/// 5) or whose `Drop` panics (offset 10) is still concluded by the error
+/// policy. Here, in key ordering with one key, nothing after them would
+/// ever run if either stayed unconcluded (its lane held for ever).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_that_panic_when_formatted_or_dropped_are_still_concluded() {
+    let (topic, group, n) = ("grumpy", "g-grumpy", 30);
+    let cluster = cluster(topic, 1);
+    let bootstrap = cluster.bootstrap_servers().to_owned();
+    let ends = produce(&bootstrap, topic, 1, n, 1);
+    let rec = Recorder::new();
+    let r = rec.clone();
+    let sub = Subscriber::new("grumpy", [topic], group, move |m: Message| {
+        let r = r.clone();
+        async move {
+            let _g = r.start(&m);
+            match m.offset() {
+                5 => Err(Box::new(CannotSay) as kconc_runtime::BoxError),
+                10 => Err(Box::new(CannotGo) as kconc_runtime::BoxError),
+                _ => Ok(()),
+            }
+        }
+    })
+    .ordering(Ordering::Key)
+    .commit_interval(Duration::from_millis(50));
+    let app = test_app(&bootstrap).subscriber(sub).start().unwrap();
+    wait_for("committed to the end", DEADLINE, || {
+        committed(&bootstrap, group, topic, 1) == all_committed(&ends)
+    })
+    .await;
+    let stats = app.stats("grumpy").unwrap();
+    app.shutdown().await;
+    assert_all_handled(&rec.counts(), &ends);
+    assert_eq!((stats.failed, stats.handled), (2, n as u64 - 2), "{stats:?}");
+}
