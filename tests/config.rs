@@ -441,3 +441,82 @@ async fn a_set_value_out_of_range_fails_at_start_naming_the_setting() {
         .configure_with_env(&cli(&["--set", "cfg.concurrency=0"]), Vec::new());
     assert!(start_err(app).contains("`concurrency` must be at least 1"));
 }
+
+/// Settings that would let librdkafka commit or skip behind kconc's back
+/// are refused from every layer, naming the layer, whatever the spelling
+/// of the property (`topic.` prefix, legacy alias, value case).
+#[tokio::test]
+async fn settings_that_would_commit_or_skip_behind_kconcs_back_are_refused_in_every_layer() {
+    // Code: the application's properties, then a subscriber's.
+    let text = start_err(
+        App::new()
+            .brokers("localhost:1")
+            .property("enable.auto.commit", "true")
+            .subscriber(sub()),
+    );
+    assert!(text.contains("App::property `enable.auto.commit`"), "{text}");
+    let text = start_err(
+        App::new()
+            .brokers("localhost:1")
+            .subscriber(sub().property("enable.auto.offset.store", "true")),
+    );
+    assert!(
+        text.contains("subscriber `cfg`: Subscriber::property `enable.auto.offset.store`"),
+        "{text}"
+    );
+    // The properties file, naming the line.
+    let file = TempFile::new("auto.properties", "client.rack=r1\nenable.auto.commit = TRUE\n");
+    let text = start_err(
+        App::new()
+            .brokers("localhost:1")
+            .subscriber(sub())
+            .configure_with_env(&cli(&["--config", file.path()]), Vec::new()),
+    );
+    assert!(
+        text.contains(&format!("{}:2: `enable.auto.commit`", file.path())),
+        "{text}"
+    );
+    // The environment, naming the variable.
+    let text = start_err(
+        App::new()
+            .brokers("localhost:1")
+            .subscriber(sub())
+            .configure_with_env(&cli(&[]), kv(&[("KCONC_RDKAFKA_ENABLE_AUTO_OFFSET_STORE", "1")])),
+    );
+    assert!(
+        text.contains("environment variable KCONC_RDKAFKA_ENABLE_AUTO_OFFSET_STORE"),
+        "{text}"
+    );
+    // Flags, in every spelling.
+    for (property, value) in [
+        ("enable.auto.commit", "t"),
+        ("auto.commit.enable", "true"),
+        ("topic.auto.commit.enable", "true"),
+        ("auto.offset.reset", "latest"),
+        ("topic.auto.offset.reset", "largest"),
+        ("auto.offset.reset", "error"),
+        ("check.crcs", "true"),
+        ("group.id", "other"),
+    ] {
+        let flag = format!("{property}={value}");
+        let text = start_err(
+            App::new()
+                .brokers("localhost:1")
+                .subscriber(sub())
+                .configure_with_env(&cli(&["--property", &flag]), Vec::new()),
+        );
+        assert!(text.contains(&format!("--property: `{property}`")), "{flag}: {text}");
+    }
+    // What does no harm is taken.
+    for (property, value) in [
+        ("enable.auto.commit", "false"),
+        ("enable.auto.offset.store", "FALSE"),
+        ("auto.offset.reset", "smallest"),
+        ("topic.auto.offset.reset", "beginning"),
+        ("topic.metadata.refresh.interval.ms", "1000"),
+    ] {
+        let flag = format!("{property}={value}");
+        config::resolve(&cli(&["--property", &flag]), &[], Vec::new())
+            .unwrap_or_else(|e| panic!("{flag} refused: {e}"));
+    }
+}

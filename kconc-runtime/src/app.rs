@@ -319,6 +319,7 @@ impl App {
         for s in &subs {
             s.validate()?;
         }
+        config::check_code_properties(&self.properties, &subs)?;
         // The prefixed group is the one the consumer joins, commits under and logs.
         let subs: Vec<Subscriber> = subs
             .into_iter()

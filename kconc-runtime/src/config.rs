@@ -224,14 +224,86 @@ impl std::fmt::Display for Origin<'_> {
     }
 }
 
+/// Global librdkafka properties whose names begin with `topic.` (any other
+/// `topic.X` is the topic property `X`).
+const GLOBAL_TOPIC_PREFIXED: &[&str] = &["topic.metadata.", "topic.blacklist"];
+
+/// The property librdkafka sets for `key`: a topic property may be written
+/// with a `topic.` prefix (`topic.auto.offset.reset`), and
+/// `metadata.broker.list` is `bootstrap.servers`. kconc applies and checks
+/// properties by this name, so two spellings of one property cannot race.
+pub fn canonical_key(key: &str) -> &str {
+    let key = match key.strip_prefix("topic.") {
+        Some(rest) if !GLOBAL_TOPIC_PREFIXED.iter().any(|g| key.starts_with(g)) => rest,
+        _ => key,
+    };
+    match key {
+        "metadata.broker.list" => "bootstrap.servers",
+        other => other,
+    }
+}
+
+/// Whether librdkafka reads `value` as boolean false (`false`, `f`, `0`,
+/// any case, trimmed).
+fn is_false(value: &str) -> bool {
+    matches!(value.trim().to_ascii_lowercase().as_str(), "false" | "f" | "0")
+}
+
+/// Why kconc refuses a librdkafka property, from any layer, if it does:
+/// settings that would commit offsets or skip records behind kconc's back,
+/// or take a consumer's group away from its subscriber. `key` may be any
+/// spelling of the property (see [`canonical_key`]).
+///
+/// Refused: `group.id`; `enable.auto.commit` and its legacy topic-level
+/// alias `auto.commit.enable` unless false (librdkafka would commit stored
+/// offsets on a timer and on revoke); `enable.auto.offset.store` unless
+/// false (librdkafka would store each offset as it is read, before its
+/// handler ran: with auto-commit that skips unfinished messages);
+/// `auto.offset.reset` other than `earliest`/`smallest`/`beginning`
+/// (`latest` skips what a new group, an expired offset or an out-of-range
+/// position has not read; `error` stops the partition for good);
+/// `check.crcs=true` (librdkafka 2.12 can skip good records after a CRC
+/// failure).
+pub fn refusal(key: &str, value: &str) -> Option<&'static str> {
+    match canonical_key(key) {
+        "group.id" => Some(
+            "the consumer group is each subscriber's own; \
+             use --group-prefix / KCONC_GROUP_PREFIX to change it per deployment",
+        ),
+        "enable.auto.commit" | "auto.commit.enable" if !is_false(value) => Some(
+            "kconc commits offsets itself, only past finished messages; librdkafka's auto-commit \
+             would commit behind its back (the only value allowed is false)",
+        ),
+        "enable.auto.offset.store" if !is_false(value) => Some(
+            "kconc stores no offsets in librdkafka: storing each offset as it is read would let a \
+             commit pass messages whose handlers have not finished (the only value allowed is false)",
+        ),
+        "auto.offset.reset"
+            if !matches!(
+                value.trim().to_ascii_lowercase().as_str(),
+                "earliest" | "smallest" | "beginning"
+            ) =>
+        {
+            Some(
+                "kconc never skips a message: a new group, an expired committed offset or an \
+                 out-of-range position starts at the earliest offset (allowed: earliest, smallest, beginning)",
+            )
+        }
+        "check.crcs" if !is_false(value) => Some(
+            "librdkafka 2.12 can pass over good records after a CRC failure; brokers check CRCs \
+             on produce (the only value allowed is false)",
+        ),
+        _ => None,
+    }
+}
+
 /// Checks one run-time property with librdkafka itself (its name and the
-/// form of its value), so a typo fails at start-up where it was written.
-/// The reason never holds the value of a secret property.
+/// form of its value), so a typo fails at start-up where it was written,
+/// and refuses what [`refusal`] refuses. The reason never holds the value
+/// of a secret property.
 fn check_property(key: &str, value: &str) -> Result<(), String> {
-    if key == "group.id" {
-        return Err("the consumer group is each subscriber's own; \
-                    use --group-prefix / KCONC_GROUP_PREFIX to change it per deployment"
-            .to_owned());
+    if let Some(why) = refusal(key, value) {
+        return Err(why.to_owned());
     }
     let mut c = ClientConfig::new();
     c.set(key, value);
@@ -331,7 +403,7 @@ where
                 )));
             }
             let key = name.to_ascii_lowercase().replace('_', ".");
-            if key == "bootstrap.servers" {
+            if canonical_key(&key) == "bootstrap.servers" {
                 return Err(setting_error(
                     &origin,
                     &key,
@@ -419,7 +491,7 @@ pub fn env_properties() -> Result<Vec<(String, String)>, Error> {
 /// Checks `--property` flags (see [`env_properties_from`] for what is refused).
 fn check_flag_properties(props: &[(String, String)]) -> Result<(), Error> {
     for (key, value) in props {
-        if key == "bootstrap.servers" {
+        if canonical_key(key) == "bootstrap.servers" {
             return Err(setting_error(
                 &Origin::Flag,
                 key,
@@ -431,7 +503,10 @@ fn check_flag_properties(props: &[(String, String)]) -> Result<(), Error> {
     Ok(())
 }
 
+/// Sets `key` (under its canonical name) to `value`, replacing any earlier
+/// value of the same property.
 fn set(props: &mut Vec<(String, String)>, key: &str, value: &str) {
+    let key = canonical_key(key);
     match props.iter_mut().find(|(k, _)| k == key) {
         Some(e) => value.clone_into(&mut e.1),
         None => props.push((key.to_owned(), value.to_owned())),
@@ -488,9 +563,13 @@ where
     let file_brokers = file
         .iter()
         .rev()
-        .find(|(k, _)| k == "bootstrap.servers")
+        .find(|(k, _)| canonical_key(k) == "bootstrap.servers")
         .map(|(_, v)| v.clone());
-    let file_props: Vec<(String, String)> = file.iter().filter(|(k, _)| k != "bootstrap.servers").cloned().collect();
+    let file_props: Vec<(String, String)> = file
+        .iter()
+        .filter(|(k, _)| canonical_key(k) != "bootstrap.servers")
+        .cloned()
+        .collect();
     Ok(RunSettings {
         brokers: cli.brokers.clone().or(file_brokers),
         group_prefix: cli.group_prefix.clone(),
@@ -534,9 +613,33 @@ pub(crate) fn consumer_config(
         // times over.
         .set("queued.max.messages.kbytes", "8192");
     for (k, v) in app_properties.iter().chain(&sub.properties).chain(run_properties) {
-        c.set(k, v);
+        c.set(canonical_key(k), v);
     }
     c
+}
+
+/// Refuses, naming where it was set, a property set in code that
+/// [`refusal`] refuses (the run-time layers are checked as they are read).
+pub(crate) fn check_code_properties(
+    app_properties: &[(String, String)],
+    subscribers: &[&Subscriber],
+) -> Result<(), Error> {
+    for (k, v) in app_properties {
+        if let Some(why) = refusal(k, v) {
+            return Err(Error::Config(format!("App::property `{k}`: {why}")));
+        }
+    }
+    for s in subscribers {
+        for (k, v) in &s.properties {
+            if let Some(why) = refusal(k, v) {
+                return Err(Error::Config(format!(
+                    "subscriber `{}`: Subscriber::property `{k}`: {why}",
+                    s.name
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Installs a `tracing` subscriber printing to stderr, filtered by `RUST_LOG`
