@@ -311,10 +311,13 @@ async fn a_failing_dead_letter_produce_holds_the_commit_until_it_succeeds() {
     cluster.create_topic(dlq, 1).unwrap();
     produce(cluster.bootstrap_servers(), topic, 1, n, 5);
     let bootstrap = cluster.bootstrap_servers().to_owned();
-    // Every produce from now on fails, the first few times: the dead letter's.
+    // The next 20 produce requests fail with an error retrying can fix:
+    // librdkafka retries each dead letter itself (every 100 ms) until its
+    // message.timeout.ms (here 300 ms), then reports it timed out, and
+    // kconc produces it again, until the errors are used up.
     cluster.mock().unwrap().request_errors(
         RDKafkaApiKey::Produce,
-        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED; 3],
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS; 20],
     );
     let sub = Subscriber::new("undeliverable", [topic], group, |m: Message| async move {
         if m.offset() == 5 {
@@ -322,8 +325,10 @@ async fn a_failing_dead_letter_produce_holds_the_commit_until_it_succeeds() {
         }
         Ok(())
     })
+    .property("message.timeout.ms", "300")
     .concurrency(4)
     .backoff(Duration::from_millis(200))
+    .max_backoff(Duration::from_millis(400))
     .dead_letter(dlq)
     .commit_interval(Duration::from_millis(50));
     let app = test_app(&bootstrap).subscriber(sub).start().unwrap();
@@ -467,4 +472,119 @@ async fn errors_that_panic_when_formatted_or_dropped_are_still_concluded() {
     app.shutdown().await;
     assert_all_handled(&rec.counts(), &ends);
     assert_eq!((stats.failed, stats.handled), (2, n as u64 - 2), "{stats:?}");
+}
+
+/// A dead letter that retrying cannot deliver (here the broker answers
+/// every produce with TOPIC_AUTHORIZATION_FAILED) stops its partition,
+/// saying why in health and metrics, instead of being retried for ever
+/// with its partition's commits frozen and health green. The other
+/// partition goes on to its end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_that_retrying_cannot_deliver_stops_its_partition_and_says_why() {
+    let (topic, group, parts, dlq) = ("forbidden", "g-forbidden", 3, "forbidden.dlq");
+    let cluster = cluster(topic, parts);
+    cluster.create_topic(dlq, 1).unwrap();
+    let bootstrap = cluster.bootstrap_servers().to_owned();
+    let ends = produce(&bootstrap, topic, parts, 300, 30);
+    cluster.mock().unwrap().request_errors(
+        RDKafkaApiKey::Produce,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED; 100],
+    );
+    let sub = Subscriber::new("forbidden", [topic], group, |m: Message| async move {
+        if m.partition() != 2 && m.offset() == 5 {
+            return Err("poison");
+        }
+        Ok(())
+    })
+    .concurrency(4)
+    .dead_letter(dlq)
+    .commit_interval(Duration::from_millis(50));
+    let app = test_app(&bootstrap).subscriber(sub).start().unwrap();
+    let expected = vec![Some(5), Some(5), Some(ends[2])];
+    wait_for(
+        "partitions 0 and 1 stopped at 5, partition 2 at its end",
+        DEADLINE,
+        || committed(&bootstrap, group, topic, parts) == expected && app.stopped_partitions("forbidden").len() == 2,
+    )
+    .await;
+    let stats = app.stats("forbidden").unwrap();
+    let health = app.health();
+    let metrics = app.metrics_text().unwrap();
+    let stopped = app.stopped_partitions("forbidden");
+    app.shutdown().await;
+    for s in &stopped {
+        assert_eq!(s.offset, 5, "{stopped:?}");
+        assert!(
+            s.reason.contains("retrying cannot fix it") && s.reason.contains("TopicAuthorizationFailed"),
+            "{stopped:?}"
+        );
+    }
+    assert!(health.healthy && !health.ready, "{health:?}");
+    assert!(
+        health.subscribers[0].problems.iter().any(|p| p.contains("dead letter")),
+        "{health:?}"
+    );
+    assert_eq!(
+        (stats.dead_letter_failures, stats.dead_lettered, stats.stopped),
+        (2, 0, 2),
+        "{stats:?}"
+    );
+    assert!(
+        metrics.contains("kconc_dead_letter_failures_total{subscriber=\"forbidden\"} 2"),
+        "{metrics}"
+    );
+}
+
+/// Records the broker accepted can be larger than librdkafka's default
+/// producer limit (1,000,000 bytes) once the dead letter's headers are
+/// added: 1 MB payloads that fail are dead-lettered whole, and every
+/// partition is committed to its end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_records_are_dead_lettered_whole() {
+    const BIG: usize = 1_000_000;
+    let (topic, group, parts, dlq) = ("large", "g-large", 4, "large.dlq");
+    let cluster = cluster(topic, parts);
+    cluster.create_topic(dlq, 1).unwrap();
+    let bootstrap = cluster.bootstrap_servers().to_owned();
+    let producer: kconc_runtime::rdkafka::producer::BaseProducer = kconc_runtime::rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .set("message.max.bytes", "2000000")
+        .create()
+        .unwrap();
+    let big = vec![b'x'; BIG];
+    for i in 0..400 {
+        let partition = i % parts;
+        let small = i.to_string();
+        let payload: &[u8] = if i % 100 == 50 { &big } else { small.as_bytes() };
+        let key = format!("k{i}");
+        let record = kconc_runtime::rdkafka::producer::BaseRecord::to(topic)
+            .key(&key)
+            .payload(payload)
+            .partition(partition);
+        producer.send(record).map_err(|(e, _)| e).unwrap();
+    }
+    kconc_runtime::rdkafka::producer::Producer::flush(&producer, Duration::from_secs(30)).unwrap();
+
+    let ends = end_offsets(&bootstrap, topic, parts);
+    let sub = Subscriber::new("large", [topic], group, |m: Message| async move {
+        if m.payload().is_some_and(|p| p.len() >= BIG) {
+            return Err("too much to take in");
+        }
+        Ok(())
+    })
+    .dead_letter(dlq)
+    .commit_interval(Duration::from_millis(50));
+    let app = test_app(&bootstrap).subscriber(sub).start().unwrap();
+    wait_for("committed to the ends", DEADLINE, || {
+        committed(&bootstrap, group, topic, parts) == all_committed(&ends)
+    })
+    .await;
+    let stats = app.stats("large").unwrap();
+    app.shutdown().await;
+    assert_eq!((stats.dead_lettered, stats.dead_letter_failures), (4, 0), "{stats:?}");
+    let letters = read_topic(&bootstrap, dlq, 4);
+    assert_eq!(letters.len(), 4);
+    assert!(letters
+        .iter()
+        .all(|l| l.payload.as_ref().is_some_and(|p| p.len() == BIG)));
 }

@@ -33,6 +33,13 @@ impl std::fmt::Debug for Context {
 /// Consumer-only librdkafka properties, left out of the follow-up producer's
 /// configuration (librdkafka would warn about each).
 const CONSUMER_ONLY: &[&str] = &[
+    "max.partition.fetch.bytes",
+    "auto.commit.enable",
+    "offset.store.method",
+    "offset.store.path",
+    "offset.store.sync.interval.ms",
+    "coordinator.query.interval.ms",
+    "group.protocol.type",
     "group.id",
     "group.instance.id",
     "group.protocol",
@@ -51,20 +58,51 @@ const CONSUMER_ONLY: &[&str] = &[
     "consume.callback.max.messages",
 ];
 
+/// The largest record (key, payload, headers) the consumer can receive:
+/// a fetch response, which holds at least one whole record batch, must fit
+/// in `receive.message.max.bytes` (librdkafka's default 100,000,000).
+fn largest_receivable(consumer: &ClientConfig) -> u64 {
+    consumer
+        .get("receive.message.max.bytes")
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(100_000_000)
+}
+
+/// Room for the `kconc-*` headers a dead letter adds to its record.
+const DEAD_LETTER_HEADROOM: u64 = 64 * 1024;
+
+/// The follow-up producer's configuration: the consumer's (same cluster,
+/// same security settings; its consumer-only properties left out), with
+/// an idempotent producer sized so that any record the consumer received,
+/// plus a dead letter's headers, fits in one produce (librdkafka's
+/// default `message.max.bytes`, 1,000,000, is smaller than what a broker
+/// may accept and a consumer receive).
+fn producer_config(subscriber: &str, consumer: &ClientConfig) -> ClientConfig {
+    let mut producer = ClientConfig::new();
+    // `config_map` hides secret values; `get` gives them as set.
+    for k in consumer.config_map().keys() {
+        let consumer_only = CONSUMER_ONLY.contains(k) || k.starts_with("fetch.") || k.starts_with("queued.");
+        if let (false, Some(v)) = (consumer_only, consumer.get(k)) {
+            producer.set(*k, v);
+        }
+    }
+    producer.set("client.id", format!("kconc-{subscriber}-producer"));
+    producer.set("enable.idempotence", "true");
+    let set = producer
+        .get("message.max.bytes")
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap_or(0);
+    let wanted = (largest_receivable(consumer) + DEAD_LETTER_HEADROOM).min(1_000_000_000);
+    producer.set("message.max.bytes", set.max(wanted).to_string());
+    producer
+}
+
 impl Context {
     /// Builds the context of one subscriber. The producer is made from the
     /// consumer's configuration (same cluster, same security settings) on
     /// first use.
     pub(crate) fn new(subscriber: Arc<str>, group: &str, shutdown: CancellationToken, consumer: &ClientConfig) -> Self {
-        let mut producer_config = ClientConfig::new();
-        for (k, v) in consumer.config_map() {
-            let consumer_only = CONSUMER_ONLY.contains(&k) || k.starts_with("fetch.") || k.starts_with("queued.");
-            if !consumer_only {
-                producer_config.set(k, v);
-            }
-        }
-        producer_config.set("client.id", format!("kconc-{subscriber}-producer"));
-        producer_config.set("enable.idempotence", "true");
+        let producer_config = producer_config(&subscriber, consumer);
         Self(Arc::new(Shared {
             subscriber,
             group: Arc::from(group),
@@ -87,6 +125,12 @@ impl Context {
     /// The subscriber's name.
     pub fn subscriber(&self) -> &str {
         &self.0.subscriber
+    }
+
+    /// The follow-up producer's configuration (for tests of its building).
+    #[cfg(test)]
+    pub(crate) fn producer_config(&self) -> &ClientConfig {
+        &self.0.producer_config
     }
 
     /// The consumer group.
@@ -126,5 +170,33 @@ impl Context {
                     self.0.subscriber
                 ))
             })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_producer_gets_the_consumers_secrets_as_set_and_room_for_any_received_record() {
+        let mut consumer = ClientConfig::new();
+        consumer
+            .set("bootstrap.servers", "b:9092")
+            .set("group.id", "g")
+            .set("sasl.password", "hunter2")
+            .set("fetch.max.bytes", "1000")
+            .set("session.timeout.ms", "6000");
+        let cx = Context::new(Arc::from("s"), "g", CancellationToken::new(), &consumer);
+        let p = cx.producer_config();
+        assert_eq!(p.get("sasl.password"), Some("hunter2"), "a sanitized copy of a secret");
+        assert_eq!(p.get("bootstrap.servers"), Some("b:9092"));
+        assert_eq!(
+            (p.get("group.id"), p.get("session.timeout.ms"), p.get("fetch.max.bytes")),
+            (None, None, None)
+        );
+        assert_eq!(p.get("message.max.bytes"), Some("100065536"));
+        consumer.set("receive.message.max.bytes", "5000000");
+        let cx = Context::new(Arc::from("s"), "g", CancellationToken::new(), &consumer);
+        assert_eq!(cx.producer_config().get("message.max.bytes"), Some("5065536"));
     }
 }

@@ -40,7 +40,8 @@ pub(crate) struct Stats {
     pub retried: AtomicU64,
     /// Messages produced to the dead-letter topic.
     pub dead_lettered: AtomicU64,
-    /// Dead-letter produces that failed (each retried).
+    /// Dead-letter produces that failed (retried, or stopping the partition
+    /// when retrying cannot fix them).
     pub dead_letter_failures: AtomicU64,
     /// Messages that stopped their partition (`on_error = stop`).
     pub stopped: AtomicU64,
@@ -198,7 +199,8 @@ pub struct StatsSnapshot {
     pub retried: u64,
     /// Messages produced to the dead-letter topic.
     pub dead_lettered: u64,
-    /// Dead-letter produces that failed (each retried).
+    /// Dead-letter produces that failed (retried, or stopping the partition
+    /// when retrying cannot fix them).
     pub dead_letter_failures: u64,
     /// Messages that stopped their partition.
     pub stopped: u64,
@@ -1435,9 +1437,10 @@ impl Shared {
         }
     }
 
-    /// Produces the message to the dead-letter topic, retrying until the
-    /// broker acknowledges it (or shutdown begins: then it is left
-    /// uncommitted, to be redelivered).
+    /// Produces the message to the dead-letter topic, retrying what may
+    /// succeed if tried again until the broker acknowledges it (or shutdown
+    /// begins: then it is left uncommitted, to be redelivered). A failure
+    /// retrying cannot fix stops the partition.
     async fn dead_letter(&self, slot: PartitionSlot, dlq: &str, msg: &Message, error: &str) -> Event {
         let (topic, partition, offset, attempt) = (msg.topic(), msg.partition(), msg.offset(), msg.attempt());
         let mut wait = self.policy.backoff.max(std::time::Duration::from_millis(10));
@@ -1451,10 +1454,24 @@ impl Shared {
                     );
                     return Event::Done(Completion { slot, offset });
                 }
-                Err(e) => {
+                Err(failed) if failed.permanent => {
+                    self.stats.dead_letter_failures.fetch_add(1, Ordering::Relaxed);
+                    self.stats.stopped.fetch_add(1, Ordering::Relaxed);
+                    let reason = format!(
+                        "dead letter to `{dlq}` failed and retrying cannot fix it: {}; the handler's error: {error}",
+                        failed.reason
+                    );
+                    tracing::error!(
+                        subscriber = %self.subscriber, topic, partition, offset, dead_letter = dlq, error = %failed.reason,
+                        "dead-letter produce failed for good; partition stopped: nothing after this offset is handled or \
+                         committed until it is reassigned or the program restarts"
+                    );
+                    return Event::Stopped { slot, offset, reason };
+                }
+                Err(failed) => {
                     self.stats.dead_letter_failures.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(
-                        subscriber = %self.subscriber, topic, partition, offset, dead_letter = dlq, error = %e,
+                        subscriber = %self.subscriber, topic, partition, offset, dead_letter = dlq, error = %failed.reason,
                         retry_in_ms = wait.as_millis() as u64,
                         "dead-letter produce failed; retrying (the offset stays uncommitted)"
                     );

@@ -316,6 +316,18 @@ pub(crate) fn metrics_text(watched: &[Watched], t: &HealthThresholds) -> Result<
         "Messages produced to the dead-letter topic",
         &|s| r(&s.dead_lettered),
     );
+    counter(
+        &mut registry,
+        "dead_letter_failures",
+        "Dead-letter produces that failed (retried, or stopping their partition when retrying cannot fix them)",
+        &|s| r(&s.dead_letter_failures),
+    );
+    counter(
+        &mut registry,
+        "messages_stopped",
+        "Messages that stopped their partition (on_error = stop, or a dead letter that cannot be produced)",
+        &|s| r(&s.stopped),
+    );
     counter(&mut registry, "commits", "Offset commits that succeeded", &|s| {
         r(&s.commits)
     });

@@ -7,6 +7,7 @@ use std::error::Error as StdError;
 use std::fmt;
 use std::time::Duration;
 
+use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::message::{Header as KafkaHeader, OwnedHeaders};
 use rdkafka::producer::FutureRecord;
 
@@ -28,7 +29,11 @@ pub enum OnError {
     /// Produce it to this topic (original key, payload and headers, plus
     /// `kconc-*` headers saying where it came from and why it failed), then
     /// count it as finished. Its offset is committed only once the broker
-    /// has acknowledged the dead letter; a failed produce is retried.
+    /// has acknowledged the dead letter. A produce that failed for a reason
+    /// retrying may fix (a broker down, a timeout) is retried with backoff;
+    /// one that retrying cannot fix (the record too large for the topic, no
+    /// right to write it, no such topic, the producer failed for good)
+    /// stops the partition as [`OnError::Stop`] does, saying why.
     DeadLetter(String),
     /// Leave it unfinished and stop its partition: nothing after it in that
     /// partition is handled or committed until the partition is reassigned
@@ -172,12 +177,62 @@ fn mix(mut x: u64) -> u64 {
     x ^ (x >> 31)
 }
 
+/// Why a dead letter was not acknowledged, and whether trying again may
+/// help.
+#[derive(Debug)]
+pub(crate) struct DeadLetterFailed {
+    pub(crate) reason: String,
+    /// Retrying cannot fix it (the record is too large, the topic is
+    /// missing or not ours to write, the producer failed for good).
+    pub(crate) permanent: bool,
+}
+
+/// Whether a produce that failed with `code` can succeed if tried again.
+/// librdkafka retries what is transient itself until `message.timeout.ms`;
+/// what it reports at once or gives up on for these reasons stays so.
+fn permanent(code: RDKafkaErrorCode) -> bool {
+    use RDKafkaErrorCode as C;
+    matches!(
+        code,
+        C::MessageSizeTooLarge
+            | C::MessageBatchTooLarge
+            | C::InvalidRecord
+            | C::InvalidTopic
+            | C::TopicAuthorizationFailed
+            | C::ClusterAuthorizationFailed
+            | C::PolicyViolation
+            | C::InvalidTimestamp
+            | C::InvalidRequiredAcks
+            | C::UnsupportedForMessageFormat
+            | C::UnsupportedCompressionType
+            | C::OutOfOrderSequenceNumber
+            | C::Fatal
+            | C::PurgeQueue
+            | C::PurgeInflight
+            | C::InvalidArgument
+            | C::UnknownTopic
+            | C::UnknownTopicOrPartition
+    )
+}
+
+/// The longest `kconc-error` header a dead letter carries (an error's
+/// text can be arbitrarily long; the rest is cut off).
+const ERROR_HEADER_MAX: usize = 4096;
+
 /// Produces `msg` to the dead-letter `topic` and waits for the broker's
 /// acknowledgement. The record keeps the original key, payload and headers
 /// and adds `kconc-original-topic`, `-partition`, `-offset`, `-timestamp`,
-/// `kconc-group`, `kconc-attempts` and `kconc-error`.
-pub(crate) async fn dead_letter(cx: &Context, topic: &str, msg: &Message, error: &str) -> Result<(), String> {
-    let producer = cx.producer().map_err(|e| e.to_string())?;
+/// `kconc-group`, `kconc-attempts` and `kconc-error` (at most 4 KiB of it).
+pub(crate) async fn dead_letter(cx: &Context, topic: &str, msg: &Message, error: &str) -> Result<(), DeadLetterFailed> {
+    let producer = cx.producer().map_err(|e| DeadLetterFailed {
+        reason: e.to_string(),
+        permanent: true,
+    })?;
+    let mut cut = error.len().min(ERROR_HEADER_MAX);
+    while !error.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let error = &error[..cut];
     let partition = msg.partition().to_string();
     let offset = msg.offset().to_string();
     let timestamp = msg.timestamp().map(|t| t.to_string());
@@ -211,7 +266,10 @@ pub(crate) async fn dead_letter(cx: &Context, topic: &str, msg: &Message, error:
         .send(record, rdkafka::util::Timeout::Never)
         .await
         .map(|_| ())
-        .map_err(|(e, _)| e.to_string())
+        .map_err(|(e, _)| DeadLetterFailed {
+            permanent: e.rdkafka_error_code().is_some_and(permanent),
+            reason: e.to_string(),
+        })
 }
 
 #[cfg(test)]
