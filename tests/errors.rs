@@ -588,3 +588,119 @@ async fn large_records_are_dead_lettered_whole() {
         .iter()
         .all(|l| l.payload.as_ref().is_some_and(|p| p.len() == BIG)));
 }
+
+/// A record batch librdkafka cannot read (its attributes say gzip, its
+/// records are not) between good records: librdkafka reports it at its
+/// first offset (3) and fetches it again and again. Under each policy it
+/// is a failed message at that offset, counted: `skip` commits past the
+/// batch (offsets 3 to 5) and handles what follows; `dead_letter` first
+/// produces a dead letter saying where and why; `stop` stops the partition
+/// there. Before, the partition stalled at 3 with a warning every 500 ms.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_record_batch_goes_through_the_error_policy() {
+    for policy in ["skip", "dead_letter", "stop"] {
+        let topic = format!("unreadable-{policy}");
+        let (group, dlq) = (format!("g-{topic}"), format!("{topic}.dlq"));
+        let cluster = cluster(&topic, 1);
+        cluster.create_topic(&dlq, 1).unwrap();
+        let bootstrap = cluster.bootstrap_servers().to_owned();
+        produce(&bootstrap, &topic, 1, 3, 1);
+        assert_eq!(produce_unreadable_batch(&bootstrap, &topic, 0, 3), 3);
+        let ends = produce(&bootstrap, &topic, 1, 3, 1);
+        assert_eq!(ends, [9]);
+        let rec = Recorder::new();
+        let r = rec.clone();
+        let sub = Subscriber::new("unreadable", [topic.as_str()], group.as_str(), move |m: Message| {
+            let r = r.clone();
+            async move {
+                let _g = r.start(&m);
+            }
+        })
+        .commit_interval(Duration::from_millis(50));
+        let sub = match policy {
+            "skip" => sub,
+            "dead_letter" => sub.dead_letter(dlq.as_str()),
+            _ => sub.on_error(OnError::Stop),
+        };
+        let app = test_app(&bootstrap).subscriber(sub).start().unwrap();
+        let expected = if policy == "stop" { 3 } else { 9 };
+        wait_for(&format!("{policy}: committed to {expected}"), DEADLINE, || {
+            committed(&bootstrap, &group, &topic, 1) == [Some(expected)]
+                && (policy != "stop" || !app.stopped_partitions("unreadable").is_empty())
+        })
+        .await;
+        let stats = app.stats("unreadable").unwrap();
+        let stopped = app.stopped_partitions("unreadable");
+        let metrics = app.metrics_text().unwrap();
+        app.shutdown().await;
+        let handled: Vec<i64> = rec.by_partition().remove(&0).unwrap_or_default();
+        let expected_handled: Vec<i64> = if policy == "stop" {
+            vec![0, 1, 2]
+        } else {
+            vec![0, 1, 2, 6, 7, 8]
+        };
+        assert_eq!(handled, expected_handled, "{policy}");
+        assert_eq!(stats.records_unreadable, 1, "{policy}: {stats:?}");
+        assert!(
+            metrics.contains("kconc_records_unreadable_total{subscriber=\"unreadable\"} 1"),
+            "{metrics}"
+        );
+        match policy {
+            "stop" => {
+                assert_eq!(stopped.len(), 1);
+                assert_eq!(stopped[0].offset, 3);
+                assert!(stopped[0].reason.contains("cannot be read"), "{stopped:?}");
+            }
+            "dead_letter" => {
+                let letters = read_topic(&bootstrap, &dlq, 1);
+                assert_eq!(letters.len(), 1, "{letters:?}");
+                assert_eq!(letters[0].header("kconc-original-offset"), "3");
+                assert!(
+                    letters[0].header("kconc-error").contains("cannot be read"),
+                    "{letters:?}"
+                );
+                assert_eq!(stats.dead_lettered, 1);
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Records compressed with each codec a Kafka producer may use are read:
+/// a codec librdkafka was built without would make every batch unreadable
+/// (before, kconc's librdkafka had no zstd).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_compressed_with_every_codec_are_read() {
+    for codec in ["gzip", "snappy", "lz4", "zstd"] {
+        let topic = format!("compressed-{codec}");
+        let group = format!("g-{topic}");
+        let cluster = cluster(&topic, 1);
+        let bootstrap = cluster.bootstrap_servers().to_owned();
+        let producer: kconc_runtime::rdkafka::producer::BaseProducer = kconc_runtime::rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &bootstrap)
+            .set("compression.codec", codec)
+            .set("linger.ms", "20")
+            .create()
+            .unwrap();
+        for i in 0..200 {
+            let payload = format!("record {i} compressed with {codec}");
+            let record = kconc_runtime::rdkafka::producer::BaseRecord::<(), _>::to(&topic).payload(&payload);
+            producer.send(record).map_err(|(e, _)| e).unwrap();
+        }
+        kconc_runtime::rdkafka::producer::Producer::flush(&producer, Duration::from_secs(30)).unwrap();
+        let rec = Recorder::new();
+        let r = rec.clone();
+        let sub = Subscriber::new("compressed", [topic.as_str()], group.as_str(), move |m: Message| {
+            let r = r.clone();
+            async move {
+                let _g = r.start(&m);
+            }
+        });
+        let app = test_app(&bootstrap).subscriber(sub).start().unwrap();
+        wait_for(&format!("{codec}: all handled"), DEADLINE, || rec.finished() >= 200).await;
+        let stats = app.stats("compressed").unwrap();
+        app.shutdown().await;
+        assert_eq!(stats.records_unreadable, 0, "{codec}: {stats:?}");
+        assert_all_handled(&rec.counts(), &[200]);
+    }
+}

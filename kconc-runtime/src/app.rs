@@ -600,6 +600,7 @@ impl Running {
                 revoke_commit_failures: a.revoke_commit_failures + b.revoke_commit_failures,
                 max_waiting: a.max_waiting.max(b.max_waiting),
                 uncommitted_window_pauses: a.uncommitted_window_pauses + b.uncommitted_window_pauses,
+                records_unreadable: a.records_unreadable + b.records_unreadable,
             })
     }
 

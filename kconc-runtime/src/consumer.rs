@@ -32,18 +32,20 @@ use std::time::{Duration, Instant};
 
 use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
-use rdkafka::consumer::base_consumer::PartitionQueue;
 use rdkafka::consumer::{BaseConsumer, Consumer as _, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaError;
+use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::message::BorrowedMessage;
-use rdkafka::{ClientConfig, Message as _, TopicPartitionList};
+use rdkafka::{ClientConfig, Message as _, Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
 use crate::commit::{Assigned, CommitRequest, Committer, PartitionKey};
 use crate::dispatch::{Dispatcher, Event, PartitionSlot, Shared, Stats};
 use crate::hash::SmallKeyMap;
 use crate::message::Message;
+use crate::native::{self, PartitionQueue, Polled};
 use crate::offsets::OffsetTracker;
+use crate::policy::OnError;
 use crate::schedule::Schedule;
 use crate::subscriber::Subscriber;
 use crate::Error;
@@ -181,7 +183,7 @@ struct PartitionState {
     /// Handlers of this partition running now.
     running: usize,
     /// This partition's own message queue (see the module docs).
-    queue: Option<PartitionQueue<KconcContext>>,
+    queue: Option<PartitionQueue>,
     /// The last position handed to the committer.
     requested: Option<i64>,
     /// Not read because its messages waiting behind busy lanes reached its
@@ -197,6 +199,19 @@ struct PartitionState {
     /// When `committed` last moved (or the partition was assigned), in
     /// Unix milliseconds: how long its commits have stalled.
     progress_ms: u64,
+    /// A record batch librdkafka cannot read, at this first offset: the
+    /// position the partition is being moved past, if it is (`probe`).
+    unreadable: Option<Unreadable>,
+}
+
+/// An unreadable record batch of a partition (see [`Engine::unreadable`]).
+#[derive(Clone, Copy, Debug)]
+struct Unreadable {
+    /// The batch's first offset, as librdkafka reports it.
+    at: i64,
+    /// Where the fetch was last moved to, to find the end of the batch:
+    /// `None` once the partition is stopped there.
+    probe: Option<i64>,
 }
 
 /// A failed message waiting for its retry.
@@ -296,6 +311,7 @@ impl Engine {
             revoking: false,
             committed: None,
             progress_ms: crate::dispatch::unix_ms(),
+            unreadable: None,
         }
     }
 
@@ -308,7 +324,7 @@ impl Engine {
             let t = self.topic_index(el.topic());
             let mut state = self.new_partition();
             if let Some(consumer) = &consumer {
-                state.queue = consumer.split_partition_queue(el.topic(), el.partition()).map(|mut q| {
+                state.queue = native::split(consumer, el.topic(), el.partition()).map(|mut q| {
                     let wake = self.wake.clone();
                     q.set_nonempty_callback(move || {
                         let _ = wake.send(Event::Wake);
@@ -358,7 +374,7 @@ impl Engine {
         let mut progress = std::collections::BTreeMap::new();
         for &(t, p) in &self.order {
             let topic = &*self.topics[t].name;
-            if let Some(high) = cached_high_watermark(consumer, topic, p) {
+            if let Some(high) = native::cached_high_watermark(consumer, topic, p) {
                 marks.push(((topic.to_owned(), p), high));
             }
             if let Some(ps) = self.topics[t].partitions.get(&p) {
@@ -371,6 +387,19 @@ impl Engine {
         }
         if let Ok(mut map) = stats.progress.lock() {
             *map = progress;
+        }
+        // librdkafka reports an unreadable batch again at every refetch;
+        // where the partition stopped there, nothing else comes: drop them.
+        for ts in &self.topics {
+            for ps in ts
+                .partitions
+                .values()
+                .filter(|ps| ps.stopped && ps.unreadable.is_some())
+            {
+                if let Some(q) = &ps.queue {
+                    while !matches!(q.poll(&ts.name), Polled::Empty) {}
+                }
+            }
         }
     }
 
@@ -590,6 +619,13 @@ impl Engine {
         let Some(ps) = self.topics[t].partitions.get_mut(&msg.partition()) else {
             return;
         };
+        // A record past an unreadable batch: the partition is past it.
+        if ps
+            .unreadable
+            .is_some_and(|u| u.probe.is_some_and(|probe| msg.offset() >= probe))
+        {
+            ps.unreadable = None;
+        }
         let first = ps.offsets.is_untouched();
         if !ps.offsets.dispatched(msg.offset()) {
             return;
@@ -666,15 +702,11 @@ impl Engine {
                         break;
                     }
                     let polled = match topic.partitions.get(&p).and_then(|ps| ps.queue.as_ref()) {
-                        Some(q) => match q.poll(Duration::ZERO) {
-                            Some(Ok(m)) => Ok(Message::detach(topic.name.clone(), &m)),
-                            Some(Err(e)) => Err(Some(e)),
-                            None => Err(None),
-                        },
-                        None => Err(None),
+                        Some(q) => q.poll(&topic.name),
+                        None => Polled::Empty,
                     };
                     match polled {
-                        Ok(msg) => {
+                        Polled::Message(msg) => {
                             self.enqueue(t, msg);
                             read += 1;
                             progress = true;
@@ -685,11 +717,11 @@ impl Engine {
                                 self.start_waiting();
                             }
                         }
-                        Err(Some(e)) => {
-                            tracing::warn!(subscriber = &*self.settings.name, topic = &*self.topics[t].name, partition = p, error = %e, "fetch error");
+                        Polled::Error { code, offset, reason } => {
+                            self.on_partition_error(t, p, code, offset, &reason);
                             break;
                         }
-                        Err(None) => break,
+                        Polled::Empty => break,
                     }
                 }
             }
@@ -697,6 +729,125 @@ impl Engine {
             if !progress {
                 return read;
             }
+        }
+    }
+
+    /// An error librdkafka reported on a partition's queue.
+    fn on_partition_error(&mut self, t: usize, p: i32, code: RDKafkaErrorCode, offset: Option<i64>, reason: &str) {
+        match (code, offset) {
+            // Only with enable.partition.eof: not an error of any record.
+            (RDKafkaErrorCode::PartitionEOF, _) => {}
+            (
+                RDKafkaErrorCode::BadMessage | RDKafkaErrorCode::BadCompression | RDKafkaErrorCode::NotImplemented,
+                Some(at),
+            ) => self.unreadable(t, p, at, code, reason),
+            _ => tracing::warn!(
+                subscriber = &*self.settings.name,
+                topic = &*self.topics[t].name,
+                partition = p,
+                error = reason,
+                ?offset,
+                "fetch error"
+            ),
+        }
+    }
+
+    /// A record batch starting at `at` that librdkafka cannot read (corrupt,
+    /// or compressed with a codec it cannot decompress). librdkafka does not
+    /// move past it: it fetches it again and reports it again. Here it is a
+    /// failed message at `at`, under the error policy, counted in
+    /// `records_unreadable`: `stop` stops the partition there; `skip`
+    /// commits past it and `dead_letter` first produces a dead letter for
+    /// it (no key or payload: only where it was and why), and then the fetch
+    /// is moved past the batch, one offset at a time (a fetch anywhere in the
+    /// batch returns the whole batch, and its end is not reported), so no
+    /// readable record after it is passed over.
+    fn unreadable(&mut self, t: usize, p: i32, at: i64, code: RDKafkaErrorCode, reason: &str) {
+        let topic = self.topics[t].name.clone();
+        let Some(ps) = self.topics[t].partitions.get_mut(&p) else {
+            return;
+        };
+        if ps.stopped || (ps.unreadable.is_none() && ps.offsets.last_dispatched().is_some_and(|last| at <= last)) {
+            // Reported again while the partition stands stopped there, or
+            // a report of what is already passed: nothing new.
+            return;
+        }
+        if let Some(u) = ps.unreadable.filter(|u| u.at == at) {
+            // The fetch moved to `probe` is still inside the batch: one further.
+            if let Some(probe) = u.probe {
+                self.seek_past(t, p, at, probe + 1);
+            }
+            return;
+        }
+        ps.offsets.dispatched(at);
+        let slot = PartitionSlot {
+            topic: t,
+            partition: p,
+            epoch: ps.epoch,
+            lane: None,
+        };
+        self.dispatcher.stats().unreadable.fetch_add(1, Ordering::Relaxed);
+        let error = format!("record batch at offset {at} cannot be read ({code:?}): {reason}");
+        let name = &*self.settings.name;
+        match self.dispatcher.on_error().clone() {
+            OnError::Stop => {
+                tracing::error!(
+                    subscriber = name, topic = &*topic, partition = p, offset = at, error,
+                    "unreadable records; partition stopped: nothing after this offset is handled or committed until it is reassigned or the program restarts"
+                );
+                ps.stopped = true;
+                ps.unreadable = Some(Unreadable { at, probe: None });
+                let stats = self.dispatcher.stats();
+                stats.stopped.fetch_add(1, Ordering::Relaxed);
+                stats.set_stopped(&topic, p, Some((at, error)));
+                self.forget_unstarted(t, p);
+            }
+            OnError::Skip => {
+                tracing::error!(
+                    subscriber = name,
+                    topic = &*topic,
+                    partition = p,
+                    offset = at,
+                    error,
+                    "unreadable records; skipped (the batch counts as finished)"
+                );
+                ps.offsets.finished(at);
+                self.finished_since_commit += 1;
+                self.seek_past(t, p, at, at + 1);
+            }
+            OnError::DeadLetter(_) => {
+                tracing::error!(
+                    subscriber = name,
+                    topic = &*topic,
+                    partition = p,
+                    offset = at,
+                    error,
+                    "unreadable records; dead-lettering where they were (their content cannot be read)"
+                );
+                ps.running += 1;
+                self.running += 1;
+                self.dispatcher.dead_letter(slot, Message::new(&topic, p, at), error);
+                self.dispatcher.flush();
+                self.seek_past(t, p, at, at + 1);
+            }
+        }
+    }
+
+    /// Moves the fetch of partition `p` (past an unreadable batch at `at`)
+    /// to `to`.
+    fn seek_past(&mut self, t: usize, p: i32, at: i64, to: i64) {
+        let topic = self.topics[t].name.clone();
+        if let Some(ps) = self.topics[t].partitions.get_mut(&p) {
+            ps.unreadable = Some(Unreadable { at, probe: Some(to) });
+        }
+        let Some(consumer) = self.consumer.upgrade() else {
+            return;
+        };
+        if let Err(e) = consumer.seek(&topic, p, Offset::Offset(to), Duration::ZERO) {
+            tracing::warn!(
+                subscriber = &*self.settings.name, topic = &*topic, partition = p, offset = to, error = %e,
+                "cannot move the fetch past unreadable records; trying again at the next report"
+            );
         }
     }
 
@@ -894,28 +1045,6 @@ impl Engine {
             self.committer.request(CommitRequest::Positions(positions));
         }
     }
-}
-
-/// The high watermark librdkafka last saw in a fetch response for the
-/// partition (`rd_kafka_get_watermark_offsets`: local, never a request),
-/// `None` before the first fetch. rdkafka wraps only the querying variant.
-#[allow(unsafe_code)]
-fn cached_high_watermark(consumer: &BaseConsumer<KconcContext>, topic: &str, partition: i32) -> Option<i64> {
-    let topic = std::ffi::CString::new(topic).ok()?;
-    let (mut low, mut high) = (-1_i64, -1_i64);
-    // SAFETY: the client pointer is live while `consumer` is borrowed; the
-    // topic is a valid NUL-terminated string for the call's duration; low
-    // and high are valid for writes. The call only reads librdkafka's cache.
-    let err = unsafe {
-        rdkafka::bindings::rd_kafka_get_watermark_offsets(
-            consumer.client().native_ptr(),
-            topic.as_ptr(),
-            partition,
-            &mut low,
-            &mut high,
-        )
-    };
-    (err == rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR && high >= 0).then_some(high)
 }
 
 /// How much of `revoke_timeout` a revoke keeps for the commit of the

@@ -61,6 +61,8 @@ pub(crate) struct Stats {
     pub max_waiting: AtomicU64,
     /// Times a partition was paused because its uncommitted window was full.
     pub window_pauses: AtomicU64,
+    /// Record batches librdkafka could not read (each went to the policy).
+    pub unreadable: AtomicU64,
     /// Partitions that have been paused because their own buffer was full
     /// (`key` and `partition` ordering), by topic and partition. Written
     /// only when a partition pauses or resumes.
@@ -220,6 +222,10 @@ pub struct StatsSnapshot {
     /// Times a partition was paused because its uncommitted window
     /// reached `max_uncommitted`.
     pub uncommitted_window_pauses: u64,
+    /// Record batches librdkafka could not read (corrupt, or compressed
+    /// with a codec it cannot decompress), each a failed message under the
+    /// error policy.
+    pub records_unreadable: u64,
 }
 
 impl Stats {
@@ -365,6 +371,7 @@ impl Stats {
             revoke_commit_failures: r(&self.revoke_commit_failures),
             max_waiting: r(&self.max_waiting),
             uncommitted_window_pauses: r(&self.window_pauses),
+            records_unreadable: r(&self.unreadable),
         }
     }
 }
@@ -608,6 +615,26 @@ impl Dispatcher {
             }
         }
         alive
+    }
+
+    /// The subscriber's `on_error` step.
+    pub(crate) fn on_error(&self) -> &OnError {
+        &self.shared.policy.on_error
+    }
+
+    /// Hands a dead letter for `msg` (which failed with `error`) to a
+    /// worker; its event comes back as a handler's would. For records
+    /// that never reached a handler (unreadable ones).
+    pub(crate) fn dead_letter(&mut self, slot: PartitionSlot, msg: Message, error: String) {
+        let end = Ending {
+            slot,
+            topic: msg.topic_name(),
+            partition: msg.partition(),
+            offset: msg.offset(),
+            attempt: msg.attempt(),
+            copy: None,
+        };
+        self.hand_over(Start::DeadLetter(Box::new(DeadLetter { end, copy: msg, error })));
     }
 
     /// Ends the workers now: the handlers still running are dropped (their

@@ -113,16 +113,6 @@ pub fn committed_offsets(
         .collect())
 }
 
-#[allow(unsafe_code)]
 fn no_initial_rebalance_delay(owner: &BaseProducer<DefaultProducerContext>) {
-    // SAFETY: `owner` is a live client created with `test.mock.num.brokers`,
-    // so `rd_kafka_handle_mock_cluster` returns its cluster (checked non-null
-    // below), which stays alive while `owner` does; the setter only stores an
-    // integer in the cluster under its lock.
-    unsafe {
-        let cluster = rdkafka::bindings::rd_kafka_handle_mock_cluster(owner.client().native_ptr());
-        if !cluster.is_null() {
-            rdkafka::bindings::rd_kafka_mock_group_initial_rebalance_delay_ms(cluster, 0);
-        }
-    }
+    crate::native::no_initial_rebalance_delay(owner.client());
 }

@@ -318,6 +318,12 @@ pub(crate) fn metrics_text(watched: &[Watched], t: &HealthThresholds) -> Result<
     );
     counter(
         &mut registry,
+        "records_unreadable",
+        "Record batches librdkafka could not read (corrupt or undecompressable), each failed under the error policy",
+        &|s| r(&s.unreadable),
+    );
+    counter(
+        &mut registry,
         "dead_letter_failures",
         "Dead-letter produces that failed (retried, or stopping their partition when retrying cannot fix them)",
         &|s| r(&s.dead_letter_failures),

@@ -70,6 +70,7 @@ mod commit;
 mod consumer;
 mod dispatch;
 mod hash;
+mod native;
 mod offsets;
 mod policy;
 mod schedule;

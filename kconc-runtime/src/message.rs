@@ -94,6 +94,32 @@ impl Message {
         self
     }
 
+    /// A fetched record's parts, copied (see [`crate::native`]). `topic` is
+    /// shared between the messages of one partition.
+    pub(crate) fn from_parts(
+        topic: Arc<str>,
+        partition: i32,
+        offset: i64,
+        timestamp: Option<i64>,
+        key: Option<&[u8]>,
+        payload: Option<&[u8]>,
+        headers: Option<Vec<Header>>,
+    ) -> Self {
+        let mut this = Self {
+            topic,
+            partition,
+            offset,
+            timestamp,
+            data: Arc::from(&[][..]),
+            key_len: None,
+            has_payload: false,
+            headers: headers.map(Into::into),
+            attempt: 1,
+        };
+        this.set_data(key, payload);
+        this
+    }
+
     /// Copies a fetched record. `topic` is shared between the messages of one
     /// partition so that detaching does not allocate the topic name each time.
     pub(crate) fn detach(topic: Arc<str>, msg: &BorrowedMessage<'_>) -> Self {

@@ -48,6 +48,11 @@ impl OffsetTracker {
         u64::try_from(last + 1 - from).unwrap_or(0)
     }
 
+    /// The highest offset dispatched in this assignment, if any.
+    pub(crate) fn last_dispatched(&self) -> Option<i64> {
+        self.last_dispatched
+    }
+
     /// Whether nothing has been dispatched in this assignment yet.
     pub(crate) fn is_untouched(&self) -> bool {
         self.last_dispatched.is_none()

@@ -226,3 +226,80 @@ pub fn assert_all_handled(counts: &HashMap<(i32, i64), usize>, ends: &[i64]) {
         assert!(missing.is_empty(), "partition {p}: offsets never handled: {missing:?}");
     }
 }
+
+/// Writes a record batch of `count` records that librdkafka cannot read to
+/// `topic[partition]` on a mock cluster, with a hand-made ProduceRequest
+/// (librdkafka's producer only writes good batches): its attributes say
+/// gzip, its records are not gzip. The mock stores batches as sent, and a
+/// consumer fetching it gets `_BAD_COMPRESSION` at its first offset, which
+/// is returned.
+pub fn produce_unreadable_batch(bootstrap: &str, topic: &str, partition: i32, count: i32) -> i64 {
+    use std::io::{Read as _, Write as _};
+    fn crc32c(data: &[u8]) -> u32 {
+        let mut crc: u32 = !0;
+        for &b in data {
+            crc ^= u32::from(b);
+            for _ in 0..8 {
+                crc = if crc & 1 != 0 {
+                    (crc >> 1) ^ 0x82F6_3B78
+                } else {
+                    crc >> 1
+                };
+            }
+        }
+        !crc
+    }
+    fn string(out: &mut Vec<u8>, s: &str) {
+        out.extend((s.len() as i16).to_be_bytes());
+        out.extend(s.as_bytes());
+    }
+    // RecordBatch v2: the part its CRC covers, from the attributes on.
+    let mut covered = Vec::new();
+    covered.extend(1i16.to_be_bytes()); // attributes: gzip
+    covered.extend((count - 1).to_be_bytes()); // last offset delta
+    covered.extend(1_700_000_000_000i64.to_be_bytes()); // first timestamp
+    covered.extend(1_700_000_000_000i64.to_be_bytes()); // max timestamp
+    covered.extend((-1i64).to_be_bytes()); // producer id
+    covered.extend((-1i16).to_be_bytes()); // producer epoch
+    covered.extend((-1i32).to_be_bytes()); // base sequence
+    covered.extend(count.to_be_bytes()); // records
+    covered.extend(b"these records are not a gzip stream at all");
+    let mut batch = Vec::new();
+    batch.extend(0i64.to_be_bytes()); // base offset (the broker assigns it)
+    batch.extend(((4 + 1 + 4 + covered.len()) as i32).to_be_bytes()); // batch length
+    batch.extend((-1i32).to_be_bytes()); // partition leader epoch
+    batch.push(2); // magic
+    batch.extend(crc32c(&covered).to_be_bytes());
+    batch.extend(covered);
+    // ProduceRequest v3, one topic, one partition.
+    let mut req = Vec::new();
+    req.extend(0i16.to_be_bytes()); // Produce
+    req.extend(3i16.to_be_bytes()); // version
+    req.extend(1i32.to_be_bytes()); // correlation id
+    string(&mut req, "kconc-tests");
+    req.extend((-1i16).to_be_bytes()); // no transactional id
+    req.extend(1i16.to_be_bytes()); // acks
+    req.extend(5_000i32.to_be_bytes()); // timeout
+    req.extend(1i32.to_be_bytes());
+    string(&mut req, topic);
+    req.extend(1i32.to_be_bytes());
+    req.extend(partition.to_be_bytes());
+    req.extend((batch.len() as i32).to_be_bytes());
+    req.extend(batch);
+    // The mock leads every partition from each of its brokers' addresses.
+    let addr = bootstrap.split(',').next().expect("a bootstrap address");
+    let mut s = std::net::TcpStream::connect(addr).expect("connect to the mock broker");
+    s.write_all(&(req.len() as i32).to_be_bytes()).unwrap();
+    s.write_all(&req).unwrap();
+    let mut len = [0u8; 4];
+    s.read_exact(&mut len).unwrap();
+    let mut resp = vec![0u8; i32::from_be_bytes(len) as usize];
+    s.read_exact(&mut resp).unwrap();
+    // correlation id, topics, name, partitions, partition, error, base offset
+    let mut at = 4 + 4;
+    let name_len = i16::from_be_bytes([resp[at], resp[at + 1]]) as usize;
+    at += 2 + name_len + 4 + 4;
+    let error = i16::from_be_bytes([resp[at], resp[at + 1]]);
+    assert_eq!(error, 0, "the mock broker refused the batch");
+    i64::from_be_bytes(resp[at + 2..at + 10].try_into().unwrap())
+}

@@ -1,0 +1,286 @@
+//! The librdkafka calls kconc makes itself, where rdkafka's wrappers drop
+//! what the engine needs: every `unsafe` block of the runtime is here.
+//!
+//! A partition's own queue is read with the event API, as rdkafka does,
+//! but an error event keeps what rdkafka's `PartitionQueue::poll` throws
+//! away: the offset it is about. librdkafka reports a record batch it
+//! cannot read (corrupt, or compressed with a codec it cannot decompress)
+//! as an error at the batch's first offset, and does not move past it
+//! (it fetches it again and reports it again); the engine routes it
+//! through the error policy instead of passing it over or stalling.
+
+#![allow(unsafe_code)]
+
+use std::ffi::{c_char, c_void, CStr, CString};
+use std::ptr::NonNull;
+use std::sync::Arc;
+
+use rdkafka::bindings as rd;
+use rdkafka::consumer::{BaseConsumer, Consumer as _};
+use rdkafka::error::RDKafkaErrorCode;
+
+use crate::consumer::KconcContext;
+use crate::message::{Header, Message};
+
+/// What one poll of a partition's queue gave.
+#[derive(Debug)]
+pub(crate) enum Polled {
+    /// A record.
+    Message(Message),
+    /// librdkafka reported an error for the partition: its code, the
+    /// offset it is about (for an unreadable batch its first offset; for
+    /// a fetch error the fetch position), and its text.
+    Error {
+        code: RDKafkaErrorCode,
+        offset: Option<i64>,
+        reason: String,
+    },
+    /// Nothing is waiting.
+    Empty,
+}
+
+type Callback = Box<dyn Fn() + Send + Sync>;
+
+/// One assigned partition's own librdkafka queue, split off the consumer's
+/// so that its messages are read only here, when the engine has room.
+pub(crate) struct PartitionQueue {
+    queue: NonNull<rd::rd_kafka_queue_t>,
+    /// The client the queue belongs to, kept alive while the queue is.
+    _consumer: Arc<BaseConsumer<KconcContext>>,
+    /// Called by librdkafka when the queue becomes non-empty (boxed twice:
+    /// librdkafka keeps a thin pointer to it).
+    callback: Option<Box<Callback>>,
+}
+
+// SAFETY: librdkafka's queue handles may be used from any thread; the
+// callback is `Send + Sync`.
+unsafe impl Send for PartitionQueue {}
+
+impl std::fmt::Debug for PartitionQueue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PartitionQueue").finish_non_exhaustive()
+    }
+}
+
+/// Splits `topic[partition]`'s queue off the consumer's (before it is
+/// assigned, so none of its messages reach the consumer's queue). `None`
+/// if librdkafka has no such partition queue.
+pub(crate) fn split(consumer: &Arc<BaseConsumer<KconcContext>>, topic: &str, partition: i32) -> Option<PartitionQueue> {
+    let topic_c = CString::new(topic).ok()?;
+    // SAFETY: the client pointer is live while `consumer` is; the topic is a
+    // NUL-terminated string for the call's duration. The queue returned is
+    // a new reference, ours to destroy (in `Drop`).
+    let queue = NonNull::new(unsafe {
+        rd::rd_kafka_queue_get_partition(consumer.client().native_ptr(), topic_c.as_ptr(), partition)
+    })?;
+    // SAFETY: the queue is live; forwarding it to nothing stops it from
+    // feeding the consumer's queue.
+    unsafe { rd::rd_kafka_queue_forward(queue.as_ptr(), std::ptr::null_mut()) };
+    Some(PartitionQueue {
+        queue,
+        _consumer: consumer.clone(),
+        callback: None,
+    })
+}
+
+impl PartitionQueue {
+    /// Calls `f` (on a librdkafka thread) whenever the queue becomes
+    /// non-empty. `f` must be quick and must not panic.
+    pub(crate) fn set_nonempty_callback(&mut self, f: impl Fn() + Send + Sync + 'static) {
+        unsafe extern "C" fn call(_: *mut rd::rd_kafka_t, opaque: *mut c_void) {
+            // SAFETY: `opaque` is the `Callback` box registered below, alive
+            // until the callback is disabled (in `Drop`, or when replaced).
+            let f = unsafe { &*(opaque as *const Callback) };
+            // A panic must not unwind into librdkafka.
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+        }
+        let f: Box<Callback> = Box::new(Box::new(f));
+        // SAFETY: the queue is live; `f` outlives its registration: it is
+        // kept in `self.callback` and unregistered before being dropped.
+        unsafe {
+            rd::rd_kafka_queue_cb_event_enable(self.queue.as_ptr(), Some(call), &*f as *const Callback as *mut c_void);
+        }
+        self.callback = Some(f);
+    }
+
+    /// The next record or error of the queue, without waiting.
+    pub(crate) fn poll(&self, topic: &Arc<str>) -> Polled {
+        loop {
+            // SAFETY: the queue is live; a zero timeout never blocks; the
+            // event returned is ours, destroyed by its guard.
+            let Some(event) = NonNull::new(unsafe { rd::rd_kafka_queue_poll(self.queue.as_ptr(), 0) }) else {
+                return Polled::Empty;
+            };
+            let event = EventGuard(event);
+            // SAFETY: the event is live until its guard drops, after the
+            // message it holds has been copied.
+            match unsafe { rd::rd_kafka_event_type(event.0.as_ptr()) } {
+                rd::RD_KAFKA_EVENT_FETCH => {
+                    // SAFETY: as above; the message belongs to the event.
+                    let Some(m) = (unsafe { rd::rd_kafka_event_message_next(event.0.as_ptr()).as_ref() }) else {
+                        continue;
+                    };
+                    if m.err != rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR {
+                        return Polled::Error {
+                            code: m.err.into(),
+                            offset: (m.offset >= 0).then_some(m.offset),
+                            // SAFETY: rd_kafka_err2str returns a static string.
+                            reason: unsafe { owned(rd::rd_kafka_err2str(m.err)) },
+                        };
+                    }
+                    // SAFETY: `m` is a live message of a fetch event.
+                    return Polled::Message(unsafe { detach(topic, m) });
+                }
+                rd::RD_KAFKA_EVENT_ERROR => {
+                    let ev = event.0.as_ptr();
+                    // SAFETY: the event is live; the topic partition returned
+                    // is a copy, ours to destroy.
+                    let (code, offset, reason) = unsafe {
+                        let code = rd::rd_kafka_event_error(ev);
+                        let tp = rd::rd_kafka_event_topic_partition(ev);
+                        let offset = tp.as_ref().map(|tp| tp.offset).filter(|o| *o >= 0);
+                        if !tp.is_null() {
+                            rd::rd_kafka_topic_partition_destroy(tp);
+                        }
+                        (code, offset, owned(rd::rd_kafka_event_error_string(ev)))
+                    };
+                    return Polled::Error {
+                        code: code.into(),
+                        offset,
+                        reason,
+                    };
+                }
+                _ => continue,
+            }
+        }
+    }
+}
+
+impl Drop for PartitionQueue {
+    fn drop(&mut self) {
+        // SAFETY: the queue is live until destroyed here; the callback is
+        // unregistered before its box is dropped (after this function).
+        unsafe {
+            rd::rd_kafka_queue_cb_event_enable(self.queue.as_ptr(), None, std::ptr::null_mut());
+            rd::rd_kafka_queue_destroy(self.queue.as_ptr());
+        }
+    }
+}
+
+/// Destroys an event when dropped.
+struct EventGuard(NonNull<rd::rd_kafka_event_t>);
+
+impl Drop for EventGuard {
+    fn drop(&mut self) {
+        // SAFETY: the event was returned by rd_kafka_queue_poll and is
+        // destroyed once, here.
+        unsafe { rd::rd_kafka_event_destroy(self.0.as_ptr()) };
+    }
+}
+
+/// A C string as an owned `String` (empty for a null pointer).
+///
+/// # Safety
+/// `s` is null or a valid NUL-terminated string for the call's duration.
+unsafe fn owned(s: *const c_char) -> String {
+    if s.is_null() {
+        return String::new();
+    }
+    // SAFETY: per this function's contract.
+    unsafe { CStr::from_ptr(s) }.to_string_lossy().into_owned()
+}
+
+/// Copies a fetched record into an owned [`Message`].
+///
+/// # Safety
+/// `m` is a live message of a fetch event (its pointers valid for their
+/// lengths).
+unsafe fn detach(topic: &Arc<str>, m: &rd::rd_kafka_message_t) -> Message {
+    let bytes = |p: *mut c_void, len: usize| {
+        // SAFETY: per this function's contract, non-null pointers are valid
+        // for `len` bytes.
+        (!p.is_null()).then(|| unsafe { std::slice::from_raw_parts(p as *const u8, len) })
+    };
+    let mut kind = rd::rd_kafka_timestamp_type_t::RD_KAFKA_TIMESTAMP_NOT_AVAILABLE;
+    // SAFETY: `m` is live; `kind` is valid for writes.
+    let ts = unsafe { rd::rd_kafka_message_timestamp(m, &mut kind) };
+    let timestamp = (kind != rd::rd_kafka_timestamp_type_t::RD_KAFKA_TIMESTAMP_NOT_AVAILABLE).then_some(ts);
+    // SAFETY: `m` is live.
+    let headers = unsafe { headers(m) };
+    Message::from_parts(
+        topic.clone(),
+        m.partition,
+        m.offset,
+        timestamp,
+        bytes(m.key, m.key_len),
+        bytes(m.payload, m.len),
+        headers,
+    )
+}
+
+/// A record's headers (`None` when it has none).
+///
+/// # Safety
+/// `m` is a live message.
+unsafe fn headers(m: &rd::rd_kafka_message_t) -> Option<Vec<Header>> {
+    let mut hdrs = std::ptr::null_mut();
+    // SAFETY: `m` is live; `hdrs` is valid for writes. The headers belong
+    // to the message.
+    let err = unsafe { rd::rd_kafka_message_headers(m, &mut hdrs) };
+    if err != rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR || hdrs.is_null() {
+        return None;
+    }
+    let mut out = Vec::new();
+    for idx in 0.. {
+        let (mut name, mut value, mut size) = (std::ptr::null(), std::ptr::null(), 0usize);
+        // SAFETY: `hdrs` is live with the message; the out-pointers are
+        // valid for writes; name and value stay valid with the message.
+        let err = unsafe { rd::rd_kafka_header_get_all(hdrs, idx, &mut name, &mut value, &mut size) };
+        if err != rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR {
+            break;
+        }
+        out.push(Header {
+            // SAFETY: a header's name is a NUL-terminated string.
+            key: unsafe { owned(name) },
+            // SAFETY: a non-null value is valid for `size` bytes.
+            value: (!value.is_null()).then(|| unsafe { std::slice::from_raw_parts(value as *const u8, size) }.to_vec()),
+        });
+    }
+    (!out.is_empty()).then_some(out)
+}
+
+/// The high watermark librdkafka last saw in a fetch response for the
+/// partition (`rd_kafka_get_watermark_offsets`: local, never a request),
+/// `None` before the first fetch. rdkafka wraps only the querying variant.
+pub(crate) fn cached_high_watermark(consumer: &BaseConsumer<KconcContext>, topic: &str, partition: i32) -> Option<i64> {
+    let topic = CString::new(topic).ok()?;
+    let (mut low, mut high) = (-1_i64, -1_i64);
+    // SAFETY: the client pointer is live while `consumer` is borrowed; the
+    // topic is a valid NUL-terminated string for the call's duration; low
+    // and high are valid for writes. The call only reads librdkafka's cache.
+    let err = unsafe {
+        rd::rd_kafka_get_watermark_offsets(
+            consumer.client().native_ptr(),
+            topic.as_ptr(),
+            partition,
+            &mut low,
+            &mut high,
+        )
+    };
+    (err == rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR && high >= 0).then_some(high)
+}
+
+/// Makes a mock cluster form consumer groups at once, without its usual 3 s
+/// initial rebalance delay. `client` must have been created with
+/// `test.mock.num.brokers` (it owns the cluster); otherwise nothing happens.
+pub(crate) fn no_initial_rebalance_delay(client: &rdkafka::client::Client<impl rdkafka::ClientContext>) {
+    // SAFETY: the client is live while borrowed, so the cluster it owns
+    // (checked non-null) is too; the setter only stores an integer in the
+    // cluster under its lock.
+    unsafe {
+        let cluster = rd::rd_kafka_handle_mock_cluster(client.native_ptr());
+        if !cluster.is_null() {
+            rd::rd_kafka_mock_group_initial_rebalance_delay_ms(cluster, 0);
+        }
+    }
+}
