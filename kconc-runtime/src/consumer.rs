@@ -50,6 +50,9 @@ use crate::schedule::Schedule;
 use crate::subscriber::Subscriber;
 use crate::Error;
 
+/// Above this much prefetch over all assigned partitions, an assignment
+/// warns (1 GiB).
+const PREFETCH_WARNING_KB: u64 = 1 << 20;
 /// How long the poll thread sleeps when nothing happens (it is woken earlier
 /// by a completion or by librdkafka when the queue becomes non-empty).
 const IDLE_WAIT: Duration = Duration::from_millis(100);
@@ -165,6 +168,9 @@ struct Settings {
     max_buffered: usize,
     /// Offsets of one partition read past its last committed one, at most.
     max_uncommitted: usize,
+    /// librdkafka's prefetch bound per assigned partition
+    /// (`queued.max.messages.kbytes`), for a warning.
+    prefetch_kb: u64,
     commit_batch_size: usize,
     commit_interval: Duration,
     shutdown_timeout: Duration,
@@ -349,6 +355,16 @@ impl Engine {
             self.dispatcher.stats().set_assigned(el.topic(), p, true);
         }
         self.rebuild_order();
+        let prefetch_kb = self.order.len() as u64 * self.settings.prefetch_kb;
+        if prefetch_kb > PREFETCH_WARNING_KB {
+            tracing::warn!(
+                subscriber = &*self.settings.name,
+                partitions = self.order.len(),
+                prefetch_mb = prefetch_kb / 1024,
+                "librdkafka may prefetch up to queued.max.messages.kbytes per assigned partition: this much in all; \
+                 lower queued.max.messages.kbytes if memory is short"
+            );
+        }
         self.dispatcher.stats().assignments.fetch_add(1, Ordering::Relaxed);
         tracing::info!(
             subscriber = &*self.settings.name,
@@ -604,11 +620,16 @@ impl Engine {
             return;
         }
         let t = self.topic_index(msg.topic());
-        let partition = msg.partition();
-        if !self.topics[t].partitions.contains_key(&partition) {
-            let state = self.new_partition();
-            self.topics[t].partitions.insert(partition, state);
-            self.rebuild_order();
+        if !self.topics[t].partitions.contains_key(&msg.partition()) {
+            // Not assigned here (any more): nothing of it is tracked or
+            // committed, so the message is simply not taken.
+            tracing::debug!(
+                subscriber = &*self.settings.name,
+                topic = msg.topic(),
+                partition = msg.partition(),
+                "a message of a partition not assigned here; not taken"
+            );
+            return;
         }
         let msg = Message::detach(self.topics[t].name.clone(), msg);
         self.enqueue(t, msg);
@@ -626,6 +647,22 @@ impl Engine {
         {
             ps.unreadable = None;
         }
+        if ps.offsets.last_dispatched().is_some_and(|last| msg.offset() <= last) {
+            // The partition's position went back within the assignment (a
+            // reset after log truncation, say): what comes now was never
+            // handled, so it is handled, as in a new assignment.
+            tracing::warn!(
+                subscriber = &*self.settings.name,
+                topic = &*self.topics[t].name,
+                partition = msg.partition(),
+                offset = msg.offset(),
+                "the partition's position went back; handling from there as a new assignment"
+            );
+            self.restart_partition(t, msg.partition());
+        }
+        let Some(ps) = self.topics[t].partitions.get_mut(&msg.partition()) else {
+            return;
+        };
         let first = ps.offsets.is_untouched();
         if !ps.offsets.dispatched(msg.offset()) {
             return;
@@ -646,6 +683,19 @@ impl Engine {
             .stats()
             .max_waiting
             .fetch_max(self.buffered() as u64, Ordering::Relaxed);
+    }
+
+    /// Starts a partition's tracking afresh (a new epoch) on its queue: what
+    /// waited under the old one is forgotten, its running handlers' ends
+    /// count for nothing (their lanes are freed as they end).
+    fn restart_partition(&mut self, t: usize, p: i32) {
+        self.forget_unstarted(t, p);
+        let mut state = self.new_partition();
+        if let Some(old) = self.topics[t].partitions.get_mut(&p) {
+            state.queue = old.queue.take();
+            state.paused = old.paused;
+        }
+        self.topics[t].partitions.insert(p, state);
     }
 
     /// Messages read and not started: waiting for a slot or their lane,
@@ -1112,6 +1162,10 @@ pub(crate) fn start(
             concurrency: sub.concurrency,
             max_buffered: sub.effective_max_buffered(),
             max_uncommitted: sub.max_uncommitted,
+            prefetch_kb: config
+                .get("queued.max.messages.kbytes")
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(8192),
             commit_batch_size: sub.commit_batch_size,
             commit_interval: sub.commit_interval,
             shutdown_timeout: sub.shutdown_timeout,
