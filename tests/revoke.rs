@@ -14,9 +14,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
-use kconc_runtime::rdkafka::mocking::MockCoordinator;
 use kconc_runtime::rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
-use kconc_runtime::{EmbeddedCluster, Message, Subscriber};
+use kconc_runtime::{Message, Subscriber};
 
 const DEADLINE: Duration = Duration::from_secs(60);
 
@@ -156,16 +155,8 @@ async fn a_lost_assignment_is_dropped_at_once_and_withdraws_readiness_until_the_
 async fn a_revoke_holds_the_rebalance_at_most_revoke_timeout_even_when_its_commit_is_slow() {
     const SLOW_AT: i64 = 100;
     let (topic, group, parts, n) = ("slow-commit", "g-slow-commit", 4, 8_000);
-    if std::env::var_os("RUST_LOG").is_some() {
-        kconc_runtime::config::init_tracing();
-    }
-    let cluster = EmbeddedCluster::start(3).unwrap();
-    cluster.create_topic(topic, parts).unwrap();
+    let cluster = cluster_with_coordinator(topic, parts, group, 3);
     let mock = cluster.mock().unwrap();
-    for p in 0..parts {
-        mock.partition_leader(topic, p, Some(1)).unwrap();
-    }
-    mock.coordinator(MockCoordinator::Group(group.into()), 3).unwrap();
     let bootstrap = cluster.bootstrap_servers().to_owned();
     produce(&bootstrap, topic, parts, n, 100);
     let slow_started = Arc::new(AtomicUsize::new(0));

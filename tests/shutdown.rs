@@ -12,8 +12,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use common::*;
-use kconc_runtime::rdkafka::mocking::MockCoordinator;
-use kconc_runtime::{EmbeddedCluster, Message, Subscriber, SHUTDOWN_MARGIN};
+use kconc_runtime::{Message, Subscriber, SHUTDOWN_MARGIN};
 
 const DEADLINE: Duration = Duration::from_secs(60);
 
@@ -25,16 +24,8 @@ const DEADLINE: Duration = Duration::from_secs(60);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_keeps_within_its_timeout_when_the_coordinator_stops_answering() {
     let (topic, group, parts, n) = ("unanswered", "g-unanswered", 2, 2_000);
-    if std::env::var_os("RUST_LOG").is_some() {
-        kconc_runtime::config::init_tracing();
-    }
-    let cluster = EmbeddedCluster::start(3).unwrap();
-    cluster.create_topic(topic, parts).unwrap();
+    let cluster = cluster_with_coordinator(topic, parts, group, 3);
     let mock = cluster.mock().unwrap();
-    for p in 0..parts {
-        mock.partition_leader(topic, p, Some(1)).unwrap();
-    }
-    mock.coordinator(MockCoordinator::Group(group.into()), 3).unwrap();
     let bootstrap = cluster.bootstrap_servers().to_owned();
     produce(&bootstrap, topic, parts, n, 100);
     let rec = Recorder::new();

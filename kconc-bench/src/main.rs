@@ -331,6 +331,8 @@ struct Measured {
     rate: f64,
     commits: u64,
     max_waiting: u64,
+    /// Times a partition was paused at `max_uncommitted`.
+    window_pauses: u64,
     /// Mean time a handler took, as the handler measured it.
     latency: Duration,
     /// CPU and allocations from the first message to the last.
@@ -411,6 +413,7 @@ async fn framework(
         rate: n as f64 / took.as_secs_f64(),
         commits: stats.commits,
         max_waiting: stats.max_waiting,
+        window_pauses: stats.uncommitted_window_pauses,
         latency: Duration::from_nanos(probe.busy_ns.load(Ordering::Relaxed) / n.max(1) as u64),
         usage,
     })
@@ -446,7 +449,11 @@ async fn run() -> Result<(), String> {
         }
     };
     let where_ = o.brokers.as_deref().unwrap_or("embedded mock cluster");
-    println!("kconc-bench on {where_}, {} run(s) each, median (min-max)", o.runs);
+    println!(
+        "kconc-bench on {where_}, {} run(s) each, median (min-max); kconc's handlers: first_poll = {}",
+        o.runs,
+        FIRST_POLL.get().copied().unwrap_or_default().as_str()
+    );
     produce(&bootstrap, "bench-noop", o.noop_messages, 1_000)?;
     produce(&bootstrap, "bench-io", o.io_messages, 1_000)?;
     produce(&bootstrap, "bench-key100", o.key100_messages, 100)?;
@@ -530,11 +537,12 @@ async fn run() -> Result<(), String> {
             let vs_unordered =
                 unordered.map_or(String::new(), |u: f64| format!("  ratio {:.2} of unordered", rate / u));
             println!(
-                "{label} {:>6} msgs  kconc c={c:<5} {ordering:<9}  {rate:>9.0} msg/s ({lo:.0}-{hi:.0})  ratio {:.2} of bound {bound:.0}{vs_unordered}  commits {}  max_waiting {}  handler {:.2} ms: ratio {:.2} of measured bound",
+                "{label} {:>6} msgs  kconc c={c:<5} {ordering:<9}  {rate:>9.0} msg/s ({lo:.0}-{hi:.0})  ratio {:.2} of bound {bound:.0}{vs_unordered}  commits {}  max_waiting {}  max_uncommitted pauses {}  handler {:.2} ms: ratio {:.2} of measured bound",
                 o.io_messages,
                 rate / bound,
                 last.commits,
                 last.max_waiting,
+                last.window_pauses,
                 last.latency.as_secs_f64() * 1e3,
                 rate / last.measured_bound(c),
             );

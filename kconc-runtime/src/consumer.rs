@@ -838,13 +838,22 @@ impl Engine {
         };
         self.dispatcher.stats().unreadable.fetch_add(1, Ordering::Relaxed);
         let error = format!("record batch at offset {at} cannot be read ({code:?}): {reason}");
-        let name = &*self.settings.name;
-        match self.dispatcher.on_error().clone() {
+        let on_error = self.dispatcher.on_error().clone();
+        tracing::error!(
+            subscriber = &*self.settings.name,
+            topic = &*topic,
+            partition = p,
+            offset = at,
+            error,
+            "unreadable records; {}",
+            match on_error {
+                OnError::Stop => "partition stopped: nothing after this offset is handled or committed until it is reassigned or the program restarts",
+                OnError::Skip => "skipped (the batch counts as finished)",
+                OnError::DeadLetter(_) => "dead-lettering where they were (their content cannot be read)",
+            }
+        );
+        match on_error {
             OnError::Stop => {
-                tracing::error!(
-                    subscriber = name, topic = &*topic, partition = p, offset = at, error,
-                    "unreadable records; partition stopped: nothing after this offset is handled or committed until it is reassigned or the program restarts"
-                );
                 ps.stopped = true;
                 ps.unreadable = Some(Unreadable { at, probe: None });
                 let stats = self.dispatcher.stats();
@@ -853,27 +862,11 @@ impl Engine {
                 self.forget_unstarted(t, p);
             }
             OnError::Skip => {
-                tracing::error!(
-                    subscriber = name,
-                    topic = &*topic,
-                    partition = p,
-                    offset = at,
-                    error,
-                    "unreadable records; skipped (the batch counts as finished)"
-                );
                 ps.offsets.finished(at);
                 self.finished_since_commit += 1;
                 self.seek_past(t, p, at, at + 1);
             }
             OnError::DeadLetter(_) => {
-                tracing::error!(
-                    subscriber = name,
-                    topic = &*topic,
-                    partition = p,
-                    offset = at,
-                    error,
-                    "unreadable records; dead-lettering where they were (their content cannot be read)"
-                );
                 ps.running += 1;
                 self.running += 1;
                 self.dispatcher.dead_letter(slot, Message::new(&topic, p, at), error);

@@ -54,6 +54,30 @@ pub fn cluster(topic: &str, partitions: i32) -> EmbeddedCluster {
     c
 }
 
+/// An embedded cluster of three brokers with one topic whose partitions
+/// broker 1 leads, and `group`'s coordinator on broker `coordinator`: a
+/// fault injected at the coordinator (a slow round trip, say) then slows
+/// the group's requests, not the fetches.
+pub fn cluster_with_coordinator(topic: &str, partitions: i32, group: &str, coordinator: i32) -> EmbeddedCluster {
+    if std::env::var_os("RUST_LOG").is_some() {
+        kconc_runtime::config::init_tracing();
+    }
+    let c = EmbeddedCluster::start(3).expect("start the embedded cluster");
+    c.create_topic(topic, partitions).expect("create the topic");
+    {
+        let mock = c.mock().expect("the mock cluster");
+        for p in 0..partitions {
+            mock.partition_leader(topic, p, Some(1)).expect("partition leader");
+        }
+        mock.coordinator(
+            kconc_runtime::rdkafka::mocking::MockCoordinator::Group(group.into()),
+            coordinator,
+        )
+        .expect("group coordinator");
+    }
+    c
+}
+
 /// Produces `count` messages round-robin over the partitions, key `k{i % keys}`,
 /// payload `i`, and returns each partition's end offset as the broker reports it.
 pub fn produce(bootstrap: &str, topic: &str, partitions: i32, count: usize, keys: usize) -> Vec<i64> {
