@@ -421,6 +421,9 @@ fn set_overrides_subscriber_settings_and_names_a_bad_one() {
         ("biling.concurrency=4", "no subscriber is named `biling`"),
         ("billing.backoff=soon", "`backoff` takes a duration"),
         ("billing.ordering=random", "unknown ordering `random`"),
+        ("billing.first_poll=inline", "unknown first_poll `inline`"),
+        ("billing.max_uncommitted=lots", "`max_uncommitted` takes a whole number"),
+        ("billing.handler_timeout=never", "`handler_timeout` takes a duration"),
         ("concurrency=4", "expected NAME.KEY=VALUE"),
     ] {
         let err = App::new()
@@ -519,4 +522,24 @@ async fn settings_that_would_commit_or_skip_behind_kconcs_back_are_refused_in_ev
         config::resolve(&cli(&["--property", &flag]), &[], Vec::new())
             .unwrap_or_else(|e| panic!("{flag} refused: {e}"));
     }
+}
+
+#[test]
+fn set_reaches_the_new_settings() {
+    let mut s = Subscriber::new("billing", ["orders"], "billing", |_m: Message| async {});
+    s.set("first_poll", "poll_thread").unwrap();
+    assert_eq!(s.first_poll_mode(), kconc_runtime::FirstPoll::PollThread);
+    for (key, value) in [
+        ("max_uncommitted", "500"),
+        ("handler_timeout", "30s"),
+        ("handler_timeout", "none"),
+        ("revoke_timeout", "2s"),
+    ] {
+        s.set(key, value).unwrap_or_else(|e| panic!("{key}={value}: {e}"));
+    }
+    let debug = format!("{s:?}");
+    assert!(
+        debug.contains("max_uncommitted: 500") && debug.contains("handler_timeout: None"),
+        "{debug}"
+    );
 }

@@ -70,7 +70,8 @@ pub struct Cli {
     /// Overrides a subscriber setting from the code, as NAME.KEY=VALUE
     /// (repeatable; NAME `*` means every subscriber). KEY is one of
     /// concurrency, ordering, first_poll (worker|poll_thread|auto),
-    /// max_buffered, commit_batch_size, commit_interval, shutdown_timeout,
+    /// max_buffered, max_uncommitted, handler_timeout (a duration or none),
+    /// commit_batch_size, commit_interval, shutdown_timeout,
     /// revoke_timeout, retries, backoff, max_backoff, on_error (skip|stop),
     /// dead_letter (a topic).
     /// Example: --set 'billing::bill.retries=5'.
