@@ -62,7 +62,7 @@ pub struct Cli {
     pub config: Option<PathBuf>,
 
     /// A librdkafka property for every consumer, as KEY=VALUE (repeatable).
-    /// Environment variables KCONC_RDKAFKA_<NAME> set property <name> with `_` read as `.`
+    /// Environment variables `KCONC_RDKAFKA_<NAME>` set property `<name>` with `_` read as `.`
     /// (KCONC_RDKAFKA_SECURITY_PROTOCOL=SASL_PLAINTEXT); flags win over them, they win over --config.
     #[arg(long = "property", value_name = "KEY=VALUE", value_parser = PropertyParser)]
     pub properties: Vec<(String, String)>,

@@ -178,7 +178,7 @@ pub struct PartitionPause {
     pub times: u64,
 }
 
-/// A snapshot of [`Stats`].
+/// A snapshot of a subscriber's counters.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct StatsSnapshot {
     /// Messages read from Kafka (before any ordering or backpressure wait).

@@ -3,7 +3,7 @@
 //! (`--http 127.0.0.1:9090` / `KCONC_HTTP`: `/healthz`, `/readyz`, `/metrics`).
 //!
 //! Everything here reads the counters and flags each subscriber's poll loop
-//! and committer publish in its [`Stats`]; nothing here talks to Kafka.
+//! and committer publish in its `Stats`; nothing here talks to Kafka.
 //! Nothing configured (brokers, properties, secrets) is ever part of it.
 
 use std::net::SocketAddr;
