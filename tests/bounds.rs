@@ -40,7 +40,10 @@ async fn retries_waiting_for_their_backoff_count_against_max_buffered() {
     .retries(8)
     .backoff(Duration::from_secs(1))
     .max_backoff(Duration::from_secs(10));
-    let app = test_app(cluster.bootstrap_servers()).subscriber(sub).start().unwrap();
+    let app = test_app(cluster.bootstrap_servers())
+        .subscriber(sub)
+        .start_in_test_mode()
+        .unwrap();
     let stats = app.stats_handle("retry-bound").unwrap();
     // Long enough for unbounded reading to run far ahead.
     wait_for("retries of retries", DEADLINE, || stats.snapshot().retried >= 60).await;
@@ -84,7 +87,7 @@ async fn a_stuck_handler_holds_its_partition_at_max_uncommitted_and_the_others_g
     .concurrency(10)
     .max_uncommitted(CAP as usize)
     .commit_interval(Duration::from_millis(100));
-    let app = test_app(&bootstrap).subscriber(sub).start().unwrap();
+    let app = test_app(&bootstrap).subscriber(sub).start_in_test_mode().unwrap();
     let stats = app.stats_handle("stuck").unwrap();
     wait_for("partition 1 committed to its end", DEADLINE, || {
         committed(&bootstrap, group, topic, parts)[1] == Some(ends[1])
@@ -130,7 +133,7 @@ async fn handler_timeout_cuts_a_hanging_handler_off_and_its_message_follows_the_
     .backoff(Duration::from_millis(10))
     .on_error(kconc_runtime::OnError::Stop)
     .commit_interval(Duration::from_millis(50));
-    let app = test_app(&bootstrap).subscriber(sub).start().unwrap();
+    let app = test_app(&bootstrap).subscriber(sub).start_in_test_mode().unwrap();
     let expected = vec![Some(ends[0]), Some(7)];
     wait_for("partition 0 at its end, partition 1 stopped at 7", DEADLINE, || {
         committed(&bootstrap, group, topic, parts) == expected && !app.stopped_partitions("hanging").is_empty()

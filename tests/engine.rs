@@ -40,7 +40,10 @@ async fn every_message_is_handled_once_and_commits_reach_partition_ends() {
         }
     })
     .concurrency(20);
-    let app = test_app(cluster.bootstrap_servers()).subscriber(sub).start().unwrap();
+    let app = test_app(cluster.bootstrap_servers())
+        .subscriber(sub)
+        .start_in_test_mode()
+        .unwrap();
     wait_for("all messages handled", DEADLINE, || rec.finished() >= n).await;
     app.shutdown().await;
 
@@ -86,7 +89,10 @@ async fn commit_never_passes_an_unfinished_message_and_catches_up_when_it_finish
     })
     .concurrency(100)
     .commit_batch_size(1);
-    let app = test_app(&bootstrap).subscriber(quick(sub)).start().unwrap();
+    let app = test_app(&bootstrap)
+        .subscriber(quick(sub))
+        .start_in_test_mode()
+        .unwrap();
 
     // All of partition 0 but offset 5 finishes.
     wait_for("partition 0's 49 fast messages", DEADLINE, || {
@@ -130,7 +136,10 @@ async fn no_more_than_concurrency_handlers_run_at_once() {
         }
     })
     .concurrency(8);
-    let app = test_app(cluster.bootstrap_servers()).subscriber(sub).start().unwrap();
+    let app = test_app(cluster.bootstrap_servers())
+        .subscriber(sub)
+        .start_in_test_mode()
+        .unwrap();
     wait_for("all handled", DEADLINE, || rec.finished() >= n).await;
     app.shutdown().await;
     let max = rec.max_in_flight();
@@ -163,7 +172,7 @@ async fn failing_and_panicking_handlers_do_not_stop_the_consumer() {
     .concurrency(10);
     let app = test_app(cluster.bootstrap_servers())
         .subscriber(quick(sub))
-        .start()
+        .start_in_test_mode()
         .unwrap();
     wait_for("all handled", DEADLINE, || rec.finished() >= n).await;
     let stats = app.stats("faulty").unwrap();
@@ -192,7 +201,7 @@ async fn graceful_shutdown_finishes_in_flight_handlers_commits_them_and_restart_
     })
     .concurrency(10)
     .shutdown_timeout(Duration::from_secs(10));
-    let app = test_app(&bootstrap).subscriber(sub).start().unwrap();
+    let app = test_app(&bootstrap).subscriber(sub).start_in_test_mode().unwrap();
     wait_for("some handled and a full set in flight", DEADLINE, || {
         first.finished() >= 20 && first.started.load(Ordering::SeqCst) >= first.finished() + 10
     })
@@ -224,7 +233,7 @@ async fn graceful_shutdown_finishes_in_flight_handlers_commits_them_and_restart_
             let _g = r.start(&m);
         }
     });
-    let app = test_app(&bootstrap).subscriber(sub).start().unwrap();
+    let app = test_app(&bootstrap).subscriber(sub).start_in_test_mode().unwrap();
     wait_for("the rest handled after restart", DEADLINE, || {
         second.finished() >= n - first.distinct()
     })
@@ -278,7 +287,10 @@ async fn failed_commits_are_retried_and_committed_offsets_never_go_backwards() {
     })
     .concurrency(20)
     .commit_batch_size(50);
-    let app = test_app(&bootstrap).subscriber(quick(sub)).start().unwrap();
+    let app = test_app(&bootstrap)
+        .subscriber(quick(sub))
+        .start_in_test_mode()
+        .unwrap();
     wait_for("all handled", DEADLINE, || rec.finished() >= n).await;
     wait_for("commits reach the ends despite failures", DEADLINE, || {
         committed(&bootstrap, group, topic, parts) == all_committed(&ends)
@@ -325,14 +337,14 @@ async fn revoke_commits_the_finished_prefix_and_the_new_member_resumes_there() {
     let a = Recorder::new();
     let app_a = test_app(&bootstrap)
         .subscriber(member("a", a.clone(), Duration::from_millis(10)))
-        .start()
+        .start_in_test_mode()
         .unwrap();
     wait_for("member a under way", DEADLINE, || a.finished() >= 100).await;
 
     let b = Recorder::new();
     let app_b = test_app(&bootstrap)
         .subscriber(member("b", b.clone(), Duration::from_millis(1)))
-        .start()
+        .start_in_test_mode()
         .unwrap();
     wait_for("member b receives partitions", DEADLINE, || b.finished() > 0).await;
     wait_for("every message handled by a or b", DEADLINE, || {
@@ -416,13 +428,13 @@ async fn a_slow_revoked_partition_stalls_the_member_at_most_revoke_timeout() {
     })
     .concurrency(8)
     .revoke_timeout(Duration::from_secs(1));
-    let app_a = test_app(&bootstrap).subscriber(a).start().unwrap();
+    let app_a = test_app(&bootstrap).subscriber(a).start_in_test_mode().unwrap();
     wait_for("all four slow handlers running", DEADLINE, || {
         slow_started.load(Ordering::SeqCst) == parts as usize
     })
     .await;
     let b = Subscriber::new("b", [topic], group, |_m: Message| async {});
-    let app_b = test_app(&bootstrap).subscriber(b).start().unwrap();
+    let app_b = test_app(&bootstrap).subscriber(b).start_in_test_mode().unwrap();
     // The revoke begins when a counts it and ends when its partitions go.
     let a_stats = app_a.stats_handle("a").unwrap();
     wait_for("a's revoke to begin", DEADLINE, || a_stats.snapshot().revocations >= 1).await;
@@ -490,7 +502,10 @@ async fn slow_handlers_never_exceed_max_poll_interval_and_the_buffer_stays_bound
     .property("session.timeout.ms", "1500")
     .property("heartbeat.interval.ms", "300")
     .property("max.poll.interval.ms", "1500");
-    let app = test_app(cluster.bootstrap_servers()).subscriber(sub).start().unwrap();
+    let app = test_app(cluster.bootstrap_servers())
+        .subscriber(sub)
+        .start_in_test_mode()
+        .unwrap();
     wait_for("all handled", DEADLINE, || rec.finished() >= n).await;
     let stats = app.stats("backlog").unwrap();
     let bootstrap = app.bootstrap_servers().to_owned();

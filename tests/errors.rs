@@ -114,7 +114,7 @@ async fn retries_succeed_on_the_third_attempt_in_key_order() {
     .retries(3)
     .backoff(Duration::from_millis(20))
     .commit_interval(Duration::from_millis(100));
-    let app = test_app(&bootstrap).subscriber(sub).start().unwrap();
+    let app = test_app(&bootstrap).subscriber(sub).start_in_test_mode().unwrap();
     wait_for("committed up to the ends", DEADLINE, || {
         committed(&bootstrap, group, topic, parts) == all_committed(&ends)
     })
@@ -168,7 +168,7 @@ async fn a_waiting_retry_holds_the_commit_but_not_a_handler_slot() {
     .retries(1)
     .backoff(Duration::from_secs(2))
     .commit_interval(Duration::from_millis(50));
-    let app = test_app(&bootstrap).subscriber(sub).start().unwrap();
+    let app = test_app(&bootstrap).subscriber(sub).start_in_test_mode().unwrap();
     wait_for("the commit stops at the waiting retry", DEADLINE, || {
         committed(&bootstrap, group, topic, 1) == [Some(10)]
     })
@@ -207,7 +207,7 @@ async fn permanent_failures_are_dead_lettered_once_with_their_origin() {
     .backoff(Duration::from_millis(10))
     .dead_letter(dlq)
     .commit_interval(Duration::from_millis(100));
-    let app = test_app(&bootstrap).subscriber(sub).start().unwrap();
+    let app = test_app(&bootstrap).subscriber(sub).start_in_test_mode().unwrap();
     wait_for("committed up to the ends", DEADLINE, || {
         committed(&bootstrap, group, topic, parts) == all_committed(&ends)
     })
@@ -277,7 +277,7 @@ async fn panics_bad_json_and_non_retryable_errors_follow_the_policy() {
     .backoff(Duration::from_millis(10))
     .on_error(OnError::DeadLetter(dlq.to_owned()))
     .commit_interval(Duration::from_millis(100));
-    let app = test_app(&bootstrap).subscriber(sub).start().unwrap();
+    let app = test_app(&bootstrap).subscriber(sub).start_in_test_mode().unwrap();
     wait_for("committed to the end", DEADLINE, || {
         committed(&bootstrap, group, topic, 1) == all_committed(&ends)
     })
@@ -331,7 +331,7 @@ async fn a_failing_dead_letter_produce_holds_the_commit_until_it_succeeds() {
     .max_backoff(Duration::from_millis(400))
     .dead_letter(dlq)
     .commit_interval(Duration::from_millis(50));
-    let app = test_app(&bootstrap).subscriber(sub).start().unwrap();
+    let app = test_app(&bootstrap).subscriber(sub).start_in_test_mode().unwrap();
     // The commit is read before the counter: if nothing was dead-lettered
     // after the commit was read, that commit must not pass offset 5.
     let mut highest = None;
@@ -386,7 +386,7 @@ async fn stop_stops_only_the_failing_partition_and_says_why() {
     .backoff(Duration::from_millis(10))
     .on_error(OnError::Stop)
     .commit_interval(Duration::from_millis(50));
-    let app = test_app(&bootstrap).subscriber(sub).start().unwrap();
+    let app = test_app(&bootstrap).subscriber(sub).start_in_test_mode().unwrap();
     let expected = vec![Some(ends[0]), Some(20), Some(ends[2])];
     wait_for(
         "the other partitions finish; partition 1 stands at 20",
@@ -463,7 +463,7 @@ async fn errors_that_panic_when_formatted_or_dropped_are_still_concluded() {
     })
     .ordering(Ordering::Key)
     .commit_interval(Duration::from_millis(50));
-    let app = test_app(&bootstrap).subscriber(sub).start().unwrap();
+    let app = test_app(&bootstrap).subscriber(sub).start_in_test_mode().unwrap();
     wait_for("committed to the end", DEADLINE, || {
         committed(&bootstrap, group, topic, 1) == all_committed(&ends)
     })
@@ -499,7 +499,7 @@ async fn a_dead_letter_that_retrying_cannot_deliver_stops_its_partition_and_says
     .concurrency(4)
     .dead_letter(dlq)
     .commit_interval(Duration::from_millis(50));
-    let app = test_app(&bootstrap).subscriber(sub).start().unwrap();
+    let app = test_app(&bootstrap).subscriber(sub).start_in_test_mode().unwrap();
     let expected = vec![Some(5), Some(5), Some(ends[2])];
     wait_for(
         "partitions 0 and 1 stopped at 5, partition 2 at its end",
@@ -574,7 +574,7 @@ async fn large_records_are_dead_lettered_whole() {
     })
     .dead_letter(dlq)
     .commit_interval(Duration::from_millis(50));
-    let app = test_app(&bootstrap).subscriber(sub).start().unwrap();
+    let app = test_app(&bootstrap).subscriber(sub).start_in_test_mode().unwrap();
     wait_for("committed to the ends", DEADLINE, || {
         committed(&bootstrap, group, topic, parts) == all_committed(&ends)
     })
@@ -622,7 +622,7 @@ async fn an_unreadable_record_batch_goes_through_the_error_policy() {
             "dead_letter" => sub.dead_letter(dlq.as_str()),
             _ => sub.on_error(OnError::Stop),
         };
-        let app = test_app(&bootstrap).subscriber(sub).start().unwrap();
+        let app = test_app(&bootstrap).subscriber(sub).start_in_test_mode().unwrap();
         let expected = if policy == "stop" { 3 } else { 9 };
         wait_for(&format!("{policy}: committed to {expected}"), DEADLINE, || {
             committed(&bootstrap, &group, &topic, 1) == [Some(expected)]
@@ -696,7 +696,7 @@ async fn records_compressed_with_every_codec_are_read() {
                 let _g = r.start(&m);
             }
         });
-        let app = test_app(&bootstrap).subscriber(sub).start().unwrap();
+        let app = test_app(&bootstrap).subscriber(sub).start_in_test_mode().unwrap();
         wait_for(&format!("{codec}: all handled"), DEADLINE, || rec.finished() >= 200).await;
         let stats = app.stats("compressed").unwrap();
         app.shutdown().await;

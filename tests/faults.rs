@@ -162,7 +162,7 @@ async fn broker_down_for_five_seconds_loses_nothing() {
     let sub = recording("outage", topic, group, &rec, Duration::from_millis(4))
         .concurrency(4)
         .max_uncommitted(MAX_UNCOMMITTED);
-    let app = test_app(&bootstrap).subscriber(sub).start().unwrap();
+    let app = test_app(&bootstrap).subscriber(sub).start_in_test_mode().unwrap();
     let stats = app.stats_handle("outage").unwrap();
     wait_for("consumption under way", DEADLINE, || rec.finished() >= 500).await;
     let before = committed(&bootstrap, group, topic, parts);
@@ -250,7 +250,7 @@ async fn coordinator_moves_and_commits_continue() {
     let rec = Recorder::new();
     let watcher = Watcher::start(&bootstrap, group, topic, parts, &rec);
     let sub = recording("moved", topic, group, &rec, Duration::from_millis(3)).concurrency(4);
-    let app = test_app(&bootstrap).subscriber(sub).start().unwrap();
+    let app = test_app(&bootstrap).subscriber(sub).start_in_test_mode().unwrap();
     let stats = app.stats_handle("moved").unwrap();
     wait_for("consumption under way", DEADLINE, || {
         rec.finished() >= 500 && stats.snapshot().commits >= 2
@@ -334,7 +334,7 @@ async fn commit_errors_are_retried_and_commits_never_go_backwards() {
         .concurrency(8)
         .commit_batch_size(50)
         .property("session.timeout.ms", "10000");
-    let app = test_app(&bootstrap).subscriber(sub).start().unwrap();
+    let app = test_app(&bootstrap).subscriber(sub).start_in_test_mode().unwrap();
     let stats = app.stats_handle("refused").unwrap();
     wait_for("some commits before the errors", DEADLINE, || {
         rec.finished() >= 300 && stats.snapshot().commits >= 1

@@ -132,7 +132,7 @@ async fn key_mode_runs_each_key_in_offset_order_and_keys_concurrently() {
     })
     .ordering(Ordering::Key)
     .concurrency(32);
-    let app = test_app(&bootstrap).subscriber(sub).start().unwrap();
+    let app = test_app(&bootstrap).subscriber(sub).start_in_test_mode().unwrap();
     wait_for("every message handled", DEADLINE, || rec.distinct() >= n).await;
     wait_for("committed up to the ends", DEADLINE, || {
         committed(&bootstrap, group, topic, parts) == all_committed(&ends)
@@ -168,7 +168,7 @@ async fn key_mode_runs_messages_without_a_key_concurrently() {
     })
     .ordering(Ordering::Key)
     .concurrency(8);
-    let app = test_app(&bootstrap).subscriber(sub).start().unwrap();
+    let app = test_app(&bootstrap).subscriber(sub).start_in_test_mode().unwrap();
     wait_for("every keyless message handled", DEADLINE, || rec.finished() >= n).await;
     app.shutdown().await;
     assert_all_handled(&rec.counts(), &ends);
@@ -218,7 +218,7 @@ async fn a_hot_key_does_not_hold_up_the_other_keys() {
     .ordering(Ordering::Key)
     .concurrency(32);
     let started = Instant::now();
-    let app = test_app(&bootstrap).subscriber(sub).start().unwrap();
+    let app = test_app(&bootstrap).subscriber(sub).start_in_test_mode().unwrap();
     let total: usize = records.len();
     wait_for("every message handled", DEADLINE, || rec.distinct() >= total).await;
     app.shutdown().await;
@@ -261,7 +261,7 @@ async fn partition_mode_runs_each_partition_sequentially_and_partitions_concurre
     })
     .ordering(Ordering::Partition)
     .concurrency(16);
-    let app = test_app(&bootstrap).subscriber(sub).start().unwrap();
+    let app = test_app(&bootstrap).subscriber(sub).start_in_test_mode().unwrap();
     wait_for("every message handled", DEADLINE, || rec.distinct() >= n).await;
     wait_for("committed up to the ends", DEADLINE, || {
         committed(&bootstrap, group, topic, parts) == all_committed(&ends)
@@ -312,7 +312,7 @@ async fn a_backed_up_partition_is_paused_alone_and_the_member_stays_in_the_group
     .concurrency(8)
     .max_buffered(max_buffered)
     .property("max.poll.interval.ms", "10000");
-    let app = test_app(&bootstrap).subscriber(sub).start().unwrap();
+    let app = test_app(&bootstrap).subscriber(sub).start_in_test_mode().unwrap();
     wait_for("partition 0 under way", DEADLINE, || rec.finished() >= 1).await;
 
     // The trickle: one message every 100 ms to partitions 1-3 while
@@ -396,13 +396,13 @@ async fn a_rebalance_in_key_mode_skips_nothing_and_keeps_key_order_per_member() 
     let (a, a_watch) = (Recorder::new(), LaneWatch::new());
     let app_a = test_app(&bootstrap)
         .subscriber(member("a", a.clone(), a_watch.clone(), Duration::from_millis(10)))
-        .start()
+        .start_in_test_mode()
         .unwrap();
     wait_for("member a under way", DEADLINE, || a.finished() >= 100).await;
     let (b, b_watch) = (Recorder::new(), LaneWatch::new());
     let app_b = test_app(&bootstrap)
         .subscriber(member("b", b.clone(), b_watch.clone(), Duration::from_millis(1)))
-        .start()
+        .start_in_test_mode()
         .unwrap();
     wait_for("member b receives partitions", DEADLINE, || b.finished() > 0).await;
     let all = || {

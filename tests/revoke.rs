@@ -46,11 +46,11 @@ async fn a_revoked_partitions_failed_messages_are_not_retried_while_the_revoke_w
     .backoff(Duration::from_millis(1))
     .max_backoff(Duration::from_millis(1))
     .revoke_timeout(Duration::from_secs(3));
-    let app_a = test_app(&bootstrap).subscriber(a).start().unwrap();
+    let app_a = test_app(&bootstrap).subscriber(a).start_in_test_mode().unwrap();
     let a_stats = app_a.stats_handle("a").unwrap();
     wait_for("a retrying", DEADLINE, || a_stats.snapshot().retried >= 50).await;
     let b = Subscriber::new("b", [topic], group, |_m: Message| async {});
-    let app_b = test_app(&bootstrap).subscriber(b).start().unwrap();
+    let app_b = test_app(&bootstrap).subscriber(b).start_in_test_mode().unwrap();
     wait_for("a's revoke to begin", DEADLINE, || a_stats.snapshot().revocations >= 1).await;
     let began = Instant::now();
     wait_for("a's revoke to end", DEADLINE, || {
@@ -107,7 +107,7 @@ async fn a_lost_assignment_is_dropped_at_once_and_withdraws_readiness_until_the_
     })
     .revoke_timeout(Duration::from_secs(5))
     .commit_interval(Duration::from_millis(100));
-    let app = test_app(&bootstrap).subscriber(a).start().unwrap();
+    let app = test_app(&bootstrap).subscriber(a).start_in_test_mode().unwrap();
     let stats = app.stats_handle("a").unwrap();
     wait_for("the stuck handler runs and the member is ready", DEADLINE, || {
         stuck.load(Ordering::SeqCst) == 1 && app.health().ready
@@ -186,7 +186,7 @@ async fn a_revoke_holds_the_rebalance_at_most_revoke_timeout_even_when_its_commi
             .property("session.timeout.ms", "8000")
             .property("heartbeat.interval.ms", "2000")
             .subscriber(sub)
-            .start()
+            .start_in_test_mode()
             .unwrap()
     };
     let app_a = app(a);
@@ -253,7 +253,7 @@ async fn a_key_of_a_partition_that_comes_back_waits_for_its_message_still_runnin
         test_app(&bootstrap)
             .property("partition.assignment.strategy", "range")
             .subscriber(sub)
-            .start()
+            .start_in_test_mode()
             .unwrap()
     };
     let app_a = eager(a);

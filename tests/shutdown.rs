@@ -41,7 +41,7 @@ async fn shutdown_keeps_within_its_timeout_when_the_coordinator_stops_answering(
     .concurrency(10)
     .commit_interval(Duration::from_millis(100))
     .shutdown_timeout(Duration::from_secs(2));
-    let app = test_app(&bootstrap).subscriber(sub).start().unwrap();
+    let app = test_app(&bootstrap).subscriber(sub).start_in_test_mode().unwrap();
     let stats = app.stats_handle("unanswered").unwrap();
     wait_for("handlers finishing and committed", DEADLINE, || {
         stats.snapshot().commits >= 2 && rec.finished() >= 10
@@ -81,7 +81,7 @@ async fn dropping_a_running_app_stops_its_consumers() {
         }
     })
     .commit_interval(Duration::from_millis(100));
-    let app = test_app(&bootstrap).subscriber(sub).start().unwrap();
+    let app = test_app(&bootstrap).subscriber(sub).start_in_test_mode().unwrap();
     let stats = app.stats_handle("dropped").unwrap();
     wait_for("the first 100 handled", DEADLINE, || rec.finished() >= 100).await;
     drop(app);

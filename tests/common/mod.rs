@@ -327,3 +327,24 @@ pub fn produce_unreadable_batch(bootstrap: &str, topic: &str, partition: i32, co
     assert_eq!(error, 0, "the mock broker refused the batch");
     i64::from_be_bytes(resp[at + 2..at + 10].try_into().unwrap())
 }
+
+/// Starts an app whose subscribers run in the `FirstPoll` mode the test
+/// run asks for: `KCONC_TEST_FIRST_POLL` (`poll_thread`, `auto`), else each
+/// subscriber's own. `scripts/test` runs the failure tests once more with
+/// `poll_thread`, since that opt-in changes where user code runs.
+pub trait StartInTestMode {
+    fn start_in_test_mode(self) -> Result<kconc_runtime::Running, kconc_runtime::Error>;
+}
+
+impl StartInTestMode for App {
+    fn start_in_test_mode(self) -> Result<kconc_runtime::Running, kconc_runtime::Error> {
+        match std::env::var("KCONC_TEST_FIRST_POLL") {
+            Ok(mode) if !mode.is_empty() => {
+                let set = format!("*.first_poll={mode}");
+                let cli = kconc_runtime::config::Cli::try_from_iter(["kconc-test", "--set", &set])?;
+                self.configure_with_env(&cli, Vec::new()).start()
+            }
+            _ => self.start(),
+        }
+    }
+}
