@@ -5,6 +5,11 @@ use std::sync::Arc;
 use rdkafka::message::{BorrowedMessage, Headers as _};
 use rdkafka::Message as _;
 
+thread_local! {
+    /// Where a record's key and payload are joined before they are shared.
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// One Kafka record, detached from the consumer so a handler task can own it.
 ///
 /// Built by the runtime from each fetched record; the payload, key and headers
@@ -74,12 +79,24 @@ impl Message {
     /// Stores the key and the payload together.
     fn set_data(&mut self, key: Option<&[u8]>, payload: Option<&[u8]>) {
         let (k, p) = (key.unwrap_or_default(), payload.unwrap_or_default());
-        // One allocation either way: an exact-size iterator is collected
-        // into its `Arc` directly.
+        // One allocation either way: with a key, the two are put side by
+        // side in this thread's scratch buffer first (two memcpys; an
+        // iterator over both would copy byte by byte).
         self.data = if k.is_empty() {
             Arc::from(p)
         } else {
-            k.iter().chain(p).copied().collect()
+            SCRATCH.with(|scratch| {
+                let mut buf = scratch.borrow_mut();
+                buf.clear();
+                buf.extend_from_slice(k);
+                buf.extend_from_slice(p);
+                let data = Arc::from(&buf[..]);
+                // A large record's buffer is not kept for ever.
+                if buf.capacity() > 64 * 1024 {
+                    *buf = Vec::new();
+                }
+                data
+            })
         };
         self.key_len = key.map(<[u8]>::len);
         self.has_payload = payload.is_some();
