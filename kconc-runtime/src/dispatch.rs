@@ -1535,6 +1535,22 @@ mod tests {
         async move { rx.await.unwrap_or(0) }.boxed()
     }
 
+    /// Under `on_error = stop`, a second failure of a stopped partition (a
+    /// later offset, unordered) does not move the offset health reports:
+    /// nothing at or after the first is committed.
+    #[test]
+    fn a_stopped_partition_keeps_its_first_stopped_offset() {
+        let stats = Stats::default();
+        stats.set_stopped("t", 0, Some((7, "first".into())));
+        stats.set_stopped("t", 0, Some((9, "second".into())));
+        let stopped = stats.stopped_partitions();
+        assert_eq!((stopped[0].offset, stopped[0].reason.as_str()), (7, "first"));
+        stats.set_stopped("t", 0, Some((5, "earlier".into())));
+        assert_eq!(stats.stopped_partitions()[0].offset, 5);
+        stats.set_stopped("t", 0, None);
+        assert!(stats.stopped_partitions().is_empty());
+    }
+
     #[test]
     fn a_handover_waker_remembers_an_early_wake_and_forwards_later_ones() {
         let handover = Arc::new(Handover::default());
