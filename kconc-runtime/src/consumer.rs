@@ -817,9 +817,8 @@ impl Engine {
         let Some(ps) = self.topics[t].partitions.get_mut(&p) else {
             return;
         };
-        if ps.stopped || (ps.unreadable.is_none() && ps.offsets.last_dispatched().is_some_and(|last| at <= last)) {
-            // Reported again while the partition stands stopped there, or
-            // a report of what is already passed: nothing new.
+        if ps.stopped {
+            // Reported again while the partition stands stopped there.
             return;
         }
         if let Some(u) = ps.unreadable.filter(|u| u.at == at) {
@@ -827,6 +826,10 @@ impl Engine {
             if let Some(probe) = u.probe {
                 self.seek_past(t, p, at, probe + 1);
             }
+            return;
+        }
+        if ps.offsets.last_dispatched().is_some_and(|last| at <= last) {
+            // A report of what is already passed: nothing new.
             return;
         }
         ps.offsets.dispatched(at);
