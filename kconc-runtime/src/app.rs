@@ -620,7 +620,6 @@ impl Running {
     /// it.
     pub async fn wait(mut self) -> Option<EmbeddedCluster> {
         let runners = std::mem::take(&mut self.runners);
-        let watch: Vec<(String, Arc<Stats>)> = runners.iter().map(|r| (r.name.clone(), r.stats.clone())).collect();
         let all_stopped = async move {
             for r in runners {
                 let _ = r.done.await;
@@ -632,10 +631,11 @@ impl Running {
             () = self.token.cancelled() => {
                 let limit = self.shutdown_timeout + SHUTDOWN_MARGIN / 2;
                 if tokio::time::timeout(limit, &mut all_stopped).await.is_err() {
-                    let left: Vec<&str> = watch
+                    let left: Vec<&str> = self
+                        .watched
                         .iter()
-                        .filter(|(_, s)| s.poll_alive.load(std::sync::atomic::Ordering::Relaxed))
-                        .map(|(name, _)| name.as_str())
+                        .filter(|w| w.stats.poll_alive.load(std::sync::atomic::Ordering::Relaxed))
+                        .map(|w| w.name.as_str())
                         .collect();
                     tracing::warn!(
                         subscribers = ?left,

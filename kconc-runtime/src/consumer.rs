@@ -210,6 +210,25 @@ struct PartitionState {
     unreadable: Option<Unreadable>,
 }
 
+/// Why backpressure holds a partition back (it is not read meanwhile).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Held {
+    /// Its messages waiting behind busy lanes reached its share of
+    /// `max_buffered` (key and partition ordering).
+    Share,
+    /// Its uncommitted window reached `max_uncommitted`.
+    Window,
+}
+
+impl Held {
+    fn reason(self) -> &'static str {
+        match self {
+            Self::Share => "its buffer share is full",
+            Self::Window => "its uncommitted window is full (max_uncommitted): it waits for its commits",
+        }
+    }
+}
+
 /// An unreadable record batch of a partition (see [`Engine::unreadable`]).
 #[derive(Clone, Copy, Debug)]
 struct Unreadable {
@@ -647,7 +666,9 @@ impl Engine {
         {
             ps.unreadable = None;
         }
-        if ps.offsets.last_dispatched().is_some_and(|last| msg.offset() <= last) {
+        let mut first = ps.offsets.is_untouched();
+        let mut epoch = ps.epoch;
+        if !ps.offsets.dispatched(msg.offset()) {
             // The partition's position went back within the assignment (a
             // reset after log truncation, say): what comes now was never
             // handled, so it is handled, as in a new assignment.
@@ -659,18 +680,16 @@ impl Engine {
                 "the partition's position went back; handling from there as a new assignment"
             );
             self.restart_partition(t, msg.partition());
-        }
-        let Some(ps) = self.topics[t].partitions.get_mut(&msg.partition()) else {
-            return;
-        };
-        let first = ps.offsets.is_untouched();
-        if !ps.offsets.dispatched(msg.offset()) {
-            return;
+            let Some(ps) = self.topics[t].partitions.get_mut(&msg.partition()) else {
+                return;
+            };
+            ps.offsets.dispatched(msg.offset());
+            (first, epoch) = (true, ps.epoch);
         }
         let slot = PartitionSlot {
             topic: t,
             partition: msg.partition(),
-            epoch: ps.epoch,
+            epoch,
             lane: None,
         };
         if first {
@@ -704,16 +723,12 @@ impl Engine {
         self.waiting.len() + self.delayed.len()
     }
 
-    /// Why a partition is not read now, if it is not: its messages waiting
-    /// behind busy lanes reached its `share` of `max_buffered` (key and
-    /// partition ordering), or its uncommitted window is full.
-    fn held_back(&self, t: usize, p: i32, share: usize) -> Option<&'static str> {
+    /// Why partition `ps` (`p` of topic `t`) is not read now, if it is not.
+    fn held_back(&self, t: usize, p: i32, ps: &PartitionState, share: usize) -> Option<Held> {
         if self.waiting.blocked(t, p) >= share {
-            return Some("its buffer share is full");
+            return Some(Held::Share);
         }
-        let ps = self.topics[t].partitions.get(&p)?;
-        (ps.offsets.window(ps.committed) >= self.settings.max_uncommitted as u64)
-            .then_some("its uncommitted window is full (max_uncommitted): it waits for its commits")
+        (ps.offsets.window(ps.committed) >= self.settings.max_uncommitted as u64).then_some(Held::Window)
     }
 
     /// Reads partition queues, a batch from each in turn, while fewer than
@@ -728,7 +743,10 @@ impl Engine {
         let share = (self.settings.max_buffered / n).max(1);
         for i in 0..n {
             let (t, p) = self.order[i];
-            let held = self.held_back(t, p, share);
+            let held = self.topics[t]
+                .partitions
+                .get(&p)
+                .and_then(|ps| self.held_back(t, p, ps, share));
             self.set_paused(t, p, held);
         }
         let mut read = 0;
@@ -743,15 +761,15 @@ impl Engine {
                         self.next_turn = (self.next_turn + i + 1) % n;
                         return read;
                     }
-                    if let Some(why) = self.held_back(t, p, share) {
-                        self.set_paused(t, p, Some(why));
-                        break;
-                    }
                     let topic = &self.topics[t];
-                    if topic.partitions.get(&p).is_none_or(|ps| ps.stopped) {
+                    let Some(ps) = topic.partitions.get(&p).filter(|ps| !ps.stopped) else {
+                        break;
+                    };
+                    if let Some(held) = self.held_back(t, p, ps, share) {
+                        self.set_paused(t, p, Some(held));
                         break;
                     }
-                    let polled = match topic.partitions.get(&p).and_then(|ps| ps.queue.as_ref()) {
+                    let polled = match &ps.queue {
                         Some(q) => q.poll(&topic.name),
                         None => Polled::Empty,
                     };
@@ -899,7 +917,7 @@ impl Engine {
 
     /// Marks a partition paused (`Some(why)`) or resumed by backpressure,
     /// logging and counting the change.
-    fn set_paused(&mut self, t: usize, p: i32, held: Option<&'static str>) {
+    fn set_paused(&mut self, t: usize, p: i32, held: Option<Held>) {
         let Some(ps) = self.topics[t].partitions.get_mut(&p) else {
             return;
         };
@@ -911,7 +929,7 @@ impl Engine {
         let topic = &*self.topics[t].name;
         let stats = self.dispatcher.stats();
         stats.set_paused(topic, p, paused);
-        if held.is_some_and(|why| why.starts_with("its uncommitted")) {
+        if held == Some(Held::Window) {
             stats.window_pauses.fetch_add(1, Ordering::Relaxed);
         }
         tracing::debug!(
@@ -920,7 +938,7 @@ impl Engine {
             partition = p,
             paused,
             "backpressure: partition {}",
-            held.map_or_else(|| "resumed".to_owned(), |why| format!("paused: {why}"))
+            held.map_or_else(|| "resumed".to_owned(), |held| format!("paused: {}", held.reason()))
         );
     }
 
@@ -981,23 +999,19 @@ impl Engine {
         };
         // Every other event frees a handler slot.
         self.running = self.running.saturating_sub(1);
-        let current = self
-            .topics
-            .get(slot.topic)
-            .and_then(|ts| ts.partitions.get(&slot.partition))
-            .is_some_and(|ps| ps.epoch == slot.epoch);
-        if !current {
+        let Some(ts) = self.topics.get_mut(slot.topic) else {
+            return;
+        };
+        let Some(ps) = ts
+            .partitions
+            .get_mut(&slot.partition)
+            .filter(|ps| ps.epoch == slot.epoch)
+        else {
             // A handler of an assignment that is gone (revoked, or since
             // assigned again): its outcome counts for nothing here, but the
             // lane it held is free now, so the key's messages of the new
             // assignment may start.
             self.waiting.finished(slot, offset);
-            return;
-        }
-        let Some(ts) = self.topics.get_mut(slot.topic) else {
-            return;
-        };
-        let Some(ps) = ts.partitions.get_mut(&slot.partition) else {
             return;
         };
         ps.running = ps.running.saturating_sub(1);

@@ -287,12 +287,15 @@ impl Stats {
         match stopped {
             // Nothing at or after the first stopped offset is committed:
             // a later failure of the same partition does not move it.
-            Some(s) => {
-                let entry = map.entry((topic.to_owned(), partition)).or_insert_with(|| s.clone());
-                if s.0 < entry.0 {
-                    *entry = s;
+            Some(s) => match map.entry((topic.to_owned(), partition)) {
+                std::collections::btree_map::Entry::Vacant(e) => {
+                    e.insert(s);
                 }
-            }
+                std::collections::btree_map::Entry::Occupied(mut e) if s.0 < e.get().0 => {
+                    e.insert(s);
+                }
+                std::collections::btree_map::Entry::Occupied(_) => {}
+            },
             None => {
                 map.remove(&(topic.to_owned(), partition));
             }
@@ -573,7 +576,7 @@ impl Dispatcher {
         // handler's panics are caught inside), the message runs again on a
         // worker, like a first poll that failed.
         let again = msg.clone();
-        match std::panic::catch_unwind(AssertUnwindSafe(|| self.begin_here(slot, msg))) {
+        match std::panic::catch_unwind(AssertUnwindSafe(|| self.begin_here(slot, msg, &again))) {
             Ok(Begun::Ended(event)) => Some(event),
             Ok(Begun::HandOver(start)) => {
                 self.hand_over(start);
@@ -654,9 +657,10 @@ impl Dispatcher {
     /// Calls the handler here and polls its future once. Returns the event
     /// if it ended well, or what a worker takes up: the future that waits,
     /// or the message again (from the start) when it failed here.
-    fn begin_here(&mut self, slot: PartitionSlot, msg: Message) -> Begun {
+    /// `again` is the message as it was, for a run on a worker should this
+    /// one fail.
+    fn begin_here(&mut self, slot: PartitionSlot, msg: Message, again: &Message) -> Begun {
         let shared = &*self.shared;
-        let again = msg.clone();
         let (call, begun) = shared.begin(slot, msg);
         let failure = match begun {
             Ok(mut fut) => {
@@ -719,7 +723,7 @@ impl Dispatcher {
                  or auto); further such reruns are logged at debug level"
             );
         }
-        Begun::HandOver(Start::Fresh(slot, again))
+        Begun::HandOver(Start::Fresh(slot, again.clone()))
     }
 }
 
@@ -911,9 +915,9 @@ async fn work(shared: Arc<Shared>, mut inbox: UnboundedReceiver<Vec<Start>>) {
                 Poll::Ready(Some(batch)) => {
                     // One clock reading for the batch: its messages begin now.
                     running.now_ms = unix_ms();
-                    for start in batch {
-                        let handover = match &start {
-                            Start::Running(_, _, handover) => handover.clone(),
+                    for mut start in batch {
+                        let handover = match &mut start {
+                            Start::Running(_, _, handover) => handover.take(),
                             _ => None,
                         };
                         let place = running.insert(Drive::new(shared, start));

@@ -148,19 +148,15 @@ impl Message {
                 })
                 .collect()
         });
-        let mut this = Self {
+        Self::from_parts(
             topic,
-            partition: msg.partition(),
-            offset: msg.offset(),
-            timestamp: msg.timestamp().to_millis(),
-            data: Arc::from(&[][..]),
-            key_len: None,
-            has_payload: false,
+            msg.partition(),
+            msg.offset(),
+            msg.timestamp().to_millis(),
+            msg.key(),
+            msg.payload(),
             headers,
-            attempt: 1,
-        };
-        this.set_data(msg.key(), msg.payload());
-        this
+        )
     }
 
     /// Which attempt at handling this record this is: 1, then 2 on the

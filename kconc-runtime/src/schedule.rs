@@ -31,8 +31,8 @@ use crate::subscriber::Ordering;
 #[derive(Debug)]
 struct Lane {
     holder: (PartitionSlot, i64),
-    /// The holder is running (started, not yet ended or waiting for a retry).
-    running: bool,
+    /// The holder ended and waits for its retry (it is not running).
+    idle: bool,
     waiting: VecDeque<(PartitionSlot, Message)>,
 }
 
@@ -107,7 +107,7 @@ impl Schedule {
                     id,
                     Lane {
                         holder: (slot, msg.offset()),
-                        running: false,
+                        idle: false,
                         waiting: VecDeque::new(),
                     },
                 );
@@ -119,19 +119,17 @@ impl Schedule {
     /// A failed message's next attempt: it starts before anything else
     /// (it still holds its lane, so nothing behind it has started).
     pub(crate) fn retry(&mut self, slot: PartitionSlot, msg: Message) {
+        if let Some(lane) = slot.lane.and_then(|id| self.lanes.get_mut(&id)) {
+            lane.idle = false;
+        }
         self.len += 1;
         self.ready.push_front((slot, msg));
     }
 
-    /// The next message to start (it counts as running from now on).
+    /// The next message to start.
     pub(crate) fn pop(&mut self) -> Option<(PartitionSlot, Message)> {
         let next = self.ready.pop_front()?;
         self.len -= 1;
-        if let Some(lane) = next.0.lane.and_then(|id| self.lanes.get_mut(&id)) {
-            if lane.holder == (next.0, next.1.offset()) {
-                lane.running = true;
-            }
-        }
         Some(next)
     }
 
@@ -140,7 +138,7 @@ impl Schedule {
     pub(crate) fn idle(&mut self, slot: PartitionSlot, offset: i64) {
         if let Some(lane) = slot.lane.and_then(|id| self.lanes.get_mut(&id)) {
             if lane.holder == (slot, offset) {
-                lane.running = false;
+                lane.idle = true;
             }
         }
     }
@@ -162,7 +160,7 @@ impl Schedule {
                     *n = n.saturating_sub(1);
                 }
                 lane.holder = (next, msg.offset());
-                lane.running = false;
+                lane.idle = false;
                 self.ready.push_back((next, msg));
             }
             None => {
@@ -178,15 +176,24 @@ impl Schedule {
     /// messages of a later assignment wait for it.
     pub(crate) fn drop_partition(&mut self, topic: usize, partition: i32) {
         let of_it = |slot: &PartitionSlot| slot.topic == topic && slot.partition == partition;
-        let before = self.ready.len();
-        self.ready.retain(|(slot, _)| !of_it(slot));
-        let mut dropped = before - self.ready.len();
+        // A lane's holder runs unless it is one of these (not started) or
+        // waits for its retry.
+        let mut unstarted = std::collections::HashSet::new();
+        self.ready.retain(|(slot, msg)| {
+            let keep = !of_it(slot);
+            if !keep {
+                unstarted.insert((slot.epoch, msg.offset()));
+            }
+            keep
+        });
+        let mut dropped = unstarted.len();
         let mut promoted = Vec::new();
         self.lanes.retain(|_, lane| {
             let before = lane.waiting.len();
             lane.waiting.retain(|(slot, _)| !of_it(slot));
             dropped += before - lane.waiting.len();
-            if !of_it(&lane.holder.0) || lane.running {
+            let (holder, offset) = lane.holder;
+            if !of_it(&holder) || (!lane.idle && !unstarted.contains(&(holder.epoch, offset))) {
                 return true;
             }
             // Only another partition's message can still be waiting here
@@ -194,7 +201,7 @@ impl Schedule {
             match lane.waiting.pop_front() {
                 Some((next, msg)) => {
                     lane.holder = (next, msg.offset());
-                    lane.running = false;
+                    lane.idle = false;
                     promoted.push((next, msg));
                     true
                 }
