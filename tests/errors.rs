@@ -408,6 +408,81 @@ async fn stop_stops_only_the_failing_partition_and_says_why() {
     assert_eq!(committed(&bootstrap, group, topic, parts), expected);
 }
 
+/// `stop` holds back only what comes at or after the failed offset: what
+/// comes before it still runs in its lane's order (and its retries still
+/// run), and is committed. In key ordering: `@0` key a (held running until
+/// the stop is reported), `@1` key a (waits behind it), `@2` key b fails;
+/// `@3` a and `@4` b come after the stop. Unordered: `@0` fails its first
+/// attempt after the stop is reported, and its retry still runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_holds_back_only_what_comes_after_the_failed_message() {
+    for ordering in [Ordering::Unordered, Ordering::Key] {
+        let (topic, group) = ("stop-prefix", "g-stop-prefix");
+        let cluster = cluster(topic, 1);
+        let bootstrap = cluster.bootstrap_servers().to_owned();
+        let records = [("a", "0"), ("a", "1"), ("b", "2"), ("a", "3"), ("b", "4")];
+        produce_records(&bootstrap, topic, 0, &records);
+        let release = Arc::new(AtomicBool::new(false));
+        let runs = Arc::new(Mutex::new(Vec::new()));
+        let (r, seen) = (release.clone(), runs.clone());
+        let failing = if ordering == Ordering::Key { 2 } else { 1 };
+        let sub = Subscriber::new("stop-prefix", [topic], group, move |m: Message| {
+            let (release, seen) = (r.clone(), seen.clone());
+            async move {
+                let offset = m.offset();
+                let attempt = {
+                    let mut seen = seen.lock().unwrap();
+                    seen.push(offset);
+                    seen.iter().filter(|&&o| o == offset).count()
+                };
+                if offset == 0 && attempt == 1 {
+                    while !release.load(AtomicOrdering::SeqCst) {
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                    if ordering == Ordering::Unordered {
+                        return Err("not yet");
+                    }
+                }
+                if offset == failing {
+                    return Err("ledger rejected the entry");
+                }
+                Ok(())
+            }
+        })
+        .ordering(ordering)
+        .concurrency(if ordering == Ordering::Key { 4 } else { 2 })
+        .retries(if ordering == Ordering::Key { 0 } else { 1 })
+        .backoff(Duration::from_millis(10))
+        .on_error(OnError::Stop)
+        .commit_interval(Duration::from_millis(20));
+        let app = test_app(&bootstrap).subscriber(sub).start_in_test_mode().unwrap();
+        wait_for("the stop is reported", DEADLINE, || {
+            !app.stopped_partitions("stop-prefix").is_empty()
+        })
+        .await;
+        release.store(true, AtomicOrdering::SeqCst);
+        wait_for(
+            &format!("{ordering:?}: everything before the failed offset {failing} is committed"),
+            DEADLINE,
+            || committed(&bootstrap, group, topic, 1) == [Some(failing)],
+        )
+        .await;
+        let stopped = app.stopped_partitions("stop-prefix");
+        app.shutdown().await;
+        assert_eq!(stopped.len(), 1, "{stopped:?}");
+        assert_eq!(stopped[0].offset, failing, "{stopped:?}");
+        let mut ran: Vec<i64> = runs.lock().unwrap().clone();
+        ran.sort_unstable();
+        ran.dedup();
+        assert!(
+            ran.iter().all(|&o| o <= failing || ordering == Ordering::Unordered),
+            "{ordering:?}: {ran:?}"
+        );
+        assert!((0..failing).all(|o| ran.contains(&o)), "{ordering:?}: {ran:?}");
+        assert_eq!(committed(&bootstrap, group, topic, 1), [Some(failing)]);
+    }
+}
+
 /// An error whose `Display` panics.
 #[derive(Debug)]
 struct CannotSay;

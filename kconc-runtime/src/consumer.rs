@@ -195,9 +195,10 @@ struct PartitionState {
     /// Not read because its messages waiting behind busy lanes reached its
     /// share of `max_buffered`.
     paused: bool,
-    /// Stopped by the error policy: never read or dispatched again in this
-    /// assignment.
-    stopped: bool,
+    /// Stopped by the error policy at this offset: never read again in this
+    /// assignment, and nothing at or after it starts; what comes before it
+    /// still runs (and is retried) in its lane's order, and is committed.
+    stopped: Option<i64>,
     /// Being revoked: nothing of it starts or is retried any more.
     revoking: bool,
     /// The position the committer last committed in this assignment.
@@ -208,6 +209,18 @@ struct PartitionState {
     /// A record batch librdkafka cannot read, at this first offset: the
     /// position the partition is being moved past, if it is (`probe`).
     unreadable: Option<Unreadable>,
+}
+
+impl PartitionState {
+    /// Stops the partition at `offset` (or keeps an earlier stop).
+    fn stop_at(&mut self, offset: i64) {
+        self.stopped = Some(self.stopped.map_or(offset, |s| s.min(offset)));
+    }
+
+    /// Whether a stop holds the message at `offset` back.
+    fn holds_back(&self, offset: i64) -> bool {
+        self.stopped.is_some_and(|s| offset >= s)
+    }
 }
 
 /// Why backpressure holds a partition back (it is not read meanwhile).
@@ -332,7 +345,7 @@ impl Engine {
             queue: None,
             requested: None,
             paused: false,
-            stopped: false,
+            stopped: None,
             revoking: false,
             committed: None,
             progress_ms: crate::dispatch::unix_ms(),
@@ -429,7 +442,7 @@ impl Engine {
             for ps in ts
                 .partitions
                 .values()
-                .filter(|ps| ps.stopped && ps.unreadable.is_some())
+                .filter(|ps| ps.stopped.is_some() && ps.unreadable.is_some())
             {
                 if let Some(q) = &ps.queue {
                     while !matches!(q.poll(&ts.name), Polled::Empty) {}
@@ -517,7 +530,7 @@ impl Engine {
                 if ps.paused {
                     self.dispatcher.stats().set_paused(&self.topics[t].name, p, false);
                 }
-                if ps.stopped {
+                if ps.stopped.is_some() {
                     self.dispatcher.stats().set_stopped(&self.topics[t].name, p, None);
                 }
             }
@@ -557,9 +570,15 @@ impl Engine {
     /// and retries (revoke, stop, or a new assignment of it). They are read
     /// again from the committed offset by whoever owns it next.
     fn forget_unstarted(&mut self, t: usize, p: i32) {
-        self.waiting.drop_partition(t, p);
+        self.forget_unstarted_from(t, p, i64::MIN);
+    }
+
+    /// Forgets what of a partition has not started at `from` or after (a
+    /// stop there): its earlier messages still run in their lanes' order.
+    fn forget_unstarted_from(&mut self, t: usize, p: i32, from: i64) {
+        self.waiting.drop_partition(t, p, from);
         self.delayed
-            .retain(|Reverse(d)| !(d.slot.topic == t && d.slot.partition == p));
+            .retain(|Reverse(d)| !(d.slot.topic == t && d.slot.partition == p && d.msg.offset() >= from));
     }
 
     /// Moves retries that are due to the front of the schedule.
@@ -570,7 +589,7 @@ impl Engine {
             let live = self.topics[d.slot.topic]
                 .partitions
                 .get(&d.slot.partition)
-                .is_some_and(|ps| ps.epoch == d.slot.epoch && !ps.stopped && !ps.revoking);
+                .is_some_and(|ps| ps.epoch == d.slot.epoch && !ps.holds_back(d.msg.offset()) && !ps.revoking);
             if live && !self.closing {
                 self.waiting.retry(d.slot, d.msg);
             }
@@ -762,7 +781,7 @@ impl Engine {
                         return read;
                     }
                     let topic = &self.topics[t];
-                    let Some(ps) = topic.partitions.get(&p).filter(|ps| !ps.stopped) else {
+                    let Some(ps) = topic.partitions.get(&p).filter(|ps| ps.stopped.is_none()) else {
                         break;
                     };
                     if let Some(held) = self.held_back(t, p, ps, share) {
@@ -835,7 +854,7 @@ impl Engine {
         let Some(ps) = self.topics[t].partitions.get_mut(&p) else {
             return;
         };
-        if ps.stopped {
+        if ps.stopped.is_some() {
             // Reported again while the partition stands stopped there.
             return;
         }
@@ -875,12 +894,12 @@ impl Engine {
         );
         match on_error {
             OnError::Stop => {
-                ps.stopped = true;
+                ps.stop_at(at);
                 ps.unreadable = Some(Unreadable { at, probe: None });
                 let stats = self.dispatcher.stats();
                 stats.stopped.fetch_add(1, Ordering::Relaxed);
                 stats.set_stopped(&topic, p, Some((at, error)));
-                self.forget_unstarted(t, p);
+                self.forget_unstarted_from(t, p, at);
             }
             OnError::Skip => {
                 ps.offsets.finished(at);
@@ -1024,7 +1043,7 @@ impl Engine {
             Event::Retry { slot, msg, due } => {
                 // A revoked partition's message is not tried again here: it
                 // stays uncommitted and goes to the new owner.
-                if !ps.stopped && !ps.revoking && !self.closing {
+                if !ps.holds_back(msg.offset()) && !ps.revoking && !self.closing {
                     // It keeps its lane, idle, until its retry starts.
                     self.waiting.idle(slot, msg.offset());
                     self.delayed_seq += 1;
@@ -1039,10 +1058,10 @@ impl Engine {
                 }
             }
             Event::Stopped { slot, offset, reason } => {
-                ps.stopped = true;
+                ps.stop_at(offset);
                 let topic = ts.name.clone();
                 self.waiting.finished(slot, offset);
-                self.forget_unstarted(slot.topic, slot.partition);
+                self.forget_unstarted_from(slot.topic, slot.partition, offset);
                 self.dispatcher
                     .stats()
                     .set_stopped(&topic, slot.partition, Some((offset, reason)));

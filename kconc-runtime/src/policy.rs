@@ -36,8 +36,10 @@ pub enum OnError {
     /// stops the partition as [`OnError::Stop`] does, saying why.
     DeadLetter(String),
     /// Leave it unfinished and stop its partition: nothing after it in that
-    /// partition is handled or committed until the partition is reassigned
-    /// or the program restarts; the rest of the subscriber carries on.
+    /// partition starts or is committed until the partition is reassigned
+    /// or the program restarts; the rest of the subscriber carries on. What
+    /// came before it (messages still waiting behind a busy key, or for a
+    /// retry) still runs and is committed, up to the failed offset.
     /// [`Running::stopped_partitions`](crate::Running::stopped_partitions)
     /// says which and why.
     Stop,

@@ -174,13 +174,18 @@ impl Schedule {
     /// messages hold, except those whose holder is running: such a lane is
     /// freed when its holder ends ([`Schedule::finished`]), so the key's
     /// messages of a later assignment wait for it.
-    pub(crate) fn drop_partition(&mut self, topic: usize, partition: i32) {
-        let of_it = |slot: &PartitionSlot| slot.topic == topic && slot.partition == partition;
+    ///
+    /// Only its messages at `from` or after go (`i64::MIN`: all of them; a
+    /// stop at `from`: the earlier ones stay, in their lanes' order, and the
+    /// lanes they hold stay theirs).
+    pub(crate) fn drop_partition(&mut self, topic: usize, partition: i32, from: i64) {
+        let of_it =
+            |slot: &PartitionSlot, offset: i64| slot.topic == topic && slot.partition == partition && offset >= from;
         // A lane's holder runs unless it is one of these (not started) or
         // waits for its retry.
         let mut unstarted = std::collections::HashSet::new();
         self.ready.retain(|(slot, msg)| {
-            let keep = !of_it(slot);
+            let keep = !of_it(slot, msg.offset());
             if !keep {
                 unstarted.insert((slot.epoch, msg.offset()));
             }
@@ -190,10 +195,10 @@ impl Schedule {
         let mut promoted = Vec::new();
         self.lanes.retain(|_, lane| {
             let before = lane.waiting.len();
-            lane.waiting.retain(|(slot, _)| !of_it(slot));
+            lane.waiting.retain(|(slot, msg)| !of_it(slot, msg.offset()));
             dropped += before - lane.waiting.len();
             let (holder, offset) = lane.holder;
-            if !of_it(&holder) || (!lane.idle && !unstarted.contains(&(holder.epoch, offset))) {
+            if !of_it(&holder, offset) || (!lane.idle && !unstarted.contains(&(holder.epoch, offset))) {
                 return true;
             }
             // Only another partition's message can still be waiting here
@@ -214,7 +219,21 @@ impl Schedule {
             }
             self.ready.push_back((next, msg));
         }
-        self.blocked.remove(&(topic, partition));
+        let still: usize = self
+            .lanes
+            .values()
+            .map(|lane| {
+                lane.waiting
+                    .iter()
+                    .filter(|(slot, _)| slot.topic == topic && slot.partition == partition)
+                    .count()
+            })
+            .sum();
+        if still == 0 {
+            self.blocked.remove(&(topic, partition));
+        } else {
+            self.blocked.insert((topic, partition), still);
+        }
         self.len -= dropped;
     }
 
@@ -302,6 +321,30 @@ mod tests {
         assert_eq!(s.len(), 0);
     }
 
+    /// A stop at an offset drops only what comes at or after it: an earlier
+    /// message waiting behind a busy lane still starts when the lane frees.
+    #[test]
+    fn a_stop_drops_only_what_comes_at_or_after_it() {
+        let mut s = Schedule::new(Ordering::Key);
+        // a0 (running) a1 (waits for a0) b2 (fails: the stop) a3 b4.
+        for (o, k) in [(0, "a"), (1, "a"), (2, "b"), (3, "a"), (4, "b")] {
+            s.push(slot(0), msg(0, o, Some(k)));
+        }
+        let first = drain(&mut s);
+        assert_eq!(first.iter().map(|(_, o)| *o).collect::<Vec<_>>(), [0, 2]);
+        s.finished(first[1].0, first[1].1);
+        s.drop_partition(0, 0, 2);
+        assert_eq!(s.len(), 1, "a1 stays; a3 and b4 go");
+        assert_eq!(s.blocked(0, 0), 1);
+        assert!(drain(&mut s).is_empty(), "a1 still waits for a0");
+        s.finished(first[0].0, first[0].1);
+        let next = drain(&mut s);
+        assert_eq!(next.iter().map(|(_, o)| *o).collect::<Vec<_>>(), [1]);
+        s.finished(next[0].0, next[0].1);
+        assert!(s.lanes.is_empty());
+        assert_eq!((s.len(), s.blocked(0, 0)), (0, 0));
+    }
+
     #[test]
     fn the_same_key_in_two_partitions_is_two_lanes() {
         let mut s = Schedule::new(Ordering::Key);
@@ -322,7 +365,7 @@ mod tests {
         // Partition 0 is revoked while its message runs: the lane stays
         // held until that message ends (its completion is still reported),
         // then partition 1's message goes next.
-        s.drop_partition(0, 0);
+        s.drop_partition(0, 0, i64::MIN);
         assert!(drain(&mut s).is_empty());
         s.finished(first[0].0, first[0].1);
         let next = drain(&mut s);
@@ -337,7 +380,7 @@ mod tests {
         // A holder that has not started goes with its partition at once.
         s.push_to(slot(0), msg(0, 5, Some("a")), Some(7));
         s.push_to(slot(1), msg(1, 5, Some("b")), Some(7));
-        s.drop_partition(0, 0);
+        s.drop_partition(0, 0, i64::MIN);
         let next = drain(&mut s);
         assert_eq!(
             next.iter().map(|(sl, o)| (sl.partition, *o)).collect::<Vec<_>>(),
@@ -357,7 +400,7 @@ mod tests {
         s.push(old, msg(0, 12, Some("a")));
         let running = drain(&mut s);
         assert_eq!(running.len(), 2, "a@10 and b@11 run");
-        s.drop_partition(0, 0);
+        s.drop_partition(0, 0, i64::MIN);
         assert_eq!(s.len(), 0, "a@12 (not started) is forgotten");
         let new = PartitionSlot { epoch: 2, ..slot(0) };
         s.push(new, msg(0, 10, Some("a")));
@@ -387,7 +430,7 @@ mod tests {
         s.push(slot(0), msg(0, 1, Some("a")));
         let started = drain(&mut s);
         s.idle(started[0].0, started[0].1);
-        s.drop_partition(0, 0);
+        s.drop_partition(0, 0, i64::MIN);
         assert!(s.lanes.is_empty());
     }
 
@@ -417,7 +460,7 @@ mod tests {
         }
         let running = drain(&mut s);
         assert_eq!(s.len(), 6);
-        s.drop_partition(0, 0);
+        s.drop_partition(0, 0, i64::MIN);
         assert_eq!(s.len(), 3);
         assert_eq!(s.blocked(0, 0), 0);
         // A late completion of the dropped partition is ignored.

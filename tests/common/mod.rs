@@ -108,6 +108,24 @@ pub fn produce(bootstrap: &str, topic: &str, partitions: i32, count: usize, keys
     end_offsets(bootstrap, topic, partitions)
 }
 
+/// Produces `records` (key, payload) in order to one partition and returns
+/// the partition's end offset.
+pub fn produce_records(bootstrap: &str, topic: &str, partition: i32, records: &[(&str, &str)]) -> i64 {
+    let producer: BaseProducer = kconc_runtime::rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("max.in.flight.requests.per.connection", "1")
+        .create()
+        .expect("create the producer");
+    for (key, payload) in records {
+        let record = BaseRecord::to(topic).key(*key).payload(*payload).partition(partition);
+        if let Err((e, _)) = producer.send(record) {
+            panic!("produce to {topic}[{partition}]: {e}");
+        }
+    }
+    producer.flush(Duration::from_secs(30)).expect("flush the producer");
+    end_offsets(bootstrap, topic, partition + 1)[partition as usize]
+}
+
 /// Each partition's high watermark (its end offset).
 pub fn end_offsets(bootstrap: &str, topic: &str, partitions: i32) -> Vec<i64> {
     use kconc_runtime::rdkafka::consumer::{BaseConsumer, Consumer as _};
