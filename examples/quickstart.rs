@@ -40,7 +40,7 @@ async fn handle(msg: Message) -> Result<(), std::io::Error> {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::from_args();
+    let cli = Cli::from_args_with_default_brokers(Some(EMBEDDED));
     if let Err(e) = init_tracing_with(cli.log.as_deref()) {
         eprintln!("error: {e}");
         return ExitCode::FAILURE;

@@ -6,6 +6,8 @@
 // Tests fail loudly: unwrap and expect are the point here.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
@@ -15,21 +17,6 @@ use std::time::{Duration, Instant};
 const FILE_SECRET: &str = "file-secret-5f1c";
 const ENV_SECRET: &str = "env-secret-9a2e";
 const FLAG_SECRET: &str = "flag-secret-33d7";
-
-/// The `service` example's binary, built (a no-op when it is fresh) with the
-/// cargo that runs this test.
-fn service_binary() -> PathBuf {
-    let status = Command::new(env!("CARGO"))
-        .args(["build", "-q", "--example", "service"])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .status()
-        .unwrap();
-    assert!(status.success(), "building the service example failed");
-    let deps = std::env::current_exe().unwrap();
-    // target/<profile>/deps/secrets-<hash> -> target/<profile>/examples/service
-    let profile_dir = deps.parent().unwrap().parent().unwrap();
-    profile_dir.join("examples").join("service")
-}
 
 fn config_file() -> PathBuf {
     let dir = std::env::temp_dir().join(format!("kconc-secrets-{}", std::process::id()));
@@ -67,7 +54,7 @@ fn text(out: &Output) -> String {
 
 #[test]
 fn no_secret_in_help_list_or_debug_logs() {
-    let bin = service_binary();
+    let bin = common::example_binary("service");
     let file = config_file();
 
     let help = service(&bin, &file, &["--help"]).output().unwrap();

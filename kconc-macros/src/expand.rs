@@ -181,6 +181,7 @@ fn registration(args: &Args, func: &ItemFn) -> TokenStream {
             #p::inventory::submit! {
                 #p::Registration {
                     name: #name,
+                    function: ::core::concat!(::core::module_path!(), "::", ::core::stringify!(#ident)),
                     topics: &[#(#topics),*],
                     group: #group,
                     concurrency: #concurrency,

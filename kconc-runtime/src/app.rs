@@ -238,10 +238,59 @@ impl App {
     /// configuration error [`App::start`] would report: a listing shows the
     /// effective configuration, so a bad one fails here too.
     pub fn listing(&self) -> Result<String, Error> {
-        match &self.config_error {
-            Some(e) => Err(Error::Config(e.clone())),
-            None => Ok(self.describe_subscribers()),
+        self.preflight()?;
+        if let Some(addr) = &self.http {
+            std::net::ToSocketAddrs::to_socket_addrs(addr.as_str())
+                .map_err(|e| Error::Config(format!("--http/KCONC_HTTP `{addr}`: {e}")))?;
         }
+        Ok(self.describe_subscribers())
+    }
+
+    /// Every check [`App::start`] makes before it connects to anything (or
+    /// binds the HTTP endpoint): the run-time configuration, `only`, each
+    /// subscriber's settings and properties, names given twice. Returns the
+    /// subscribers that will run.
+    fn preflight(&self) -> Result<Vec<&Subscriber>, Error> {
+        if let Some(e) = &self.config_error {
+            return Err(Error::Config(e.clone()));
+        }
+        for (i, a) in self.subscribers.iter().enumerate() {
+            if let Some(b) = self.subscribers[i + 1..].iter().find(|b| b.name == a.name) {
+                let origin = |s: &Subscriber| s.origin.clone().unwrap_or_else(|| "one built in code".to_owned());
+                return Err(Error::Config(format!(
+                    "two subscribers are named `{}`: {} and {}; give each its own name \
+                     (`name = \"..\"` in #[subscriber(..)], or Subscriber::new's first argument)",
+                    a.name,
+                    origin(a),
+                    origin(b)
+                )));
+            }
+        }
+        if let Some(missing) = self
+            .only
+            .iter()
+            .find(|n| !self.subscribers.iter().any(|s| &&s.name == n))
+        {
+            let known: Vec<&str> = self.subscribers.iter().map(|s| s.name.as_str()).collect();
+            return Err(Error::Config(format!(
+                "--only `{missing}`: no subscriber has that name (known: {})",
+                known.join(", ")
+            )));
+        }
+        let subs: Vec<&Subscriber> = self.subscribers().collect();
+        if subs.is_empty() {
+            return Err(Error::Config(
+                "no subscribers to run: add #[subscriber] handlers or App::subscriber".into(),
+            ));
+        }
+        for s in &subs {
+            s.validate()?;
+        }
+        config::check_code_properties(&self.properties, &subs)?;
+        if self.brokers_in_use().is_empty() {
+            return Err(Error::Config("`brokers` (KCONC_BROKERS / --brokers) is empty".into()));
+        }
+        Ok(subs)
     }
 
     /// The table `--list` prints: one row per subscriber that would run
@@ -296,30 +345,13 @@ impl App {
     /// cluster and creates the subscribed topics on it.
     pub fn start(self) -> Result<Running, Error> {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| Error::NoRuntime)?;
-        if let Some(e) = self.config_error {
-            return Err(Error::Config(e));
-        }
-        if let Some(missing) = self
-            .only
-            .iter()
-            .find(|n| !self.subscribers.iter().any(|s| &&s.name == n))
-        {
-            let known: Vec<&str> = self.subscribers.iter().map(|s| s.name.as_str()).collect();
-            return Err(Error::Config(format!(
-                "--only `{missing}`: no subscriber has that name (known: {})",
-                known.join(", ")
-            )));
-        }
-        let subs: Vec<&Subscriber> = self.subscribers().collect();
-        if subs.is_empty() {
-            return Err(Error::Config(
-                "no subscribers to run: add #[subscriber] handlers or App::subscriber".into(),
-            ));
-        }
-        for s in &subs {
-            s.validate()?;
-        }
-        config::check_code_properties(&self.properties, &subs)?;
+        let subs = self.preflight()?;
+        // Bound before anything connects, so a bad or busy address fails
+        // with nothing to tear down.
+        let listener = match &self.http {
+            Some(addr) => Some(health::bind(addr)?),
+            None => None,
+        };
         // The prefixed group is the one the consumer joins, commits under and logs.
         let subs: Vec<Subscriber> = subs
             .into_iter()
@@ -345,8 +377,6 @@ impl App {
             );
             let b = cluster.bootstrap_servers().to_owned();
             (Some(cluster), b)
-        } else if brokers.trim().is_empty() {
-            return Err(Error::Config("`brokers` (KCONC_BROKERS / --brokers) is empty".into()));
         } else {
             (None, brokers)
         };
@@ -371,11 +401,11 @@ impl App {
                 stats: r.stats.clone(),
             })
             .collect();
-        let http = match &self.http {
+        let http = match listener {
             None => None,
-            Some(addr) => {
+            Some(listener) => {
                 let stop = CancellationToken::new();
-                match health::serve(addr, watched.clone(), self.thresholds, stop.clone(), &runtime) {
+                match health::serve(listener, watched.clone(), self.thresholds, stop.clone(), &runtime) {
                     Ok((local, task)) => Some(HttpServer { local, task, stop }),
                     Err(e) => {
                         token.cancel();
@@ -671,7 +701,7 @@ impl Running {
 
 /// The `main` generated by `kconc_runtime::main!()`.
 pub(crate) fn run_main(default_brokers: Option<&str>) -> std::process::ExitCode {
-    let cli = Cli::from_args();
+    let cli = Cli::from_args_with_default_brokers(default_brokers);
     if let Err(e) = config::init_tracing_with(cli.log.as_deref()) {
         eprintln!("error: {e}");
         return std::process::ExitCode::FAILURE;

@@ -46,7 +46,7 @@ Secret properties (passwords, keys, tokens) are passed to librdkafka and never p
 pub struct Cli {
     /// Kafka bootstrap servers (host:port,...), or `embedded` for an in-process
     /// mock cluster (not a real cluster; for trying things out). Overrides
-    /// `bootstrap.servers` in the --config file. Default: localhost:9092.
+    /// `bootstrap.servers` in the --config file.
     #[arg(long, env = "KCONC_BROKERS", hide_env_values = true)]
     pub brokers: Option<String>,
 
@@ -124,7 +124,32 @@ impl Cli {
     /// Parses the process's arguments (and `KCONC_*` environment variables);
     /// prints help or an error naming the flag and exits on bad input.
     pub fn from_args() -> Self {
-        Self::parse()
+        Self::from_args_with_default_brokers(None)
+    }
+
+    /// [`Cli::from_args`] for a program whose brokers default to
+    /// `default_brokers` (`main!(default_brokers = "embedded")`,
+    /// [`App::default_brokers`](crate::App::default_brokers)): `--help`
+    /// names that default.
+    pub fn from_args_with_default_brokers(default_brokers: Option<&str>) -> Self {
+        let matches = Self::command_with_default_brokers(default_brokers).get_matches();
+        match <Self as clap::FromArgMatches>::from_arg_matches(&matches) {
+            Ok(cli) => cli,
+            Err(e) => e.exit(),
+        }
+    }
+
+    /// The command line's definition, its `--brokers` help naming the
+    /// default brokers (`localhost:9092` unless `default_brokers` says).
+    pub fn command_with_default_brokers(default_brokers: Option<&str>) -> clap::Command {
+        let default = match default_brokers.unwrap_or(DEFAULT_BROKERS) {
+            EMBEDDED => "embedded (the in-process mock cluster)".to_owned(),
+            other => other.to_owned(),
+        };
+        <Self as clap::CommandFactory>::command().mut_arg("brokers", |arg| {
+            let help = arg.get_help().map(ToString::to_string).unwrap_or_default();
+            arg.help(format!("{help}. Default: {default}"))
+        })
     }
 
     /// Parses `args` (the first is the program's name) and the process's
@@ -135,7 +160,10 @@ impl Cli {
         I: IntoIterator<Item = T>,
         T: Into<std::ffi::OsString> + Clone,
     {
-        Self::try_parse_from(args).map_err(|e| Error::Config(e.to_string()))
+        let matches = Self::command_with_default_brokers(None)
+            .try_get_matches_from(args)
+            .map_err(|e| Error::Config(e.to_string()))?;
+        <Self as clap::FromArgMatches>::from_arg_matches(&matches).map_err(|e| Error::Config(e.to_string()))
     }
 }
 

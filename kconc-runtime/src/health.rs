@@ -453,10 +453,20 @@ pub(crate) fn metrics_text(watched: &[Watched], t: &HealthThresholds) -> Result<
     Ok(out)
 }
 
-/// The HTTP endpoint: binds at once (so a bad `--http` fails at start-up)
-/// and serves until `stop` is cancelled.
+/// Binds the HTTP endpoint's address (`--http`), before anything connects:
+/// a bad or busy address fails start-up naming the setting.
+pub(crate) fn bind(addr: &str) -> Result<(std::net::TcpListener, SocketAddr), Error> {
+    let bad = |e: std::io::Error| Error::Config(format!("--http/KCONC_HTTP `{addr}`: {e}"));
+    let listener = std::net::TcpListener::bind(addr).map_err(bad)?;
+    listener.set_nonblocking(true).map_err(bad)?;
+    let local = listener.local_addr().map_err(bad)?;
+    Ok((listener, local))
+}
+
+/// The HTTP endpoint on a listener from [`bind`]: serves until `stop` is
+/// cancelled.
 pub(crate) fn serve(
-    addr: &str,
+    (std_listener, local): (std::net::TcpListener, SocketAddr),
     watched: Vec<Watched>,
     thresholds: HealthThresholds,
     stop: CancellationToken,
@@ -465,10 +475,6 @@ pub(crate) fn serve(
     use axum::http::StatusCode;
     use axum::routing::get;
 
-    let bad = |e: String| Error::Config(format!("--http/KCONC_HTTP `{addr}`: {e}"));
-    let std_listener = std::net::TcpListener::bind(addr).map_err(|e| bad(e.to_string()))?;
-    std_listener.set_nonblocking(true).map_err(|e| bad(e.to_string()))?;
-    let local = std_listener.local_addr().map_err(|e| bad(e.to_string()))?;
     let state = Arc::new((watched, thresholds));
     let (h, r, m) = (state.clone(), state.clone(), state);
     let app = axum::Router::new()

@@ -15,6 +15,8 @@ use crate::subscriber::Subscriber;
 pub struct Registration {
     /// The function's path, or the `name = ".."` given in the attribute.
     pub name: &'static str,
+    /// The function's path (`module::function`), whatever its name.
+    pub function: &'static str,
     /// The topics to consume.
     pub topics: &'static [&'static str],
     /// The consumer group.

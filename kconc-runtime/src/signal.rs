@@ -37,27 +37,29 @@ impl Signals {
         }
     }
 
-    /// The next signal's name.
-    async fn next(&mut self) -> &'static str {
+    /// The next signal's name and the status a process killed by it exits
+    /// with (128 + its number, as shells report it).
+    async fn next(&mut self) -> (&'static str, i32) {
         #[cfg(unix)]
         {
             tokio::select! {
-                _ = self.term.recv() => "SIGTERM",
-                _ = self.int.recv() => "SIGINT",
+                _ = self.term.recv() => ("SIGTERM", exit_status(libc_signal::SIGTERM)),
+                _ = self.int.recv() => ("SIGINT", exit_status(libc_signal::SIGINT)),
             }
         }
         #[cfg(not(unix))]
         {
             let _ = tokio::signal::ctrl_c().await;
-            "Ctrl-C"
+            ("Ctrl-C", exit_status(libc_signal::SIGINT))
         }
     }
 
     /// Serves for the rest of the program: the first signal cancels
     /// `shutdown` (unless a shutdown already began), the next exits the
-    /// process at once with status 130.
+    /// process at once with 128 + its number (130 for SIGINT, 143 for
+    /// SIGTERM).
     pub(crate) async fn serve(mut self, shutdown: CancellationToken) {
-        let first = self.next().await;
+        let (first, _) = self.next().await;
         if shutdown.is_cancelled() {
             tracing::info!(
                 signal = first,
@@ -70,11 +72,23 @@ impl Signals {
             );
             shutdown.cancel();
         }
-        let second = self.next().await;
+        let (second, status) = self.next().await;
         tracing::warn!(
             signal = second,
+            status,
             "second signal: exiting now without waiting for handlers"
         );
-        std::process::exit(130);
+        std::process::exit(status);
     }
+}
+
+/// The signals' numbers (the same on every Unix tokio supports).
+mod libc_signal {
+    pub(super) const SIGINT: i32 = 2;
+    pub(super) const SIGTERM: i32 = 15;
+}
+
+/// The exit status of a process that ends because of signal `number`.
+fn exit_status(number: i32) -> i32 {
+    128 + number
 }

@@ -171,6 +171,9 @@ pub struct Subscriber {
     pub(crate) policy: ErrorPolicy,
     pub(crate) properties: Vec<(String, String)>,
     pub(crate) handler: Handler,
+    /// Where it was declared, for errors: the `#[subscriber]` function and
+    /// its file and line; `None` when built in code.
+    pub(crate) origin: Option<String>,
 }
 
 impl std::fmt::Debug for Subscriber {
@@ -249,6 +252,7 @@ impl Subscriber {
             policy: ErrorPolicy::default(),
             properties: Vec::new(),
             handler,
+            origin: None,
         }
     }
 
@@ -260,6 +264,7 @@ impl Subscriber {
             reg.group.to_owned(),
             Handler::from_fn(reg.handler),
         );
+        s.origin = Some(format!("`{}` ({}:{})", reg.function, reg.file, reg.line));
         if let Some(c) = reg.concurrency {
             s.concurrency = c;
         }

@@ -366,3 +366,18 @@ impl StartInTestMode for App {
         }
     }
 }
+
+/// An example's binary (`service`, say), built (a no-op when it is fresh)
+/// with the cargo that runs this test.
+pub fn example_binary(name: &str) -> std::path::PathBuf {
+    let status = std::process::Command::new(env!("CARGO"))
+        .args(["build", "-q", "--example", name])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .status()
+        .expect("run cargo");
+    assert!(status.success(), "building the {name} example failed");
+    let deps = std::env::current_exe().expect("the test's path");
+    // target/<profile>/deps/<test>-<hash> -> target/<profile>/examples/<name>
+    let profile_dir = deps.parent().and_then(|d| d.parent()).expect("the profile directory");
+    profile_dir.join("examples").join(name)
+}
