@@ -65,7 +65,13 @@ async fn wait_status(addr: SocketAddr, path: &str, code: u16, what: &str) -> Str
 }
 
 /// The samples of a Prometheus text exposition: `name{labels}` -> value.
+/// The text must be valid OpenMetrics (what it is served as).
 fn parse_metrics(text: &str) -> HashMap<String, f64> {
+    let errors = openmetrics_errors(text);
+    assert!(
+        errors.is_empty(),
+        "/metrics is not valid OpenMetrics: {errors:#?}\n{text}"
+    );
     let lines = text.lines().map(|l| Ok(l.to_owned()));
     let scrape = prometheus_parse::Scrape::parse(lines).expect("/metrics parses as Prometheus text");
     let mut out = HashMap::new();
@@ -329,4 +335,56 @@ async fn a_stuck_handler_shows_in_metrics_and_its_stalled_partition_in_health() 
     let metrics = parse_metrics(&app.metrics_text().unwrap());
     assert_eq!(metrics["kconc_oldest_handler_seconds{subscriber=stalled}"], 0.0);
     app.shutdown().await;
+}
+
+/// With two and three subscribers `/metrics` is still valid OpenMetrics:
+/// each family's metadata once (the handler-duration histogram included),
+/// every subscriber's samples in it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_stay_valid_openmetrics_with_several_subscribers() {
+    let (topic, parts, n) = ("several", 2, 20);
+    let cluster = cluster(topic, parts);
+    let bootstrap = cluster.bootstrap_servers().to_owned();
+    produce(&bootstrap, topic, parts, n, 4);
+    for count in [2, 3] {
+        let names: Vec<String> = (0..count).map(|i| format!("sub{i}-of-{count}")).collect();
+        let mut app = test_app(&bootstrap).http("127.0.0.1:0");
+        for name in &names {
+            app = app.subscriber(Subscriber::new(
+                name.clone(),
+                [topic],
+                name.clone(),
+                |_m: Message| async {},
+            ));
+        }
+        let app = app.start_in_test_mode().unwrap();
+        wait_for("every subscriber handled every message", DEADLINE, || {
+            names.iter().all(|s| app.stats(s).unwrap().handled == n as u64)
+        })
+        .await;
+        let (code, text) = get(app.http_addr().unwrap(), "/metrics").await.unwrap();
+        assert_eq!(code, 200);
+        let metrics = parse_metrics(&text);
+        assert_eq!(
+            text.matches("# TYPE kconc_handler_duration_seconds histogram").count(),
+            1,
+            "{text}"
+        );
+        for name in &names {
+            let key = format!("kconc_handler_duration_seconds_count{{subscriber={name}}}");
+            assert_eq!(
+                text.matches(&format!(
+                    "kconc_handler_duration_seconds_count{{subscriber=\"{name}\"}}"
+                ))
+                .count(),
+                1,
+                "{key}\n{text}"
+            );
+            assert_eq!(
+                metrics[&format!("kconc_messages_handled_total{{subscriber={name}}}")],
+                n as f64
+            );
+        }
+        app.shutdown().await;
+    }
 }

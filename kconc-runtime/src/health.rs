@@ -12,9 +12,12 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::{EncodeMetric, MetricEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
@@ -254,6 +257,24 @@ pub(crate) fn health(watched: &[Watched], t: &HealthThresholds) -> Health {
 
 type Labels = Vec<(String, String)>;
 
+/// Each subscriber's own histogram (they live in its stats), exposed as
+/// one labelled family.
+#[derive(Debug)]
+struct Histograms(Vec<(Labels, Histogram)>);
+
+impl EncodeMetric for Histograms {
+    fn encode(&self, mut encoder: MetricEncoder<'_>) -> Result<(), std::fmt::Error> {
+        for (labels, histogram) in &self.0 {
+            histogram.encode(encoder.encode_family(labels)?)?;
+        }
+        Ok(())
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
+    }
+}
+
 fn sub_labels(name: &str) -> Labels {
     vec![("subscriber".to_owned(), name.to_owned())]
 }
@@ -440,14 +461,18 @@ pub(crate) fn metrics_text(watched: &[Watched], t: &HealthThresholds) -> Result<
         "High watermark minus committed offset per partition",
         lag,
     );
-    for w in watched {
-        let sub = registry.sub_registry_with_label(("subscriber".into(), w.name.clone().into()));
-        sub.register(
-            "handler_duration_seconds",
-            "How long handler calls take",
-            w.stats.handler_seconds.0.clone(),
-        );
-    }
+    // One family, one metadata block, each subscriber's histogram in it
+    // (OpenMetrics allows a family's metadata once, before its samples).
+    registry.register(
+        "handler_duration_seconds",
+        "How long handler calls take",
+        Histograms(
+            watched
+                .iter()
+                .map(|w| (sub_labels(&w.name), w.stats.handler_seconds.0.clone()))
+                .collect(),
+        ),
+    );
     let mut out = String::new();
     encode(&mut out, &registry).map_err(|e| Error::Config(format!("cannot encode metrics: {e}")))?;
     Ok(out)

@@ -381,3 +381,174 @@ pub fn example_binary(name: &str) -> std::path::PathBuf {
     let profile_dir = deps.parent().and_then(|d| d.parent()).expect("the profile directory");
     profile_dir.join("examples").join(name)
 }
+
+/// A histogram's buckets (le, value) and its `_count`, as read.
+type HistogramSeries = (Vec<(f64, f64)>, Option<f64>);
+
+/// Checks `text` against the OpenMetrics 1.0 text format strictly, as the
+/// reference parser does: each family's metadata once, before its samples;
+/// a family's samples together; sample names that belong to their family's
+/// type; well-formed, unique label sets; histograms whose buckets rise to
+/// `+Inf` and match `_count`; `# EOF` at the end. Returns what is wrong.
+pub fn openmetrics_errors(text: &str) -> Vec<String> {
+    use std::collections::HashSet;
+    let mut errors = Vec::new();
+    let mut seen_families: HashSet<String> = HashSet::new();
+    // The current family: name, type, whether a sample came, metadata seen.
+    let mut family: Option<(String, String, bool, HashSet<String>)> = None;
+    let mut samples: HashSet<String> = HashSet::new();
+    // Histogram series: labels (without le) -> (buckets, count).
+    let mut buckets: BTreeMap<String, HistogramSeries> = BTreeMap::new();
+    let check_histograms = |buckets: &mut BTreeMap<String, HistogramSeries>, errors: &mut Vec<String>| {
+        for (series, (b, count)) in std::mem::take(buckets) {
+            if b.last().map(|(le, _)| *le) != Some(f64::INFINITY) {
+                errors.push(format!("histogram {series}: no le=\"+Inf\" bucket"));
+            }
+            if b.windows(2).any(|w| w[0].0 >= w[1].0 || w[0].1 > w[1].1) {
+                errors.push(format!("histogram {series}: buckets not rising"));
+            }
+            if count != b.last().map(|(_, v)| *v) {
+                errors.push(format!("histogram {series}: _count {count:?} is not the +Inf bucket"));
+            }
+        }
+    };
+    let Some(body) = text.strip_suffix("# EOF\n").or_else(|| text.strip_suffix("# EOF")) else {
+        return vec!["does not end with `# EOF`".to_owned()];
+    };
+    for (n, line) in body.lines().enumerate() {
+        let at = n + 1;
+        let mut bad = |what: String| errors.push(format!("line {at}: {what}: `{line}`"));
+        if let Some(meta) = line.strip_prefix("# ") {
+            let mut parts = meta.splitn(3, ' ');
+            let (kind, name) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+            if !matches!(kind, "TYPE" | "HELP" | "UNIT") {
+                bad("unknown comment".into());
+                continue;
+            }
+            let same = family.as_ref().is_some_and(|f| f.0 == name);
+            if !same {
+                if seen_families.contains(name) {
+                    bad(format!("metadata of family {name} again, after other families"));
+                }
+                check_histograms(&mut buckets, &mut errors);
+                seen_families.insert(name.to_owned());
+                family = Some((name.to_owned(), "unknown".to_owned(), false, HashSet::new()));
+            }
+            let Some(f) = family.as_mut() else { continue };
+            if f.2 {
+                errors.push(format!("line {at}: metadata after samples of {name}: `{line}`"));
+            }
+            if !f.3.insert(kind.to_owned()) {
+                errors.push(format!("line {at}: second {kind} of {name}: `{line}`"));
+            }
+            if kind == "TYPE" {
+                f.1 = parts.next().unwrap_or("").to_owned();
+            }
+            continue;
+        }
+        if line.starts_with('#') || line.is_empty() {
+            bad("not a sample or metadata".into());
+            continue;
+        }
+        let name_end = line.find(['{', ' ']).unwrap_or(line.len());
+        let name = &line[..name_end];
+        let Some(f) = family.as_mut() else {
+            bad("sample before any metadata".into());
+            continue;
+        };
+        let suffixes: &[&str] = match f.1.as_str() {
+            "counter" => &["_total", "_created"],
+            "histogram" => &["_bucket", "_count", "_sum", "_created"],
+            "summary" => &["", "_count", "_sum", "_created"],
+            "info" => &["_info"],
+            _ => &[""],
+        };
+        let suffix = name.strip_prefix(f.0.as_str());
+        if !suffix.is_some_and(|s| suffixes.contains(&s)) {
+            bad(format!("sample not of family {} ({})", f.0, f.1));
+        }
+        f.2 = true;
+        let rest = &line[name_end..];
+        let (labels, value) = if let Some(inner) = rest.strip_prefix('{') {
+            let Some(close) = inner.find("} ") else {
+                bad("unclosed labels".into());
+                continue;
+            };
+            (&inner[..close], &inner[close + 2..])
+        } else {
+            ("", rest.trim_start())
+        };
+        let mut pairs: Vec<(String, String)> = Vec::new();
+        let mut l = labels;
+        while !l.is_empty() {
+            let Some((k, v)) = l.split_once("=\"") else {
+                bad("malformed label".into());
+                break;
+            };
+            let valid = k.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !valid {
+                bad(format!("bad label name {k}"));
+            }
+            let mut end = None;
+            let mut escaped = false;
+            for (i, c) in v.char_indices() {
+                match (escaped, c) {
+                    (true, _) => escaped = false,
+                    (false, '\\') => escaped = true,
+                    (false, '"') => {
+                        end = Some(i);
+                        break;
+                    }
+                    _ => {}
+                }
+            }
+            let Some(end) = end else {
+                bad("unterminated label value".into());
+                break;
+            };
+            if pairs.iter().any(|(pk, _)| pk == k) {
+                bad(format!("label {k} twice"));
+            }
+            pairs.push((k.to_owned(), v[..end].to_owned()));
+            l = v[end + 1..].strip_prefix(',').unwrap_or(&v[end + 1..]);
+        }
+        let value = value.split(' ').next().unwrap_or("");
+        let parsed = match value {
+            "+Inf" => Some(f64::INFINITY),
+            "-Inf" => Some(f64::NEG_INFINITY),
+            "NaN" => Some(f64::NAN),
+            v => v.parse::<f64>().ok(),
+        };
+        let Some(v) = parsed else {
+            bad("bad value".into());
+            continue;
+        };
+        pairs.sort();
+        if !samples.insert(format!("{name}{pairs:?}")) {
+            bad("the same sample twice".into());
+        }
+        if f.1 == "histogram" {
+            let series: Vec<&(String, String)> = pairs.iter().filter(|(k, _)| k != "le").collect();
+            let series = format!("{}{series:?}", f.0);
+            let entry = buckets.entry(series).or_default();
+            if name.ends_with("_bucket") {
+                let le = pairs.iter().find(|(k, _)| k == "le").map(|(_, v)| v.as_str());
+                match le.map(|le| {
+                    if le == "+Inf" {
+                        Ok(f64::INFINITY)
+                    } else {
+                        le.parse::<f64>()
+                    }
+                }) {
+                    Some(Ok(le)) => entry.0.push((le, v)),
+                    _ => bad("bucket without a valid le".into()),
+                }
+            } else if name.ends_with("_count") {
+                entry.1 = Some(v);
+            }
+        }
+    }
+    check_histograms(&mut buckets, &mut errors);
+    errors
+}
