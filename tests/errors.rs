@@ -247,11 +247,28 @@ struct Order {
     id: u64,
 }
 
+/// A handler's error whose cause (`source()`) says why.
+#[derive(Debug)]
+struct Invalid(NonRetryable);
+
+impl std::fmt::Display for Invalid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("order is invalid")
+    }
+}
+
+impl std::error::Error for Invalid {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.0)
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn panics_bad_json_and_non_retryable_errors_follow_the_policy() {
     // Offsets 0, 3, 6..: panic (retried once, then dead-lettered); 1, 4, ..:
-    // the payload is not an `Order` (never retried); 2, 5, ..: a
-    // `NonRetryable` error (never retried).
+    // the payload is not an `Order` (never retried); 2, 5, ..: an error
+    // caused by a `NonRetryable` one (never retried; the dead letter names
+    // both).
     let (topic, group, n, dlq) = ("mixed", "g-mixed", 30, "mixed.dlq");
     let cluster = cluster(topic, 1);
     cluster.create_topic(dlq, 1).unwrap();
@@ -268,7 +285,9 @@ async fn panics_bad_json_and_non_retryable_errors_follow_the_policy() {
                     let _order = Json::<Order>::from_message(&m, &cx)?;
                     Ok(())
                 }
-                _ => Err(kconc_runtime::BoxError::from(NonRetryable::new("amount is negative"))),
+                _ => Err(kconc_runtime::BoxError::from(Invalid(NonRetryable::new(
+                    "amount is negative",
+                )))),
             }
         }),
     )
@@ -298,7 +317,11 @@ async fn panics_bad_json_and_non_retryable_errors_follow_the_policy() {
                 attempts == "1" && error.contains("JSON") && error.contains(&format!("@{offset}")),
                 "{l:?}"
             ),
-            _ => assert!(attempts == "1" && error == "amount is negative", "{l:?}"),
+            // The error with its cause, as anyhow's `{:#}` shows it.
+            _ => assert!(
+                attempts == "1" && error == "order is invalid: amount is negative",
+                "{l:?}"
+            ),
         }
     }
     assert_eq!(stats.retried, n as u64 / 3, "only the panics are retried: {stats:?}");

@@ -1336,6 +1336,7 @@ fn drain_on_shutdown(consumer: &BaseConsumer<KconcContext>) -> Instant {
     }) else {
         return started;
     };
+    let mut abandoned = 0;
     loop {
         let still = with_engine(consumer, |e| {
             e.drain_events();
@@ -1357,19 +1358,21 @@ fn drain_on_shutdown(consumer: &BaseConsumer<KconcContext>) -> Instant {
                  unfinished messages will be redelivered"
             );
             with_engine(consumer, |e| e.dispatcher.abort());
+            abandoned = still;
             break;
         }
         // Serve rebalance callbacks; a message polled now is not dispatched.
         let _ = consumer.poll(Duration::ZERO);
     }
-    final_commit(consumer, started, deadline);
+    final_commit(consumer, started, deadline, abandoned);
     deadline
 }
 
 /// Commits every finished prefix, retrying (and polling in between, so a
 /// rebalance in progress can complete and give the member its new
 /// generation) until it succeeds or `deadline` passes.
-fn final_commit(consumer: &BaseConsumer<KconcContext>, started: Instant, deadline: Instant) {
+/// `abandoned` handlers were dropped at the shutdown timeout.
+fn final_commit(consumer: &BaseConsumer<KconcContext>, started: Instant, deadline: Instant, abandoned: usize) {
     let mut backoff = Duration::from_millis(50);
     loop {
         let Some(result) = with_engine(consumer, |e| {
@@ -1380,11 +1383,21 @@ fn final_commit(consumer: &BaseConsumer<KconcContext>, started: Instant, deadlin
         };
         let name = consumer.context().subscriber.clone();
         match result {
-            Ok(()) => {
+            Ok(()) if abandoned == 0 => {
                 tracing::info!(
                     subscriber = &*name,
                     took_ms = started.elapsed().as_millis() as u64,
                     "shutdown: in-flight handlers drained and offsets committed"
+                );
+                return;
+            }
+            Ok(()) => {
+                tracing::warn!(
+                    subscriber = &*name,
+                    abandoned,
+                    took_ms = started.elapsed().as_millis() as u64,
+                    "shutdown: {abandoned} handler(s) abandoned at the shutdown timeout (their messages will be \
+                     redelivered); what finished is committed"
                 );
                 return;
             }

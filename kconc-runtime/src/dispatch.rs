@@ -486,6 +486,8 @@ pub(crate) struct DeadLetter {
     end: Ending,
     copy: Message,
     error: String,
+    /// What failed, for the log (see [`Described::what`]).
+    what: &'static str,
 }
 
 /// What beginning a handler on the poll thread came to.
@@ -637,7 +639,12 @@ impl Dispatcher {
             attempt: msg.attempt(),
             copy: None,
         };
-        self.hand_over(Start::DeadLetter(Box::new(DeadLetter { end, copy: msg, error })));
+        self.hand_over(Start::DeadLetter(Box::new(DeadLetter {
+            end,
+            copy: msg,
+            error,
+            what: "unreadable records",
+        })));
     }
 
     /// Ends the workers now: the handlers still running are dropped (their
@@ -733,16 +740,45 @@ fn describe_outcome(outcome: Outcome) -> String {
     match outcome {
         Outcome::Ok => String::new(),
         Outcome::Panicked(text) => format!("handler panicked: {text}"),
-        Outcome::Failed(error) => describe_error(error).0,
+        Outcome::Failed(error) => describe_error(error).text,
     }
 }
 
-/// A handler's error as text and whether the policy may retry it. Both run
-/// the error's own code (`Display`, `source()`), which must not take kconc
-/// down: should it panic, the error reads as such and may be retried.
-fn describe_error(error: BoxError) -> (String, bool) {
-    let described = std::panic::catch_unwind(AssertUnwindSafe(|| (error.to_string(), policy::is_retryable(&*error))))
-        .unwrap_or_else(|_| ("the handler's error panicked while being formatted".to_owned(), true));
+/// A failed message's error, as the log and the dead letter tell it.
+struct Described {
+    /// The error and its causes (its `source()` chain), `: `-joined.
+    text: String,
+    /// Whether the policy may retry it.
+    retryable: bool,
+    /// What failed, for the log: the handler, or the decoding of the
+    /// message before it (then the handler did not run).
+    what: &'static str,
+}
+
+/// A handler's error as text (with its causes, as anyhow's `{:#}` shows
+/// them; a cause whose text already ends the text so far is not repeated)
+/// and whether the policy may retry it. Both run the error's own code
+/// (`Display`, `source()`), which must not take kconc down: should it
+/// panic, the error reads as such and may be retried.
+fn describe_error(error: BoxError) -> Described {
+    let described = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        let text = policy::error_chain(&*error);
+        let what = if error.is::<crate::message::Undecodable>() {
+            "could not decode the message (its handler did not run)"
+        } else {
+            "handler failed"
+        };
+        Described {
+            text,
+            retryable: policy::is_retryable(&*error),
+            what,
+        }
+    }))
+    .unwrap_or_else(|_| Described {
+        text: "the handler's error panicked while being formatted".to_owned(),
+        retryable: true,
+        what: "handler failed",
+    });
     drop_guarded(error);
     described
 }
@@ -1312,9 +1348,9 @@ impl Shared {
     /// message) several times bigger.
     fn dead_letter_boxed(&self, dead: DeadLetter) -> std::pin::Pin<Box<dyn Future<Output = Event> + Send + '_>> {
         Box::pin(async move {
-            let DeadLetter { end, copy, error } = dead;
+            let DeadLetter { end, copy, error, what } = dead;
             match &self.policy.on_error {
-                OnError::DeadLetter(dlq) => self.dead_letter(end.slot, dlq, &copy, &error).await,
+                OnError::DeadLetter(dlq) => self.dead_letter(end.slot, dlq, &copy, &error, what).await,
                 // Not reached: only a dead-letter policy concludes so.
                 _ => Event::Stopped {
                     slot: end.slot,
@@ -1399,7 +1435,11 @@ impl Shared {
         self.stats.handler_seconds.0.observe(took.as_secs_f64());
         let (slot, partition, offset, attempt) = (end.slot, end.partition, end.offset, end.attempt);
         let copy = end.copy.take();
-        let (error, retryable) = match outcome {
+        let Described {
+            text: error,
+            retryable,
+            what,
+        } = match outcome {
             Outcome::Ok => {
                 self.stats.handled.fetch_add(1, Ordering::Relaxed);
                 return Concluded::Event(Event::Done(Completion { slot, offset }));
@@ -1410,7 +1450,11 @@ impl Shared {
             }
             Outcome::Panicked(panic) => {
                 self.stats.panicked.fetch_add(1, Ordering::Relaxed);
-                (format!("handler panicked: {panic}"), true)
+                Described {
+                    text: format!("handler panicked: {panic}"),
+                    retryable: true,
+                    what: "handler panicked",
+                }
             }
         };
         // For the log lines below (only failures get here).
@@ -1425,7 +1469,7 @@ impl Shared {
             tracing::warn!(
                 subscriber = %self.subscriber, topic = &*topic, partition, offset, attempt, error,
                 retry_in_ms = delay.as_millis() as u64,
-                "handler failed; retrying"
+                "{what}; retrying"
             );
             return Concluded::Event(Event::Retry {
                 slot,
@@ -1437,7 +1481,7 @@ impl Shared {
             OnError::Skip => {
                 tracing::warn!(
                     subscriber = %self.subscriber, topic = &*topic, partition, offset, attempt, error,
-                    "handler failed; skipped (the message counts as finished)"
+                    "{what}; skipped (the message counts as finished)"
                 );
                 Concluded::Event(Event::Done(Completion { slot, offset }))
             }
@@ -1445,7 +1489,7 @@ impl Shared {
                 self.stats.stopped.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(
                     subscriber = %self.subscriber, topic = &*topic, partition, offset, attempt, error,
-                    "handler failed; partition stopped: nothing after this offset is handled or committed until it is reassigned or the program restarts"
+                    "{what}; partition stopped: nothing after this offset starts or is committed until it is reassigned or the program restarts"
                 );
                 Concluded::Event(Event::Stopped {
                     slot,
@@ -1454,7 +1498,7 @@ impl Shared {
                 })
             }
             OnError::DeadLetter(_) => match copy {
-                Some(copy) => Concluded::DeadLetter(Box::new(DeadLetter { end, copy, error })),
+                Some(copy) => Concluded::DeadLetter(Box::new(DeadLetter { end, copy, error, what })),
                 // Not reached: a dead-letter policy always keeps a copy.
                 None => {
                     self.stats.stopped.fetch_add(1, Ordering::Relaxed);
@@ -1472,7 +1516,7 @@ impl Shared {
     /// succeed if tried again until the broker acknowledges it (or shutdown
     /// begins: then it is left uncommitted, to be redelivered). A failure
     /// retrying cannot fix stops the partition.
-    async fn dead_letter(&self, slot: PartitionSlot, dlq: &str, msg: &Message, error: &str) -> Event {
+    async fn dead_letter(&self, slot: PartitionSlot, dlq: &str, msg: &Message, error: &str, what: &str) -> Event {
         let (topic, partition, offset, attempt) = (msg.topic(), msg.partition(), msg.offset(), msg.attempt());
         let mut wait = self.policy.backoff.max(std::time::Duration::from_millis(10));
         loop {
@@ -1481,7 +1525,7 @@ impl Shared {
                     self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(
                         subscriber = %self.subscriber, topic, partition, offset, attempt, error, dead_letter = dlq,
-                        "handler failed; message dead-lettered"
+                        "{what}; message dead-lettered"
                     );
                     return Event::Done(Completion { slot, offset });
                 }

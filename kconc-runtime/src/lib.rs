@@ -131,7 +131,8 @@ pub mod __private {
     /// The future of a handler whose arguments could not be extracted: the
     /// message fails with the extractor's error (and goes to the error policy).
     pub fn extraction_failed(error: PayloadError) -> HandlerFuture {
-        Box::pin(::std::future::ready(Err(error.into())))
+        let error: crate::handler::BoxError = Box::new(crate::message::Undecodable(error));
+        Box::pin(::std::future::ready(Err(error)))
     }
     pub use crate::registry::Registration;
 

@@ -264,6 +264,20 @@ pub struct PayloadError {
     pub what: String,
 }
 
+/// A message whose arguments could not be extracted for its handler, which
+/// therefore did not run: it fails with this, for the policy and the log to
+/// tell it from a handler's own error.
+#[derive(Debug)]
+pub(crate) struct Undecodable(pub(crate) PayloadError);
+
+impl std::fmt::Display for Undecodable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for Undecodable {}
+
 #[cfg(test)]
 mod tests {
     use super::Message;

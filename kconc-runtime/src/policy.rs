@@ -13,7 +13,7 @@ use rdkafka::producer::FutureRecord;
 
 use crate::context::Context;
 use crate::handler::BoxError;
-use crate::message::{Message, PayloadError};
+use crate::message::{Message, PayloadError, Undecodable};
 
 /// Default backoff before the first retry.
 pub const DEFAULT_BACKOFF: Duration = Duration::from_millis(100);
@@ -112,12 +112,43 @@ impl StdError for Mark {
     }
 }
 
+/// How many causes of an error [`error_chain`] names at most.
+const ERROR_CHAIN_MAX: usize = 16;
+
+/// An error and its causes (its `source()` chain) as one line, `: `-joined
+/// as anyhow's `{:#}` shows them: "order 13 is invalid: negative amount
+/// -5". A cause whose text already ends the line (an error that prints its
+/// source itself) is not repeated; [`NonRetryable`]'s marker is not shown;
+/// at most 16 causes are.
+pub(crate) fn error_chain(error: &(dyn StdError + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    let mut depth = 0;
+    while let Some(c) = cause {
+        cause = c.source();
+        if c.is::<Mark>() {
+            continue;
+        }
+        if depth == ERROR_CHAIN_MAX {
+            text.push_str(": ...");
+            break;
+        }
+        let said = c.to_string();
+        if !text.ends_with(&said) {
+            text.push_str(": ");
+            text.push_str(&said);
+        }
+        depth += 1;
+    }
+    text
+}
+
 /// Whether `error` may be retried: not if it, or anything in its source
 /// chain, is a [`NonRetryable`] or an undecodable payload.
 pub(crate) fn is_retryable(error: &(dyn StdError + 'static)) -> bool {
     let mut e: Option<&(dyn StdError + 'static)> = Some(error);
     while let Some(err) = e {
-        if err.is::<NonRetryable>() || err.is::<Mark>() || err.is::<PayloadError>() {
+        if err.is::<NonRetryable>() || err.is::<Mark>() || err.is::<PayloadError>() || err.is::<Undecodable>() {
             return false;
         }
         e = err.source();
@@ -305,6 +336,49 @@ mod tests {
             assert!(p.delay(40, seed) <= Duration::from_secs(1));
         }
         assert_ne!(p.delay(2, 1), p.delay(2, 2), "no jitter");
+    }
+
+    /// An error that says `text` and is caused by `cause`.
+    #[derive(Debug)]
+    struct Caused(String, Option<BoxError>);
+
+    impl fmt::Display for Caused {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str(&self.0)
+        }
+    }
+
+    impl StdError for Caused {
+        fn source(&self) -> Option<&(dyn StdError + 'static)> {
+            self.1.as_deref().map(|e| e as &(dyn StdError + 'static))
+        }
+    }
+
+    #[test]
+    fn an_error_is_told_with_its_causes() {
+        let inner = NonRetryable::new("negative amount -5");
+        let e = Caused("order 13 is invalid".into(), Some(Box::new(inner)));
+        assert_eq!(error_chain(&e), "order 13 is invalid: negative amount -5");
+        // A cause the error already prints is not repeated.
+        let e = Caused(
+            "bad: io failed".into(),
+            Some(Box::new(Caused("io failed".into(), None))),
+        );
+        assert_eq!(error_chain(&e), "bad: io failed");
+        // Through anyhow, with its own context.
+        let e: BoxError = anyhow::Error::from(Caused("io failed".into(), None))
+            .context("loading order 7")
+            .into();
+        assert_eq!(error_chain(&*e), "loading order 7: io failed");
+        // A chain is cut after 16 causes.
+        let mut e = Caused("cause 40".into(), None);
+        for i in (0..40).rev() {
+            e = Caused(format!("cause {i}"), Some(Box::new(e)));
+        }
+        let text = error_chain(&e);
+        assert_eq!(text.matches("cause").count(), 17, "{text}");
+        assert!(text.starts_with("cause 0: cause 1: "), "{text}");
+        assert!(text.ends_with(": ..."), "{text}");
     }
 
     #[test]
