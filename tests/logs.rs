@@ -59,7 +59,7 @@ fn events() -> Events {
         .get_or_init(|| {
             let events = Events::default();
             let subscriber = tracing_subscriber::registry()
-                .with(tracing_subscriber::filter::LevelFilter::INFO)
+                .with(tracing_subscriber::filter::LevelFilter::DEBUG)
                 .with(events.clone());
             tracing::subscriber::set_global_default(subscriber).unwrap();
             events
@@ -68,6 +68,32 @@ fn events() -> Events {
 }
 
 impl Events {
+    /// How many events there are now.
+    fn len(&self) -> usize {
+        self.0.lock().unwrap().len()
+    }
+
+    /// The events since the first `from`, at INFO or above, whose message
+    /// contains `text`.
+    fn said(&self, from: usize, text: &str) -> Vec<Event> {
+        let all = self.0.lock().unwrap();
+        all[from..]
+            .iter()
+            .filter(|(level, f)| *level <= tracing::Level::INFO && f["message"].contains(text))
+            .cloned()
+            .collect()
+    }
+
+    /// The events since the first `from` at WARN or above.
+    fn loud(&self, from: usize) -> Vec<Event> {
+        let all = self.0.lock().unwrap();
+        all[from..]
+            .iter()
+            .filter(|(level, _)| *level <= tracing::Level::WARN)
+            .cloned()
+            .collect()
+    }
+
     /// The events of subscriber `name`.
     fn of(&self, name: &str) -> Vec<Event> {
         let all = self.0.lock().unwrap();
@@ -140,7 +166,11 @@ async fn a_failure_is_logged_as_what_failed_with_its_causes() {
     })
     .await;
     app.shutdown().await;
-    let logged = events.of("billing");
+    let logged: Vec<Event> = events
+        .of("billing")
+        .into_iter()
+        .filter(|(level, _)| *level <= tracing::Level::INFO)
+        .collect();
     let failures: Vec<&Event> = logged.iter().filter(|(_, f)| f.contains_key("error")).collect();
     assert_eq!(failures.len(), 2, "{logged:#?}");
     let (_, undecodable) = failures.iter().find(|(_, f)| f["offset"] == "0").unwrap();
@@ -197,4 +227,143 @@ async fn a_shutdown_that_abandons_handlers_says_so() {
         "{said:#?}"
     );
     assert!(!said.iter().any(|m| m.contains("drained")), "{said:#?}");
+}
+
+/// A cluster no broker of which answers is said once (not once per
+/// subscriber and retry): one error naming the brokers and the reason, then
+/// nothing while it lasts (the reminder comes after a minute); readiness
+/// and `kconc_cluster_reachable` say so; one line when it answers again;
+/// and nothing once the app shuts down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_cluster_is_said_once_and_so_is_its_return() {
+    let events = events();
+    let topic = "logs-unreachable";
+    let cluster = cluster(topic, 2);
+    let bootstrap = cluster.bootstrap_servers().to_owned();
+    let mock = cluster.mock().unwrap();
+    mock.broker_down(1).unwrap();
+    let from = events.len();
+    let mut app = test_app(&bootstrap).wait_for_topics(true);
+    for name in ["unreach-a", "unreach-b"] {
+        app = app.subscriber(Subscriber::new(name, [topic], name, |_m: Message| async {}));
+    }
+    let app = app.start_in_test_mode().unwrap();
+    wait_for("readiness names the unreachable cluster", DEADLINE, || {
+        let health = app.health();
+        !health.ready
+            && health.subscribers.iter().all(|s| {
+                s.cluster_unreachable_for.is_some()
+                    && s.problems
+                        .iter()
+                        .any(|p| p.starts_with(&format!("cannot reach the cluster at {bootstrap}")))
+            })
+    })
+    .await;
+    let metrics = app.metrics_text().unwrap();
+    assert!(
+        metrics.contains("kconc_cluster_reachable{subscriber=\"unreach-a\"} 0"),
+        "{metrics}"
+    );
+    // What used to flood the log: every refused connection and every
+    // "all brokers are down" of both consumers (now at debug level).
+    wait_for("50 connection failures reported by librdkafka", DEADLINE, || {
+        let all = events.0.lock().unwrap();
+        all[from..]
+            .iter()
+            .filter(|(_, f)| f["message"].contains("brokers are down") || f["message"].contains("Connect to"))
+            .count()
+            >= 50
+    })
+    .await;
+    // Other tests of this binary run meanwhile: only this app's lines count.
+    let mine = |(_, f): &Event| {
+        f.get("subscriber").is_some_and(|s| s.starts_with("unreach-"))
+            || f.get("brokers") == Some(&bootstrap)
+            || f["message"].contains(&bootstrap)
+    };
+    let loud: Vec<Event> = events.loud(from).into_iter().filter(|e| mine(e)).collect();
+    assert_eq!(loud.len(), 1, "one line while the cluster is unreachable: {loud:#?}");
+    let (level, line) = &loud[0];
+    assert_eq!(*level, tracing::Level::ERROR);
+    assert!(
+        line["message"].starts_with("cannot reach the Kafka cluster"),
+        "{line:?}"
+    );
+    assert_eq!(line["brokers"], bootstrap);
+    assert!(line["reason"].contains("Connect to"), "{line:?}");
+
+    mock.broker_up(1).unwrap();
+    wait_for("ready once the cluster answers", DEADLINE, || app.health().ready).await;
+    assert_eq!(
+        events.said(from, "reachable again").iter().filter(|e| mine(e)).count(),
+        1
+    );
+    let metrics = app.metrics_text().unwrap();
+    assert!(
+        metrics.contains("kconc_cluster_reachable{subscriber=\"unreach-a\"} 1"),
+        "{metrics}"
+    );
+
+    // Down again, then a shutdown: nothing is said after it begins.
+    let again = events.len();
+    mock.broker_down(1).unwrap();
+    wait_for("the second outage is said", DEADLINE, || {
+        !events.said(again, "cannot reach the Kafka cluster").is_empty()
+    })
+    .await;
+    let shutdown = events.len();
+    app.shutdown().await;
+    let after: Vec<Event> = events
+        .loud(shutdown)
+        .into_iter()
+        .filter(|e| mine(e) && (e.1["message"].contains("librdkafka") || e.1["message"].contains("reach")))
+        .collect();
+    assert!(after.is_empty(), "said after the shutdown began: {after:#?}");
+}
+
+/// A subscribed topic that does not exist fails start-up by default,
+/// naming it; with `wait_for_topics` the app starts, and readiness, the
+/// metrics and the log name the topic until it exists.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_topic_fails_start_up_or_is_named_until_it_exists() {
+    let events = events();
+    let (topic, ghost) = ("logs-present", "logs-ghost");
+    let cluster = cluster(topic, 1);
+    let bootstrap = cluster.bootstrap_servers().to_owned();
+    let sub = || Subscriber::new("ghostly", [topic, ghost], "ghostly", |_m: Message| async {});
+    let err = test_app(&bootstrap).subscriber(sub()).start().unwrap_err().to_string();
+    assert!(
+        err.contains("topic `logs-ghost` (subscribed by ghostly) does not exist") && err.contains("--wait-for-topics"),
+        "{err}"
+    );
+
+    let from = events.len();
+    let app = test_app(&bootstrap)
+        .wait_for_topics(true)
+        .subscriber(sub())
+        .start_in_test_mode()
+        .unwrap();
+    wait_for("readiness names the missing topic", DEADLINE, || {
+        let health = app.health();
+        let s = &health.subscribers[0];
+        !health.ready
+            && s.missing_topics == [ghost]
+            && s.problems
+                .iter()
+                .any(|p| p.contains("topic `logs-ghost` does not exist"))
+    })
+    .await;
+    assert!(app
+        .metrics_text()
+        .unwrap()
+        .contains("kconc_missing_topics{subscriber=\"ghostly\"} 1"));
+    assert_eq!(events.said(from, "`logs-ghost` does not exist").len(), 1);
+    cluster.create_topic(ghost, 1).unwrap();
+    wait_for("ready once the topic exists", DEADLINE, || {
+        let health = app.health();
+        health.ready && health.subscribers[0].missing_topics.is_empty()
+    })
+    .await;
+    assert_eq!(events.said(from, "`logs-ghost` exists now").len(), 1);
+    app.shutdown().await;
 }

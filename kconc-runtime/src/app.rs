@@ -12,6 +12,7 @@ use crate::dispatch::{PartitionPause, Stats, StatsSnapshot, StoppedPartition};
 use crate::embedded::EmbeddedCluster;
 use crate::health::{self, Health, HealthThresholds, Watched};
 use crate::subscriber::Subscriber;
+use crate::watch::{self, ClusterWatch};
 use crate::Error;
 
 /// Builds and starts a set of subscribers.
@@ -46,6 +47,8 @@ pub struct App {
     /// Where to serve /healthz, /readyz and /metrics, if anywhere.
     http: Option<String>,
     thresholds: HealthThresholds,
+    /// Start even when a subscribed topic does not exist, and wait for it.
+    wait_for_topics: bool,
 }
 
 impl std::fmt::Debug for App {
@@ -124,6 +127,9 @@ impl App {
         self.only.extend(cli.only.iter().cloned());
         if let Some(addr) = &cli.http {
             self.http = Some(addr.clone());
+        }
+        if cli.wait_for_topics {
+            self.wait_for_topics = true;
         }
         self.embedded_partitions = Some(cli.embedded_partitions);
         self
@@ -206,6 +212,21 @@ impl App {
         S: Into<String>,
     {
         self.only.extend(names.into_iter().map(Into::into));
+        self
+    }
+
+    /// Whether to start when a subscribed topic does not exist, and wait
+    /// for it (`--wait-for-topics`, `KCONC_WAIT_FOR_TOPICS`). By default
+    /// [`App::start`] fails naming the topic when the cluster answers that
+    /// it does not exist (a typo, or a topic not created yet by its
+    /// owner), unless `allow.auto.create.topics=true` lets the consumer
+    /// create it. Either way, a topic missing while running (not there
+    /// yet, or deleted) is named by readiness and in the log until it
+    /// exists. When the cluster does not answer within a few seconds at
+    /// start, kconc starts and reports that instead.
+    #[must_use]
+    pub fn wait_for_topics(mut self, wait: bool) -> Self {
+        self.wait_for_topics = wait;
         self
     }
 
@@ -380,11 +401,18 @@ impl App {
         } else {
             (None, brokers)
         };
+        let configs: Vec<rdkafka::ClientConfig> = subs
+            .iter()
+            .map(|s| config::consumer_config(&bootstrap, s, &self.properties, &self.run_properties))
+            .collect();
+        let cluster = ClusterWatch::new(&bootstrap);
+        if !self.wait_for_topics {
+            check_topics_exist(&subs, &configs, &cluster)?;
+        }
         let token = CancellationToken::new();
         let mut runners = Vec::new();
-        for s in &subs {
-            let cfg = config::consumer_config(&bootstrap, s, &self.properties, &self.run_properties);
-            match consumer::start(s, cfg, token.child_token(), runtime.clone()) {
+        for (s, cfg) in subs.iter().zip(configs.iter().cloned()) {
+            match consumer::start(s, cfg, token.child_token(), runtime.clone(), cluster.clone()) {
                 Ok(r) => runners.push(r),
                 Err(e) => {
                     token.cancel();
@@ -399,8 +427,21 @@ impl App {
                 name: r.name.clone(),
                 group: s.group.clone(),
                 stats: r.stats.clone(),
+                cluster: cluster.clone(),
             })
             .collect();
+        let topics: Vec<watch::Watched> = runners
+            .iter()
+            .zip(&subs)
+            .map(|(r, s)| watch::Watched {
+                name: r.name.clone(),
+                topics: s.topics.clone(),
+                stats: r.stats.clone(),
+            })
+            .collect();
+        if let Some(first) = configs.into_iter().next() {
+            watch::spawn(first, cluster, topics, token.clone(), &runtime);
+        }
         let http = match listener {
             None => None,
             Some(listener) => {
@@ -455,6 +496,49 @@ impl Running {
         tokio::spawn(signals.serve(self.token.clone()));
         self.wait().await;
         Ok(())
+    }
+}
+
+/// The start-up check of [`App::wait_for_topics`]: fails naming the first
+/// subscribed topic the cluster says does not exist, unless its
+/// subscriber's consumer may create it (`allow.auto.create.topics`).
+fn check_topics_exist(
+    subs: &[Subscriber],
+    configs: &[rdkafka::ClientConfig],
+    cluster: &std::sync::Arc<ClusterWatch>,
+) -> Result<(), Error> {
+    let mut topics: Vec<String> = subs
+        .iter()
+        .zip(configs)
+        .filter(|(_, c)| c.get("allow.auto.create.topics") != Some("true"))
+        .flat_map(|(s, _)| s.topics.iter().cloned())
+        .collect();
+    topics.sort();
+    topics.dedup();
+    let Some(config) = configs.first() else {
+        return Ok(());
+    };
+    if topics.is_empty() {
+        return Ok(());
+    }
+    let Some(missing) = watch::missing_at_start(config, cluster, &topics) else {
+        return Ok(());
+    };
+    match missing.first() {
+        None => Ok(()),
+        Some(topic) => {
+            let names: Vec<&str> = subs
+                .iter()
+                .filter(|s| s.topics.contains(topic))
+                .map(|s| s.name.as_str())
+                .collect();
+            Err(Error::Config(format!(
+                "topic `{topic}` (subscribed by {}) does not exist on the cluster at {}: create it, or start \
+                 with --wait-for-topics (KCONC_WAIT_FOR_TOPICS=true, App::wait_for_topics) to wait for it",
+                names.join(", "),
+                cluster.brokers()
+            )))
+        }
     }
 }
 

@@ -444,7 +444,7 @@ mod tests {
             .client_config()
             .set("group.id", "g")
             .set("enable.auto.commit", "false")
-            .create_with_context(KconcContext::new(Arc::from("s")))
+            .create_with_context(KconcContext::new(Arc::from("s"), crate::watch::ClusterWatch::new("b")))
             .unwrap();
         cluster.mock().unwrap().request_errors(
             RDKafkaApiKey::OffsetCommit,

@@ -48,6 +48,7 @@ use crate::offsets::OffsetTracker;
 use crate::policy::OnError;
 use crate::schedule::Schedule;
 use crate::subscriber::Subscriber;
+use crate::watch::ClusterWatch;
 use crate::Error;
 
 /// Above this much prefetch over all assigned partitions, an assignment
@@ -73,6 +74,8 @@ const FILL_READS: usize = 256;
 pub(crate) struct KconcContext {
     subscriber: Arc<str>,
     engine: Mutex<Option<Engine>>,
+    /// The app's view of the cluster, which its librdkafka lines go to.
+    watch: Arc<ClusterWatch>,
 }
 
 impl std::fmt::Debug for PartitionState {
@@ -95,10 +98,11 @@ impl std::fmt::Debug for KconcContext {
 
 impl KconcContext {
     /// The context of a consumer of subscriber `subscriber`, with no engine yet.
-    pub(crate) fn new(subscriber: Arc<str>) -> Self {
+    pub(crate) fn new(subscriber: Arc<str>, watch: Arc<ClusterWatch>) -> Self {
         Self {
             subscriber,
             engine: Mutex::new(None),
+            watch,
         }
     }
 
@@ -111,21 +115,11 @@ impl KconcContext {
 
 impl ClientContext for KconcContext {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
-        let sub = &*self.subscriber;
-        match level {
-            RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical | RDKafkaLogLevel::Error => {
-                tracing::error!(subscriber = sub, facility = fac, "librdkafka: {log_message}");
-            }
-            RDKafkaLogLevel::Warning => tracing::warn!(subscriber = sub, facility = fac, "librdkafka: {log_message}"),
-            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
-                tracing::info!(subscriber = sub, facility = fac, "librdkafka: {log_message}");
-            }
-            RDKafkaLogLevel::Debug => tracing::debug!(subscriber = sub, facility = fac, "librdkafka: {log_message}"),
-        }
+        self.watch.log(level, &self.subscriber, fac, log_message);
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        tracing::warn!(subscriber = &*self.subscriber, error = %error, "librdkafka: {reason}");
+        self.watch.client_error(&self.subscriber, &error, reason);
     }
 }
 
@@ -144,6 +138,7 @@ impl ConsumerContext for KconcContext {
             // Before librdkafka assigns and starts fetching, so that no
             // message of these partitions reaches the consumer's own queue.
             Rebalance::Assign(tpl) => {
+                self.watch.reachable();
                 if let Some(engine) = self.engine().as_mut() {
                     engine.dispatcher.stats().joined.store(true, Ordering::Relaxed);
                     engine.assign(tpl);
@@ -1156,10 +1151,11 @@ pub(crate) fn start(
     config: ClientConfig,
     shutdown: CancellationToken,
     runtime: tokio::runtime::Handle,
+    watch: Arc<ClusterWatch>,
 ) -> Result<Runner, Error> {
     let name: Arc<str> = Arc::from(sub.name.as_str());
     let handler_context = crate::context::Context::new(name.clone(), &sub.group, shutdown.clone(), &config);
-    let context = KconcContext::new(name.clone());
+    let context = KconcContext::new(name.clone(), watch);
     let mut consumer: BaseConsumer<KconcContext> = config
         .create_with_context(context)
         .map_err(|e| Error::from_client_creation(&sub.name, e))?;
@@ -1271,11 +1267,13 @@ fn poll_loop(consumer: &BaseConsumer<KconcContext>, shutdown: &CancellationToken
         for _ in 0..POLL_BATCH {
             match consumer.poll(Duration::ZERO) {
                 Some(Ok(msg)) => {
+                    consumer.context().watch.reachable();
                     with_engine(consumer, |e| e.dispatch(&msg));
                     polled += 1;
                 }
                 Some(Err(e)) => {
-                    tracing::warn!(subscriber = &*consumer.context().subscriber, error = %e, "consumer error");
+                    let cx = consumer.context();
+                    cx.watch.consumer_error(&cx.subscriber, &e);
                 }
                 None => break,
             }
@@ -1290,6 +1288,7 @@ fn poll_loop(consumer: &BaseConsumer<KconcContext>, shutdown: &CancellationToken
                 if read == 0 {
                     break;
                 }
+                consumer.context().watch.reachable();
                 events += e.drain_events();
                 // Handlers that end on their first poll free their slots at
                 // once, so reading could go on for as long as the backlog

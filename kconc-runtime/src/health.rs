@@ -22,6 +22,7 @@ use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
 use crate::dispatch::{unix_ms, Stats, StoppedPartition};
+use crate::watch::ClusterWatch;
 use crate::Error;
 
 /// When health calls a subscriber unhealthy.
@@ -97,6 +98,12 @@ pub struct SubscriberHealth {
     pub stalled: Vec<StalledPartition>,
     /// How long the oldest handler running now has run, if one runs.
     pub oldest_handler: Option<Duration>,
+    /// How long no broker of the cluster could be reached, if none can now
+    /// (not ready meanwhile).
+    pub cluster_unreachable_for: Option<Duration>,
+    /// Its subscribed topics the cluster says do not exist (not ready
+    /// meanwhile).
+    pub missing_topics: Vec<String>,
 }
 
 /// The whole app's health: live unless some subscriber is unhealthy, ready
@@ -141,6 +148,8 @@ pub(crate) struct Watched {
     pub(crate) name: String,
     pub(crate) group: String,
     pub(crate) stats: Arc<Stats>,
+    /// The app's view of its cluster, shared by its subscribers.
+    pub(crate) cluster: Arc<ClusterWatch>,
 }
 
 fn time_of(ms: u64) -> Option<SystemTime> {
@@ -197,6 +206,23 @@ pub(crate) fn subscriber_health(w: &Watched, t: &HealthThresholds) -> Subscriber
             p.stalled_for.as_secs()
         ));
     }
+    // Neither is cured by a restart: both withdraw readiness only.
+    let cluster_unreachable = w.cluster.unreachable().filter(|_| !closing);
+    if let Some((since, reason)) = &cluster_unreachable {
+        degraded = true;
+        problems.push(format!(
+            "cannot reach the cluster at {} (for {} s): {reason}",
+            w.cluster.brokers(),
+            since.as_secs()
+        ));
+    }
+    let missing_topics = s.missing_topics.lock().map(|m| m.clone()).unwrap_or_default();
+    for topic in &missing_topics {
+        degraded = true;
+        problems.push(format!(
+            "subscribed topic `{topic}` does not exist on the cluster (waiting for it)"
+        ));
+    }
     let joined = s.joined.load(Ordering::Relaxed);
     let ready = joined && !closing && healthy && !degraded;
     if closing {
@@ -226,6 +252,8 @@ pub(crate) fn subscriber_health(w: &Watched, t: &HealthThresholds) -> Subscriber
             .collect(),
         stalled,
         oldest_handler: s.oldest_running(),
+        cluster_unreachable_for: cluster_unreachable.map(|(since, _)| since),
+        missing_topics,
     }
 }
 
@@ -411,6 +439,18 @@ pub(crate) fn metrics_text(watched: &[Watched], t: &HealthThresholds) -> Result<
         "Partitions whose committed offset has not moved for partition_stalled_for while messages wait behind it",
         &|w| stalled_partitions(&w.stats, t, unix_ms()).len() as i64,
     );
+    gauge(
+        &mut registry,
+        "cluster_reachable",
+        "0 while no broker of the cluster can be reached, else 1",
+        &|w| i64::from(w.cluster.unreachable().is_none()),
+    );
+    gauge(
+        &mut registry,
+        "missing_topics",
+        "Subscribed topics the cluster says do not exist",
+        &|w| w.stats.missing_topics.lock().map_or(0, |m| m.len() as i64),
+    );
     gauge(&mut registry, "healthy", "1 when the subscriber is healthy", &|w| {
         i64::from(subscriber_health(w, t).healthy)
     });
@@ -588,6 +628,7 @@ mod tests {
             name: "s".into(),
             group: "g".into(),
             stats: Arc::new(stats),
+            cluster: ClusterWatch::new("b"),
         }
     }
 

@@ -79,6 +79,7 @@ mod schedule;
 pub mod app;
 mod error;
 mod signal;
+mod watch;
 
 pub use app::{App, Running, ShutdownHandle, StatsHandle, SHUTDOWN_MARGIN};
 pub use context::Context;
