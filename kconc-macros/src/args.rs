@@ -511,6 +511,34 @@ mod tests {
         assert_eq!(parse_duration_ms("99999999999999999999m"), None);
     }
 
+    /// The docs name every option the attribute accepts: the attribute's
+    /// rustdoc, the README's table of options, and the README's sample
+    /// error, which lists them as the compiler does.
+    #[test]
+    fn the_docs_name_every_option() {
+        let rustdoc: String = include_str!("lib.rs")
+            .lines()
+            .filter_map(|l| l.trim_start().strip_prefix("///"))
+            .collect::<Vec<_>>()
+            .join(" ");
+        let readme = include_str!("../../README.md");
+        for key in KEYS {
+            assert!(
+                rustdoc.contains(&format!("`{key} =")),
+                "the #[subscriber] rustdoc does not name `{key}`"
+            );
+            assert!(
+                readme.contains(&format!("| `{key}` |")),
+                "the README's table of options lacks `{key}`"
+            );
+        }
+        let listed = format!("valid options: {}\n", KEYS.join(", "));
+        assert!(
+            readme.contains(&listed),
+            "the README's sample error does not list today's options: {listed}"
+        );
+    }
+
     #[test]
     fn typos_get_a_hint_and_strangers_do_not() {
         assert_eq!(closest("concurency"), Some("concurrency"));
