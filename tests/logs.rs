@@ -15,7 +15,6 @@ use std::time::Duration;
 
 use common::*;
 use kconc_runtime::{subscriber, App, Json, Message, NonRetryable, Subscriber};
-use tracing::field::{Field, Visit};
 use tracing_subscriber::layer::{Context, SubscriberExt as _};
 use tracing_subscriber::Layer;
 
@@ -27,27 +26,13 @@ type Event = (tracing::Level, BTreeMap<String, String>);
 #[derive(Clone, Default)]
 struct Events(Arc<Mutex<Vec<Event>>>);
 
-struct Collect<'a>(&'a mut BTreeMap<String, String>);
-
-impl Visit for Collect<'_> {
-    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-        self.0.insert(
-            field.name().to_owned(),
-            format!("{value:?}").trim_matches('"').to_owned(),
-        );
-    }
-    fn record_str(&mut self, field: &Field, value: &str) {
-        self.0.insert(field.name().to_owned(), value.to_owned());
-    }
-}
-
 impl<S: tracing::Subscriber> Layer<S> for Events {
     fn on_event(&self, event: &tracing::Event<'_>, _: Context<'_, S>) {
         if !event.metadata().target().starts_with("kconc_runtime") {
             return;
         }
         let mut fields = BTreeMap::new();
-        event.record(&mut Collect(&mut fields));
+        event.record(&mut CollectFields(&mut fields));
         self.0.lock().unwrap().push((*event.metadata().level(), fields));
     }
 }
@@ -366,4 +351,39 @@ async fn a_missing_topic_fails_start_up_or_is_named_until_it_exists() {
     .await;
     assert_eq!(events.said(from, "`logs-ghost` exists now").len(), 1);
     app.shutdown().await;
+}
+
+/// A librdkafka warning that every subscriber's client repeats (here a
+/// configuration warning) is logged once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_warning_every_client_repeats_is_logged_once() {
+    let events = events();
+    let topic = "logs-confwarn";
+    let cluster = cluster(topic, 1);
+    let bootstrap = cluster.bootstrap_servers().to_owned();
+    let from = events.len();
+    let names = ["confwarn-a", "confwarn-b", "confwarn-c"];
+    let mut app = test_app(&bootstrap).property("sasl.mechanism", "PLAIN");
+    for name in names {
+        app = app.subscriber(Subscriber::new(name, [topic], name, |_m: Message| async {}));
+    }
+    let app = app.start_in_test_mode().unwrap();
+    wait_for("every subscriber is ready", DEADLINE, || app.health().ready).await;
+    app.shutdown().await;
+    let all = events.0.lock().unwrap()[from..].to_vec();
+    let repeated: Vec<&Event> = all
+        .iter()
+        .filter(|(_, f)| f["message"].contains("sasl.mechanism"))
+        .collect();
+    // Each client said it (else this test could not fail)...
+    let clients: std::collections::BTreeSet<&str> = all
+        .iter()
+        .filter(|(_, f)| f["message"].contains("sasl.mechanism") || f["message"].contains("CONFWARN"))
+        .filter_map(|(_, f)| f.get("subscriber").map(String::as_str))
+        .collect();
+    let loud: Vec<&&Event> = repeated
+        .iter()
+        .filter(|(level, _)| *level <= tracing::Level::WARN)
+        .collect();
+    assert_eq!(loud.len(), 1, "logged once: {repeated:#?} (clients: {clients:?})");
 }

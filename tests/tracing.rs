@@ -16,7 +16,6 @@ use common::*;
 use kconc_runtime::rdkafka::message::{Header, OwnedHeaders};
 use kconc_runtime::rdkafka::producer::{BaseProducer, BaseRecord, Producer as _};
 use kconc_runtime::{Message, Subscriber};
-use tracing::field::{Field, Visit};
 use tracing_subscriber::layer::{Context, SubscriberExt as _};
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::Layer;
@@ -31,31 +30,17 @@ struct Spans {
     handler_events_in: Arc<Mutex<Vec<Fields>>>,
 }
 
-struct Collect<'a>(&'a mut Fields);
-
-impl Visit for Collect<'_> {
-    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-        self.0.insert(
-            field.name().to_owned(),
-            format!("{value:?}").trim_matches('"').to_owned(),
-        );
-    }
-    fn record_str(&mut self, field: &Field, value: &str) {
-        self.0.insert(field.name().to_owned(), value.to_owned());
-    }
-}
-
 impl<S: tracing::Subscriber + for<'a> LookupSpan<'a>> Layer<S> for Spans {
     fn on_new_span(&self, attrs: &tracing::span::Attributes<'_>, id: &tracing::span::Id, _: Context<'_, S>) {
         if attrs.metadata().name() == "message" {
             let mut fields = Fields::new();
-            attrs.record(&mut Collect(&mut fields));
+            attrs.record(&mut CollectFields(&mut fields));
             self.by_id.lock().unwrap().insert(id.into_u64(), fields);
         }
     }
     fn on_record(&self, id: &tracing::span::Id, values: &tracing::span::Record<'_>, _: Context<'_, S>) {
         if let Some(fields) = self.by_id.lock().unwrap().get_mut(&id.into_u64()) {
-            values.record(&mut Collect(fields));
+            values.record(&mut CollectFields(fields));
         }
     }
     fn on_event(&self, event: &tracing::Event<'_>, ctx: Context<'_, S>) {

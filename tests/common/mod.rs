@@ -552,3 +552,19 @@ pub fn openmetrics_errors(text: &str) -> Vec<String> {
     check_histograms(&mut buckets, &mut errors);
     errors
 }
+
+/// Collects a tracing event's or span's fields as text, for tests that
+/// check what kconc logs.
+pub struct CollectFields<'a>(pub &'a mut BTreeMap<String, String>);
+
+impl tracing::field::Visit for CollectFields<'_> {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        self.0.insert(
+            field.name().to_owned(),
+            format!("{value:?}").trim_matches('"').to_owned(),
+        );
+    }
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        self.0.insert(field.name().to_owned(), value.to_owned());
+    }
+}
