@@ -8,9 +8,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{self, Cli, DEFAULT_BROKERS, EMBEDDED};
 use crate::consumer::{self, Runner};
-use crate::dispatch::{PartitionPause, Stats, StatsSnapshot, StoppedPartition};
 use crate::embedded::EmbeddedCluster;
 use crate::health::{self, Health, HealthThresholds, Watched};
+use crate::stats::{PartitionPause, Stats, StatsSnapshot, StoppedPartition};
 use crate::subscriber::Subscriber;
 use crate::watch::{self, ClusterWatch};
 use crate::Error;

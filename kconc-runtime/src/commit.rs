@@ -22,7 +22,8 @@ use rdkafka::error::KafkaError;
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::consumer::KconcContext;
-use crate::dispatch::{Event, Stats};
+use crate::dispatch::Event;
+use crate::stats::Stats;
 
 /// A partition in one assignment: the same partition assigned again later is
 /// a new epoch and starts its committed position afresh.
@@ -306,7 +307,7 @@ fn commit_wanted(
             stats.commits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             stats
                 .last_commit_ms
-                .store(crate::dispatch::unix_ms(), std::sync::atomic::Ordering::Relaxed);
+                .store(crate::stats::unix_ms(), std::sync::atomic::Ordering::Relaxed);
             stats
                 .commit_failing_since_ms
                 .store(0, std::sync::atomic::Ordering::Relaxed);
@@ -324,7 +325,7 @@ fn commit_wanted(
             stats.commit_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let _ = stats.commit_failing_since_ms.compare_exchange(
                 0,
-                crate::dispatch::unix_ms(),
+                crate::stats::unix_ms(),
                 std::sync::atomic::Ordering::Relaxed,
                 std::sync::atomic::Ordering::Relaxed,
             );

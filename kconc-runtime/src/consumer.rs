@@ -40,13 +40,14 @@ use rdkafka::{ClientConfig, Message as _, Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
 use crate::commit::{Assigned, CommitRequest, Committer, PartitionKey};
-use crate::dispatch::{Dispatcher, Event, PartitionSlot, Shared, Stats};
+use crate::dispatch::{Dispatcher, Event, PartitionSlot, Shared};
 use crate::hash::SmallKeyMap;
 use crate::message::Message;
 use crate::native::{self, PartitionQueue, Polled};
 use crate::offsets::OffsetTracker;
 use crate::policy::OnError;
 use crate::schedule::Schedule;
+use crate::stats::Stats;
 use crate::subscriber::Subscriber;
 use crate::watch::ClusterWatch;
 use crate::Error;
@@ -343,7 +344,7 @@ impl Engine {
             stopped: None,
             revoking: false,
             committed: None,
-            progress_ms: crate::dispatch::unix_ms(),
+            progress_ms: crate::stats::unix_ms(),
             unreadable: None,
         }
     }
@@ -406,7 +407,7 @@ impl Engine {
     /// (librdkafka's cached values: no request to the broker).
     fn observe(&mut self, consumer: &BaseConsumer<KconcContext>) {
         let stats = self.dispatcher.stats();
-        let now = crate::dispatch::unix_ms();
+        let now = crate::stats::unix_ms();
         stats.last_poll_ms.store(now, Ordering::Relaxed);
         stats.buffered.store(self.buffered() as u64, Ordering::Relaxed);
         if now.saturating_sub(self.last_watermarks) < 1000 {
@@ -1076,7 +1077,7 @@ impl Engine {
             if let Some(ps) = ts.partitions.get_mut(&key.partition).filter(|ps| ps.epoch == epoch) {
                 if ps.committed.is_none_or(|c| offset > c) {
                     ps.committed = Some(offset);
-                    ps.progress_ms = crate::dispatch::unix_ms();
+                    ps.progress_ms = crate::stats::unix_ms();
                 }
             }
         }

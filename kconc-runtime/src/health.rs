@@ -21,7 +21,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
-use crate::dispatch::{unix_ms, Stats, StoppedPartition};
+use crate::stats::{unix_ms, Stats, StoppedPartition};
 use crate::watch::ClusterWatch;
 use crate::Error;
 

@@ -74,6 +74,7 @@ mod native;
 mod offsets;
 mod policy;
 mod schedule;
+mod stats;
 
 // Starting, running and stopping it all.
 pub mod app;
@@ -83,7 +84,7 @@ mod watch;
 
 pub use app::{App, Running, ShutdownHandle, StatsHandle, SHUTDOWN_MARGIN};
 pub use context::Context;
-pub use dispatch::{HandlerTimedOut, PartitionPause, StatsSnapshot, StoppedPartition};
+pub use dispatch::HandlerTimedOut;
 pub use embedded::EmbeddedCluster;
 pub use error::Error;
 pub use extract::{Bytes, FromKey, FromMessage, FromMessageOwned, Headers, Json, Key, Meta, Payload, Text};
@@ -91,6 +92,7 @@ pub use handler::{BoxError, Handler, IntoHandlerResult};
 pub use health::{Health, HealthThresholds, StalledPartition, SubscriberHealth};
 pub use message::{Header, Message, PayloadError};
 pub use policy::{NonRetryable, OnError};
+pub use stats::{PartitionPause, StatsSnapshot, StoppedPartition};
 pub use subscriber::{FirstPoll, Ordering, Subscriber};
 
 /// Generates the program's `main`: runs every `#[subscriber]` until SIGINT or

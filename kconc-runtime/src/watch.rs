@@ -33,7 +33,7 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::ClientConfig;
 use tokio_util::sync::CancellationToken;
 
-use crate::dispatch::Stats;
+use crate::stats::Stats;
 
 /// How often a condition that lasts (an unreachable cluster, a missing
 /// topic, a librdkafka line that repeats) is said again, at most.

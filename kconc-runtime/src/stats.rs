@@ -1,0 +1,390 @@
+//! The counters and partition state of one subscriber, written by the
+//! engine (poll thread, workers, committer) and read by health, metrics
+//! and [`Running`](crate::Running) while it runs.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// Counters of one subscriber, readable while it runs.
+#[derive(Debug, Default)]
+pub(crate) struct Stats {
+    /// Messages handed to handler tasks.
+    pub dispatched: AtomicU64,
+    /// Handlers whose first poll ran on the poll thread ([`FirstPoll`](crate::FirstPoll)).
+    pub first_polls_here: AtomicU64,
+    /// First polls on the poll thread that failed or panicked there and ran
+    /// again on a worker, uncounted.
+    pub first_polls_rerun: AtomicU64,
+    /// Handler calls that returned success.
+    pub handled: AtomicU64,
+    /// Handler calls that returned an error.
+    pub failed: AtomicU64,
+    /// Handler calls that panicked.
+    pub panicked: AtomicU64,
+    /// Failed attempts scheduled for a retry.
+    pub retried: AtomicU64,
+    /// Messages produced to the dead-letter topic.
+    pub dead_lettered: AtomicU64,
+    /// Dead-letter produces that failed (retried, or stopping the partition
+    /// when retrying cannot fix them).
+    pub dead_letter_failures: AtomicU64,
+    /// Messages that stopped their partition (`on_error = stop`).
+    pub stopped: AtomicU64,
+    /// Successful offset commits.
+    pub commits: AtomicU64,
+    /// Failed offset commits (each retried with the newest positions).
+    pub commit_failures: AtomicU64,
+    /// Rebalances that assigned partitions to this member.
+    pub assignments: AtomicU64,
+    /// Rebalances that revoked partitions from this member.
+    pub revocations: AtomicU64,
+    /// Revokes whose commit of the finished prefix failed (the new owner
+    /// then starts from an older commit: duplicates, never a skip).
+    pub revoke_commit_failures: AtomicU64,
+    /// The most messages ever read and not started at once (waiting for a
+    /// slot, their lane or their retry).
+    pub max_waiting: AtomicU64,
+    /// Times a partition was paused because its uncommitted window was full.
+    pub window_pauses: AtomicU64,
+    /// Record batches librdkafka could not read (each went to the policy).
+    pub unreadable: AtomicU64,
+    /// Partitions that have been paused because their own buffer was full
+    /// (`key` and `partition` ordering), by topic and partition. Written
+    /// only when a partition pauses or resumes.
+    pub pauses: Mutex<BTreeMap<(String, i32), PauseState>>,
+    /// Partitions stopped by the error policy now: the offset and the error.
+    pub stopped_partitions: Mutex<BTreeMap<(String, i32), (i64, String)>>,
+    /// Its subscribed topics the cluster says do not exist (the app's
+    /// topic watcher keeps it).
+    pub missing_topics: Mutex<Vec<String>>,
+    /// Partitions assigned to this member now.
+    pub assigned: Mutex<BTreeSet<(String, i32)>>,
+    /// Messages read from Kafka (before any ordering or backpressure wait).
+    pub received: AtomicU64,
+    /// Handlers running now.
+    pub in_flight: AtomicU64,
+    /// Messages read and waiting for a handler slot now.
+    pub buffered: AtomicU64,
+    /// The group has answered a join with an assignment (possibly empty).
+    pub joined: AtomicBool,
+    /// The poll thread runs (false once it has ended, normally or not).
+    pub poll_alive: AtomicBool,
+    /// The committer thread runs.
+    pub committer_alive: AtomicBool,
+    /// Shutdown has begun.
+    pub closing: AtomicBool,
+    /// When the poll loop last turned, in Unix milliseconds.
+    pub last_poll_ms: AtomicU64,
+    /// When a commit last succeeded, in Unix milliseconds (0: never).
+    pub last_commit_ms: AtomicU64,
+    /// Since when every commit has failed, in Unix milliseconds (0: the last succeeded).
+    pub commit_failing_since_ms: AtomicU64,
+    /// The last committed offset of each partition.
+    pub committed: Mutex<BTreeMap<(String, i32), i64>>,
+    /// The high watermark of each assigned partition, as last fetched.
+    pub high_watermarks: Mutex<BTreeMap<(String, i32), i64>>,
+    /// The first offset read in each partition's current assignment: where
+    /// lag counts from until this member has committed the partition.
+    pub fetch_starts: Mutex<BTreeMap<(String, i32), i64>>,
+    /// How long handler calls take.
+    pub handler_seconds: HandlerHistogram,
+    /// When the message in each worker place began, in Unix milliseconds
+    /// (0: the place is free): the oldest is the oldest running handler.
+    pub running_since: Mutex<Vec<Arc<AtomicU64>>>,
+    /// Per assigned partition: when its committed offset last moved (or it
+    /// was assigned), in Unix milliseconds, and whether messages wait
+    /// behind that offset (read past it and not committed). Refreshed once
+    /// a second.
+    pub progress: Mutex<BTreeMap<(String, i32), (u64, bool)>>,
+}
+
+/// The handler duration histogram (buckets from 0.5 ms to about 16 s).
+#[derive(Debug, Clone)]
+pub(crate) struct HandlerHistogram(pub(crate) prometheus_client::metrics::histogram::Histogram);
+
+impl Default for HandlerHistogram {
+    fn default() -> Self {
+        Self(prometheus_client::metrics::histogram::Histogram::new(
+            prometheus_client::metrics::histogram::exponential_buckets(0.0005, 2.0, 16),
+        ))
+    }
+}
+
+/// Clears a liveness flag of [`Stats`] when dropped.
+pub(crate) struct AliveGuard {
+    stats: Arc<Stats>,
+    flag: fn(&Stats) -> &AtomicBool,
+}
+
+impl Drop for AliveGuard {
+    fn drop(&mut self) {
+        (self.flag)(&self.stats).store(false, Ordering::Relaxed);
+    }
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub(crate) fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// A partition stopped by `on_error = stop`: nothing at or after `offset`
+/// is handled or committed until it is reassigned or the program restarts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoppedPartition {
+    /// The topic.
+    pub topic: String,
+    /// The partition.
+    pub partition: i32,
+    /// The offset of the message that failed its last attempt.
+    pub offset: i64,
+    /// Why: the last attempt's error.
+    pub reason: String,
+}
+
+/// Whether a partition is paused now, and how often it has been.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct PauseState {
+    pub paused: bool,
+    pub times: u64,
+}
+
+/// A partition that has been paused by backpressure: its messages waiting
+/// behind busy keys (or behind its running message, in `partition`
+/// ordering) reached its share of `max_buffered`, so it was not read until
+/// they drained. Other partitions are read meanwhile.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PartitionPause {
+    /// The topic.
+    pub topic: String,
+    /// The partition.
+    pub partition: i32,
+    /// Paused right now.
+    pub paused: bool,
+    /// How many times it has been paused.
+    pub times: u64,
+}
+
+/// A snapshot of a subscriber's counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StatsSnapshot {
+    /// Messages read from Kafka (before any ordering or backpressure wait).
+    pub received: u64,
+    /// Messages handed to handler tasks.
+    pub dispatched: u64,
+    /// Handlers whose first poll ran on the subscriber's poll thread
+    /// (see [`crate::FirstPoll`]); the others ran on workers throughout.
+    pub first_polls_on_poll_thread: u64,
+    /// Of those, the ones that failed or panicked on the poll thread and
+    /// ran again from the start on a worker (not counted as failures).
+    pub first_polls_rerun_on_worker: u64,
+    /// Handler calls that returned success.
+    pub handled: u64,
+    /// Handler calls that returned an error.
+    pub failed: u64,
+    /// Handler calls that panicked.
+    pub panicked: u64,
+    /// Failed attempts scheduled for a retry.
+    pub retried: u64,
+    /// Messages produced to the dead-letter topic.
+    pub dead_lettered: u64,
+    /// Dead-letter produces that failed (retried, or stopping the partition
+    /// when retrying cannot fix them).
+    pub dead_letter_failures: u64,
+    /// Messages that stopped their partition.
+    pub stopped: u64,
+    /// Successful offset commits.
+    pub commits: u64,
+    /// Failed offset commits.
+    pub commit_failures: u64,
+    /// Rebalances that assigned partitions to this member.
+    pub assignments: u64,
+    /// Rebalances that revoked partitions from this member.
+    pub revocations: u64,
+    /// Revokes whose commit of the finished prefix failed.
+    pub revoke_commit_failures: u64,
+    /// The most messages ever read and not started at once, retries
+    /// waiting for their backoff included (bounded by `max_buffered`).
+    pub max_waiting: u64,
+    /// Times a partition was paused because its uncommitted window
+    /// reached `max_uncommitted`.
+    pub uncommitted_window_pauses: u64,
+    /// Record batches librdkafka could not read (corrupt, or compressed
+    /// with a codec it cannot decompress), each a failed message under the
+    /// error policy.
+    pub records_unreadable: u64,
+}
+
+impl Stats {
+    /// Records that a partition paused (`paused`) or resumed.
+    pub(crate) fn set_paused(&self, topic: &str, partition: i32, paused: bool) {
+        let Ok(mut map) = self.pauses.lock() else { return };
+        let state = map.entry((topic.to_owned(), partition)).or_default();
+        if paused && !state.paused {
+            state.times += 1;
+        }
+        state.paused = paused;
+    }
+
+    /// Records that a partition was assigned (`true`) or revoked.
+    pub(crate) fn set_assigned(&self, topic: &str, partition: i32, assigned: bool) {
+        let Ok(mut set) = self.assigned.lock() else { return };
+        if assigned {
+            set.insert((topic.to_owned(), partition));
+        } else {
+            set.remove(&(topic.to_owned(), partition));
+        }
+    }
+
+    /// Drops a revoked partition's committed offset and high watermark: its
+    /// lag is the new owner's to report.
+    pub(crate) fn forget_partition(&self, topic: &str, partition: i32) {
+        let key = (topic.to_owned(), partition);
+        if let Ok(mut m) = self.committed.lock() {
+            m.remove(&key);
+        }
+        if let Ok(mut m) = self.high_watermarks.lock() {
+            m.remove(&key);
+        }
+        if let Ok(mut m) = self.fetch_starts.lock() {
+            m.remove(&key);
+        }
+    }
+
+    /// Records the first offset read in a partition's assignment.
+    pub(crate) fn set_fetch_start(&self, topic: &str, partition: i32, offset: i64) {
+        if let Ok(mut m) = self.fetch_starts.lock() {
+            m.insert((topic.to_owned(), partition), offset);
+        }
+    }
+
+    /// The partitions assigned now, sorted by topic and partition.
+    pub(crate) fn assigned(&self) -> Vec<(String, i32)> {
+        self.assigned
+            .lock()
+            .map(|set| set.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Records (or, with `None`, clears) a stopped partition.
+    pub(crate) fn set_stopped(&self, topic: &str, partition: i32, stopped: Option<(i64, String)>) {
+        let Ok(mut map) = self.stopped_partitions.lock() else {
+            return;
+        };
+        match stopped {
+            // Nothing at or after the first stopped offset is committed:
+            // a later failure of the same partition does not move it.
+            Some(s) => match map.entry((topic.to_owned(), partition)) {
+                std::collections::btree_map::Entry::Vacant(e) => {
+                    e.insert(s);
+                }
+                std::collections::btree_map::Entry::Occupied(mut e) if s.0 < e.get().0 => {
+                    e.insert(s);
+                }
+                std::collections::btree_map::Entry::Occupied(_) => {}
+            },
+            None => {
+                map.remove(&(topic.to_owned(), partition));
+            }
+        }
+    }
+
+    /// The partitions stopped by the error policy now.
+    pub(crate) fn stopped_partitions(&self) -> Vec<StoppedPartition> {
+        let Ok(map) = self.stopped_partitions.lock() else {
+            return Vec::new();
+        };
+        map.iter()
+            .map(|((topic, partition), (offset, reason))| StoppedPartition {
+                topic: topic.clone(),
+                partition: *partition,
+                offset: *offset,
+                reason: reason.clone(),
+            })
+            .collect()
+    }
+
+    /// How long the oldest message in a worker now has been there (its
+    /// handler running, or its dead letter being produced), if any is.
+    pub(crate) fn oldest_running(&self) -> Option<std::time::Duration> {
+        let since = self.running_since.lock().ok()?;
+        let oldest = since
+            .iter()
+            .map(|s| s.load(Ordering::Relaxed))
+            .filter(|&ms| ms > 0)
+            .min()?;
+        Some(std::time::Duration::from_millis(unix_ms().saturating_sub(oldest)))
+    }
+
+    /// Every partition that has ever been paused.
+    pub(crate) fn pauses(&self) -> Vec<PartitionPause> {
+        let Ok(map) = self.pauses.lock() else { return Vec::new() };
+        map.iter()
+            .map(|((topic, partition), s)| PartitionPause {
+                topic: topic.clone(),
+                partition: *partition,
+                paused: s.paused,
+                times: s.times,
+            })
+            .collect()
+    }
+
+    /// Sets `flag` while this guard lives and clears it when dropped,
+    /// however the thread holding it ends (a panic included).
+    pub(crate) fn alive_while(self: &Arc<Self>, flag: fn(&Self) -> &AtomicBool) -> AliveGuard {
+        flag(self).store(true, Ordering::Relaxed);
+        AliveGuard {
+            stats: self.clone(),
+            flag,
+        }
+    }
+
+    /// Reads every counter.
+    pub(crate) fn snapshot(&self) -> StatsSnapshot {
+        let r = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        StatsSnapshot {
+            received: r(&self.received),
+            dispatched: r(&self.dispatched),
+            first_polls_on_poll_thread: r(&self.first_polls_here),
+            first_polls_rerun_on_worker: r(&self.first_polls_rerun),
+            handled: r(&self.handled),
+            failed: r(&self.failed),
+            panicked: r(&self.panicked),
+            retried: r(&self.retried),
+            dead_lettered: r(&self.dead_lettered),
+            dead_letter_failures: r(&self.dead_letter_failures),
+            stopped: r(&self.stopped),
+            commits: r(&self.commits),
+            commit_failures: r(&self.commit_failures),
+            assignments: r(&self.assignments),
+            revocations: r(&self.revocations),
+            revoke_commit_failures: r(&self.revoke_commit_failures),
+            max_waiting: r(&self.max_waiting),
+            uncommitted_window_pauses: r(&self.window_pauses),
+            records_unreadable: r(&self.unreadable),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Under `on_error = stop`, a second failure of a stopped partition (a
+    /// later offset, unordered) does not move the offset health reports:
+    /// nothing at or after the first is committed.
+    #[test]
+    fn a_stopped_partition_keeps_its_first_stopped_offset() {
+        let stats = Stats::default();
+        stats.set_stopped("t", 0, Some((7, "first".into())));
+        stats.set_stopped("t", 0, Some((9, "second".into())));
+        let stopped = stats.stopped_partitions();
+        assert_eq!((stopped[0].offset, stopped[0].reason.as_str()), (7, "first"));
+        stats.set_stopped("t", 0, Some((5, "earlier".into())));
+        assert_eq!(stats.stopped_partitions()[0].offset, 5);
+        stats.set_stopped("t", 0, None);
+        assert!(stats.stopped_partitions().is_empty());
+    }
+}
