@@ -17,11 +17,10 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::{Offset, TopicPartitionList};
 
-use crate::consumer::KconcContext;
 use crate::dispatch::Event;
 use crate::stats::Stats;
 
@@ -76,10 +75,10 @@ pub(crate) struct Committer {
 impl Committer {
     /// Starts the thread. It reports what it committed to `events` (the
     /// poll loop's), as [`Event::Committed`].
-    pub(crate) fn spawn(
+    pub(crate) fn spawn<C: ConsumerContext + 'static>(
         name: &str,
         group: String,
-        consumer: Arc<BaseConsumer<KconcContext>>,
+        consumer: Arc<BaseConsumer<C>>,
         stats: Arc<Stats>,
         events: Sender<Event>,
     ) -> std::io::Result<Self> {
@@ -222,10 +221,10 @@ impl Book {
     }
 }
 
-fn run(
+fn run<C: ConsumerContext>(
     rx: &Receiver<CommitRequest>,
     group: &str,
-    consumer: &BaseConsumer<KconcContext>,
+    consumer: &BaseConsumer<C>,
     stats: &Stats,
     events: &Sender<Event>,
 ) {
@@ -281,10 +280,10 @@ fn merge(entries: &mut HashMap<PartitionKey, Entry>, key: PartitionKey, epoch: u
     }
 }
 
-fn commit_wanted(
+fn commit_wanted<C: ConsumerContext>(
     book: &mut Book,
     group: &str,
-    consumer: &BaseConsumer<KconcContext>,
+    consumer: &BaseConsumer<C>,
     stats: &Stats,
     events: &Sender<Event>,
 ) -> Result<(), KafkaError> {
@@ -441,11 +440,11 @@ mod tests {
         use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
         let cluster = crate::EmbeddedCluster::start(1).unwrap();
         cluster.create_topic("t", 1).unwrap();
-        let consumer: BaseConsumer<KconcContext> = cluster
+        let consumer: BaseConsumer = cluster
             .client_config()
             .set("group.id", "g")
             .set("enable.auto.commit", "false")
-            .create_with_context(KconcContext::new(Arc::from("s"), crate::watch::ClusterWatch::new("b")))
+            .create()
             .unwrap();
         cluster.mock().unwrap().request_errors(
             RDKafkaApiKey::OffsetCommit,

@@ -16,10 +16,9 @@ use std::ptr::NonNull;
 use std::sync::Arc;
 
 use rdkafka::bindings as rd;
-use rdkafka::consumer::{BaseConsumer, Consumer as _};
+use rdkafka::consumer::{BaseConsumer, Consumer as _, ConsumerContext};
 use rdkafka::error::RDKafkaErrorCode;
 
-use crate::consumer::KconcContext;
 use crate::message::{Header, Message};
 
 /// What one poll of a partition's queue gave.
@@ -46,7 +45,7 @@ type Callback = Box<dyn Fn() + Send + Sync>;
 pub(crate) struct PartitionQueue {
     queue: NonNull<rd::rd_kafka_queue_t>,
     /// The client the queue belongs to, kept alive while the queue is.
-    _consumer: Arc<BaseConsumer<KconcContext>>,
+    _consumer: Arc<dyn std::any::Any + Send + Sync>,
     /// Called by librdkafka when the queue becomes non-empty (boxed twice:
     /// librdkafka keeps a thin pointer to it).
     callback: Option<Box<Callback>>,
@@ -65,7 +64,11 @@ impl std::fmt::Debug for PartitionQueue {
 /// Splits `topic[partition]`'s queue off the consumer's (before it is
 /// assigned, so none of its messages reach the consumer's queue). `None`
 /// if librdkafka has no such partition queue.
-pub(crate) fn split(consumer: &Arc<BaseConsumer<KconcContext>>, topic: &str, partition: i32) -> Option<PartitionQueue> {
+pub(crate) fn split<C: ConsumerContext + 'static>(
+    consumer: &Arc<BaseConsumer<C>>,
+    topic: &str,
+    partition: i32,
+) -> Option<PartitionQueue> {
     let topic_c = CString::new(topic).ok()?;
     // SAFETY: the client pointer is live while `consumer` is; the topic is a
     // NUL-terminated string for the call's duration. The queue returned is
@@ -252,7 +255,11 @@ unsafe fn headers(m: &rd::rd_kafka_message_t) -> Option<Vec<Header>> {
 /// The high watermark librdkafka last saw in a fetch response for the
 /// partition (`rd_kafka_get_watermark_offsets`: local, never a request),
 /// `None` before the first fetch. rdkafka wraps only the querying variant.
-pub(crate) fn cached_high_watermark(consumer: &BaseConsumer<KconcContext>, topic: &str, partition: i32) -> Option<i64> {
+pub(crate) fn cached_high_watermark<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    topic: &str,
+    partition: i32,
+) -> Option<i64> {
     let topic = CString::new(topic).ok()?;
     let (mut low, mut high) = (-1_i64, -1_i64);
     // SAFETY: the client pointer is live while `consumer` is borrowed; the
