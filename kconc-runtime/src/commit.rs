@@ -21,16 +21,8 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _, ConsumerContext
 use rdkafka::error::KafkaError;
 use rdkafka::{Offset, TopicPartitionList};
 
-use crate::dispatch::Event;
+use crate::event::{Event, PartitionKey};
 use crate::stats::Stats;
-
-/// A partition in one assignment: the same partition assigned again later is
-/// a new epoch and starts its committed position afresh.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub(crate) struct PartitionKey {
-    pub(crate) topic: Arc<str>,
-    pub(crate) partition: i32,
-}
 
 /// A partition in the assignment numbered `epoch`.
 pub(crate) type Assigned = (PartitionKey, u64);

@@ -206,38 +206,8 @@ fn parse_property(s: &str) -> Result<(String, String), String> {
     }
 }
 
-/// Whether a librdkafka property holds a secret that must never be printed.
-pub fn is_secret(key: &str) -> bool {
-    let k = key.to_ascii_lowercase();
-    [
-        "password",
-        "secret",
-        "ssl.key",
-        "keystore",
-        "oauthbearer.config",
-        "sasl.jaas",
-        "token",
-        "credential",
-        "private",
-    ]
-    .iter()
-    .any(|s| k.contains(s))
-}
-
-/// Formats properties with the values of secret ones replaced by `***`.
-pub(crate) struct Redacted<'a>(pub(crate) &'a [(String, String)]);
-
-impl std::fmt::Debug for Redacted<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_map()
-            .entries(
-                self.0
-                    .iter()
-                    .map(|(k, v)| (k, if is_secret(k) { "***" } else { v.as_str() })),
-            )
-            .finish()
-    }
-}
+pub use crate::secret::is_secret;
+use crate::secret::Redacted;
 
 /// Where a run-time setting came from; errors name it so an operator knows
 /// what to fix.
@@ -782,23 +752,6 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("--embedded-partitions"), "{err}");
-    }
-
-    #[test]
-    fn secrets_are_recognised() {
-        for k in [
-            "sasl.password",
-            "ssl.key.password",
-            "ssl.keystore.location",
-            "sasl.oauthbearer.config",
-            "sasl.oauthbearer.client.secret",
-            "SASL.PASSWORD",
-        ] {
-            assert!(is_secret(k), "{k}");
-        }
-        for k in ["bootstrap.servers", "security.protocol", "sasl.username"] {
-            assert!(!is_secret(k), "{k}");
-        }
     }
 
     #[test]

@@ -39,8 +39,9 @@ use rdkafka::message::BorrowedMessage;
 use rdkafka::{ClientConfig, Message as _, Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
-use crate::commit::{Assigned, CommitRequest, Committer, PartitionKey};
-use crate::dispatch::{Dispatcher, Event, PartitionSlot, Shared};
+use crate::commit::{Assigned, CommitRequest, Committer};
+use crate::dispatch::{Dispatcher, Shared};
+use crate::event::{Event, PartitionKey, PartitionSlot};
 use crate::hash::SmallKeyMap;
 use crate::message::Message;
 use crate::native::{self, PartitionQueue, Polled};

@@ -39,7 +39,7 @@ impl Error {
     pub(crate) fn from_client_creation(subscriber: &str, e: KafkaError) -> Self {
         let text = e.to_string();
         let msg = match quoted_property(&text) {
-            Some(prop) if crate::config::is_secret(&prop) => {
+            Some(prop) if crate::secret::is_secret(&prop) => {
                 format!("subscriber `{subscriber}`: invalid value for librdkafka property `{prop}` (value not shown)")
             }
             _ => format!("subscriber `{subscriber}`: {text}"),

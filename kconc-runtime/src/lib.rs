@@ -69,6 +69,7 @@ pub mod health;
 mod commit;
 mod consumer;
 mod dispatch;
+mod event;
 mod hash;
 mod native;
 mod offsets;
@@ -79,6 +80,7 @@ mod stats;
 // Starting, running and stopping it all.
 pub mod app;
 mod error;
+mod secret;
 mod signal;
 mod watch;
 

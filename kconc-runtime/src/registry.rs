@@ -4,8 +4,9 @@
 use std::time::Duration;
 
 use crate::context::Context;
-use crate::handler::HandlerFuture;
+use crate::handler::{Handler, HandlerFuture};
 use crate::message::Message;
+use crate::policy::OnError;
 use crate::subscriber::Subscriber;
 
 /// What `#[subscriber]` submits for one handler. Not public API: construct
@@ -57,11 +58,67 @@ pub struct Registration {
     pub line: u32,
 }
 
+impl Registration {
+    /// The subscriber this registration describes.
+    fn subscriber(&self) -> Subscriber {
+        let reg = self;
+        let mut s = Subscriber::with_handler(
+            reg.name.to_owned(),
+            reg.topics.iter().map(|t| (*t).to_owned()).collect(),
+            reg.group.to_owned(),
+            Handler::from_fn(reg.handler),
+        );
+        s.origin = Some(format!("`{}` ({}:{})", reg.function, reg.file, reg.line));
+        if let Some(c) = reg.concurrency {
+            s.concurrency = c;
+        }
+        if let Some(o) = reg.ordering {
+            s.ordering = o;
+        }
+        if let Some(f) = reg.first_poll {
+            s.first_poll = f;
+        }
+        if let Some(n) = reg.max_buffered {
+            s.max_buffered = Some(n);
+        }
+        if let Some(n) = reg.max_uncommitted {
+            s.max_uncommitted = n;
+        }
+        if let Some(d) = reg.handler_timeout {
+            s.handler_timeout = Some(d);
+        }
+        if let Some(n) = reg.commit_batch_size {
+            s.commit_batch_size = n;
+        }
+        if let Some(d) = reg.commit_interval {
+            s.commit_interval = d;
+        }
+        if let Some(d) = reg.shutdown_timeout {
+            s.shutdown_timeout = d;
+        }
+        if let Some(n) = reg.retries {
+            s.policy.retries = n;
+        }
+        if let Some(d) = reg.backoff {
+            s.policy.backoff = d;
+        }
+        if let Some(d) = reg.max_backoff {
+            s.policy.max_backoff = d;
+        }
+        match (reg.on_error, reg.dead_letter) {
+            (_, Some(topic)) => s.policy.on_error = OnError::DeadLetter(topic.to_owned()),
+            (Some("stop"), None) => s.policy.on_error = OnError::Stop,
+            _ => {}
+        }
+        s
+    }
+}
+
 inventory::collect!(Registration);
 
 /// Every subscriber registered with `#[subscriber]` in this program, sorted by name.
 pub fn registered() -> Vec<Subscriber> {
     let mut regs: Vec<&Registration> = inventory::iter::<Registration>.into_iter().collect();
     regs.sort_by(|a, b| a.name.cmp(b.name));
-    regs.into_iter().map(Subscriber::from_registration).collect()
+    regs.into_iter().map(Registration::subscriber).collect()
 }

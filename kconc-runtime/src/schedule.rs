@@ -21,7 +21,7 @@ use std::collections::hash_map::DefaultHasher;
 use std::collections::{HashMap, VecDeque};
 use std::hash::{Hash as _, Hasher as _};
 
-use crate::dispatch::PartitionSlot;
+use crate::event::PartitionSlot;
 use crate::hash::SmallKeyMap;
 use crate::message::Message;
 use crate::subscriber::Ordering;

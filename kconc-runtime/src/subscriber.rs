@@ -7,7 +7,6 @@ use crate::handler::{Handler, IntoHandlerResult};
 use crate::message::Message;
 use crate::policy::{ErrorPolicy, OnError};
 pub use crate::policy::{DEFAULT_BACKOFF, DEFAULT_MAX_BACKOFF};
-use crate::registry::Registration;
 
 /// Default number of handlers running at once per subscriber.
 pub const DEFAULT_CONCURRENCY: usize = 10;
@@ -150,7 +149,7 @@ impl std::str::FromStr for FirstPoll {
 
 /// One consumer of one or more topics in one group, with its handler.
 ///
-/// Built by `#[subscriber]` (see [`Subscriber::from_registration`]) or in code
+/// Built by `#[subscriber]` (through the registry) or in code
 /// with [`Subscriber::new`] and the setters, for programs and tests that pass
 /// closures. Every setting has a default; see the `DEFAULT_*` constants.
 #[derive(Clone)]
@@ -193,7 +192,7 @@ impl std::fmt::Debug for Subscriber {
             .field("shutdown_timeout", &self.shutdown_timeout)
             .field("revoke_timeout", &self.revoke_timeout)
             .field("policy", &self.policy)
-            .field("properties", &crate::config::Redacted(&self.properties))
+            .field("properties", &crate::secret::Redacted(&self.properties))
             .finish_non_exhaustive()
     }
 }
@@ -234,7 +233,7 @@ impl Subscriber {
         )
     }
 
-    fn with_handler(name: String, topics: Vec<String>, group: String, handler: Handler) -> Self {
+    pub(crate) fn with_handler(name: String, topics: Vec<String>, group: String, handler: Handler) -> Self {
         Self {
             name,
             topics,
@@ -254,59 +253,6 @@ impl Subscriber {
             handler,
             origin: None,
         }
-    }
-
-    /// The subscriber described by a `#[subscriber]` registration.
-    pub fn from_registration(reg: &Registration) -> Self {
-        let mut s = Self::with_handler(
-            reg.name.to_owned(),
-            reg.topics.iter().map(|t| (*t).to_owned()).collect(),
-            reg.group.to_owned(),
-            Handler::from_fn(reg.handler),
-        );
-        s.origin = Some(format!("`{}` ({}:{})", reg.function, reg.file, reg.line));
-        if let Some(c) = reg.concurrency {
-            s.concurrency = c;
-        }
-        if let Some(o) = reg.ordering {
-            s.ordering = o;
-        }
-        if let Some(f) = reg.first_poll {
-            s.first_poll = f;
-        }
-        if let Some(n) = reg.max_buffered {
-            s.max_buffered = Some(n);
-        }
-        if let Some(n) = reg.max_uncommitted {
-            s.max_uncommitted = n;
-        }
-        if let Some(d) = reg.handler_timeout {
-            s.handler_timeout = Some(d);
-        }
-        if let Some(n) = reg.commit_batch_size {
-            s.commit_batch_size = n;
-        }
-        if let Some(d) = reg.commit_interval {
-            s.commit_interval = d;
-        }
-        if let Some(d) = reg.shutdown_timeout {
-            s.shutdown_timeout = d;
-        }
-        if let Some(n) = reg.retries {
-            s.policy.retries = n;
-        }
-        if let Some(d) = reg.backoff {
-            s.policy.backoff = d;
-        }
-        if let Some(d) = reg.max_backoff {
-            s.policy.max_backoff = d;
-        }
-        match (reg.on_error, reg.dead_letter) {
-            (_, Some(topic)) => s.policy.on_error = OnError::DeadLetter(topic.to_owned()),
-            (Some("stop"), None) => s.policy.on_error = OnError::Stop,
-            _ => {}
-        }
-        s
     }
 
     /// At most this many handlers of this subscriber run at once (default 10).
