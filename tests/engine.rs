@@ -621,7 +621,7 @@ async fn every_first_poll_mode_handles_each_message_once_and_commits_partition_e
             // The first message always begins there. How many more do
             // depends on how long first polls take on this machine (a
             // debug build, a loaded CI box): the rule itself is checked
-            // exactly by the unit test of `Inline` in dispatch.rs.
+            // exactly by the unit test of `Inline` in engine/inline.rs.
             FirstPoll::Auto => assert!(here >= 1, "Auto never began a handler on the poll thread"),
         }
     }

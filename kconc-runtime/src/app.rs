@@ -7,8 +7,8 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{self, Cli, DEFAULT_BROKERS, EMBEDDED};
-use crate::consumer::{self, Runner};
 use crate::embedded::EmbeddedCluster;
+use crate::engine::{self, Runner};
 use crate::health::{self, Health, HealthThresholds, Watched};
 use crate::stats::{PartitionPause, Stats, StatsSnapshot, StoppedPartition};
 use crate::subscriber::Subscriber;
@@ -412,7 +412,7 @@ impl App {
         let token = CancellationToken::new();
         let mut runners = Vec::new();
         for (s, cfg) in subs.iter().zip(configs.iter().cloned()) {
-            match consumer::start(s, cfg, token.child_token(), runtime.clone(), cluster.clone()) {
+            match engine::start(s, cfg, token.child_token(), runtime.clone(), cluster.clone()) {
                 Ok(r) => runners.push(r),
                 Err(e) => {
                     token.cancel();

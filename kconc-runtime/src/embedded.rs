@@ -114,5 +114,5 @@ pub fn committed_offsets(
 }
 
 fn no_initial_rebalance_delay(owner: &BaseProducer<DefaultProducerContext>) {
-    crate::native::no_initial_rebalance_delay(owner.client());
+    crate::engine::no_initial_rebalance_delay(owner.client());
 }

@@ -42,7 +42,14 @@
 //!           of some of these; or implement `kconc_runtime::FromMessage` for `u32`
 //! ```
 //!
-//! The modules follow a message through the system, in order:
+//! The modules follow a message through the system, in order: where a
+//! handler and its settings come from (`registry`, `subscriber`, `context`,
+//! `extract`, `handler`, `message`), where the cluster and its properties
+//! come from (`config`, `secret`, `embedded`), the engine that polls,
+//! schedules, runs, completes and commits (`engine`, with `policy` for what
+//! a failure comes to and `stats` for what it counts), what operators see
+//! (`watch`, `health`), and starting and stopping it all (`app`, `signal`,
+//! `error`). The engine's own files are listed in order in its module doc.
 
 #![warn(missing_docs)]
 
@@ -65,16 +72,10 @@ pub mod config;
 pub mod embedded;
 pub mod health;
 
-// The engine, in the order a message flows through it.
-mod commit;
-mod consumer;
-mod dispatch;
-mod event;
-mod hash;
-mod native;
-mod offsets;
+// The engine (its files in the order a message flows through them), the
+// error policy, and the counters.
+mod engine;
 mod policy;
-mod schedule;
 mod stats;
 
 // Starting, running and stopping it all.
@@ -86,8 +87,8 @@ mod watch;
 
 pub use app::{App, Running, ShutdownHandle, StatsHandle, SHUTDOWN_MARGIN};
 pub use context::Context;
-pub use dispatch::HandlerTimedOut;
 pub use embedded::EmbeddedCluster;
+pub use engine::HandlerTimedOut;
 pub use error::Error;
 pub use extract::{Bytes, FromKey, FromMessage, FromMessageOwned, Headers, Json, Key, Meta, Payload, Text};
 pub use handler::{BoxError, Handler, IntoHandlerResult};

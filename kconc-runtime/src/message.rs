@@ -111,7 +111,7 @@ impl Message {
         self
     }
 
-    /// A fetched record's parts, copied (see [`crate::native`]). `topic` is
+    /// A fetched record's parts, copied (see `engine::ffi`). `topic` is
     /// shared between the messages of one partition.
     pub(crate) fn from_parts(
         topic: Arc<str>,

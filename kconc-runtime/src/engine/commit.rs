@@ -21,7 +21,7 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _, ConsumerContext
 use rdkafka::error::KafkaError;
 use rdkafka::{Offset, TopicPartitionList};
 
-use crate::event::{Event, PartitionKey};
+use super::event::{Event, PartitionKey};
 use crate::stats::Stats;
 
 /// A partition in the assignment numbered `epoch`.

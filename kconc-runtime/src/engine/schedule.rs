@@ -21,8 +21,8 @@ use std::collections::hash_map::DefaultHasher;
 use std::collections::{HashMap, VecDeque};
 use std::hash::{Hash as _, Hasher as _};
 
-use crate::event::PartitionSlot;
-use crate::hash::SmallKeyMap;
+use super::event::PartitionSlot;
+use super::hash::SmallKeyMap;
 use crate::message::Message;
 use crate::subscriber::Ordering;
 

@@ -1,0 +1,379 @@
+//! Completion and the error policy: what a handler's outcome comes to
+//! (done, a retry, a stop, a dead letter), with the error told with its
+//! causes; every outcome is final, whatever the user's code does.
+
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::Sender;
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::context::Context;
+use crate::handler::{BoxError, Handler, HandlerFuture, Outcome};
+use crate::message::Message;
+use crate::policy::{self, ErrorPolicy, OnError};
+use crate::stats::Stats;
+
+use super::*;
+
+/// What every handler of one subscriber shares.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) subscriber: Arc<str>,
+    pub(crate) handler: Handler,
+    pub(crate) context: Context,
+    pub(crate) events: Sender<Event>,
+    pub(crate) stats: Arc<Stats>,
+    pub(crate) runtime: tokio::runtime::Handle,
+    pub(crate) policy: ErrorPolicy,
+    /// A handler running longer is dropped and its message fails.
+    pub(crate) handler_timeout: Option<std::time::Duration>,
+    /// Given at the end of a shutdown's drain: the workers drop the
+    /// handlers still running and end.
+    pub(crate) abort: tokio_util::sync::CancellationToken,
+}
+
+/// A message to dead-letter: where it came from (with the message as it
+/// was) and the last attempt's error.
+pub(crate) struct DeadLetter {
+    pub(super) end: Ending,
+    pub(super) copy: Message,
+    pub(super) error: String,
+    /// What failed, for the log (see [`Described::what`]).
+    pub(super) what: &'static str,
+}
+
+/// A failed message's error, as the log and the dead letter tell it.
+pub(super) struct Described {
+    /// The error and its causes (its `source()` chain), `: `-joined.
+    pub(super) text: String,
+    /// Whether the policy may retry it.
+    pub(super) retryable: bool,
+    /// What failed, for the log: the handler, or the decoding of the
+    /// message before it (then the handler did not run).
+    pub(super) what: &'static str,
+}
+
+/// A handler's error as text (with its causes, as anyhow's `{:#}` shows
+/// them; a cause whose text already ends the text so far is not repeated)
+/// and whether the policy may retry it. Both run the error's own code
+/// (`Display`, `source()`), which must not take kconc down: should it
+/// panic, the error reads as such and may be retried.
+pub(super) fn describe_error(error: BoxError) -> Described {
+    let described = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        let text = policy::error_chain(&*error);
+        let what = if error.is::<crate::message::Undecodable>() {
+            "could not decode the message (its handler did not run)"
+        } else {
+            "handler failed"
+        };
+        Described {
+            text,
+            retryable: policy::is_retryable(&*error),
+            what,
+        }
+    }))
+    .unwrap_or_else(|_| Described {
+        text: "the handler's error panicked while being formatted".to_owned(),
+        retryable: true,
+        what: "handler failed",
+    });
+    drop_guarded(error);
+    described
+}
+
+/// Drops a value of the user's (a handler's future or error) where a panic
+/// in its `Drop` cannot escape: the outcome it belonged to stands.
+pub(super) fn drop_guarded<T>(value: T) {
+    run_guarded(move || drop(value));
+}
+
+/// Runs `f` (which drops something of the user's) where a panic cannot
+/// escape.
+pub(super) fn run_guarded(f: impl FnOnce()) {
+    if std::panic::catch_unwind(AssertUnwindSafe(f)).is_err() {
+        tracing::warn!("a handler's future or error panicked while being dropped; the outcome stands");
+    }
+}
+
+/// One handler call in progress.
+pub(crate) struct Call {
+    pub(super) end: Ending,
+    pub(super) span: tracing::Span,
+    pub(super) started: Instant,
+}
+
+/// What a message's conclusion needs to know.
+pub(super) struct Ending {
+    pub(super) slot: PartitionSlot,
+    /// Kept for the log line of a failure; cloning the shared name is
+    /// cheaper than formatting on every message.
+    pub(super) topic: Arc<str>,
+    pub(super) partition: i32,
+    pub(super) offset: i64,
+    pub(super) attempt: u32,
+    /// The message as it was, for a retry or a dead letter (when the policy
+    /// may need one: the handler consumes the message). A clone shares the
+    /// record: nothing is copied.
+    pub(super) copy: Option<Message>,
+}
+
+/// How a handler call ended, for the poll loop.
+pub(super) enum Concluded {
+    Event(Event),
+    /// Failed its last attempt and the policy dead-letters it: the produce
+    /// comes first.
+    DeadLetter(Box<DeadLetter>),
+}
+
+/// A handler ran longer than its subscriber's `handler_timeout` and was
+/// dropped: its message failed with this error (retried if retries are
+/// left, then the error policy).
+#[derive(Debug, thiserror::Error)]
+#[error("the handler ran longer than handler_timeout ({after:?}) and was cancelled")]
+pub struct HandlerTimedOut {
+    /// The `handler_timeout` it ran over.
+    pub after: std::time::Duration,
+}
+
+impl Shared {
+    /// The timer that ends a handler begun at `started`, if there is a
+    /// `handler_timeout`.
+    pub(super) fn deadline(&self, started: Instant) -> Option<std::pin::Pin<Box<tokio::time::Sleep>>> {
+        let timeout = self.handler_timeout?;
+        Some(Box::pin(tokio::time::sleep_until(tokio::time::Instant::from_std(
+            started + timeout,
+        ))))
+    }
+
+    /// Boxed: the dead-letter produce is rare and its future is large;
+    /// inline, it would make every message's future (built and moved per
+    /// message) several times bigger.
+    pub(super) fn dead_letter_boxed(
+        &self,
+        dead: DeadLetter,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Event> + Send + '_>> {
+        Box::pin(async move {
+            let DeadLetter { end, copy, error, what } = dead;
+            match &self.policy.on_error {
+                OnError::DeadLetter(dlq) => self.dead_letter(end.slot, dlq, &copy, &error, what).await,
+                // Not reached: only a dead-letter policy concludes so.
+                _ => Event::Stopped {
+                    slot: end.slot,
+                    offset: end.offset,
+                    reason: error,
+                },
+            }
+        })
+    }
+
+    /// Begins a call: the span, the copy kept for a retry or a dead letter,
+    /// and the handler's future (a panic while building it is the call's
+    /// outcome).
+    pub(super) fn begin(&self, slot: PartitionSlot, msg: Message) -> (Call, Result<HandlerFuture, Outcome>) {
+        let (topic, partition, offset, attempt) = (msg.topic_name(), msg.partition(), msg.offset(), msg.attempt());
+        let copy = self.policy.keeps_copy(attempt).then(|| msg.clone());
+        let span = tracing::debug_span!(
+            "message",
+            subscriber = &*self.subscriber,
+            topic = &*topic,
+            partition,
+            offset,
+            key = tracing::field::Empty,
+            attempt,
+            traceparent = tracing::field::Empty,
+        );
+        if !span.is_disabled() {
+            if let Some(key) = msg.key() {
+                span.record("key", String::from_utf8_lossy(key).as_ref());
+            }
+            if let Some(tp) = msg.header("traceparent").and_then(|h| h.value.as_deref()) {
+                span.record("traceparent", String::from_utf8_lossy(tp).as_ref());
+            }
+        }
+        self.stats.in_flight.fetch_add(1, Ordering::Relaxed);
+        let started = Instant::now();
+        let begun = {
+            let _in_span = span.enter();
+            self.handler.begin(msg, &self.context)
+        };
+        let call = Call {
+            end: Ending {
+                slot,
+                topic,
+                partition,
+                offset,
+                attempt,
+                copy,
+            },
+            span,
+            started,
+        };
+        (call, begun)
+    }
+
+    /// The conclusion of a message whose call kconc's own code broke off
+    /// with a panic: it counts as panicked, and goes to the error policy
+    /// without a retry (its copy may be gone), so it is final: skipped,
+    /// or its partition stopped (also under a dead-letter policy, which
+    /// would need the copy).
+    pub(super) fn conclude_after_panic(&self, slot: PartitionSlot, offset: i64, in_call: bool) -> Event {
+        if in_call {
+            self.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
+        }
+        self.stats.panicked.fetch_add(1, Ordering::Relaxed);
+        let reason = "kconc panicked while running or concluding the handler".to_owned();
+        match &self.policy.on_error {
+            OnError::Skip => Event::Done(Completion { slot, offset }),
+            OnError::Stop | OnError::DeadLetter(_) => {
+                self.stats.stopped.fetch_add(1, Ordering::Relaxed);
+                Event::Stopped { slot, offset, reason }
+            }
+        }
+    }
+
+    /// Ends a call that took `took`: counts it, and decides by the error
+    /// policy what its outcome leads to. Every outcome leads to exactly one
+    /// conclusion; the error's own code (its text, its source chain, its
+    /// drop) cannot break it off.
+    pub(super) fn conclude(&self, mut end: Ending, outcome: Outcome, took: std::time::Duration) -> Concluded {
+        self.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.stats.handler_seconds.0.observe(took.as_secs_f64());
+        let (slot, partition, offset, attempt) = (end.slot, end.partition, end.offset, end.attempt);
+        let copy = end.copy.take();
+        let Described {
+            text: error,
+            retryable,
+            what,
+        } = match outcome {
+            Outcome::Ok => {
+                self.stats.handled.fetch_add(1, Ordering::Relaxed);
+                return Concluded::Event(Event::Done(Completion { slot, offset }));
+            }
+            Outcome::Failed(error) => {
+                self.stats.failed.fetch_add(1, Ordering::Relaxed);
+                describe_error(error)
+            }
+            Outcome::Panicked(panic) => {
+                self.stats.panicked.fetch_add(1, Ordering::Relaxed);
+                Described {
+                    text: format!("handler panicked: {panic}"),
+                    retryable: true,
+                    what: "handler panicked",
+                }
+            }
+        };
+        // For the log lines below (only failures get here).
+        let topic = end.topic.clone();
+        if let (true, true, Some(copy)) = (retryable, self.policy.retries_left(attempt), &copy) {
+            let clock = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.subsec_nanos());
+            let seed = (offset as u64) ^ (u64::from(attempt) << 48) ^ u64::from(clock);
+            let delay = self.policy.delay(attempt, seed ^ (partition as u64).rotate_left(32));
+            self.stats.retried.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                subscriber = %self.subscriber, topic = &*topic, partition, offset, attempt, error,
+                retry_in_ms = delay.as_millis() as u64,
+                "{what}; retrying"
+            );
+            return Concluded::Event(Event::Retry {
+                slot,
+                msg: copy.clone().next_attempt(),
+                due: Instant::now() + delay,
+            });
+        }
+        match &self.policy.on_error {
+            OnError::Skip => {
+                tracing::warn!(
+                    subscriber = %self.subscriber, topic = &*topic, partition, offset, attempt, error,
+                    "{what}; skipped (the message counts as finished)"
+                );
+                Concluded::Event(Event::Done(Completion { slot, offset }))
+            }
+            OnError::Stop => {
+                self.stats.stopped.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(
+                    subscriber = %self.subscriber, topic = &*topic, partition, offset, attempt, error,
+                    "{what}; partition stopped: nothing after this offset starts or is committed until it is reassigned or the program restarts"
+                );
+                Concluded::Event(Event::Stopped {
+                    slot,
+                    offset,
+                    reason: error,
+                })
+            }
+            OnError::DeadLetter(_) => match copy {
+                Some(copy) => Concluded::DeadLetter(Box::new(DeadLetter { end, copy, error, what })),
+                // Not reached: a dead-letter policy always keeps a copy.
+                None => {
+                    self.stats.stopped.fetch_add(1, Ordering::Relaxed);
+                    Concluded::Event(Event::Stopped {
+                        slot,
+                        offset,
+                        reason: error,
+                    })
+                }
+            },
+        }
+    }
+
+    /// Produces the message to the dead-letter topic, retrying what may
+    /// succeed if tried again until the broker acknowledges it (or shutdown
+    /// begins: then it is left uncommitted, to be redelivered). A failure
+    /// retrying cannot fix stops the partition.
+    pub(super) async fn dead_letter(
+        &self,
+        slot: PartitionSlot,
+        dlq: &str,
+        msg: &Message,
+        error: &str,
+        what: &str,
+    ) -> Event {
+        let (topic, partition, offset, attempt) = (msg.topic(), msg.partition(), msg.offset(), msg.attempt());
+        let mut wait = self.policy.backoff.max(std::time::Duration::from_millis(10));
+        loop {
+            match policy::dead_letter(&self.context, dlq, msg, error).await {
+                Ok(()) => {
+                    self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(
+                        subscriber = %self.subscriber, topic, partition, offset, attempt, error, dead_letter = dlq,
+                        "{what}; message dead-lettered"
+                    );
+                    return Event::Done(Completion { slot, offset });
+                }
+                Err(failed) if failed.permanent => {
+                    self.stats.dead_letter_failures.fetch_add(1, Ordering::Relaxed);
+                    self.stats.stopped.fetch_add(1, Ordering::Relaxed);
+                    let reason = format!(
+                        "dead letter to `{dlq}` failed and retrying cannot fix it: {}; the handler's error: {error}",
+                        failed.reason
+                    );
+                    tracing::error!(
+                        subscriber = %self.subscriber, topic, partition, offset, dead_letter = dlq, error = %failed.reason,
+                        "dead-letter produce failed for good; partition stopped: nothing after this offset is handled or \
+                         committed until it is reassigned or the program restarts"
+                    );
+                    return Event::Stopped { slot, offset, reason };
+                }
+                Err(failed) => {
+                    self.stats.dead_letter_failures.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(
+                        subscriber = %self.subscriber, topic, partition, offset, dead_letter = dlq, error = %failed.reason,
+                        retry_in_ms = wait.as_millis() as u64,
+                        "dead-letter produce failed; retrying (the offset stays uncommitted)"
+                    );
+                    if self.context.is_shutting_down() {
+                        return Event::Abandoned(slot, offset);
+                    }
+                    tokio::select! {
+                        () = tokio::time::sleep(wait) => {}
+                        () = self.context.shutting_down() => return Event::Abandoned(slot, offset),
+                    }
+                    wait = (wait * 2).min(self.policy.max_backoff.max(wait));
+                }
+            }
+        }
+    }
+}

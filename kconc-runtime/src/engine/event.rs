@@ -1,0 +1,159 @@
+//! What the engine's threads tell each other: the poll loop hands messages
+//! to workers tagged with their partition (a [`PartitionSlot`]), and the
+//! workers and the committer report back with [`Event`]s on one channel.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::message::Message;
+
+use super::*;
+
+/// An event for the poll loop: a handler task ended, or the consumer's queue
+/// has something to poll.
+#[derive(Debug)]
+pub(crate) enum Event {
+    /// Finished: handled, skipped or dead-lettered.
+    Done(Completion),
+    /// Failed with retries left: `msg` (its next attempt) starts again at `due`.
+    Retry {
+        slot: PartitionSlot,
+        msg: Message,
+        due: Instant,
+    },
+    /// Failed its last attempt under `on_error = stop`.
+    Stopped {
+        slot: PartitionSlot,
+        offset: i64,
+        reason: String,
+    },
+    /// Never run, or given up without finishing, because shutdown began or
+    /// the runtime is gone (a message handed to a worker too late, a dead
+    /// letter not yet acknowledged): the slot is free, the offset stays
+    /// uncommitted. Never sent while the subscriber runs on.
+    Abandoned(PartitionSlot, i64),
+    /// Several of the above, sent together by one worker.
+    Batch(Vec<Event>),
+    /// The committer committed these positions (partition, epoch, offset).
+    Committed(Vec<(PartitionKey, u64, i64)>),
+    Wake,
+}
+
+/// A message finished: handled, or failed and given up on. Every started
+/// handler reports exactly once, so no offset can become a permanent floor.
+#[derive(Debug)]
+pub(crate) struct Completion {
+    pub(crate) slot: PartitionSlot,
+    pub(crate) offset: i64,
+}
+
+/// Where a partition's state lives in the poll loop, which assignment
+/// (epoch) of it the message belongs to, and its ordering lane, if any.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct PartitionSlot {
+    pub(crate) topic: usize,
+    pub(crate) partition: i32,
+    pub(crate) epoch: u64,
+    pub(crate) lane: Option<u64>,
+}
+
+/// A partition, as the committer keys it. With an epoch it names one
+/// assignment of it: the same partition assigned again later is a new
+/// epoch and starts its committed position afresh.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct PartitionKey {
+    pub(crate) topic: Arc<str>,
+    pub(crate) partition: i32,
+}
+
+// What the poll loop does with each event.
+
+impl Engine {
+    pub(super) fn on_event(&mut self, ev: Event) {
+        let (slot, offset) = match ev {
+            Event::Wake => return,
+            Event::Committed(positions) => {
+                self.on_committed(positions);
+                return;
+            }
+            Event::Batch(events) => {
+                for ev in events {
+                    self.on_event(ev);
+                }
+                return;
+            }
+            Event::Done(ref c) => (c.slot, c.offset),
+            Event::Retry { slot, ref msg, .. } => (slot, msg.offset()),
+            Event::Stopped { slot, offset, .. } | Event::Abandoned(slot, offset) => (slot, offset),
+        };
+        // Every other event frees a handler slot.
+        self.running = self.running.saturating_sub(1);
+        let Some(ts) = self.topics.get_mut(slot.topic) else {
+            return;
+        };
+        let Some(ps) = ts
+            .partitions
+            .get_mut(&slot.partition)
+            .filter(|ps| ps.epoch == slot.epoch)
+        else {
+            // A handler of an assignment that is gone (revoked, or since
+            // assigned again): its outcome counts for nothing here, but the
+            // lane it held is free now, so the key's messages of the new
+            // assignment may start.
+            self.waiting.finished(slot, offset);
+            return;
+        };
+        ps.running = ps.running.saturating_sub(1);
+        match ev {
+            Event::Done(c) => {
+                ps.offsets.finished(c.offset);
+                self.finished_since_commit += 1;
+                self.waiting.finished(c.slot, c.offset);
+            }
+            Event::Retry { slot, msg, due } => {
+                // A revoked partition's message is not tried again here: it
+                // stays uncommitted and goes to the new owner.
+                if !ps.holds_back(msg.offset()) && !ps.revoking && !self.closing {
+                    // It keeps its lane, idle, until its retry starts.
+                    self.waiting.idle(slot, msg.offset());
+                    self.delayed_seq += 1;
+                    self.delayed.push(Reverse(Delayed {
+                        due,
+                        seq: self.delayed_seq,
+                        slot,
+                        msg,
+                    }));
+                } else {
+                    self.waiting.finished(slot, msg.offset());
+                }
+            }
+            Event::Stopped { slot, offset, reason } => {
+                ps.stop_at(offset);
+                let topic = ts.name.clone();
+                self.waiting.finished(slot, offset);
+                self.forget_unstarted_from(slot.topic, slot.partition, offset);
+                self.dispatcher
+                    .stats()
+                    .set_stopped(&topic, slot.partition, Some((offset, reason)));
+            }
+            Event::Abandoned(slot, offset) => self.waiting.finished(slot, offset),
+            Event::Batch(_) | Event::Committed(_) | Event::Wake => {}
+        }
+    }
+
+    /// Records what the committer has committed, where it is still this
+    /// assignment's.
+    pub(super) fn on_committed(&mut self, positions: Vec<(PartitionKey, u64, i64)>) {
+        for (key, epoch, offset) in positions {
+            let Some(ts) = self.topics.iter_mut().find(|t| t.name == key.topic) else {
+                continue;
+            };
+            if let Some(ps) = ts.partitions.get_mut(&key.partition).filter(|ps| ps.epoch == epoch) {
+                if ps.committed.is_none_or(|c| offset > c) {
+                    ps.committed = Some(offset);
+                    ps.progress_ms = crate::stats::unix_ms();
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,368 @@
+//! Fetching under backpressure: each assigned partition's own queue is read
+//! only while the engine has room (`max_buffered`, the partition's share of
+//! it, `max_uncommitted`); what is read is enqueued in the schedule. Also
+//! the records librdkafka cannot read, and the watermarks health reports.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use rdkafka::consumer::{BaseConsumer, Consumer as _};
+use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::message::BorrowedMessage;
+use rdkafka::{Message as _, Offset};
+
+use crate::message::Message;
+use crate::policy::OnError;
+
+use super::*;
+
+impl Engine {
+    /// Publishes what health and metrics read: the time of this turn, the
+    /// buffered count and, once a second, the partitions' high watermarks
+    /// (librdkafka's cached values: no request to the broker).
+    pub(super) fn observe(&mut self, consumer: &BaseConsumer<KconcContext>) {
+        let stats = self.dispatcher.stats();
+        let now = crate::stats::unix_ms();
+        stats.last_poll_ms.store(now, Ordering::Relaxed);
+        stats.buffered.store(self.buffered() as u64, Ordering::Relaxed);
+        if now.saturating_sub(self.last_watermarks) < 1000 {
+            return;
+        }
+        self.last_watermarks = now;
+        let mut marks = Vec::new();
+        let mut progress = std::collections::BTreeMap::new();
+        for &(t, p) in &self.order {
+            let topic = &*self.topics[t].name;
+            if let Some(high) = ffi::cached_high_watermark(consumer, topic, p) {
+                marks.push(((topic.to_owned(), p), high));
+            }
+            if let Some(ps) = self.topics[t].partitions.get(&p) {
+                let waiting = ps.offsets.window(ps.committed) > 0;
+                progress.insert((topic.to_owned(), p), (ps.progress_ms, waiting));
+            }
+        }
+        if let Ok(mut map) = stats.high_watermarks.lock() {
+            map.extend(marks);
+        }
+        if let Ok(mut map) = stats.progress.lock() {
+            *map = progress;
+        }
+        // librdkafka reports an unreadable batch again at every refetch;
+        // where the partition stopped there, nothing else comes: drop them.
+        for ts in &self.topics {
+            for ps in ts
+                .partitions
+                .values()
+                .filter(|ps| ps.stopped.is_some() && ps.unreadable.is_some())
+            {
+                if let Some(q) = &ps.queue {
+                    while !matches!(q.poll(&ts.name), Polled::Empty) {}
+                }
+            }
+        }
+    }
+
+    /// Queues a message that came through the consumer's own queue (a
+    /// partition whose queue could not be split).
+    pub(super) fn dispatch(&mut self, msg: &BorrowedMessage<'_>) {
+        if self.closing {
+            return;
+        }
+        let t = self.topic_index(msg.topic());
+        if !self.topics[t].partitions.contains_key(&msg.partition()) {
+            // Not assigned here (any more): nothing of it is tracked or
+            // committed, so the message is simply not taken.
+            tracing::debug!(
+                subscriber = &*self.settings.name,
+                topic = msg.topic(),
+                partition = msg.partition(),
+                "a message of a partition not assigned here; not taken"
+            );
+            return;
+        }
+        let msg = Message::detach(self.topics[t].name.clone(), msg);
+        self.enqueue(t, msg);
+    }
+
+    pub(super) fn enqueue(&mut self, t: usize, msg: Message) {
+        self.dispatcher.stats().received.fetch_add(1, Ordering::Relaxed);
+        let Some(ps) = self.topics[t].partitions.get_mut(&msg.partition()) else {
+            return;
+        };
+        // A record past an unreadable batch: the partition is past it.
+        if ps
+            .unreadable
+            .is_some_and(|u| u.probe.is_some_and(|probe| msg.offset() >= probe))
+        {
+            ps.unreadable = None;
+        }
+        let mut first = ps.offsets.is_untouched();
+        let mut epoch = ps.epoch;
+        if !ps.offsets.dispatched(msg.offset()) {
+            // The partition's position went back within the assignment (a
+            // reset after log truncation, say): what comes now was never
+            // handled, so it is handled, as in a new assignment.
+            tracing::warn!(
+                subscriber = &*self.settings.name,
+                topic = &*self.topics[t].name,
+                partition = msg.partition(),
+                offset = msg.offset(),
+                "the partition's position went back; handling from there as a new assignment"
+            );
+            self.restart_partition(t, msg.partition());
+            let Some(ps) = self.topics[t].partitions.get_mut(&msg.partition()) else {
+                return;
+            };
+            ps.offsets.dispatched(msg.offset());
+            (first, epoch) = (true, ps.epoch);
+        }
+        let slot = PartitionSlot {
+            topic: t,
+            partition: msg.partition(),
+            epoch,
+            lane: None,
+        };
+        if first {
+            self.dispatcher
+                .stats()
+                .set_fetch_start(&self.topics[t].name, msg.partition(), msg.offset());
+        }
+        self.waiting.push(slot, msg);
+        self.dispatcher
+            .stats()
+            .max_waiting
+            .fetch_max(self.buffered() as u64, Ordering::Relaxed);
+    }
+
+    /// Messages read and not started: waiting for a slot or their lane,
+    /// or for their retry. What `max_buffered` bounds.
+    pub(super) fn buffered(&self) -> usize {
+        self.waiting.len() + self.delayed.len()
+    }
+
+    /// Why partition `ps` (`p` of topic `t`) is not read now, if it is not.
+    pub(super) fn held_back(&self, t: usize, p: i32, ps: &PartitionState, share: usize) -> Option<Held> {
+        if self.waiting.blocked(t, p) >= share {
+            return Some(Held::Share);
+        }
+        (ps.offsets.window(ps.committed) >= self.settings.max_uncommitted as u64).then_some(Held::Window)
+    }
+
+    /// Reads partition queues, a batch from each in turn, while fewer than
+    /// `max_buffered` messages wait (retries included) and the partition is
+    /// not held back (see [`Engine::held_back`]), up to `FILL_READS`
+    /// messages. Returns how many it read.
+    pub(super) fn fill(&mut self) -> usize {
+        if self.closing || self.order.is_empty() {
+            return 0;
+        }
+        let n = self.order.len();
+        let share = (self.settings.max_buffered / n).max(1);
+        for i in 0..n {
+            let (t, p) = self.order[i];
+            let held = self.topics[t]
+                .partitions
+                .get(&p)
+                .and_then(|ps| self.held_back(t, p, ps, share));
+            self.set_paused(t, p, held);
+        }
+        let mut read = 0;
+        loop {
+            let mut progress = false;
+            for i in 0..n {
+                let (t, p) = self.order[(self.next_turn + i) % n];
+                for _ in 0..PARTITION_BATCH {
+                    if self.buffered() >= self.settings.max_buffered || read >= FILL_READS {
+                        // The next turn starts after this partition, so a
+                        // deep partition cannot starve the others.
+                        self.next_turn = (self.next_turn + i + 1) % n;
+                        return read;
+                    }
+                    let topic = &self.topics[t];
+                    let Some(ps) = topic.partitions.get(&p).filter(|ps| ps.stopped.is_none()) else {
+                        break;
+                    };
+                    if let Some(held) = self.held_back(t, p, ps, share) {
+                        self.set_paused(t, p, Some(held));
+                        break;
+                    }
+                    let polled = match &ps.queue {
+                        Some(q) => q.poll(&topic.name),
+                        None => Polled::Empty,
+                    };
+                    match polled {
+                        Polled::Message(msg) => {
+                            self.enqueue(t, msg);
+                            read += 1;
+                            progress = true;
+                            // Started as soon as read while slots are free:
+                            // a handler that ends on its first poll then
+                            // frees its record before the next is read.
+                            if self.running < self.settings.concurrency {
+                                self.start_waiting();
+                            }
+                        }
+                        Polled::Error { code, offset, reason } => {
+                            self.on_partition_error(t, p, code, offset, &reason);
+                            break;
+                        }
+                        Polled::Empty => break,
+                    }
+                }
+            }
+            self.next_turn = (self.next_turn + 1) % n;
+            if !progress {
+                return read;
+            }
+        }
+    }
+
+    /// An error librdkafka reported on a partition's queue.
+    pub(super) fn on_partition_error(
+        &mut self,
+        t: usize,
+        p: i32,
+        code: RDKafkaErrorCode,
+        offset: Option<i64>,
+        reason: &str,
+    ) {
+        match (code, offset) {
+            // Only with enable.partition.eof: not an error of any record.
+            (RDKafkaErrorCode::PartitionEOF, _) => {}
+            (
+                RDKafkaErrorCode::BadMessage | RDKafkaErrorCode::BadCompression | RDKafkaErrorCode::NotImplemented,
+                Some(at),
+            ) => self.unreadable(t, p, at, code, reason),
+            _ => tracing::warn!(
+                subscriber = &*self.settings.name,
+                topic = &*self.topics[t].name,
+                partition = p,
+                error = reason,
+                ?offset,
+                "fetch error"
+            ),
+        }
+    }
+
+    /// A record batch starting at `at` that librdkafka cannot read (corrupt,
+    /// or compressed with a codec it cannot decompress). librdkafka does not
+    /// move past it: it fetches it again and reports it again. Here it is a
+    /// failed message at `at`, under the error policy, counted in
+    /// `records_unreadable`: `stop` stops the partition there; `skip`
+    /// commits past it and `dead_letter` first produces a dead letter for
+    /// it (no key or payload: only where it was and why), and then the fetch
+    /// is moved past the batch, one offset at a time (a fetch anywhere in the
+    /// batch returns the whole batch, and its end is not reported), so no
+    /// readable record after it is passed over.
+    pub(super) fn unreadable(&mut self, t: usize, p: i32, at: i64, code: RDKafkaErrorCode, reason: &str) {
+        let topic = self.topics[t].name.clone();
+        let Some(ps) = self.topics[t].partitions.get_mut(&p) else {
+            return;
+        };
+        if ps.stopped.is_some() {
+            // Reported again while the partition stands stopped there.
+            return;
+        }
+        if let Some(u) = ps.unreadable.filter(|u| u.at == at) {
+            // The fetch moved to `probe` is still inside the batch: one further.
+            if let Some(probe) = u.probe {
+                self.seek_past(t, p, at, probe + 1);
+            }
+            return;
+        }
+        if ps.offsets.last_dispatched().is_some_and(|last| at <= last) {
+            // A report of what is already passed: nothing new.
+            return;
+        }
+        ps.offsets.dispatched(at);
+        let slot = PartitionSlot {
+            topic: t,
+            partition: p,
+            epoch: ps.epoch,
+            lane: None,
+        };
+        self.dispatcher.stats().unreadable.fetch_add(1, Ordering::Relaxed);
+        let error = format!("record batch at offset {at} cannot be read ({code:?}): {reason}");
+        let on_error = self.dispatcher.on_error().clone();
+        tracing::error!(
+            subscriber = &*self.settings.name,
+            topic = &*topic,
+            partition = p,
+            offset = at,
+            error,
+            "unreadable records; {}",
+            match on_error {
+                OnError::Stop => "partition stopped: nothing after this offset is handled or committed until it is reassigned or the program restarts",
+                OnError::Skip => "skipped (the batch counts as finished)",
+                OnError::DeadLetter(_) => "dead-lettering where they were (their content cannot be read)",
+            }
+        );
+        match on_error {
+            OnError::Stop => {
+                ps.stop_at(at);
+                ps.unreadable = Some(Unreadable { at, probe: None });
+                let stats = self.dispatcher.stats();
+                stats.stopped.fetch_add(1, Ordering::Relaxed);
+                stats.set_stopped(&topic, p, Some((at, error)));
+                self.forget_unstarted_from(t, p, at);
+            }
+            OnError::Skip => {
+                ps.offsets.finished(at);
+                self.finished_since_commit += 1;
+                self.seek_past(t, p, at, at + 1);
+            }
+            OnError::DeadLetter(_) => {
+                ps.running += 1;
+                self.running += 1;
+                self.dispatcher.dead_letter(slot, Message::new(&topic, p, at), error);
+                self.dispatcher.flush();
+                self.seek_past(t, p, at, at + 1);
+            }
+        }
+    }
+
+    /// Moves the fetch of partition `p` (past an unreadable batch at `at`)
+    /// to `to`.
+    pub(super) fn seek_past(&mut self, t: usize, p: i32, at: i64, to: i64) {
+        let topic = self.topics[t].name.clone();
+        if let Some(ps) = self.topics[t].partitions.get_mut(&p) {
+            ps.unreadable = Some(Unreadable { at, probe: Some(to) });
+        }
+        let Some(consumer) = self.consumer.upgrade() else {
+            return;
+        };
+        if let Err(e) = consumer.seek(&topic, p, Offset::Offset(to), Duration::ZERO) {
+            tracing::warn!(
+                subscriber = &*self.settings.name, topic = &*topic, partition = p, offset = to, error = %e,
+                "cannot move the fetch past unreadable records; trying again at the next report"
+            );
+        }
+    }
+
+    /// Marks a partition paused (`Some(why)`) or resumed by backpressure,
+    /// logging and counting the change.
+    pub(super) fn set_paused(&mut self, t: usize, p: i32, held: Option<Held>) {
+        let Some(ps) = self.topics[t].partitions.get_mut(&p) else {
+            return;
+        };
+        let paused = held.is_some();
+        if ps.paused == paused {
+            return;
+        }
+        ps.paused = paused;
+        let topic = &*self.topics[t].name;
+        let stats = self.dispatcher.stats();
+        stats.set_paused(topic, p, paused);
+        if held == Some(Held::Window) {
+            stats.window_pauses.fetch_add(1, Ordering::Relaxed);
+        }
+        tracing::debug!(
+            subscriber = &*self.settings.name,
+            topic,
+            partition = p,
+            paused,
+            "backpressure: partition {}",
+            held.map_or_else(|| "resumed".to_owned(), |held| format!("paused: {}", held.reason()))
+        );
+    }
+}

@@ -1,0 +1,260 @@
+//! The engine: what happens to a message between the broker and the
+//! commit. One poll thread per subscriber owns the consumer and all the
+//! state below; workers run the handlers and report back by channel; one
+//! committer thread writes the offsets. The files, in the order a message
+//! flows through them:
+//!
+//! - `poll`: the poll thread's loop, and starting a subscriber.
+//! - `fetch`: reading each partition's queue under backpressure.
+//! - `schedule`: the lanes that keep key or partition order.
+//! - `dispatch`: starting a message on a worker (or its first poll here).
+//! - `inline`: the opt-in first polls on the poll thread.
+//! - `worker` and `slots`: the worker tasks and their futures.
+//! - `complete`: a handler's outcome under the error policy.
+//! - `event`: what workers and the committer report, and what the poll
+//!   loop does with it.
+//! - `offsets`: each partition's contiguous finished prefix.
+//! - `commit`: the committer thread.
+//! - `rebalance`: assignments, revokes and each partition's epoch.
+//! - `retry`: failed messages waiting for their backoff.
+//! - `shutdown`: drain, final commit, close.
+//! - `ffi`: the librdkafka calls rdkafka does not wrap (the only `unsafe`).
+//! - `hash`: a cheap hasher for the engine's small keys.
+//!
+//! The engine's state lives in `Mutex<Option<Engine>>` inside the
+//! consumer's context, because librdkafka runs the rebalance callbacks
+//! inside `poll`: only the poll thread takes that lock, and it never calls
+//! `poll` while holding it (that would deadlock).
+//!
+//! Ordering: fetched messages go into the [`Schedule`], which releases a
+//! message only when its key (or partition) has nothing else ready or
+//! running, per the subscriber's ordering mode.
+//!
+//! Backpressure: each assigned partition's messages are split into their own
+//! librdkafka queue when it is assigned. The loop reads a partition's queue
+//! only while fewer than `max_buffered` messages wait for a slot, and (in
+//! `key` and `partition` ordering) while the partition's messages waiting
+//! behind busy lanes stay below its share of `max_buffered`; a partition over
+//! its share is paused (not read) until they drain, so it cannot fill the
+//! buffer and stall the others. An unread partition stays in librdkafka's
+//! bounded prefetch buffer, which stops fetching it when full. The
+//! consumer's own queue, which carries rebalances and errors, is polled on
+//! every turn whatever the backlog, so the member never exceeds
+//! `max.poll.interval.ms` because handlers are slow. (Pausing
+//! would do the same but purges the prefetched messages, and every resume
+//! then waits up to `fetch.wait.max.ms` for a refetch.)
+
+mod commit;
+mod complete;
+mod dispatch;
+mod event;
+mod fetch;
+mod ffi;
+mod hash;
+mod inline;
+mod offsets;
+mod poll;
+mod rebalance;
+mod retry;
+mod schedule;
+mod shutdown;
+mod slots;
+mod worker;
+
+pub use complete::HandlerTimedOut;
+pub(crate) use ffi::no_initial_rebalance_delay;
+pub(crate) use poll::{start, Runner};
+
+// The engine's files name each other's items through these (each has
+// `use super::*`).
+use self::{complete::*, event::*, inline::*, rebalance::*, retry::*, shutdown::*, slots::*, worker::*};
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::sync::mpsc::{self, Receiver};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer as _};
+use tokio_util::sync::CancellationToken;
+
+use self::commit::{Assigned, CommitRequest, Committer};
+use self::complete::Shared;
+use self::dispatch::Dispatcher;
+use self::event::{Event, PartitionKey, PartitionSlot};
+use self::ffi::{PartitionQueue, Polled};
+use self::hash::SmallKeyMap;
+use self::offsets::OffsetTracker;
+use self::schedule::Schedule;
+
+/// Above this much prefetch over all assigned partitions, an assignment
+/// warns (1 GiB).
+const PREFETCH_WARNING_KB: u64 = 1 << 20;
+/// How long the poll thread sleeps when nothing happens (it is woken earlier
+/// by a completion or by librdkafka when the queue becomes non-empty).
+const IDLE_WAIT: Duration = Duration::from_millis(100);
+/// Events or messages polled from the consumer's own queue in one turn.
+const POLL_BATCH: usize = 1024;
+/// Messages read from one partition's queue before the next partition's turn.
+const PARTITION_BATCH: usize = 64;
+/// Messages read from partition queues in one turn of the poll loop, at
+/// most, before it polls the consumer again for rebalances and errors.
+const TURN_READS: usize = 4096;
+/// Messages one `fill` reads at most: handlers that end on their first
+/// poll free their slots as fast as it reads, so without a bound it would
+/// read the whole backlog before the loop commits or serves a rebalance.
+const FILL_READS: usize = 256;
+
+impl std::fmt::Debug for PartitionState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PartitionState")
+            .field("epoch", &self.epoch)
+            .field("running", &self.running)
+            .field("split", &self.queue.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The settings the engine reads on every message, copied out of [`Subscriber`].
+#[derive(Debug)]
+struct Settings {
+    name: Arc<str>,
+    group: String,
+    /// Handlers running at once, at most.
+    concurrency: usize,
+    /// Messages read and not started (retries included), at most
+    /// (reading stops there).
+    max_buffered: usize,
+    /// Offsets of one partition read past its last committed one, at most.
+    max_uncommitted: usize,
+    /// librdkafka's prefetch bound per assigned partition
+    /// (`queued.max.messages.kbytes`), for a warning.
+    prefetch_kb: u64,
+    commit_batch_size: usize,
+    commit_interval: Duration,
+    shutdown_timeout: Duration,
+    revoke_timeout: Duration,
+}
+
+#[derive(Debug)]
+struct TopicState {
+    name: Arc<str>,
+    partitions: SmallKeyMap<i32, PartitionState>,
+}
+
+struct PartitionState {
+    epoch: u64,
+    offsets: OffsetTracker,
+    /// Handlers of this partition running now.
+    running: usize,
+    /// This partition's own message queue (see the module docs).
+    queue: Option<PartitionQueue>,
+    /// The last position handed to the committer.
+    requested: Option<i64>,
+    /// Not read because its messages waiting behind busy lanes reached its
+    /// share of `max_buffered`.
+    paused: bool,
+    /// Stopped by the error policy at this offset: never read again in this
+    /// assignment, and nothing at or after it starts; what comes before it
+    /// still runs (and is retried) in its lane's order, and is committed.
+    stopped: Option<i64>,
+    /// Being revoked: nothing of it starts or is retried any more.
+    revoking: bool,
+    /// The position the committer last committed in this assignment.
+    committed: Option<i64>,
+    /// When `committed` last moved (or the partition was assigned), in
+    /// Unix milliseconds: how long its commits have stalled.
+    progress_ms: u64,
+    /// A record batch librdkafka cannot read, at this first offset: the
+    /// position the partition is being moved past, if it is (`probe`).
+    unreadable: Option<Unreadable>,
+}
+
+impl PartitionState {
+    /// Stops the partition at `offset` (or keeps an earlier stop).
+    fn stop_at(&mut self, offset: i64) {
+        self.stopped = Some(self.stopped.map_or(offset, |s| s.min(offset)));
+    }
+
+    /// Whether a stop holds the message at `offset` back.
+    fn holds_back(&self, offset: i64) -> bool {
+        self.stopped.is_some_and(|s| offset >= s)
+    }
+}
+
+/// Why backpressure holds a partition back (it is not read meanwhile).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Held {
+    /// Its messages waiting behind busy lanes reached its share of
+    /// `max_buffered` (key and partition ordering).
+    Share,
+    /// Its uncommitted window reached `max_uncommitted`.
+    Window,
+}
+
+impl Held {
+    fn reason(self) -> &'static str {
+        match self {
+            Self::Share => "its buffer share is full",
+            Self::Window => "its uncommitted window is full (max_uncommitted): it waits for its commits",
+        }
+    }
+}
+
+/// An unreadable record batch of a partition (see [`Engine::unreadable`]).
+#[derive(Clone, Copy, Debug)]
+struct Unreadable {
+    /// The batch's first offset, as librdkafka reports it.
+    at: i64,
+    /// Where the fetch was last moved to, to find the end of the batch:
+    /// `None` once the partition is stopped there.
+    probe: Option<i64>,
+}
+
+/// Everything the poll thread knows. Lives in the consumer's context so the
+/// rebalance callbacks reach it; only the poll thread ever locks it.
+struct Engine {
+    settings: Settings,
+    topics: Vec<TopicState>,
+    events: Receiver<Event>,
+    dispatcher: Dispatcher,
+    committer: Committer,
+    /// The consumer, to split partition queues off it (weak: the consumer
+    /// owns this engine through its context).
+    consumer: Weak<BaseConsumer<KconcContext>>,
+    /// Wakes the poll loop when a partition queue gets messages.
+    wake: mpsc::Sender<Event>,
+    /// Assigned partitions in the order their queues are read; the start
+    /// rotates so that no partition is always served first.
+    order: Vec<(usize, i32)>,
+    next_turn: usize,
+    next_epoch: u64,
+    /// Messages fetched and not started, in the order they may start.
+    waiting: Schedule,
+    /// Failed messages waiting for their retry, soonest first. They hold
+    /// no handler slot; their offsets stay unfinished and, in key or
+    /// partition ordering, their lanes stay busy.
+    delayed: BinaryHeap<Reverse<Delayed>>,
+    delayed_seq: u64,
+    /// Handlers running now, all partitions.
+    running: usize,
+    finished_since_commit: usize,
+    last_commit: Instant,
+    /// Shutdown has begun: nothing more is dispatched.
+    closing: bool,
+    /// This subscriber's shutdown signal: once it is given, nothing more
+    /// starts, even before the poll loop notices.
+    shutdown: CancellationToken,
+    /// Inside a rebalance callback: handlers started now go to the workers
+    /// whatever the `FirstPoll` mode.
+    in_callback: bool,
+    /// When the shutdown under way must be over: a revoke during it ends
+    /// by then too.
+    shutdown_deadline: Option<Instant>,
+    /// When the high watermarks were last read, in Unix milliseconds.
+    last_watermarks: u64,
+}
+
+fn with_engine<R>(consumer: &BaseConsumer<KconcContext>, f: impl FnOnce(&mut Engine) -> R) -> Option<R> {
+    consumer.context().engine().as_mut().map(f)
+}

@@ -1,0 +1,270 @@
+//! The poll loop: one thread per subscriber owns the consumer and the
+//! engine. Each turn it serves the consumer's own queue (rebalances and
+//! errors), reads partition queues under backpressure (`fetch`), starts what
+//! the schedule releases, applies the workers' events, and asks the
+//! committer to commit.
+
+use std::collections::BinaryHeap;
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer as _};
+use rdkafka::ClientConfig;
+use tokio_util::sync::CancellationToken;
+
+use crate::stats::Stats;
+use crate::subscriber::Subscriber;
+use crate::watch::ClusterWatch;
+use crate::Error;
+
+use super::*;
+
+/// A running subscriber's poll thread.
+#[derive(Debug)]
+pub(crate) struct Runner {
+    pub(crate) name: String,
+    pub(crate) stats: Arc<Stats>,
+    pub(crate) done: tokio::sync::oneshot::Receiver<()>,
+}
+
+/// Creates the consumer, subscribes, and starts the poll thread.
+pub(crate) fn start(
+    sub: &Subscriber,
+    config: ClientConfig,
+    shutdown: CancellationToken,
+    runtime: tokio::runtime::Handle,
+    watch: Arc<ClusterWatch>,
+) -> Result<Runner, Error> {
+    let name: Arc<str> = Arc::from(sub.name.as_str());
+    let handler_context = crate::context::Context::new(name.clone(), &sub.group, shutdown.clone(), &config);
+    let context = KconcContext::new(name.clone(), watch);
+    let mut consumer: BaseConsumer<KconcContext> = config
+        .create_with_context(context)
+        .map_err(|e| Error::from_client_creation(&sub.name, e))?;
+    let (events_tx, events_rx) = mpsc::channel();
+    let wake = events_tx.clone();
+    consumer.set_nonempty_callback(move || {
+        let _ = wake.send(Event::Wake);
+    });
+    let topics: Vec<&str> = sub.topics.iter().map(String::as_str).collect();
+    consumer.subscribe(&topics).map_err(|source| Error::Kafka {
+        subscriber: sub.name.clone(),
+        source,
+    })?;
+    let consumer = Arc::new(consumer);
+    let stats = Arc::new(Stats::default());
+    let committer = Committer::spawn(
+        &sub.name,
+        sub.group.clone(),
+        consumer.clone(),
+        stats.clone(),
+        events_tx.clone(),
+    )
+    .map_err(|e| Error::Thread(sub.name.clone(), e))?;
+    let wake = events_tx.clone();
+    let engine = Engine {
+        settings: Settings {
+            name: name.clone(),
+            group: sub.group.clone(),
+            concurrency: sub.concurrency,
+            max_buffered: sub.effective_max_buffered(),
+            max_uncommitted: sub.max_uncommitted,
+            prefetch_kb: config
+                .get("queued.max.messages.kbytes")
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(8192),
+            commit_batch_size: sub.commit_batch_size,
+            commit_interval: sub.commit_interval,
+            shutdown_timeout: sub.shutdown_timeout,
+            revoke_timeout: sub.revoke_timeout,
+        },
+        topics: Vec::new(),
+        events: events_rx,
+        dispatcher: Dispatcher::new(
+            Shared {
+                subscriber: name.clone(),
+                handler: sub.handler.clone(),
+                context: handler_context,
+                events: events_tx,
+                stats: stats.clone(),
+                runtime: runtime.clone(),
+                policy: sub.policy.clone(),
+                handler_timeout: sub.handler_timeout,
+                abort: tokio_util::sync::CancellationToken::new(),
+            },
+            sub.concurrency,
+            sub.first_poll,
+        ),
+        committer,
+        consumer: Arc::downgrade(&consumer),
+        wake,
+        order: Vec::new(),
+        next_turn: 0,
+        next_epoch: 0,
+        waiting: Schedule::new(sub.ordering),
+        delayed: BinaryHeap::new(),
+        delayed_seq: 0,
+        running: 0,
+        finished_since_commit: 0,
+        last_commit: Instant::now(),
+        last_watermarks: 0,
+        closing: false,
+        shutdown: shutdown.clone(),
+        in_callback: false,
+        shutdown_deadline: None,
+    };
+    *consumer.context().engine() = Some(engine);
+    let (done_tx, done) = tokio::sync::oneshot::channel();
+    let poll_stats = stats.clone();
+    std::thread::Builder::new()
+        .name(format!("kconc-poll-{}", sub.name))
+        .spawn(move || {
+            // Handlers' first polls may run here (see `Dispatcher`): they
+            // find the runtime's timers and spawner as on a worker.
+            let _runtime = runtime.enter();
+            let _alive = poll_stats.alive_while(|s| &s.poll_alive);
+            let deadline = poll_loop(&consumer, &shutdown);
+            close(consumer, deadline);
+            let _ = done_tx.send(());
+        })
+        .map_err(|e| Error::Thread(sub.name.clone(), e))?;
+    tracing::info!(subscriber = &*name, group = sub.group, topics = ?sub.topics, concurrency = sub.concurrency, "subscriber started");
+    Ok(Runner {
+        name: sub.name.clone(),
+        stats,
+        done,
+    })
+}
+
+/// Runs until shutdown, then drains; returns the shutdown's deadline.
+pub(super) fn poll_loop(consumer: &BaseConsumer<KconcContext>, shutdown: &CancellationToken) -> Instant {
+    while !shutdown.is_cancelled() {
+        // Rebalances and errors (and the messages of any unsplit partition):
+        // served on every turn, however far behind the handlers are.
+        let mut polled = 0;
+        for _ in 0..POLL_BATCH {
+            match consumer.poll(Duration::ZERO) {
+                Some(Ok(msg)) => {
+                    consumer.context().watch.reachable();
+                    with_engine(consumer, |e| e.dispatch(&msg));
+                    polled += 1;
+                }
+                Some(Err(e)) => {
+                    let cx = consumer.context();
+                    cx.watch.consumer_error(&cx.subscriber, &e);
+                }
+                None => break,
+            }
+        }
+        with_engine(consumer, |e| {
+            let mut events = e.drain_events();
+            loop {
+                e.start_ready();
+                let read = e.fill();
+                e.start_ready();
+                polled += read;
+                if read == 0 {
+                    break;
+                }
+                consumer.context().watch.reachable();
+                events += e.drain_events();
+                // Handlers that end on their first poll free their slots at
+                // once, so reading could go on for as long as the backlog
+                // lasts: commit as it goes, and go back to serving
+                // rebalances after a turn's worth.
+                e.maybe_commit(false);
+                if polled >= TURN_READS {
+                    break;
+                }
+            }
+            e.maybe_commit(false);
+            e.observe(consumer);
+            if polled == 0 && events == 0 {
+                let wait = e.idle_wait();
+                e.wait_event(wait);
+                e.start_ready();
+                e.maybe_commit(false);
+            }
+        });
+    }
+    drain_on_shutdown(consumer)
+}
+
+impl Engine {
+    /// Starts waiting messages, oldest first, while slots are free.
+    pub(super) fn start_ready(&mut self) {
+        self.release_due();
+        self.start_waiting();
+        if !self.dispatcher.flush() && !self.shutdown.is_cancelled() {
+            // The runtime the handlers run on is gone: nothing can run any
+            // more, so this subscriber stops (what was handed over stays
+            // uncommitted) instead of reading on.
+            tracing::error!(
+                subscriber = &*self.settings.name,
+                "the tokio runtime the handlers run on has shut down; stopping this subscriber"
+            );
+            self.shutdown.cancel();
+        }
+    }
+
+    /// Starts waiting messages while slots are free; what goes to workers
+    /// waits for the next flush.
+    pub(super) fn start_waiting(&mut self) {
+        if self.closing || self.shutdown.is_cancelled() {
+            return;
+        }
+        while self.running < self.settings.concurrency {
+            let Some((slot, msg)) = self.waiting.pop() else {
+                break;
+            };
+            if let Some(ps) = self.topics[slot.topic].partitions.get_mut(&slot.partition) {
+                ps.running += 1;
+            }
+            self.running += 1;
+            if let Some(ended) = self.dispatcher.start(slot, msg, !self.in_callback) {
+                // Ended on its first poll, here: its lane and slot are free
+                // for the next message at once.
+                self.on_event(ended);
+            }
+        }
+    }
+
+    /// Applies every event already queued; returns how many there were.
+    pub(super) fn drain_events(&mut self) -> usize {
+        let mut n = 0;
+        while let Ok(ev) = self.events.try_recv() {
+            self.on_event(ev);
+            n += 1;
+        }
+        n
+    }
+
+    /// Waits up to `timeout` for one event, then drains the rest.
+    /// Returns `false` on timeout.
+    pub(super) fn wait_event(&mut self, timeout: Duration) -> bool {
+        match self.events.recv_timeout(timeout) {
+            Ok(ev) => {
+                self.on_event(ev);
+                self.drain_events();
+                true
+            }
+            Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => false,
+        }
+    }
+
+    pub(super) fn maybe_commit(&mut self, force: bool) {
+        let due = self.finished_since_commit >= self.settings.commit_batch_size
+            || (self.finished_since_commit > 0 && self.last_commit.elapsed() >= self.settings.commit_interval);
+        if !(due || force) {
+            return;
+        }
+        let parts = self.all_partitions();
+        let positions = self.positions(&parts);
+        self.finished_since_commit = 0;
+        self.last_commit = Instant::now();
+        if !positions.is_empty() {
+            self.committer.request(CommitRequest::Positions(positions));
+        }
+    }
+}

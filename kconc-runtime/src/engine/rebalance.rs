@@ -1,0 +1,380 @@
+//! Rebalances and partitions: the rdkafka context whose callbacks run the
+//! engine's assign and revoke (librdkafka calls them inside `poll`, on the
+//! poll thread), each assignment's epoch, and what a partition's state says
+//! about its positions.
+
+use std::cmp::Reverse;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use rdkafka::client::ClientContext;
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::consumer::{BaseConsumer, Consumer as _, ConsumerContext, Rebalance};
+use rdkafka::error::KafkaError;
+use rdkafka::TopicPartitionList;
+
+use crate::watch::ClusterWatch;
+
+use super::*;
+
+/// The rdkafka context of a kconc consumer: routes librdkafka's logs into
+/// `tracing` and runs the engine's rebalance handling.
+pub(crate) struct KconcContext {
+    pub(super) subscriber: Arc<str>,
+    pub(super) engine: Mutex<Option<Engine>>,
+    /// The app's view of the cluster, which its librdkafka lines go to.
+    pub(super) watch: Arc<ClusterWatch>,
+}
+
+impl std::fmt::Debug for KconcContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KconcContext")
+            .field("subscriber", &self.subscriber)
+            .finish_non_exhaustive()
+    }
+}
+
+impl KconcContext {
+    /// The context of a consumer of subscriber `subscriber`, with no engine yet.
+    pub(crate) fn new(subscriber: Arc<str>, watch: Arc<ClusterWatch>) -> Self {
+        Self {
+            subscriber,
+            engine: Mutex::new(None),
+            watch,
+        }
+    }
+
+    pub(super) fn engine(&self) -> MutexGuard<'_, Option<Engine>> {
+        // Only the poll thread takes this lock; a poisoned lock means a bug
+        // panicked while holding it, and its state is still the best we have.
+        self.engine.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl ClientContext for KconcContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        self.watch.log(level, &self.subscriber, fac, log_message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.watch.client_error(&self.subscriber, &error, reason);
+    }
+}
+
+impl ConsumerContext for KconcContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Revoke(tpl) => {
+                if let Some(engine) = self.engine().as_mut() {
+                    // User code never runs inside the callback: what starts
+                    // meanwhile goes to the workers.
+                    engine.in_callback = true;
+                    engine.revoke(consumer, tpl);
+                    engine.in_callback = false;
+                }
+            }
+            // Before librdkafka assigns and starts fetching, so that no
+            // message of these partitions reaches the consumer's own queue.
+            Rebalance::Assign(tpl) => {
+                self.watch.reachable();
+                if let Some(engine) = self.engine().as_mut() {
+                    engine.dispatcher.stats().joined.store(true, Ordering::Relaxed);
+                    engine.assign(tpl);
+                }
+            }
+            Rebalance::Error(e) => {
+                tracing::warn!(subscriber = &*self.subscriber, error = %e, "rebalance error");
+            }
+        }
+    }
+}
+
+/// How much of `revoke_timeout` a revoke keeps for the commit of the
+/// revoked partitions' finished prefix: the handlers get the rest.
+pub(super) fn commit_allowance(revoke_timeout: Duration) -> Duration {
+    (revoke_timeout / 4).min(Duration::from_secs(1))
+}
+
+pub(super) fn describe(tpl: &TopicPartitionList) -> String {
+    let mut parts: Vec<String> = tpl
+        .elements()
+        .iter()
+        .map(|e| format!("{}[{}]", e.topic(), e.partition()))
+        .collect();
+    parts.sort();
+    parts.join(",")
+}
+
+impl Engine {
+    pub(super) fn topic_index(&mut self, name: &str) -> usize {
+        if let Some(i) = self.topics.iter().position(|t| &*t.name == name) {
+            return i;
+        }
+        self.topics.push(TopicState {
+            name: Arc::from(name),
+            partitions: SmallKeyMap::default(),
+        });
+        self.topics.len() - 1
+    }
+
+    pub(super) fn new_partition(&mut self) -> PartitionState {
+        self.next_epoch += 1;
+        PartitionState {
+            epoch: self.next_epoch,
+            offsets: OffsetTracker::default(),
+            running: 0,
+            queue: None,
+            requested: None,
+            paused: false,
+            stopped: None,
+            revoking: false,
+            committed: None,
+            progress_ms: crate::stats::unix_ms(),
+            unreadable: None,
+        }
+    }
+
+    pub(super) fn assign(&mut self, tpl: &TopicPartitionList) {
+        if tpl.count() == 0 {
+            return;
+        }
+        let consumer = self.consumer.upgrade();
+        for el in tpl.elements() {
+            let t = self.topic_index(el.topic());
+            let mut state = self.new_partition();
+            if let Some(consumer) = &consumer {
+                state.queue = ffi::split(consumer, el.topic(), el.partition()).map(|mut q| {
+                    let wake = self.wake.clone();
+                    q.set_nonempty_callback(move || {
+                        let _ = wake.send(Event::Wake);
+                    });
+                    q
+                });
+            }
+            if state.queue.is_none() {
+                tracing::warn!(
+                    subscriber = &*self.settings.name,
+                    topic = el.topic(),
+                    partition = el.partition(),
+                    "could not split the partition's queue; its messages come through the consumer queue"
+                );
+            }
+            // Assigned again without a revoke in between (eager protocol):
+            // what waited under the old assignment is read again from the
+            // committed offset.
+            let p = el.partition();
+            self.forget_unstarted(t, p);
+            self.topics[t].partitions.insert(p, state);
+            self.dispatcher.stats().set_assigned(el.topic(), p, true);
+        }
+        self.rebuild_order();
+        let prefetch_kb = self.order.len() as u64 * self.settings.prefetch_kb;
+        if prefetch_kb > PREFETCH_WARNING_KB {
+            tracing::warn!(
+                subscriber = &*self.settings.name,
+                partitions = self.order.len(),
+                prefetch_mb = prefetch_kb / 1024,
+                "librdkafka may prefetch up to queued.max.messages.kbytes per assigned partition: this much in all; \
+                 lower queued.max.messages.kbytes if memory is short"
+            );
+        }
+        self.dispatcher.stats().assignments.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(
+            subscriber = &*self.settings.name,
+            group = self.settings.group,
+            partitions = %describe(tpl),
+            "partitions assigned"
+        );
+    }
+
+    pub(super) fn rebuild_order(&mut self) {
+        self.order = self.all_partitions();
+        self.order.sort_unstable();
+    }
+
+    /// Stops dispatching the revoked partitions, waits (bounded) for their
+    /// in-flight handlers, commits their finished prefix synchronously and
+    /// drops their state, all within `revoke_timeout`. Other partitions
+    /// keep running meanwhile. A lost assignment (the group has moved on
+    /// without this member) is dropped at once, without a wait or a commit.
+    pub(super) fn revoke(&mut self, consumer: &BaseConsumer<KconcContext>, tpl: &TopicPartitionList) {
+        if tpl.count() == 0 {
+            return;
+        }
+        let started = Instant::now();
+        // Within a shutdown, a revoke ends when the shutdown must.
+        let mut deadline = started + self.settings.revoke_timeout;
+        if let Some(shutdown) = self.shutdown_deadline {
+            deadline = deadline.min(shutdown);
+        }
+        self.dispatcher.stats().revocations.fetch_add(1, Ordering::Relaxed);
+        let mut revoked = Vec::new();
+        for el in tpl.elements() {
+            if let Some(t) = self.topics.iter().position(|t| &*t.name == el.topic()) {
+                if let Some(ps) = self.topics[t].partitions.get_mut(&el.partition()) {
+                    ps.revoking = true;
+                    revoked.push((t, el.partition()));
+                }
+            }
+        }
+        // Messages of the revoked partitions that have not started never will
+        // here: the new owner reads them again from the committed offset.
+        for &(t, p) in &revoked {
+            self.forget_unstarted(t, p);
+        }
+        let lost = consumer.assignment_lost();
+        if lost {
+            // Not ready again until the member has rejoined its group.
+            self.dispatcher.stats().joined.store(false, Ordering::Relaxed);
+        } else {
+            // Handlers may take the time the commit of their finished
+            // prefix does not need.
+            let handlers_until = deadline
+                .checked_sub(commit_allowance(self.settings.revoke_timeout))
+                .unwrap_or(started);
+            while self.in_flight(&revoked) > 0 {
+                // The partitions that stay keep starting handlers meanwhile
+                // (on the workers: this is a rebalance callback).
+                self.start_ready();
+                let left = handlers_until.saturating_duration_since(Instant::now());
+                if left.is_zero() || !self.wait_event(left) {
+                    tracing::warn!(
+                        subscriber = &*self.settings.name,
+                        still_running = self.in_flight(&revoked),
+                        "revoke timeout: committing what finished; the rest will be redelivered to the new owner"
+                    );
+                    break;
+                }
+            }
+        }
+        let positions = self.positions(&revoked);
+        let assigned: Vec<Assigned> = revoked
+            .iter()
+            .filter_map(|&(t, p)| Some((self.key(t, p), self.topics[t].partitions.get(&p)?.epoch)))
+            .collect();
+        let result = if lost {
+            self.committer.request(CommitRequest::Forget(assigned));
+            Ok(())
+        } else {
+            self.committer.request(CommitRequest::Positions(positions));
+            self.committer.flush(assigned, deadline)
+        };
+        for &(t, p) in &revoked {
+            self.dispatcher.stats().set_assigned(&self.topics[t].name, p, false);
+            self.dispatcher.stats().forget_partition(&self.topics[t].name, p);
+            if let Some(ps) = self.topics[t].partitions.remove(&p) {
+                if ps.paused {
+                    self.dispatcher.stats().set_paused(&self.topics[t].name, p, false);
+                }
+                if ps.stopped.is_some() {
+                    self.dispatcher.stats().set_stopped(&self.topics[t].name, p, None);
+                }
+            }
+        }
+        self.rebuild_order();
+        match result {
+            Ok(()) if lost => tracing::warn!(
+                subscriber = &*self.settings.name,
+                group = self.settings.group,
+                partitions = %describe(tpl),
+                "partitions lost; their uncommitted messages will be redelivered to the new owner"
+            ),
+            Ok(()) => tracing::info!(
+                subscriber = &*self.settings.name,
+                group = self.settings.group,
+                partitions = %describe(tpl),
+                took_ms = started.elapsed().as_millis() as u64,
+                "partitions revoked; finished prefix committed"
+            ),
+            Err(e) => {
+                self.dispatcher
+                    .stats()
+                    .revoke_commit_failures
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    subscriber = &*self.settings.name,
+                    group = self.settings.group,
+                    partitions = %describe(tpl),
+                    error = %e,
+                    "partitions revoked; the commit of their finished prefix failed (or did not finish in time and was dropped), so the new owner may redeliver some"
+                );
+            }
+        }
+    }
+
+    pub(super) fn key(&self, t: usize, partition: i32) -> PartitionKey {
+        PartitionKey {
+            topic: self.topics[t].name.clone(),
+            partition,
+        }
+    }
+
+    pub(super) fn in_flight(&self, parts: &[(usize, i32)]) -> usize {
+        parts
+            .iter()
+            .filter_map(|&(t, p)| self.topics[t].partitions.get(&p))
+            .map(|p| p.running)
+            .sum()
+    }
+
+    /// Positions that moved since they were last handed to the committer.
+    pub(super) fn positions(&mut self, parts: &[(usize, i32)]) -> Vec<(PartitionKey, u64, i64)> {
+        let mut out = Vec::new();
+        for &(t, p) in parts {
+            let name = self.topics[t].name.clone();
+            if let Some(ps) = self.topics[t].partitions.get_mut(&p) {
+                if let Some(pos) = ps.offsets.committable() {
+                    if ps.requested.is_none_or(|r| pos > r) {
+                        ps.requested = Some(pos);
+                        out.push((
+                            PartitionKey {
+                                topic: name,
+                                partition: p,
+                            },
+                            ps.epoch,
+                            pos,
+                        ));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    pub(super) fn all_partitions(&self) -> Vec<(usize, i32)> {
+        self.topics
+            .iter()
+            .enumerate()
+            .flat_map(|(t, ts)| ts.partitions.keys().map(move |&p| (t, p)))
+            .collect()
+    }
+
+    /// Forgets a partition's messages that have not started: fetched ones
+    /// and retries (revoke, stop, or a new assignment of it). They are read
+    /// again from the committed offset by whoever owns it next.
+    pub(super) fn forget_unstarted(&mut self, t: usize, p: i32) {
+        self.forget_unstarted_from(t, p, i64::MIN);
+    }
+
+    /// Forgets what of a partition has not started at `from` or after (a
+    /// stop there): its earlier messages still run in their lanes' order.
+    pub(super) fn forget_unstarted_from(&mut self, t: usize, p: i32, from: i64) {
+        self.waiting.drop_partition(t, p, from);
+        self.delayed
+            .retain(|Reverse(d)| !(d.slot.topic == t && d.slot.partition == p && d.msg.offset() >= from));
+    }
+
+    /// Starts a partition's tracking afresh (a new epoch) on its queue: what
+    /// waited under the old one is forgotten, its running handlers' ends
+    /// count for nothing (their lanes are freed as they end).
+    pub(super) fn restart_partition(&mut self, t: usize, p: i32) {
+        self.forget_unstarted(t, p);
+        let mut state = self.new_partition();
+        if let Some(old) = self.topics[t].partitions.get_mut(&p) {
+            state.queue = old.queue.take();
+            state.paused = old.paused;
+        }
+        self.topics[t].partitions.insert(p, state);
+    }
+}

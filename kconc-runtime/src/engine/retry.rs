@@ -1,0 +1,62 @@
+//! Retry timers: failed messages waiting for their backoff, released to
+//! the front of the schedule when due.
+
+use std::cmp::Reverse;
+use std::time::{Duration, Instant};
+
+use crate::message::Message;
+
+use super::*;
+
+/// A failed message waiting for its retry.
+pub(super) struct Delayed {
+    pub(super) due: Instant,
+    pub(super) seq: u64,
+    pub(super) slot: PartitionSlot,
+    pub(super) msg: Message,
+}
+
+impl PartialEq for Delayed {
+    fn eq(&self, other: &Self) -> bool {
+        (self.due, self.seq) == (other.due, other.seq)
+    }
+}
+
+impl Eq for Delayed {}
+
+impl PartialOrd for Delayed {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Delayed {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.due, self.seq).cmp(&(other.due, other.seq))
+    }
+}
+
+impl Engine {
+    /// Moves retries that are due to the front of the schedule.
+    pub(super) fn release_due(&mut self) {
+        let now = Instant::now();
+        while self.delayed.peek().is_some_and(|Reverse(d)| d.due <= now) {
+            let Some(Reverse(d)) = self.delayed.pop() else { break };
+            let live = self.topics[d.slot.topic]
+                .partitions
+                .get(&d.slot.partition)
+                .is_some_and(|ps| ps.epoch == d.slot.epoch && !ps.holds_back(d.msg.offset()) && !ps.revoking);
+            if live && !self.closing {
+                self.waiting.retry(d.slot, d.msg);
+            }
+        }
+    }
+
+    /// How long the loop may sleep: until the next retry is due, at most
+    /// `IDLE_WAIT`.
+    pub(super) fn idle_wait(&self) -> Duration {
+        self.delayed.peek().map_or(IDLE_WAIT, |Reverse(d)| {
+            d.due.saturating_duration_since(Instant::now()).min(IDLE_WAIT)
+        })
+    }
+}

@@ -1,0 +1,240 @@
+//! A worker's futures in reusable places: polled only when woken, each
+//! place's waker reused by the next future (an unordered set of futures
+//! that allocates nothing per message once warm).
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::Poll;
+
+use crate::stats::Stats;
+
+use super::*;
+
+/// The handlers one worker runs: a set of futures polled only when woken,
+/// like `FuturesUnordered`, but whose places (the pinned box a future lives
+/// in, and its waker) are made once and reused by later messages, so
+/// running a message allocates nothing here.
+pub(super) struct Slots<F> {
+    pub(super) slots: Vec<Slot<F>>,
+    /// Places free for the next message.
+    pub(super) free: Vec<usize>,
+    /// Places to poll now: new futures, and those woken.
+    pub(super) due: Vec<usize>,
+    pub(super) woken: Arc<Woken>,
+    /// Where each place's start time is published (see
+    /// [`Stats::running_since`]), if anywhere.
+    pub(super) stats: Option<Arc<Stats>>,
+    /// The time stamped on the futures inserted next, in Unix milliseconds.
+    pub(super) now_ms: u64,
+}
+
+pub(super) struct Slot<F> {
+    pub(super) future: std::pin::Pin<Box<Option<F>>>,
+    pub(super) wake: Arc<SlotWake>,
+    pub(super) waker: std::task::Waker,
+    /// When its future began, in Unix milliseconds (0: free).
+    pub(super) since: Arc<AtomicU64>,
+}
+
+/// The places woken since the worker last looked, and the worker's waker.
+#[derive(Default)]
+pub(super) struct Woken {
+    pub(super) places: Mutex<Vec<usize>>,
+    pub(super) worker: futures_util::task::AtomicWaker,
+}
+
+/// The waker of one place. `queued` keeps a place from being listed twice;
+/// it is cleared just before each poll, so a wake during or after that poll
+/// lists it again and none is lost. A wake meant for a place's previous
+/// future only causes one spurious poll of the next.
+pub(super) struct SlotWake {
+    pub(super) place: usize,
+    pub(super) queued: AtomicBool,
+    pub(super) woken: Arc<Woken>,
+}
+
+impl std::task::Wake for SlotWake {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        if !self.queued.swap(true, Ordering::SeqCst) {
+            self.woken
+                .places
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push(self.place);
+            self.woken.worker.wake();
+        }
+    }
+}
+
+impl<F: Future> Slots<F> {
+    pub(super) fn new() -> Self {
+        Self {
+            slots: Vec::new(),
+            free: Vec::new(),
+            due: Vec::new(),
+            woken: Arc::default(),
+            stats: None,
+            now_ms: 0,
+        }
+    }
+
+    /// Publishes each place's start time in `stats`.
+    pub(super) fn report_to(&mut self, stats: Arc<Stats>) {
+        self.stats = Some(stats);
+    }
+
+    /// Makes `cx` the waker to call when a future here is woken.
+    pub(super) fn register(&self, cx: &std::task::Context<'_>) {
+        self.woken.worker.register(cx.waker());
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.free.len() == self.slots.len()
+    }
+
+    /// Adds a future, to be polled first by the next [`Slots::poll_woken`];
+    /// returns its place.
+    pub(super) fn insert(&mut self, future: F) -> usize {
+        let place = match self.free.pop() {
+            Some(place) => place,
+            None => {
+                let place = self.slots.len();
+                let wake = Arc::new(SlotWake {
+                    place,
+                    queued: AtomicBool::new(false),
+                    woken: self.woken.clone(),
+                });
+                let since = Arc::new(AtomicU64::new(0));
+                if let Some(list) = self.stats.as_ref().and_then(|s| s.running_since.lock().ok()).as_mut() {
+                    list.push(since.clone());
+                }
+                self.slots.push(Slot {
+                    future: Box::pin(None),
+                    waker: std::task::Waker::from(wake.clone()),
+                    wake,
+                    since,
+                });
+                place
+            }
+        };
+        if let Some(slot) = self.slots.get_mut(place) {
+            slot.future.set(Some(future));
+            slot.since.store(self.now_ms.max(1), Ordering::Relaxed);
+        }
+        self.due.push(place);
+        place
+    }
+
+    /// Drops every future (where a panic in a `Drop` cannot escape).
+    pub(super) fn clear(&mut self) {
+        for slot in &mut self.slots {
+            let future = &mut slot.future;
+            run_guarded(|| future.set(None));
+            slot.since.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// The waker of a place.
+    pub(super) fn waker(&self, place: usize) -> Option<&std::task::Waker> {
+        self.slots.get(place).map(|slot| &slot.waker)
+    }
+
+    /// Polls the new futures and those woken since the last call; pushes
+    /// the outputs of those that finished onto `ended`.
+    pub(super) fn poll_woken(&mut self, ended: &mut Vec<F::Output>) {
+        self.due.append(
+            &mut self
+                .woken
+                .places
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        for place in self.due.drain(..) {
+            let Some(slot) = self.slots.get_mut(place) else {
+                continue;
+            };
+            slot.wake.queued.store(false, Ordering::SeqCst);
+            let Some(future) = slot.future.as_mut().as_pin_mut() else {
+                continue; // already finished: a late or repeated wake
+            };
+            if let Poll::Ready(out) = future.poll(&mut std::task::Context::from_waker(&slot.waker)) {
+                slot.future.set(None);
+                slot.since.store(0, Ordering::Relaxed);
+                self.free.push(place);
+                ended.push(out);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::future::BoxFuture;
+    use futures_util::FutureExt as _;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::task::{Context, Wake, Waker};
+
+    struct Count(AtomicU64);
+
+    impl Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn waiting(rx: tokio::sync::oneshot::Receiver<u32>) -> BoxFuture<'static, u32> {
+        async move { rx.await.unwrap_or(0) }.boxed()
+    }
+
+    #[test]
+    fn slots_poll_what_was_woken_reuse_places_and_lose_no_wake_after_a_stale_one() {
+        let worker = Arc::new(Count(AtomicU64::new(0)));
+        let waker = Waker::from(worker.clone());
+        let mut slots = Slots::new();
+        slots.register(&Context::from_waker(&waker));
+        let mut ended = Vec::new();
+
+        let (tx_a, rx_a) = tokio::sync::oneshot::channel();
+        slots.insert(waiting(rx_a));
+        slots.insert(async { 7 }.boxed());
+        slots.poll_woken(&mut ended);
+        assert_eq!(ended, [7], "a ready future ends on its first poll");
+        assert!(!slots.is_empty());
+
+        // The finished future's place is taken by the next one.
+        let (tx_c, rx_c) = tokio::sync::oneshot::channel();
+        slots.insert(waiting(rx_c));
+        assert_eq!(slots.slots.len(), 2);
+        slots.poll_woken(&mut ended);
+        assert_eq!(ended, [7], "nothing was woken");
+        let _ = tx_c.send(5);
+        assert_eq!(worker.0.load(Ordering::SeqCst), 1, "a wake wakes the worker");
+        slots.poll_woken(&mut ended);
+        assert_eq!(ended, [7, 5]);
+
+        // A late wake for a finished future, then a new future in its place:
+        // the new future's own wake must still get through.
+        let place = slots.free[0];
+        slots.slots[place].waker.wake_by_ref();
+        let (tx_e, rx_e) = tokio::sync::oneshot::channel();
+        slots.insert(waiting(rx_e));
+        slots.poll_woken(&mut ended);
+        assert_eq!(ended, [7, 5], "a spurious poll ends nothing");
+        let _ = tx_e.send(9);
+        slots.poll_woken(&mut ended);
+        assert_eq!(ended, [7, 5, 9]);
+
+        let _ = tx_a.send(3);
+        slots.poll_woken(&mut ended);
+        assert_eq!(ended, [7, 5, 9, 3]);
+        assert!(slots.is_empty());
+        assert_eq!(slots.slots.len(), 2, "two places served four futures");
+    }
+}

@@ -1,0 +1,255 @@
+//! Workers: a few tokio tasks per subscriber, each driving the handlers'
+//! futures it was given (and their dead letters) to their end, and
+//! reporting each message's event back to the poll loop.
+
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::task::Poll;
+
+use tokio::sync::mpsc::UnboundedReceiver;
+
+use crate::handler::{Handler, HandlerFuture, Outcome};
+use crate::message::Message;
+use crate::stats::unix_ms;
+
+use super::*;
+
+/// Where a worker takes a message up.
+pub(crate) enum Start {
+    /// From the start.
+    Fresh(PartitionSlot, Message),
+    /// The poll thread called the handler and its future waits: the worker
+    /// polls it on (with its own waker) until it ends. The waker of that
+    /// first poll, if the future kept it, forwards to the worker's.
+    Running(Call, HandlerFuture, Option<Arc<Handover>>),
+    /// The handler failed its last attempt and the policy dead-letters it:
+    /// the worker produces the dead letter.
+    DeadLetter(Box<DeadLetter>),
+}
+
+impl Start {
+    /// The message's slot and offset.
+    pub(super) fn slot_offset(&self) -> (PartitionSlot, i64) {
+        match self {
+            Self::Fresh(slot, msg) => (*slot, msg.offset()),
+            Self::Running(call, ..) => (call.end.slot, call.end.offset),
+            Self::DeadLetter(dead) => (dead.end.slot, dead.end.offset),
+        }
+    }
+}
+
+impl std::fmt::Debug for Start {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let name = match self {
+            Self::Fresh(..) => "Fresh",
+            Self::Running(..) => "Running",
+            Self::DeadLetter(_) => "DeadLetter",
+        };
+        let (slot, offset) = self.slot_offset();
+        f.debug_tuple(name).field(&slot).field(&offset).finish()
+    }
+}
+
+/// One worker: runs every message it is given concurrently and sends the
+/// events of those that ended, batched per wake-up, until the dispatcher is
+/// dropped and its handlers have ended.
+pub(super) async fn work(shared: Arc<Shared>, mut inbox: UnboundedReceiver<Vec<Start>>) {
+    let shared = &*shared;
+    let mut running = Slots::new();
+    running.report_to(shared.stats.clone());
+    let mut ended = Vec::new();
+    let mut open = true;
+    let aborted = shared.abort.cancelled();
+    tokio::pin!(aborted);
+    std::future::poll_fn(|cx| {
+        if aborted.as_mut().poll(cx).is_ready() {
+            running.clear();
+            return Poll::Ready(());
+        }
+        running.register(cx);
+        while open {
+            match inbox.poll_recv(cx) {
+                Poll::Ready(Some(batch)) => {
+                    // One clock reading for the batch: its messages begin now.
+                    running.now_ms = unix_ms();
+                    for mut start in batch {
+                        let handover = match &mut start {
+                            Start::Running(_, _, handover) => handover.take(),
+                            _ => None,
+                        };
+                        let place = running.insert(Drive::new(shared, start));
+                        if let (Some(handover), Some(waker)) = (handover, running.waker(place)) {
+                            handover.connect(waker);
+                        }
+                    }
+                }
+                Poll::Ready(None) => open = false,
+                Poll::Pending => break,
+            }
+        }
+        running.poll_woken(&mut ended);
+        match ended.len() {
+            0 => {}
+            1 => {
+                if let Some(event) = ended.pop() {
+                    let _ = shared.events.send(event);
+                }
+            }
+            _ => {
+                // The poll loop keeps the receiver until shutdown has given
+                // up on running handlers; a failed send means nobody waits.
+                let _ = shared.events.send(Event::Batch(std::mem::take(&mut ended)));
+            }
+        }
+        if !open && running.is_empty() {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    })
+    .await;
+}
+
+/// One message on a worker, from where its [`Start`] says to its event: a
+/// plain state machine, not nested `async` layers, so building it and
+/// moving it into its place copies one small value. Should kconc's own
+/// code around the handler panic (the handler's panics are caught inside),
+/// the message is concluded as panicked under the error policy (without a
+/// retry), so its lane and slot are freed and its offset is final.
+pub(super) struct Drive<'a> {
+    pub(super) shared: &'a Shared,
+    /// The message's slot and offset, for a conclusion after such a panic.
+    pub(super) slot: PartitionSlot,
+    pub(super) offset: i64,
+    pub(super) state: DriveState<'a>,
+    /// Ends the handler at `handler_timeout` (boxed: made only where a
+    /// timeout is set).
+    pub(super) deadline: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+// The handler state is the one every message is in; boxing it to even out
+// the sizes would cost an allocation per message.
+#[allow(clippy::large_enum_variant)]
+pub(super) enum DriveState<'a> {
+    /// Not begun: the handler is called on the first poll (where a panic
+    /// of kconc's own code is caught).
+    Fresh(PartitionSlot, Message),
+    /// The handler runs.
+    Handler(Call, HandlerFuture),
+    /// Producing the dead letter.
+    DeadLetter(std::pin::Pin<Box<dyn Future<Output = Event> + Send + 'a>>),
+    /// Ended (its event returned).
+    Ended,
+}
+
+impl<'a> Drive<'a> {
+    pub(super) fn new(shared: &'a Shared, start: Start) -> Self {
+        let (slot, offset) = start.slot_offset();
+        let state = match start {
+            Start::Fresh(slot, msg) => DriveState::Fresh(slot, msg),
+            Start::Running(call, fut, _) => DriveState::Handler(call, fut),
+            Start::DeadLetter(dead) => DriveState::DeadLetter(shared.dead_letter_boxed(*dead)),
+        };
+        let mut drive = Self {
+            shared,
+            slot,
+            offset,
+            state,
+            deadline: None,
+        };
+        if let DriveState::Handler(call, _) = &drive.state {
+            drive.deadline = shared.deadline(call.started);
+        }
+        drive
+    }
+
+    pub(super) fn step(&mut self, cx: &mut std::task::Context<'_>) -> Poll<Event> {
+        loop {
+            let (end, outcome, took) = match &mut self.state {
+                DriveState::Fresh(..) => {
+                    let DriveState::Fresh(slot, msg) = std::mem::replace(&mut self.state, DriveState::Ended) else {
+                        continue;
+                    };
+                    // Handed over before shutdown began and reached only
+                    // now: it never starts (it is read again after a restart).
+                    if self.shared.context.is_shutting_down() {
+                        return Poll::Ready(Event::Abandoned(slot, msg.offset()));
+                    }
+                    match self.shared.begin(slot, msg) {
+                        (call, Ok(fut)) => {
+                            self.deadline = self.shared.deadline(call.started);
+                            self.state = DriveState::Handler(call, fut);
+                            continue;
+                        }
+                        (call, Err(outcome)) => {
+                            let took = call.started.elapsed();
+                            (call.end, outcome, took)
+                        }
+                    }
+                }
+                DriveState::Handler(call, fut) => {
+                    let polled = {
+                        let _in_span = call.span.enter();
+                        Handler::poll(fut, cx)
+                    };
+                    let outcome = match polled {
+                        Poll::Ready(outcome) => outcome,
+                        Poll::Pending => {
+                            let Some(deadline) = self.deadline.as_mut() else {
+                                return Poll::Pending;
+                            };
+                            std::task::ready!(deadline.as_mut().poll(cx));
+                            let after = self.shared.handler_timeout.unwrap_or_default();
+                            Outcome::Failed(Box::new(HandlerTimedOut { after }))
+                        }
+                    };
+                    self.deadline = None;
+                    let DriveState::Handler(call, fut) = std::mem::replace(&mut self.state, DriveState::Ended) else {
+                        continue;
+                    };
+                    let took = call.started.elapsed();
+                    drop(call.span);
+                    drop_guarded(fut);
+                    (call.end, outcome, took)
+                }
+                DriveState::DeadLetter(fut) => {
+                    let event = std::task::ready!(fut.as_mut().poll(cx));
+                    self.state = DriveState::Ended;
+                    return Poll::Ready(event);
+                }
+                // Not polled again once ended (the worker frees its place).
+                DriveState::Ended => return Poll::Ready(Event::Abandoned(self.slot, self.offset)),
+            };
+            match self.shared.conclude(end, outcome, took) {
+                Concluded::Event(event) => return Poll::Ready(event),
+                Concluded::DeadLetter(dead) => {
+                    self.state = DriveState::DeadLetter(self.shared.dead_letter_boxed(*dead));
+                }
+            }
+        }
+    }
+}
+
+impl Future for Drive<'_> {
+    type Output = Event;
+
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Event> {
+        let this = &mut *self;
+        match std::panic::catch_unwind(AssertUnwindSafe(|| this.step(cx))) {
+            Ok(poll) => poll,
+            Err(_) => {
+                tracing::error!(
+                    subscriber = &*this.shared.subscriber,
+                    partition = this.slot.partition,
+                    offset = this.offset,
+                    "kconc panicked around a handler call; the message is concluded as panicked"
+                );
+                let state = std::mem::replace(&mut this.state, DriveState::Ended);
+                let in_call = matches!(state, DriveState::Handler(..));
+                drop_guarded(state);
+                Poll::Ready(this.shared.conclude_after_panic(this.slot, this.offset, in_call))
+            }
+        }
+    }
+}
