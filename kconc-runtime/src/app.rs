@@ -692,30 +692,10 @@ impl Running {
 
     /// Counters of all subscribers, summed.
     pub fn total_stats(&self) -> StatsSnapshot {
-        let all: Vec<Arc<Stats>> = self.runners.iter().map(|r| r.stats.clone()).collect();
-        all.iter()
-            .map(|s| s.snapshot())
-            .fold(StatsSnapshot::default(), |a, b| StatsSnapshot {
-                received: a.received + b.received,
-                dispatched: a.dispatched + b.dispatched,
-                first_polls_on_poll_thread: a.first_polls_on_poll_thread + b.first_polls_on_poll_thread,
-                first_polls_rerun_on_worker: a.first_polls_rerun_on_worker + b.first_polls_rerun_on_worker,
-                handled: a.handled + b.handled,
-                failed: a.failed + b.failed,
-                panicked: a.panicked + b.panicked,
-                retried: a.retried + b.retried,
-                dead_lettered: a.dead_lettered + b.dead_lettered,
-                dead_letter_failures: a.dead_letter_failures + b.dead_letter_failures,
-                stopped: a.stopped + b.stopped,
-                commits: a.commits + b.commits,
-                commit_failures: a.commit_failures + b.commit_failures,
-                assignments: a.assignments + b.assignments,
-                revocations: a.revocations + b.revocations,
-                revoke_commit_failures: a.revoke_commit_failures + b.revoke_commit_failures,
-                max_waiting: a.max_waiting.max(b.max_waiting),
-                uncommitted_window_pauses: a.uncommitted_window_pauses + b.uncommitted_window_pauses,
-                records_unreadable: a.records_unreadable + b.records_unreadable,
-            })
+        self.runners
+            .iter()
+            .map(|r| r.stats.snapshot())
+            .fold(StatsSnapshot::default(), std::ops::Add::add)
     }
 
     /// Shuts down gracefully: stops fetching, waits up to each subscriber's

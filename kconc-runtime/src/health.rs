@@ -21,7 +21,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
-use crate::stats::{unix_ms, Stats, StoppedPartition};
+use crate::stats::{unix_ms, Stats, StatsSnapshot, StoppedPartition, COUNTER_METRICS};
 use crate::watch::ClusterWatch;
 use crate::Error;
 
@@ -318,89 +318,15 @@ fn partition_labels(name: &str, topic: &str, partition: i32) -> Labels {
 /// The Prometheus text exposition of every subscriber's metrics.
 pub(crate) fn metrics_text(watched: &[Watched], t: &HealthThresholds) -> Result<String, Error> {
     let mut registry = Registry::with_prefix("kconc");
-    let counter = |registry: &mut Registry, name: &str, help: &str, get: &dyn Fn(&Stats) -> u64| {
+    let snapshots: Vec<(&str, StatsSnapshot)> = watched.iter().map(|w| (w.name.as_str(), w.stats.snapshot())).collect();
+    for (name, help, get) in COUNTER_METRICS {
         let family = Family::<Labels, Counter>::default();
-        for w in watched {
-            family.get_or_create(&sub_labels(&w.name)).inc_by(get(&w.stats));
+        for (sub, snapshot) in &snapshots {
+            family.get_or_create(&sub_labels(sub)).inc_by(get(snapshot));
         }
-        registry.register(name, help, family);
-    };
+        registry.register(*name, *help, family);
+    }
     let r = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
-    counter(&mut registry, "messages_received", "Messages read from Kafka", &|s| {
-        r(&s.received)
-    });
-    counter(
-        &mut registry,
-        "messages_handled",
-        "Handler calls that succeeded",
-        &|s| r(&s.handled),
-    );
-    counter(
-        &mut registry,
-        "first_polls_on_poll_thread",
-        "Handlers whose first poll ran on the poll thread (first_poll = auto or poll_thread)",
-        &|s| r(&s.first_polls_here),
-    );
-    counter(
-        &mut registry,
-        "messages_failed",
-        "Handler calls that returned an error",
-        &|s| r(&s.failed),
-    );
-    counter(
-        &mut registry,
-        "messages_panicked",
-        "Handler calls that panicked",
-        &|s| r(&s.panicked),
-    );
-    counter(
-        &mut registry,
-        "messages_retried",
-        "Failed attempts scheduled for a retry",
-        &|s| r(&s.retried),
-    );
-    counter(
-        &mut registry,
-        "messages_dead_lettered",
-        "Messages produced to the dead-letter topic",
-        &|s| r(&s.dead_lettered),
-    );
-    counter(
-        &mut registry,
-        "records_unreadable",
-        "Record batches librdkafka could not read (corrupt or undecompressable), each failed under the error policy",
-        &|s| r(&s.unreadable),
-    );
-    counter(
-        &mut registry,
-        "dead_letter_failures",
-        "Dead-letter produces that failed (retried, or stopping their partition when retrying cannot fix them)",
-        &|s| r(&s.dead_letter_failures),
-    );
-    counter(
-        &mut registry,
-        "messages_stopped",
-        "Messages that stopped their partition (on_error = stop, or a dead letter that cannot be produced)",
-        &|s| r(&s.stopped),
-    );
-    counter(&mut registry, "commits", "Offset commits that succeeded", &|s| {
-        r(&s.commits)
-    });
-    counter(&mut registry, "commit_failures", "Offset commits that failed", &|s| {
-        r(&s.commit_failures)
-    });
-    counter(
-        &mut registry,
-        "rebalance_assignments",
-        "Rebalances that assigned partitions",
-        &|s| r(&s.assignments),
-    );
-    counter(
-        &mut registry,
-        "rebalance_revocations",
-        "Rebalances that revoked partitions",
-        &|s| r(&s.revocations),
-    );
 
     let gauge = |registry: &mut Registry, name: &str, help: &str, get: &dyn Fn(&Watched) -> i64| {
         let family = Family::<Labels, Gauge>::default();

@@ -6,49 +6,135 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-/// Counters of one subscriber, readable while it runs.
-#[derive(Debug, Default)]
-pub(crate) struct Stats {
-    /// Messages handed to handler tasks.
-    pub dispatched: AtomicU64,
-    /// Handlers whose first poll ran on the poll thread ([`FirstPoll`](crate::FirstPoll)).
-    pub first_polls_here: AtomicU64,
-    /// First polls on the poll thread that failed or panicked there and ran
-    /// again on a worker, uncounted.
-    pub first_polls_rerun: AtomicU64,
-    /// Handler calls that returned success.
-    pub handled: AtomicU64,
-    /// Handler calls that returned an error.
-    pub failed: AtomicU64,
-    /// Handler calls that panicked.
-    pub panicked: AtomicU64,
-    /// Failed attempts scheduled for a retry.
-    pub retried: AtomicU64,
-    /// Messages produced to the dead-letter topic.
-    pub dead_lettered: AtomicU64,
-    /// Dead-letter produces that failed (retried, or stopping the partition
-    /// when retrying cannot fix them).
-    pub dead_letter_failures: AtomicU64,
-    /// Messages that stopped their partition (`on_error = stop`).
-    pub stopped: AtomicU64,
-    /// Successful offset commits.
-    pub commits: AtomicU64,
-    /// Failed offset commits (each retried with the newest positions).
-    pub commit_failures: AtomicU64,
-    /// Rebalances that assigned partitions to this member.
-    pub assignments: AtomicU64,
-    /// Rebalances that revoked partitions from this member.
-    pub revocations: AtomicU64,
-    /// Revokes whose commit of the finished prefix failed (the new owner
-    /// then starts from an older commit: duplicates, never a skip).
-    pub revoke_commit_failures: AtomicU64,
-    /// The most messages ever read and not started at once (waiting for a
-    /// slot, their lane or their retry).
-    pub max_waiting: AtomicU64,
-    /// Times a partition was paused because its uncommitted window was full.
-    pub window_pauses: AtomicU64,
-    /// Record batches librdkafka could not read (each went to the policy).
-    pub unreadable: AtomicU64,
+/// Declares the subscriber's counters once: each becomes an atomic of
+/// [`Stats`], a field of [`StatsSnapshot`] (with `snapshot()` reading it),
+/// a term of the sum over subscribers (`sum` adds, `max` keeps the larger),
+/// and, with `metric NAME HELP`, a Prometheus counter `kconc_NAME_total` in
+/// [`COUNTER_METRICS`]. The other fields of `Stats` follow verbatim.
+macro_rules! stats {
+    (
+        counters {
+            $(
+                $(#[doc = $doc:literal])*
+                $field:ident as $snap:ident: $fold:ident $(, metric $metric:literal $help:literal)?;
+            )*
+        }
+        fields {
+            $(
+                $(#[doc = $fdoc:literal])*
+                pub $fname:ident: $fty:ty,
+            )*
+        }
+    ) => {
+        /// Counters and partition state of one subscriber, readable while it runs.
+        #[derive(Debug, Default)]
+        pub(crate) struct Stats {
+            $( $(#[doc = $doc])* pub $field: AtomicU64, )*
+            $( $(#[doc = $fdoc])* pub $fname: $fty, )*
+        }
+
+        /// A snapshot of a subscriber's counters.
+        #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+        pub struct StatsSnapshot {
+            $( $(#[doc = $doc])* pub $snap: u64, )*
+        }
+
+        impl Stats {
+            /// Reads every counter.
+            pub(crate) fn snapshot(&self) -> StatsSnapshot {
+                StatsSnapshot {
+                    $( $snap: self.$field.load(Ordering::Relaxed), )*
+                }
+            }
+        }
+
+        /// The counters of several subscribers together.
+        impl std::ops::Add for StatsSnapshot {
+            type Output = Self;
+
+            fn add(self, other: Self) -> Self {
+                Self {
+                    $( $snap: $fold(self.$snap, other.$snap), )*
+                }
+            }
+        }
+
+        /// The counters exposed as Prometheus counters: the name (between
+        /// `kconc_` and `_total`), the help, and the value in a snapshot.
+        pub(crate) const COUNTER_METRICS: &[(&str, &str, fn(&StatsSnapshot) -> u64)] = &[
+            $( $( ($metric, $help, |s: &StatsSnapshot| s.$snap), )? )*
+        ];
+    };
+}
+
+/// How [`stats!`] adds a counter over subscribers.
+fn sum(a: u64, b: u64) -> u64 {
+    a.saturating_add(b)
+}
+
+/// How [`stats!`] takes a high-water mark over subscribers.
+fn max(a: u64, b: u64) -> u64 {
+    a.max(b)
+}
+
+stats! {
+    counters {
+        /// Messages read from Kafka (before any ordering or backpressure wait).
+        received as received: sum, metric "messages_received" "Messages read from Kafka";
+        /// Messages handed to handler tasks.
+        dispatched as dispatched: sum;
+        /// Handlers whose first poll ran on the subscriber's poll thread
+        /// (see [`FirstPoll`](crate::FirstPoll)); the others ran on workers
+        /// throughout.
+        first_polls_here as first_polls_on_poll_thread: sum, metric "first_polls_on_poll_thread"
+            "Handlers whose first poll ran on the poll thread (first_poll = auto or poll_thread)";
+        /// Of those, the ones that failed or panicked on the poll thread and
+        /// ran again from the start on a worker (not counted as failures).
+        first_polls_rerun as first_polls_rerun_on_worker: sum, metric "first_polls_rerun_on_worker"
+            "First polls that failed or panicked on the poll thread and ran again from the start on a worker";
+        /// Handler calls that returned success.
+        handled as handled: sum, metric "messages_handled" "Handler calls that succeeded";
+        /// Handler calls that returned an error.
+        failed as failed: sum, metric "messages_failed" "Handler calls that returned an error";
+        /// Handler calls that panicked.
+        panicked as panicked: sum, metric "messages_panicked" "Handler calls that panicked";
+        /// Failed attempts scheduled for a retry.
+        retried as retried: sum, metric "messages_retried" "Failed attempts scheduled for a retry";
+        /// Messages produced to the dead-letter topic.
+        dead_lettered as dead_lettered: sum, metric "messages_dead_lettered"
+            "Messages produced to the dead-letter topic";
+        /// Dead-letter produces that failed (retried, or stopping the
+        /// partition when retrying cannot fix them).
+        dead_letter_failures as dead_letter_failures: sum, metric "dead_letter_failures"
+            "Dead-letter produces that failed (retried, or stopping their partition when retrying cannot fix them)";
+        /// Messages that stopped their partition (`on_error = stop`, or a
+        /// dead letter that cannot be produced).
+        stopped as stopped: sum, metric "messages_stopped"
+            "Messages that stopped their partition (on_error = stop, or a dead letter that cannot be produced)";
+        /// Successful offset commits.
+        commits as commits: sum, metric "commits" "Offset commits that succeeded";
+        /// Failed offset commits (each retried with the newest positions).
+        commit_failures as commit_failures: sum, metric "commit_failures" "Offset commits that failed";
+        /// Rebalances that assigned partitions to this member.
+        assignments as assignments: sum, metric "rebalance_assignments" "Rebalances that assigned partitions";
+        /// Rebalances that revoked partitions from this member.
+        revocations as revocations: sum, metric "rebalance_revocations" "Rebalances that revoked partitions";
+        /// Revokes whose commit of the finished prefix failed (the new owner
+        /// then starts from an older commit: duplicates, never a skip).
+        revoke_commit_failures as revoke_commit_failures: sum;
+        /// The most messages ever read and not started at once, retries
+        /// waiting for their backoff included (bounded by `max_buffered`).
+        max_waiting as max_waiting: max;
+        /// Times a partition was paused because its uncommitted window
+        /// reached `max_uncommitted`.
+        window_pauses as uncommitted_window_pauses: sum;
+        /// Record batches librdkafka could not read (corrupt, or compressed
+        /// with a codec it cannot decompress), each a failed message under
+        /// the error policy.
+        unreadable as records_unreadable: sum, metric "records_unreadable"
+            "Record batches librdkafka could not read (corrupt or undecompressable), each failed under the error policy";
+    }
+    fields {
     /// Partitions that have been paused because their own buffer was full
     /// (`key` and `partition` ordering), by topic and partition. Written
     /// only when a partition pauses or resumes.
@@ -60,8 +146,6 @@ pub(crate) struct Stats {
     pub missing_topics: Mutex<Vec<String>>,
     /// Partitions assigned to this member now.
     pub assigned: Mutex<BTreeSet<(String, i32)>>,
-    /// Messages read from Kafka (before any ordering or backpressure wait).
-    pub received: AtomicU64,
     /// Handlers running now.
     pub in_flight: AtomicU64,
     /// Messages read and waiting for a handler slot now.
@@ -97,6 +181,7 @@ pub(crate) struct Stats {
     /// behind that offset (read past it and not committed). Refreshed once
     /// a second.
     pub progress: Mutex<BTreeMap<(String, i32), (u64, bool)>>,
+    }
 }
 
 /// The handler duration histogram (buckets from 0.5 ms to about 16 s).
@@ -165,56 +250,6 @@ pub struct PartitionPause {
     pub paused: bool,
     /// How many times it has been paused.
     pub times: u64,
-}
-
-/// A snapshot of a subscriber's counters.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct StatsSnapshot {
-    /// Messages read from Kafka (before any ordering or backpressure wait).
-    pub received: u64,
-    /// Messages handed to handler tasks.
-    pub dispatched: u64,
-    /// Handlers whose first poll ran on the subscriber's poll thread
-    /// (see [`crate::FirstPoll`]); the others ran on workers throughout.
-    pub first_polls_on_poll_thread: u64,
-    /// Of those, the ones that failed or panicked on the poll thread and
-    /// ran again from the start on a worker (not counted as failures).
-    pub first_polls_rerun_on_worker: u64,
-    /// Handler calls that returned success.
-    pub handled: u64,
-    /// Handler calls that returned an error.
-    pub failed: u64,
-    /// Handler calls that panicked.
-    pub panicked: u64,
-    /// Failed attempts scheduled for a retry.
-    pub retried: u64,
-    /// Messages produced to the dead-letter topic.
-    pub dead_lettered: u64,
-    /// Dead-letter produces that failed (retried, or stopping the partition
-    /// when retrying cannot fix them).
-    pub dead_letter_failures: u64,
-    /// Messages that stopped their partition.
-    pub stopped: u64,
-    /// Successful offset commits.
-    pub commits: u64,
-    /// Failed offset commits.
-    pub commit_failures: u64,
-    /// Rebalances that assigned partitions to this member.
-    pub assignments: u64,
-    /// Rebalances that revoked partitions from this member.
-    pub revocations: u64,
-    /// Revokes whose commit of the finished prefix failed.
-    pub revoke_commit_failures: u64,
-    /// The most messages ever read and not started at once, retries
-    /// waiting for their backoff included (bounded by `max_buffered`).
-    pub max_waiting: u64,
-    /// Times a partition was paused because its uncommitted window
-    /// reached `max_uncommitted`.
-    pub uncommitted_window_pauses: u64,
-    /// Record batches librdkafka could not read (corrupt, or compressed
-    /// with a codec it cannot decompress), each a failed message under the
-    /// error policy.
-    pub records_unreadable: u64,
 }
 
 impl Stats {
@@ -340,37 +375,34 @@ impl Stats {
             flag,
         }
     }
-
-    /// Reads every counter.
-    pub(crate) fn snapshot(&self) -> StatsSnapshot {
-        let r = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        StatsSnapshot {
-            received: r(&self.received),
-            dispatched: r(&self.dispatched),
-            first_polls_on_poll_thread: r(&self.first_polls_here),
-            first_polls_rerun_on_worker: r(&self.first_polls_rerun),
-            handled: r(&self.handled),
-            failed: r(&self.failed),
-            panicked: r(&self.panicked),
-            retried: r(&self.retried),
-            dead_lettered: r(&self.dead_lettered),
-            dead_letter_failures: r(&self.dead_letter_failures),
-            stopped: r(&self.stopped),
-            commits: r(&self.commits),
-            commit_failures: r(&self.commit_failures),
-            assignments: r(&self.assignments),
-            revocations: r(&self.revocations),
-            revoke_commit_failures: r(&self.revoke_commit_failures),
-            max_waiting: r(&self.max_waiting),
-            uncommitted_window_pauses: r(&self.window_pauses),
-            records_unreadable: r(&self.unreadable),
-        }
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every counter exposed in `/metrics` is named in the README's list,
+    /// where `kconc_messages_{a,b}_total` names two.
+    #[test]
+    fn the_readme_names_every_counter_metric() {
+        let readme = include_str!("../../README.md");
+        let mut named = Vec::new();
+        for word in readme.split(|c: char| c == '`' || c.is_whitespace()) {
+            let Some(word) = word.strip_prefix("kconc_") else { continue };
+            match (word.find('{'), word.find('}')) {
+                (Some(open), Some(close)) if open < close => {
+                    for part in word[open + 1..close].split(',') {
+                        named.push(format!("{}{part}{}", &word[..open], &word[close + 1..]));
+                    }
+                }
+                _ => named.push(word.to_owned()),
+            }
+        }
+        for (name, _, _) in COUNTER_METRICS {
+            let metric = format!("{name}_total");
+            assert!(named.contains(&metric), "the README does not name kconc_{metric}");
+        }
+    }
 
     /// Under `on_error = stop`, a second failure of a stopped partition (a
     /// later offset, unordered) does not move the offset health reports:
