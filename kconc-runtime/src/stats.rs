@@ -388,7 +388,9 @@ mod tests {
         let readme = include_str!("../../README.md");
         let mut named = Vec::new();
         for word in readme.split(|c: char| c == '`' || c.is_whitespace()) {
-            let Some(word) = word.strip_prefix("kconc_") else { continue };
+            let Some(word) = word.strip_prefix("kconc_") else {
+                continue;
+            };
             match (word.find('{'), word.find('}')) {
                 (Some(open), Some(close)) if open < close => {
                     for part in word[open + 1..close].split(',') {

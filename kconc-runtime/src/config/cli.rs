@@ -268,23 +268,13 @@ pub fn init_tracing_with(filter: Option<&str>) -> Result<(), Error> {
 }
 
 #[cfg(test)]
-#[cfg(test)]
 mod tests {
     use super::*;
 
-    fn kv(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
-    }
+    use super::super::test_util::{config_err, kv};
 
     fn cli(args: &[&str]) -> Cli {
         Cli::try_parse_from(std::iter::once("svc").chain(args.iter().copied())).unwrap()
-    }
-
-    fn config_err(r: Result<impl std::fmt::Debug, Error>) -> String {
-        match r {
-            Ok(v) => panic!("expected an error, got {v:?}"),
-            Err(e) => e.to_string(),
-        }
     }
 
     #[test]

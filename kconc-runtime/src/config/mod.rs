@@ -19,3 +19,22 @@ pub const DEFAULT_BROKERS: &str = "localhost:9092";
 
 pub use crate::secret::is_secret;
 use crate::secret::Redacted;
+
+/// What the configuration's unit tests share.
+#[cfg(test)]
+mod test_util {
+    use crate::Error;
+
+    /// Properties from pairs.
+    pub(super) fn kv(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+    }
+
+    /// The error a configuration step returned, as text.
+    pub(super) fn config_err(r: Result<impl std::fmt::Debug, Error>) -> String {
+        match r {
+            Ok(v) => panic!("expected an error, got {v:?}"),
+            Err(e) => e.to_string(),
+        }
+    }
+}

@@ -398,20 +398,10 @@ pub(crate) fn check_code_properties(
 }
 
 #[cfg(test)]
-#[cfg(test)]
 mod tests {
     use super::*;
 
-    fn kv(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
-    }
-
-    fn config_err(r: Result<impl std::fmt::Debug, Error>) -> String {
-        match r {
-            Ok(v) => panic!("expected an error, got {v:?}"),
-            Err(e) => e.to_string(),
-        }
-    }
+    use super::super::test_util::{config_err, kv};
 
     #[test]
     fn later_layers_win_and_each_property_appears_once() {

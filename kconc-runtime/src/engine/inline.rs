@@ -139,19 +139,12 @@ impl Inline {
 }
 
 #[cfg(test)]
-#[cfg(test)]
 mod tests {
     use super::*;
     use std::sync::atomic::{AtomicU64, Ordering};
-    use std::task::{Wake, Waker};
+    use std::task::Waker;
 
-    struct Count(AtomicU64);
-
-    impl Wake for Count {
-        fn wake(self: Arc<Self>) {
-            self.0.fetch_add(1, Ordering::SeqCst);
-        }
-    }
+    use super::super::test_util::Count;
 
     #[test]
     fn a_handover_waker_remembers_an_early_wake_and_forwards_later_ones() {

@@ -258,3 +258,20 @@ struct Engine {
 fn with_engine<R>(consumer: &BaseConsumer<KconcContext>, f: impl FnOnce(&mut Engine) -> R) -> Option<R> {
     consumer.context().engine().as_mut().map(f)
 }
+
+/// What the engine's unit tests share.
+#[cfg(test)]
+mod test_util {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+    use std::task::Wake;
+
+    /// A waker that counts its wakes.
+    pub(super) struct Count(pub(super) AtomicU64);
+
+    impl Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}

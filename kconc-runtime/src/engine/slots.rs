@@ -173,21 +173,14 @@ impl<F: Future> Slots<F> {
 }
 
 #[cfg(test)]
-#[cfg(test)]
 mod tests {
     use super::*;
     use futures_util::future::BoxFuture;
     use futures_util::FutureExt as _;
     use std::sync::atomic::{AtomicU64, Ordering};
-    use std::task::{Context, Wake, Waker};
+    use std::task::{Context, Waker};
 
-    struct Count(AtomicU64);
-
-    impl Wake for Count {
-        fn wake(self: Arc<Self>) {
-            self.0.fetch_add(1, Ordering::SeqCst);
-        }
-    }
+    use super::super::test_util::Count;
 
     fn waiting(rx: tokio::sync::oneshot::Receiver<u32>) -> BoxFuture<'static, u32> {
         async move { rx.await.unwrap_or(0) }.boxed()
