@@ -41,6 +41,55 @@ async fn multi_topic(_msg: Message) {
     MULTI.fetch_add(1, Ordering::SeqCst);
 }
 
+/// Every option of the attribute, none at its default.
+#[subscriber(
+    topic = "reg-every",
+    group = "reg-every",
+    name = "every_option",
+    concurrency = 7,
+    ordering = "key",
+    first_poll = "auto",
+    max_buffered = 33,
+    max_uncommitted = 444,
+    handler_timeout = "5s",
+    commit_batch_size = 55,
+    commit_interval = "250ms",
+    shutdown_timeout = "3s",
+    revoke_timeout = "4s",
+    retries = 2,
+    backoff = "20ms",
+    max_backoff = "2s",
+    dead_letter = "reg-every.dlq"
+)]
+async fn every_option(_msg: Message) {}
+
+/// The attribute expands to calls of the runtime's builder: every option
+/// it takes reaches the subscriber.
+#[test]
+fn every_attribute_option_reaches_the_subscriber() {
+    let app = App::from_registry();
+    let sub = app.subscribers().find(|s| s.name() == "every_option").unwrap();
+    let seen = format!("{sub:?}");
+    for expected in [
+        "concurrency: 7",
+        "ordering: Key",
+        "first_poll: Auto",
+        "max_buffered: 33",
+        "max_uncommitted: 444",
+        "handler_timeout: Some(5s)",
+        "commit_batch_size: 55",
+        "commit_interval: 250ms",
+        "shutdown_timeout: 3s",
+        "revoke_timeout: 4s",
+        "retries: 2",
+        "backoff: 20ms",
+        "max_backoff: 2s",
+        "DeadLetter(\"reg-every.dlq\")",
+    ] {
+        assert!(seen.contains(expected), "{expected} missing from {seen}");
+    }
+}
+
 #[test]
 fn registry_lists_every_subscriber_with_its_attribute_settings() {
     let app = App::from_registry();

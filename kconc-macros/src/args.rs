@@ -22,6 +22,7 @@ const KEYS: &[&str] = &[
     "commit_batch_size",
     "commit_interval",
     "shutdown_timeout",
+    "revoke_timeout",
     "retries",
     "backoff",
     "max_backoff",
@@ -48,6 +49,7 @@ pub(crate) struct Args {
     pub(crate) commit_batch_size: Option<LitInt>,
     pub(crate) commit_interval_ms: Option<u64>,
     pub(crate) shutdown_timeout_ms: Option<u64>,
+    pub(crate) revoke_timeout_ms: Option<u64>,
     pub(crate) retries: Option<u32>,
     pub(crate) backoff_ms: Option<u64>,
     pub(crate) max_backoff_ms: Option<u64>,
@@ -98,6 +100,7 @@ pub(crate) fn parse(tokens: TokenStream) -> syn::Result<Args> {
     let mut commit_batch_size = None;
     let mut commit_interval_ms = None;
     let mut shutdown_timeout_ms = None;
+    let mut revoke_timeout_ms = None;
     let mut retries = None;
     let mut backoff_ms = None;
     let mut max_backoff_ms = None;
@@ -182,6 +185,15 @@ pub(crate) fn parse(tokens: TokenStream) -> syn::Result<Args> {
                 }
             }
             "shutdown_timeout" => shutdown_timeout_ms = duration(&value, "shutdown_timeout", errors),
+            "revoke_timeout" => {
+                revoke_timeout_ms = duration(&value, "revoke_timeout", errors);
+                if let (Some(0), Some(s)) = (revoke_timeout_ms, lit_str(&value)) {
+                    errors.push_at(
+                        s.span(),
+                        "`revoke_timeout` must be longer than zero: it is how long a revoke waits for the revoked partitions' handlers and commit",
+                    );
+                }
+            }
             "retries" => retries = whole_number(&value, "retries", errors),
             "backoff" => backoff_ms = duration(&value, "backoff", errors),
             "max_backoff" => {
@@ -258,6 +270,7 @@ pub(crate) fn parse(tokens: TokenStream) -> syn::Result<Args> {
             commit_batch_size,
             commit_interval_ms,
             shutdown_timeout_ms,
+            revoke_timeout_ms,
             retries,
             backoff_ms,
             max_backoff_ms,

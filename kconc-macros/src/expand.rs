@@ -66,50 +66,49 @@ fn registration(args: &Args, func: &ItemFn) -> TokenStream {
     };
     let topics = &args.topics;
     let group = &args.group;
-    let usize_option = |v: &Option<LitInt>| match v {
-        Some(n) => {
-            let n = LitInt::new(&format!("{}usize", n.base10_digits()), n.span());
-            quote!(#p::Some(#n))
+    // The options become calls of the runtime's own builder, in the order
+    // they were checked; each integer literal keeps its span, so a mistake
+    // the macro did not catch is still reported at the attribute.
+    let mut calls = Vec::new();
+    let mut int = |setter: &str, v: &Option<LitInt>| {
+        if let Some(n) = v {
+            let setter = Ident::new(setter, n.span());
+            calls.push(quote_spanned!(n.span()=> .#setter(#n)));
         }
-        None => quote!(#p::None),
     };
-    let duration_option = |ms: Option<u64>| match ms {
-        Some(ms) => quote!(#p::Some(#p::Duration::from_millis(#ms))),
-        None => quote!(#p::None),
-    };
-    let concurrency = usize_option(&args.concurrency);
-    let max_buffered = usize_option(&args.max_buffered);
-    let max_uncommitted = usize_option(&args.max_uncommitted);
-    let handler_timeout = duration_option(args.handler_timeout_ms);
-    let ordering = match &args.ordering {
-        Some(o) => {
-            let variant = syn::Ident::new(o, Span::call_site());
-            quote!(#p::Some(#p::Ordering::#variant))
+    int("concurrency", &args.concurrency);
+    int("max_buffered", &args.max_buffered);
+    int("max_uncommitted", &args.max_uncommitted);
+    int("commit_batch_size", &args.commit_batch_size);
+    if let Some(o) = &args.ordering {
+        let variant = Ident::new(o, Span::call_site());
+        calls.push(quote!(.ordering(#p::Ordering::#variant)));
+    }
+    if let Some(f) = &args.first_poll {
+        let variant = Ident::new(f, Span::call_site());
+        calls.push(quote!(.first_poll(#p::FirstPoll::#variant)));
+    }
+    for (setter, ms) in [
+        ("handler_timeout", args.handler_timeout_ms),
+        ("commit_interval", args.commit_interval_ms),
+        ("shutdown_timeout", args.shutdown_timeout_ms),
+        ("revoke_timeout", args.revoke_timeout_ms),
+        ("backoff", args.backoff_ms),
+        ("max_backoff", args.max_backoff_ms),
+    ] {
+        if let Some(ms) = ms {
+            let setter = Ident::new(setter, Span::call_site());
+            calls.push(quote!(.#setter(#p::Duration::from_millis(#ms))));
         }
-        None => quote!(#p::None),
-    };
-    let first_poll = match &args.first_poll {
-        Some(f) => {
-            let variant = syn::Ident::new(f, Span::call_site());
-            quote!(#p::Some(#p::FirstPoll::#variant))
-        }
-        None => quote!(#p::None),
-    };
-    let commit_batch_size = usize_option(&args.commit_batch_size);
-    let commit_interval = duration_option(args.commit_interval_ms);
-    let shutdown_timeout = duration_option(args.shutdown_timeout_ms);
-    let retries = match args.retries {
-        Some(n) => quote!(#p::Some(#n)),
-        None => quote!(#p::None),
-    };
-    let backoff = duration_option(args.backoff_ms);
-    let max_backoff = duration_option(args.max_backoff_ms);
-    let str_option = |v: &Option<LitStr>| match v {
-        Some(s) => quote!(#p::Some(#s)),
-        None => quote!(#p::None),
-    };
-    let on_error = str_option(&args.on_error);
-    let dead_letter = str_option(&args.dead_letter);
+    }
+    if let Some(n) = args.retries {
+        calls.push(quote!(.retries(#n)));
+    }
+    match (&args.dead_letter, args.on_error.as_ref().map(LitStr::value).as_deref()) {
+        (Some(topic), _) => calls.push(quote_spanned!(topic.span()=> .dead_letter(#topic))),
+        (None, Some("stop")) => calls.push(quote!(.on_error(#p::OnError::Stop))),
+        _ => {}
+    }
 
     // The type checks are spanned at the user's code, so their errors land
     // there and not on the attribute: a wrong argument type at the
@@ -178,30 +177,20 @@ fn registration(args: &Args, func: &ItemFn) -> TokenStream {
                 let #future = #handler(#(#args_names),*);
                 #boxed
             }
+            fn __kconc_build() -> #p::Subscriber {
+                #p::registered_subscriber(
+                    #name,
+                    ::core::concat!(::core::module_path!(), "::", ::core::stringify!(#ident)),
+                    &[#(#topics),*],
+                    #group,
+                    __kconc_adapter,
+                    ::core::file!(),
+                    ::core::line!(),
+                )
+                #(#calls)*
+            }
             #p::inventory::submit! {
-                #p::Registration {
-                    name: #name,
-                    function: ::core::concat!(::core::module_path!(), "::", ::core::stringify!(#ident)),
-                    topics: &[#(#topics),*],
-                    group: #group,
-                    concurrency: #concurrency,
-                    ordering: #ordering,
-                    first_poll: #first_poll,
-                    max_buffered: #max_buffered,
-                    max_uncommitted: #max_uncommitted,
-                    handler_timeout: #handler_timeout,
-                    commit_batch_size: #commit_batch_size,
-                    commit_interval: #commit_interval,
-                    shutdown_timeout: #shutdown_timeout,
-                    retries: #retries,
-                    backoff: #backoff,
-                    max_backoff: #max_backoff,
-                    on_error: #on_error,
-                    dead_letter: #dead_letter,
-                    handler: __kconc_adapter,
-                    file: ::core::file!(),
-                    line: ::core::line!(),
-                }
+                #p::Registration { build: __kconc_build }
             }
         };
     }

@@ -28,7 +28,8 @@ use proc_macro::TokenStream;
 /// "partition"`, `first_poll = "worker" | "poll_thread" | "auto"`,
 /// `max_buffered = N`, `max_uncommitted = N`, `handler_timeout = "30s"`,
 /// `commit_batch_size = N`, `commit_interval = "1s"`,
-/// `shutdown_timeout = "20s"` (durations in `ms`, `s` or `m`), `retries =
+/// `shutdown_timeout = "20s"`, `revoke_timeout = "10s"` (durations in
+/// `ms`, `s` or `m`), `retries =
 /// N`, `backoff = ".."`, `max_backoff = ".."`, `on_error = "skip" | "stop" |
 /// "dead_letter"`, `dead_letter = "topic"`,
 /// `name = ".."` (default: the function's path), `crate = "path"` (for a
