@@ -8,29 +8,11 @@ use syn::{Expr, ExprArray, ExprLit, Ident, Lit, LitInt, LitStr, Token};
 
 use crate::errors::Errors;
 
-/// Every option the attribute accepts, in the order the docs list them.
-const KEYS: &[&str] = &[
-    "topic",
-    "topics",
-    "group",
-    "concurrency",
-    "ordering",
-    "first_poll",
-    "max_buffered",
-    "max_uncommitted",
-    "handler_timeout",
-    "commit_batch_size",
-    "commit_interval",
-    "shutdown_timeout",
-    "revoke_timeout",
-    "retries",
-    "backoff",
-    "max_backoff",
-    "on_error",
-    "dead_letter",
-    "name",
-    "crate",
-];
+/// Every option the attribute accepts, in the order the docs list them
+/// (declared once, in `kconc-options`).
+fn keys() -> impl Iterator<Item = &'static str> {
+    kconc_options::attribute_options().map(|s| s.key)
+}
 
 /// The validated options. Literals keep their spans so generated code that
 /// uses them points back at the attribute.
@@ -221,7 +203,10 @@ pub(crate) fn parse(tokens: TokenStream) -> syn::Result<Args> {
                 let hint = closest(&k).map_or(String::new(), |c| format!("; did you mean `{c}`?"));
                 errors.push_at(
                     key.span(),
-                    format!("unknown option `{k}`{hint}\nvalid options: {}", KEYS.join(", ")),
+                    format!(
+                        "unknown option `{k}`{hint}\nvalid options: {}",
+                        keys().collect::<Vec<_>>().join(", ")
+                    ),
                 );
             }
         }
@@ -485,8 +470,8 @@ fn respan_path(mut path: syn::Path, span: Span) -> syn::Path {
 /// The valid option closest to a misspelt one, if it is close enough to be
 /// a likely typo.
 fn closest(key: &str) -> Option<&'static str> {
-    KEYS.iter()
-        .map(|k| (edit_distance(key, k), *k))
+    keys()
+        .map(|k| (edit_distance(key, k), k))
         .filter(|(d, k)| *d <= 2 || (key.len() >= 3 && (k.starts_with(key) || key.starts_with(k))))
         .min_by_key(|(d, _)| *d)
         .map(|(_, k)| k)
@@ -535,7 +520,7 @@ mod tests {
             .collect::<Vec<_>>()
             .join(" ");
         let readme = include_str!("../../README.md");
-        for key in KEYS {
+        for key in keys() {
             assert!(
                 rustdoc.contains(&format!("`{key} =")),
                 "the #[subscriber] rustdoc does not name `{key}`"
@@ -545,11 +530,33 @@ mod tests {
                 "the README's table of options lacks `{key}`"
             );
         }
-        let listed = format!("valid options: {}\n", KEYS.join(", "));
+        let listed = format!("valid options: {}\n", keys().collect::<Vec<_>>().join(", "));
         assert!(
             readme.contains(&listed),
             "the README's sample error does not list today's options: {listed}"
         );
+    }
+
+    /// Every option of the table is handled by `parse`: each parses with
+    /// its example (an option the table has and `parse` lacks would be
+    /// refused as unknown).
+    #[test]
+    fn every_declared_option_parses() {
+        for s in kconc_options::attribute_options() {
+            let value = match (s.key, s.quoted) {
+                ("topic" | "group", _) => continue,
+                ("topics", _) => "[\"a\", \"b\"]".to_owned(),
+                (_, true) => format!("\"{}\"", s.example),
+                (_, false) => s.example.to_owned(),
+            };
+            let tokens: TokenStream = format!("topic = \"t\", group = \"g\", {} = {value}", s.key)
+                .replace("topic = \"t\", group = \"g\", topics", "group = \"g\", topics")
+                .parse()
+                .expect("valid tokens");
+            if let Err(e) = parse(tokens) {
+                panic!("`{} = {value}` does not parse: {e}", s.key);
+            }
+        }
     }
 
     #[test]

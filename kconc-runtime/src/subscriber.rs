@@ -421,25 +421,6 @@ impl Subscriber {
         self.max_buffered.unwrap_or_else(|| (self.concurrency * 2).max(16))
     }
 
-    /// The settings `--set NAME.KEY=VALUE` may override.
-    pub const SETTABLE: &'static [&'static str] = &[
-        "concurrency",
-        "ordering",
-        "first_poll",
-        "max_buffered",
-        "max_uncommitted",
-        "handler_timeout",
-        "commit_batch_size",
-        "commit_interval",
-        "shutdown_timeout",
-        "revoke_timeout",
-        "retries",
-        "backoff",
-        "max_backoff",
-        "on_error",
-        "dead_letter",
-    ];
-
     /// Overrides one setting from text (what `--set` does); the error says
     /// what the setting accepts. Values are checked again by `App::start`.
     pub fn set(&mut self, key: &str, value: &str) -> Result<(), String> {
@@ -490,10 +471,8 @@ impl Subscriber {
             }
             "dead_letter" => self.policy.on_error = OnError::DeadLetter(v.to_owned()),
             other => {
-                return Err(format!(
-                    "unknown setting `{other}` (one of {})",
-                    Self::SETTABLE.join(", ")
-                ))
+                let keys: Vec<&str> = kconc_options::settable().map(|s| s.key).collect();
+                return Err(format!("unknown setting `{other}` (one of {})", keys.join(", ")));
             }
         }
         Ok(())
@@ -560,5 +539,34 @@ fn parse_duration(s: &str) -> Option<Duration> {
         "s" => Some(Duration::from_secs(n)),
         "m" => n.checked_mul(60).map(Duration::from_secs),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `--set` handles every setting declared settable, with its example,
+    /// and the README's `--set` row names each.
+    #[test]
+    fn set_takes_every_declared_setting_and_the_readme_names_it() {
+        let readme = include_str!("../../README.md");
+        let row = readme
+            .lines()
+            .find(|l| l.starts_with("| `--set NAME.KEY=VALUE`"))
+            .unwrap_or_default();
+        for s in kconc_options::settable() {
+            let mut sub = Subscriber::new("s", ["t"], "g", |_m: Message| async {});
+            if let Err(e) = sub.set(s.key, s.example) {
+                panic!("--set {}={}: {e}", s.key, s.example);
+            }
+            assert!(
+                row.contains(&format!("`{}`", s.key)),
+                "the README's --set row lacks `{}`",
+                s.key
+            );
+        }
+        let mut sub = Subscriber::new("s", ["t"], "g", |_m: Message| async {});
+        assert!(sub.set("topic", "x").is_err(), "the topics are the code's");
     }
 }

@@ -43,12 +43,7 @@ pub struct Cli {
     pub properties: Vec<(String, String)>,
 
     /// Overrides a subscriber setting from the code, as NAME.KEY=VALUE
-    /// (repeatable; NAME `*` means every subscriber). KEY is one of
-    /// concurrency, ordering, first_poll (worker|poll_thread|auto),
-    /// max_buffered, max_uncommitted, handler_timeout (a duration or none),
-    /// commit_batch_size, commit_interval, shutdown_timeout,
-    /// revoke_timeout, retries, backoff, max_backoff, on_error (skip|stop),
-    /// dead_letter (a topic).
+    /// (repeatable; NAME `*` means every subscriber).
     /// Example: --set 'billing::bill.retries=5'.
     #[arg(long = "set", value_name = "NAME.KEY=VALUE")]
     pub set: Vec<String>,
@@ -128,10 +123,19 @@ impl Cli {
             EMBEDDED => "embedded (the in-process mock cluster)".to_owned(),
             other => other.to_owned(),
         };
-        <Self as clap::CommandFactory>::command().mut_arg("brokers", |arg| {
-            let help = arg.get_help().map(ToString::to_string).unwrap_or_default();
-            arg.help(format!("{help}. Default: {default}"))
-        })
+        // The keys of --set come from the one declaration of the settings.
+        let keys: Vec<String> = kconc_options::settable()
+            .map(|s| format!("{} ({})", s.key, s.meaning))
+            .collect();
+        <Self as clap::CommandFactory>::command()
+            .mut_arg("brokers", |arg| {
+                let help = arg.get_help().map(ToString::to_string).unwrap_or_default();
+                arg.help(format!("{help}. Default: {default}"))
+            })
+            .mut_arg("set", |arg| {
+                let help = arg.get_help().map(ToString::to_string).unwrap_or_default();
+                arg.help(format!("{help}. KEY is one of: {}", keys.join("; ")))
+            })
     }
 
     /// Parses `args` (the first is the program's name) and the process's
