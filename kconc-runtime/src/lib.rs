@@ -144,19 +144,7 @@ pub mod __private {
     pub use crate::registry::Registration;
     pub use crate::subscriber::Subscriber;
 
-    /// The subscriber of a `#[subscriber]` function, before the calls that
-    /// apply its options.
-    pub fn registered_subscriber(
-        name: &str,
-        function: &str,
-        topics: &[&str],
-        group: &str,
-        handler: fn(Message, &Context) -> HandlerFuture,
-        file: &str,
-        line: u32,
-    ) -> Subscriber {
-        crate::registry::registered_subscriber(name, function, topics, group, handler, file, line)
-    }
+    pub use crate::registry::registered_subscriber;
 
     /// Boxes the future of a user's handler into the erased type.
     pub fn into_handler_future<Fut>(fut: Fut) -> HandlerFuture

@@ -18,8 +18,10 @@ pub struct Registration {
 }
 
 /// The subscriber of a `#[subscriber]` function, before its options are
-/// applied: what the code the attribute generates starts from.
-pub(crate) fn registered_subscriber(
+/// applied: what the code the attribute generates starts from. Not public
+/// API: generated code names it through `__private`.
+#[doc(hidden)]
+pub fn registered_subscriber(
     name: &str,
     function: &str,
     topics: &[&str],
