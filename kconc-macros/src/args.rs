@@ -141,13 +141,12 @@ pub(crate) fn parse(tokens: TokenStream) -> syn::Result<Args> {
                 );
             }
             "handler_timeout" => {
-                handler_timeout_ms = duration(&value, "handler_timeout", errors);
-                if let (Some(0), Some(s)) = (handler_timeout_ms, lit_str(&value)) {
-                    errors.push_at(
-                        s.span(),
-                        "`handler_timeout` must be longer than zero: it is how long a handler may run before its message fails",
-                    );
-                }
+                handler_timeout_ms = longer_than_zero(
+                    &value,
+                    "handler_timeout",
+                    "how long a handler may run before its message fails",
+                    errors,
+                );
             }
             "commit_batch_size" => {
                 commit_batch_size = at_least_one(
@@ -158,23 +157,21 @@ pub(crate) fn parse(tokens: TokenStream) -> syn::Result<Args> {
                 );
             }
             "commit_interval" => {
-                commit_interval_ms = duration(&value, "commit_interval", errors);
-                if let (Some(0), Some(s)) = (commit_interval_ms, lit_str(&value)) {
-                    errors.push_at(
-                        s.span(),
-                        "`commit_interval` must be longer than zero: it is how often finished offsets are committed",
-                    );
-                }
+                commit_interval_ms = longer_than_zero(
+                    &value,
+                    "commit_interval",
+                    "how often finished offsets are committed",
+                    errors,
+                );
             }
             "shutdown_timeout" => shutdown_timeout_ms = duration(&value, "shutdown_timeout", errors),
             "revoke_timeout" => {
-                revoke_timeout_ms = duration(&value, "revoke_timeout", errors);
-                if let (Some(0), Some(s)) = (revoke_timeout_ms, lit_str(&value)) {
-                    errors.push_at(
-                        s.span(),
-                        "`revoke_timeout` must be longer than zero: it is how long a revoke waits for the revoked partitions' handlers and commit",
-                    );
-                }
+                revoke_timeout_ms = longer_than_zero(
+                    &value,
+                    "revoke_timeout",
+                    "how long a revoke waits for the revoked partitions' handlers and commit",
+                    errors,
+                );
             }
             "retries" => retries = whole_number(&value, "retries", errors),
             "backoff" => backoff_ms = duration(&value, "backoff", errors),
@@ -379,6 +376,15 @@ fn duration(value: &Expr, key: &str, errors: &mut Errors) -> Option<u64> {
             s.span(),
             format!("`{key}` takes a duration: a whole number followed by `ms`, `s` or `m`, e.g. `{key} = \"500ms\"`, `\"2s\"` or `\"1m\"`"),
         );
+    }
+    ms
+}
+
+/// A duration that must be longer than zero; `what` says what it is.
+fn longer_than_zero(value: &Expr, key: &str, what: &str, errors: &mut Errors) -> Option<u64> {
+    let ms = duration(value, key, errors);
+    if let (Some(0), Some(s)) = (ms, lit_str(value)) {
+        errors.push_at(s.span(), format!("`{key}` must be longer than zero: it is {what}"));
     }
     ms
 }

@@ -261,8 +261,8 @@ impl App {
     pub fn listing(&self) -> Result<String, Error> {
         self.preflight()?;
         if let Some(addr) = &self.http {
-            std::net::ToSocketAddrs::to_socket_addrs(addr.as_str())
-                .map_err(|e| Error::Config(format!("--http/KCONC_HTTP `{addr}`: {e}")))?;
+            // Checked as a run checks it (the listener is closed at once).
+            health::bind(addr)?;
         }
         Ok(self.describe_subscribers())
     }

@@ -191,12 +191,12 @@ impl Schedule {
             }
             keep
         });
-        let mut dropped = unstarted.len();
+        let mut waiting_dropped = 0;
         let mut promoted = Vec::new();
         self.lanes.retain(|_, lane| {
             let before = lane.waiting.len();
             lane.waiting.retain(|(slot, msg)| !of_it(slot, msg.offset()));
-            dropped += before - lane.waiting.len();
+            waiting_dropped += before - lane.waiting.len();
             let (holder, offset) = lane.holder;
             if !of_it(&holder, offset) || (!lane.idle && !unstarted.contains(&(holder.epoch, offset))) {
                 return true;
@@ -219,22 +219,15 @@ impl Schedule {
             }
             self.ready.push_back((next, msg));
         }
-        let still: usize = self
-            .lanes
-            .values()
-            .map(|lane| {
-                lane.waiting
-                    .iter()
-                    .filter(|(slot, _)| slot.topic == topic && slot.partition == partition)
-                    .count()
-            })
-            .sum();
-        if still == 0 {
-            self.blocked.remove(&(topic, partition));
-        } else {
-            self.blocked.insert((topic, partition), still);
+        // What waited in lanes and went was this partition's (and counted
+        // in `blocked`); what is left of it waits behind earlier messages.
+        if let Some(n) = self.blocked.get_mut(&(topic, partition)) {
+            *n = n.saturating_sub(waiting_dropped);
+            if *n == 0 {
+                self.blocked.remove(&(topic, partition));
+            }
         }
-        self.len -= dropped;
+        self.len -= unstarted.len() + waiting_dropped;
     }
 
     /// Forgets every message that has not started (shutdown).
