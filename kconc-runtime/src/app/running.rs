@@ -1,0 +1,233 @@
+//! A running app: its handles, its counters and health, and its shutdown.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::embedded::EmbeddedCluster;
+use crate::engine::Runner;
+use crate::health::{self, Health, HealthThresholds, Watched};
+use crate::stats::{PartitionPause, Stats, StatsSnapshot, StoppedPartition};
+use crate::Error;
+
+/// How much longer than the longest `shutdown_timeout` of its subscribers
+/// [`Running::shutdown`] (and so a program's exit) may take after a
+/// shutdown began: the subscribers' own drain, final commit and close keep
+/// within their `shutdown_timeout`, and what has not ended by then (a
+/// consumer whose close does not return, a commit the coordinator never
+/// answers) is left behind.
+pub const SHUTDOWN_MARGIN: Duration = Duration::from_secs(1);
+
+/// Subscribers that are running.
+///
+/// Dropping it without [`Running::shutdown`] starts a shutdown too (its
+/// consumers drain, commit and leave their groups on their own threads):
+/// no consumer keeps consuming once its owner is gone.
+#[derive(Debug)]
+pub struct Running {
+    pub(super) token: CancellationToken,
+    pub(super) runners: Vec<Runner>,
+    /// The longest `shutdown_timeout` of the subscribers.
+    pub(super) shutdown_timeout: Duration,
+    pub(super) embedded: Option<EmbeddedCluster>,
+    pub(super) bootstrap: String,
+    pub(super) watched: Vec<Watched>,
+    pub(super) thresholds: HealthThresholds,
+    pub(super) http: Option<HttpServer>,
+}
+
+/// The HTTP endpoint's task, closed after the subscribers have stopped.
+#[derive(Debug)]
+pub(super) struct HttpServer {
+    pub(super) local: std::net::SocketAddr,
+    pub(super) task: tokio::task::JoinHandle<()>,
+    pub(super) stop: CancellationToken,
+}
+
+/// One subscriber's live counters and partition state (see
+/// [`Running::stats_handle`]).
+#[derive(Clone, Debug)]
+pub struct StatsHandle(Arc<Stats>);
+
+impl StatsHandle {
+    /// The counters now.
+    pub fn snapshot(&self) -> StatsSnapshot {
+        self.0.snapshot()
+    }
+
+    /// The partitions assigned now, as (topic, partition), sorted.
+    pub fn assigned_partitions(&self) -> Vec<(String, i32)> {
+        self.0.assigned()
+    }
+
+    /// The partitions backpressure has paused, now or before.
+    pub fn partition_pauses(&self) -> Vec<PartitionPause> {
+        self.0.pauses()
+    }
+
+    /// The partitions the error policy has stopped.
+    pub fn stopped_partitions(&self) -> Vec<StoppedPartition> {
+        self.0.stopped_partitions()
+    }
+
+    /// Whether its poll thread still runs (false once it has stopped,
+    /// after a shutdown or because its runtime went away).
+    pub fn is_running(&self) -> bool {
+        self.0.poll_alive.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        // Not waited for here (drop cannot await): the subscribers shut
+        // down on their own threads.
+        self.token.cancel();
+    }
+}
+
+/// Starts a graceful shutdown of a [`Running`] app from anywhere.
+#[derive(Clone, Debug)]
+pub struct ShutdownHandle {
+    token: CancellationToken,
+}
+
+impl ShutdownHandle {
+    /// Stops fetching; in-flight handlers get up to `shutdown_timeout` to finish.
+    pub fn shutdown(&self) {
+        self.token.cancel();
+    }
+
+    /// Whether shutdown has begun.
+    pub fn is_shutting_down(&self) -> bool {
+        self.token.is_cancelled()
+    }
+}
+
+impl Running {
+    /// A handle that starts the shutdown.
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        ShutdownHandle {
+            token: self.token.clone(),
+        }
+    }
+
+    /// The bootstrap servers in use (the embedded cluster's, if embedded).
+    pub fn bootstrap_servers(&self) -> &str {
+        &self.bootstrap
+    }
+
+    /// The embedded cluster, when the brokers are `embedded`.
+    pub fn embedded(&self) -> Option<&EmbeddedCluster> {
+        self.embedded.as_ref()
+    }
+
+    fn stats_of(&self, name: &str) -> Option<&Stats> {
+        self.runners.iter().find(|r| r.name == name).map(|r| &*r.stats)
+    }
+
+    /// A handle on the live counters and partition state of the subscriber
+    /// named `name` that stays usable after this `Running` has moved (into
+    /// [`Running::run_until_signal`], say).
+    pub fn stats_handle(&self, name: &str) -> Option<StatsHandle> {
+        self.runners
+            .iter()
+            .find(|r| r.name == name)
+            .map(|r| StatsHandle(r.stats.clone()))
+    }
+
+    /// Counters of the subscriber named `name`.
+    pub fn stats(&self, name: &str) -> Option<StatsSnapshot> {
+        self.stats_of(name).map(Stats::snapshot)
+    }
+
+    /// The partitions of the subscriber named `name` that backpressure has
+    /// paused, now or before (empty if none ever was).
+    pub fn partition_pauses(&self, name: &str) -> Vec<PartitionPause> {
+        self.stats_of(name).map(Stats::pauses).unwrap_or_default()
+    }
+
+    /// The partitions assigned to the subscriber named `name` now, as
+    /// (topic, partition), sorted.
+    pub fn assigned_partitions(&self, name: &str) -> Vec<(String, i32)> {
+        self.stats_of(name).map(Stats::assigned).unwrap_or_default()
+    }
+
+    /// The partitions of the subscriber named `name` that the error policy
+    /// has stopped (`on_error = stop`), with the offset and the error.
+    pub fn stopped_partitions(&self, name: &str) -> Vec<StoppedPartition> {
+        self.stats_of(name).map(Stats::stopped_partitions).unwrap_or_default()
+    }
+
+    /// Counters of all subscribers, summed.
+    pub fn total_stats(&self) -> StatsSnapshot {
+        self.runners
+            .iter()
+            .map(|r| r.stats.snapshot())
+            .fold(StatsSnapshot::default(), std::ops::Add::add)
+    }
+
+    /// Shuts down gracefully: stops fetching, waits up to each subscriber's
+    /// `shutdown_timeout` for in-flight handlers, commits, and leaves the
+    /// group. Returns when every subscriber has stopped, and at the latest
+    /// [`SHUTDOWN_MARGIN`] after the longest `shutdown_timeout`.
+    pub async fn shutdown(self) -> Option<EmbeddedCluster> {
+        self.token.cancel();
+        self.wait().await
+    }
+
+    /// Waits until every subscriber has stopped: on their own (the runtime
+    /// they run on went away), or after a shutdown began, at the latest
+    /// [`SHUTDOWN_MARGIN`] after the longest `shutdown_timeout` from then.
+    /// Returns the embedded cluster, if any, so a caller can still inspect
+    /// it.
+    pub async fn wait(mut self) -> Option<EmbeddedCluster> {
+        let runners = std::mem::take(&mut self.runners);
+        let all_stopped = async move {
+            for r in runners {
+                let _ = r.done.await;
+            }
+        };
+        tokio::pin!(all_stopped);
+        tokio::select! {
+            () = &mut all_stopped => {}
+            () = self.token.cancelled() => {
+                let limit = self.shutdown_timeout + SHUTDOWN_MARGIN / 2;
+                if tokio::time::timeout(limit, &mut all_stopped).await.is_err() {
+                    let left: Vec<&str> = self
+                        .watched
+                        .iter()
+                        .filter(|w| w.stats.poll_alive.load(std::sync::atomic::Ordering::Relaxed))
+                        .map(|w| w.name.as_str())
+                        .collect();
+                    tracing::warn!(
+                        subscribers = ?left,
+                        "shutdown: not stopped within shutdown_timeout (a commit or a close that does not return); not waiting for them"
+                    );
+                }
+            }
+        }
+        // Health answered "shutting down" while the handlers drained; now
+        // that everything is committed and closed, the endpoint goes too.
+        if let Some(http) = self.http.take() {
+            http.stop.cancel();
+            let _ = http.task.await;
+        }
+        self.embedded.take()
+    }
+
+    /// Liveness and readiness of every subscriber, and why not.
+    pub fn health(&self) -> Health {
+        health::health(&self.watched, &self.thresholds)
+    }
+
+    /// The metrics in Prometheus text format, as `/metrics` serves them.
+    pub fn metrics_text(&self) -> Result<String, Error> {
+        health::metrics_text(&self.watched, &self.thresholds)
+    }
+
+    /// Where the HTTP endpoint listens, when [`App::http`] (`--http`) is set.
+    pub fn http_addr(&self) -> Option<std::net::SocketAddr> {
+        self.http.as_ref().map(|h| h.local)
+    }
+}

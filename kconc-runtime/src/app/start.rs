@@ -1,0 +1,198 @@
+//! Starting: every check before anything connects, the embedded cluster,
+//! the missing-topic check, one engine per subscriber, the watcher and the
+//! HTTP endpoint.
+
+use tokio_util::sync::CancellationToken;
+
+use super::running::HttpServer;
+use super::{App, Running};
+use crate::config::{self, EMBEDDED};
+use crate::embedded::EmbeddedCluster;
+use crate::engine;
+use crate::health::{self, Watched};
+use crate::subscriber::Subscriber;
+use crate::watch::{self, ClusterWatch};
+use crate::Error;
+
+impl App {
+    /// Starts every subscriber and returns at once. Must be called within a
+    /// tokio runtime (handlers run on it). Fails, naming the setting, on
+    /// invalid configuration; with `embedded` brokers it first starts the mock
+    /// cluster and creates the subscribed topics on it.
+    pub fn start(self) -> Result<Running, Error> {
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| Error::NoRuntime)?;
+        let subs = self.preflight()?;
+        // Bound before anything connects, so a bad or busy address fails
+        // with nothing to tear down.
+        let listener = match &self.http {
+            Some(addr) => Some(health::bind(addr)?),
+            None => None,
+        };
+        // The prefixed group is the one the consumer joins, commits under and logs.
+        let subs: Vec<Subscriber> = subs
+            .into_iter()
+            .map(|s| {
+                let mut s = s.clone();
+                s.group = self.group_of(&s);
+                s
+            })
+            .collect();
+        let brokers = self.brokers_in_use().to_owned();
+        let (embedded, bootstrap) = if brokers == EMBEDDED {
+            let cluster = EmbeddedCluster::start(1)?;
+            let partitions = self.embedded_partitions.unwrap_or(4);
+            for s in &subs {
+                for t in &s.topics {
+                    cluster.create_topic(t, partitions)?;
+                }
+            }
+            tracing::warn!(
+                bootstrap = cluster.bootstrap_servers(),
+                "EMBEDDED BROKER: using librdkafka's in-process mock cluster, NOT a real Kafka cluster; \
+                 data lives in memory and vanishes when the process exits. Set --brokers or KCONC_BROKERS for a real one."
+            );
+            let b = cluster.bootstrap_servers().to_owned();
+            (Some(cluster), b)
+        } else {
+            (None, brokers)
+        };
+        let configs: Vec<rdkafka::ClientConfig> = subs
+            .iter()
+            .map(|s| config::consumer_config(&bootstrap, s, &self.properties, &self.run_properties))
+            .collect();
+        let cluster = ClusterWatch::new(&bootstrap);
+        if !self.wait_for_topics {
+            check_topics_exist(&subs, &configs, &cluster)?;
+        }
+        let token = CancellationToken::new();
+        let mut runners = Vec::new();
+        for (s, cfg) in subs.iter().zip(configs.iter().cloned()) {
+            match engine::start(s, cfg, token.child_token(), runtime.clone(), cluster.clone()) {
+                Ok(r) => runners.push(r),
+                Err(e) => {
+                    token.cancel();
+                    return Err(e);
+                }
+            }
+        }
+        let watched: Vec<Watched> = runners
+            .iter()
+            .zip(&subs)
+            .map(|(r, s)| Watched {
+                name: r.name.clone(),
+                group: s.group.clone(),
+                stats: r.stats.clone(),
+                cluster: cluster.clone(),
+            })
+            .collect();
+        let topics: Vec<watch::Watched> = runners
+            .iter()
+            .zip(&subs)
+            .map(|(r, s)| watch::Watched {
+                name: r.name.clone(),
+                topics: s.topics.clone(),
+                stats: r.stats.clone(),
+            })
+            .collect();
+        if let Some(first) = configs.into_iter().next() {
+            watch::spawn(first, cluster, topics, token.clone(), &runtime);
+        }
+        let http = match listener {
+            None => None,
+            Some(listener) => {
+                let stop = CancellationToken::new();
+                match health::serve(listener, watched.clone(), self.thresholds, stop.clone(), &runtime) {
+                    Ok((local, task)) => Some(HttpServer { local, task, stop }),
+                    Err(e) => {
+                        token.cancel();
+                        return Err(e);
+                    }
+                }
+            }
+        };
+        let shutdown_timeout = subs.iter().map(|s| s.shutdown_timeout).max().unwrap_or_default();
+        Ok(Running {
+            token,
+            runners,
+            shutdown_timeout,
+            embedded,
+            bootstrap,
+            watched,
+            thresholds: self.thresholds,
+            http,
+        })
+    }
+
+    /// Starts every subscriber and runs until SIGINT or SIGTERM, then shuts
+    /// down gracefully (a second signal exits at once).
+    pub async fn run(self) -> Result<(), Error> {
+        self.start()?.run_until_signal().await
+    }
+}
+
+impl Running {
+    /// Runs until SIGINT or SIGTERM (or a [`ShutdownHandle::shutdown`]),
+    /// then shuts down gracefully; a second signal exits at once. What
+    /// [`App::run`] does after [`App::start`], for a program that wants the
+    /// [`Running`] handle (its stats, its assignment) meanwhile.
+    ///
+    /// Returns once every subscriber has stopped, or at the latest
+    /// [`SHUTDOWN_MARGIN`] after the longest `shutdown_timeout` since the
+    /// shutdown began. If it cannot listen for signals, it shuts down
+    /// first and then returns the error.
+    pub async fn run_until_signal(self) -> Result<(), Error> {
+        let signals = match crate::signal::Signals::listen() {
+            Ok(signals) => signals,
+            Err(e) => {
+                self.shutdown().await;
+                return Err(e);
+            }
+        };
+        tokio::spawn(signals.serve(self.token.clone()));
+        self.wait().await;
+        Ok(())
+    }
+}
+
+/// The start-up check of [`App::wait_for_topics`]: fails naming the first
+/// subscribed topic the cluster says does not exist, unless its
+/// subscriber's consumer may create it (`allow.auto.create.topics`).
+fn check_topics_exist(
+    subs: &[Subscriber],
+    configs: &[rdkafka::ClientConfig],
+    cluster: &std::sync::Arc<ClusterWatch>,
+) -> Result<(), Error> {
+    let mut topics: Vec<String> = subs
+        .iter()
+        .zip(configs)
+        .filter(|(_, c)| c.get("allow.auto.create.topics") != Some("true"))
+        .flat_map(|(s, _)| s.topics.iter().cloned())
+        .collect();
+    topics.sort();
+    topics.dedup();
+    let Some(config) = configs.first() else {
+        return Ok(());
+    };
+    if topics.is_empty() {
+        return Ok(());
+    }
+    let Some(missing) = watch::missing_at_start(config, cluster, &topics) else {
+        return Ok(());
+    };
+    match missing.first() {
+        None => Ok(()),
+        Some(topic) => {
+            let names: Vec<&str> = subs
+                .iter()
+                .filter(|s| s.topics.contains(topic))
+                .map(|s| s.name.as_str())
+                .collect();
+            Err(Error::Config(format!(
+                "topic `{topic}` (subscribed by {}) does not exist on the cluster at {}: create it, or start \
+                 with --wait-for-topics (KCONC_WAIT_FOR_TOPICS=true, App::wait_for_topics) to wait for it",
+                names.join(", "),
+                cluster.brokers()
+            )))
+        }
+    }
+}

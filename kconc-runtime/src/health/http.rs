@@ -1,0 +1,100 @@
+//! The optional HTTP endpoint (`--http`): `/healthz`, `/readyz`, `/metrics`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
+use super::{health, metrics_text, HealthThresholds, Watched};
+use crate::Error;
+
+/// Binds the HTTP endpoint's address (`--http`), before anything connects:
+/// a bad or busy address fails start-up naming the setting.
+pub(crate) fn bind(addr: &str) -> Result<(std::net::TcpListener, SocketAddr), Error> {
+    let bad = |e: std::io::Error| Error::Config(format!("--http/KCONC_HTTP `{addr}`: {e}"));
+    let listener = std::net::TcpListener::bind(addr).map_err(bad)?;
+    listener.set_nonblocking(true).map_err(bad)?;
+    let local = listener.local_addr().map_err(bad)?;
+    Ok((listener, local))
+}
+
+/// The HTTP endpoint on a listener from [`bind`]: serves until `stop` is
+/// cancelled.
+pub(crate) fn serve(
+    (std_listener, local): (std::net::TcpListener, SocketAddr),
+    watched: Vec<Watched>,
+    thresholds: HealthThresholds,
+    stop: CancellationToken,
+    runtime: &tokio::runtime::Handle,
+) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), Error> {
+    use axum::http::StatusCode;
+    use axum::routing::get;
+
+    let state = Arc::new((watched, thresholds));
+    let (h, r, m) = (state.clone(), state.clone(), state);
+    let app = axum::Router::new()
+        .route(
+            "/healthz",
+            get(move || {
+                let health = health(&h.0, &h.1);
+                let code = if health.healthy {
+                    StatusCode::OK
+                } else {
+                    StatusCode::SERVICE_UNAVAILABLE
+                };
+                async move { (code, health.report()) }
+            }),
+        )
+        .route(
+            "/readyz",
+            get(move || {
+                let health = health(&r.0, &r.1);
+                let code = if health.ready {
+                    StatusCode::OK
+                } else {
+                    StatusCode::SERVICE_UNAVAILABLE
+                };
+                async move { (code, health.report()) }
+            }),
+        )
+        .route(
+            "/metrics",
+            get(move || {
+                let result = metrics_text(&m.0, &m.1);
+                async move {
+                    match result {
+                        Ok(text) => (
+                            StatusCode::OK,
+                            [(
+                                "content-type",
+                                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                            )],
+                            text,
+                        ),
+                        Err(e) => (
+                            StatusCode::INTERNAL_SERVER_ERROR,
+                            [("content-type", "text/plain; charset=utf-8")],
+                            e.to_string(),
+                        ),
+                    }
+                }
+            }),
+        );
+    let task = runtime.spawn(async move {
+        let listener = match tokio::net::TcpListener::from_std(std_listener) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(error = %e, "the HTTP endpoint cannot start");
+                return;
+            }
+        };
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "the HTTP endpoint failed");
+        }
+    });
+    tracing::info!(address = %local, "HTTP endpoint: /healthz /readyz /metrics");
+    Ok((local, task))
+}
