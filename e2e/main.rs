@@ -40,7 +40,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use kconc_runtime::rdkafka::message::Message as _;
 use kconc_runtime::rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer as _, ProducerContext};
 use kconc_runtime::rdkafka::{ClientConfig, ClientContext};
-use kconc_runtime::{App, Message, Ordering, Subscriber};
+use kconc_runtime::{App, Message, OrderingMode, Subscriber};
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -262,9 +262,9 @@ fn consume(o: &Opts) -> Result<(), String> {
     let status = o.0.get("status").cloned();
     let concurrency: usize = o.num("concurrency", Some(100))?;
     let ordering = match o.0.get("ordering").map_or("unordered", String::as_str) {
-        "unordered" => Ordering::Unordered,
-        "key" => Ordering::Key,
-        "partition" => Ordering::Partition,
+        "unordered" => OrderingMode::Unordered,
+        "key" => OrderingMode::Key,
+        "partition" => OrderingMode::Partition,
         other => return Err(format!("--ordering: `{other}` is not unordered, key or partition")),
     };
     let delay = o.0.get("delay-ms").map_or("1-20", String::as_str);

@@ -19,7 +19,7 @@ use common::*;
 use kconc_runtime::rdkafka::consumer::{BaseConsumer, Consumer as _};
 use kconc_runtime::rdkafka::message::{Headers as _, Message as _};
 use kconc_runtime::rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
-use kconc_runtime::{Context, FromMessage as _, Json, Message, NonRetryable, OnError, Ordering, Subscriber};
+use kconc_runtime::{Context, FromMessage as _, Json, Message, NonRetryable, OnError, OrderingMode, Subscriber};
 
 const DEADLINE: Duration = Duration::from_secs(60);
 
@@ -109,7 +109,7 @@ async fn retries_succeed_on_the_third_attempt_in_key_order() {
             Ok(())
         }
     })
-    .ordering(Ordering::Key)
+    .ordering(OrderingMode::Key)
     .concurrency(8)
     .retries(3)
     .backoff(Duration::from_millis(20))
@@ -439,7 +439,7 @@ async fn stop_stops_only_the_failing_partition_and_says_why() {
 /// attempt after the stop is reported, and its retry still runs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stop_holds_back_only_what_comes_after_the_failed_message() {
-    for ordering in [Ordering::Unordered, Ordering::Key] {
+    for ordering in [OrderingMode::Unordered, OrderingMode::Key] {
         let (topic, group) = ("stop-prefix", "g-stop-prefix");
         let cluster = cluster(topic, 1);
         let bootstrap = cluster.bootstrap_servers().to_owned();
@@ -448,7 +448,7 @@ async fn stop_holds_back_only_what_comes_after_the_failed_message() {
         let release = Arc::new(AtomicBool::new(false));
         let runs = Arc::new(Mutex::new(Vec::new()));
         let (r, seen) = (release.clone(), runs.clone());
-        let failing = if ordering == Ordering::Key { 2 } else { 1 };
+        let failing = if ordering == OrderingMode::Key { 2 } else { 1 };
         let sub = Subscriber::new("stop-prefix", [topic], group, move |m: Message| {
             let (release, seen) = (r.clone(), seen.clone());
             async move {
@@ -462,7 +462,7 @@ async fn stop_holds_back_only_what_comes_after_the_failed_message() {
                     while !release.load(AtomicOrdering::SeqCst) {
                         tokio::time::sleep(Duration::from_millis(5)).await;
                     }
-                    if ordering == Ordering::Unordered {
+                    if ordering == OrderingMode::Unordered {
                         return Err("not yet");
                     }
                 }
@@ -473,8 +473,8 @@ async fn stop_holds_back_only_what_comes_after_the_failed_message() {
             }
         })
         .ordering(ordering)
-        .concurrency(if ordering == Ordering::Key { 4 } else { 2 })
-        .retries(if ordering == Ordering::Key { 0 } else { 1 })
+        .concurrency(if ordering == OrderingMode::Key { 4 } else { 2 })
+        .retries(if ordering == OrderingMode::Key { 0 } else { 1 })
         .backoff(Duration::from_millis(10))
         .on_error(OnError::Stop)
         .commit_interval(Duration::from_millis(20));
@@ -498,7 +498,7 @@ async fn stop_holds_back_only_what_comes_after_the_failed_message() {
         ran.sort_unstable();
         ran.dedup();
         assert!(
-            ran.iter().all(|&o| o <= failing || ordering == Ordering::Unordered),
+            ran.iter().all(|&o| o <= failing || ordering == OrderingMode::Unordered),
             "{ordering:?}: {ran:?}"
         );
         assert!((0..failing).all(|o| ran.contains(&o)), "{ordering:?}: {ran:?}");
@@ -559,7 +559,7 @@ async fn errors_that_panic_when_formatted_or_dropped_are_still_concluded() {
             }
         }
     })
-    .ordering(Ordering::Key)
+    .ordering(OrderingMode::Key)
     .commit_interval(Duration::from_millis(50));
     let app = test_app(&bootstrap).subscriber(sub).start_in_test_mode().unwrap();
     wait_for("committed to the end", DEADLINE, || {

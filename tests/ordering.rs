@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use kconc_runtime::rdkafka::producer::{BaseProducer, BaseRecord, Producer as _};
-use kconc_runtime::{Message, Ordering, Subscriber};
+use kconc_runtime::{Message, OrderingMode, Subscriber};
 
 const DEADLINE: Duration = Duration::from_secs(60);
 
@@ -130,7 +130,7 @@ async fn key_mode_runs_each_key_in_offset_order_and_keys_concurrently() {
             }
         }
     })
-    .ordering(Ordering::Key)
+    .ordering(OrderingMode::Key)
     .concurrency(32);
     let app = test_app(&bootstrap).subscriber(sub).start_in_test_mode().unwrap();
     wait_for("every message handled", DEADLINE, || rec.distinct() >= n).await;
@@ -166,7 +166,7 @@ async fn key_mode_runs_messages_without_a_key_concurrently() {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     })
-    .ordering(Ordering::Key)
+    .ordering(OrderingMode::Key)
     .concurrency(8);
     let app = test_app(&bootstrap).subscriber(sub).start_in_test_mode().unwrap();
     wait_for("every keyless message handled", DEADLINE, || rec.finished() >= n).await;
@@ -215,7 +215,7 @@ async fn a_hot_key_does_not_hold_up_the_other_keys() {
             d.lock().unwrap().insert(key, Instant::now());
         }
     })
-    .ordering(Ordering::Key)
+    .ordering(OrderingMode::Key)
     .concurrency(32);
     let started = Instant::now();
     let app = test_app(&bootstrap).subscriber(sub).start_in_test_mode().unwrap();
@@ -259,7 +259,7 @@ async fn partition_mode_runs_each_partition_sequentially_and_partitions_concurre
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     })
-    .ordering(Ordering::Partition)
+    .ordering(OrderingMode::Partition)
     .concurrency(16);
     let app = test_app(&bootstrap).subscriber(sub).start_in_test_mode().unwrap();
     wait_for("every message handled", DEADLINE, || rec.distinct() >= n).await;
@@ -308,7 +308,7 @@ async fn a_backed_up_partition_is_paused_alone_and_the_member_stays_in_the_group
             }
         }
     })
-    .ordering(Ordering::Partition)
+    .ordering(OrderingMode::Partition)
     .concurrency(8)
     .max_buffered(max_buffered)
     .property("max.poll.interval.ms", "10000");
@@ -390,7 +390,7 @@ async fn a_rebalance_in_key_mode_skips_nothing_and_keeps_key_order_per_member() 
                 tokio::time::sleep(work).await;
             }
         })
-        .ordering(Ordering::Key)
+        .ordering(OrderingMode::Key)
         .concurrency(4)
     };
     let (a, a_watch) = (Recorder::new(), LaneWatch::new());

@@ -41,7 +41,7 @@ async fn a_revoked_partitions_failed_messages_are_not_retried_while_the_revoke_w
         }
     })
     .concurrency(8)
-    .ordering(kconc_runtime::Ordering::Key)
+    .ordering(kconc_runtime::OrderingMode::Key)
     .retries(1_000)
     .backoff(Duration::from_millis(1))
     .max_backoff(Duration::from_millis(1))
@@ -246,7 +246,7 @@ async fn a_key_of_a_partition_that_comes_back_waits_for_its_message_still_runnin
             r.lock().unwrap().push((m.offset(), start, Instant::now()));
         }
     })
-    .ordering(kconc_runtime::Ordering::Key)
+    .ordering(kconc_runtime::OrderingMode::Key)
     .revoke_timeout(Duration::from_millis(500))
     .commit_interval(Duration::from_millis(100));
     let eager = |sub| {

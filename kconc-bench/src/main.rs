@@ -24,7 +24,7 @@ use kconc_runtime::rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use kconc_runtime::rdkafka::message::BorrowedMessage;
 use kconc_runtime::rdkafka::producer::{BaseProducer, BaseRecord, Producer as _};
 use kconc_runtime::rdkafka::{ClientConfig, Message as _};
-use kconc_runtime::{App, EmbeddedCluster, FirstPoll, Message, Ordering as Mode, Subscriber};
+use kconc_runtime::{App, EmbeddedCluster, FirstPoll, Message, OrderingMode as Mode, Subscriber};
 
 const PARTITIONS: i32 = 8;
 

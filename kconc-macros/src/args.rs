@@ -21,7 +21,7 @@ pub(crate) struct Args {
     pub(crate) topics: Vec<LitStr>,
     pub(crate) group: LitStr,
     pub(crate) concurrency: Option<LitInt>,
-    /// The `Ordering` variant: `Unordered`, `Key` or `Partition`.
+    /// The `OrderingMode` variant: `Unordered`, `Key` or `Partition`.
     pub(crate) ordering: Option<&'static str>,
     /// The `FirstPoll` variant: `Worker`, `PollThread` or `Auto`.
     pub(crate) first_poll: Option<&'static str>,

@@ -82,7 +82,7 @@ fn registration(args: &Args, func: &ItemFn) -> TokenStream {
     int("commit_batch_size", &args.commit_batch_size);
     if let Some(o) = &args.ordering {
         let variant = Ident::new(o, Span::call_site());
-        calls.push(quote!(.ordering(#p::Ordering::#variant)));
+        calls.push(quote!(.ordering(#p::OrderingMode::#variant)));
     }
     if let Some(f) = &args.first_poll {
         let variant = Ident::new(f, Span::call_site());

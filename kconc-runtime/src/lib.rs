@@ -96,7 +96,7 @@ pub use health::{Health, HealthThresholds, StalledPartition, SubscriberHealth};
 pub use message::{Header, Message, PayloadError};
 pub use policy::{NonRetryable, OnError};
 pub use stats::{PartitionPause, StatsSnapshot, StoppedPartition};
-pub use subscriber::{FirstPoll, Ordering, Subscriber};
+pub use subscriber::{FirstPoll, OrderingMode, Subscriber};
 
 /// Generates the program's `main`: runs every `#[subscriber]` until SIGINT or
 /// SIGTERM, then shuts down gracefully. `--help` lists the flags;
@@ -131,7 +131,7 @@ pub mod __private {
     pub use crate::extract::{FromMessage, FromMessageOwned};
     pub use crate::handler::{HandlerFuture, IntoHandlerResult};
     pub use crate::message::{Message, PayloadError};
-    pub use crate::subscriber::{FirstPoll, Ordering};
+    pub use crate::subscriber::{FirstPoll, OrderingMode};
     pub use ::std::result::Result::{Err, Ok};
 
     /// The future of a handler whose arguments could not be extracted: the

@@ -27,7 +27,7 @@ pub const DEFAULT_MAX_UNCOMMITTED: usize = 10_000;
 /// Within one partition, handlers always *start* in offset order; the modes
 /// differ in what may run at the same time.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub enum Ordering {
+pub enum OrderingMode {
     /// Any messages run concurrently, up to `concurrency` (the default).
     #[default]
     Unordered,
@@ -40,7 +40,7 @@ pub enum Ordering {
     Partition,
 }
 
-impl Ordering {
+impl OrderingMode {
     /// The name used in `#[subscriber(ordering = "..")]` and `--list`.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -51,13 +51,13 @@ impl Ordering {
     }
 }
 
-impl std::fmt::Display for Ordering {
+impl std::fmt::Display for OrderingMode {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
     }
 }
 
-impl std::str::FromStr for Ordering {
+impl std::str::FromStr for OrderingMode {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
@@ -158,7 +158,7 @@ pub struct Subscriber {
     pub(crate) topics: Vec<String>,
     pub(crate) group: String,
     pub(crate) concurrency: usize,
-    pub(crate) ordering: Ordering,
+    pub(crate) ordering: OrderingMode,
     pub(crate) first_poll: FirstPoll,
     pub(crate) max_buffered: Option<usize>,
     pub(crate) max_uncommitted: usize,
@@ -239,7 +239,7 @@ impl Subscriber {
             topics,
             group,
             concurrency: DEFAULT_CONCURRENCY,
-            ordering: Ordering::Unordered,
+            ordering: OrderingMode::Unordered,
             first_poll: FirstPoll::Worker,
             max_buffered: None,
             max_uncommitted: DEFAULT_MAX_UNCOMMITTED,
@@ -262,9 +262,9 @@ impl Subscriber {
         self
     }
 
-    /// How much order the handlers keep (default [`Ordering::Unordered`]).
+    /// How much order the handlers keep (default [`OrderingMode::Unordered`]).
     #[must_use]
-    pub fn ordering(mut self, ordering: Ordering) -> Self {
+    pub fn ordering(mut self, ordering: OrderingMode) -> Self {
         self.ordering = ordering;
         self
     }
@@ -408,7 +408,7 @@ impl Subscriber {
     }
 
     /// Its ordering mode.
-    pub fn ordering_mode(&self) -> Ordering {
+    pub fn ordering_mode(&self) -> OrderingMode {
         self.ordering
     }
 

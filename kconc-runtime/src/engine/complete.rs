@@ -19,7 +19,7 @@ use super::*;
 
 /// What every handler of one subscriber shares.
 #[derive(Debug)]
-pub(crate) struct Shared {
+pub(crate) struct HandlerEnv {
     pub(crate) subscriber: Arc<str>,
     pub(crate) handler: Handler,
     pub(crate) context: Context,
@@ -106,7 +106,7 @@ pub(crate) struct Call {
 
 /// What a message's conclusion needs to know.
 pub(super) struct Ending {
-    pub(super) slot: PartitionSlot,
+    pub(super) slot: MessageTag,
     /// Kept for the log line of a failure; cloning the shared name is
     /// cheaper than formatting on every message.
     pub(super) topic: Arc<str>,
@@ -137,7 +137,7 @@ pub struct HandlerTimedOut {
     pub after: std::time::Duration,
 }
 
-impl Shared {
+impl HandlerEnv {
     /// The timer that ends a handler begun at `started`, if there is a
     /// `handler_timeout`.
     pub(super) fn deadline(&self, started: Instant) -> Option<std::pin::Pin<Box<tokio::time::Sleep>>> {
@@ -171,7 +171,7 @@ impl Shared {
     /// Begins a call: the span, the copy kept for a retry or a dead letter,
     /// and the handler's future (a panic while building it is the call's
     /// outcome).
-    pub(super) fn begin(&self, slot: PartitionSlot, msg: Message) -> (Call, Result<HandlerFuture, Outcome>) {
+    pub(super) fn begin(&self, slot: MessageTag, msg: Message) -> (Call, Result<HandlerFuture, Outcome>) {
         let (topic, partition, offset, attempt) = (msg.topic_name(), msg.partition(), msg.offset(), msg.attempt());
         let copy = self.policy.keeps_copy(attempt).then(|| msg.clone());
         let span = tracing::debug_span!(
@@ -218,7 +218,7 @@ impl Shared {
     /// without a retry (its copy may be gone), so it is final: skipped,
     /// or its partition stopped (also under a dead-letter policy, which
     /// would need the copy).
-    pub(super) fn conclude_after_panic(&self, slot: PartitionSlot, offset: i64, in_call: bool) -> Event {
+    pub(super) fn conclude_after_panic(&self, slot: MessageTag, offset: i64, in_call: bool) -> Event {
         if in_call {
             self.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
         }
@@ -325,7 +325,7 @@ impl Shared {
     /// retrying cannot fix stops the partition.
     pub(super) async fn dead_letter(
         &self,
-        slot: PartitionSlot,
+        slot: MessageTag,
         dlq: &str,
         msg: &Message,
         error: &str,

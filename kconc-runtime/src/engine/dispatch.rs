@@ -48,7 +48,7 @@ pub(super) enum Begun {
 /// `tokio::task::spawn_blocking`, as everywhere in tokio.
 #[derive(Debug)]
 pub(crate) struct Dispatcher {
-    pub(super) shared: Arc<Shared>,
+    pub(super) shared: Arc<HandlerEnv>,
     pub(super) workers: Vec<UnboundedSender<Vec<Start>>>,
     /// Started this turn, per worker; sent by [`Dispatcher::flush`].
     pub(super) pending: Vec<Vec<Start>>,
@@ -64,7 +64,7 @@ pub(crate) struct Dispatcher {
 impl Dispatcher {
     /// Spawns the workers (one per tokio worker thread, at most
     /// `concurrency`) on the shared runtime.
-    pub(crate) fn new(shared: Shared, concurrency: usize, first_poll: FirstPoll) -> Self {
+    pub(crate) fn new(shared: HandlerEnv, concurrency: usize, first_poll: FirstPoll) -> Self {
         let shared = Arc::new(shared);
         let n = shared.runtime.metrics().num_workers().clamp(1, concurrency.max(1));
         let workers: Vec<_> = (0..n)
@@ -94,7 +94,7 @@ impl Dispatcher {
     /// by a worker once [`Dispatcher::flush`] has handed it over and it ends.
     /// `here` is false where user code must not run on this thread whatever
     /// the mode (inside a rebalance callback).
-    pub(crate) fn start(&mut self, slot: PartitionSlot, msg: Message, here: bool) -> Option<Event> {
+    pub(crate) fn start(&mut self, slot: MessageTag, msg: Message, here: bool) -> Option<Event> {
         self.shared.stats.dispatched.fetch_add(1, Ordering::Relaxed);
         if !here || !self.inline.on() {
             self.hand_over(Start::Fresh(slot, msg));
@@ -157,7 +157,7 @@ impl Dispatcher {
     /// Hands a dead letter for `msg` (which failed with `error`) to a
     /// worker; its event comes back as a handler's would. For records
     /// that never reached a handler (unreadable ones).
-    pub(crate) fn dead_letter(&mut self, slot: PartitionSlot, msg: Message, error: String) {
+    pub(crate) fn dead_letter(&mut self, slot: MessageTag, msg: Message, error: String) {
         let end = Ending {
             slot,
             topic: msg.topic_name(),
@@ -193,7 +193,7 @@ impl Dispatcher {
     /// or the message again (from the start) when it failed here.
     /// `again` is the message as it was, for a run on a worker should this
     /// one fail.
-    pub(super) fn begin_here(&mut self, slot: PartitionSlot, msg: Message, again: &Message) -> Begun {
+    pub(super) fn begin_here(&mut self, slot: MessageTag, msg: Message, again: &Message) -> Begun {
         let shared = &*self.shared;
         let (call, begun) = shared.begin(slot, msg);
         let failure = match begun {

@@ -1,5 +1,5 @@
 //! What the engine's threads tell each other: the poll loop hands messages
-//! to workers tagged with their partition (a [`PartitionSlot`]), and the
+//! to workers tagged with their partition (a [`MessageTag`]), and the
 //! workers and the committer report back with [`Event`]s on one channel.
 
 use std::sync::Arc;
@@ -17,13 +17,13 @@ pub(crate) enum Event {
     Done(Completion),
     /// Failed with retries left: `msg` (its next attempt) starts again at `due`.
     Retry {
-        slot: PartitionSlot,
+        slot: MessageTag,
         msg: Message,
         due: Instant,
     },
     /// Failed its last attempt under `on_error = stop`.
     Stopped {
-        slot: PartitionSlot,
+        slot: MessageTag,
         offset: i64,
         reason: String,
     },
@@ -31,7 +31,7 @@ pub(crate) enum Event {
     /// the runtime is gone (a message handed to a worker too late, a dead
     /// letter not yet acknowledged): the slot is free, the offset stays
     /// uncommitted. Never sent while the subscriber runs on.
-    Abandoned(PartitionSlot, i64),
+    Abandoned(MessageTag, i64),
     /// Several of the above, sent together by one worker.
     Batch(Vec<Event>),
     /// The committer committed these positions (partition, epoch, offset).
@@ -43,14 +43,14 @@ pub(crate) enum Event {
 /// handler reports exactly once, so no offset can become a permanent floor.
 #[derive(Debug)]
 pub(crate) struct Completion {
-    pub(crate) slot: PartitionSlot,
+    pub(crate) slot: MessageTag,
     pub(crate) offset: i64,
 }
 
 /// Where a partition's state lives in the poll loop, which assignment
 /// (epoch) of it the message belongs to, and its ordering lane, if any.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct PartitionSlot {
+pub(crate) struct MessageTag {
     pub(crate) topic: usize,
     pub(crate) partition: i32,
     pub(crate) epoch: u64,

@@ -20,7 +20,7 @@ impl Engine {
     /// Publishes what health and metrics read: the time of this turn, the
     /// buffered count and, once a second, the partitions' high watermarks
     /// (librdkafka's cached values: no request to the broker).
-    pub(super) fn observe(&mut self, consumer: &BaseConsumer<KconcContext>) {
+    pub(super) fn observe(&mut self, consumer: &BaseConsumer<ClientHooks>) {
         let stats = self.dispatcher.stats();
         let now = crate::stats::unix_ms();
         stats.last_poll_ms.store(now, Ordering::Relaxed);
@@ -116,7 +116,7 @@ impl Engine {
             ps.offsets.dispatched(msg.offset());
             (first, epoch) = (true, ps.epoch);
         }
-        let slot = PartitionSlot {
+        let slot = MessageTag {
             topic: t,
             partition: msg.partition(),
             epoch,
@@ -275,7 +275,7 @@ impl Engine {
             return;
         }
         ps.offsets.dispatched(at);
-        let slot = PartitionSlot {
+        let slot = MessageTag {
             topic: t,
             partition: p,
             epoch: ps.epoch,

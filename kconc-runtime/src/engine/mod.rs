@@ -9,7 +9,7 @@
 //! - `schedule`: the lanes that keep key or partition order.
 //! - `dispatch`: starting a message on a worker (or its first poll here).
 //! - `inline`: the opt-in first polls on the poll thread.
-//! - `worker` and `slots`: the worker tasks and their futures.
+//! - `worker` and `places`: the worker tasks, and the reused places their futures run in.
 //! - `complete`: a handler's outcome under the error policy.
 //! - `event`: what workers and the committer report, and what the poll
 //!   loop does with it.
@@ -53,12 +53,12 @@ mod ffi;
 mod hash;
 mod inline;
 mod offsets;
+mod places;
 mod poll;
 mod rebalance;
 mod retry;
 mod schedule;
 mod shutdown;
-mod slots;
 mod worker;
 
 pub use complete::HandlerTimedOut;
@@ -67,7 +67,7 @@ pub(crate) use poll::{start, Runner};
 
 // The engine's files name each other's items through these (each has
 // `use super::*`).
-use self::{complete::*, event::*, inline::*, rebalance::*, retry::*, shutdown::*, slots::*, worker::*};
+use self::{complete::*, event::*, inline::*, places::*, rebalance::*, retry::*, shutdown::*, worker::*};
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -79,9 +79,9 @@ use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use tokio_util::sync::CancellationToken;
 
 use self::commit::{Assigned, CommitRequest, Committer};
-use self::complete::Shared;
+use self::complete::HandlerEnv;
 use self::dispatch::Dispatcher;
-use self::event::{Event, PartitionKey, PartitionSlot};
+use self::event::{Event, MessageTag, PartitionKey};
 use self::ffi::{PartitionQueue, Polled};
 use self::hash::SmallKeyMap;
 use self::offsets::OffsetTracker;
@@ -221,7 +221,7 @@ struct Engine {
     committer: Committer,
     /// The consumer, to split partition queues off it (weak: the consumer
     /// owns this engine through its context).
-    consumer: Weak<BaseConsumer<KconcContext>>,
+    consumer: Weak<BaseConsumer<ClientHooks>>,
     /// Wakes the poll loop when a partition queue gets messages.
     wake: mpsc::Sender<Event>,
     /// Assigned partitions in the order their queues are read; the start
@@ -255,7 +255,7 @@ struct Engine {
     last_watermarks: u64,
 }
 
-fn with_engine<R>(consumer: &BaseConsumer<KconcContext>, f: impl FnOnce(&mut Engine) -> R) -> Option<R> {
+fn with_engine<R>(consumer: &BaseConsumer<ClientHooks>, f: impl FnOnce(&mut Engine) -> R) -> Option<R> {
     consumer.context().engine().as_mut().map(f)
 }
 

@@ -38,8 +38,8 @@ pub(crate) fn start(
 ) -> Result<Runner, Error> {
     let name: Arc<str> = Arc::from(sub.name.as_str());
     let handler_context = crate::context::Context::new(name.clone(), &sub.group, shutdown.clone(), &config);
-    let context = KconcContext::new(name.clone(), watch);
-    let mut consumer: BaseConsumer<KconcContext> = config
+    let context = ClientHooks::new(name.clone(), watch);
+    let mut consumer: BaseConsumer<ClientHooks> = config
         .create_with_context(context)
         .map_err(|e| Error::from_client_creation(&sub.name, e))?;
     let (events_tx, events_rx) = mpsc::channel();
@@ -82,7 +82,7 @@ pub(crate) fn start(
         topics: Vec::new(),
         events: events_rx,
         dispatcher: Dispatcher::new(
-            Shared {
+            HandlerEnv {
                 subscriber: name.clone(),
                 handler: sub.handler.clone(),
                 context: handler_context,
@@ -138,7 +138,7 @@ pub(crate) fn start(
 }
 
 /// Runs until shutdown, then drains; returns the shutdown's deadline.
-pub(super) fn poll_loop(consumer: &BaseConsumer<KconcContext>, shutdown: &CancellationToken) -> Instant {
+pub(super) fn poll_loop(consumer: &BaseConsumer<ClientHooks>, shutdown: &CancellationToken) -> Instant {
     while !shutdown.is_cancelled() {
         // Rebalances and errors (and the messages of any unsplit partition):
         // served on every turn, however far behind the handlers are.

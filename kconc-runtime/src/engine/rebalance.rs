@@ -20,22 +20,22 @@ use super::*;
 
 /// The rdkafka context of a kconc consumer: routes librdkafka's logs into
 /// `tracing` and runs the engine's rebalance handling.
-pub(crate) struct KconcContext {
+pub(crate) struct ClientHooks {
     pub(super) subscriber: Arc<str>,
     pub(super) engine: Mutex<Option<Engine>>,
     /// The app's view of the cluster, which its librdkafka lines go to.
     pub(super) watch: Arc<ClusterWatch>,
 }
 
-impl std::fmt::Debug for KconcContext {
+impl std::fmt::Debug for ClientHooks {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KconcContext")
+        f.debug_struct("ClientHooks")
             .field("subscriber", &self.subscriber)
             .finish_non_exhaustive()
     }
 }
 
-impl KconcContext {
+impl ClientHooks {
     /// The context of a consumer of subscriber `subscriber`, with no engine yet.
     pub(crate) fn new(subscriber: Arc<str>, watch: Arc<ClusterWatch>) -> Self {
         Self {
@@ -52,7 +52,7 @@ impl KconcContext {
     }
 }
 
-impl ClientContext for KconcContext {
+impl ClientContext for ClientHooks {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
         self.watch.log(level, &self.subscriber, fac, log_message);
     }
@@ -62,7 +62,7 @@ impl ClientContext for KconcContext {
     }
 }
 
-impl ConsumerContext for KconcContext {
+impl ConsumerContext for ClientHooks {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Revoke(tpl) => {
@@ -198,7 +198,7 @@ impl Engine {
     /// drops their state, all within `revoke_timeout`. Other partitions
     /// keep running meanwhile. A lost assignment (the group has moved on
     /// without this member) is dropped at once, without a wait or a commit.
-    pub(super) fn revoke(&mut self, consumer: &BaseConsumer<KconcContext>, tpl: &TopicPartitionList) {
+    pub(super) fn revoke(&mut self, consumer: &BaseConsumer<ClientHooks>, tpl: &TopicPartitionList) {
         if tpl.count() == 0 {
             return;
         }

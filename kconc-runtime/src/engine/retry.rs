@@ -12,7 +12,7 @@ use super::*;
 pub(super) struct Delayed {
     pub(super) due: Instant,
     pub(super) seq: u64,
-    pub(super) slot: PartitionSlot,
+    pub(super) slot: MessageTag,
     pub(super) msg: Message,
 }
 

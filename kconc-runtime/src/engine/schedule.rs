@@ -21,27 +21,27 @@ use std::collections::hash_map::DefaultHasher;
 use std::collections::{HashMap, VecDeque};
 use std::hash::{Hash as _, Hasher as _};
 
-use super::event::PartitionSlot;
+use super::event::MessageTag;
 use super::hash::SmallKeyMap;
 use crate::message::Message;
-use crate::subscriber::Ordering;
+use crate::subscriber::OrderingMode;
 
 /// A busy lane: the message that holds it (ready, running, or waiting for
 /// its retry) and the ones waiting behind it, in offset order.
 #[derive(Debug)]
 struct Lane {
-    holder: (PartitionSlot, i64),
+    holder: (MessageTag, i64),
     /// The holder ended and waits for its retry (it is not running).
     idle: bool,
-    waiting: VecDeque<(PartitionSlot, Message)>,
+    waiting: VecDeque<(MessageTag, Message)>,
 }
 
 /// Fetched messages that have not started, and the lanes that are busy.
 #[derive(Debug)]
 pub(crate) struct Schedule {
-    mode: Ordering,
+    mode: OrderingMode,
     /// Messages that may start now, in the order they became startable.
-    ready: VecDeque<(PartitionSlot, Message)>,
+    ready: VecDeque<(MessageTag, Message)>,
     /// Busy lanes (one of their messages is ready or running).
     lanes: HashMap<u64, Lane>,
     /// Messages waiting in lanes, by partition.
@@ -51,7 +51,7 @@ pub(crate) struct Schedule {
 }
 
 impl Schedule {
-    pub(crate) fn new(mode: Ordering) -> Self {
+    pub(crate) fn new(mode: OrderingMode) -> Self {
         Self {
             mode,
             ready: VecDeque::new(),
@@ -71,11 +71,11 @@ impl Schedule {
         self.blocked.get(&(topic, partition)).copied().unwrap_or(0)
     }
 
-    fn lane_of(&self, slot: &PartitionSlot, msg: &Message) -> Option<u64> {
+    fn lane_of(&self, slot: &MessageTag, msg: &Message) -> Option<u64> {
         let key = match self.mode {
-            Ordering::Unordered => return None,
-            Ordering::Partition => None,
-            Ordering::Key => Some(msg.key()?),
+            OrderingMode::Unordered => return None,
+            OrderingMode::Partition => None,
+            OrderingMode::Key => Some(msg.key()?),
         };
         let mut h = DefaultHasher::new();
         (slot.topic, slot.partition).hash(&mut h);
@@ -85,12 +85,12 @@ impl Schedule {
 
     /// Adds a fetched message: ready at once if its lane is free, else
     /// behind the lane's earlier messages.
-    pub(crate) fn push(&mut self, slot: PartitionSlot, msg: Message) {
+    pub(crate) fn push(&mut self, slot: MessageTag, msg: Message) {
         let lane = self.lane_of(&slot, &msg);
         self.push_to(slot, msg, lane);
     }
 
-    fn push_to(&mut self, mut slot: PartitionSlot, msg: Message, lane: Option<u64>) {
+    fn push_to(&mut self, mut slot: MessageTag, msg: Message, lane: Option<u64>) {
         self.len += 1;
         slot.lane = lane;
         let Some(id) = lane else {
@@ -118,7 +118,7 @@ impl Schedule {
 
     /// A failed message's next attempt: it starts before anything else
     /// (it still holds its lane, so nothing behind it has started).
-    pub(crate) fn retry(&mut self, slot: PartitionSlot, msg: Message) {
+    pub(crate) fn retry(&mut self, slot: MessageTag, msg: Message) {
         if let Some(lane) = slot.lane.and_then(|id| self.lanes.get_mut(&id)) {
             lane.idle = false;
         }
@@ -127,7 +127,7 @@ impl Schedule {
     }
 
     /// The next message to start.
-    pub(crate) fn pop(&mut self) -> Option<(PartitionSlot, Message)> {
+    pub(crate) fn pop(&mut self) -> Option<(MessageTag, Message)> {
         let next = self.ready.pop_front()?;
         self.len -= 1;
         Some(next)
@@ -135,7 +135,7 @@ impl Schedule {
 
     /// The message at `offset` of this slot ended and waits for its retry:
     /// it keeps its lane, but no longer runs.
-    pub(crate) fn idle(&mut self, slot: PartitionSlot, offset: i64) {
+    pub(crate) fn idle(&mut self, slot: MessageTag, offset: i64) {
         if let Some(lane) = slot.lane.and_then(|id| self.lanes.get_mut(&id)) {
             if lane.holder == (slot, offset) {
                 lane.idle = true;
@@ -146,7 +146,7 @@ impl Schedule {
     /// The message at `offset` of this slot finished: if it held its lane,
     /// the lane's next message becomes ready, or the lane is free. Anything
     /// else (no lane, a lane dropped by a revoke) changes nothing.
-    pub(crate) fn finished(&mut self, slot: PartitionSlot, offset: i64) {
+    pub(crate) fn finished(&mut self, slot: MessageTag, offset: i64) {
         let Some(id) = slot.lane else { return };
         let Some(lane) = self.lanes.get_mut(&id) else {
             return;
@@ -180,7 +180,7 @@ impl Schedule {
     /// lanes they hold stay theirs).
     pub(crate) fn drop_partition(&mut self, topic: usize, partition: i32, from: i64) {
         let of_it =
-            |slot: &PartitionSlot, offset: i64| slot.topic == topic && slot.partition == partition && offset >= from;
+            |slot: &MessageTag, offset: i64| slot.topic == topic && slot.partition == partition && offset >= from;
         // A lane's holder runs unless it is one of these (not started) or
         // waits for its retry.
         let mut unstarted = std::collections::HashSet::new();
@@ -243,8 +243,8 @@ impl Schedule {
 mod tests {
     use super::*;
 
-    fn slot(partition: i32) -> PartitionSlot {
-        PartitionSlot {
+    fn slot(partition: i32) -> MessageTag {
+        MessageTag {
             topic: 0,
             partition,
             epoch: 1,
@@ -260,13 +260,13 @@ mod tests {
         }
     }
 
-    fn drain(s: &mut Schedule) -> Vec<(PartitionSlot, i64)> {
+    fn drain(s: &mut Schedule) -> Vec<(MessageTag, i64)> {
         std::iter::from_fn(|| s.pop().map(|(slot, m)| (slot, m.offset()))).collect()
     }
 
     #[test]
     fn unordered_starts_everything_in_arrival_order() {
-        let mut s = Schedule::new(Ordering::Unordered);
+        let mut s = Schedule::new(OrderingMode::Unordered);
         for o in 0..4 {
             s.push(slot(0), msg(0, o, Some("a")));
         }
@@ -278,7 +278,7 @@ mod tests {
 
     #[test]
     fn key_mode_runs_one_message_per_key_and_frees_the_next_in_order() {
-        let mut s = Schedule::new(Ordering::Key);
+        let mut s = Schedule::new(OrderingMode::Key);
         // a0 b1 a2 a3 b4 -: a and b run at once; a2 waits for a0, b4 for b1;
         // the keyless 5 runs at once.
         for (o, k) in [
@@ -318,7 +318,7 @@ mod tests {
     /// message waiting behind a busy lane still starts when the lane frees.
     #[test]
     fn a_stop_drops_only_what_comes_at_or_after_it() {
-        let mut s = Schedule::new(Ordering::Key);
+        let mut s = Schedule::new(OrderingMode::Key);
         // a0 (running) a1 (waits for a0) b2 (fails: the stop) a3 b4.
         for (o, k) in [(0, "a"), (1, "a"), (2, "b"), (3, "a"), (4, "b")] {
             s.push(slot(0), msg(0, o, Some(k)));
@@ -340,7 +340,7 @@ mod tests {
 
     #[test]
     fn the_same_key_in_two_partitions_is_two_lanes() {
-        let mut s = Schedule::new(Ordering::Key);
+        let mut s = Schedule::new(OrderingMode::Key);
         s.push(slot(0), msg(0, 0, Some("a")));
         s.push(slot(1), msg(1, 0, Some("a")));
         assert_eq!(drain(&mut s).len(), 2);
@@ -348,7 +348,7 @@ mod tests {
 
     #[test]
     fn colliding_keys_share_a_lane_and_a_dropped_holder_frees_it() {
-        let mut s = Schedule::new(Ordering::Key);
+        let mut s = Schedule::new(OrderingMode::Key);
         // Two partitions' keys with the same lane id (a hash collision).
         s.push_to(slot(0), msg(0, 0, Some("a")), Some(7));
         s.push_to(slot(1), msg(1, 0, Some("b")), Some(7));
@@ -386,7 +386,7 @@ mod tests {
     /// messages of `a` wait for it; other keys do not.
     #[test]
     fn a_key_of_a_new_assignment_waits_for_the_old_assignments_running_message() {
-        let mut s = Schedule::new(Ordering::Key);
+        let mut s = Schedule::new(OrderingMode::Key);
         let old = slot(0);
         s.push(old, msg(0, 10, Some("a")));
         s.push(old, msg(0, 11, Some("b")));
@@ -395,7 +395,7 @@ mod tests {
         assert_eq!(running.len(), 2, "a@10 and b@11 run");
         s.drop_partition(0, 0, i64::MIN);
         assert_eq!(s.len(), 0, "a@12 (not started) is forgotten");
-        let new = PartitionSlot { epoch: 2, ..slot(0) };
+        let new = MessageTag { epoch: 2, ..slot(0) };
         s.push(new, msg(0, 10, Some("a")));
         s.push(new, msg(0, 11, Some("b")));
         s.push(new, msg(0, 13, Some("c")));
@@ -419,7 +419,7 @@ mod tests {
     /// with its partition, like one whose holder has not started.
     #[test]
     fn a_lane_held_by_a_message_waiting_for_its_retry_goes_with_the_partition() {
-        let mut s = Schedule::new(Ordering::Key);
+        let mut s = Schedule::new(OrderingMode::Key);
         s.push(slot(0), msg(0, 1, Some("a")));
         let started = drain(&mut s);
         s.idle(started[0].0, started[0].1);
@@ -429,7 +429,7 @@ mod tests {
 
     #[test]
     fn partition_mode_runs_one_message_per_partition() {
-        let mut s = Schedule::new(Ordering::Partition);
+        let mut s = Schedule::new(OrderingMode::Partition);
         for o in 0..3 {
             s.push(slot(0), msg(0, o, Some("x")));
             s.push(slot(1), msg(1, o, None));
@@ -446,7 +446,7 @@ mod tests {
 
     #[test]
     fn dropping_a_partition_forgets_its_lanes_and_counts() {
-        let mut s = Schedule::new(Ordering::Key);
+        let mut s = Schedule::new(OrderingMode::Key);
         for o in 0..4 {
             s.push(slot(0), msg(0, o, Some("a")));
             s.push(slot(1), msg(1, o, Some("a")));

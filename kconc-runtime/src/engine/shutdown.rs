@@ -19,7 +19,7 @@ pub(super) fn final_commit_allowance(shutdown_timeout: Duration) -> Duration {
 /// Stops fetching, waits for in-flight handlers (polling meanwhile so
 /// rebalances are still served), drops those still running, and commits,
 /// all within `shutdown_timeout`; returns that deadline.
-pub(super) fn drain_on_shutdown(consumer: &BaseConsumer<KconcContext>) -> Instant {
+pub(super) fn drain_on_shutdown(consumer: &BaseConsumer<ClientHooks>) -> Instant {
     let started = Instant::now();
     let Some((deadline, handlers_until)) = with_engine(consumer, |e| {
         e.closing = true;
@@ -70,7 +70,7 @@ pub(super) fn drain_on_shutdown(consumer: &BaseConsumer<KconcContext>) -> Instan
 /// generation) until it succeeds or `deadline` passes.
 /// `abandoned` handlers were dropped at the shutdown timeout.
 pub(super) fn final_commit(
-    consumer: &BaseConsumer<KconcContext>,
+    consumer: &BaseConsumer<ClientHooks>,
     started: Instant,
     deadline: Instant,
     abandoned: usize,
@@ -126,7 +126,7 @@ pub(super) fn final_commit(
 /// Takes the engine out of the context (which stops the committer and breaks
 /// the consumer -> context -> committer -> consumer cycle), then drops the
 /// consumer, which leaves the group.
-pub(super) fn close(consumer: Arc<BaseConsumer<KconcContext>>, deadline: Instant) {
+pub(super) fn close(consumer: Arc<BaseConsumer<ClientHooks>>, deadline: Instant) {
     let engine = consumer.context().engine().take();
     let name = consumer.context().subscriber.clone();
     if let Some(engine) = engine {

@@ -18,7 +18,7 @@ use super::*;
 /// Where a worker takes a message up.
 pub(crate) enum Start {
     /// From the start.
-    Fresh(PartitionSlot, Message),
+    Fresh(MessageTag, Message),
     /// The poll thread called the handler and its future waits: the worker
     /// polls it on (with its own waker) until it ends. The waker of that
     /// first poll, if the future kept it, forwards to the worker's.
@@ -30,7 +30,7 @@ pub(crate) enum Start {
 
 impl Start {
     /// The message's slot and offset.
-    pub(super) fn slot_offset(&self) -> (PartitionSlot, i64) {
+    pub(super) fn slot_offset(&self) -> (MessageTag, i64) {
         match self {
             Self::Fresh(slot, msg) => (*slot, msg.offset()),
             Self::Running(call, ..) => (call.end.slot, call.end.offset),
@@ -54,9 +54,9 @@ impl std::fmt::Debug for Start {
 /// One worker: runs every message it is given concurrently and sends the
 /// events of those that ended, batched per wake-up, until the dispatcher is
 /// dropped and its handlers have ended.
-pub(super) async fn work(shared: Arc<Shared>, mut inbox: UnboundedReceiver<Vec<Start>>) {
+pub(super) async fn work(shared: Arc<HandlerEnv>, mut inbox: UnboundedReceiver<Vec<Start>>) {
     let shared = &*shared;
-    let mut running = Slots::new();
+    let mut running = Places::new();
     running.report_to(shared.stats.clone());
     let mut ended = Vec::new();
     let mut open = true;
@@ -118,9 +118,9 @@ pub(super) async fn work(shared: Arc<Shared>, mut inbox: UnboundedReceiver<Vec<S
 /// the message is concluded as panicked under the error policy (without a
 /// retry), so its lane and slot are freed and its offset is final.
 pub(super) struct Drive<'a> {
-    pub(super) shared: &'a Shared,
+    pub(super) shared: &'a HandlerEnv,
     /// The message's slot and offset, for a conclusion after such a panic.
-    pub(super) slot: PartitionSlot,
+    pub(super) slot: MessageTag,
     pub(super) offset: i64,
     pub(super) state: DriveState<'a>,
     /// Ends the handler at `handler_timeout` (boxed: made only where a
@@ -134,7 +134,7 @@ pub(super) struct Drive<'a> {
 pub(super) enum DriveState<'a> {
     /// Not begun: the handler is called on the first poll (where a panic
     /// of kconc's own code is caught).
-    Fresh(PartitionSlot, Message),
+    Fresh(MessageTag, Message),
     /// The handler runs.
     Handler(Call, HandlerFuture),
     /// Producing the dead letter.
@@ -144,7 +144,7 @@ pub(super) enum DriveState<'a> {
 }
 
 impl<'a> Drive<'a> {
-    pub(super) fn new(shared: &'a Shared, start: Start) -> Self {
+    pub(super) fn new(shared: &'a HandlerEnv, start: Start) -> Self {
         let (slot, offset) = start.slot_offset();
         let state = match start {
             Start::Fresh(slot, msg) => DriveState::Fresh(slot, msg),

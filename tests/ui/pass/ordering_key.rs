@@ -16,5 +16,5 @@ async fn bill(customer: Key<String>, order: Json<Order>, meta: Meta) -> anyhow::
 fn main() {
     let subs = kconc_runtime::App::from_registry();
     let s = subs.subscribers().next().unwrap();
-    assert_eq!(s.ordering_mode(), kconc_runtime::Ordering::Key);
+    assert_eq!(s.ordering_mode(), kconc_runtime::OrderingMode::Key);
 }

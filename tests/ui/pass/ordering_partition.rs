@@ -7,5 +7,5 @@ async fn post(_entry: Message) {}
 fn main() {
     let app = kconc_runtime::App::from_registry();
     let s = app.subscribers().next().unwrap();
-    assert_eq!(s.ordering_mode(), kconc_runtime::Ordering::Partition);
+    assert_eq!(s.ordering_mode(), kconc_runtime::OrderingMode::Partition);
 }

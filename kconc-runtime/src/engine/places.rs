@@ -15,8 +15,8 @@ use super::*;
 /// like `FuturesUnordered`, but whose places (the pinned box a future lives
 /// in, and its waker) are made once and reused by later messages, so
 /// running a message allocates nothing here.
-pub(super) struct Slots<F> {
-    pub(super) slots: Vec<Slot<F>>,
+pub(super) struct Places<F> {
+    pub(super) places: Vec<Place<F>>,
     /// Places free for the next message.
     pub(super) free: Vec<usize>,
     /// Places to poll now: new futures, and those woken.
@@ -29,7 +29,7 @@ pub(super) struct Slots<F> {
     pub(super) now_ms: u64,
 }
 
-pub(super) struct Slot<F> {
+pub(super) struct Place<F> {
     pub(super) future: std::pin::Pin<Box<Option<F>>>,
     pub(super) wake: Arc<SlotWake>,
     pub(super) waker: std::task::Waker,
@@ -71,10 +71,10 @@ impl std::task::Wake for SlotWake {
     }
 }
 
-impl<F: Future> Slots<F> {
+impl<F: Future> Places<F> {
     pub(super) fn new() -> Self {
         Self {
-            slots: Vec::new(),
+            places: Vec::new(),
             free: Vec::new(),
             due: Vec::new(),
             woken: Arc::default(),
@@ -94,16 +94,16 @@ impl<F: Future> Slots<F> {
     }
 
     pub(super) fn is_empty(&self) -> bool {
-        self.free.len() == self.slots.len()
+        self.free.len() == self.places.len()
     }
 
-    /// Adds a future, to be polled first by the next [`Slots::poll_woken`];
+    /// Adds a future, to be polled first by the next [`Places::poll_woken`];
     /// returns its place.
     pub(super) fn insert(&mut self, future: F) -> usize {
         let place = match self.free.pop() {
             Some(place) => place,
             None => {
-                let place = self.slots.len();
+                let place = self.places.len();
                 let wake = Arc::new(SlotWake {
                     place,
                     queued: AtomicBool::new(false),
@@ -113,7 +113,7 @@ impl<F: Future> Slots<F> {
                 if let Some(list) = self.stats.as_ref().and_then(|s| s.running_since.lock().ok()).as_mut() {
                     list.push(since.clone());
                 }
-                self.slots.push(Slot {
+                self.places.push(Place {
                     future: Box::pin(None),
                     waker: std::task::Waker::from(wake.clone()),
                     wake,
@@ -122,7 +122,7 @@ impl<F: Future> Slots<F> {
                 place
             }
         };
-        if let Some(slot) = self.slots.get_mut(place) {
+        if let Some(slot) = self.places.get_mut(place) {
             slot.future.set(Some(future));
             slot.since.store(self.now_ms.max(1), Ordering::Relaxed);
         }
@@ -132,7 +132,7 @@ impl<F: Future> Slots<F> {
 
     /// Drops every future (where a panic in a `Drop` cannot escape).
     pub(super) fn clear(&mut self) {
-        for slot in &mut self.slots {
+        for slot in &mut self.places {
             let future = &mut slot.future;
             run_guarded(|| future.set(None));
             slot.since.store(0, Ordering::Relaxed);
@@ -141,7 +141,7 @@ impl<F: Future> Slots<F> {
 
     /// The waker of a place.
     pub(super) fn waker(&self, place: usize) -> Option<&std::task::Waker> {
-        self.slots.get(place).map(|slot| &slot.waker)
+        self.places.get(place).map(|slot| &slot.waker)
     }
 
     /// Polls the new futures and those woken since the last call; pushes
@@ -155,7 +155,7 @@ impl<F: Future> Slots<F> {
                 .unwrap_or_else(std::sync::PoisonError::into_inner),
         );
         for place in self.due.drain(..) {
-            let Some(slot) = self.slots.get_mut(place) else {
+            let Some(slot) = self.places.get_mut(place) else {
                 continue;
             };
             slot.wake.queued.store(false, Ordering::SeqCst);
@@ -190,7 +190,7 @@ mod tests {
     fn slots_poll_what_was_woken_reuse_places_and_lose_no_wake_after_a_stale_one() {
         let worker = Arc::new(Count(AtomicU64::new(0)));
         let waker = Waker::from(worker.clone());
-        let mut slots = Slots::new();
+        let mut slots = Places::new();
         slots.register(&Context::from_waker(&waker));
         let mut ended = Vec::new();
 
@@ -204,7 +204,7 @@ mod tests {
         // The finished future's place is taken by the next one.
         let (tx_c, rx_c) = tokio::sync::oneshot::channel();
         slots.insert(waiting(rx_c));
-        assert_eq!(slots.slots.len(), 2);
+        assert_eq!(slots.places.len(), 2);
         slots.poll_woken(&mut ended);
         assert_eq!(ended, [7], "nothing was woken");
         let _ = tx_c.send(5);
@@ -215,7 +215,7 @@ mod tests {
         // A late wake for a finished future, then a new future in its place:
         // the new future's own wake must still get through.
         let place = slots.free[0];
-        slots.slots[place].waker.wake_by_ref();
+        slots.places[place].waker.wake_by_ref();
         let (tx_e, rx_e) = tokio::sync::oneshot::channel();
         slots.insert(waiting(rx_e));
         slots.poll_woken(&mut ended);
@@ -228,6 +228,6 @@ mod tests {
         slots.poll_woken(&mut ended);
         assert_eq!(ended, [7, 5, 9, 3]);
         assert!(slots.is_empty());
-        assert_eq!(slots.slots.len(), 2, "two places served four futures");
+        assert_eq!(slots.places.len(), 2, "two places served four futures");
     }
 }
