@@ -33,13 +33,10 @@
 use std::collections::HashMap;
 use std::io::Write as _;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering as AtomicOrdering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use kconc_runtime::rdkafka::message::Message as _;
-use kconc_runtime::rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer as _, ProducerContext};
-use kconc_runtime::rdkafka::{ClientConfig, ClientContext};
+use kconc_runtime::testing::TestProducer;
 use kconc_runtime::{App, Message, OrderingMode, Subscriber};
 
 fn main() -> ExitCode {
@@ -121,32 +118,6 @@ fn mock_broker(o: &Opts) -> Result<(), String> {
     Ok(())
 }
 
-/// Records the end offset of each partition from the delivery reports.
-struct Ends {
-    ends: Vec<AtomicI64>,
-    failed: AtomicU64,
-}
-
-impl ClientContext for Ends {}
-
-impl ProducerContext for Ends {
-    type DeliveryOpaque = ();
-
-    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
-        match result {
-            Ok(m) => {
-                if let Some(end) = usize::try_from(m.partition()).ok().and_then(|p| self.ends.get(p)) {
-                    end.fetch_max(m.offset() + 1, AtomicOrdering::Relaxed);
-                }
-            }
-            Err((e, _)) => {
-                eprintln!("kconc-e2e: delivery failed: {e}");
-                self.failed.fetch_add(1, AtomicOrdering::Relaxed);
-            }
-        }
-    }
-}
-
 fn produce(o: &Opts) -> Result<(), String> {
     let topic = o.str("topic")?;
     let partitions: i32 = o.num("partitions", None)?;
@@ -157,33 +128,23 @@ fn produce(o: &Opts) -> Result<(), String> {
     if partitions < 1 || keys < 1 {
         return Err("--partitions and --keys must be at least 1".into());
     }
-    let context = Ends {
-        ends: (0..partitions).map(|_| AtomicI64::new(0)).collect(),
-        failed: AtomicU64::new(0),
-    };
-    let producer: BaseProducer<Ends> = ClientConfig::new()
-        .set("bootstrap.servers", o.str("brokers")?)
-        .set("batch.num.messages", "1")
-        .set("linger.ms", "0")
-        .set("enable.idempotence", "true")
-        .create_with_context(context)
-        .map_err(|e| format!("cannot create the producer: {e}"))?;
+    let producer = TestProducer::with_properties(
+        o.str("brokers")?,
+        &[
+            ("batch.num.messages", "1"),
+            ("linger.ms", "0"),
+            ("enable.idempotence", "true"),
+        ],
+    )
+    .map_err(|e| e.to_string())?;
     let started = Instant::now();
     for (i, id) in (first..first + count).enumerate() {
         let k = id % keys;
         let (key, payload) = (format!("k{k}"), id.to_string());
         let partition = (k % partitions as u64) as i32;
-        let mut record = BaseRecord::to(topic).key(&key).payload(&payload).partition(partition);
-        loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                Err((_, r)) => {
-                    producer.poll(Duration::from_millis(5));
-                    record = r;
-                }
-            }
-        }
-        producer.poll(Duration::ZERO);
+        producer
+            .send(topic, Some(partition), Some(key.as_bytes()), payload.as_bytes())
+            .map_err(|e| e.to_string())?;
         if rate > 0.0 {
             let due = Duration::from_secs_f64((i + 1) as f64 / rate);
             if let Some(wait) = due.checked_sub(started.elapsed()) {
@@ -191,18 +152,9 @@ fn produce(o: &Opts) -> Result<(), String> {
             }
         }
     }
-    producer
-        .flush(Duration::from_secs(120))
-        .map_err(|e| format!("flush: {e}"))?;
-    let failed = producer.context().failed.load(AtomicOrdering::Relaxed);
-    if failed > 0 {
-        return Err(format!("{failed} messages were not delivered"));
-    }
-    let ends: Vec<String> = producer
-        .context()
-        .ends
-        .iter()
-        .map(|e| e.load(AtomicOrdering::Relaxed).to_string())
+    let delivered = producer.flush(Duration::from_secs(120)).map_err(|e| e.to_string())?;
+    let ends: Vec<String> = (0..partitions)
+        .map(|p| delivered.get(&(topic.to_owned(), p)).copied().unwrap_or(0).to_string())
         .collect();
     println!("ends {}", ends.join(" "));
     eprintln!(
@@ -254,7 +206,7 @@ fn nanos_now() -> u128 {
 }
 
 fn consume(o: &Opts) -> Result<(), String> {
-    kconc_runtime::config::init_tracing_with(None).map_err(|e| e.to_string())?;
+    kconc_runtime::init_tracing_with(None).map_err(|e| e.to_string())?;
     let brokers = o.str("brokers")?.to_owned();
     let topic = o.str("topic")?.to_owned();
     let group = o.str("group")?.to_owned();

@@ -16,9 +16,8 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use kconc_runtime::config::{init_tracing_with, Cli, EMBEDDED};
-use kconc_runtime::rdkafka::producer::{BaseProducer, BaseRecord, Producer as _};
-use kconc_runtime::{subscriber, App, Message};
+use kconc_runtime::testing::TestProducer;
+use kconc_runtime::{init_tracing_with, subscriber, App, Cli, Message, EMBEDDED};
 
 const TOPIC: &str = "quickstart";
 const GROUP: &str = "quickstart";
@@ -132,26 +131,16 @@ async fn run_demo(app: App) -> Result<(), String> {
 /// Produces the demo messages round-robin over the partitions and returns
 /// each partition's end offset.
 fn produce(bootstrap: &str) -> Result<Vec<i64>, String> {
-    let producer: BaseProducer = kconc_runtime::rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .create()
-        .map_err(|e| e.to_string())?;
-    let mut ends = vec![0_i64; PARTITIONS as usize];
+    let producer = TestProducer::new(bootstrap).map_err(|e| e.to_string())?;
     for i in 0..DEMO_MESSAGES {
         let (key, payload) = (format!("user-{}", i % 100), format!("{{\"order\":{i}}}"));
         let partition = (i % PARTITIONS as usize) as i32;
-        let mut record = BaseRecord::to(TOPIC).key(&key).payload(&payload).partition(partition);
-        loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                Err((_, r)) => {
-                    producer.poll(Duration::from_millis(10));
-                    record = r;
-                }
-            }
-        }
-        ends[partition as usize] += 1;
+        producer
+            .send(TOPIC, Some(partition), Some(key.as_bytes()), payload.as_bytes())
+            .map_err(|e| e.to_string())?;
     }
-    producer.flush(Duration::from_secs(30)).map_err(|e| e.to_string())?;
-    Ok(ends)
+    let delivered = producer.flush(Duration::from_secs(30)).map_err(|e| e.to_string())?;
+    Ok((0..PARTITIONS)
+        .map(|p| delivered.get(&(TOPIC.to_owned(), p)).copied().unwrap_or(0))
+        .collect())
 }

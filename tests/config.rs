@@ -15,7 +15,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{cluster, committed, produce, test_app, wait_for};
-use kconc_runtime::config::{self, Cli};
+use kconc_runtime::testing::config;
+use kconc_runtime::Cli;
 use kconc_runtime::{App, Error, Message, Subscriber};
 
 fn sub() -> Subscriber {

@@ -161,7 +161,7 @@ fn produce(broker: &Broker, topic: &str, partitions: i32, count: u64) -> Vec<i64
 }
 
 fn committed(broker: &Broker, topic: &str, group: &str, partitions: i32) -> Vec<Option<i64>> {
-    kconc_runtime::embedded::committed_offsets(&broker.addr, group, topic, partitions).unwrap()
+    kconc_runtime::testing::committed_offsets(&broker.addr, group, topic, partitions).unwrap()
 }
 
 fn all_committed(ends: &[i64]) -> Vec<Option<i64>> {

@@ -29,7 +29,7 @@ const OUTAGE: Duration = Duration::from_secs(5);
 /// An embedded cluster of three brokers (ids 1, 2, 3) with one topic.
 fn three_brokers(topic: &str, partitions: i32) -> EmbeddedCluster {
     if std::env::var_os("RUST_LOG").is_some() {
-        kconc_runtime::config::init_tracing();
+        kconc_runtime::init_tracing();
     }
     let c = EmbeddedCluster::start(3).expect("start the embedded cluster");
     c.create_topic(topic, partitions).expect("create the topic");
@@ -38,7 +38,7 @@ fn three_brokers(topic: &str, partitions: i32) -> EmbeddedCluster {
 
 /// Committed offsets, or `None` while they cannot be read (coordinator down).
 fn try_committed(bootstrap: &str, group: &str, topic: &str, partitions: i32) -> Option<Vec<Option<i64>>> {
-    kconc_runtime::embedded::committed_offsets(bootstrap, group, topic, partitions).ok()
+    kconc_runtime::testing::committed_offsets(bootstrap, group, topic, partitions).ok()
 }
 
 /// A subscriber whose handler records what it saw and takes `work`.

@@ -338,7 +338,7 @@ mod attribute {
 
     #[test]
     fn first_poll_is_set_by_the_attribute_and_worker_by_default() {
-        let subs = kconc_runtime::registry::registered();
+        let subs = kconc_runtime::testing::registered();
         let find = |name: &str| subs.iter().find(|s| s.name() == name).unwrap().first_poll_mode();
         assert_eq!(find("on-poll-thread"), FirstPoll::PollThread);
         assert_eq!(find("default-place"), FirstPoll::Worker);

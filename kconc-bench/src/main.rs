@@ -22,8 +22,8 @@ use std::time::{Duration, Instant};
 
 use kconc_runtime::rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use kconc_runtime::rdkafka::message::BorrowedMessage;
-use kconc_runtime::rdkafka::producer::{BaseProducer, BaseRecord, Producer as _};
 use kconc_runtime::rdkafka::{ClientConfig, Message as _};
+use kconc_runtime::testing::TestProducer;
 use kconc_runtime::{App, EmbeddedCluster, FirstPoll, Message, OrderingMode as Mode, Subscriber};
 
 const PARTITIONS: i32 = 8;
@@ -180,7 +180,11 @@ fn options() -> Result<Options, String> {
                 }
             }
             "--first-poll" => {
-                let v: FirstPoll = args.next().ok_or("--first-poll needs a value")?.parse()?;
+                let v: FirstPoll = args
+                    .next()
+                    .ok_or("--first-poll needs a value")?
+                    .parse()
+                    .map_err(|e: kconc_runtime::SettingError| e.to_string())?;
                 let _ = FIRST_POLL.set(v);
             }
             "--svg" => o.svg = Some(args.next().ok_or("--svg needs a file")?),
@@ -224,29 +228,23 @@ fn payload(i: usize) -> String {
 }
 
 fn produce(bootstrap: &str, topic: &str, n: usize, keys: usize) -> Result<(), String> {
-    let producer: BaseProducer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("linger.ms", "20")
-        .set("batch.num.messages", "10000")
-        .create()
+    let producer = TestProducer::with_properties(bootstrap, &[("linger.ms", "20"), ("batch.num.messages", "10000")])
         .map_err(|e| e.to_string())?;
     for i in 0..n {
         let (key, value) = (format!("k{}", i % keys), payload(i));
-        let mut record = BaseRecord::to(topic)
-            .key(&key)
-            .payload(&value)
-            .partition((i % PARTITIONS as usize) as i32);
-        loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                Err((_, r)) => {
-                    producer.poll(Duration::from_millis(5));
-                    record = r;
-                }
-            }
-        }
+        producer
+            .send(
+                topic,
+                Some((i % PARTITIONS as usize) as i32),
+                Some(key.as_bytes()),
+                value.as_bytes(),
+            )
+            .map_err(|e| e.to_string())?;
     }
-    producer.flush(Duration::from_secs(60)).map_err(|e| e.to_string())
+    producer
+        .flush(Duration::from_secs(60))
+        .map(drop)
+        .map_err(|e| e.to_string())
 }
 
 /// The raw loops' consumer: offsets stored by hand after each message and

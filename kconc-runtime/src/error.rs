@@ -30,6 +30,34 @@ pub enum Error {
     /// Installing the signal handlers failed.
     #[error("cannot listen for shutdown signals: {0}")]
     Signal(#[source] std::io::Error),
+    /// A [`testing`](crate::testing) helper could not produce or read back.
+    #[error("{0}")]
+    Produce(String),
+}
+
+/// A subscriber setting given a value it does not take, from
+/// [`Subscriber::set`](crate::Subscriber::set) (`--set`) or the `FromStr`
+/// of a setting's type; it names the setting and says what it takes.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{problem}")]
+pub struct SettingError {
+    setting: String,
+    problem: String,
+}
+
+impl SettingError {
+    pub(crate) fn new(setting: &str, problem: String) -> Self {
+        SettingError {
+            setting: setting.to_owned(),
+            problem,
+        }
+    }
+
+    /// The setting, as `#[subscriber]` and `--set` name it (`ordering`,
+    /// `commit_interval`); for an unknown setting, the name given.
+    pub fn setting(&self) -> &str {
+        &self.setting
+    }
 }
 
 impl Error {

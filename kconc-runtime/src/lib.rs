@@ -42,14 +42,34 @@
 //!           of some of these; or implement `kconc_runtime::FromMessage` for `u32`
 //! ```
 //!
-//! The modules follow a message through the system, in order: where a
-//! handler and its settings come from (`registry`, `subscriber`, `context`,
-//! `extract`, `handler`, `message`), where the cluster and its properties
-//! come from (`config`, `secret`, `embedded`), the engine that polls,
-//! schedules, runs, completes and commits (`engine`, with `policy` for what
-//! a failure comes to and `stats` for what it counts), what operators see
-//! (`watch`, `health`), and starting and stopping it all (`app`, `signal`,
-//! `error`). The engine's own files are listed in order in its module doc.
+//! # Where things are
+//!
+//! Users reach everything through the crate root (and [`testing`] in
+//! tests); the modules are private, listed here in the order a message
+//! meets them:
+//!
+//! - `registry`: the handlers `#[subscriber]` registered, built into
+//!   [`Subscriber`]s;
+//! - `subscriber`: a subscriber and its settings (the builder the attribute
+//!   expands to);
+//! - `config`: the command line ([`Cli`]), the property layers (code, file,
+//!   environment, flags) and what is refused;
+//! - `secret`: which properties are secrets, so nothing prints them;
+//! - `embedded`: the in-process mock cluster ([`EmbeddedCluster`]);
+//! - `app`: [`App`] starts the subscribers, [`Running`] runs and stops them;
+//! - `engine`: the poll loop that fetches, schedules, runs, completes and
+//!   commits (its files are listed in flow order in its own module doc);
+//! - `message`, `extract`, `context`, `handler`: what a handler receives
+//!   ([`Message`], the extractors, [`Context`]) and what it returns;
+//! - `policy`: what a failed message comes to (retry, dead letter, skip,
+//!   stop);
+//! - `stats`: the counters, each declared once;
+//! - `watch`: whether the cluster answers and the subscribed topics exist;
+//! - `health`: liveness, readiness, `/metrics` and the HTTP endpoint;
+//! - `signal`: SIGINT and SIGTERM;
+//! - `error`: [`Error`], why an app could not start;
+//! - [`testing`]: helpers for tests and demos (a producer, end and
+//!   committed offsets).
 
 #![warn(missing_docs)]
 
@@ -59,37 +79,32 @@ pub use kconc_macros::subscriber;
 /// The rdkafka crate kconc runs on, for producing and for fault injection in tests.
 pub use ::rdkafka;
 
-// Where handlers and their settings come from, and what they take.
-pub mod context;
-pub mod extract;
-pub mod handler;
-pub mod message;
-pub mod registry;
-pub mod subscriber;
-
-// Where brokers and properties come from, and the embedded broker.
-pub mod config;
-pub mod embedded;
-pub mod health;
-
-// The engine (its files in the order a message flows through them), the
-// error policy, and the counters.
-mod engine;
-mod policy;
-mod stats;
-
-// Starting, running and stopping it all.
-pub mod app;
-mod error;
-mod secret;
-mod signal;
-mod watch;
+// In the order a message meets them (the crate doc above says more).
+mod registry; // the handlers `#[subscriber]` registered, built
+mod subscriber; // a subscriber and its settings (the builder)
+mod config; // the command line and the property layers
+mod secret; // which properties are secrets
+mod embedded; // the in-process mock cluster
+mod app; // starting, running and stopping
+mod engine; // poll, fetch, schedule, run, complete, commit
+mod message; // the message a handler gets
+mod extract; // handler arguments built from it
+mod context; // the handler's context
+mod handler; // the erased handler and its result
+mod policy; // what a failure comes to
+mod stats; // the counters, each declared once
+mod watch; // cluster reachability, missing topics
+mod health; // health, readiness, metrics, HTTP
+mod signal; // SIGINT and SIGTERM
+mod error; // why an app could not start
+pub mod testing; // helpers for tests and demos
 
 pub use app::{App, Running, ShutdownHandle, StatsHandle, SHUTDOWN_MARGIN};
+pub use config::{init_tracing, init_tracing_with, Cli, EMBEDDED};
 pub use context::Context;
 pub use embedded::EmbeddedCluster;
 pub use engine::HandlerTimedOut;
-pub use error::Error;
+pub use error::{Error, SettingError};
 pub use extract::{Bytes, FromKey, FromMessage, FromMessageOwned, Headers, Json, Key, Meta, Payload, Text};
 pub use handler::{BoxError, Handler, IntoHandlerResult};
 pub use health::{Health, HealthThresholds, StalledPartition, SubscriberHealth};

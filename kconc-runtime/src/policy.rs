@@ -16,9 +16,9 @@ use crate::handler::BoxError;
 use crate::message::{Message, PayloadError, Undecodable};
 
 /// Default backoff before the first retry.
-pub const DEFAULT_BACKOFF: Duration = Duration::from_millis(100);
+pub(crate) const DEFAULT_BACKOFF: Duration = Duration::from_millis(100);
 /// Default longest backoff between retries.
-pub const DEFAULT_MAX_BACKOFF: Duration = Duration::from_secs(10);
+pub(crate) const DEFAULT_MAX_BACKOFF: Duration = Duration::from_secs(10);
 
 /// What happens to a message that failed its last attempt.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -43,7 +43,7 @@ pub fn registered_subscriber(
 inventory::collect!(Registration);
 
 /// Every subscriber registered with `#[subscriber]` in this program, sorted by name.
-pub fn registered() -> Vec<Subscriber> {
+pub(crate) fn registered() -> Vec<Subscriber> {
     let mut subs: Vec<Subscriber> = inventory::iter::<Registration>
         .into_iter()
         .map(|r| (r.build)())

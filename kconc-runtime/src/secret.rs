@@ -3,7 +3,7 @@
 //! print properties only through these.
 
 /// Whether a librdkafka property holds a secret that must never be printed.
-pub fn is_secret(key: &str) -> bool {
+pub(crate) fn is_secret(key: &str) -> bool {
     let k = key.to_ascii_lowercase();
     [
         "password",

@@ -3,24 +3,24 @@
 
 use std::time::Duration;
 
+use crate::error::SettingError;
 use crate::handler::{Handler, IntoHandlerResult};
 use crate::message::Message;
 use crate::policy::{ErrorPolicy, OnError};
-pub use crate::policy::{DEFAULT_BACKOFF, DEFAULT_MAX_BACKOFF};
 
 /// Default number of handlers running at once per subscriber.
-pub const DEFAULT_CONCURRENCY: usize = 10;
+pub(crate) const DEFAULT_CONCURRENCY: usize = 10;
 /// Default number of finished messages after which offsets are committed.
-pub const DEFAULT_COMMIT_BATCH_SIZE: usize = 100;
+pub(crate) const DEFAULT_COMMIT_BATCH_SIZE: usize = 100;
 /// Default longest time finished offsets wait before they are committed.
-pub const DEFAULT_COMMIT_INTERVAL: Duration = Duration::from_secs(1);
+pub(crate) const DEFAULT_COMMIT_INTERVAL: Duration = Duration::from_secs(1);
 /// Default time shutdown waits for in-flight handlers.
-pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(20);
+pub(crate) const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(20);
 /// Default time a revoke waits for the revoked partitions' in-flight handlers.
-pub const DEFAULT_REVOKE_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const DEFAULT_REVOKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default bound of each partition's uncommitted window (offsets read past
 /// its last committed offset).
-pub const DEFAULT_MAX_UNCOMMITTED: usize = 10_000;
+pub(crate) const DEFAULT_MAX_UNCOMMITTED: usize = 10_000;
 
 /// How much order a subscriber's handlers keep (guarantee 4 of the design).
 ///
@@ -58,15 +58,16 @@ impl std::fmt::Display for OrderingMode {
 }
 
 impl std::str::FromStr for OrderingMode {
-    type Err = String;
+    type Err = SettingError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
             "unordered" => Ok(Self::Unordered),
             "key" => Ok(Self::Key),
             "partition" => Ok(Self::Partition),
-            other => Err(format!(
-                "unknown ordering `{other}`: use `unordered`, `key` or `partition`"
+            other => Err(SettingError::new(
+                "ordering",
+                format!("unknown ordering `{other}`: use `unordered`, `key` or `partition`"),
             )),
         }
     }
@@ -133,15 +134,16 @@ impl FirstPoll {
 }
 
 impl std::str::FromStr for FirstPoll {
-    type Err = String;
+    type Err = SettingError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
             "auto" => Ok(Self::Auto),
             "poll_thread" => Ok(Self::PollThread),
             "worker" => Ok(Self::Worker),
-            other => Err(format!(
-                "unknown first_poll `{other}`: use `worker` (the default), `poll_thread` or `auto`"
+            other => Err(SettingError::new(
+                "first_poll",
+                format!("unknown first_poll `{other}`: use `worker` (the default), `poll_thread` or `auto`"),
             )),
         }
     }
@@ -151,7 +153,7 @@ impl std::str::FromStr for FirstPoll {
 ///
 /// Built by `#[subscriber]` (through the registry) or in code
 /// with [`Subscriber::new`] and the setters, for programs and tests that pass
-/// closures. Every setting has a default; see the `DEFAULT_*` constants.
+/// closures. Every setting has a default (the README's options table lists them).
 #[derive(Clone)]
 pub struct Subscriber {
     pub(crate) name: String,
@@ -423,15 +425,19 @@ impl Subscriber {
 
     /// Overrides one setting from text (what `--set` does); the error says
     /// what the setting accepts. Values are checked again by `App::start`.
-    pub fn set(&mut self, key: &str, value: &str) -> Result<(), String> {
+    pub fn set(&mut self, key: &str, value: &str) -> Result<(), SettingError> {
         let v = value.trim();
+        let bad = |problem: String| SettingError::new(key, problem);
         let number = || {
             v.parse::<usize>()
-                .map_err(|_| format!("`{key}` takes a whole number, not `{v}`"))
+                .map_err(|_| bad(format!("`{key}` takes a whole number, not `{v}`")))
         };
         let duration = || {
-            parse_duration(v)
-                .ok_or_else(|| format!("`{key}` takes a duration such as `500ms`, `2s` or `1m`, not `{v}`"))
+            parse_duration(v).ok_or_else(|| {
+                bad(format!(
+                    "`{key}` takes a duration such as `500ms`, `2s` or `1m`, not `{v}`"
+                ))
+            })
         };
         match key {
             "concurrency" => self.concurrency = number()?,
@@ -443,7 +449,9 @@ impl Subscriber {
                 self.handler_timeout = match v {
                     "none" | "off" => None,
                     _ => Some(parse_duration(v).ok_or_else(|| {
-                        format!("`handler_timeout` takes a duration such as `30s`, or `none`, not `{v}`")
+                        bad(format!(
+                            "`handler_timeout` takes a duration such as `30s`, or `none`, not `{v}`"
+                        ))
                     })?),
                 };
             }
@@ -454,7 +462,7 @@ impl Subscriber {
             "retries" => {
                 self.policy.retries = v
                     .parse()
-                    .map_err(|_| format!("`retries` takes a whole number, not `{v}`"))?;
+                    .map_err(|_| bad(format!("`retries` takes a whole number, not `{v}`")))?;
             }
             "backoff" => self.policy.backoff = duration()?,
             "max_backoff" => self.policy.max_backoff = duration()?,
@@ -463,16 +471,16 @@ impl Subscriber {
                     "skip" => OnError::Skip,
                     "stop" => OnError::Stop,
                     _ => {
-                        return Err(format!(
+                        return Err(bad(format!(
                             "`on_error` takes `skip` or `stop` (or set `dead_letter` to a topic), not `{v}`"
-                        ))
+                        )))
                     }
                 };
             }
             "dead_letter" => self.policy.on_error = OnError::DeadLetter(v.to_owned()),
             other => {
                 let keys: Vec<&str> = kconc_options::settable().map(|s| s.key).collect();
-                return Err(format!("unknown setting `{other}` (one of {})", keys.join(", ")));
+                return Err(bad(format!("unknown setting `{other}` (one of {})", keys.join(", "))));
             }
         }
         Ok(())

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use kconc_runtime::rdkafka::producer::{BaseProducer, BaseRecord, Producer as _};
+use kconc_runtime::testing::TestProducer;
 use kconc_runtime::{App, EmbeddedCluster, Message, StatsSnapshot};
 
 /// An app on `bootstrap` with the mock cluster's rebalance wait made short:
@@ -47,7 +48,7 @@ pub fn redelivery_bound(stats: &StatsSnapshot, concurrency: usize, commit_batch:
 /// Logs go to stderr when `RUST_LOG` is set (e.g. `RUST_LOG=kconc_runtime=debug`).
 pub fn cluster(topic: &str, partitions: i32) -> EmbeddedCluster {
     if std::env::var_os("RUST_LOG").is_some() {
-        kconc_runtime::config::init_tracing();
+        kconc_runtime::init_tracing();
     }
     let c = EmbeddedCluster::start(1).expect("start the embedded cluster");
     c.create_topic(topic, partitions).expect("create the topic");
@@ -60,7 +61,7 @@ pub fn cluster(topic: &str, partitions: i32) -> EmbeddedCluster {
 /// the group's requests, not the fetches.
 pub fn cluster_with_coordinator(topic: &str, partitions: i32, group: &str, coordinator: i32) -> EmbeddedCluster {
     if std::env::var_os("RUST_LOG").is_some() {
-        kconc_runtime::config::init_tracing();
+        kconc_runtime::init_tracing();
     }
     let c = EmbeddedCluster::start(3).expect("start the embedded cluster");
     c.create_topic(topic, partitions).expect("create the topic");
@@ -81,28 +82,13 @@ pub fn cluster_with_coordinator(topic: &str, partitions: i32, group: &str, coord
 /// Produces `count` messages round-robin over the partitions, key `k{i % keys}`,
 /// payload `i`, and returns each partition's end offset as the broker reports it.
 pub fn produce(bootstrap: &str, topic: &str, partitions: i32, count: usize, keys: usize) -> Vec<i64> {
-    let producer: BaseProducer = kconc_runtime::rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("linger.ms", "5")
-        .create()
-        .expect("create the producer");
+    let producer = TestProducer::with_properties(bootstrap, &[("linger.ms", "5")]).expect("create the producer");
     for i in 0..count {
         let key = format!("k{}", i % keys.max(1));
-        let payload = i.to_string();
         let partition = (i % partitions as usize) as i32;
-        let mut record = BaseRecord::to(topic).key(&key).payload(&payload).partition(partition);
-        loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                Err((_, r)) => {
-                    producer.poll(Duration::from_millis(10));
-                    record = r;
-                }
-            }
-        }
-        if i % 1000 == 0 {
-            producer.poll(Duration::ZERO);
-        }
+        producer
+            .send(topic, Some(partition), Some(key.as_bytes()), i.to_string().as_bytes())
+            .expect("produce");
     }
     producer.flush(Duration::from_secs(30)).expect("flush the producer");
     end_offsets(bootstrap, topic, partitions)
@@ -128,23 +114,12 @@ pub fn produce_records(bootstrap: &str, topic: &str, partition: i32, records: &[
 
 /// Each partition's high watermark (its end offset).
 pub fn end_offsets(bootstrap: &str, topic: &str, partitions: i32) -> Vec<i64> {
-    use kconc_runtime::rdkafka::consumer::{BaseConsumer, Consumer as _};
-    let c: BaseConsumer = kconc_runtime::rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .create()
-        .expect("create a metadata consumer");
-    (0..partitions)
-        .map(|p| {
-            c.fetch_watermarks(topic, p, Duration::from_secs(10))
-                .expect("watermarks")
-                .1
-        })
-        .collect()
+    kconc_runtime::testing::end_offsets(bootstrap, topic, partitions).expect("read the partition ends")
 }
 
 /// The committed offsets of `group` (None where nothing is committed).
 pub fn committed(bootstrap: &str, group: &str, topic: &str, partitions: i32) -> Vec<Option<i64>> {
-    kconc_runtime::embedded::committed_offsets(bootstrap, group, topic, partitions).expect("read committed offsets")
+    kconc_runtime::testing::committed_offsets(bootstrap, group, topic, partitions).expect("read committed offsets")
 }
 
 /// What `committed` reads once everything up to `ends` is committed.
@@ -359,7 +334,7 @@ impl StartInTestMode for App {
         match std::env::var("KCONC_TEST_FIRST_POLL") {
             Ok(mode) if !mode.is_empty() => {
                 let set = format!("*.first_poll={mode}");
-                let cli = kconc_runtime::config::Cli::try_from_iter(["kconc-test", "--set", &set])?;
+                let cli = kconc_runtime::Cli::try_from_iter(["kconc-test", "--set", &set])?;
                 self.configure_with_env(&cli, Vec::new()).start()
             }
             _ => self.start(),

@@ -145,7 +145,7 @@ impl App {
         let (name, key) = target.trim().rsplit_once('.').ok_or("expected NAME.KEY=VALUE")?;
         let mut matched = false;
         for s in self.subscribers.iter_mut().filter(|s| name == "*" || s.name == name) {
-            s.set(key, value)?;
+            s.set(key, value).map_err(|e| e.to_string())?;
             matched = true;
         }
         if !matched {

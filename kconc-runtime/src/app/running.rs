@@ -226,7 +226,7 @@ impl Running {
         health::metrics_text(&self.watched, &self.thresholds)
     }
 
-    /// Where the HTTP endpoint listens, when [`App::http`] (`--http`) is set.
+    /// Where the HTTP endpoint listens, when [`App::http`](crate::App::http) (`--http`) is set.
     pub fn http_addr(&self) -> Option<std::net::SocketAddr> {
         self.http.as_ref().map(|h| h.local)
     }

@@ -131,13 +131,13 @@ impl App {
 }
 
 impl Running {
-    /// Runs until SIGINT or SIGTERM (or a [`ShutdownHandle::shutdown`]),
+    /// Runs until SIGINT or SIGTERM (or a [`ShutdownHandle::shutdown`](crate::ShutdownHandle::shutdown)),
     /// then shuts down gracefully; a second signal exits at once. What
     /// [`App::run`] does after [`App::start`], for a program that wants the
     /// [`Running`] handle (its stats, its assignment) meanwhile.
     ///
     /// Returns once every subscriber has stopped, or at the latest
-    /// [`SHUTDOWN_MARGIN`] after the longest `shutdown_timeout` since the
+    /// [`SHUTDOWN_MARGIN`](crate::SHUTDOWN_MARGIN) after the longest `shutdown_timeout` since the
     /// shutdown began. If it cannot listen for signals, it shuts down
     /// first and then returns the error.
     pub async fn run_until_signal(self) -> Result<(), Error> {

@@ -208,11 +208,11 @@ impl std::fmt::Debug for RunSettings {
 }
 
 /// Merges the run-time layers without touching the process: `file` as
-/// parsed by [`parse_properties_file`], `env` the environment variables
+/// parsed by `parse_properties_file`, `env` the environment variables
 /// (only `KCONC_*` ones are read; `KCONC_BROKERS` and friends reach `cli`
 /// through clap), `cli` the parsed flags.
 ///
-/// Fails naming the setting, as [`env_properties_from`] does, and for bad
+/// Fails naming the setting, as `env_properties_from` does, and for bad
 /// `--property` flags.
 pub fn resolve<I>(cli: &Cli, file: &[(String, String)], env: I) -> Result<RunSettings, Error>
 where
@@ -238,7 +238,7 @@ where
 }
 
 /// [`resolve`] over the `--config` file and the environment of this process.
-pub fn resolve_from_process(cli: &Cli) -> Result<RunSettings, Error> {
+pub(crate) fn resolve_from_process(cli: &Cli) -> Result<RunSettings, Error> {
     let file = match &cli.config {
         Some(path) => read_properties_file(path)?,
         None => Vec::new(),

@@ -15,9 +15,9 @@ pub use properties::*;
 /// The value of `--brokers`/`KCONC_BROKERS` that starts the embedded cluster.
 pub const EMBEDDED: &str = "embedded";
 /// Where the cluster is when nothing says otherwise (as librdkafka and Spring do).
-pub const DEFAULT_BROKERS: &str = "localhost:9092";
+pub(crate) const DEFAULT_BROKERS: &str = "localhost:9092";
 
-pub use crate::secret::is_secret;
+pub(crate) use crate::secret::is_secret;
 use crate::secret::Redacted;
 
 /// What the configuration's unit tests share.

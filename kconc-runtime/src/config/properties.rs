@@ -12,11 +12,11 @@ use crate::Error;
 use super::*;
 
 /// The prefix of the environment variables that set librdkafka properties.
-pub const RDKAFKA_ENV_PREFIX: &str = "KCONC_RDKAFKA_";
+pub(crate) const RDKAFKA_ENV_PREFIX: &str = "KCONC_RDKAFKA_";
 
 /// The `KCONC_*` environment variables kconc reads, besides the
 /// `KCONC_RDKAFKA_<NAME>` family; any other `KCONC_*` variable is an error.
-pub const KNOWN_ENV_VARS: &[&str] = &[
+pub(crate) const KNOWN_ENV_VARS: &[&str] = &[
     "KCONC_BROKERS",
     "KCONC_GROUP_PREFIX",
     "KCONC_CONFIG",
@@ -56,7 +56,7 @@ pub(super) const GLOBAL_TOPIC_PREFIXED: &[&str] = &["topic.metadata.", "topic.bl
 /// with a `topic.` prefix (`topic.auto.offset.reset`), and
 /// `metadata.broker.list` is `bootstrap.servers`. kconc applies and checks
 /// properties by this name, so two spellings of one property cannot race.
-pub fn canonical_key(key: &str) -> &str {
+pub(crate) fn canonical_key(key: &str) -> &str {
     let key = match key.strip_prefix("topic.") {
         Some(rest) if !GLOBAL_TOPIC_PREFIXED.iter().any(|g| key.starts_with(g)) => rest,
         _ => key,
@@ -88,7 +88,7 @@ pub(super) fn is_false(value: &str) -> bool {
 /// position has not read; `error` stops the partition for good);
 /// `check.crcs=true` (librdkafka 2.12 can skip good records after a CRC
 /// failure).
-pub fn refusal(key: &str, value: &str) -> Option<&'static str> {
+pub(crate) fn refusal(key: &str, value: &str) -> Option<&'static str> {
     match canonical_key(key) {
         "group.id" => Some(
             "the consumer group is each subscriber's own; \
@@ -162,7 +162,7 @@ pub(super) fn setting_error(origin: &Origin<'_>, key: &str, reason: &str) -> Err
 /// name, or a property librdkafka does not know or whose value it refuses.
 /// `group.id` is refused (groups are per subscriber). A malformed line is
 /// never quoted and a secret value never shown.
-pub fn parse_properties_file(path: &str, text: &str) -> Result<Vec<(String, String)>, Error> {
+pub(crate) fn parse_properties_file(path: &str, text: &str) -> Result<Vec<(String, String)>, Error> {
     let mut out: Vec<(String, String)> = Vec::new();
     for (i, raw) in text.lines().enumerate() {
         let line = raw.trim_start_matches('\u{feff}').trim();
@@ -192,7 +192,7 @@ pub fn parse_properties_file(path: &str, text: &str) -> Result<Vec<(String, Stri
 }
 
 /// Reads and parses the `--config`/`KCONC_CONFIG` file (see
-/// [`parse_properties_file`]); a missing or unreadable file fails naming the path.
+/// `parse_properties_file`); a missing or unreadable file fails naming the path.
 pub fn read_properties_file(path: &std::path::Path) -> Result<Vec<(String, String)>, Error> {
     let shown = path.display().to_string();
     let text = std::fs::read_to_string(path)
@@ -209,7 +209,7 @@ pub fn read_properties_file(path: &std::path::Path) -> Result<Vec<(String, Strin
 /// name, two variables setting one property, `bootstrap.servers` or
 /// `group.id` (use `KCONC_BROKERS`/`KCONC_GROUP_PREFIX`), and a property
 /// librdkafka refuses. Values of secret properties are never shown.
-pub fn env_properties_from<I>(vars: I) -> Result<Vec<(String, String)>, Error>
+pub(crate) fn env_properties_from<I>(vars: I) -> Result<Vec<(String, String)>, Error>
 where
     I: IntoIterator<Item = (String, String)>,
 {

@@ -1,0 +1,174 @@
+//! Helpers for tests, demos and benchmarks of kconc programs: a producer
+//! that waits instead of failing when its queue is full and says which
+//! deliveries failed, and readers of partition ends and committed offsets.
+//!
+//! Not for production paths: they block the calling thread.
+//!
+//! ```no_run
+//! # fn f() -> Result<(), kconc_runtime::Error> {
+//! use kconc_runtime::testing::{committed_offsets, TestProducer};
+//! let producer = TestProducer::new("localhost:9092")?;
+//! for i in 0..100 {
+//!     producer.send("orders", Some(i % 4), Some(format!("user-{i}").as_bytes()), b"{}")?;
+//! }
+//! let ends = producer.flush(std::time::Duration::from_secs(30))?;
+//! let committed = committed_offsets("localhost:9092", "billing", "orders", 4)?;
+//! # let _ = (ends, committed);
+//! # Ok(())
+//! # }
+//! ```
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer as _, ProducerContext};
+use rdkafka::{ClientConfig, ClientContext, Message as _};
+
+pub use crate::embedded::committed_offsets;
+use crate::Error;
+
+/// Where each delivery went, and how many failed.
+#[derive(Default)]
+struct Deliveries {
+    /// (topic, partition) → one past the highest offset delivered.
+    ends: Mutex<BTreeMap<(String, i32), i64>>,
+    failed: AtomicU64,
+}
+
+impl ClientContext for Deliveries {}
+
+impl ProducerContext for Deliveries {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        match result {
+            Ok(m) => {
+                if let Ok(mut ends) = self.ends.lock() {
+                    let end = ends.entry((m.topic().to_owned(), m.partition())).or_insert(0);
+                    *end = (*end).max(m.offset() + 1);
+                }
+            }
+            Err(_) => {
+                self.failed.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// A producer for tests and demos: [`send`](Self::send) waits while
+/// librdkafka's queue is full instead of failing, and
+/// [`flush`](Self::flush) fails if any delivery failed.
+pub struct TestProducer {
+    producer: BaseProducer<Deliveries>,
+}
+
+impl std::fmt::Debug for TestProducer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TestProducer").finish_non_exhaustive()
+    }
+}
+
+impl TestProducer {
+    /// A producer of `bootstrap` with librdkafka's defaults.
+    pub fn new(bootstrap: &str) -> Result<Self, Error> {
+        Self::with_properties(bootstrap, &[])
+    }
+
+    /// A producer of `bootstrap` with librdkafka `properties` (for example
+    /// `("linger.ms", "20")` or `("enable.idempotence", "true")`).
+    pub fn with_properties(bootstrap: &str, properties: &[(&str, &str)]) -> Result<Self, Error> {
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", bootstrap);
+        for (k, v) in properties {
+            config.set(*k, *v);
+        }
+        let producer = config
+            .create_with_context(Deliveries::default())
+            .map_err(|e| Error::Produce(format!("cannot create the producer: {e}")))?;
+        Ok(TestProducer { producer })
+    }
+
+    /// Queues one record (to `partition`, or to the one the partitioner
+    /// picks), waiting while the queue is full. Fails on anything else
+    /// librdkafka refuses (an unknown topic or partition, a record too large).
+    pub fn send(&self, topic: &str, partition: Option<i32>, key: Option<&[u8]>, payload: &[u8]) -> Result<(), Error> {
+        let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic).payload(payload);
+        if let Some(key) = key {
+            record = record.key(key);
+        }
+        if let Some(p) = partition {
+            record = record.partition(p);
+        }
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => {
+                    self.producer.poll(Duration::ZERO);
+                    return Ok(());
+                }
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                    self.producer.poll(Duration::from_millis(5));
+                    record = r;
+                }
+                Err((e, _)) => return Err(Error::Produce(format!("cannot send to `{topic}`: {e}"))),
+            }
+        }
+    }
+
+    /// Waits up to `timeout` until everything sent is delivered; fails if
+    /// that takes longer or any delivery failed. Returns, per (topic,
+    /// partition) delivered to, one past the highest offset delivered (the
+    /// partition's end, when nothing else writes to it).
+    pub fn flush(&self, timeout: Duration) -> Result<BTreeMap<(String, i32), i64>, Error> {
+        self.producer
+            .flush(timeout)
+            .map_err(|e| Error::Produce(format!("flush: {e}")))?;
+        let failed = self.producer.context().failed.load(Ordering::Relaxed);
+        if failed > 0 {
+            return Err(Error::Produce(format!("{failed} message(s) were not delivered")));
+        }
+        Ok(self.delivered())
+    }
+
+    /// What [`flush`](Self::flush) returns, so far.
+    pub fn delivered(&self) -> BTreeMap<(String, i32), i64> {
+        self.producer
+            .context()
+            .ends
+            .lock()
+            .map(|ends| ends.clone())
+            .unwrap_or_default()
+    }
+}
+
+/// Each partition's end offset (its high watermark) for partitions
+/// `0..partitions` of `topic`.
+pub fn end_offsets(bootstrap: &str, topic: &str, partitions: i32) -> Result<Vec<i64>, Error> {
+    use rdkafka::consumer::{BaseConsumer, Consumer as _};
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .map_err(|e| Error::Produce(format!("cannot create a metadata consumer: {e}")))?;
+    (0..partitions)
+        .map(|p| {
+            consumer
+                .fetch_watermarks(topic, p, Duration::from_secs(10))
+                .map(|(_, high)| high)
+                .map_err(|e| Error::Produce(format!("cannot read the end of {topic}[{p}]: {e}")))
+        })
+        .collect()
+}
+
+/// The subscribers `#[subscriber]` registered in this program, built (what
+/// `App::from_registry` runs).
+pub fn registered() -> Vec<crate::Subscriber> {
+    crate::registry::registered()
+}
+
+/// The property layers, for kconc's own tests of them.
+#[doc(hidden)]
+pub mod config {
+    pub use crate::config::{merge_properties, read_properties_file, resolve};
+}
