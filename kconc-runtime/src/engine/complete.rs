@@ -9,13 +9,12 @@ use std::sync::mpsc::Sender;
 use std::sync::Arc;
 use std::time::Instant;
 
+use super::event::{Completion, Event, MessageTag};
 use crate::context::Context;
 use crate::handler::{BoxError, Handler, HandlerFuture, Outcome};
 use crate::message::Message;
 use crate::policy::{self, ErrorPolicy, OnError};
 use crate::stats::Stats;
-
-use super::*;
 
 /// What every handler of one subscriber shares.
 #[derive(Debug)]

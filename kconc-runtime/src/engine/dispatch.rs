@@ -9,13 +9,15 @@ use std::task::Poll;
 
 use tokio::sync::mpsc::UnboundedSender;
 
+use super::complete::{describe_error, drop_guarded, Concluded, DeadLetter, Ending, HandlerEnv};
+use super::event::{Event, MessageTag};
+use super::inline::{FirstPollEnd, Handover, Inline};
+use super::worker::{work, Start};
 use crate::handler::{Handler, Outcome};
 use crate::message::Message;
 use crate::policy::OnError;
 use crate::stats::Stats;
 use crate::subscriber::FirstPoll;
-
-use super::*;
 
 /// What beginning a handler on the poll thread came to.
 pub(super) enum Begun {

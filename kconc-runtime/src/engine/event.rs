@@ -5,9 +5,10 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use super::retry::Delayed;
+use super::Engine;
 use crate::message::Message;
-
-use super::*;
+use std::cmp::Reverse;
 
 /// An event for the poll loop: a handler task ended, or the consumer's queue
 /// has something to poll.

@@ -11,10 +11,12 @@ use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::message::BorrowedMessage;
 use rdkafka::{Message as _, Offset};
 
+use super::event::MessageTag;
+use super::ffi::Polled;
+use super::rebalance::ClientHooks;
+use super::{ffi, Engine, Held, PartitionState, Unreadable, FILL_READS, PARTITION_BATCH};
 use crate::message::Message;
 use crate::policy::OnError;
-
-use super::*;
 
 impl Engine {
     /// Publishes what health and metrics read: the time of this turn, the

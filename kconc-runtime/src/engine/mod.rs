@@ -65,10 +65,6 @@ pub use complete::HandlerTimedOut;
 pub(crate) use ffi::no_initial_rebalance_delay;
 pub(crate) use poll::{start, Runner};
 
-// The engine's files name each other's items through these (each has
-// `use super::*`).
-use self::{complete::*, event::*, inline::*, places::*, rebalance::*, retry::*, shutdown::*, worker::*};
-
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::sync::mpsc::{self, Receiver};
@@ -78,13 +74,14 @@ use std::time::{Duration, Instant};
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use tokio_util::sync::CancellationToken;
 
-use self::commit::{Assigned, CommitRequest, Committer};
-use self::complete::HandlerEnv;
+use self::commit::Committer;
 use self::dispatch::Dispatcher;
-use self::event::{Event, MessageTag, PartitionKey};
-use self::ffi::{PartitionQueue, Polled};
+use self::event::Event;
+use self::ffi::PartitionQueue;
 use self::hash::SmallKeyMap;
 use self::offsets::OffsetTracker;
+use self::rebalance::ClientHooks;
+use self::retry::Delayed;
 use self::schedule::Schedule;
 
 /// Above this much prefetch over all assigned partitions, an assignment

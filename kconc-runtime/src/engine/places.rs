@@ -7,9 +7,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::Poll;
 
+use super::complete::run_guarded;
 use crate::stats::Stats;
-
-use super::*;
 
 /// The handlers one worker runs: a set of futures polled only when woken,
 /// like `FuturesUnordered`, but whose places (the pinned box a future lives

@@ -13,12 +13,18 @@ use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::ClientConfig;
 use tokio_util::sync::CancellationToken;
 
+use super::commit::{CommitRequest, Committer};
+use super::complete::HandlerEnv;
+use super::dispatch::Dispatcher;
+use super::event::Event;
+use super::rebalance::ClientHooks;
+use super::schedule::Schedule;
+use super::shutdown::{close, drain_on_shutdown};
+use super::{with_engine, Engine, Settings, POLL_BATCH, TURN_READS};
 use crate::stats::Stats;
 use crate::subscriber::Subscriber;
 use crate::watch::ClusterWatch;
 use crate::Error;
-
-use super::*;
 
 /// A running subscriber's poll thread.
 #[derive(Debug)]

@@ -14,9 +14,12 @@ use rdkafka::consumer::{BaseConsumer, Consumer as _, ConsumerContext, Rebalance}
 use rdkafka::error::KafkaError;
 use rdkafka::TopicPartitionList;
 
+use super::commit::{Assigned, CommitRequest};
+use super::event::{Event, PartitionKey};
+use super::hash::SmallKeyMap;
+use super::offsets::OffsetTracker;
+use super::{ffi, Engine, PartitionState, TopicState, PREFETCH_WARNING_KB};
 use crate::watch::ClusterWatch;
-
-use super::*;
 
 /// The rdkafka context of a kconc consumer: routes librdkafka's logs into
 /// `tracing` and runs the engine's rebalance handling.

@@ -4,9 +4,9 @@
 use std::cmp::Reverse;
 use std::time::{Duration, Instant};
 
+use super::event::MessageTag;
+use super::{Engine, IDLE_WAIT};
 use crate::message::Message;
-
-use super::*;
 
 /// A failed message waiting for its retry.
 pub(super) struct Delayed {

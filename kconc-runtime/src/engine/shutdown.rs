@@ -6,9 +6,9 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::rebalance::ClientHooks;
+use super::{with_engine, IDLE_WAIT};
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
-
-use super::*;
 
 /// How much of `shutdown_timeout` a shutdown keeps for the final commit:
 /// in-flight handlers get the rest.

@@ -9,11 +9,13 @@ use std::task::Poll;
 
 use tokio::sync::mpsc::UnboundedReceiver;
 
+use super::complete::{drop_guarded, Call, Concluded, DeadLetter, HandlerEnv, HandlerTimedOut};
+use super::event::{Event, MessageTag};
+use super::inline::Handover;
+use super::places::Places;
 use crate::handler::{Handler, HandlerFuture, Outcome};
 use crate::message::Message;
 use crate::stats::unix_ms;
-
-use super::*;
 
 /// Where a worker takes a message up.
 pub(crate) enum Start {
