@@ -5,10 +5,8 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::retry::Delayed;
 use super::Engine;
 use crate::message::Message;
-use std::cmp::Reverse;
 
 /// An event for the poll loop: a handler task ended, or the consumer's queue
 /// has something to poll.
@@ -117,13 +115,7 @@ impl Engine {
                 if !ps.holds_back(msg.offset()) && !ps.revoking && !self.closing {
                     // It keeps its lane, idle, until its retry starts.
                     self.waiting.idle(slot, msg.offset());
-                    self.delayed_seq += 1;
-                    self.delayed.push(Reverse(Delayed {
-                        due,
-                        seq: self.delayed_seq,
-                        slot,
-                        msg,
-                    }));
+                    self.delayed.push(due, slot, msg);
                 } else {
                     self.waiting.finished(slot, msg.offset());
                 }

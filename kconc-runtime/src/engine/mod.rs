@@ -65,8 +65,6 @@ pub use complete::HandlerTimedOut;
 pub(crate) use ffi::no_initial_rebalance_delay;
 pub(crate) use poll::{start, Runner};
 
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
 use std::sync::mpsc::{self, Receiver};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
@@ -81,7 +79,7 @@ use self::ffi::PartitionQueue;
 use self::hash::SmallKeyMap;
 use self::offsets::OffsetTracker;
 use self::rebalance::ClientHooks;
-use self::retry::Delayed;
+use self::retry::Retries;
 use self::schedule::Schedule;
 
 /// Above this much prefetch over all assigned partitions, an assignment
@@ -231,8 +229,7 @@ struct Engine {
     /// Failed messages waiting for their retry, soonest first. They hold
     /// no handler slot; their offsets stay unfinished and, in key or
     /// partition ordering, their lanes stay busy.
-    delayed: BinaryHeap<Reverse<Delayed>>,
-    delayed_seq: u64,
+    delayed: Retries,
     /// Handlers running now, all partitions.
     running: usize,
     finished_since_commit: usize,

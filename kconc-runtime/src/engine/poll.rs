@@ -4,7 +4,6 @@
 //! the schedule releases, applies the workers' events, and asks the
 //! committer to commit.
 
-use std::collections::BinaryHeap;
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,6 +17,7 @@ use super::complete::HandlerEnv;
 use super::dispatch::Dispatcher;
 use super::event::Event;
 use super::rebalance::ClientHooks;
+use super::retry::Retries;
 use super::schedule::Schedule;
 use super::shutdown::{close, drain_on_shutdown};
 use super::{with_engine, Engine, Settings, POLL_BATCH, TURN_READS};
@@ -109,8 +109,7 @@ pub(crate) fn start(
         next_turn: 0,
         next_epoch: 0,
         waiting: Schedule::new(sub.ordering),
-        delayed: BinaryHeap::new(),
-        delayed_seq: 0,
+        delayed: Retries::default(),
         running: 0,
         finished_since_commit: 0,
         last_commit: Instant::now(),

@@ -3,7 +3,6 @@
 //! poll thread), each assignment's epoch, and what a partition's state says
 //! about its positions.
 
-use std::cmp::Reverse;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -364,8 +363,7 @@ impl Engine {
     /// stop there): its earlier messages still run in their lanes' order.
     pub(super) fn forget_unstarted_from(&mut self, t: usize, p: i32, from: i64) {
         self.waiting.drop_partition(t, p, from);
-        self.delayed
-            .retain(|Reverse(d)| !(d.slot.topic == t && d.slot.partition == p && d.msg.offset() >= from));
+        self.delayed.drop_partition(t, p, from);
     }
 
     /// Starts a partition's tracking afresh (a new epoch) on its queue: what

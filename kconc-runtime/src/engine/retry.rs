@@ -2,18 +2,55 @@
 //! the front of the schedule when due.
 
 use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::time::{Duration, Instant};
 
 use super::event::MessageTag;
 use super::{Engine, IDLE_WAIT};
 use crate::message::Message;
 
+/// Failed messages waiting for their retry, soonest first (in the order
+/// they failed among those due at once).
+#[derive(Default)]
+pub(super) struct Retries {
+    heap: BinaryHeap<Reverse<Delayed>>,
+    seq: u64,
+}
+
+impl Retries {
+    /// `msg` of `slot` is tried again at `due`.
+    pub(super) fn push(&mut self, due: Instant, slot: MessageTag, msg: Message) {
+        self.seq += 1;
+        self.heap.push(Reverse(Delayed {
+            due,
+            seq: self.seq,
+            slot,
+            msg,
+        }));
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.heap.len()
+    }
+
+    pub(super) fn clear(&mut self) {
+        self.heap.clear();
+    }
+
+    /// Forgets the retries of partition `p` of topic `t` at offset `from`
+    /// or after.
+    pub(super) fn drop_partition(&mut self, t: usize, p: i32, from: i64) {
+        self.heap
+            .retain(|Reverse(d)| !(d.slot.topic == t && d.slot.partition == p && d.msg.offset() >= from));
+    }
+}
+
 /// A failed message waiting for its retry.
-pub(super) struct Delayed {
-    pub(super) due: Instant,
-    pub(super) seq: u64,
-    pub(super) slot: MessageTag,
-    pub(super) msg: Message,
+struct Delayed {
+    due: Instant,
+    seq: u64,
+    slot: MessageTag,
+    msg: Message,
 }
 
 impl PartialEq for Delayed {
@@ -40,8 +77,10 @@ impl Engine {
     /// Moves retries that are due to the front of the schedule.
     pub(super) fn release_due(&mut self) {
         let now = Instant::now();
-        while self.delayed.peek().is_some_and(|Reverse(d)| d.due <= now) {
-            let Some(Reverse(d)) = self.delayed.pop() else { break };
+        while self.delayed.heap.peek().is_some_and(|Reverse(d)| d.due <= now) {
+            let Some(Reverse(d)) = self.delayed.heap.pop() else {
+                break;
+            };
             let live = self.topics[d.slot.topic]
                 .partitions
                 .get(&d.slot.partition)
@@ -55,7 +94,7 @@ impl Engine {
     /// How long the loop may sleep: until the next retry is due, at most
     /// `IDLE_WAIT`.
     pub(super) fn idle_wait(&self) -> Duration {
-        self.delayed.peek().map_or(IDLE_WAIT, |Reverse(d)| {
+        self.delayed.heap.peek().map_or(IDLE_WAIT, |Reverse(d)| {
             d.due.saturating_duration_since(Instant::now()).min(IDLE_WAIT)
         })
     }
