@@ -6,6 +6,8 @@ use syn::parse::{ParseStream, Parser as _};
 use syn::spanned::Spanned as _;
 use syn::{Expr, ExprArray, ExprLit, Ident, Lit, LitInt, LitStr, Token};
 
+use kconc_options::{Kind, Setting};
+
 use crate::errors::Errors;
 
 /// Every option the attribute accepts, in the order the docs list them
@@ -20,27 +22,25 @@ pub(crate) struct Args {
     /// One or more non-empty topic names.
     pub(crate) topics: Vec<LitStr>,
     pub(crate) group: LitStr,
-    pub(crate) concurrency: Option<LitInt>,
-    /// The `OrderingMode` variant: `Unordered`, `Key` or `Partition`.
-    pub(crate) ordering: Option<&'static str>,
-    /// The `FirstPoll` variant: `Worker`, `PollThread` or `Auto`.
-    pub(crate) first_poll: Option<&'static str>,
-    pub(crate) max_buffered: Option<LitInt>,
-    pub(crate) max_uncommitted: Option<LitInt>,
-    pub(crate) handler_timeout_ms: Option<u64>,
-    pub(crate) commit_batch_size: Option<LitInt>,
-    pub(crate) commit_interval_ms: Option<u64>,
-    pub(crate) shutdown_timeout_ms: Option<u64>,
-    pub(crate) revoke_timeout_ms: Option<u64>,
-    pub(crate) retries: Option<u32>,
-    pub(crate) backoff_ms: Option<u64>,
-    pub(crate) max_backoff_ms: Option<u64>,
-    /// `"skip"` or `"stop"` (a dead letter is `dead_letter`).
+    /// The options that become calls of the builder's setter of the same
+    /// name, each parsed by its kind, in the table's order.
+    pub(crate) options: Vec<(&'static Setting, Value)>,
+    /// `"skip"`, `"stop"` or `"dead_letter"` (with `dead_letter`).
     pub(crate) on_error: Option<LitStr>,
-    pub(crate) dead_letter: Option<LitStr>,
     pub(crate) name: Option<LitStr>,
     /// The path that replaces `::kconc_runtime` in generated code.
     pub(crate) krate: Option<syn::Path>,
+}
+
+/// An option's value, as its setter takes it.
+pub(crate) enum Value {
+    /// A whole number from 1, as written.
+    AtLeastOne(LitInt),
+    WholeNumber(u32),
+    Millis(u64),
+    /// `(type, variant)` of a choice.
+    Variant(&'static str, &'static str),
+    Text(LitStr),
 }
 
 /// Parses `key = value, ...`: the options if every one is valid, else an
@@ -73,22 +73,8 @@ pub(crate) fn parse(tokens: TokenStream) -> syn::Result<Args> {
     let mut topic_key: Option<String> = None;
     let mut topics = Vec::new();
     let mut group = None;
-    let mut concurrency = None;
-    let mut ordering_mode = None;
-    let mut first_poll_mode = None;
-    let mut max_buffered = None;
-    let mut max_uncommitted = None;
-    let mut handler_timeout_ms = None;
-    let mut commit_batch_size = None;
-    let mut commit_interval_ms = None;
-    let mut shutdown_timeout_ms = None;
-    let mut revoke_timeout_ms = None;
-    let mut retries = None;
-    let mut backoff_ms = None;
-    let mut max_backoff_ms = None;
-    let mut max_backoff_span = Span::call_site();
+    let mut options: Vec<(&'static Setting, Value, Span)> = Vec::new();
     let mut on_error: Option<LitStr> = None;
-    let mut dead_letter: Option<LitStr> = None;
     let mut name = None;
     let mut krate = None;
     for (key, value) in pairs {
@@ -116,69 +102,6 @@ pub(crate) fn parse(tokens: TokenStream) -> syn::Result<Args> {
                 };
             }
             "group" => group = non_empty_str(&value, "group", errors),
-            "concurrency" => {
-                concurrency = at_least_one(
-                    &value,
-                    "concurrency",
-                    "the number of handlers that may run at once",
-                    errors,
-                );
-            }
-            "max_buffered" => {
-                max_buffered = at_least_one(
-                    &value,
-                    "max_buffered",
-                    "how many fetched messages may wait for a handler slot",
-                    errors,
-                );
-            }
-            "max_uncommitted" => {
-                max_uncommitted = at_least_one(
-                    &value,
-                    "max_uncommitted",
-                    "how many offsets of a partition may be read past its last committed offset",
-                    errors,
-                );
-            }
-            "handler_timeout" => {
-                handler_timeout_ms = longer_than_zero(
-                    &value,
-                    "handler_timeout",
-                    "how long a handler may run before its message fails",
-                    errors,
-                );
-            }
-            "commit_batch_size" => {
-                commit_batch_size = at_least_one(
-                    &value,
-                    "commit_batch_size",
-                    "how many finished messages trigger a commit",
-                    errors,
-                );
-            }
-            "commit_interval" => {
-                commit_interval_ms = longer_than_zero(
-                    &value,
-                    "commit_interval",
-                    "how often finished offsets are committed",
-                    errors,
-                );
-            }
-            "shutdown_timeout" => shutdown_timeout_ms = duration(&value, "shutdown_timeout", errors),
-            "revoke_timeout" => {
-                revoke_timeout_ms = longer_than_zero(
-                    &value,
-                    "revoke_timeout",
-                    "how long a revoke waits for the revoked partitions' handlers and commit",
-                    errors,
-                );
-            }
-            "retries" => retries = whole_number(&value, "retries", errors),
-            "backoff" => backoff_ms = duration(&value, "backoff", errors),
-            "max_backoff" => {
-                max_backoff_ms = duration(&value, "max_backoff", errors);
-                max_backoff_span = value.span();
-            }
             "on_error" => {
                 if let Some(s) = string(&value, "on_error", errors) {
                     if ["skip", "stop", "dead_letter"].contains(&s.value().as_str()) {
@@ -191,11 +114,15 @@ pub(crate) fn parse(tokens: TokenStream) -> syn::Result<Args> {
                     }
                 }
             }
-            "dead_letter" => dead_letter = non_empty_str(&value, "dead_letter", errors),
             "name" => name = non_empty_str(&value, "name", errors),
-            "ordering" => ordering_mode = ordering(&value, errors),
-            "first_poll" => first_poll_mode = first_poll(&value, errors),
             "crate" => krate = crate_path(&value, errors),
+            _ if setting_of(&k).is_some() => {
+                if let Some(setting) = setting_of(&k) {
+                    if let Some(v) = parse_value(setting, &value, errors) {
+                        options.push((setting, v, value.span()));
+                    }
+                }
+            }
             _ => {
                 let hint = closest(&k).map_or(String::new(), |c| format!("; did you mean `{c}`?"));
                 errors.push_at(
@@ -208,12 +135,19 @@ pub(crate) fn parse(tokens: TokenStream) -> syn::Result<Args> {
             }
         }
     }
-    match (&on_error, &dead_letter) {
-        (Some(o), None) if o.value() == "dead_letter" => errors.push_at(
+    let millis = |key: &str| {
+        options.iter().find_map(|(s, v, span)| match v {
+            Value::Millis(ms) if s.key == key => Some((*ms, *span)),
+            _ => None,
+        })
+    };
+    let dead_letter = options.iter().any(|(s, _, _)| s.key == "dead_letter");
+    match (&on_error, dead_letter) {
+        (Some(o), false) if o.value() == "dead_letter" => errors.push_at(
             o.span(),
             "`on_error = \"dead_letter\"` needs the topic: add `dead_letter = \"orders.dlq\"`",
         ),
-        (Some(o), Some(_)) if o.value() != "dead_letter" => errors.push_at(
+        (Some(o), true) if o.value() != "dead_letter" => errors.push_at(
             o.span(),
             format!(
                 "`on_error = \"{}\"` contradicts `dead_letter`: remove one of them",
@@ -222,7 +156,7 @@ pub(crate) fn parse(tokens: TokenStream) -> syn::Result<Args> {
         ),
         _ => {}
     }
-    if let (Some(b), Some(m)) = (backoff_ms, max_backoff_ms) {
+    if let (Some((b, _)), Some((m, max_backoff_span))) = (millis("backoff"), millis("max_backoff")) {
         if m < b {
             errors.push_at(
                 max_backoff_span,
@@ -240,27 +174,18 @@ pub(crate) fn parse(tokens: TokenStream) -> syn::Result<Args> {
         errors.push_at(Span::call_site(), MISSING_GROUP);
     }
     match (errors.finish(()), group) {
-        (Ok(()), Some(group)) => Ok(Args {
-            topics,
-            group,
-            concurrency,
-            ordering: ordering_mode,
-            first_poll: first_poll_mode,
-            max_buffered,
-            max_uncommitted,
-            handler_timeout_ms,
-            commit_batch_size,
-            commit_interval_ms,
-            shutdown_timeout_ms,
-            revoke_timeout_ms,
-            retries,
-            backoff_ms,
-            max_backoff_ms,
-            on_error,
-            dead_letter,
-            name,
-            krate,
-        }),
+        (Ok(()), Some(group)) => {
+            let mut options: Vec<(&'static Setting, Value)> = options.into_iter().map(|(s, v, _)| (s, v)).collect();
+            options.sort_by_key(|(s, _)| kconc_options::SETTINGS.iter().position(|t| t.key == s.key));
+            Ok(Args {
+                topics,
+                group,
+                options,
+                on_error,
+                name,
+                krate,
+            })
+        }
         (Err(e), _) => Err(e),
         // Not reached: a `group` missing or invalid has been reported above.
         (Ok(()), None) => Err(syn::Error::new(Span::call_site(), MISSING_GROUP)),
@@ -403,44 +328,53 @@ fn parse_duration_ms(s: &str) -> Option<u64> {
     n.checked_mul(factor)
 }
 
-fn ordering(value: &Expr, errors: &mut Errors) -> Option<&'static str> {
-    let s = string(value, "ordering", errors)?;
-    match s.value().as_str() {
-        "unordered" => Some("Unordered"),
-        "key" => Some("Key"),
-        "partition" => Some("Partition"),
-        given => {
-            let hint = ["unordered", "key", "partition"]
-                .into_iter()
-                .find(|m| {
-                    given.eq_ignore_ascii_case(m)
-                        || given.trim_end_matches('s').eq_ignore_ascii_case(m)
-                        || given.to_ascii_lowercase().starts_with(m)
-                })
-                .map_or(String::new(), |m| format!("; did you mean `\"{m}\"`?"));
-            errors.push_at(
-                s.span(),
-                format!("unknown ordering `{given}`{hint}\nuse `ordering = \"unordered\"` (the default), `\"key\"` (same key one at a time, in offset order) or `\"partition\"` (each partition one at a time)"),
-            );
-            None
+/// The option named `key`, if the builder takes it as a setter call (the
+/// others are read by `parse` itself).
+fn setting_of(key: &str) -> Option<&'static Setting> {
+    kconc_options::attribute_options().find(|s| s.key == key && s.kind != Kind::Special)
+}
+
+/// An option's value by its kind, or its errors.
+fn parse_value(setting: &'static Setting, value: &Expr, errors: &mut Errors) -> Option<Value> {
+    let (key, what) = (setting.key, setting.what);
+    match setting.kind {
+        Kind::AtLeastOne => at_least_one(value, key, what, errors).map(Value::AtLeastOne),
+        Kind::WholeNumber => whole_number(value, key, errors).map(Value::WholeNumber),
+        Kind::Duration => duration(value, key, errors).map(Value::Millis),
+        Kind::LongerThanZero | Kind::Timeout => longer_than_zero(value, key, what, errors).map(Value::Millis),
+        Kind::Text => non_empty_str(value, key, errors).map(Value::Text),
+        Kind::Choice { ty, values, explain } => {
+            choice(value, key, values, explain, errors).map(|variant| Value::Variant(ty, variant))
         }
+        Kind::Special => None,
     }
 }
 
-fn first_poll(value: &Expr, errors: &mut Errors) -> Option<&'static str> {
-    let s = string(value, "first_poll", errors)?;
-    match s.value().as_str() {
-        "worker" => Some("Worker"),
-        "poll_thread" => Some("PollThread"),
-        "auto" => Some("Auto"),
-        given => {
-            errors.push_at(
-                s.span(),
-                format!("unknown first_poll `{given}`\nuse `first_poll = \"worker\"` (the default: handlers run on the tokio workers), `\"poll_thread\"` (the poll thread runs each handler up to its first wait; for short, non-blocking handlers only) or `\"auto\"` (the poll thread does so while first polls stay short)"),
-            );
-            None
-        }
+/// One of `values` (name written, variant); an unknown name gets a hint
+/// when it is close to one, and `explain`.
+fn choice(
+    value: &Expr,
+    key: &str,
+    values: &[(&'static str, &'static str)],
+    explain: &str,
+    errors: &mut Errors,
+) -> Option<&'static str> {
+    let s = string(value, key, errors)?;
+    let given = s.value();
+    if let Some((_, variant)) = values.iter().find(|(name, _)| *name == given) {
+        return Some(variant);
     }
+    let hint = values
+        .iter()
+        .map(|(name, _)| *name)
+        .find(|m| {
+            given.eq_ignore_ascii_case(m)
+                || given.trim_end_matches('s').eq_ignore_ascii_case(m)
+                || given.to_ascii_lowercase().starts_with(m)
+        })
+        .map_or(String::new(), |m| format!("; did you mean `\"{m}\"`?"));
+    errors.push_at(s.span(), format!("unknown {key} `{given}`{hint}\n{explain}"));
+    None
 }
 
 fn crate_path(value: &Expr, errors: &mut Errors) -> Option<syn::Path> {

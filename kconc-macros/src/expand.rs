@@ -6,9 +6,9 @@ use proc_macro2::{Span, TokenStream};
 use quote::{quote, quote_spanned};
 use syn::ext::IdentExt as _;
 use syn::spanned::Spanned as _;
-use syn::{FnArg, Ident, ItemFn, LitInt, LitStr, ReturnType};
+use syn::{FnArg, Ident, ItemFn, LitStr, ReturnType};
 
-use crate::args::{self, Args};
+use crate::args::{self, Args, Value};
 use crate::signature;
 
 /// The whole expansion. On any mistake: the function exactly as written (so
@@ -66,48 +66,32 @@ fn registration(args: &Args, func: &ItemFn) -> TokenStream {
     };
     let topics = &args.topics;
     let group = &args.group;
-    // The options become calls of the runtime's own builder, in the order
-    // they were checked; each integer literal keeps its span, so a mistake
-    // the macro did not catch is still reported at the attribute.
+    // Each option becomes a call of the runtime builder's setter of the
+    // same name, its value as the setter takes it; literals keep their
+    // spans, so a mistake the macro did not catch is still reported at the
+    // attribute.
     let mut calls = Vec::new();
-    let mut int = |setter: &str, v: &Option<LitInt>| {
-        if let Some(n) = v {
-            let setter = Ident::new(setter, n.span());
-            calls.push(quote_spanned!(n.span()=> .#setter(#n)));
-        }
-    };
-    int("concurrency", &args.concurrency);
-    int("max_buffered", &args.max_buffered);
-    int("max_uncommitted", &args.max_uncommitted);
-    int("commit_batch_size", &args.commit_batch_size);
-    if let Some(o) = &args.ordering {
-        let variant = Ident::new(o, Span::call_site());
-        calls.push(quote!(.ordering(#p::OrderingMode::#variant)));
+    for (setting, value) in &args.options {
+        let span = match value {
+            Value::AtLeastOne(n) => n.span(),
+            Value::Text(s) => s.span(),
+            _ => Span::call_site(),
+        };
+        let setter = Ident::new(setting.key, span);
+        let arg = match value {
+            Value::AtLeastOne(n) => quote!(#n),
+            Value::WholeNumber(n) => quote!(#n),
+            Value::Millis(ms) => quote!(#p::Duration::from_millis(#ms)),
+            Value::Variant(ty, variant) => {
+                let (ty, variant) = (Ident::new(ty, span), Ident::new(variant, span));
+                quote!(#p::#ty::#variant)
+            }
+            Value::Text(s) => quote!(#s),
+        };
+        calls.push(quote_spanned!(span=> .#setter(#arg)));
     }
-    if let Some(f) = &args.first_poll {
-        let variant = Ident::new(f, Span::call_site());
-        calls.push(quote!(.first_poll(#p::FirstPoll::#variant)));
-    }
-    for (setter, ms) in [
-        ("handler_timeout", args.handler_timeout_ms),
-        ("commit_interval", args.commit_interval_ms),
-        ("shutdown_timeout", args.shutdown_timeout_ms),
-        ("revoke_timeout", args.revoke_timeout_ms),
-        ("backoff", args.backoff_ms),
-        ("max_backoff", args.max_backoff_ms),
-    ] {
-        if let Some(ms) = ms {
-            let setter = Ident::new(setter, Span::call_site());
-            calls.push(quote!(.#setter(#p::Duration::from_millis(#ms))));
-        }
-    }
-    if let Some(n) = args.retries {
-        calls.push(quote!(.retries(#n)));
-    }
-    match (&args.dead_letter, args.on_error.as_ref().map(LitStr::value).as_deref()) {
-        (Some(topic), _) => calls.push(quote_spanned!(topic.span()=> .dead_letter(#topic))),
-        (None, Some("stop")) => calls.push(quote!(.on_error(#p::OnError::Stop))),
-        _ => {}
+    if args.on_error.as_ref().map(LitStr::value).as_deref() == Some("stop") {
+        calls.push(quote!(.on_error(#p::OnError::Stop)));
     }
 
     // The type checks are spanned at the user's code, so their errors land

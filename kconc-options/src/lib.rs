@@ -1,115 +1,169 @@
-//! The settings of a kconc subscriber, declared once. The `#[subscriber]`
-//! attribute (`kconc-macros`) takes its options, their order and its "did
-//! you mean" hints from [`SETTINGS`]; the runtime (`kconc-runtime`) takes
-//! the keys of `--set` and their help from it; tests hold the docs to it.
-//! A setting is added here, given a builder setter on `Subscriber`, and
-//! used by the engine; the attribute and `--set` then check that they
-//! handle it (their tests parse each key with its [`Setting::example`]).
+//! The settings of a kconc subscriber, declared once, in [`settings!`].
+//!
+//! - The `#[subscriber]` attribute (`kconc-macros`) reads [`SETTINGS`]: it
+//!   takes its options, their order and its "did you mean" hints from it,
+//!   parses each option by its [`Kind`], and expands each to a call of the
+//!   runtime builder's setter of the same name.
+//! - The runtime (`kconc-runtime`) expands [`settings!`] into
+//!   `Subscriber::set` (what `--set` calls): each settable setting is parsed
+//!   from text by its kind and handed to the same setter. `--set`'s keys and
+//!   help come from [`SETTINGS`] too.
+//! - Tests hold the attribute, `--set` and the docs to the table.
+//!
+//! Adding a setting is its line in [`settings!`], a builder setter on
+//! `Subscriber` that takes the kind's value, and its use in the engine.
 
 /// One setting of a subscriber.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Setting {
-    /// Its name, as the attribute's option and as `--set NAME.KEY=..`.
+    /// Its name: the attribute's option, the `--set NAME.KEY=..` key, and
+    /// the builder's setter.
     pub key: &'static str,
     /// The `#[subscriber(..)]` attribute takes it.
     pub attribute: bool,
     /// `--set` takes it (settings fixed by the code, such as the topics or
     /// the group, are not).
     pub set: bool,
+    /// How its value is written and what the setter takes.
+    pub kind: Kind,
     /// A valid value, as `--set` writes it (the attribute quotes it where
     /// it takes a string).
     pub example: &'static str,
     /// The attribute takes it as a string literal (else as an integer).
     pub quoted: bool,
-    /// What it means, in a few words.
+    /// What it means, in a few words (`--set`'s help, the docs).
     pub meaning: &'static str,
+    /// What the value is, for the attribute's errors ("must be at least 1
+    /// (the number of handlers that may run at once)"); may be empty.
+    pub what: &'static str,
 }
 
-const fn both(key: &'static str, example: &'static str, quoted: bool, meaning: &'static str) -> Setting {
-    Setting {
-        key,
-        attribute: true,
-        set: true,
-        example,
-        quoted,
-        meaning,
-    }
+/// How a setting's value is written, and what its setter takes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// Read by the attribute's own code (topics, group, name, crate path,
+    /// `on_error`); `--set` parses it with the setter's type's `FromStr`.
+    Special,
+    /// A whole number from 1; the setter takes a `usize`.
+    AtLeastOne,
+    /// A whole number from 0; the setter takes a `u32`.
+    WholeNumber,
+    /// A duration (`"500ms"`, `"2s"`, `"1m"`); the setter takes a `Duration`.
+    Duration,
+    /// A duration longer than zero.
+    LongerThanZero,
+    /// A duration longer than zero, which `--set` may also turn off
+    /// (`none`, `off`); the setter takes an `Option<Duration>`.
+    Timeout,
+    /// A non-empty string; the setter takes a `String`.
+    Text,
+    /// One of several names, each a variant of the runtime's type `ty`
+    /// (which `--set` parses with its `FromStr`).
+    Choice {
+        /// The runtime type, as `__private` re-exports it.
+        ty: &'static str,
+        /// (the name written, the variant).
+        values: &'static [(&'static str, &'static str)],
+        /// What the attribute's error says after an unknown name.
+        explain: &'static str,
+    },
 }
 
-const fn attribute_only(key: &'static str, example: &'static str, quoted: bool, meaning: &'static str) -> Setting {
-    Setting {
-        key,
-        attribute: true,
-        set: false,
-        example,
-        quoted,
-        meaning,
-    }
+/// The table itself, handed to `$callback!` as one
+/// `{ key: .., setter: .., kind: .., attribute: yes|no, set: yes|no, example: .., quoted: .., meaning: .., what: .. }`
+/// group per setting, in the order the docs list them.
+#[macro_export]
+macro_rules! settings {
+    ($callback:ident) => {
+        $callback! {
+            { key: "topic", setter: topic, kind: Special, attribute: yes, set: no,
+              example: "orders", quoted: true, meaning: "the topic to consume", what: "" }
+            { key: "topics", setter: topics, kind: Special, attribute: yes, set: no,
+              example: "", quoted: false, meaning: "several topics, one consumer group", what: "" }
+            { key: "group", setter: group, kind: Special, attribute: yes, set: no,
+              example: "billing", quoted: true, meaning: "the consumer group", what: "" }
+            { key: "concurrency", setter: concurrency, kind: AtLeastOne, attribute: yes, set: yes,
+              example: "20", quoted: false, meaning: "handlers running at once",
+              what: "the number of handlers that may run at once" }
+            { key: "ordering", setter: ordering,
+              kind: Choice(OrderingMode: "unordered" => Unordered, "key" => Key, "partition" => Partition;
+                "use `ordering = \"unordered\"` (the default), `\"key\"` (same key one at a time, in offset order) or `\"partition\"` (each partition one at a time)"),
+              attribute: yes, set: yes, example: "key", quoted: true, meaning: "unordered, key or partition", what: "" }
+            { key: "first_poll", setter: first_poll,
+              kind: Choice(FirstPoll: "worker" => Worker, "poll_thread" => PollThread, "auto" => Auto;
+                "use `first_poll = \"worker\"` (the default: handlers run on the tokio workers), `\"poll_thread\"` (the poll thread runs each handler up to its first wait; for short, non-blocking handlers only) or `\"auto\"` (the poll thread does so while first polls stay short)"),
+              attribute: yes, set: yes, example: "worker", quoted: true,
+              meaning: "where handlers run: worker, poll_thread or auto", what: "" }
+            { key: "max_buffered", setter: max_buffered, kind: AtLeastOne, attribute: yes, set: yes,
+              example: "64", quoted: false, meaning: "fetched messages waiting to start, at most",
+              what: "how many fetched messages may wait for a handler slot" }
+            { key: "max_uncommitted", setter: max_uncommitted, kind: AtLeastOne, attribute: yes, set: yes,
+              example: "1000", quoted: false, meaning: "offsets of a partition read past its last commit, at most",
+              what: "how many offsets of a partition may be read past its last committed offset" }
+            { key: "handler_timeout", setter: handler_timeout, kind: Timeout, attribute: yes, set: yes,
+              example: "30s", quoted: true, meaning: "how long a handler may run before its message fails",
+              what: "how long a handler may run before its message fails" }
+            { key: "commit_batch_size", setter: commit_batch_size, kind: AtLeastOne, attribute: yes, set: yes,
+              example: "100", quoted: false, meaning: "commit after this many finished messages",
+              what: "how many finished messages trigger a commit" }
+            { key: "commit_interval", setter: commit_interval, kind: LongerThanZero, attribute: yes, set: yes,
+              example: "1s", quoted: true, meaning: "or at least this often",
+              what: "how often finished offsets are committed" }
+            { key: "shutdown_timeout", setter: shutdown_timeout, kind: Duration, attribute: yes, set: yes,
+              example: "20s", quoted: true, meaning: "how long shutdown waits for running handlers", what: "" }
+            { key: "revoke_timeout", setter: revoke_timeout, kind: LongerThanZero, attribute: yes, set: yes,
+              example: "10s", quoted: true, meaning: "how long a revoke waits for its handlers and commit",
+              what: "how long a revoke waits for the revoked partitions' handlers and commit" }
+            { key: "retries", setter: retries, kind: WholeNumber, attribute: yes, set: yes,
+              example: "3", quoted: false, meaning: "retries of a failed message before on_error", what: "" }
+            { key: "backoff", setter: backoff, kind: Duration, attribute: yes, set: yes,
+              example: "100ms", quoted: true, meaning: "wait before the first retry", what: "" }
+            { key: "max_backoff", setter: max_backoff, kind: Duration, attribute: yes, set: yes,
+              example: "10s", quoted: true, meaning: "longest wait between retries", what: "" }
+            { key: "on_error", setter: on_error, kind: Special, attribute: yes, set: yes,
+              example: "stop", quoted: true,
+              meaning: "after the last attempt: skip, stop, or dead_letter with a dead_letter topic", what: "" }
+            { key: "dead_letter", setter: dead_letter, kind: Text, attribute: yes, set: yes,
+              example: "orders.dlq", quoted: true, meaning: "the dead-letter topic", what: "" }
+            { key: "name", setter: name, kind: Special, attribute: yes, set: no,
+              example: "billing", quoted: true, meaning: "the subscriber's name", what: "" }
+            { key: "crate", setter: krate, kind: Special, attribute: yes, set: no,
+              example: "kconc_runtime", quoted: true, meaning: "where the runtime is, if renamed", what: "" }
+        }
+    };
 }
 
-/// Every setting, in the order the docs list them.
-pub const SETTINGS: &[Setting] = &[
-    attribute_only("topic", "orders", true, "the topic to consume"),
-    attribute_only("topics", "", false, "several topics, one consumer group"),
-    attribute_only("group", "billing", true, "the consumer group"),
-    both("concurrency", "20", false, "handlers running at once"),
-    both("ordering", "key", true, "unordered, key or partition"),
-    both(
-        "first_poll",
-        "worker",
-        true,
-        "where handlers run: worker, poll_thread or auto",
-    ),
-    both(
-        "max_buffered",
-        "64",
-        false,
-        "fetched messages waiting to start, at most",
-    ),
-    both(
-        "max_uncommitted",
-        "1000",
-        false,
-        "offsets of a partition read past its last commit, at most",
-    ),
-    both(
-        "handler_timeout",
-        "30s",
-        true,
-        "how long a handler may run before its message fails",
-    ),
-    both(
-        "commit_batch_size",
-        "100",
-        false,
-        "commit after this many finished messages",
-    ),
-    both("commit_interval", "1s", true, "or at least this often"),
-    both(
-        "shutdown_timeout",
-        "20s",
-        true,
-        "how long shutdown waits for running handlers",
-    ),
-    both(
-        "revoke_timeout",
-        "10s",
-        true,
-        "how long a revoke waits for its handlers and commit",
-    ),
-    both("retries", "3", false, "retries of a failed message before on_error"),
-    both("backoff", "100ms", true, "wait before the first retry"),
-    both("max_backoff", "10s", true, "longest wait between retries"),
-    both(
-        "on_error",
-        "stop",
-        true,
-        "after the last attempt: skip, stop, or dead_letter with a dead_letter topic",
-    ),
-    both("dead_letter", "orders.dlq", true, "the dead-letter topic"),
-    attribute_only("name", "billing", true, "the subscriber's name"),
-    attribute_only("crate", "kconc_runtime", true, "where the runtime is, if renamed"),
-];
+/// Turns the table into [`SETTINGS`].
+macro_rules! declare {
+    ($({ key: $key:literal, setter: $setter:ident,
+         kind: $kind:ident $(($ty:ident: $($name:literal => $variant:ident),*; $explain:literal))?,
+         attribute: $attribute:ident, set: $set:ident, example: $example:literal, quoted: $quoted:literal,
+         meaning: $meaning:literal, what: $what:literal })*) => {
+        /// Every setting, in the order the docs list them.
+        pub const SETTINGS: &[Setting] = &[$(Setting {
+            key: $key,
+            attribute: declare!(@yes $attribute),
+            set: declare!(@yes $set),
+            kind: declare!(@kind $kind $(($ty: $($name => $variant),*; $explain))?),
+            example: $example,
+            quoted: $quoted,
+            meaning: $meaning,
+            what: $what,
+        }),*];
+    };
+    (@yes yes) => { true };
+    (@yes no) => { false };
+    (@kind Choice($ty:ident: $($name:literal => $variant:ident),*; $explain:literal)) => {
+        Kind::Choice {
+            ty: stringify!($ty),
+            values: &[$(($name, stringify!($variant))),*],
+            explain: $explain,
+        }
+    };
+    (@kind $kind:ident) => { Kind::$kind };
+}
+
+settings!(declare);
 
 /// The options of the `#[subscriber]` attribute, in order.
 pub fn attribute_options() -> impl Iterator<Item = &'static Setting> {
@@ -119,6 +173,11 @@ pub fn attribute_options() -> impl Iterator<Item = &'static Setting> {
 /// The keys `--set` takes, in order.
 pub fn settable() -> impl Iterator<Item = &'static Setting> {
     SETTINGS.iter().filter(|s| s.set)
+}
+
+/// The setting named `key`.
+pub fn setting(key: &str) -> Option<&'static Setting> {
+    SETTINGS.iter().find(|s| s.key == key)
 }
 
 #[cfg(test)]

@@ -55,6 +55,23 @@ impl fmt::Display for OnError {
     }
 }
 
+/// `skip` or `stop`, as `--set NAME.on_error=..` writes them (a dead letter
+/// is `--set NAME.dead_letter=TOPIC`).
+impl std::str::FromStr for OnError {
+    type Err = crate::error::SettingError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "skip" => Ok(Self::Skip),
+            "stop" => Ok(Self::Stop),
+            other => Err(crate::error::SettingError::new(
+                "on_error",
+                format!("`on_error` takes `skip` or `stop` (or set `dead_letter` to a topic), not `{other}`"),
+            )),
+        }
+    }
+}
+
 /// A handler error that retrying cannot fix (a validation failure, say):
 /// the message goes straight to the dead-letter, skip or stop step, without
 /// the remaining retries.

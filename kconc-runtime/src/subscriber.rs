@@ -311,9 +311,10 @@ impl Subscriber {
     /// next `.await`) and its message fails with a timeout error: retried
     /// if retries are left, then the error policy (default: none). A
     /// handler that blocks its thread without awaiting cannot be cut off.
+    /// `None` turns it off.
     #[must_use]
-    pub fn handler_timeout(mut self, d: Duration) -> Self {
-        self.handler_timeout = Some(d);
+    pub fn handler_timeout(mut self, d: impl Into<Option<Duration>>) -> Self {
+        self.handler_timeout = d.into();
         self
     }
 
@@ -426,63 +427,7 @@ impl Subscriber {
     /// Overrides one setting from text (what `--set` does); the error says
     /// what the setting accepts. Values are checked again by `App::start`.
     pub fn set(&mut self, key: &str, value: &str) -> Result<(), SettingError> {
-        let v = value.trim();
-        let bad = |problem: String| SettingError::new(key, problem);
-        let number = || {
-            v.parse::<usize>()
-                .map_err(|_| bad(format!("`{key}` takes a whole number, not `{v}`")))
-        };
-        let duration = || {
-            parse_duration(v).ok_or_else(|| {
-                bad(format!(
-                    "`{key}` takes a duration such as `500ms`, `2s` or `1m`, not `{v}`"
-                ))
-            })
-        };
-        match key {
-            "concurrency" => self.concurrency = number()?,
-            "ordering" => self.ordering = v.parse()?,
-            "first_poll" => self.first_poll = v.parse()?,
-            "max_buffered" => self.max_buffered = Some(number()?),
-            "max_uncommitted" => self.max_uncommitted = number()?,
-            "handler_timeout" => {
-                self.handler_timeout = match v {
-                    "none" | "off" => None,
-                    _ => Some(parse_duration(v).ok_or_else(|| {
-                        bad(format!(
-                            "`handler_timeout` takes a duration such as `30s`, or `none`, not `{v}`"
-                        ))
-                    })?),
-                };
-            }
-            "commit_batch_size" => self.commit_batch_size = number()?,
-            "commit_interval" => self.commit_interval = duration()?,
-            "shutdown_timeout" => self.shutdown_timeout = duration()?,
-            "revoke_timeout" => self.revoke_timeout = duration()?,
-            "retries" => {
-                self.policy.retries = v
-                    .parse()
-                    .map_err(|_| bad(format!("`retries` takes a whole number, not `{v}`")))?;
-            }
-            "backoff" => self.policy.backoff = duration()?,
-            "max_backoff" => self.policy.max_backoff = duration()?,
-            "on_error" => {
-                self.policy.on_error = match v {
-                    "skip" => OnError::Skip,
-                    "stop" => OnError::Stop,
-                    _ => {
-                        return Err(bad(format!(
-                            "`on_error` takes `skip` or `stop` (or set `dead_letter` to a topic), not `{v}`"
-                        )))
-                    }
-                };
-            }
-            "dead_letter" => self.policy.on_error = OnError::DeadLetter(v.to_owned()),
-            other => {
-                let keys: Vec<&str> = kconc_options::settable().map(|s| s.key).collect();
-                return Err(bad(format!("unknown setting `{other}` (one of {})", keys.join(", "))));
-            }
-        }
+        *self = apply_setting(self.clone(), key, value.trim())?;
         Ok(())
     }
 
@@ -535,6 +480,57 @@ impl Subscriber {
         }
         Ok(())
     }
+}
+
+/// [`Subscriber::set`], generated from the settings table
+/// (`kconc_options::settings!`): each setting `--set` takes is parsed from
+/// text by its kind and handed to the builder's setter of the same name.
+macro_rules! apply_settings {
+    ($({ key: $key:literal, setter: $setter:ident, kind: $kind:ident $(($($choice:tt)*))?,
+         attribute: $attribute:ident, set: $set:ident, $($rest:tt)* })*) => {
+        fn apply_setting(sub: Subscriber, key: &str, v: &str) -> Result<Subscriber, SettingError> {
+            $(apply_settings!(@one $set $kind, sub, key, v, $key, $setter);)*
+            let keys: Vec<&str> = kconc_options::settable().map(|s| s.key).collect();
+            Err(SettingError::new(key, format!("unknown setting `{key}` (one of {})", keys.join(", "))))
+        }
+    };
+    (@one no $kind:ident, $($x:tt)*) => {};
+    (@one yes $kind:ident, $sub:ident, $k:ident, $v:ident, $key:literal, $setter:ident) => {
+        if $k == $key {
+            return Ok($sub.$setter(apply_settings!(@parse $kind, $key, $v)));
+        }
+    };
+    (@parse AtLeastOne, $key:literal, $v:ident) => { whole_number::<usize>($key, $v)? };
+    (@parse WholeNumber, $key:literal, $v:ident) => { whole_number::<u32>($key, $v)? };
+    (@parse Duration, $key:literal, $v:ident) => { duration($key, $v)? };
+    (@parse LongerThanZero, $key:literal, $v:ident) => { duration($key, $v)? };
+    (@parse Timeout, $key:literal, $v:ident) => {
+        match $v {
+            "none" | "off" => None,
+            _ => Some(parse_duration($v).ok_or_else(|| {
+                SettingError::new($key, format!("`{}` takes a duration such as `30s`, or `none`, not `{}`", $key, $v))
+            })?),
+        }
+    };
+    (@parse Text, $key:literal, $v:ident) => { $v.to_owned() };
+    // A choice, or a setting the attribute reads by itself: the setter's type's `FromStr`.
+    (@parse $kind:ident, $key:literal, $v:ident) => { $v.parse()? };
+}
+
+kconc_options::settings!(apply_settings);
+
+fn whole_number<N: std::str::FromStr>(key: &str, v: &str) -> Result<N, SettingError> {
+    v.parse()
+        .map_err(|_| SettingError::new(key, format!("`{key}` takes a whole number, not `{v}`")))
+}
+
+fn duration(key: &str, v: &str) -> Result<Duration, SettingError> {
+    parse_duration(v).ok_or_else(|| {
+        SettingError::new(
+            key,
+            format!("`{key}` takes a duration such as `500ms`, `2s` or `1m`, not `{v}`"),
+        )
+    })
 }
 
 /// `"500ms"`, `"2s"`, `"1m"` as a duration; `None` for anything else.
