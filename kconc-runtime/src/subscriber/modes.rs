@@ -1,0 +1,131 @@
+//! The ordering modes and where handlers run, with their names in the
+//! attribute and `--set`.
+
+use crate::error::SettingError;
+
+/// How much order a subscriber's handlers keep (guarantee 4 of the design).
+///
+/// Within one partition, handlers always *start* in offset order; the modes
+/// differ in what may run at the same time.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum OrderingMode {
+    /// Any messages run concurrently, up to `concurrency` (the default).
+    #[default]
+    Unordered,
+    /// Messages with the same key in the same partition run one after
+    /// another, in offset order; different keys run concurrently. A message
+    /// without a key is its own key: it runs concurrently with everything.
+    Key,
+    /// Each partition's messages run one after another, in offset order;
+    /// partitions run concurrently.
+    Partition,
+}
+
+impl OrderingMode {
+    /// The name used in `#[subscriber(ordering = "..")]` and `--list`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Unordered => "unordered",
+            Self::Key => "key",
+            Self::Partition => "partition",
+        }
+    }
+}
+
+impl std::fmt::Display for OrderingMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for OrderingMode {
+    type Err = SettingError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "unordered" => Ok(Self::Unordered),
+            "key" => Ok(Self::Key),
+            "partition" => Ok(Self::Partition),
+            other => Err(SettingError::new(
+                "ordering",
+                format!("unknown ordering `{other}`: use `unordered`, `key` or `partition`"),
+            )),
+        }
+    }
+}
+
+/// Where a handler's code runs: on the tokio workers (the default), or, for
+/// its first poll (the stretch up to its first `.await` that has to wait),
+/// on the subscriber's poll thread.
+///
+/// The default, [`FirstPoll::Worker`], runs every handler inside a tokio
+/// task on the runtime's workers, where everything tokio offers works and a
+/// handler that blocks or computes holds up only its own worker. The other
+/// two modes are an opt-in for handlers known to be short and
+/// non-blocking: the poll thread runs the first poll itself, so a handler
+/// that ends there costs no hand-over to a worker. Their trade-offs:
+///
+/// - The poll thread is the consumer's control path (rebalances, commits,
+///   health): while a first poll runs, nothing else of the subscriber does.
+///   A first poll that blocks (a lock, a synchronous DNS lookup,
+///   `Handle::block_on`, which works there instead of panicking) stalls the
+///   subscriber, and if it outlasts `max.poll.interval.ms` the member is
+///   thrown out of its group. kconc cannot pre-empt it.
+/// - The poll thread is not a tokio task: `tokio::task::id()` panics there,
+///   task-locals set outside the handler are absent, and there is no coop
+///   budget. A first poll that fails or panics on the poll thread is never
+///   judged there: the message runs again, from the start, on a worker,
+///   and only that run counts (so its side effects before the failure may
+///   happen twice). `kconc_first_polls_rerun_on_worker_total` counts these.
+/// - The waker of the first poll is not the worker's: a future must
+///   register the waker of its latest poll (as the `Future` contract asks),
+///   though kconc forwards wakes of the first one too.
+/// - All first polls of a subscriber share one thread: CPU-bound handlers
+///   get one core, whatever `concurrency` says.
+///
+/// Whatever the mode, no handler begins inside a rebalance callback (kept
+/// partitions' messages started during a revoke go to the workers) or after
+/// shutdown has begun.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum FirstPoll {
+    /// Every handler runs on the workers, inside a tokio task. The default.
+    #[default]
+    Worker,
+    /// The poll thread runs every first poll (handlers that wait go on on a
+    /// worker). For handlers known to be short; see the trade-offs above.
+    PollThread,
+    /// The poll thread runs first polls while, over a window of 64
+    /// messages, none failed, at most half of the handlers had to wait and
+    /// their first polls took under 20 µs on average (none over 500 µs);
+    /// otherwise the workers run everything and the poll thread tries again
+    /// after 256 messages, then 512, up to 65,536. A timing rule, so where
+    /// a handler runs varies with load; see the trade-offs above.
+    Auto,
+}
+
+impl FirstPoll {
+    /// The name `--set NAME.first_poll=..` takes.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::PollThread => "poll_thread",
+            Self::Worker => "worker",
+        }
+    }
+}
+
+impl std::str::FromStr for FirstPoll {
+    type Err = SettingError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "poll_thread" => Ok(Self::PollThread),
+            "worker" => Ok(Self::Worker),
+            other => Err(SettingError::new(
+                "first_poll",
+                format!("unknown first_poll `{other}`: use `worker` (the default), `poll_thread` or `auto`"),
+            )),
+        }
+    }
+}
