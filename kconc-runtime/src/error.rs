@@ -6,9 +6,43 @@ use rdkafka::error::KafkaError;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// A setting is invalid; the message names it and says what is accepted.
+    /// The command line, the environment, a properties file or a librdkafka
+    /// property is invalid; the message names where it came from and what is
+    /// accepted.
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// A subscriber's setting is invalid (checked by `App::start`).
+    #[error("invalid configuration: subscriber `{subscriber}`: {source}")]
+    Setting {
+        /// The subscriber's name.
+        subscriber: String,
+        /// Which setting, and what it takes.
+        #[source]
+        source: SettingError,
+    },
+    /// A subscribed topic does not exist (and `App::wait_for_topics` is off).
+    #[error(
+        "invalid configuration: topic `{topic}` (subscribed by {}) does not exist on the cluster at {brokers}: \
+         create it, or start with --wait-for-topics (KCONC_WAIT_FOR_TOPICS=true, App::wait_for_topics) to wait for it",
+        subscribers.join(", ")
+    )]
+    MissingTopic {
+        /// The topic.
+        topic: String,
+        /// The subscribers that consume it.
+        subscribers: Vec<String>,
+        /// The cluster asked.
+        brokers: String,
+    },
+    /// The HTTP endpoint's address (`--http`) cannot be bound.
+    #[error("invalid configuration: --http/KCONC_HTTP `{addr}`: {source}")]
+    Http {
+        /// The address given.
+        addr: String,
+        /// Why it cannot be bound.
+        #[source]
+        source: std::io::Error,
+    },
     /// The Kafka client refused an operation for a subscriber.
     #[error("subscriber `{subscriber}`: {source}")]
     Kafka {

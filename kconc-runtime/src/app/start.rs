@@ -182,17 +182,16 @@ fn check_topics_exist(
     match missing.first() {
         None => Ok(()),
         Some(topic) => {
-            let names: Vec<&str> = subs
+            let subscribers = subs
                 .iter()
                 .filter(|s| s.topics.contains(topic))
-                .map(|s| s.name.as_str())
+                .map(|s| s.name.clone())
                 .collect();
-            Err(Error::Config(format!(
-                "topic `{topic}` (subscribed by {}) does not exist on the cluster at {}: create it, or start \
-                 with --wait-for-topics (KCONC_WAIT_FOR_TOPICS=true, App::wait_for_topics) to wait for it",
-                names.join(", "),
-                cluster.brokers()
-            )))
+            Err(Error::MissingTopic {
+                topic: topic.clone(),
+                subscribers,
+                brokers: cluster.brokers().to_owned(),
+            })
         }
     }
 }

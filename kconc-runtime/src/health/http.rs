@@ -11,7 +11,10 @@ use crate::Error;
 /// Binds the HTTP endpoint's address (`--http`), before anything connects:
 /// a bad or busy address fails start-up naming the setting.
 pub(crate) fn bind(addr: &str) -> Result<(std::net::TcpListener, SocketAddr), Error> {
-    let bad = |e: std::io::Error| Error::Config(format!("--http/KCONC_HTTP `{addr}`: {e}"));
+    let bad = |source: std::io::Error| Error::Http {
+        addr: addr.to_owned(),
+        source,
+    };
     let listener = std::net::TcpListener::bind(addr).map_err(bad)?;
     listener.set_nonblocking(true).map_err(bad)?;
     let local = listener.local_addr().map_err(bad)?;

@@ -11,10 +11,10 @@ impl Subscriber {
     /// Checks the settings that the macro cannot check for code-built subscribers.
     pub(crate) fn validate(&self) -> Result<(), crate::Error> {
         let bad = |setting: &str, reason: &str| {
-            Err(crate::Error::Config(format!(
-                "subscriber `{}`: `{setting}` {reason}",
-                self.name
-            )))
+            Err(crate::Error::Setting {
+                subscriber: self.name.clone(),
+                source: SettingError::new(setting, format!("`{setting}` {reason}")),
+            })
         };
         if self.topics.is_empty() || self.topics.iter().any(String::is_empty) {
             return bad("topic", "must name at least one non-empty topic");
