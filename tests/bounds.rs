@@ -136,11 +136,19 @@ async fn handler_timeout_cuts_a_hanging_handler_off_and_its_message_follows_the_
     let app = test_app(&bootstrap).subscriber(sub).start_in_test_mode().unwrap();
     let expected = vec![Some(ends[0]), Some(7)];
     wait_for("partition 0 at its end, partition 1 stopped at 7", DEADLINE, || {
-        committed(&bootstrap, group, topic, parts) == expected && !app.stopped_partitions("hanging").is_empty()
+        committed(&bootstrap, group, topic, parts) == expected
+            && !app
+                .stats_handle("hanging")
+                .expect("a subscriber of that name")
+                .stopped_partitions()
+                .is_empty()
     })
     .await;
     let stats = app.stats("hanging").unwrap();
-    let stopped = app.stopped_partitions("hanging");
+    let stopped = app
+        .stats_handle("hanging")
+        .expect("a subscriber of that name")
+        .stopped_partitions();
     app.shutdown().await;
     assert_eq!((stopped[0].partition, stopped[0].offset), (1, 7), "{stopped:?}");
     assert!(stopped[0].reason.contains("handler_timeout"), "{stopped:?}");

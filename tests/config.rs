@@ -240,7 +240,7 @@ fn list_shows_every_subscriber_with_its_prefixed_group_and_no_property() {
                 .property("sasl.password", "hunter2"),
         )
         .configure_with_env(&cli(&["--group-prefix", "staging-"]), Vec::new());
-    let table = app.describe_subscribers();
+    let table = app.listing().unwrap();
     let lines: Vec<Vec<&str>> = table.lines().map(|l| l.split_whitespace().collect()).collect();
     assert_eq!(
         lines,
@@ -272,7 +272,8 @@ fn list_shows_every_subscriber_with_its_prefixed_group_and_no_property() {
         .subscriber(Subscriber::new("billing", ["orders"], "billing", |_m: Message| async {}))
         .subscriber(Subscriber::new("audit", ["orders"], "audit", |_m: Message| async {}))
         .configure_with_env(&cli(&["--only", "audit"]), Vec::new())
-        .describe_subscribers();
+        .listing()
+        .unwrap();
     assert_eq!(only.lines().count(), 2, "{only}");
     assert!(only.contains("audit") && !only.contains("billing"), "{only}");
 }

@@ -417,7 +417,10 @@ async fn stop_stops_only_the_failing_partition_and_says_why() {
         || committed(&bootstrap, group, topic, parts) == expected,
     )
     .await;
-    let stopped = app.stopped_partitions("stopping");
+    let stopped = app
+        .stats_handle("stopping")
+        .expect("a subscriber of that name")
+        .stopped_partitions();
     let stats = app.stats("stopping").unwrap();
     app.shutdown().await;
     assert_eq!(stopped.len(), 1, "{stopped:?}");
@@ -480,7 +483,10 @@ async fn stop_holds_back_only_what_comes_after_the_failed_message() {
         .commit_interval(Duration::from_millis(20));
         let app = test_app(&bootstrap).subscriber(sub).start_in_test_mode().unwrap();
         wait_for("the stop is reported", DEADLINE, || {
-            !app.stopped_partitions("stop-prefix").is_empty()
+            !app.stats_handle("stop-prefix")
+                .expect("a subscriber of that name")
+                .stopped_partitions()
+                .is_empty()
         })
         .await;
         release.store(true, AtomicOrdering::SeqCst);
@@ -490,7 +496,10 @@ async fn stop_holds_back_only_what_comes_after_the_failed_message() {
             || committed(&bootstrap, group, topic, 1) == [Some(failing)],
         )
         .await;
-        let stopped = app.stopped_partitions("stop-prefix");
+        let stopped = app
+            .stats_handle("stop-prefix")
+            .expect("a subscriber of that name")
+            .stopped_partitions();
         app.shutdown().await;
         assert_eq!(stopped.len(), 1, "{stopped:?}");
         assert_eq!(stopped[0].offset, failing, "{stopped:?}");
@@ -602,13 +611,24 @@ async fn a_dead_letter_that_retrying_cannot_deliver_stops_its_partition_and_says
     wait_for(
         "partitions 0 and 1 stopped at 5, partition 2 at its end",
         DEADLINE,
-        || committed(&bootstrap, group, topic, parts) == expected && app.stopped_partitions("forbidden").len() == 2,
+        || {
+            committed(&bootstrap, group, topic, parts) == expected
+                && app
+                    .stats_handle("forbidden")
+                    .expect("a subscriber of that name")
+                    .stopped_partitions()
+                    .len()
+                    == 2
+        },
     )
     .await;
     let stats = app.stats("forbidden").unwrap();
     let health = app.health();
     let metrics = app.metrics_text().unwrap();
-    let stopped = app.stopped_partitions("forbidden");
+    let stopped = app
+        .stats_handle("forbidden")
+        .expect("a subscriber of that name")
+        .stopped_partitions();
     app.shutdown().await;
     for s in &stopped {
         assert_eq!(s.offset, 5, "{stopped:?}");
@@ -724,11 +744,19 @@ async fn an_unreadable_record_batch_goes_through_the_error_policy() {
         let expected = if policy == "stop" { 3 } else { 9 };
         wait_for(&format!("{policy}: committed to {expected}"), DEADLINE, || {
             committed(&bootstrap, &group, &topic, 1) == [Some(expected)]
-                && (policy != "stop" || !app.stopped_partitions("unreadable").is_empty())
+                && (policy != "stop"
+                    || !app
+                        .stats_handle("unreadable")
+                        .expect("a subscriber of that name")
+                        .stopped_partitions()
+                        .is_empty())
         })
         .await;
         let stats = app.stats("unreadable").unwrap();
-        let stopped = app.stopped_partitions("unreadable");
+        let stopped = app
+            .stats_handle("unreadable")
+            .expect("a subscriber of that name")
+            .stopped_partitions();
         let metrics = app.metrics_text().unwrap();
         app.shutdown().await;
         let handled: Vec<i64> = rec.by_partition().remove(&0).unwrap_or_default();

@@ -353,7 +353,10 @@ async fn a_backed_up_partition_is_paused_alone_and_the_member_stays_in_the_group
     })
     .await;
     let stats = app.stats("backed-up").unwrap();
-    let pauses = app.partition_pauses("backed-up");
+    let pauses = app
+        .stats_handle("backed-up")
+        .expect("a subscriber of that name")
+        .partition_pauses();
     app.shutdown().await;
 
     assert_eq!(

@@ -64,6 +64,9 @@ pub enum Error {
     /// Installing the signal handlers failed.
     #[error("cannot listen for shutdown signals: {0}")]
     Signal(#[source] std::io::Error),
+    /// The metrics could not be encoded.
+    #[error("cannot encode metrics: {0}")]
+    Metrics(#[source] std::fmt::Error),
     /// A [`testing`](crate::testing) helper could not produce or read back.
     #[error("{0}")]
     Produce(String),

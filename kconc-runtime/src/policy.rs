@@ -40,7 +40,7 @@ pub enum OnError {
     /// or the program restarts; the rest of the subscriber carries on. What
     /// came before it (messages still waiting behind a busy key, or for a
     /// retry) still runs and is committed, up to the failed offset.
-    /// [`Running::stopped_partitions`](crate::Running::stopped_partitions)
+    /// [`StatsHandle::stopped_partitions`](crate::StatsHandle::stopped_partitions)
     /// says which and why.
     Stop,
 }

@@ -259,7 +259,7 @@ impl App {
         self.brokers.as_deref().map_or(DEFAULT_BROKERS, str::trim)
     }
 
-    /// What `--list` prints ([`App::describe_subscribers`]), or the
+    /// What `--list` prints (a table of the subscribers that would run), or the
     /// configuration error [`App::start`] would report: a listing shows the
     /// effective configuration, so a bad one fails here too.
     pub fn listing(&self) -> Result<String, Error> {
@@ -321,7 +321,7 @@ impl App {
     /// The table `--list` prints: one row per subscriber that would run
     /// (after `only`), with its name, topics, consumer group (after the
     /// prefix), concurrency and ordering. Never shows a property.
-    pub fn describe_subscribers(&self) -> String {
+    fn describe_subscribers(&self) -> String {
         let header = [
             "NAME",
             "TOPICS",

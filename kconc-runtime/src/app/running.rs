@@ -136,27 +136,10 @@ impl Running {
             .map(|r| StatsHandle(r.stats.clone()))
     }
 
-    /// Counters of the subscriber named `name`.
+    /// Counters of the subscriber named `name` (its partition state is on
+    /// [`Running::stats_handle`]).
     pub fn stats(&self, name: &str) -> Option<StatsSnapshot> {
         self.stats_of(name).map(Stats::snapshot)
-    }
-
-    /// The partitions of the subscriber named `name` that backpressure has
-    /// paused, now or before (empty if none ever was).
-    pub fn partition_pauses(&self, name: &str) -> Vec<PartitionPause> {
-        self.stats_of(name).map(Stats::pauses).unwrap_or_default()
-    }
-
-    /// The partitions assigned to the subscriber named `name` now, as
-    /// (topic, partition), sorted.
-    pub fn assigned_partitions(&self, name: &str) -> Vec<(String, i32)> {
-        self.stats_of(name).map(Stats::assigned).unwrap_or_default()
-    }
-
-    /// The partitions of the subscriber named `name` that the error policy
-    /// has stopped (`on_error = stop`), with the offset and the error.
-    pub fn stopped_partitions(&self, name: &str) -> Vec<StoppedPartition> {
-        self.stats_of(name).map(Stats::stopped_partitions).unwrap_or_default()
     }
 
     /// Counters of all subscribers, summed.

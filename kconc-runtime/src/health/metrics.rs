@@ -173,6 +173,6 @@ pub(crate) fn metrics_text(watched: &[Watched], t: &HealthThresholds) -> Result<
         ),
     );
     let mut out = String::new();
-    encode(&mut out, &registry).map_err(|e| Error::Config(format!("cannot encode metrics: {e}")))?;
+    encode(&mut out, &registry).map_err(Error::Metrics)?;
     Ok(out)
 }
