@@ -33,8 +33,10 @@ use crate::Error;
 /// Where each delivery went, and how many failed.
 #[derive(Default)]
 struct Deliveries {
-    /// (topic, partition) → one past the highest offset delivered.
-    ends: Mutex<BTreeMap<(String, i32), i64>>,
+    /// Per topic, per partition: one past the highest offset delivered (a
+    /// short list: a test writes to few topics, and a delivery finds its
+    /// own without allocating).
+    ends: Mutex<Vec<(String, Vec<i64>)>>,
     failed: AtomicU64,
 }
 
@@ -46,9 +48,22 @@ impl ProducerContext for Deliveries {
     fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
         match result {
             Ok(m) => {
+                let (topic, Ok(p)) = (m.topic(), usize::try_from(m.partition())) else {
+                    return;
+                };
                 if let Ok(mut ends) = self.ends.lock() {
-                    let end = ends.entry((m.topic().to_owned(), m.partition())).or_insert(0);
-                    *end = (*end).max(m.offset() + 1);
+                    let i = match ends.iter().position(|(t, _)| t == topic) {
+                        Some(i) => i,
+                        None => {
+                            ends.push((topic.to_owned(), Vec::new()));
+                            ends.len() - 1
+                        }
+                    };
+                    let partitions = &mut ends[i].1;
+                    if partitions.len() <= p {
+                        partitions.resize(p + 1, 0);
+                    }
+                    partitions[p] = partitions[p].max(m.offset() + 1);
                 }
             }
             Err(_) => {
@@ -63,6 +78,7 @@ impl ProducerContext for Deliveries {
 /// [`flush`](Self::flush) fails if any delivery failed.
 pub struct TestProducer {
     producer: BaseProducer<Deliveries>,
+    sent: AtomicU64,
 }
 
 impl std::fmt::Debug for TestProducer {
@@ -88,7 +104,10 @@ impl TestProducer {
         let producer = config
             .create_with_context(Deliveries::default())
             .map_err(|e| Error::Produce(format!("cannot create the producer: {e}")))?;
-        Ok(TestProducer { producer })
+        Ok(TestProducer {
+            producer,
+            sent: AtomicU64::new(0),
+        })
     }
 
     /// Queues one record (to `partition`, or to the one the partitioner
@@ -105,7 +124,11 @@ impl TestProducer {
         loop {
             match self.producer.send(record) {
                 Ok(()) => {
-                    self.producer.poll(Duration::ZERO);
+                    // Delivery reports are served now and then (and while
+                    // the queue is full), not after every record.
+                    if self.sent.fetch_add(1, Ordering::Relaxed) % 1000 == 999 {
+                        self.producer.poll(Duration::ZERO);
+                    }
                     return Ok(());
                 }
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
@@ -134,12 +157,18 @@ impl TestProducer {
 
     /// What [`flush`](Self::flush) returns, so far.
     pub fn delivered(&self) -> BTreeMap<(String, i32), i64> {
-        self.producer
-            .context()
-            .ends
-            .lock()
-            .map(|ends| ends.clone())
-            .unwrap_or_default()
+        let Ok(ends) = self.producer.context().ends.lock() else {
+            return BTreeMap::new();
+        };
+        ends.iter()
+            .flat_map(|(topic, partitions)| {
+                partitions
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, end)| **end > 0)
+                    .map(move |(p, end)| ((topic.clone(), p as i32), *end))
+            })
+            .collect()
     }
 }
 
