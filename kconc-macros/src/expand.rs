@@ -134,6 +134,20 @@ fn registration(args: &Args, func: &ItemFn) -> TokenStream {
         });
         args_names.push(name);
     }
+    // Each `State<T>` argument is recorded, so a state the app does not
+    // provide fails at start-up naming the handler and `T`; other
+    // arguments record nothing (and, asked of no trait, add no error).
+    let requirements = types.iter().map(|ty| {
+        quote! {
+            .requires_state({
+                use #p::{TakesNoState as _, TakesState as _};
+                // The borrows pick the trait (see `StateProbe`).
+                #[allow(clippy::needless_borrow)]
+                let required = (&&#p::StateProbe::<#ty>::new()).required_state();
+                required
+            })
+        }
+    });
     let unused = if types.is_empty() {
         quote!(let _ = (#message, #cx);)
     } else {
@@ -147,12 +161,28 @@ fn registration(args: &Args, func: &ItemFn) -> TokenStream {
     // a handler result, so a mistake is reported once.
     let future = local("future", output_span);
     let p_output = private(args, output_span);
-    let boxed = quote_spanned!(output_span=> #p_output::into_handler_future(#future));
+    // With `reply`, the handler's future ends only once what it returned
+    // is published and acknowledged; the input's key, offset and trace
+    // headers are read before the handler takes the message.
+    let replies = args.options.iter().any(|(s, _)| s.key == "reply");
+    let origin = local("origin", ident.span());
+    let (read_origin, boxed) = if replies {
+        (
+            quote!(let #origin = #p::ReplyOrigin::of(&#message);),
+            quote_spanned!(output_span=> #p_output::into_reply_future(#future, #cx, #origin)),
+        )
+    } else {
+        (
+            quote!(),
+            quote_spanned!(output_span=> #p_output::into_handler_future(#future)),
+        )
+    };
 
     quote! {
         #[doc(hidden)]
         const _: () = {
             fn __kconc_adapter(#message: #p::Message, #cx: &#p::Context) -> #p::HandlerFuture {
+                #read_origin
                 #(#extractions)*
                 #unused
                 // Named as a value, not only called: the attribute is what
@@ -171,6 +201,7 @@ fn registration(args: &Args, func: &ItemFn) -> TokenStream {
                     ::core::file!(),
                     ::core::line!(),
                 )
+                #(#requirements)*
                 #(#calls)*
             }
             #p::inventory::submit! {

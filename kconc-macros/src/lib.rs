@@ -31,14 +31,18 @@ use proc_macro::TokenStream;
 /// `shutdown_timeout = "20s"`, `revoke_timeout = "10s"` (durations in
 /// `ms`, `s` or `m`), `retries =
 /// N`, `backoff = ".."`, `max_backoff = ".."`, `on_error = "skip" | "stop" |
-/// "dead_letter"`, `dead_letter = "topic"`,
+/// "dead_letter"`, `dead_letter = "topic"`, `reply = "topic"` (publish
+/// what the handler returns there),
 /// `name = ".."` (default: the function's path), `crate = "path"` (for a
 /// renamed `kconc-runtime` dependency).
 ///
 /// The function's arguments are extractors (`Json<T>`, `Text`, `Bytes`,
-/// `Key<T>`, `Headers`, `Meta`, `Context`, the whole `Message` last, or any
-/// `kconc_runtime::FromMessage` type); it returns `()` or `Result<(), E>`
-/// where `E` converts into a boxed error.
+/// `Key<T>`, `Headers`, `Meta`, `Context`, `State<T>`, the whole `Message`
+/// last, or any `kconc_runtime::FromMessage` type); it returns `()` or
+/// `Result<(), E>` where `E` converts into a boxed error. With `reply`, it
+/// returns what to publish (`Json<T>`, `Bytes`, `Text`, `Reply`, `Option`
+/// or `Vec` of these, or a `Result` of one), and its message counts as
+/// finished once the broker has acknowledged every reply.
 #[proc_macro_attribute]
 pub fn subscriber(args: TokenStream, item: TokenStream) -> TokenStream {
     expand::subscriber(args.into(), item.into()).into()

@@ -125,6 +125,9 @@ macro_rules! settings {
               meaning: "after the last attempt: skip, stop, or dead_letter with a dead_letter topic", what: "" }
             { key: "dead_letter", setter: dead_letter, kind: Text, attribute: yes, set: yes,
               example: "orders.dlq", quoted: true, meaning: "the dead-letter topic", what: "" }
+            { key: "reply", setter: reply, kind: Text, attribute: yes, set: no,
+              example: "orders.billed", quoted: true,
+              meaning: "publish what the handler returns to this topic, before its offset is committed", what: "" }
             { key: "name", setter: name, kind: Special, attribute: yes, set: no,
               example: "billing", quoted: true, meaning: "the subscriber's name", what: "" }
             { key: "crate", setter: krate, kind: Special, attribute: yes, set: no,

@@ -7,6 +7,8 @@ use rdkafka::producer::FutureProducer;
 use rdkafka::ClientConfig;
 use tokio_util::sync::CancellationToken;
 
+use crate::state::States;
+
 /// What a handler may need beyond the message. Take it as an argument
 /// (`cx: Context`); cloning it is cheap.
 #[derive(Clone)]
@@ -18,6 +20,8 @@ struct Shared {
     shutdown: CancellationToken,
     producer_config: ClientConfig,
     producer: OnceLock<Result<FutureProducer, String>>,
+    states: States,
+    reply: Option<Arc<str>>,
 }
 
 impl std::fmt::Debug for Context {
@@ -101,7 +105,14 @@ impl Context {
     /// Builds the context of one subscriber. The producer is made from the
     /// consumer's configuration (same cluster, same security settings) on
     /// first use.
-    pub(crate) fn new(subscriber: Arc<str>, group: &str, shutdown: CancellationToken, consumer: &ClientConfig) -> Self {
+    pub(crate) fn new(
+        subscriber: Arc<str>,
+        group: &str,
+        shutdown: CancellationToken,
+        consumer: &ClientConfig,
+        states: States,
+        reply: Option<&str>,
+    ) -> Self {
         let producer_config = producer_config(&subscriber, consumer);
         Self(Arc::new(Shared {
             subscriber,
@@ -109,6 +120,8 @@ impl Context {
             shutdown,
             producer_config,
             producer: OnceLock::new(),
+            states,
+            reply: reply.map(Arc::from),
         }))
     }
 
@@ -119,7 +132,20 @@ impl Context {
             group,
             CancellationToken::new(),
             &ClientConfig::new(),
+            States::default(),
+            None,
         )
+    }
+
+    /// The topic the subscriber's replies go to (`reply = ".."`).
+    pub fn reply_topic(&self) -> Option<&str> {
+        self.0.reply.as_deref()
+    }
+
+    /// The app's state of type `T`, cloned (what a [`State<T>`](crate::State)
+    /// argument receives); `None` if the app provides none.
+    pub fn state<T: Clone + Send + Sync + 'static>(&self) -> Option<T> {
+        self.0.states.get::<T>()
     }
 
     /// The subscriber's name.
@@ -186,7 +212,14 @@ mod tests {
             .set("sasl.password", "hunter2")
             .set("fetch.max.bytes", "1000")
             .set("session.timeout.ms", "6000");
-        let cx = Context::new(Arc::from("s"), "g", CancellationToken::new(), &consumer);
+        let cx = Context::new(
+            Arc::from("s"),
+            "g",
+            CancellationToken::new(),
+            &consumer,
+            States::default(),
+            None,
+        );
         let p = cx.producer_config();
         assert_eq!(p.get("sasl.password"), Some("hunter2"), "a sanitized copy of a secret");
         assert_eq!(p.get("bootstrap.servers"), Some("b:9092"));
@@ -196,7 +229,14 @@ mod tests {
         );
         assert_eq!(p.get("message.max.bytes"), Some("100065536"));
         consumer.set("receive.message.max.bytes", "5000000");
-        let cx = Context::new(Arc::from("s"), "g", CancellationToken::new(), &consumer);
+        let cx = Context::new(
+            Arc::from("s"),
+            "g",
+            CancellationToken::new(),
+            &consumer,
+            States::default(),
+            None,
+        );
         assert_eq!(cx.producer_config().get("message.max.bytes"), Some("5065536"));
     }
 }

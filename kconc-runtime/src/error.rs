@@ -20,6 +20,17 @@ pub enum Error {
         #[source]
         source: SettingError,
     },
+    /// A handler takes a `State<T>` the app does not provide.
+    #[error(
+        "invalid configuration: subscriber `{subscriber}` takes `State<{type_name}>`, but the app provides no \
+         `{type_name}`: give it with main!(state = ..), App::state(..) or TestApp::state(..)"
+    )]
+    MissingState {
+        /// The subscriber's name.
+        subscriber: String,
+        /// The state's type.
+        type_name: &'static str,
+    },
     /// A subscribed topic does not exist (and `App::wait_for_topics` is off).
     #[error(
         "invalid configuration: topic `{topic}` (subscribed by {}) does not exist on the cluster at {brokers}: \
@@ -64,9 +75,17 @@ pub enum Error {
     /// Installing the signal handlers failed.
     #[error("cannot listen for shutdown signals: {0}")]
     Signal(#[source] std::io::Error),
+    /// A start-up hook (`App::state_from`, `App::on_start`, `main!(state =
+    /// ..)`) failed or took longer than the longest `shutdown_timeout`.
+    #[error("start-up hook failed: {0}")]
+    StartHook(#[source] crate::handler::BoxError),
     /// The metrics could not be encoded.
     #[error("cannot encode metrics: {0}")]
     Metrics(#[source] std::fmt::Error),
+    /// A [`testing`](crate::testing) wait ran out of time (it says what it
+    /// awaited and what it saw), or the harness could not read the cluster.
+    #[error("test harness: {0}")]
+    Harness(String),
     /// A [`testing`](crate::testing) helper could not produce or read back.
     #[error("{0}")]
     Produce(String),

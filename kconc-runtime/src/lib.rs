@@ -90,7 +90,9 @@ mod engine; // poll, fetch, schedule, run, complete, commit
 mod message; // the message a handler gets
 mod extract; // handler arguments built from it
 mod context; // the handler's context
+mod state; // the app's state, which handlers take as `State<T>`
 mod handler; // the erased handler and its result
+mod reply; // what a handler with `reply = ".."` returns, published
 mod policy; // what a failure comes to
 mod stats; // the counters, each declared once
 mod watch; // cluster reachability, missing topics
@@ -99,7 +101,7 @@ mod signal; // SIGINT and SIGTERM
 mod error; // why an app could not start
 pub mod testing; // helpers for tests and demos
 
-pub use app::{App, Running, ShutdownHandle, StatsHandle, SHUTDOWN_MARGIN};
+pub use app::{App, Running, Setup, ShutdownHandle, StatsHandle, SHUTDOWN_MARGIN};
 pub use config::{init_tracing, init_tracing_with, Cli, EMBEDDED};
 pub use context::Context;
 pub use embedded::EmbeddedCluster;
@@ -110,6 +112,8 @@ pub use handler::{BoxError, Handler, IntoHandlerResult};
 pub use health::{Health, HealthThresholds, StalledPartition, SubscriberHealth};
 pub use message::{Header, Message, PayloadError};
 pub use policy::{NonRetryable, OnError};
+pub use reply::{IntoReplies, Reply};
+pub use state::State;
 pub use stats::{PartitionPause, StatsSnapshot, StoppedPartition};
 pub use subscriber::{FirstPoll, OrderingMode, Subscriber};
 
@@ -118,18 +122,38 @@ pub use subscriber::{FirstPoll, OrderingMode, Subscriber};
 /// `--brokers`/`KCONC_BROKERS` say where the cluster is (default
 /// `localhost:9092`; `embedded` starts an in-process mock cluster).
 ///
-/// `main!(default_brokers = "embedded")` changes the default, for examples
-/// that must run on a machine with no Kafka.
+/// Options, in any order, each at most once:
+///
+/// - `state = f`: `async fn f(Setup) -> Result<T, E>` builds a value
+///   handlers take as [`State<T>`] (see [`App::state_from`]); if it fails,
+///   the program exits non-zero with its error before joining any group.
+///   Give several with `state = f, state = g` for several types.
+/// - `on_start = f`: `async fn f(Setup) -> Result<(), E>`, run once at
+///   start-up ([`App::on_start`]).
+/// - `on_stop = f`: `async fn f(Setup)`, run once after the drain and
+///   final commit ([`App::on_stop`]).
+/// - `default_brokers = "embedded"`: changes the default brokers, for
+///   examples that must run on a machine with no Kafka.
+///
+/// ```no_run
+/// #[derive(Clone)]
+/// struct Db;
+///
+/// async fn connect(_: kconc_runtime::Setup) -> Result<Db, std::io::Error> {
+///     Ok(Db)
+/// }
+///
+/// async fn close(setup: kconc_runtime::Setup) {
+///     let _db: Option<Db> = setup.state();
+/// }
+///
+/// kconc_runtime::main!(state = connect, on_stop = close);
+/// ```
 #[macro_export]
 macro_rules! main {
-    () => {
+    ($($option:ident = $value:expr),* $(,)?) => {
         fn main() -> ::std::process::ExitCode {
-            $crate::__private::run_main(::std::option::Option::None)
-        }
-    };
-    (default_brokers = $brokers:expr $(,)?) => {
-        fn main() -> ::std::process::ExitCode {
-            $crate::__private::run_main(::std::option::Option::Some($brokers))
+            $crate::__private::run_main($crate::__private::MainOptions::new() $(.$option($value))*)
         }
     };
 }
@@ -160,6 +184,8 @@ pub mod __private {
     pub use crate::subscriber::Subscriber;
 
     pub use crate::registry::registered_subscriber;
+    pub use crate::reply::{into_reply_future, ReplyOrigin};
+    pub use crate::state::{StateProbe, TakesNoState, TakesState};
 
     /// Boxes the future of a user's handler into the erased type.
     pub fn into_handler_future<Fut>(fut: Fut) -> HandlerFuture
@@ -170,8 +196,10 @@ pub mod __private {
         Box::pin(async move { fut.await.into_handler_result() })
     }
 
+    pub use crate::app::MainOptions;
+
     /// The body of the `main` that `main!()` generates.
-    pub fn run_main(default_brokers: Option<&str>) -> ::std::process::ExitCode {
-        crate::app::run_main(default_brokers)
+    pub fn run_main(options: MainOptions) -> ::std::process::ExitCode {
+        crate::app::run_main(options)
     }
 }

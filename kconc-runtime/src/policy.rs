@@ -194,6 +194,14 @@ impl Default for ErrorPolicy {
 }
 
 impl ErrorPolicy {
+    /// The dead-letter topic, under `on_error = dead_letter`.
+    pub(crate) fn dead_letter_topic(&self) -> Option<&String> {
+        match &self.on_error {
+            OnError::DeadLetter(t) => Some(t),
+            _ => None,
+        }
+    }
+
     /// Whether a failure of `attempt` (1-based) leaves a retry.
     pub(crate) fn retries_left(&self, attempt: u32) -> bool {
         attempt <= self.retries

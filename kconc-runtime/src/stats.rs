@@ -107,6 +107,10 @@ stats! {
         /// partition when retrying cannot fix them).
         dead_letter_failures as dead_letter_failures: sum, metric "dead_letter_failures"
             "Dead-letter produces that failed (retried, or stopping their partition when retrying cannot fix them)";
+        /// Messages that failed for good and were skipped (`on_error = skip`):
+        /// counted as finished without being handled.
+        skipped as skipped: sum, metric "messages_skipped"
+            "Messages that failed for good and were skipped (on_error = skip)";
         /// Messages that stopped their partition (`on_error = stop`, or a
         /// dead letter that cannot be produced).
         stopped as stopped: sum, metric "messages_stopped"

@@ -5,17 +5,25 @@
 //! - `start`: [`App::start`], every check before anything connects, then
 //!   the engines, the watcher and the HTTP endpoint;
 //! - `running`: [`Running`] and its handles, counters, health and shutdown;
+//! - `hooks`: start-up and shutdown hooks, and the [`Setup`] they get;
 //! - `run_main`: the `main` that `main!()` generates.
 
+mod hooks;
 mod run_main;
 mod running;
 mod start;
 
+pub use hooks::Setup;
+
 pub(crate) use run_main::run_main;
+pub use run_main::MainOptions;
 pub use running::{Running, ShutdownHandle, StatsHandle, SHUTDOWN_MARGIN};
 
 use crate::config::{self, Cli, DEFAULT_BROKERS};
 use crate::health::{self, HealthThresholds};
+use crate::state::{StateRequirement, States};
+
+use self::hooks::{StartHook, StopHook};
 use crate::subscriber::Subscriber;
 use crate::Error;
 
@@ -53,6 +61,14 @@ pub struct App {
     thresholds: HealthThresholds,
     /// Start even when a subscribed topic does not exist, and wait for it.
     wait_for_topics: bool,
+    /// The values handlers take as `State<T>`.
+    states: States,
+    /// The state types start-up hooks will build.
+    promised_states: Vec<StateRequirement>,
+    start_hooks: Vec<StartHook>,
+    stop_hooks: Vec<StopHook>,
+    /// More topics to create on the embedded cluster.
+    embedded_topics: Vec<String>,
 }
 
 impl std::fmt::Debug for App {
@@ -219,6 +235,17 @@ impl App {
         self
     }
 
+    /// Provides `value` to every handler that takes a
+    /// [`State<T>`](crate::State) of its type (one value per type; a second
+    /// call for the same type replaces the first). A handler taking a
+    /// `State<T>` the app does not provide fails [`App::start`], naming the
+    /// handler and the type.
+    #[must_use]
+    pub fn state<T: Clone + Send + Sync + 'static>(mut self, value: T) -> Self {
+        self.states.insert(value);
+        self
+    }
+
     /// Whether to start when a subscribed topic does not exist, and wait
     /// for it (`--wait-for-topics`, `KCONC_WAIT_FOR_TOPICS`). By default
     /// [`App::start`] fails naming the topic when the cluster answers that
@@ -231,6 +258,15 @@ impl App {
     #[must_use]
     pub fn wait_for_topics(mut self, wait: bool) -> Self {
         self.wait_for_topics = wait;
+        self
+    }
+
+    /// Creates `topic` on the embedded cluster too (the subscribed topics,
+    /// and their dead-letter and reply topics, are created anyway); no
+    /// effect on a real cluster.
+    #[must_use]
+    pub fn embedded_topic(mut self, topic: impl Into<String>) -> Self {
+        self.embedded_topics.push(topic.into());
         self
     }
 
@@ -310,6 +346,13 @@ impl App {
         }
         for s in &subs {
             s.validate()?;
+            let provided = |r: &&StateRequirement| self.states.has(r) || self.promised_states.contains(r);
+            if let Some(r) = s.required_states.iter().find(|r| !provided(r)) {
+                return Err(Error::MissingState {
+                    subscriber: s.name.clone(),
+                    type_name: r.type_name,
+                });
+            }
         }
         config::check_code_properties(&self.properties, &subs)?;
         if self.brokers_in_use().is_empty() {

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use super::hooks::{Setup, StopHook};
 use crate::embedded::EmbeddedCluster;
 use crate::engine::Runner;
 use crate::health::{self, Health, HealthThresholds, Watched};
@@ -24,8 +25,9 @@ pub const SHUTDOWN_MARGIN: Duration = Duration::from_secs(1);
 /// Dropping it without [`Running::shutdown`] starts a shutdown too (its
 /// consumers drain, commit and leave their groups on their own threads):
 /// no consumer keeps consuming once its owner is gone.
-#[derive(Debug)]
 pub struct Running {
+    /// (name, topics, group) of each subscriber.
+    pub(super) subscribers: Vec<(String, Vec<String>, String)>,
     pub(super) token: CancellationToken,
     pub(super) runners: Vec<Runner>,
     /// The longest `shutdown_timeout` of the subscribers.
@@ -35,6 +37,20 @@ pub struct Running {
     pub(super) watched: Vec<Watched>,
     pub(super) thresholds: HealthThresholds,
     pub(super) http: Option<HttpServer>,
+    /// Run after every subscriber has stopped.
+    pub(super) stop_hooks: Vec<StopHook>,
+    /// What the hooks get.
+    pub(super) setup: Setup,
+}
+
+impl std::fmt::Debug for Running {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Running")
+            .field("subscribers", &self.runners.iter().map(|r| &r.name).collect::<Vec<_>>())
+            .field("bootstrap", &self.bootstrap)
+            .field("shutting_down", &self.token.is_cancelled())
+            .finish_non_exhaustive()
+    }
 }
 
 /// The HTTP endpoint's task, closed after the subscribers have stopped.
@@ -190,6 +206,13 @@ impl Running {
                 }
             }
         }
+        // After the drain and the final commits: close what the state holds.
+        for hook in std::mem::take(&mut self.stop_hooks) {
+            let limit = self.shutdown_timeout;
+            if tokio::time::timeout(limit, hook(self.setup.clone())).await.is_err() {
+                tracing::warn!("shutdown: a shutdown hook did not finish within {limit:?}; not waiting for it");
+            }
+        }
         // Health answered "shutting down" while the handlers drained; now
         // that everything is committed and closed, the endpoint goes too.
         if let Some(http) = self.http.take() {
@@ -197,6 +220,14 @@ impl Running {
             let _ = http.task.await;
         }
         self.embedded.take()
+    }
+
+    /// The topics and (prefixed) group of the subscriber named `name`.
+    pub(crate) fn subscriber_topics(&self, name: &str) -> Option<(Vec<String>, String)> {
+        self.subscribers
+            .iter()
+            .find(|(n, _, _)| n == name)
+            .map(|(_, t, g)| (t.clone(), g.clone()))
     }
 
     /// Liveness and readiness of every subscriber, and why not.

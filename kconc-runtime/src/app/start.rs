@@ -4,6 +4,7 @@
 
 use tokio_util::sync::CancellationToken;
 
+use super::hooks::{Setup, StopHook};
 use super::running::HttpServer;
 use super::{App, Running};
 use crate::config::{self, EMBEDDED};
@@ -14,12 +15,66 @@ use crate::subscriber::Subscriber;
 use crate::watch::{self, ClusterWatch};
 use crate::Error;
 
+/// An app checked and connected to its cluster (the embedded one started),
+/// its consumers not yet created: where the start-up hooks run.
+struct Prepared {
+    runtime: tokio::runtime::Handle,
+    subs: Vec<Subscriber>,
+    listener: Option<(std::net::TcpListener, std::net::SocketAddr)>,
+    embedded: Option<EmbeddedCluster>,
+    bootstrap: String,
+    configs: Vec<rdkafka::ClientConfig>,
+    cluster: std::sync::Arc<ClusterWatch>,
+    setup: Setup,
+    thresholds: crate::health::HealthThresholds,
+    stop_hooks: Vec<StopHook>,
+    shutdown_timeout: std::time::Duration,
+}
+
 impl App {
     /// Starts every subscriber and returns at once. Must be called within a
     /// tokio runtime (handlers run on it). Fails, naming the setting, on
     /// invalid configuration; with `embedded` brokers it first starts the mock
-    /// cluster and creates the subscribed topics on it.
+    /// cluster and creates the subscribed topics on it. An app with start-up
+    /// hooks ([`App::state_from`], [`App::on_start`]) starts with
+    /// [`App::launch`] instead, which can await them.
     pub fn start(self) -> Result<Running, Error> {
+        if !self.start_hooks.is_empty() {
+            return Err(Error::Config(
+                "App::start cannot run start-up hooks (App::state_from, App::on_start): \
+                 start with App::launch().await or App::run().await"
+                    .into(),
+            ));
+        }
+        self.prepare()?.launch()
+    }
+
+    /// Starts every subscriber, as [`App::start`] does, after running the
+    /// start-up hooks in order, each bounded by the longest
+    /// `shutdown_timeout`: if one fails, start-up fails with its error
+    /// (the embedded cluster, if any, is dropped) and nothing is consumed.
+    pub async fn launch(mut self) -> Result<Running, Error> {
+        let hooks = std::mem::take(&mut self.start_hooks);
+        let mut prepared = self.prepare()?;
+        for hook in hooks {
+            let limit = prepared.shutdown_timeout;
+            let states = match tokio::time::timeout(limit, hook(prepared.setup.clone())).await {
+                Ok(Ok(states)) => states,
+                Ok(Err(e)) => return Err(Error::StartHook(e)),
+                Err(_) => {
+                    return Err(Error::StartHook(
+                        format!("did not finish within {limit:?} (the longest shutdown_timeout)").into(),
+                    ))
+                }
+            };
+            prepared.setup.states.extend(states);
+        }
+        prepared.launch()
+    }
+
+    /// Every check, then the embedded cluster and the subscribed topics'
+    /// existence: everything before a consumer is created.
+    fn prepare(self) -> Result<Prepared, Error> {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| Error::NoRuntime)?;
         let subs = self.preflight()?;
         // Bound before anything connects, so a bad or busy address fails
@@ -41,10 +96,16 @@ impl App {
         let (embedded, bootstrap) = if brokers == EMBEDDED {
             let cluster = EmbeddedCluster::start(1)?;
             let partitions = self.embedded_partitions.unwrap_or(4);
-            for s in &subs {
-                for t in &s.topics {
-                    cluster.create_topic(t, partitions)?;
-                }
+            let mut topics: Vec<&str> = subs
+                .iter()
+                .flat_map(|s| s.topics.iter().chain(s.policy.dead_letter_topic()).chain(&s.reply))
+                .chain(&self.embedded_topics)
+                .map(String::as_str)
+                .collect();
+            topics.sort_unstable();
+            topics.dedup();
+            for t in topics {
+                cluster.create_topic(t, partitions)?;
             }
             tracing::warn!(
                 bootstrap = cluster.bootstrap_servers(),
@@ -63,6 +124,49 @@ impl App {
         let cluster = ClusterWatch::new(&bootstrap);
         if !self.wait_for_topics {
             check_topics_exist(&subs, &configs, &cluster)?;
+        }
+        let shutdown_timeout = subs.iter().map(|s| s.shutdown_timeout).max().unwrap_or_default();
+        let setup = Setup {
+            bootstrap: bootstrap.clone(),
+            embedded: embedded.is_some(),
+            properties: config::merge_properties(&[&self.properties, &self.run_properties]),
+            states: self.states,
+        };
+        Ok(Prepared {
+            runtime,
+            subs,
+            listener,
+            embedded,
+            bootstrap,
+            configs,
+            cluster,
+            setup,
+            thresholds: self.thresholds,
+            stop_hooks: self.stop_hooks,
+            shutdown_timeout,
+        })
+    }
+}
+
+impl Prepared {
+    /// Creates the consumers and starts their engines, the watcher and the
+    /// HTTP endpoint.
+    fn launch(self) -> Result<Running, Error> {
+        let Prepared {
+            runtime,
+            mut subs,
+            listener,
+            embedded,
+            bootstrap,
+            configs,
+            cluster,
+            setup,
+            thresholds,
+            stop_hooks,
+            shutdown_timeout,
+        } = self;
+        for s in &mut subs {
+            s.states = setup.states.clone();
         }
         let token = CancellationToken::new();
         let mut runners = Vec::new();
@@ -101,7 +205,7 @@ impl App {
             None => None,
             Some(listener) => {
                 let stop = CancellationToken::new();
-                match health::serve(listener, watched.clone(), self.thresholds, stop.clone(), &runtime) {
+                match health::serve(listener, watched.clone(), thresholds, stop.clone(), &runtime) {
                     Ok((local, task)) => Some(HttpServer { local, task, stop }),
                     Err(e) => {
                         token.cancel();
@@ -110,23 +214,31 @@ impl App {
                 }
             }
         };
-        let shutdown_timeout = subs.iter().map(|s| s.shutdown_timeout).max().unwrap_or_default();
+        let subscribers = subs
+            .iter()
+            .map(|s| (s.name.clone(), s.topics.clone(), s.group.clone()))
+            .collect();
         Ok(Running {
+            subscribers,
             token,
             runners,
             shutdown_timeout,
             embedded,
             bootstrap,
             watched,
-            thresholds: self.thresholds,
+            thresholds,
             http,
+            stop_hooks,
+            setup,
         })
     }
+}
 
+impl App {
     /// Starts every subscriber and runs until SIGINT or SIGTERM, then shuts
     /// down gracefully (a second signal exits at once).
     pub async fn run(self) -> Result<(), Error> {
-        self.start()?.run_until_signal().await
+        self.launch().await?.run_until_signal().await
     }
 }
 

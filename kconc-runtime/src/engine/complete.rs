@@ -224,7 +224,10 @@ impl HandlerEnv {
         self.stats.panicked.fetch_add(1, Ordering::Relaxed);
         let reason = "kconc panicked while running or concluding the handler".to_owned();
         match &self.policy.on_error {
-            OnError::Skip => Event::Done(Completion { slot, offset }),
+            OnError::Skip => {
+                self.stats.skipped.fetch_add(1, Ordering::Relaxed);
+                Event::Done(Completion { slot, offset })
+            }
             OnError::Stop | OnError::DeadLetter(_) => {
                 self.stats.stopped.fetch_add(1, Ordering::Relaxed);
                 Event::Stopped { slot, offset, reason }
@@ -285,6 +288,7 @@ impl HandlerEnv {
         }
         match &self.policy.on_error {
             OnError::Skip => {
+                self.stats.skipped.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(
                     subscriber = %self.subscriber, topic = &*topic, partition, offset, attempt, error,
                     "{what}; skipped (the message counts as finished)"

@@ -309,6 +309,7 @@ impl Engine {
                 self.forget_unstarted_from(t, p, at);
             }
             OnError::Skip => {
+                self.dispatcher.stats().skipped.fetch_add(1, Ordering::Relaxed);
                 ps.offsets.finished(at);
                 self.finished_since_commit += 1;
                 self.seek_past(t, p, at, at + 1);

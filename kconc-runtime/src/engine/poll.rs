@@ -43,7 +43,14 @@ pub(crate) fn start(
     watch: Arc<ClusterWatch>,
 ) -> Result<Runner, Error> {
     let name: Arc<str> = Arc::from(sub.name.as_str());
-    let handler_context = crate::context::Context::new(name.clone(), &sub.group, shutdown.clone(), &config);
+    let handler_context = crate::context::Context::new(
+        name.clone(),
+        &sub.group,
+        shutdown.clone(),
+        &config,
+        sub.states.clone(),
+        sub.reply.as_deref(),
+    );
     let context = ClientHooks::new(name.clone(), watch);
     let mut consumer: BaseConsumer<ClientHooks> = config
         .create_with_context(context)

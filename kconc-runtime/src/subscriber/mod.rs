@@ -7,6 +7,7 @@ use crate::error::SettingError;
 use crate::handler::{Handler, IntoHandlerResult};
 use crate::message::Message;
 use crate::policy::{ErrorPolicy, OnError};
+use crate::state::{StateRequirement, States};
 
 /// Default number of handlers running at once per subscriber.
 pub(crate) const DEFAULT_CONCURRENCY: usize = 10;
@@ -53,6 +54,13 @@ pub struct Subscriber {
     /// Where it was declared, for errors: the `#[subscriber]` function and
     /// its file and line; `None` when built in code.
     pub(crate) origin: Option<String>,
+    /// The state types its handler takes (`State<T>` arguments), checked
+    /// against the app's at start-up.
+    pub(crate) required_states: Vec<StateRequirement>,
+    /// The app's state, given by `App::start` (what `State<T>` reads).
+    pub(crate) states: States,
+    /// Where what the handler returns is published (`reply = ".."`).
+    pub(crate) reply: Option<String>,
 }
 
 impl std::fmt::Debug for Subscriber {
@@ -132,7 +140,31 @@ impl Subscriber {
             properties: Vec::new(),
             handler,
             origin: None,
+            required_states: Vec::new(),
+            states: States::default(),
+            reply: None,
         }
+    }
+
+    /// Records that the handler takes a `State<T>` (what `#[subscriber]`
+    /// generates for each argument). Not public API.
+    #[doc(hidden)]
+    #[must_use]
+    pub fn requires_state(mut self, required: Option<StateRequirement>) -> Self {
+        if let Some(r) = required {
+            if !self.required_states.contains(&r) {
+                self.required_states.push(r);
+            }
+        }
+        self
+    }
+
+    /// Records that the handler takes a `State<T>`, for a subscriber built
+    /// in code: `App::start` then fails, naming the subscriber and `T`, if
+    /// the app provides no `T`.
+    #[must_use]
+    pub fn takes_state<T: 'static>(self) -> Self {
+        self.requires_state(Some(StateRequirement::of::<T>()))
     }
 
     /// At most this many handlers of this subscriber run at once (default 10).
@@ -256,6 +288,16 @@ impl Subscriber {
     #[must_use]
     pub fn on_error(mut self, on_error: OnError) -> Self {
         self.policy.on_error = on_error;
+        self
+    }
+
+    /// Publishes what the handler returns to `topic` (`reply = ".."` in
+    /// the attribute, which also makes the handler's return value the
+    /// replies; a handler built in code sends with
+    /// [`Context::send_json`](crate::Context::send_json)).
+    #[must_use]
+    pub fn reply(mut self, topic: impl Into<String>) -> Self {
+        self.reply = Some(topic.into());
         self
     }
 

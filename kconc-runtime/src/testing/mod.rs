@@ -1,8 +1,16 @@
-//! Helpers for tests, demos and benchmarks of kconc programs: a producer
-//! that waits instead of failing when its queue is full and says which
-//! deliveries failed, and readers of partition ends and committed offsets.
+//! Helpers for tests, demos and benchmarks of kconc programs:
 //!
-//! Not for production paths: they block the calling thread.
+//! - [`TestApp`]: the program's subscribers in-process on a fresh embedded
+//!   cluster, with messages sent in, waits with a deadline, and what they
+//!   published read back;
+//! - [`message`], [`context`] and [`arg`]: a handler's arguments built from
+//!   a message, to call a handler directly in a plain unit test;
+//! - [`TestProducer`]: a producer that waits instead of failing when its
+//!   queue is full and says which deliveries failed;
+//! - [`end_offsets`] and [`committed_offsets`].
+//!
+//! Not for production paths: the producer and the offset readers block the
+//! calling thread.
 //!
 //! ```no_run
 //! # fn f() -> Result<(), kconc_runtime::Error> {
@@ -24,8 +32,13 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer as _, ProducerContext};
 use rdkafka::{ClientConfig, ClientContext, Message as _};
+
+mod harness;
+
+pub use harness::{TestApp, TestMessage, TestRun};
 
 pub use crate::embedded::committed_offsets;
 use crate::Error;
@@ -114,7 +127,26 @@ impl TestProducer {
     /// picks), waiting while the queue is full. Fails on anything else
     /// librdkafka refuses (an unknown topic or partition, a record too large).
     pub fn send(&self, topic: &str, partition: Option<i32>, key: Option<&[u8]>, payload: &[u8]) -> Result<(), Error> {
+        self.send_with_headers(topic, partition, key, payload, &[])
+    }
+
+    /// [`send`](Self::send) with headers.
+    pub fn send_with_headers(
+        &self,
+        topic: &str,
+        partition: Option<i32>,
+        key: Option<&[u8]>,
+        payload: &[u8],
+        headers: &[(String, Vec<u8>)],
+    ) -> Result<(), Error> {
         let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic).payload(payload);
+        if !headers.is_empty() {
+            let mut owned = OwnedHeaders::new_with_capacity(headers.len());
+            for (k, v) in headers {
+                owned = owned.insert(Header { key: k, value: Some(v) });
+            }
+            record = record.headers(owned);
+        }
         if let Some(key) = key {
             record = record.key(key);
         }
@@ -194,6 +226,68 @@ pub fn end_offsets(bootstrap: &str, topic: &str, partitions: i32) -> Result<Vec<
 /// `App::from_registry` runs).
 pub fn registered() -> Vec<crate::Subscriber> {
     crate::registry::registered()
+}
+
+/// A message for calling a handler directly in a unit test; add a key,
+/// payload and headers with [`Message::with_key`], [`Message::with_payload`]
+/// and [`Message::with_header`].
+pub fn message(topic: &str, partition: i32, offset: i64) -> crate::Message {
+    crate::Message::new(topic, partition, offset)
+}
+
+/// A [`Context`](crate::Context) for calling a handler directly: the
+/// subscriber's name and group, and the state its `State<T>` arguments get.
+#[derive(Debug)]
+pub struct TestContext {
+    subscriber: String,
+    group: String,
+    states: crate::state::States,
+    reply: Option<String>,
+}
+
+/// A context builder for subscriber `subscriber` (its group too, unless
+/// [`TestContext::group`] says otherwise).
+pub fn context(subscriber: &str) -> TestContext {
+    TestContext {
+        subscriber: subscriber.to_owned(),
+        group: subscriber.to_owned(),
+        states: crate::state::States::default(),
+        reply: None,
+    }
+}
+
+impl TestContext {
+    /// Its consumer group.
+    #[must_use]
+    pub fn group(mut self, group: &str) -> Self {
+        self.group = group.to_owned();
+        self
+    }
+
+    /// A state value its handlers' `State<T>` arguments get.
+    #[must_use]
+    pub fn state<T: Clone + Send + Sync + 'static>(mut self, value: T) -> Self {
+        self.states.insert(value);
+        self
+    }
+
+    /// The context.
+    pub fn build(self) -> crate::Context {
+        crate::Context::new(
+            std::sync::Arc::from(self.subscriber.as_str()),
+            &self.group,
+            tokio_util::sync::CancellationToken::new(),
+            &ClientConfig::new(),
+            self.states,
+            self.reply.as_deref(),
+        )
+    }
+}
+
+/// Builds a handler argument of type `A` from `msg`, as the runtime does
+/// before calling the handler: `arg::<Json<Order>>(&msg, &cx)`.
+pub fn arg<A: crate::FromMessageOwned>(msg: &crate::Message, cx: &crate::Context) -> Result<A, crate::PayloadError> {
+    A::from_message_owned(msg.clone(), cx)
 }
 
 /// The property layers, for kconc's own tests of them.

@@ -1,0 +1,267 @@
+//! Replies: what a handler declared with `reply = ".."` returns, published
+//! to that topic before its message counts as finished.
+//!
+//! The handler's future ends only once the broker has acknowledged every
+//! reply, so the input's offset is committed only after its replies are
+//! stored (at-least-once consume-transform-produce). A reply that cannot be
+//! produced fails the message, which then goes through the error policy
+//! like a handler error; a retry runs the handler again, so a reply may be
+//! published twice (never lost).
+
+use std::time::Duration;
+
+use rdkafka::message::{Header as KafkaHeader, OwnedHeaders};
+use rdkafka::producer::FutureRecord;
+use serde::Serialize;
+
+use crate::context::Context;
+use crate::extract::{Bytes, Json, Text};
+use crate::handler::{BoxError, HandlerFuture};
+use crate::message::Message;
+
+/// One record to publish: its payload, and optionally its own key and
+/// headers. Without a key of its own, a reply is keyed like its input (so
+/// it lands in the same key's order downstream).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Reply {
+    key: Option<Vec<u8>>,
+    payload: Option<Vec<u8>>,
+    headers: Vec<(String, Vec<u8>)>,
+}
+
+impl Reply {
+    /// A reply with this payload.
+    pub fn new(payload: impl Into<Vec<u8>>) -> Self {
+        Reply {
+            payload: Some(payload.into()),
+            ..Reply::default()
+        }
+    }
+
+    /// A reply whose payload is `value` as JSON.
+    pub fn json<T: Serialize>(value: &T) -> Result<Self, serde_json::Error> {
+        Ok(Reply::new(serde_json::to_vec(value)?))
+    }
+
+    /// Keys it with `key` instead of the input's key.
+    #[must_use]
+    pub fn key(mut self, key: impl Into<Vec<u8>>) -> Self {
+        self.key = Some(key.into());
+        self
+    }
+
+    /// Adds a header.
+    #[must_use]
+    pub fn header(mut self, key: impl Into<String>, value: impl Into<Vec<u8>>) -> Self {
+        self.headers.push((key.into(), value.into()));
+        self
+    }
+}
+
+/// What a handler with `reply = ".."` may return: a [`Json<T>`], [`Bytes`],
+/// [`Text`], a [`Reply`], `()` or `None` (nothing to send), a `Vec` of them
+/// (several, in order), or a `Result` of any of these (an error fails the
+/// message, as from any handler).
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be published as a reply",
+    label = "not a reply",
+    note = "a handler with `reply = \"..\"` returns `Json<T>`, `Bytes`, `Text`, `Reply`, `()`, `Option<..>` or `Vec<..>` \
+            of these, or a `Result` of one of them"
+)]
+pub trait IntoReplies {
+    /// The records to publish, or why the message failed.
+    fn into_replies(self, out: &mut Vec<Reply>) -> Result<(), BoxError>;
+}
+
+impl IntoReplies for Reply {
+    fn into_replies(self, out: &mut Vec<Reply>) -> Result<(), BoxError> {
+        out.push(self);
+        Ok(())
+    }
+}
+
+impl IntoReplies for () {
+    fn into_replies(self, _: &mut Vec<Reply>) -> Result<(), BoxError> {
+        Ok(())
+    }
+}
+
+impl<T: Serialize> IntoReplies for Json<T> {
+    fn into_replies(self, out: &mut Vec<Reply>) -> Result<(), BoxError> {
+        out.push(Reply::json(&self.0)?);
+        Ok(())
+    }
+}
+
+impl IntoReplies for Bytes {
+    fn into_replies(self, out: &mut Vec<Reply>) -> Result<(), BoxError> {
+        out.push(Reply::new(self.0));
+        Ok(())
+    }
+}
+
+impl IntoReplies for Text {
+    fn into_replies(self, out: &mut Vec<Reply>) -> Result<(), BoxError> {
+        out.push(Reply::new(self.0));
+        Ok(())
+    }
+}
+
+impl<R: IntoReplies> IntoReplies for Option<R> {
+    fn into_replies(self, out: &mut Vec<Reply>) -> Result<(), BoxError> {
+        match self {
+            Some(r) => r.into_replies(out),
+            None => Ok(()),
+        }
+    }
+}
+
+impl<R: IntoReplies> IntoReplies for Vec<R> {
+    fn into_replies(self, out: &mut Vec<Reply>) -> Result<(), BoxError> {
+        self.into_iter().try_for_each(|r| r.into_replies(out))
+    }
+}
+
+impl<R: IntoReplies, E: Into<BoxError>> IntoReplies for Result<R, E> {
+    fn into_replies(self, out: &mut Vec<Reply>) -> Result<(), BoxError> {
+        self.map_err(Into::into)?.into_replies(out)
+    }
+}
+
+/// Where a reply comes from: what of the input it carries (read before the
+/// handler takes the message). Not public API.
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct ReplyOrigin {
+    topic: String,
+    partition: i32,
+    offset: i64,
+    key: Option<Vec<u8>>,
+    /// Headers carried over: `traceparent`, `tracestate`, `correlation-id`.
+    carried: Vec<(String, Vec<u8>)>,
+}
+
+/// The input's headers a reply carries over.
+const CARRIED: &[&str] = &["traceparent", "tracestate", "correlation-id"];
+
+impl ReplyOrigin {
+    pub fn of(msg: &Message) -> Self {
+        ReplyOrigin {
+            topic: msg.topic().to_owned(),
+            partition: msg.partition(),
+            offset: msg.offset(),
+            key: msg.key().map(<[u8]>::to_vec),
+            carried: msg
+                .headers()
+                .iter()
+                .filter(|h| CARRIED.contains(&h.key.as_str()))
+                .filter_map(|h| Some((h.key.clone(), h.value.clone()?)))
+                .collect(),
+        }
+    }
+}
+
+/// The future of a handler with `reply = ".."`: runs it, then publishes
+/// what it returned to the subscriber's reply topic and waits for every
+/// acknowledgement. Not public API: generated code names it.
+#[doc(hidden)]
+pub fn into_reply_future<Fut>(fut: Fut, cx: &Context, origin: ReplyOrigin) -> HandlerFuture
+where
+    Fut: std::future::Future + Send + 'static,
+    Fut::Output: IntoReplies,
+{
+    let cx = cx.clone();
+    Box::pin(async move {
+        let mut replies = Vec::new();
+        fut.await.into_replies(&mut replies)?;
+        if replies.is_empty() {
+            return Ok(());
+        }
+        let Some(topic) = cx.reply_topic() else {
+            return Err("the handler returns replies but its subscriber has no reply topic".into());
+        };
+        publish(&cx, topic, &origin, replies).await
+    })
+}
+
+/// Produces every reply, then waits for all acknowledgements.
+async fn publish(cx: &Context, topic: &str, origin: &ReplyOrigin, replies: Vec<Reply>) -> Result<(), BoxError> {
+    let producer = cx.producer()?;
+    let partition = origin.partition.to_string();
+    let offset = origin.offset.to_string();
+    let mut pending = Vec::with_capacity(replies.len());
+    for reply in &replies {
+        let mut headers = OwnedHeaders::new_with_capacity(reply.headers.len() + origin.carried.len() + 3);
+        for (key, value) in origin.carried.iter().chain(&reply.headers) {
+            headers = headers.insert(KafkaHeader {
+                key,
+                value: Some(value),
+            });
+        }
+        for (key, value) in [
+            ("kconc-source-topic", origin.topic.as_str()),
+            ("kconc-source-partition", partition.as_str()),
+            ("kconc-source-offset", offset.as_str()),
+        ] {
+            headers = headers.insert(KafkaHeader {
+                key,
+                value: Some(value),
+            });
+        }
+        let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic).headers(headers);
+        if let Some(k) = reply.key.as_deref().or(origin.key.as_deref()) {
+            record = record.key(k);
+        }
+        if let Some(p) = reply.payload.as_deref() {
+            record = record.payload(p);
+        }
+        // Queued at once (waiting while librdkafka's queue is full); the
+        // acknowledgements are awaited together below.
+        loop {
+            match producer.send_result(record) {
+                Ok(delivery) => {
+                    pending.push(delivery);
+                    break;
+                }
+                Err((e, r)) if e.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::QueueFull) => {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    record = r;
+                }
+                Err((e, _)) => return Err(format!("reply to `{topic}`: {e}").into()),
+            }
+        }
+    }
+    for delivery in pending {
+        match delivery.await {
+            Ok(Ok(_)) => {}
+            Ok(Err((e, _))) => return Err(format!("reply to `{topic}` not acknowledged: {e}").into()),
+            Err(_) => return Err(format!("reply to `{topic}`: the producer went away").into()),
+        }
+    }
+    Ok(())
+}
+
+impl Context {
+    /// Sends `value` as JSON to `topic`, keyed by `key`, and waits until the
+    /// broker acknowledges it; returns its partition and offset. For
+    /// follow-up messages of any handler (a handler with `reply = ".."`
+    /// may simply return them instead).
+    pub async fn send_json<T: Serialize>(
+        &self,
+        topic: &str,
+        key: Option<&[u8]>,
+        value: &T,
+    ) -> Result<(i32, i64), BoxError> {
+        let payload = serde_json::to_vec(value)?;
+        let producer = self.producer()?;
+        let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic).payload(&payload);
+        if let Some(k) = key {
+            record = record.key(k);
+        }
+        producer
+            .send(record, rdkafka::util::Timeout::Never)
+            .await
+            .map(|d| (d.partition, d.offset))
+            .map_err(|(e, _)| format!("send to `{topic}`: {e}").into())
+    }
+}
