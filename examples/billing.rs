@@ -95,19 +95,30 @@ async fn bill(State(ledger): State<Ledger>, Json(order): Json<Order>) -> Result<
     }))
 }
 
-/// The start-up hook: opens the ledger (a real service would connect its
-/// pool here, from the configuration, and fail start-up if it cannot).
+/// The start-up hook: opens the ledger named by `LEDGER_URL` (default
+/// `memory://`), as a real service connects its pool from its
+/// configuration; if it cannot, the program exits non-zero before joining
+/// its group.
 async fn open_ledger(setup: Setup) -> Result<Ledger, std::io::Error> {
-    tracing::info!(brokers = setup.bootstrap_servers(), "ledger open");
+    let url = std::env::var("LEDGER_URL").unwrap_or_else(|_| "memory://".to_owned());
+    if !url.starts_with("memory://") {
+        return Err(std::io::Error::other(format!(
+            "cannot open the ledger at `{url}`: this example has only `memory://` ledgers"
+        )));
+    }
+    tracing::info!(brokers = setup.bootstrap_servers(), %url, "ledger open");
     Ok(Ledger::default())
 }
 
-/// The shutdown hook: runs after the drain and the final commit.
-async fn close_ledger(setup: Setup) {
+/// The shutdown hook: runs after the drain and the final commit. A
+/// failure here (a flush that did not go through) makes the exit code
+/// non-zero.
+async fn close_ledger(setup: Setup) -> Result<(), std::io::Error> {
     if let Some(ledger) = setup.state::<Ledger>() {
         ledger.close();
         tracing::info!(charges = ledger.charges(), "ledger closed");
     }
+    Ok(())
 }
 
 kconc_runtime::main!(

@@ -79,6 +79,10 @@ pub enum Error {
     /// ..)`) failed or took longer than the longest `shutdown_timeout`.
     #[error("start-up hook failed: {0}")]
     StartHook(#[source] crate::handler::BoxError),
+    /// A shutdown hook (`App::on_stop`, `main!(on_stop = ..)`) failed or
+    /// took longer than the longest `shutdown_timeout`.
+    #[error("shutdown hook failed: {0}")]
+    StopHook(#[source] crate::handler::BoxError),
     /// The metrics could not be encoded.
     #[error("cannot encode metrics: {0}")]
     Metrics(#[source] std::fmt::Error),

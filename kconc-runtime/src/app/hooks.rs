@@ -7,13 +7,13 @@ use std::pin::Pin;
 
 use rdkafka::ClientConfig;
 
-use super::App;
+use super::{App, ShutdownHandle};
 use crate::handler::BoxError;
 use crate::state::{StateRequirement, States};
 
 pub(crate) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 pub(crate) type StartHook = Box<dyn FnOnce(Setup) -> BoxFuture<Result<States, BoxError>> + Send>;
-pub(crate) type StopHook = Box<dyn FnOnce(Setup) -> BoxFuture<()> + Send>;
+pub(crate) type StopHook = Box<dyn FnOnce(Setup) -> BoxFuture<Result<(), BoxError>> + Send>;
 
 /// What a hook is given: where the cluster is (the embedded one's address
 /// when the brokers are `embedded`), the app's librdkafka properties, and
@@ -24,6 +24,7 @@ pub struct Setup {
     pub(crate) embedded: bool,
     pub(crate) properties: Vec<(String, String)>,
     pub(crate) states: States,
+    pub(crate) shutdown: ShutdownHandle,
 }
 
 impl std::fmt::Debug for Setup {
@@ -58,6 +59,12 @@ impl Setup {
             c.set(k, v);
         }
         c
+    }
+
+    /// A handle that starts the app's graceful shutdown (a demo that stops
+    /// once its work is done, say).
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        self.shutdown.clone()
     }
 
     /// The app's state of type `T` (given with [`App::state`], or built by
@@ -119,17 +126,24 @@ impl App {
 
     /// Runs `f` once at shutdown, after every subscriber has drained,
     /// made its final commit and closed (to flush and close what the state
-    /// holds), bounded by the longest `shutdown_timeout`. It runs when the
-    /// app is stopped through [`Running::shutdown`](crate::Running::shutdown),
+    /// holds), bounded by the longest `shutdown_timeout`. If it fails (or
+    /// runs out of time), the later hooks still run, and
+    /// [`Running::run_until_signal`](crate::Running::run_until_signal) (and
+    /// so a `main!()` program's exit code) reports the first failure. It
+    /// runs when the app is stopped through
+    /// [`Running::shutdown`](crate::Running::shutdown),
     /// [`Running::wait`](crate::Running::wait) or a signal, not when a
     /// `Running` is dropped. What `main!(on_stop = f)` calls.
     #[must_use]
-    pub fn on_stop<F, Fut>(mut self, f: F) -> Self
+    pub fn on_stop<F, Fut, E>(mut self, f: F) -> Self
     where
         F: FnOnce(Setup) -> Fut + Send + 'static,
-        Fut: Future<Output = ()> + Send + 'static,
+        Fut: Future<Output = Result<(), E>> + Send + 'static,
+        E: Into<BoxError>,
     {
-        self.stop_hooks.push(Box::new(move |setup| Box::pin(f(setup))));
+        self.stop_hooks.push(Box::new(move |setup| {
+            Box::pin(async move { f(setup).await.map_err(Into::into) })
+        }));
         self
     }
 }

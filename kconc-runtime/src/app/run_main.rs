@@ -60,10 +60,11 @@ impl MainOptions {
     }
 
     #[must_use]
-    pub fn on_stop<F, Fut>(mut self, f: F) -> Self
+    pub fn on_stop<F, Fut, E>(mut self, f: F) -> Self
     where
         F: FnOnce(Setup) -> Fut + Send + 'static,
-        Fut: Future<Output = ()> + Send + 'static,
+        Fut: Future<Output = Result<(), E>> + Send + 'static,
+        E: Into<BoxError>,
     {
         self.apply.push(Box::new(move |app| app.on_stop(f)));
         self

@@ -8,6 +8,7 @@ use tokio_util::sync::CancellationToken;
 use super::hooks::{Setup, StopHook};
 use crate::embedded::EmbeddedCluster;
 use crate::engine::Runner;
+use crate::handler::BoxError;
 use crate::health::{self, Health, HealthThresholds, Watched};
 use crate::stats::{PartitionPause, Stats, StatsSnapshot, StoppedPartition};
 use crate::Error;
@@ -105,7 +106,7 @@ impl Drop for Running {
 /// Starts a graceful shutdown of a [`Running`] app from anywhere.
 #[derive(Clone, Debug)]
 pub struct ShutdownHandle {
-    token: CancellationToken,
+    pub(super) token: CancellationToken,
 }
 
 impl ShutdownHandle {
@@ -180,7 +181,12 @@ impl Running {
     /// [`SHUTDOWN_MARGIN`] after the longest `shutdown_timeout` from then.
     /// Returns the embedded cluster, if any, so a caller can still inspect
     /// it.
-    pub async fn wait(mut self) -> Option<EmbeddedCluster> {
+    pub async fn wait(self) -> Option<EmbeddedCluster> {
+        self.finish().await.0
+    }
+
+    /// [`Running::wait`], and the first shutdown hook's failure.
+    pub(super) async fn finish(mut self) -> (Option<EmbeddedCluster>, Result<(), Error>) {
         let runners = std::mem::take(&mut self.runners);
         let all_stopped = async move {
             for r in runners {
@@ -207,11 +213,16 @@ impl Running {
             }
         }
         // After the drain and the final commits: close what the state holds.
+        let mut failed = None;
         for hook in std::mem::take(&mut self.stop_hooks) {
             let limit = self.shutdown_timeout;
-            if tokio::time::timeout(limit, hook(self.setup.clone())).await.is_err() {
-                tracing::warn!("shutdown: a shutdown hook did not finish within {limit:?}; not waiting for it");
-            }
+            let error: BoxError = match tokio::time::timeout(limit, hook(self.setup.clone())).await {
+                Ok(Ok(())) => continue,
+                Ok(Err(e)) => e,
+                Err(_) => format!("did not finish within {limit:?} (the longest shutdown_timeout)").into(),
+            };
+            tracing::error!(error = %crate::policy::error_chain(&*error), "shutdown hook failed");
+            failed = failed.or(Some(Error::StopHook(error)));
         }
         // Health answered "shutting down" while the handlers drained; now
         // that everything is committed and closed, the endpoint goes too.
@@ -219,7 +230,7 @@ impl Running {
             http.stop.cancel();
             let _ = http.task.await;
         }
-        self.embedded.take()
+        (self.embedded.take(), failed.map_or(Ok(()), Err))
     }
 
     /// The topics and (prefixed) group of the subscriber named `name`.

@@ -6,7 +6,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::hooks::{Setup, StopHook};
 use super::running::HttpServer;
-use super::{App, Running};
+use super::{App, Running, ShutdownHandle};
 use crate::config::{self, EMBEDDED};
 use crate::embedded::EmbeddedCluster;
 use crate::engine;
@@ -29,6 +29,8 @@ struct Prepared {
     thresholds: crate::health::HealthThresholds,
     stop_hooks: Vec<StopHook>,
     shutdown_timeout: std::time::Duration,
+    /// Cancelled to shut down (a start-up hook may hold a handle on it).
+    token: CancellationToken,
 }
 
 impl App {
@@ -126,11 +128,13 @@ impl App {
             check_topics_exist(&subs, &configs, &cluster)?;
         }
         let shutdown_timeout = subs.iter().map(|s| s.shutdown_timeout).max().unwrap_or_default();
+        let token = CancellationToken::new();
         let setup = Setup {
             bootstrap: bootstrap.clone(),
             embedded: embedded.is_some(),
             properties: config::merge_properties(&[&self.properties, &self.run_properties]),
             states: self.states,
+            shutdown: ShutdownHandle { token: token.clone() },
         };
         Ok(Prepared {
             runtime,
@@ -144,6 +148,7 @@ impl App {
             thresholds: self.thresholds,
             stop_hooks: self.stop_hooks,
             shutdown_timeout,
+            token,
         })
     }
 }
@@ -164,11 +169,11 @@ impl Prepared {
             thresholds,
             stop_hooks,
             shutdown_timeout,
+            token,
         } = self;
         for s in &mut subs {
             s.states = setup.states.clone();
         }
-        let token = CancellationToken::new();
         let mut runners = Vec::new();
         for (s, cfg) in subs.iter().zip(configs.iter().cloned()) {
             match engine::start(s, cfg, token.child_token(), runtime.clone(), cluster.clone()) {
@@ -261,8 +266,7 @@ impl Running {
             }
         };
         tokio::spawn(signals.serve(self.token.clone()));
-        self.wait().await;
-        Ok(())
+        self.finish().await.1
     }
 }
 

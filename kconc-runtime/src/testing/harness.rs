@@ -221,6 +221,11 @@ impl TestRun {
             .unwrap_or_else(|| unreachable!("TestRun used after stop"))
     }
 
+    /// The embedded cluster (for fault injection through its mock).
+    pub fn embedded(&self) -> Option<&crate::EmbeddedCluster> {
+        self.running().embedded()
+    }
+
     /// The embedded cluster's bootstrap servers.
     pub fn bootstrap_servers(&self) -> &str {
         &self.bootstrap
