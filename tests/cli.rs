@@ -86,3 +86,26 @@ fn list_fails_where_a_run_fails() {
     assert!(listed.status.success(), "{listed:?}");
     assert!(stdout(&listed).contains("service::log_event"));
 }
+
+/// `main!(state = ..)`: a start-up hook that fails (the billing example's
+/// ledger at an address it cannot open) ends the program with exit code 1
+/// and the hook's error, before any consumer is created.
+#[test]
+fn a_failing_start_up_hook_exits_non_zero_before_any_consumer_starts() {
+    let out = Command::new(common::example_binary("billing"))
+        .env_remove("KCONC_BROKERS")
+        .env_remove("KCONC_HTTP")
+        .env("RUST_LOG", "kconc_runtime=debug")
+        .env("LEDGER_URL", "postgres://ledger.invalid/db")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = stderr(&out);
+    let last = err.lines().last().unwrap_or_default();
+    assert_eq!(
+        last,
+        "error: start-up hook failed: cannot open the ledger at `postgres://ledger.invalid/db`: \
+         this example has only `memory://` ledgers"
+    );
+    assert!(!err.contains("kconc_runtime::engine"), "a consumer started:\n{err}");
+}
