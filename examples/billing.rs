@@ -73,13 +73,15 @@ impl Ledger {
     }
 }
 
-/// Charges each order and answers with the new balance. A refused order is
+/// Charges each order and answers with the new balance; a customer's orders
+/// (same key) are charged one at a time, in order. A refused order is
 /// not retried (`NonRetryable`): it goes to `orders.dlq` with the reason in
 /// its `kconc-error` header.
 #[subscriber(
     topic = "orders",
     group = "billing",
     concurrency = 20,
+    ordering = "key",
     retries = 2,
     backoff = "10ms",
     dead_letter = "orders.dlq",

@@ -51,6 +51,13 @@ pub(crate) fn start(
         sub.states.clone(),
         sub.reply.as_deref(),
     );
+    // A subscriber that produces (replies, dead letters) creates its
+    // producer now, so its first message does not wait for the idempotent
+    // producer's start (its producer id, a broker connection). An error
+    // here is reported where the producer is used, as before.
+    if sub.reply.is_some() || sub.policy.dead_letter_topic().is_some() {
+        let _ = handler_context.producer();
+    }
     let context = ClientHooks::new(name.clone(), watch);
     let mut consumer: BaseConsumer<ClientHooks> = config
         .create_with_context(context)

@@ -1,7 +1,8 @@
 //! The test harness: a program's subscribers, in-process, on a fresh
 //! embedded cluster, with messages sent in and read back.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
@@ -9,7 +10,7 @@ use rdkafka::message::Headers as _;
 use rdkafka::{ClientConfig, Message as _, Offset, TopicPartitionList};
 use serde::Serialize;
 
-use super::{committed_offsets, end_offsets, TestProducer};
+use super::TestProducer;
 use crate::app::{App, Running};
 use crate::config::EMBEDDED;
 use crate::handler::BoxError;
@@ -40,6 +41,9 @@ const LOOK_EVERY: Duration = Duration::from_millis(5);
 /// Each topic is created with [`TestApp::partitions`] partitions (default
 /// 1, so messages keep the order they were sent in): the subscribed
 /// topics, their dead-letter and reply topics, and any [`TestApp::topic`].
+/// To keep a test short, the subscribers commit every 50 ms
+/// (`commit_interval`) and their fetches wait at most 10 ms for data;
+/// `.app(..)` may set them otherwise.
 /// Waits fail after [`TestApp::deadline`] (default 10 s) with what was
 /// awaited and what was seen.
 pub struct TestApp {
@@ -73,13 +77,21 @@ impl TestApp {
     /// The subscribers of `app` (built in code, say) instead of the
     /// registered ones; its brokers are replaced by a fresh embedded cluster.
     pub fn with_app(app: App) -> Self {
+        // Short waits, so a test is quick: the mock cluster waits
+        // `session.timeout.ms - 1 s` for more members on a rebalance; an
+        // idle fetch waits `fetch.wait.max.ms` for data; finished offsets
+        // are committed every `commit_interval`, which `wait_idle` waits for.
+        let app = app
+            .brokers(EMBEDDED)
+            .property("session.timeout.ms", "6000")
+            .property("heartbeat.interval.ms", "500")
+            .property("fetch.wait.max.ms", "10");
+        let app = match crate::Cli::try_from_iter(["kconc-test", "--set", "*.commit_interval=50ms"]) {
+            Ok(cli) => app.configure_with_env(&cli, Vec::new()),
+            Err(_) => app,
+        };
         TestApp {
-            // The mock cluster waits `session.timeout.ms - 1 s` for more
-            // members on a rebalance; 6 s keeps a test's join short.
-            app: app
-                .brokers(EMBEDDED)
-                .property("session.timeout.ms", "6000")
-                .property("heartbeat.interval.ms", "500"),
+            app,
             partitions: 1,
             topics: Vec::new(),
             deadline: Duration::from_secs(10),
@@ -142,11 +154,16 @@ impl TestApp {
         let running = app.launch().await?;
         let bootstrap = running.bootstrap_servers().to_owned();
         let producer = Arc::new(TestProducer::with_properties(&bootstrap, &[("linger.ms", "0")])?);
+        let reader = reader_config(&bootstrap, "kconc-test-reader")
+            .create()
+            .map_err(harness)?;
         Ok(TestRun {
             running: Some(running),
             bootstrap,
             producer,
             deadline: self.deadline,
+            reader,
+            groups: Mutex::default(),
         })
     }
 }
@@ -158,6 +175,11 @@ pub struct TestRun {
     bootstrap: String,
     producer: Arc<TestProducer>,
     deadline: Duration,
+    /// Reads topics and their metadata; kept for the whole run (a new
+    /// consumer takes a while to learn the cluster).
+    reader: BaseConsumer,
+    /// Reads each group's committed offsets.
+    groups: Mutex<HashMap<String, BaseConsumer>>,
 }
 
 impl std::fmt::Debug for TestRun {
@@ -305,10 +327,12 @@ impl TestRun {
     /// The partitions of `name`'s topics whose committed offset is not at
     /// their end, described.
     fn behind(&self, name: &str) -> Result<Vec<String>, Error> {
-        let committed = self.committed(name)?;
         let mut behind = Vec::new();
-        for (topic, partition, offset) in committed {
-            let end = end_offsets(&self.bootstrap, &topic, partition + 1)?[partition as usize];
+        for (topic, partition, offset) in self.committed(name)? {
+            let (_, end) = self
+                .reader
+                .fetch_watermarks(&topic, partition, Duration::from_secs(5))
+                .map_err(harness)?;
             if end > 0 && offset != Some(end) {
                 let c = offset.map_or("nothing".to_owned(), |o| o.to_string());
                 behind.push(format!("{topic}[{partition}] committed {c} of {end}"));
@@ -320,37 +344,49 @@ impl TestRun {
     /// The committed offsets of the subscriber named `name`: (topic,
     /// partition, offset), `None` where nothing is committed.
     pub fn committed(&self, name: &str) -> Result<Vec<(String, i32, Option<i64>)>, Error> {
-        let running = self.running();
-        let (topics, group) = running
+        let (topics, group) = self
+            .running()
             .subscriber_topics(name)
             .ok_or_else(|| Error::Harness(format!("no subscriber named `{name}` runs here")))?;
-        let mut out = Vec::new();
-        for topic in topics {
-            let partitions = self.partitions_of(&topic)?;
-            for (p, o) in committed_offsets(&self.bootstrap, &group, &topic, partitions)?
-                .into_iter()
-                .enumerate()
-            {
-                out.push((topic.clone(), p as i32, o));
+        let mut tpl = TopicPartitionList::new();
+        for topic in &topics {
+            for p in 0..self.partitions_of(topic)? {
+                tpl.add_partition(topic, p);
             }
         }
-        Ok(out)
+        let mut groups = self
+            .groups
+            .lock()
+            .map_err(|_| Error::Harness("a reader panicked".into()))?;
+        let consumer = match groups.entry(group) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                let c: BaseConsumer = reader_config(&self.bootstrap, e.key()).create().map_err(harness)?;
+                e.insert(c)
+            }
+        };
+        let got = consumer
+            .committed_offsets(tpl, Duration::from_secs(5))
+            .map_err(harness)?;
+        Ok(got
+            .elements()
+            .iter()
+            .map(|e| {
+                let offset = match e.offset() {
+                    Offset::Offset(o) => Some(o),
+                    _ => None,
+                };
+                (e.topic().to_owned(), e.partition(), offset)
+            })
+            .collect())
     }
 
     fn partitions_of(&self, topic: &str) -> Result<i32, Error> {
-        let consumer: BaseConsumer = self.reader_config().create().map_err(harness)?;
-        let metadata = consumer
+        let metadata = self
+            .reader
             .fetch_metadata(Some(topic), Duration::from_secs(5))
             .map_err(harness)?;
         Ok(metadata.topics().first().map_or(0, |t| t.partitions().len() as i32))
-    }
-
-    fn reader_config(&self) -> ClientConfig {
-        let mut c = ClientConfig::new();
-        c.set("bootstrap.servers", &self.bootstrap)
-            .set("group.id", "kconc-test-reader")
-            .set("enable.auto.commit", "false");
-        c
     }
 
     /// Waits until `topic` holds at least `n` messages and returns them all
@@ -359,7 +395,7 @@ impl TestRun {
     pub async fn read(&self, topic: &str, n: usize) -> Result<Vec<Message>, Error> {
         let started = Instant::now();
         let partitions = self.partitions_of(topic)?;
-        let consumer: BaseConsumer = self.reader_config().create().map_err(harness)?;
+        let consumer = &self.reader;
         let mut tpl = TopicPartitionList::new();
         for p in 0..partitions {
             tpl.add_partition_offset(topic, p, Offset::Beginning).map_err(harness)?;
@@ -384,10 +420,12 @@ impl TestRun {
                 read.push(msg);
             }
             if read.len() >= n {
+                consumer.unassign().map_err(harness)?;
                 read.sort_by_key(|m| (m.partition(), m.offset()));
                 return Ok(read);
             }
             if started.elapsed() > self.deadline {
+                consumer.unassign().map_err(harness)?;
                 return Err(Error::Harness(format!(
                     "`{topic}`: {} of {n} messages after {:?}",
                     read.len(),
@@ -408,4 +446,16 @@ impl TestRun {
 
 fn harness(e: impl Into<BoxError>) -> Error {
     Error::Harness(e.into().to_string())
+}
+
+/// A consumer of the embedded cluster that reads what it is assigned (and
+/// commits nothing), in group `group`.
+fn reader_config(bootstrap: &str, group: &str) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", bootstrap)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", "10")
+        .set("fetch.error.backoff.ms", "10");
+    c
 }
