@@ -229,6 +229,29 @@ async fn an_offset_is_committed_only_after_its_replies_are_acknowledged() {
     run.stop().await;
 }
 
+#[subscriber(topic = "forwarded", group = "forwarder", name = "forwarder")]
+async fn forward(cx: kconc_runtime::Context, Json(n): Json<u64>) -> Result<(), kconc_runtime::BoxError> {
+    let (_, offset) = cx.send_json("forwarded.out", Some(b"fwd"), &(n + 1)).await?;
+    assert!(offset >= 0);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn context_send_json_waits_for_the_acknowledgement() {
+    let run = TestApp::new()
+        .only(["forwarder"])
+        .topic("forwarded.out")
+        .start()
+        .await
+        .unwrap();
+    run.send("forwarded", TestMessage::json(&41u64)).await.unwrap();
+    run.wait_handled("forwarder", 1).await.unwrap();
+    // Handled means acknowledged: the message is there at once.
+    let out = run.read("forwarded.out", 1).await.unwrap();
+    assert_eq!((out[0].key(), out[0].payload()), (Some(&b"fwd"[..]), Some(&b"42"[..])));
+    run.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wait_that_runs_out_says_what_it_waited_for_and_what_it_saw() {
     let run = TestApp::new()

@@ -56,11 +56,14 @@
 //!   environment, flags) and what is refused;
 //! - `secret`: which properties are secrets, so nothing prints them;
 //! - `embedded`: the in-process mock cluster ([`EmbeddedCluster`]);
-//! - `app`: [`App`] starts the subscribers, [`Running`] runs and stops them;
+//! - `app`: [`App`] starts the subscribers (after its start-up hooks),
+//!   [`Running`] runs and stops them (then its shutdown hooks);
 //! - `engine`: the poll loop that fetches, schedules, runs, completes and
 //!   commits (its files are listed in flow order in its own module doc);
-//! - `message`, `extract`, `context`, `handler`: what a handler receives
-//!   ([`Message`], the extractors, [`Context`]) and what it returns;
+//! - `message`, `extract`, `context`, `state`, `handler`: what a handler
+//!   receives ([`Message`], the extractors, [`Context`], [`State`]) and
+//!   what it returns; `reply`: what a handler with `reply = ".."` returns,
+//!   published before its message finishes;
 //! - `policy`: what a failed message comes to (retry, dead letter, skip,
 //!   stop);
 //! - `stats`: the counters, each declared once;
@@ -68,8 +71,9 @@
 //! - `health`: liveness, readiness, `/metrics` and the HTTP endpoint;
 //! - `signal`: SIGINT and SIGTERM;
 //! - `error`: [`Error`], why an app could not start;
-//! - [`testing`]: helpers for tests and demos (a producer, end and
-//!   committed offsets).
+//! - [`testing`]: the test harness ([`testing::TestApp`]: the program's
+//!   subscribers on a fresh embedded cluster), a handler's arguments built
+//!   from a message, a producer, end and committed offsets.
 
 #![warn(missing_docs)]
 
@@ -99,7 +103,7 @@ mod watch; // cluster reachability, missing topics
 mod health; // health, readiness, metrics, HTTP
 mod signal; // SIGINT and SIGTERM
 mod error; // why an app could not start
-pub mod testing; // helpers for tests and demos
+pub mod testing; // the test harness and helpers for tests and demos
 
 pub use app::{App, Running, Setup, ShutdownHandle, StatsHandle, SHUTDOWN_MARGIN};
 pub use config::{init_tracing, init_tracing_with, Cli, EMBEDDED};
@@ -130,8 +134,9 @@ pub use subscriber::{FirstPoll, OrderingMode, Subscriber};
 ///   Give several with `state = f, state = g` for several types.
 /// - `on_start = f`: `async fn f(Setup) -> Result<(), E>`, run once at
 ///   start-up ([`App::on_start`]).
-/// - `on_stop = f`: `async fn f(Setup)`, run once after the drain and
-///   final commit ([`App::on_stop`]).
+/// - `on_stop = f`: `async fn f(Setup) -> Result<(), E>`, run once after
+///   the drain and final commit ([`App::on_stop`]); a failure makes the
+///   exit code 1.
 /// - `default_brokers = "embedded"`: changes the default brokers, for
 ///   examples that must run on a machine with no Kafka.
 ///
@@ -143,8 +148,9 @@ pub use subscriber::{FirstPoll, OrderingMode, Subscriber};
 ///     Ok(Db)
 /// }
 ///
-/// async fn close(setup: kconc_runtime::Setup) {
+/// async fn close(setup: kconc_runtime::Setup) -> Result<(), std::io::Error> {
 ///     let _db: Option<Db> = setup.state();
+///     Ok(())
 /// }
 ///
 /// kconc_runtime::main!(state = connect, on_stop = close);

@@ -229,8 +229,8 @@ pub fn registered() -> Vec<crate::Subscriber> {
 }
 
 /// A message for calling a handler directly in a unit test; add a key,
-/// payload and headers with [`Message::with_key`], [`Message::with_payload`]
-/// and [`Message::with_header`].
+/// payload and headers with [`Message::with_key`](crate::Message::with_key), [`Message::with_payload`](crate::Message::with_payload)
+/// and [`Message::with_header`](crate::Message::with_header).
 pub fn message(topic: &str, partition: i32, offset: i64) -> crate::Message {
     crate::Message::new(topic, partition, offset)
 }
