@@ -279,18 +279,21 @@ fn consume(o: &Opts) -> Result<(), String> {
             .property("heartbeat.interval.ms", "1000");
         let app = properties.iter().fold(app, |app, (k, v)| app.property(k, v));
         let running = app.subscriber(sub).start().map_err(|e| e.to_string())?;
-        if let Some(path) = status {
-            let stats = running.stats_handle("e2e");
+        let stats = running.stats_handle("e2e");
+        if let (Some(path), Some(stats)) = (status.clone(), stats.clone()) {
             tokio::spawn(async move {
                 loop {
-                    if let Some(s) = &stats {
-                        write_status(&path, s);
-                    }
+                    write_status(&path, &stats);
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             });
         }
-        running.run_until_signal().await.map_err(|e| e.to_string())
+        let result = running.run_until_signal().await.map_err(|e| e.to_string());
+        // Once more after the final commit, so the status says how it went.
+        if let (Some(path), Some(stats)) = (status, stats) {
+            write_status(&path, &stats);
+        }
+        result
     });
     // As the program `main!()` generates: a worker thread still busy must
     // not hold the exit up.
@@ -303,14 +306,16 @@ fn write_status(path: &str, stats: &kconc_runtime::StatsHandle) {
     let assigned: Vec<String> = stats.assigned_partitions().iter().map(|(_, p)| p.to_string()).collect();
     let s = stats.snapshot();
     let text = format!(
-        "assigned {}\ndispatched {}\nhandled {}\ncommits {}\ncommit_failures {}\nassignments {}\nrevocations {}\n",
+        "assigned {}\ndispatched {}\nhandled {}\ncommits {}\ncommit_failures {}\nassignments {}\nrevocations {}\n\
+         revoke_commit_failures {}\n",
         assigned.join(" "),
         s.dispatched,
         s.handled,
         s.commits,
         s.commit_failures,
         s.assignments,
-        s.revocations
+        s.revocations,
+        s.revoke_commit_failures
     );
     let tmp = format!("{path}.tmp");
     if std::fs::write(&tmp, text).is_ok() {
