@@ -20,11 +20,13 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use kconc_runtime::rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
+use kconc_runtime::rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, StreamConsumer};
 use kconc_runtime::rdkafka::message::BorrowedMessage;
 use kconc_runtime::rdkafka::{ClientConfig, Message as _};
 use kconc_runtime::testing::TestProducer;
 use kconc_runtime::{App, EmbeddedCluster, FirstPoll, Message, OrderingMode as Mode, Subscriber};
+
+mod separate;
 
 const PARTITIONS: i32 = 8;
 
@@ -131,6 +133,8 @@ struct Options {
     partition_messages: usize,
     only: Vec<String>,
     svg: Option<String>,
+    /// `--separate`: W-noop with each consumer in its own process.
+    separate: bool,
 }
 
 impl Options {
@@ -155,6 +159,7 @@ fn options() -> Result<Options, String> {
         partition_messages: 2_400,
         only: Vec::new(),
         svg: None,
+        separate: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -188,6 +193,7 @@ fn options() -> Result<Options, String> {
                 let _ = FIRST_POLL.set(v);
             }
             "--svg" => o.svg = Some(args.next().ok_or("--svg needs a file")?),
+            "--separate" => o.separate = true,
             "--brokers" => o.brokers = Some(args.next().ok_or("--brokers needs a value")?),
             "--runs" => {
                 o.runs = args
@@ -203,7 +209,7 @@ fn options() -> Result<Options, String> {
             }
             "--help" | "-h" => {
                 println!(
-                    "usage: kconc-bench [--smoke] [--brokers HOST:PORT] [--runs N] [--messages N] [--only {}] [--first-poll auto|poll_thread|worker] [--svg FILE]",
+                    "usage: kconc-bench [--smoke] [--brokers HOST:PORT] [--runs N] [--messages N] [--only {}] [--first-poll auto|poll_thread|worker] [--svg FILE] [--separate]",
                     WORKLOADS.join(",")
                 );
                 std::process::exit(0);
@@ -289,7 +295,7 @@ struct RawRun {
 impl RawRun {
     /// Decodes the JSON and stores the offset, as kconc's handler decodes
     /// it and kconc stores (commits) offsets.
-    fn handle<C: Consumer>(&mut self, consumer: &C, m: &BorrowedMessage<'_>) {
+    fn handle<X: ConsumerContext, C: Consumer<X>>(&mut self, consumer: &C, m: &BorrowedMessage<'_>) {
         self.start.get_or_insert_with(|| (Instant::now(), Usage::now()));
         let order: Result<Order, _> = serde_json::from_slice(m.payload().unwrap_or_default());
         std::hint::black_box(order.map(|o| o.id).unwrap_or(0));
@@ -424,7 +430,13 @@ fn median(mut v: Vec<f64>) -> (f64, f64, f64) {
 
 #[tokio::main]
 async fn main() {
-    if let Err(e) = run().await {
+    let args: Vec<String> = std::env::args().collect();
+    let result = if args.get(1).map(String::as_str) == Some("--child") {
+        separate::child(&args[2..]).await
+    } else {
+        run().await
+    };
+    if let Err(e) = result {
         eprintln!("error: {e}");
         std::process::exit(1);
     }
@@ -440,12 +452,15 @@ async fn run() -> Result<(), String> {
             cluster
                 .create_topic("bench-noop", PARTITIONS)
                 .map_err(|e| e.to_string())?;
-            for topic in ["bench-io", "bench-key100"] {
+            for topic in ["bench-io", "bench-key100", "bench-separate"] {
                 cluster.create_topic(topic, PARTITIONS).map_err(|e| e.to_string())?;
             }
             cluster.bootstrap_servers().to_owned()
         }
     };
+    if o.separate {
+        return tokio::task::block_in_place(|| separate::separate(&bootstrap, o.noop_messages, o.runs));
+    }
     let where_ = o.brokers.as_deref().unwrap_or("embedded mock cluster");
     println!(
         "kconc-bench on {where_}, {} run(s) each, median (min-max); kconc's handlers: first_poll = {}",

@@ -177,6 +177,9 @@ stats! {
     pub fetch_starts: Mutex<BTreeMap<(String, i32), i64>>,
     /// How long handler calls take.
     pub handler_seconds: HandlerHistogram,
+    /// The latest statistics librdkafka emitted for the consumer (JSON), when
+    /// the `statistics.interval.ms` property is set.
+    pub librdkafka_statistics: Mutex<Option<String>>,
     /// When the message in each worker place began, in Unix milliseconds
     /// (0: the place is free): the oldest is the oldest running handler.
     pub running_since: Mutex<Vec<Arc<AtomicU64>>>,

@@ -88,6 +88,14 @@ impl StatsHandle {
         self.0.stopped_partitions()
     }
 
+    /// The latest statistics librdkafka emitted for the subscriber's
+    /// consumer, as JSON (its per-broker request counts, queue sizes,
+    /// latencies), when the `statistics.interval.ms` property is set
+    /// (`--property statistics.interval.ms=5000`); `None` before the first.
+    pub fn librdkafka_statistics(&self) -> Option<String> {
+        self.0.librdkafka_statistics.lock().ok()?.clone()
+    }
+
     /// Whether its poll thread still runs (false once it has stopped,
     /// after a shutdown or because its runtime went away).
     pub fn is_running(&self) -> bool {

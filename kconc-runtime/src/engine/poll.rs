@@ -58,7 +58,8 @@ pub(crate) fn start(
     if sub.reply.is_some() || sub.policy.dead_letter_topic().is_some() {
         let _ = handler_context.producer();
     }
-    let context = ClientHooks::new(name.clone(), watch);
+    let stats = Arc::new(Stats::default());
+    let context = ClientHooks::new(name.clone(), watch, stats.clone());
     let mut consumer: BaseConsumer<ClientHooks> = config
         .create_with_context(context)
         .map_err(|e| Error::from_client_creation(&sub.name, e))?;
@@ -73,7 +74,6 @@ pub(crate) fn start(
         source,
     })?;
     let consumer = Arc::new(consumer);
-    let stats = Arc::new(Stats::default());
     let committer = Committer::spawn(
         &sub.name,
         sub.group.clone(),

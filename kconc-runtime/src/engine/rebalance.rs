@@ -18,6 +18,7 @@ use super::event::{Event, PartitionKey};
 use super::hash::SmallKeyMap;
 use super::offsets::OffsetTracker;
 use super::{ffi, Engine, PartitionState, TopicState, PREFETCH_WARNING_KB};
+use crate::stats::Stats;
 use crate::watch::ClusterWatch;
 
 /// The rdkafka context of a kconc consumer: routes librdkafka's logs into
@@ -27,6 +28,8 @@ pub(crate) struct ClientHooks {
     pub(super) engine: Mutex<Option<Engine>>,
     /// The app's view of the cluster, which its librdkafka lines go to.
     pub(super) watch: Arc<ClusterWatch>,
+    /// Where librdkafka's statistics go (`statistics.interval.ms`).
+    stats: Arc<Stats>,
 }
 
 impl std::fmt::Debug for ClientHooks {
@@ -39,11 +42,12 @@ impl std::fmt::Debug for ClientHooks {
 
 impl ClientHooks {
     /// The context of a consumer of subscriber `subscriber`, with no engine yet.
-    pub(crate) fn new(subscriber: Arc<str>, watch: Arc<ClusterWatch>) -> Self {
+    pub(crate) fn new(subscriber: Arc<str>, watch: Arc<ClusterWatch>, stats: Arc<Stats>) -> Self {
         Self {
             subscriber,
             engine: Mutex::new(None),
             watch,
+            stats,
         }
     }
 
@@ -61,6 +65,13 @@ impl ClientContext for ClientHooks {
 
     fn error(&self, error: KafkaError, reason: &str) {
         self.watch.client_error(&self.subscriber, &error, reason);
+    }
+
+    /// Kept as given (the latest only), for [`StatsHandle::librdkafka_statistics`](crate::StatsHandle::librdkafka_statistics).
+    fn stats_raw(&self, statistics: &[u8]) {
+        if let Ok(mut latest) = self.stats.librdkafka_statistics.lock() {
+            *latest = Some(String::from_utf8_lossy(statistics).into_owned());
+        }
     }
 }
 
