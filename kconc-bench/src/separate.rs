@@ -223,6 +223,15 @@ fn run_child(kind: &str, brokers: &str, topic: &str, group: &str, n: usize) -> R
     parse_report(&stdout).ok_or_else(|| format!("{kind} child printed no report: {stdout}"))
 }
 
+/// One kind's medians: msg/s, CPU µs per message, peak RSS MB, and
+/// requests per 10,000 messages by type.
+struct Medians {
+    rate: f64,
+    cpu: f64,
+    rss: f64,
+    requests: BTreeMap<String, f64>,
+}
+
 /// The parent: produces `n` messages once, runs the two children `runs`
 /// times alternately, and prints their medians side by side.
 pub(crate) fn separate(brokers: &str, n: usize, runs: usize) -> Result<(), String> {
@@ -237,7 +246,7 @@ pub(crate) fn separate(brokers: &str, n: usize, runs: usize) -> Result<(), Strin
     }
     println!("W-noop, {n} msgs, each consumer in its own process ({runs} runs each, median (min-max)):");
     let per_10k = 10_000.0 / n as f64;
-    let mut medians: BTreeMap<&str, (f64, f64, f64, BTreeMap<String, f64>)> = BTreeMap::new();
+    let mut medians: BTreeMap<&str, Medians> = BTreeMap::new();
     for (kind, rs) in &reports {
         let rate = median(rs.iter().map(|r| r.rate).collect());
         let cpu = median(rs.iter().map(|r| r.cpu_s * 1e6 / n as f64).collect());
@@ -262,21 +271,29 @@ pub(crate) fn separate(brokers: &str, n: usize, runs: usize) -> Result<(), Strin
         );
         let req_text: Vec<String> = req.iter().map(|(k, v)| format!("{k} {v:.0}")).collect();
         println!("         requests per 10,000 msgs: {}", req_text.join(", "));
-        medians.insert(kind, (rate.0, cpu.0, rss.0, req));
+        medians.insert(
+            kind,
+            Medians {
+                rate: rate.0,
+                cpu: cpu.0,
+                rss: rss.0,
+                requests: req,
+            },
+        );
     }
     if let (Some(raw), Some(k)) = (medians.get("raw"), medians.get("kconc")) {
         println!(
             "  kconc / raw: throughput {:.2}, CPU per message {:.2}, peak RSS {:.2}",
-            k.0 / raw.0,
-            k.1 / raw.1,
-            k.2 / raw.2
+            k.rate / raw.rate,
+            k.cpu / raw.cpu,
+            k.rss / raw.rss
         );
         let ratios: Vec<String> = ["Fetch", "OffsetCommit", "Heartbeat", "Metadata"]
             .iter()
             .map(|t| {
                 let (r, kk) = (
-                    raw.3.get(*t).copied().unwrap_or(0.0),
-                    k.3.get(*t).copied().unwrap_or(0.0),
+                    raw.requests.get(*t).copied().unwrap_or(0.0),
+                    k.requests.get(*t).copied().unwrap_or(0.0),
                 );
                 if r > 0.0 {
                     format!("{t} {:.2}", kk / r)
