@@ -135,6 +135,8 @@ struct Options {
     svg: Option<String>,
     /// `--separate`: W-noop with each consumer in its own process.
     separate: bool,
+    /// `--smoke`: every mode, briefly (the test suite's run).
+    smoke: bool,
 }
 
 impl Options {
@@ -160,11 +162,13 @@ fn options() -> Result<Options, String> {
         only: Vec::new(),
         svg: None,
         separate: false,
+        smoke: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--smoke" => {
+                o.smoke = true;
                 o.noop_messages = 2_000;
                 o.io_messages = 500;
                 o.runs = 1;
@@ -631,6 +635,10 @@ async fn run() -> Result<(), String> {
     if let Some(path) = &o.svg {
         std::fs::write(path, chart.svg()).map_err(|e| format!("{path}: {e}"))?;
         println!("chart written to {path}");
+    }
+    if o.smoke {
+        // The separate-process mode too, briefly, so that it keeps working.
+        tokio::task::block_in_place(|| separate::separate(&bootstrap, o.noop_messages, 1))?;
     }
     Ok(())
 }

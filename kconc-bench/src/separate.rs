@@ -269,7 +269,7 @@ pub(crate) fn separate(brokers: &str, n: usize, runs: usize) -> Result<(), Strin
             "  {kind:<5}  {:>8.0} msg/s ({:.0}-{:.0})  cpu {:.2} us/msg ({:.2}-{:.2})  peak RSS {:.1} MB ({:.1}-{:.1})",
             rate.0, rate.1, rate.2, cpu.0, cpu.1, cpu.2, rss.0, rss.1, rss.2
         );
-        let req_text: Vec<String> = req.iter().map(|(k, v)| format!("{k} {v:.0}")).collect();
+        let req_text: Vec<String> = req.iter().map(|(k, v)| format!("{k} {v:.1}")).collect();
         println!("         requests per 10,000 msgs: {}", req_text.join(", "));
         medians.insert(
             kind,
@@ -298,7 +298,7 @@ pub(crate) fn separate(brokers: &str, n: usize, runs: usize) -> Result<(), Strin
                 if r > 0.0 {
                     format!("{t} {:.2}", kk / r)
                 } else {
-                    format!("{t} {kk:.0} (raw 0)")
+                    format!("{t} {kk:.1} (raw 0)")
                 }
             })
             .collect();
