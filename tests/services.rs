@@ -9,25 +9,12 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{committed, produce, wait_for};
+use common::{committed, in_test_mode, produce, wait_for};
 use kconc_runtime::rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use kconc_runtime::testing::{TestApp, TestMessage};
 use kconc_runtime::{subscriber, App, Error, Json, Message, Setup, State};
 
 const DEADLINE: Duration = Duration::from_secs(30);
-
-/// The subscribers run in the `FirstPoll` mode the test run asks for
-/// (`KCONC_TEST_FIRST_POLL`), as the other failure tests do.
-fn in_test_mode(app: App) -> App {
-    match std::env::var("KCONC_TEST_FIRST_POLL") {
-        Ok(mode) if !mode.is_empty() => {
-            let set = format!("*.first_poll={mode}");
-            let cli = kconc_runtime::Cli::try_from_iter(["kconc-test", "--set", &set]).unwrap();
-            app.configure_with_env(&cli, Vec::new())
-        }
-        _ => app,
-    }
-}
 
 /// A pool-like state: every clone counts into the same place.
 #[derive(Clone, Default)]

@@ -345,6 +345,8 @@ struct Measured {
     latency: Duration,
     /// CPU and allocations from the first message to the last.
     usage: Usage,
+    /// The consumer's last librdkafka statistics, when asked for.
+    librdkafka_statistics: Option<String>,
 }
 
 impl Measured {
@@ -374,8 +376,22 @@ async fn framework(
     topic: &str,
     group: String,
     n: usize,
+    mode: (usize, Mode),
+    work: Duration,
+) -> Result<Measured, String> {
+    framework_with(bootstrap, topic, group, n, mode, work, None).await
+}
+
+/// [`framework`], and with `statistics` (an interval) librdkafka's
+/// statistics of the consumer, read once its last commits are made.
+async fn framework_with(
+    bootstrap: &str,
+    topic: &str,
+    group: String,
+    n: usize,
     (concurrency, ordering): (usize, Mode),
     work: Duration,
+    statistics: Option<Duration>,
 ) -> Result<Measured, String> {
     // Leaked (a few bytes per run) so the handler borrows them for free
     // instead of cloning three `Arc`s per message, which the raw loop
@@ -397,11 +413,11 @@ async fn framework(
     .concurrency(concurrency)
     .ordering(ordering)
     .first_poll(FIRST_POLL.get().copied().unwrap_or_default());
-    let running = App::new()
-        .brokers(bootstrap)
-        .subscriber(sub)
-        .start()
-        .map_err(|e| e.to_string())?;
+    let mut app = App::new().brokers(bootstrap).subscriber(sub);
+    if let Some(every) = statistics {
+        app = app.property("statistics.interval.ms", every.as_millis().to_string());
+    }
+    let running = app.start().map_err(|e| e.to_string())?;
     let deadline = Instant::now() + Duration::from_secs(600);
     while probe.count.load(Ordering::Relaxed) < n {
         if Instant::now() > deadline {
@@ -415,9 +431,19 @@ async fn framework(
     let (took, usage) = probe.first.get().map_or((Duration::ZERO, Usage::default()), |(t, u)| {
         (t.elapsed(), Usage::now().since(*u))
     });
+    let librdkafka_statistics = match statistics {
+        Some(every) => {
+            // Past the commits of the last messages (the commit interval is
+            // 1 s), and one more statistics report after them.
+            tokio::time::sleep(Duration::from_secs(1) + 3 * every).await;
+            running.stats_handle("bench").and_then(|h| h.librdkafka_statistics())
+        }
+        None => None,
+    };
     let stats = running.total_stats();
     running.shutdown().await;
     Ok(Measured {
+        librdkafka_statistics,
         rate: n as f64 / took.as_secs_f64(),
         commits: stats.commits,
         max_waiting: stats.max_waiting,

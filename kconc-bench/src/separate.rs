@@ -9,15 +9,14 @@
 
 use std::collections::BTreeMap;
 use std::process::Command;
-use std::sync::atomic::Ordering;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use kconc_runtime::rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use kconc_runtime::rdkafka::ClientContext;
-use kconc_runtime::{App, Message, Subscriber};
+use kconc_runtime::OrderingMode;
 
-use super::{median, peak_rss_mb, produce, raw_config, Order, Probe, RawRun, Usage};
+use super::{framework_with, median, peak_rss_mb, produce, raw_config, RawRun};
 
 /// How often librdkafka reports its statistics in a child.
 const STATS_EVERY_MS: u64 = 100;
@@ -150,44 +149,22 @@ fn raw_child(brokers: &str, topic: &str, group: &str, n: usize) -> Result<ChildR
 
 /// kconc in a child: the W-noop handler at concurrency 100.
 async fn kconc_child(brokers: &str, topic: &str, group: &str, n: usize) -> Result<ChildReport, String> {
-    let probe: &'static Probe = Box::leak(Box::default());
-    let sub = Subscriber::new("bench", [topic], group, move |m: Message| async move {
-        probe.first.get_or_init(|| (Instant::now(), Usage::now()));
-        let order: Result<Order, _> = serde_json::from_slice(m.payload().unwrap_or_default());
-        std::hint::black_box(order.map(|o| o.id).unwrap_or(0));
-        probe.count.fetch_add(1, Ordering::Relaxed);
-    })
-    .concurrency(100);
-    let running = App::new()
-        .brokers(brokers)
-        .property("statistics.interval.ms", STATS_EVERY_MS.to_string())
-        .subscriber(sub)
-        .start()
-        .map_err(|e| e.to_string())?;
-    let deadline = Instant::now() + Duration::from_secs(300);
-    while probe.count.load(Ordering::Relaxed) < n {
-        if Instant::now() > deadline {
-            return Err(format!(
-                "kconc child: only {} of {n}",
-                probe.count.load(Ordering::Relaxed)
-            ));
-        }
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-    let (took, usage) = probe.first.get().map_or((Duration::ZERO, Usage::default()), |(t, u)| {
-        (t.elapsed(), Usage::now().since(*u))
-    });
-    let handle = running.stats_handle("bench").ok_or("no stats handle")?;
-    // Past the commits of the last messages, and one more statistics report.
-    tokio::time::sleep(Duration::from_millis(1_000 + 3 * STATS_EVERY_MS)).await;
-    let stats = handle.librdkafka_statistics().unwrap_or_default();
-    let rss_mb = peak_rss_mb();
-    running.shutdown().await;
+    let every = Duration::from_millis(STATS_EVERY_MS);
+    let m = framework_with(
+        brokers,
+        topic,
+        group.to_owned(),
+        n,
+        (100, OrderingMode::Unordered),
+        Duration::ZERO,
+        Some(every),
+    )
+    .await?;
     Ok(ChildReport {
-        rate: n as f64 / took.as_secs_f64(),
-        cpu_s: usage.cpu.as_secs_f64(),
-        rss_mb,
-        requests: requests(&stats),
+        rate: m.rate,
+        cpu_s: m.usage.cpu.as_secs_f64(),
+        rss_mb: peak_rss_mb(),
+        requests: requests(&m.librdkafka_statistics.unwrap_or_default()),
     })
 }
 

@@ -212,14 +212,17 @@ mod tests {
             .set("sasl.password", "hunter2")
             .set("fetch.max.bytes", "1000")
             .set("session.timeout.ms", "6000");
-        let cx = Context::new(
-            Arc::from("s"),
-            "g",
-            CancellationToken::new(),
-            &consumer,
-            States::default(),
-            None,
-        );
+        let of = |consumer: &ClientConfig| {
+            Context::new(
+                Arc::from("s"),
+                "g",
+                CancellationToken::new(),
+                consumer,
+                States::default(),
+                None,
+            )
+        };
+        let cx = of(&consumer);
         let p = cx.producer_config();
         assert_eq!(p.get("sasl.password"), Some("hunter2"), "a sanitized copy of a secret");
         assert_eq!(p.get("bootstrap.servers"), Some("b:9092"));
@@ -229,14 +232,7 @@ mod tests {
         );
         assert_eq!(p.get("message.max.bytes"), Some("100065536"));
         consumer.set("receive.message.max.bytes", "5000000");
-        let cx = Context::new(
-            Arc::from("s"),
-            "g",
-            CancellationToken::new(),
-            &consumer,
-            States::default(),
-            None,
-        );
+        let cx = of(&consumer);
         assert_eq!(cx.producer_config().get("message.max.bytes"), Some("5065536"));
     }
 }

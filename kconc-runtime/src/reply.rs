@@ -128,36 +128,18 @@ impl<R: IntoReplies, E: Into<BoxError>> IntoReplies for Result<R, E> {
     }
 }
 
-/// Where a reply comes from: what of the input it carries (read before the
-/// handler takes the message). Not public API.
+/// Where a reply comes from: the input message, kept before the handler
+/// takes it (a clone shares the record). Not public API.
 #[doc(hidden)]
 #[derive(Debug)]
-pub struct ReplyOrigin {
-    topic: String,
-    partition: i32,
-    offset: i64,
-    key: Option<Vec<u8>>,
-    /// Headers carried over: `traceparent`, `tracestate`, `correlation-id`.
-    carried: Vec<(String, Vec<u8>)>,
-}
+pub struct ReplyOrigin(Message);
 
 /// The input's headers a reply carries over.
 const CARRIED: &[&str] = &["traceparent", "tracestate", "correlation-id"];
 
 impl ReplyOrigin {
     pub fn of(msg: &Message) -> Self {
-        ReplyOrigin {
-            topic: msg.topic().to_owned(),
-            partition: msg.partition(),
-            offset: msg.offset(),
-            key: msg.key().map(<[u8]>::to_vec),
-            carried: msg
-                .headers()
-                .iter()
-                .filter(|h| CARRIED.contains(&h.key.as_str()))
-                .filter_map(|h| Some((h.key.clone(), h.value.clone()?)))
-                .collect(),
-        }
+        ReplyOrigin(msg.clone())
     }
 }
 
@@ -187,29 +169,32 @@ where
 /// Produces every reply, then waits for all acknowledgements.
 async fn publish(cx: &Context, topic: &str, origin: &ReplyOrigin, replies: Vec<Reply>) -> Result<(), BoxError> {
     let producer = cx.producer()?;
-    let partition = origin.partition.to_string();
-    let offset = origin.offset.to_string();
+    let input = &origin.0;
+    let partition = input.partition().to_string();
+    let offset = input.offset().to_string();
+    let carried: Vec<(&str, &[u8])> = input
+        .headers()
+        .iter()
+        .filter(|h| CARRIED.contains(&h.key.as_str()))
+        .filter_map(|h| Some((h.key.as_str(), h.value.as_deref()?)))
+        .collect();
     let mut pending = Vec::with_capacity(replies.len());
     for reply in &replies {
-        let mut headers = OwnedHeaders::new_with_capacity(reply.headers.len() + origin.carried.len() + 3);
-        for (key, value) in origin.carried.iter().chain(&reply.headers) {
-            headers = headers.insert(KafkaHeader {
-                key,
-                value: Some(value),
-            });
-        }
-        for (key, value) in [
-            ("kconc-source-topic", origin.topic.as_str()),
-            ("kconc-source-partition", partition.as_str()),
-            ("kconc-source-offset", offset.as_str()),
-        ] {
+        let mut headers = OwnedHeaders::new_with_capacity(reply.headers.len() + carried.len() + 3);
+        let own = reply.headers.iter().map(|(k, v)| (k.as_str(), v.as_slice()));
+        let source = [
+            ("kconc-source-topic", input.topic().as_bytes()),
+            ("kconc-source-partition", partition.as_bytes()),
+            ("kconc-source-offset", offset.as_bytes()),
+        ];
+        for (key, value) in carried.iter().copied().chain(own).chain(source) {
             headers = headers.insert(KafkaHeader {
                 key,
                 value: Some(value),
             });
         }
         let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic).headers(headers);
-        if let Some(k) = reply.key.as_deref().or(origin.key.as_deref()) {
+        if let Some(k) = reply.key.as_deref().or(input.key()) {
             record = record.key(k);
         }
         if let Some(p) = reply.payload.as_deref() {

@@ -331,14 +331,20 @@ pub trait StartInTestMode {
 
 impl StartInTestMode for App {
     fn start_in_test_mode(self) -> Result<kconc_runtime::Running, kconc_runtime::Error> {
-        match std::env::var("KCONC_TEST_FIRST_POLL") {
-            Ok(mode) if !mode.is_empty() => {
-                let set = format!("*.first_poll={mode}");
-                let cli = kconc_runtime::Cli::try_from_iter(["kconc-test", "--set", &set])?;
-                self.configure_with_env(&cli, Vec::new()).start()
-            }
-            _ => self.start(),
+        in_test_mode(self).start()
+    }
+}
+
+/// `app` with its subscribers in the `FirstPoll` mode the test run asks for
+/// (`KCONC_TEST_FIRST_POLL`), else their own.
+pub fn in_test_mode(app: App) -> App {
+    match std::env::var("KCONC_TEST_FIRST_POLL") {
+        Ok(mode) if !mode.is_empty() => {
+            let set = format!("*.first_poll={mode}");
+            let cli = kconc_runtime::Cli::try_from_iter(["kconc-test", "--set", &set]).expect("a valid --set");
+            app.configure_with_env(&cli, Vec::new())
         }
+        _ => app,
     }
 }
 

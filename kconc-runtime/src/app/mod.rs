@@ -156,7 +156,7 @@ impl App {
     }
 
     /// Applies one `--set NAME.KEY=VALUE` to the subscribers added so far.
-    fn override_setting(&mut self, set: &str) -> Result<(), String> {
+    pub(crate) fn override_setting(&mut self, set: &str) -> Result<(), String> {
         let (target, value) = set.split_once('=').ok_or("expected NAME.KEY=VALUE")?;
         let (name, key) = target.trim().rsplit_once('.').ok_or("expected NAME.KEY=VALUE")?;
         let mut matched = false;

@@ -27,8 +27,6 @@ pub const SHUTDOWN_MARGIN: Duration = Duration::from_secs(1);
 /// consumers drain, commit and leave their groups on their own threads):
 /// no consumer keeps consuming once its owner is gone.
 pub struct Running {
-    /// (name, topics, group) of each subscriber.
-    pub(super) subscribers: Vec<(String, Vec<String>, String)>,
     pub(super) token: CancellationToken,
     pub(super) runners: Vec<Runner>,
     /// The longest `shutdown_timeout` of the subscribers.
@@ -243,10 +241,10 @@ impl Running {
 
     /// The topics and (prefixed) group of the subscriber named `name`.
     pub(crate) fn subscriber_topics(&self, name: &str) -> Option<(Vec<String>, String)> {
-        self.subscribers
+        self.watched
             .iter()
-            .find(|(n, _, _)| n == name)
-            .map(|(_, t, g)| (t.clone(), g.clone()))
+            .find(|w| w.name == name)
+            .map(|w| (w.topics.clone(), w.group.clone()))
     }
 
     /// Liveness and readiness of every subscriber, and why not.

@@ -190,17 +190,17 @@ impl Prepared {
             .map(|(r, s)| Watched {
                 name: r.name.clone(),
                 group: s.group.clone(),
+                topics: s.topics.clone(),
                 stats: r.stats.clone(),
                 cluster: cluster.clone(),
             })
             .collect();
-        let topics: Vec<watch::Watched> = runners
+        let topics: Vec<watch::Watched> = watched
             .iter()
-            .zip(&subs)
-            .map(|(r, s)| watch::Watched {
-                name: r.name.clone(),
-                topics: s.topics.clone(),
-                stats: r.stats.clone(),
+            .map(|w| watch::Watched {
+                name: w.name.clone(),
+                topics: w.topics.clone(),
+                stats: w.stats.clone(),
             })
             .collect();
         if let Some(first) = configs.into_iter().next() {
@@ -219,12 +219,7 @@ impl Prepared {
                 }
             }
         };
-        let subscribers = subs
-            .iter()
-            .map(|s| (s.name.clone(), s.topics.clone(), s.group.clone()))
-            .collect();
         Ok(Running {
-            subscribers,
             token,
             runners,
             shutdown_timeout,

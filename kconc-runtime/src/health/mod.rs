@@ -141,6 +141,7 @@ impl Health {
 pub(crate) struct Watched {
     pub(crate) name: String,
     pub(crate) group: String,
+    pub(crate) topics: Vec<String>,
     pub(crate) stats: Arc<Stats>,
     /// The app's view of its cluster, shared by its subscribers.
     pub(crate) cluster: Arc<ClusterWatch>,
@@ -295,6 +296,7 @@ mod tests {
         Watched {
             name: "s".into(),
             group: "g".into(),
+            topics: vec!["t".into()],
             stats: Arc::new(stats),
             cluster: ClusterWatch::new("b"),
         }

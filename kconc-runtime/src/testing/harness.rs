@@ -81,15 +81,13 @@ impl TestApp {
         // `session.timeout.ms - 1 s` for more members on a rebalance; an
         // idle fetch waits `fetch.wait.max.ms` for data; finished offsets
         // are committed every `commit_interval`, which `wait_idle` waits for.
-        let app = app
+        let mut app = app
             .brokers(EMBEDDED)
             .property("session.timeout.ms", "6000")
             .property("heartbeat.interval.ms", "500")
             .property("fetch.wait.max.ms", "10");
-        let app = match crate::Cli::try_from_iter(["kconc-test", "--set", "*.commit_interval=50ms"]) {
-            Ok(cli) => app.configure_with_env(&cli, Vec::new()),
-            Err(_) => app,
-        };
+        // The subscribers it has so far (none is an error only `start` reports).
+        let _ = app.override_setting("*.commit_interval=50ms");
         TestApp {
             app,
             partitions: 1,
@@ -158,7 +156,7 @@ impl TestApp {
             .create()
             .map_err(harness)?;
         Ok(TestRun {
-            running: Some(running),
+            running,
             bootstrap,
             producer,
             deadline: self.deadline,
@@ -171,7 +169,7 @@ impl TestApp {
 /// Subscribers running under [`TestApp`]: send to them, wait for them,
 /// read what they published.
 pub struct TestRun {
-    running: Option<Running>,
+    running: Running,
     bootstrap: String,
     producer: Arc<TestProducer>,
     deadline: Duration,
@@ -236,16 +234,9 @@ impl TestMessage {
 }
 
 impl TestRun {
-    fn running(&self) -> &Running {
-        // Only `stop` takes it, and `stop` consumes `self`.
-        self.running
-            .as_ref()
-            .unwrap_or_else(|| unreachable!("TestRun used after stop"))
-    }
-
     /// The embedded cluster (for fault injection through its mock).
     pub fn embedded(&self) -> Option<&crate::EmbeddedCluster> {
-        self.running().embedded()
+        self.running.embedded()
     }
 
     /// The embedded cluster's bootstrap servers.
@@ -277,7 +268,7 @@ impl TestRun {
 
     /// The counters of the subscriber named `name`.
     pub fn stats(&self, name: &str) -> Result<StatsSnapshot, Error> {
-        self.running()
+        self.running
             .stats(name)
             .ok_or_else(|| Error::Harness(format!("no subscriber named `{name}` runs here")))
     }
@@ -345,7 +336,7 @@ impl TestRun {
     /// partition, offset), `None` where nothing is committed.
     pub fn committed(&self, name: &str) -> Result<Vec<(String, i32, Option<i64>)>, Error> {
         let (topics, group) = self
-            .running()
+            .running
             .subscriber_topics(name)
             .ok_or_else(|| Error::Harness(format!("no subscriber named `{name}` runs here")))?;
         let mut tpl = TopicPartitionList::new();
@@ -437,10 +428,8 @@ impl TestRun {
     }
 
     /// Shuts the subscribers down (drain, final commit, shutdown hooks).
-    pub async fn stop(mut self) {
-        if let Some(running) = self.running.take() {
-            running.shutdown().await;
-        }
+    pub async fn stop(self) {
+        self.running.shutdown().await;
     }
 }
 
