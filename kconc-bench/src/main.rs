@@ -65,30 +65,24 @@ mod counting {
     static GLOBAL: Counting = Counting;
 }
 
-/// The whole process's CPU time and allocation count at one moment (the
-/// embedded broker runs in this process too, for the raw loop and for kconc
-/// alike, so differences between the two are the framework's).
+/// The whole process's CPU time, context switches and allocation count at
+/// one moment (the embedded broker runs in this process too, for the raw
+/// loop and for kconc alike, so differences between the two are the
+/// framework's).
 #[derive(Clone, Copy, Debug, Default)]
 struct Usage {
     cpu: Duration,
+    /// Voluntary and involuntary context switches of every thread.
+    switches: u64,
     allocations: u64,
 }
 
 impl Usage {
     fn now() -> Self {
-        // utime and stime, fields 14 and 15 of /proc/self/stat, in clock
-        // ticks of 10 ms; the name field may hold spaces, so count from ')'.
-        let cpu = std::fs::read_to_string("/proc/self/stat")
-            .ok()
-            .and_then(|s| {
-                let rest = s.rsplit_once(')')?.1;
-                let f: Vec<&str> = rest.split_whitespace().collect();
-                let ticks = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
-                Some(Duration::from_millis(ticks * 10))
-            })
-            .unwrap_or_default();
+        let (cpu, switches) = rusage();
         Self {
             cpu,
+            switches,
             allocations: counting::ALLOCATIONS.load(Ordering::Relaxed),
         }
     }
@@ -96,9 +90,26 @@ impl Usage {
     fn since(self, start: Usage) -> Usage {
         Usage {
             cpu: self.cpu.saturating_sub(start.cpu),
+            switches: self.switches.saturating_sub(start.switches),
             allocations: self.allocations.saturating_sub(start.allocations),
         }
     }
+}
+
+/// User and system CPU time of the whole process (every thread, ended ones
+/// included, to the microsecond) and its context switches, from
+/// `getrusage(RUSAGE_SELF)`.
+#[allow(unsafe_code)]
+fn rusage() -> (Duration, u64) {
+    // SAFETY: an all-zero `rusage` is a valid value of the plain C struct.
+    let mut r: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `r` is valid for writes; RUSAGE_SELF is a valid `who`.
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut r) } != 0 {
+        return (Duration::ZERO, 0);
+    }
+    let tv = |t: libc::timeval| Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64);
+    let switches = (r.ru_nvcsw + r.ru_nivcsw) as u64;
+    (tv(r.ru_utime) + tv(r.ru_stime), switches)
 }
 
 /// The peak resident set size of this process so far, in MB.
@@ -135,6 +146,8 @@ struct Options {
     svg: Option<String>,
     /// `--separate`: W-noop with each consumer in its own process.
     separate: bool,
+    /// `--exit`: time from SIGTERM (with nothing in flight) to exit.
+    exit: bool,
     /// `--smoke`: every mode, briefly (the test suite's run).
     smoke: bool,
 }
@@ -162,6 +175,7 @@ fn options() -> Result<Options, String> {
         only: Vec::new(),
         svg: None,
         separate: false,
+        exit: false,
         smoke: false,
     };
     let mut args = std::env::args().skip(1);
@@ -198,6 +212,7 @@ fn options() -> Result<Options, String> {
             }
             "--svg" => o.svg = Some(args.next().ok_or("--svg needs a file")?),
             "--separate" => o.separate = true,
+            "--exit" => o.exit = true,
             "--brokers" => o.brokers = Some(args.next().ok_or("--brokers needs a value")?),
             "--runs" => {
                 o.runs = args
@@ -213,7 +228,7 @@ fn options() -> Result<Options, String> {
             }
             "--help" | "-h" => {
                 println!(
-                    "usage: kconc-bench [--smoke] [--brokers HOST:PORT] [--runs N] [--messages N] [--only {}] [--first-poll auto|poll_thread|worker] [--svg FILE] [--separate]",
+                    "usage: kconc-bench [--smoke] [--brokers HOST:PORT] [--runs N] [--messages N] [--only {}] [--first-poll auto|poll_thread|worker] [--svg FILE] [--separate] [--exit]",
                     WORKLOADS.join(",")
                 );
                 std::process::exit(0);
@@ -413,6 +428,14 @@ async fn framework_with(
     .concurrency(concurrency)
     .ordering(ordering)
     .first_poll(FIRST_POLL.get().copied().unwrap_or_default());
+    // `KCONC_BENCH_SET="commit_batch_size=1000,.."`: settings to try, as
+    // `--set` takes them.
+    let mut sub = sub;
+    for kv in std::env::var("KCONC_BENCH_SET").unwrap_or_default().split(',') {
+        if let Some((k, v)) = kv.split_once('=') {
+            sub.set(k.trim(), v.trim()).map_err(|e| e.to_string())?;
+        }
+    }
     let mut app = App::new().brokers(bootstrap).subscriber(sub);
     if let Some(every) = statistics {
         app = app.property("statistics.interval.ms", every.as_millis().to_string());
@@ -488,6 +511,9 @@ async fn run() -> Result<(), String> {
             cluster.bootstrap_servers().to_owned()
         }
     };
+    if o.exit {
+        return tokio::task::block_in_place(|| separate::exit_times(&bootstrap, 10_000, o.runs.max(5)));
+    }
     if o.separate {
         return tokio::task::block_in_place(|| separate::separate(&bootstrap, o.noop_messages, o.runs));
     }

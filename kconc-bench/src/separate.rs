@@ -5,7 +5,7 @@
 //!
 //! The parent produces once and runs `kconc-bench --child raw|kconc ..`
 //! alternately; each child consumes every message and prints one line:
-//! `CHILD rate=.. cpu_s=.. rss_mb=.. req=Fetch:n,OffsetCommit:n,..`.
+//! `CHILD rate=.. cpu_s=.. switches=.. rss_mb=.. req=Fetch:n,OffsetCommit:n,..`.
 
 use std::collections::BTreeMap;
 use std::process::Command;
@@ -18,14 +18,25 @@ use kconc_runtime::OrderingMode;
 
 use super::{framework_with, median, peak_rss_mb, produce, raw_config, RawRun};
 
-/// How often librdkafka reports its statistics in a child.
-const STATS_EVERY_MS: u64 = 100;
+use std::future::Future as _;
+
+/// How often librdkafka reports its statistics in a child, in ms:
+/// `KCONC_BENCH_STATS_MS` or 100 (a profiler's run sets it longer, so that
+/// building the reports does not swamp the profile).
+fn stats_every_ms() -> u64 {
+    std::env::var("KCONC_BENCH_STATS_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100)
+}
 
 /// What a child prints.
 #[derive(Debug, Default, Clone)]
 struct ChildReport {
     rate: f64,
     cpu_s: f64,
+    /// Context switches over the timed window.
+    switches: u64,
     rss_mb: f64,
     requests: BTreeMap<String, u64>,
 }
@@ -53,9 +64,10 @@ fn requests(stats_json: &str) -> BTreeMap<String, u64> {
 fn print_report(r: &ChildReport) {
     let req: Vec<String> = r.requests.iter().map(|(k, n)| format!("{k}:{n}")).collect();
     println!(
-        "CHILD rate={:.0} cpu_s={:.3} rss_mb={:.1} req={}",
+        "CHILD rate={:.0} cpu_s={:.4} switches={} rss_mb={:.1} req={}",
         r.rate,
         r.cpu_s,
+        r.switches,
         r.rss_mb,
         req.join(",")
     );
@@ -69,6 +81,7 @@ fn parse_report(out: &str) -> Option<ChildReport> {
         match k {
             "rate" => r.rate = v.parse().ok()?,
             "cpu_s" => r.cpu_s = v.parse().ok()?,
+            "switches" => r.switches = v.parse().ok()?,
             "rss_mb" => r.rss_mb = v.parse().ok()?,
             "req" => {
                 for kv in v.split(',').filter(|s| !s.is_empty()) {
@@ -103,7 +116,7 @@ fn raw_child(brokers: &str, topic: &str, group: &str, n: usize) -> Result<ChildR
     let mut config = raw_config(brokers, group);
     config
         .set("enable.auto.commit", "false")
-        .set("statistics.interval.ms", STATS_EVERY_MS.to_string());
+        .set("statistics.interval.ms", stats_every_ms().to_string());
     let consumer: BaseConsumer<KeepStats> = config
         .create_with_context(KeepStats::default())
         .map_err(|e| e.to_string())?;
@@ -128,7 +141,7 @@ fn raw_child(brokers: &str, topic: &str, group: &str, n: usize) -> Result<ChildR
     let (rate, usage) = run.finish();
     let _ = consumer.commit_consumer_state(CommitMode::Sync);
     // One more statistics report after the last request.
-    let until = Instant::now() + Duration::from_millis(3 * STATS_EVERY_MS);
+    let until = Instant::now() + Duration::from_millis(3 * stats_every_ms());
     while Instant::now() < until {
         let _ = consumer.poll(Duration::from_millis(20));
     }
@@ -142,6 +155,7 @@ fn raw_child(brokers: &str, topic: &str, group: &str, n: usize) -> Result<ChildR
     Ok(ChildReport {
         rate,
         cpu_s: usage.cpu.as_secs_f64(),
+        switches: usage.switches,
         rss_mb: peak_rss_mb(),
         requests: requests(&stats),
     })
@@ -149,7 +163,7 @@ fn raw_child(brokers: &str, topic: &str, group: &str, n: usize) -> Result<ChildR
 
 /// kconc in a child: the W-noop handler at concurrency 100.
 async fn kconc_child(brokers: &str, topic: &str, group: &str, n: usize) -> Result<ChildReport, String> {
-    let every = Duration::from_millis(STATS_EVERY_MS);
+    let every = Duration::from_millis(stats_every_ms());
     let m = framework_with(
         brokers,
         topic,
@@ -163,6 +177,7 @@ async fn kconc_child(brokers: &str, topic: &str, group: &str, n: usize) -> Resul
     Ok(ChildReport {
         rate: m.rate,
         cpu_s: m.usage.cpu.as_secs_f64(),
+        switches: m.usage.switches,
         rss_mb: peak_rss_mb(),
         requests: requests(&m.librdkafka_statistics.unwrap_or_default()),
     })
@@ -171,13 +186,15 @@ async fn kconc_child(brokers: &str, topic: &str, group: &str, n: usize) -> Resul
 /// `--child raw|kconc BROKERS TOPIC GROUP N`: runs one and prints its report.
 pub(crate) async fn child(args: &[String]) -> Result<(), String> {
     let [kind, brokers, topic, group, n] = args else {
-        return Err("--child needs: raw|kconc BROKERS TOPIC GROUP N".into());
+        return Err("--child needs: raw|kconc|exit|exit-raw BROKERS TOPIC GROUP N".into());
     };
     let n: usize = n.parse().map_err(|_| "--child: N is a number")?;
     let report = match kind.as_str() {
         "raw" => tokio::task::block_in_place(|| raw_child(brokers, topic, group, n))?,
         "kconc" => kconc_child(brokers, topic, group, n).await?,
-        other => return Err(format!("--child: `{other}` is not raw or kconc")),
+        "exit" => return exit_child(brokers, topic, group, n).await,
+        "exit-raw" => return exit_raw_child(brokers, topic, group, n).await,
+        other => return Err(format!("--child: `{other}` is not raw, kconc, exit or exit-raw")),
     };
     print_report(&report);
     Ok(())
@@ -185,7 +202,19 @@ pub(crate) async fn child(args: &[String]) -> Result<(), String> {
 
 fn run_child(kind: &str, brokers: &str, topic: &str, group: &str, n: usize) -> Result<ChildReport, String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let out = Command::new(exe)
+    // `KCONC_BENCH_CHILD_WRAP="perf stat -e instructions:u -o /tmp/x"`
+    // runs each child under a profiler (its words split on spaces).
+    let wrap = std::env::var("KCONC_BENCH_CHILD_WRAP").unwrap_or_default();
+    let mut words = wrap.split_whitespace();
+    let mut command = match words.next() {
+        Some(program) => {
+            let mut c = Command::new(program);
+            c.args(words).arg(exe);
+            c
+        }
+        None => Command::new(exe),
+    };
+    let out = command
         .args(["--child", kind, brokers, topic, group, &n.to_string()])
         .output()
         .map_err(|e| e.to_string())?;
@@ -228,6 +257,7 @@ pub(crate) fn separate(brokers: &str, n: usize, runs: usize) -> Result<(), Strin
         let rate = median(rs.iter().map(|r| r.rate).collect());
         let cpu = median(rs.iter().map(|r| r.cpu_s * 1e6 / n as f64).collect());
         let rss = median(rs.iter().map(|r| r.rss_mb).collect());
+        let switches = median(rs.iter().map(|r| r.switches as f64 * 1_000.0 / n as f64).collect());
         let mut names: Vec<&String> = rs.iter().flat_map(|r| r.requests.keys()).collect();
         names.sort();
         names.dedup();
@@ -243,8 +273,9 @@ pub(crate) fn separate(brokers: &str, n: usize, runs: usize) -> Result<(), Strin
             })
             .collect();
         println!(
-            "  {kind:<5}  {:>8.0} msg/s ({:.0}-{:.0})  cpu {:.2} us/msg ({:.2}-{:.2})  peak RSS {:.1} MB ({:.1}-{:.1})",
-            rate.0, rate.1, rate.2, cpu.0, cpu.1, cpu.2, rss.0, rss.1, rss.2
+            "  {kind:<5}  {:>8.0} msg/s ({:.0}-{:.0})  cpu {:.2} us/msg ({:.2}-{:.2})  peak RSS {:.1} MB ({:.1}-{:.1})  \
+             context switches per 1,000 msgs {:.0} ({:.0}-{:.0})",
+            rate.0, rate.1, rate.2, cpu.0, cpu.1, cpu.2, rss.0, rss.1, rss.2, switches.0, switches.1, switches.2
         );
         let req_text: Vec<String> = req.iter().map(|(k, v)| format!("{k} {v:.1}")).collect();
         println!("         requests per 10,000 msgs: {}", req_text.join(", "));
@@ -280,6 +311,186 @@ pub(crate) fn separate(brokers: &str, n: usize, runs: usize) -> Result<(), Strin
             })
             .collect();
         println!("  kconc / raw requests: {}", ratios.join(", "));
+    }
+    Ok(())
+}
+
+/// Unix time in nanoseconds.
+fn unix_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// `--child exit ..`: kconc as a service runs it (`run_until_signal`, which
+/// `main!` uses); once every message is handled it prints `HANDLED <unix
+/// ns of the last one>` and waits for the parent's SIGTERM.
+async fn exit_child(brokers: &str, topic: &str, group: &str, n: usize) -> Result<(), String> {
+    use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+    static COUNT: AtomicUsize = AtomicUsize::new(0);
+    static LAST_NS: AtomicU64 = AtomicU64::new(0);
+    let sub = kconc_runtime::Subscriber::new("bench", [topic], group, |m: kconc_runtime::Message| async move {
+        let order: Result<super::Order, _> = serde_json::from_slice(m.payload().unwrap_or_default());
+        std::hint::black_box(order.map(|o| o.id).unwrap_or(0));
+        COUNT.fetch_add(1, Ordering::Relaxed);
+        LAST_NS.fetch_max(unix_ns(), Ordering::Relaxed);
+    })
+    .concurrency(100);
+    if let Ok(filter) = std::env::var("KCONC_BENCH_LOG") {
+        let _ = kconc_runtime::init_tracing_with(Some(&filter));
+    }
+    let running = kconc_runtime::App::new()
+        .brokers(brokers)
+        .subscriber(sub)
+        .start()
+        .map_err(|e| e.to_string())?;
+    let mut serving = std::pin::pin!(running.run_until_signal());
+    // Its first poll installs the signal handlers (before its first await),
+    // so the parent's SIGTERM cannot come before them.
+    let mut ended = None;
+    std::future::poll_fn(|cx| {
+        if let std::task::Poll::Ready(r) = serving.as_mut().poll(cx) {
+            ended = Some(r);
+        }
+        std::task::Poll::Ready(())
+    })
+    .await;
+    if let Some(r) = ended {
+        return r.map_err(|e| e.to_string());
+    }
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while COUNT.load(Ordering::Relaxed) < n {
+        if Instant::now() > deadline {
+            return Err(format!(
+                "exit child: only {} of {n} messages",
+                COUNT.load(Ordering::Relaxed)
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    println!("HANDLED {}", LAST_NS.load(Ordering::Relaxed));
+    use std::io::Write as _;
+    let _ = std::io::stdout().flush();
+    serving.await.map_err(|e| e.to_string())
+}
+
+/// `--child exit-raw ..`: the raw loop as a service would write it: on
+/// SIGTERM it commits what it handled (synchronously) and drops the
+/// consumer, which leaves the group.
+async fn exit_raw_child(brokers: &str, topic: &str, group: &str, n: usize) -> Result<(), String> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static TERM: AtomicBool = AtomicBool::new(false);
+    let mut term =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(|e| e.to_string())?;
+    tokio::spawn(async move {
+        term.recv().await;
+        TERM.store(true, Ordering::SeqCst);
+    });
+    let brokers = brokers.to_owned();
+    let (topic, group) = (topic.to_owned(), group.to_owned());
+    tokio::task::spawn_blocking(move || {
+        let mut config = raw_config(&brokers, &group);
+        config.set("enable.auto.commit", "false");
+        let consumer: BaseConsumer = config.create().map_err(|e| e.to_string())?;
+        consumer.subscribe(&[&topic]).map_err(|e| e.to_string())?;
+        let mut run = RawRun::default();
+        let mut last_ns = 0;
+        let mut told = false;
+        while !TERM.load(Ordering::SeqCst) {
+            match consumer.poll(Duration::from_millis(10)) {
+                Some(Ok(m)) => {
+                    run.handle(&consumer, &m);
+                    last_ns = unix_ns();
+                    if run.seen % 100 == 0 {
+                        let _ = consumer.commit_consumer_state(CommitMode::Async);
+                    }
+                }
+                Some(Err(e)) => return Err(e.to_string()),
+                None => {}
+            }
+            if run.seen >= n && !told {
+                told = true;
+                println!("HANDLED {last_ns}");
+                use std::io::Write as _;
+                let _ = std::io::stdout().flush();
+            }
+        }
+        let _ = consumer.commit_consumer_state(CommitMode::Sync);
+        drop(consumer);
+        Ok(())
+    })
+    .await
+    .map_err(|e| e.to_string())?
+}
+
+/// Runs an exit child, sends it SIGTERM once it has handled every message,
+/// and returns (SIGTERM to exit, last message to exit), in seconds.
+fn exit_run(kind: &str, brokers: &str, topic: &str, group: &str, n: usize) -> Result<(f64, f64), String> {
+    use std::io::BufRead as _;
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let mut child = Command::new(exe)
+        .args(["--child", kind, brokers, topic, group, &n.to_string()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(if std::env::var_os("KCONC_BENCH_LOG").is_some() {
+            std::process::Stdio::inherit()
+        } else {
+            std::process::Stdio::null()
+        })
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    let stdout = child.stdout.take().ok_or("exit child: no stdout")?;
+    let mut last_ns = None;
+    for line in std::io::BufReader::new(stdout).lines() {
+        let line = line.map_err(|e| e.to_string())?;
+        if let Some(ns) = line.strip_prefix("HANDLED ") {
+            last_ns = ns.trim().parse::<u64>().ok();
+            break;
+        }
+    }
+    let last_ns = last_ns.ok_or("exit child ended before handling every message")?;
+    let signalled = Instant::now();
+    let signalled_ns = unix_ns();
+    terminate(child.id());
+    let status = child.wait().map_err(|e| e.to_string())?;
+    let exited = signalled.elapsed();
+    if !status.success() {
+        return Err(format!("exit child: {status}"));
+    }
+    let from_last = exited + Duration::from_nanos(signalled_ns.saturating_sub(last_ns));
+    Ok((exited.as_secs_f64(), from_last.as_secs_f64()))
+}
+
+/// Sends SIGTERM to `pid`.
+#[allow(unsafe_code)]
+fn terminate(pid: u32) {
+    // SAFETY: kill(2) with a child's pid and a valid signal number.
+    unsafe {
+        libc::kill(pid as libc::pid_t, libc::SIGTERM);
+    }
+}
+
+/// `--exit`: how long kconc, and the raw loop, take to exit on SIGTERM with
+/// nothing in flight, `runs` times each, alternately; prints the medians.
+pub(crate) fn exit_times(brokers: &str, n: usize, runs: usize) -> Result<(), String> {
+    let topic = "bench-separate";
+    produce(brokers, topic, n, 1_000)?;
+    println!("exit on SIGTERM with nothing in flight, {n} msgs handled first ({runs} runs each, median (min-max)):");
+    let mut times: BTreeMap<&str, (Vec<f64>, Vec<f64>)> = BTreeMap::new();
+    for run in 0..runs {
+        for kind in ["exit-raw", "exit"] {
+            let (s, l) = exit_run(kind, brokers, topic, &format!("{kind}-{run}"), n)?;
+            let t = times.entry(kind).or_default();
+            t.0.push(s);
+            t.1.push(l);
+        }
+    }
+    for (kind, (after_signal, after_last)) in times {
+        let (s, l) = (median(after_signal), median(after_last));
+        let name = if kind == "exit" { "kconc" } else { "raw" };
+        println!(
+            "  {name:<5}  SIGTERM to exit {:.3} s ({:.3}-{:.3}), last message handled to exit {:.3} s ({:.3}-{:.3})",
+            s.0, s.1, s.2, l.0, l.1, l.2
+        );
     }
     Ok(())
 }
