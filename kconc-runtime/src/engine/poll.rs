@@ -82,6 +82,13 @@ pub(crate) fn start(
         events_tx.clone(),
     )
     .map_err(|e| Error::Thread(sub.name.clone(), e))?;
+    // A shutdown wakes the poll loop at once, not after its idle wait.
+    let on_shutdown = events_tx.clone();
+    let token = shutdown.clone();
+    runtime.spawn(async move {
+        token.cancelled().await;
+        let _ = on_shutdown.send(Event::Wake);
+    });
     let wake = events_tx.clone();
     let engine = Engine {
         settings: Settings {
