@@ -54,7 +54,13 @@ pub(crate) struct Dispatcher {
     pub(super) workers: Vec<UnboundedSender<Vec<Start>>>,
     /// Started this turn, per worker; sent by [`Dispatcher::flush`].
     pub(super) pending: Vec<Vec<Start>>,
+    /// The worker that takes the next message.
     pub(super) next: usize,
+    /// Messages it has taken since its turn began.
+    pub(super) in_turn: usize,
+    /// Messages one worker takes in a row: the concurrency's share of
+    /// each worker (see [`Dispatcher::hand_over`]).
+    pub(super) run: usize,
     pub(super) inline: Inline,
     /// The waker of the next first poll here (made anew only when a future
     /// keeps the previous one).
@@ -81,6 +87,8 @@ impl Dispatcher {
             pending: workers.iter().map(|_| Vec::new()).collect(),
             workers,
             next: 0,
+            in_turn: 0,
+            run: concurrency.max(1).div_ceil(n),
             inline: Inline::new(first_poll),
             handover: Arc::default(),
             rerun_warned: false,
@@ -148,6 +156,11 @@ impl Dispatcher {
                 }
             }
         }
+        // The next flush goes to the next worker.
+        if self.in_turn > 0 {
+            self.next = self.next.wrapping_add(1);
+            self.in_turn = 0;
+        }
         alive
     }
 
@@ -182,12 +195,21 @@ impl Dispatcher {
         self.shared.abort.cancel();
     }
 
+    /// Queues `start` for a worker. A worker takes up to its share of the
+    /// concurrency in a row before the next worker's turn, and each flush
+    /// begins a new turn: a turn's few messages wake one worker thread, not
+    /// every one, while a full turn is still spread evenly over all (so
+    /// handlers that block their thread still run side by side).
     pub(super) fn hand_over(&mut self, start: Start) {
         let n = self.pending.len();
         if let Some(batch) = self.pending.get_mut(self.next % n.max(1)) {
             batch.push(start);
         }
-        self.next = self.next.wrapping_add(1);
+        self.in_turn += 1;
+        if self.in_turn >= self.run {
+            self.next = self.next.wrapping_add(1);
+            self.in_turn = 0;
+        }
     }
 
     /// Calls the handler here and polls its future once. Returns the event
