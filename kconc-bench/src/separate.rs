@@ -246,7 +246,13 @@ pub(crate) fn separate(brokers: &str, n: usize, runs: usize) -> Result<(), Strin
     let mut reports: BTreeMap<&str, Vec<ChildReport>> = BTreeMap::new();
     for run in 0..runs {
         for kind in ["raw", "kconc"] {
-            let r = run_child(kind, brokers, topic, &format!("sep-{kind}-{run}"), n)?;
+            let r = run_child(
+                kind,
+                brokers,
+                topic,
+                &format!("sep-{kind}-{run}-{}", std::process::id()),
+                n,
+            )?;
             reports.entry(kind).or_default().push(r);
         }
     }
@@ -315,6 +321,9 @@ pub(crate) fn separate(brokers: &str, n: usize, runs: usize) -> Result<(), Strin
     Ok(())
 }
 
+/// How long an exit child sees no message before it counts as idle.
+const QUIET_NS: u64 = 300_000_000;
+
 /// Unix time in nanoseconds.
 fn unix_ns() -> u64 {
     std::time::SystemTime::now()
@@ -323,8 +332,8 @@ fn unix_ns() -> u64 {
 }
 
 /// `--child exit ..`: kconc as a service runs it (`run_until_signal`, which
-/// `main!` uses); once every message is handled it prints `HANDLED <unix
-/// ns of the last one>` and waits for the parent's SIGTERM.
+/// `main!` uses); once every message is handled and it is idle, it prints
+/// `HANDLED` and waits for the parent's SIGTERM.
 async fn exit_child(brokers: &str, topic: &str, group: &str, n: usize) -> Result<(), String> {
     use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
     static COUNT: AtomicUsize = AtomicUsize::new(0);
@@ -359,7 +368,9 @@ async fn exit_child(brokers: &str, topic: &str, group: &str, n: usize) -> Result
         return r.map_err(|e| e.to_string());
     }
     let deadline = Instant::now() + Duration::from_secs(300);
-    while COUNT.load(Ordering::Relaxed) < n {
+    // Every message handled, and none for QUIET (the topic may hold more
+    // than `n` on a long-lived broker): nothing is in flight.
+    while COUNT.load(Ordering::Relaxed) < n || unix_ns().saturating_sub(LAST_NS.load(Ordering::Relaxed)) < QUIET_NS {
         if Instant::now() > deadline {
             return Err(format!(
                 "exit child: only {} of {n} messages",
@@ -368,7 +379,7 @@ async fn exit_child(brokers: &str, topic: &str, group: &str, n: usize) -> Result
         }
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
-    println!("HANDLED {}", LAST_NS.load(Ordering::Relaxed));
+    println!("HANDLED");
     use std::io::Write as _;
     let _ = std::io::stdout().flush();
     serving.await.map_err(|e| e.to_string())
@@ -408,9 +419,9 @@ async fn exit_raw_child(brokers: &str, topic: &str, group: &str, n: usize) -> Re
                 Some(Err(e)) => return Err(e.to_string()),
                 None => {}
             }
-            if run.seen >= n && !told {
+            if run.seen >= n && !told && unix_ns().saturating_sub(last_ns) >= QUIET_NS {
                 told = true;
-                println!("HANDLED {last_ns}");
+                println!("HANDLED");
                 use std::io::Write as _;
                 let _ = std::io::stdout().flush();
             }
@@ -423,9 +434,9 @@ async fn exit_raw_child(brokers: &str, topic: &str, group: &str, n: usize) -> Re
     .map_err(|e| e.to_string())?
 }
 
-/// Runs an exit child, sends it SIGTERM once it has handled every message,
-/// and returns (SIGTERM to exit, last message to exit), in seconds.
-fn exit_run(kind: &str, brokers: &str, topic: &str, group: &str, n: usize) -> Result<(f64, f64), String> {
+/// Runs an exit child, sends it SIGTERM once it has handled every message
+/// and is idle, and returns the time from SIGTERM to its exit, in seconds.
+fn exit_run(kind: &str, brokers: &str, topic: &str, group: &str, n: usize) -> Result<f64, String> {
     use std::io::BufRead as _;
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let mut child = Command::new(exe)
@@ -439,25 +450,25 @@ fn exit_run(kind: &str, brokers: &str, topic: &str, group: &str, n: usize) -> Re
         .spawn()
         .map_err(|e| e.to_string())?;
     let stdout = child.stdout.take().ok_or("exit child: no stdout")?;
-    let mut last_ns = None;
+    let mut handled = false;
     for line in std::io::BufReader::new(stdout).lines() {
         let line = line.map_err(|e| e.to_string())?;
-        if let Some(ns) = line.strip_prefix("HANDLED ") {
-            last_ns = ns.trim().parse::<u64>().ok();
+        if line.starts_with("HANDLED") {
+            handled = true;
             break;
         }
     }
-    let last_ns = last_ns.ok_or("exit child ended before handling every message")?;
+    if !handled {
+        return Err("exit child ended before handling every message".into());
+    }
     let signalled = Instant::now();
-    let signalled_ns = unix_ns();
     terminate(child.id());
     let status = child.wait().map_err(|e| e.to_string())?;
     let exited = signalled.elapsed();
     if !status.success() {
         return Err(format!("exit child: {status}"));
     }
-    let from_last = exited + Duration::from_nanos(signalled_ns.saturating_sub(last_ns));
-    Ok((exited.as_secs_f64(), from_last.as_secs_f64()))
+    Ok(exited.as_secs_f64())
 }
 
 /// Sends SIGTERM to `pid`.
@@ -475,22 +486,17 @@ pub(crate) fn exit_times(brokers: &str, n: usize, runs: usize) -> Result<(), Str
     let topic = "bench-separate";
     produce(brokers, topic, n, 1_000)?;
     println!("exit on SIGTERM with nothing in flight, {n} msgs handled first ({runs} runs each, median (min-max)):");
-    let mut times: BTreeMap<&str, (Vec<f64>, Vec<f64>)> = BTreeMap::new();
+    let mut times: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
     for run in 0..runs {
         for kind in ["exit-raw", "exit"] {
-            let (s, l) = exit_run(kind, brokers, topic, &format!("{kind}-{run}"), n)?;
-            let t = times.entry(kind).or_default();
-            t.0.push(s);
-            t.1.push(l);
+            let took = exit_run(kind, brokers, topic, &format!("{kind}-{run}-{}", std::process::id()), n)?;
+            times.entry(kind).or_default().push(took);
         }
     }
-    for (kind, (after_signal, after_last)) in times {
-        let (s, l) = (median(after_signal), median(after_last));
+    for (kind, after_signal) in times {
+        let s = median(after_signal);
         let name = if kind == "exit" { "kconc" } else { "raw" };
-        println!(
-            "  {name:<5}  SIGTERM to exit {:.3} s ({:.3}-{:.3}), last message handled to exit {:.3} s ({:.3}-{:.3})",
-            s.0, s.1, s.2, l.0, l.1, l.2
-        );
+        println!("  {name:<5}  SIGTERM to exit {:.3} s ({:.3}-{:.3})", s.0, s.1, s.2);
     }
     Ok(())
 }
