@@ -689,8 +689,10 @@ async fn run() -> Result<(), String> {
         println!("chart written to {path}");
     }
     if o.smoke {
-        // The separate-process mode too, briefly, so that it keeps working.
+        // The separate-process and exit modes too, briefly, so that they
+        // keep working.
         tokio::task::block_in_place(|| separate::separate(&bootstrap, o.noop_messages, 1))?;
+        tokio::task::block_in_place(|| separate::exit_times(&bootstrap, 1_000, 1))?;
     }
     Ok(())
 }
