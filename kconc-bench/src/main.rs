@@ -282,7 +282,20 @@ fn raw_config(bootstrap: &str, group: &str) -> ClientConfig {
         .set("enable.auto.commit", "true")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest");
+    for (k, v) in props("KCONC_BENCH_RAW_PROPS") {
+        config.set(k, v);
+    }
     config
+}
+
+/// `key=value` pairs from a comma-separated environment variable.
+fn props(var: &str) -> Vec<(String, String)> {
+    std::env::var(var)
+        .unwrap_or_default()
+        .split(',')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        .collect()
 }
 
 /// Messages per second of a raw rdkafka loop reading `n` messages.
@@ -358,6 +371,8 @@ struct Measured {
     window_pauses: u64,
     /// Mean time a handler took, as the handler measured it.
     latency: Duration,
+    /// Mean time a key stayed idle between two of its messages.
+    key_gap: Duration,
     /// CPU and allocations from the first message to the last.
     usage: Usage,
     /// The consumer's last librdkafka statistics, when asked for.
@@ -379,6 +394,12 @@ struct Probe {
     count: AtomicUsize,
     busy_ns: std::sync::atomic::AtomicU64,
     first: std::sync::OnceLock<(Instant, Usage)>,
+    /// When each key's last handler ended (per partition: key ordering is
+    /// per key within a partition), and the time keys spent idle between
+    /// one of their messages and the next (handlers that wait only).
+    key_ends: std::sync::Mutex<std::collections::HashMap<(i32, Vec<u8>), Instant>>,
+    key_gap_ns: std::sync::atomic::AtomicU64,
+    key_gaps: AtomicUsize,
 }
 
 /// Where kconc runs handlers' first polls in this run (`--first-poll`).
@@ -418,10 +439,26 @@ async fn framework_with(
         std::hint::black_box(order.map(|o| o.id).unwrap_or(0));
         if !work.is_zero() {
             let started = Instant::now();
+            let key = (m.partition(), m.key().unwrap_or_default().to_vec());
+            let by_key = ordering == Mode::Key;
+            if let Some(ended) = by_key
+                .then(|| probe.key_ends.lock().ok().and_then(|ends| ends.get(&key).copied()))
+                .flatten()
+            {
+                if let Some(gap) = started.checked_duration_since(ended) {
+                    probe.key_gap_ns.fetch_add(gap.as_nanos() as u64, Ordering::Relaxed);
+                    probe.key_gaps.fetch_add(1, Ordering::Relaxed);
+                }
+            }
             tokio::time::sleep(work).await;
             probe
                 .busy_ns
                 .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+            if by_key {
+                if let Ok(mut ends) = probe.key_ends.lock() {
+                    ends.insert(key, Instant::now());
+                }
+            }
         }
         probe.count.fetch_add(1, Ordering::Relaxed);
     })
@@ -437,6 +474,12 @@ async fn framework_with(
         }
     }
     let mut app = App::new().brokers(bootstrap).subscriber(sub);
+    // `KCONC_BENCH_PROPS="queued.max.messages.kbytes=1024,.."`: librdkafka
+    // properties to try on kconc's consumer (`KCONC_BENCH_RAW_PROPS` for
+    // the raw loops').
+    for (k, v) in props("KCONC_BENCH_PROPS") {
+        app = app.property(k, v);
+    }
     if let Some(every) = statistics {
         app = app.property("statistics.interval.ms", every.as_millis().to_string());
     }
@@ -472,6 +515,9 @@ async fn framework_with(
         max_waiting: stats.max_waiting,
         window_pauses: stats.uncommitted_window_pauses,
         latency: Duration::from_nanos(probe.busy_ns.load(Ordering::Relaxed) / n.max(1) as u64),
+        key_gap: Duration::from_nanos(
+            probe.key_gap_ns.load(Ordering::Relaxed) / probe.key_gaps.load(Ordering::Relaxed).max(1) as u64,
+        ),
         usage,
     })
 }
@@ -641,7 +687,17 @@ async fn run() -> Result<(), String> {
             })
             .await?;
             let vs = if mode == Mode::Key {
-                format!("  ratio {:.2} of unordered", rate / unordered)
+                // Each lane (a key within a partition) runs one message at
+                // a time; the bench's keys and partitions make 200 lanes
+                // for 100 slots, so at the bound a lane is idle half the
+                // time, and much more than that means lanes starve.
+                let (gap, took) = (last.key_gap.as_secs_f64(), last.latency.as_secs_f64());
+                format!(
+                    "  ratio {:.2} of unordered  a lane's idle time between its messages {:.2} ms ({:.1} % of its time)",
+                    rate / unordered,
+                    gap * 1e3,
+                    100.0 * gap / (gap + took).max(f64::MIN_POSITIVE)
+                )
             } else {
                 unordered = rate;
                 String::new()
