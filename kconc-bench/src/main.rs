@@ -20,7 +20,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use kconc_runtime::rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, StreamConsumer};
+use kconc_runtime::rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, StreamConsumer};
 use kconc_runtime::rdkafka::message::BorrowedMessage;
 use kconc_runtime::rdkafka::{ClientConfig, Message as _};
 use kconc_runtime::testing::TestProducer;
@@ -303,17 +303,7 @@ fn raw_loop(bootstrap: &str, topic: &str, group: &str, n: usize) -> Result<(f64,
     let consumer: BaseConsumer = raw_config(bootstrap, group).create().map_err(|e| e.to_string())?;
     consumer.subscribe(&[topic]).map_err(|e| e.to_string())?;
     let mut run = RawRun::default();
-    let deadline = Instant::now() + Duration::from_secs(300);
-    while run.seen < n {
-        if Instant::now() > deadline {
-            return Err(format!("raw loop: only {} of {n} messages", run.seen));
-        }
-        match consumer.poll(Duration::from_millis(100)) {
-            Some(Ok(m)) => run.handle(&consumer, &m),
-            Some(Err(e)) => return Err(e.to_string()),
-            None => {}
-        }
-    }
+    run.read(&consumer, n, None)?;
     Ok(run.finish())
 }
 
@@ -333,6 +323,33 @@ impl RawRun {
         std::hint::black_box(order.map(|o| o.id).unwrap_or(0));
         let _ = consumer.store_offset_from_message(m);
         self.seen += 1;
+    }
+
+    /// Reads and handles messages until `n` are seen (failing after 300 s),
+    /// committing asynchronously every `commit_every` if given.
+    fn read<X: ConsumerContext>(
+        &mut self,
+        consumer: &BaseConsumer<X>,
+        n: usize,
+        commit_every: Option<usize>,
+    ) -> Result<(), String> {
+        let deadline = Instant::now() + Duration::from_secs(300);
+        while self.seen < n {
+            if Instant::now() > deadline {
+                return Err(format!("raw loop: only {} of {n} messages", self.seen));
+            }
+            match consumer.poll(Duration::from_millis(100)) {
+                Some(Ok(m)) => {
+                    self.handle(consumer, &m);
+                    if commit_every.is_some_and(|every| self.seen.is_multiple_of(every)) {
+                        let _ = consumer.commit_consumer_state(CommitMode::Async);
+                    }
+                }
+                Some(Err(e)) => return Err(e.to_string()),
+                None => {}
+            }
+        }
+        Ok(())
     }
 
     /// Messages per second and usage from the first message to now.
@@ -402,6 +419,23 @@ struct Probe {
     key_gaps: AtomicUsize,
 }
 
+impl Probe {
+    /// Counts the time `lane` stayed idle since its last message ended.
+    fn lane_starts(&self, lane: &(i32, Vec<u8>), now: Instant) {
+        let ended = self.key_ends.lock().ok().and_then(|ends| ends.get(lane).copied());
+        if let Some(gap) = ended.and_then(|ended| now.checked_duration_since(ended)) {
+            self.key_gap_ns.fetch_add(gap.as_nanos() as u64, Ordering::Relaxed);
+            self.key_gaps.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn lane_ends(&self, lane: (i32, Vec<u8>)) {
+        if let Ok(mut ends) = self.key_ends.lock() {
+            ends.insert(lane, Instant::now());
+        }
+    }
+}
+
 /// Where kconc runs handlers' first polls in this run (`--first-poll`).
 static FIRST_POLL: std::sync::OnceLock<FirstPoll> = std::sync::OnceLock::new();
 
@@ -439,25 +473,17 @@ async fn framework_with(
         std::hint::black_box(order.map(|o| o.id).unwrap_or(0));
         if !work.is_zero() {
             let started = Instant::now();
-            let key = (m.partition(), m.key().unwrap_or_default().to_vec());
-            let by_key = ordering == Mode::Key;
-            if let Some(ended) = by_key
-                .then(|| probe.key_ends.lock().ok().and_then(|ends| ends.get(&key).copied()))
-                .flatten()
-            {
-                if let Some(gap) = started.checked_duration_since(ended) {
-                    probe.key_gap_ns.fetch_add(gap.as_nanos() as u64, Ordering::Relaxed);
-                    probe.key_gaps.fetch_add(1, Ordering::Relaxed);
-                }
+            // Its lane (a key within a partition), under key ordering only.
+            let lane = (ordering == Mode::Key).then(|| (m.partition(), m.key().unwrap_or_default().to_vec()));
+            if let Some(lane) = &lane {
+                probe.lane_starts(lane, started);
             }
             tokio::time::sleep(work).await;
             probe
                 .busy_ns
                 .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
-            if by_key {
-                if let Ok(mut ends) = probe.key_ends.lock() {
-                    ends.insert(key, Instant::now());
-                }
+            if let Some(lane) = lane {
+                probe.lane_ends(lane);
             }
         }
         probe.count.fetch_add(1, Ordering::Relaxed);

@@ -122,22 +122,7 @@ fn raw_child(brokers: &str, topic: &str, group: &str, n: usize) -> Result<ChildR
         .map_err(|e| e.to_string())?;
     consumer.subscribe(&[topic]).map_err(|e| e.to_string())?;
     let mut run = RawRun::default();
-    let deadline = Instant::now() + Duration::from_secs(300);
-    while run.seen < n {
-        if Instant::now() > deadline {
-            return Err(format!("raw child: only {} of {n} messages", run.seen));
-        }
-        match consumer.poll(Duration::from_millis(100)) {
-            Some(Ok(m)) => {
-                run.handle(&consumer, &m);
-                if run.seen % 100 == 0 {
-                    let _ = consumer.commit_consumer_state(CommitMode::Async);
-                }
-            }
-            Some(Err(e)) => return Err(e.to_string()),
-            None => {}
-        }
-    }
+    run.read(&consumer, n, Some(100))?;
     let (rate, usage) = run.finish();
     let _ = consumer.commit_consumer_state(CommitMode::Sync);
     // One more statistics report after the last request.

@@ -9,8 +9,9 @@ use super::hooks::{Setup, StopHook};
 use crate::embedded::EmbeddedCluster;
 use crate::engine::Runner;
 use crate::handler::BoxError;
-use crate::health::{self, Health, HealthThresholds, Watched};
+use crate::health::{self, Health, HealthThresholds};
 use crate::stats::{PartitionPause, Stats, StatsSnapshot, StoppedPartition};
+use crate::watch::Watched;
 use crate::Error;
 
 /// How much longer than the longest `shutdown_timeout` of its subscribers

@@ -10,9 +10,9 @@ use super::{App, Running, ShutdownHandle};
 use crate::config::{self, EMBEDDED};
 use crate::embedded::EmbeddedCluster;
 use crate::engine;
-use crate::health::{self, Watched};
+use crate::health;
 use crate::subscriber::Subscriber;
-use crate::watch::{self, ClusterWatch};
+use crate::watch::{self, ClusterWatch, Watched};
 use crate::Error;
 
 /// An app checked and connected to its cluster (the embedded one started),
@@ -195,16 +195,8 @@ impl Prepared {
                 cluster: cluster.clone(),
             })
             .collect();
-        let topics: Vec<watch::Watched> = watched
-            .iter()
-            .map(|w| watch::Watched {
-                name: w.name.clone(),
-                topics: w.topics.clone(),
-                stats: w.stats.clone(),
-            })
-            .collect();
         if let Some(first) = configs.into_iter().next() {
-            watch::spawn(first, cluster, topics, token.clone(), &runtime);
+            watch::spawn(first, cluster, watched.clone(), token.clone(), &runtime);
         }
         let http = match listener {
             None => None,

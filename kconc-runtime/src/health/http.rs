@@ -5,7 +5,8 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
-use super::{health, metrics_text, HealthThresholds, Watched};
+use super::{health, metrics_text, HealthThresholds};
+use crate::watch::Watched;
 use crate::Error;
 
 /// Binds the HTTP endpoint's address (`--http`), before anything connects:

@@ -12,8 +12,9 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
-use super::{stalled_partitions, subscriber_health, HealthThresholds, Watched};
+use super::{stalled_partitions, subscriber_health, HealthThresholds};
 use crate::stats::{unix_ms, StatsSnapshot, COUNTER_METRICS};
+use crate::watch::Watched;
 use crate::Error;
 
 type Labels = Vec<(String, String)>;

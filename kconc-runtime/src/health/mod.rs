@@ -7,11 +7,10 @@
 //! Nothing configured (brokers, properties, secrets) is ever part of it.
 
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::stats::{unix_ms, Stats, StoppedPartition};
-use crate::watch::ClusterWatch;
+use crate::watch::Watched;
 
 mod http;
 mod metrics;
@@ -134,17 +133,6 @@ impl Health {
         }
         out
     }
-}
-
-/// What health and metrics read for one subscriber.
-#[derive(Clone, Debug)]
-pub(crate) struct Watched {
-    pub(crate) name: String,
-    pub(crate) group: String,
-    pub(crate) topics: Vec<String>,
-    pub(crate) stats: Arc<Stats>,
-    /// The app's view of its cluster, shared by its subscribers.
-    pub(crate) cluster: Arc<ClusterWatch>,
 }
 
 fn time_of(ms: u64) -> Option<SystemTime> {
@@ -281,8 +269,10 @@ pub(crate) fn health(watched: &[Watched], t: &HealthThresholds) -> Health {
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::AtomicBool;
+    use std::sync::Arc;
 
     use super::*;
+    use crate::watch::ClusterWatch;
 
     /// A subscriber whose loops run, joined, polled and committed just now.
     fn running() -> Watched {

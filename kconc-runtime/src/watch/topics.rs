@@ -31,11 +31,16 @@ impl ClientContext for WatchContext {
 
 impl ConsumerContext for WatchContext {}
 
-/// A subscriber's topics, and where the watcher says which are missing.
+/// One subscriber as the app watches it: its topics (and where the watcher
+/// says which are missing, in `stats`), and what health and metrics read.
+#[derive(Clone, Debug)]
 pub(crate) struct Watched {
     pub(crate) name: String,
+    pub(crate) group: String,
     pub(crate) topics: Vec<String>,
     pub(crate) stats: Arc<Stats>,
+    /// The app's view of its cluster, shared by its subscribers.
+    pub(crate) cluster: Arc<ClusterWatch>,
 }
 
 /// A client that only asks for metadata, with the consumers' connection
