@@ -6,6 +6,7 @@
 //! kconc-e2e consume --brokers B --topic T --group G --journal FILE [--status FILE]
 //!                   [--concurrency 100] [--ordering unordered|key|partition] [--delay-ms 1-20]
 //!                   [--commit-batch-size 100] [--shutdown-timeout-ms 20000] [--properties k=v,k=v]
+//!                   [--commit-metadata finished|none] [--instance-id ID]
 //!
 //! kconc-e2e mock-broker --topic T --partitions P
 //! ```
@@ -226,6 +227,12 @@ fn consume(o: &Opts) -> Result<(), String> {
         .filter(|(a, b)| a <= b)
         .ok_or_else(|| format!("--delay-ms: `{delay}` is not a range such as 1-20"))?;
     let batch: usize = o.num("commit-batch-size", Some(100))?;
+    let metadata: kconc_runtime::CommitMetadata =
+        o.0.get("commit-metadata")
+            .map_or("finished", String::as_str)
+            .parse()
+            .map_err(|e| format!("--commit-metadata: {e}"))?;
+    let instance = o.0.get("instance-id").cloned();
     let shutdown_ms: u64 = o.num("shutdown-timeout-ms", Some(20_000))?;
     // `--properties k=v,k=v`: librdkafka properties (debug=cgrp, ...).
     let properties: Vec<(String, String)> = match o.0.get("properties") {
@@ -266,6 +273,7 @@ fn consume(o: &Opts) -> Result<(), String> {
     })
     .concurrency(concurrency)
     .ordering(ordering)
+    .commit_metadata(metadata)
     .commit_batch_size(batch)
     .shutdown_timeout(Duration::from_millis(shutdown_ms));
 
@@ -278,6 +286,10 @@ fn consume(o: &Opts) -> Result<(), String> {
             .property("session.timeout.ms", "6000")
             .property("heartbeat.interval.ms", "1000");
         let app = properties.iter().fold(app, |app, (k, v)| app.property(k, v));
+        let sub = match instance {
+            Some(id) => sub.instance_id(id),
+            None => sub,
+        };
         let running = app.subscriber(sub).start().map_err(|e| e.to_string())?;
         let stats = running.stats_handle("e2e");
         if let (Some(path), Some(stats)) = (status.clone(), stats.clone()) {
@@ -307,7 +319,7 @@ fn write_status(path: &str, stats: &kconc_runtime::StatsHandle) {
     let s = stats.snapshot();
     let text = format!(
         "assigned {}\ndispatched {}\nhandled {}\ncommits {}\ncommit_failures {}\nassignments {}\nrevocations {}\n\
-         revoke_commit_failures {}\n",
+         revoke_commit_failures {}\nskipped_already_done {}\n",
         assigned.join(" "),
         s.dispatched,
         s.handled,
@@ -315,7 +327,8 @@ fn write_status(path: &str, stats: &kconc_runtime::StatsHandle) {
         s.commit_failures,
         s.assignments,
         s.revocations,
-        s.revoke_commit_failures
+        s.revoke_commit_failures,
+        s.skipped_already_done
     );
     let tmp = format!("{path}.tmp");
     if std::fs::write(&tmp, text).is_ok() {

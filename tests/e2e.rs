@@ -200,7 +200,11 @@ impl Consumer {
             .arg("--status")
             .arg(&status)
             .args(extra)
-            .env("RUST_LOG", "kconc_runtime=info")
+            // `E2E_LOG=debug` (say) to see librdkafka's protocol in the logs.
+            .env(
+                "RUST_LOG",
+                std::env::var("E2E_LOG").unwrap_or("kconc_runtime=info".into()),
+            )
             .stderr(log)
             .spawn()
             .unwrap();
@@ -362,23 +366,78 @@ fn check_key_order(entries: &[Entry]) {
 
 /// kill -9 mid-run, restart: nothing lost, duplicates only above the
 /// position committed at the kill and bounded, committed == ends at the end.
+/// Tansu 0.6.0 stores commit metadata but returns none, so the restart
+/// here skips nothing: the effect of `commit_metadata` is measured on the
+/// mock cluster below.
 #[test]
 #[ignore = "needs the Tansu broker: bash scripts/broker start"]
 fn kill9_and_restart_loses_nothing_and_duplicates_are_bounded() {
-    let (parts, n, concurrency, batch) = (8, 50_000_u64, 100_i64, 100_i64);
     let topic = unique("e2e-kill");
+    let broker = Broker::tansu(&topic, 8);
+    let run = kill9_and_restart(&broker, &topic, "kill9", 50_000, &[]);
+    assert_eq!(run.skipped, 0, "Tansu 0.6.0 returns no commit metadata");
+}
+
+/// The same kill -9 and restart against a mock cluster in its own process
+/// (which stores and returns commit metadata), once with the finished
+/// offsets in the commit metadata (the default) and once without, on the
+/// same workload: nothing lost either way; with it, the restart skips what
+/// had finished above each committed offset, so the duplicates are only
+/// what finished after the last commit before the kill (at most about a
+/// commit batch plus what finishes during one commit), not every finished
+/// message above each partition's slowest one.
+#[test]
+fn kill9_and_restart_with_and_without_commit_metadata_on_the_mock_cluster() {
+    let mut figures = Vec::new();
+    for metadata in ["finished", "none"] {
+        let topic = unique(&format!("e2e-kill-mock-{metadata}"));
+        let broker = Broker::mock_process(&topic, 8);
+        let args = [
+            "--commit-metadata",
+            metadata,
+            "--properties",
+            "session.timeout.ms=3000,heartbeat.interval.ms=500",
+        ];
+        let run = kill9_and_restart(&broker, &topic, &format!("kill9-mock-{metadata}"), 20_000, &args);
+        if metadata == "finished" {
+            assert!(run.skipped > 0, "the restart skipped nothing: the test proves nothing");
+            assert!(
+                run.duplicates <= 100 + 2 * 100,
+                "{} duplicates with commit metadata: more than concurrency + two commit batches",
+                run.duplicates
+            );
+        } else {
+            assert_eq!(run.skipped, 0);
+        }
+        figures.push((metadata, run.duplicates, run.skipped));
+    }
+    println!("kill -9 on the mock cluster (commit_metadata, duplicates, skipped as already done): {figures:?}");
+}
+
+struct KillRun {
+    duplicates: usize,
+    /// Messages the restarted consumer skipped as already done.
+    skipped: u64,
+}
+
+/// Produces `n` messages to `topic` (8 partitions), consumes them with
+/// concurrency 100, kills the consumer with SIGKILL at a random point,
+/// restarts it, and checks: every message handled, nothing below the
+/// position committed at the kill handled again, at most concurrency +
+/// commit batch duplicates per partition, committed == ends at the end.
+fn kill9_and_restart(broker: &Broker, topic: &str, name: &str, n: u64, extra: &[&str]) -> KillRun {
+    let (parts, concurrency, batch) = (8, 100_i64, 100_i64);
     let group = format!("{topic}-g");
-    let dir = work_dir("kill9");
-    let broker = Broker::tansu(&topic, parts);
+    let dir = work_dir(name);
     let started = Instant::now();
-    let ends = produce(&broker, &topic, parts, n);
+    let ends = produce(broker, topic, parts, n);
     println!(
         "produced {n} messages one per batch in {:.1} s; ends {ends:?}",
         started.elapsed().as_secs_f64()
     );
     assert_eq!(ends.iter().sum::<i64>() as u64, n);
 
-    let args = [
+    let mut args = vec![
         "--concurrency",
         "100",
         "--delay-ms",
@@ -386,15 +445,16 @@ fn kill9_and_restart_loses_nothing_and_duplicates_are_bounded() {
         "--commit-batch-size",
         "100",
     ];
-    let mut first = Consumer::start(&dir, "first", &broker, &topic, &group, &args);
-    let kill_at = rand::random_range(5_000..40_000);
+    args.extend_from_slice(extra);
+    let mut first = Consumer::start(&dir, "first", broker, topic, &group, &args);
+    let kill_at = rand::random_range(n as usize / 10..n as usize * 4 / 5);
     wait_until(
         "the first consumer to reach the kill point",
         Duration::from_secs(180),
         || first.journal_lines() >= kill_at,
     );
     first.kill9();
-    let at_kill = committed(&broker, &topic, &group, parts);
+    let at_kill = committed(broker, topic, &group, parts);
     let handled_before = read_journal(&first.journal);
     println!(
         "killed at {} handled (aimed at {kill_at}); committed then: {at_kill:?}",
@@ -406,14 +466,14 @@ fn kill9_and_restart_loses_nothing_and_duplicates_are_bounded() {
     );
 
     let restarted = Instant::now();
-    let mut second = Consumer::start(&dir, "second", &broker, &topic, &group, &args);
+    let mut second = Consumer::start(&dir, "second", broker, topic, &group, &args);
     let first_handled = wait_until(
         "the restarted consumer to handle a message",
         Duration::from_secs(120),
         || second.journal_lines() > 0,
     );
     let caught_up = wait_until("committed offsets to reach the ends", Duration::from_secs(240), || {
-        committed(&broker, &topic, &group, parts) == all_committed(&ends)
+        committed(broker, topic, &group, parts) == all_committed(&ends)
     }) + first_handled;
     let (status, _) = second.terminate(Duration::from_secs(30));
     assert!(status.success(), "the restarted consumer exited with {status}");
@@ -451,12 +511,17 @@ fn kill9_and_restart_loses_nothing_and_duplicates_are_bounded() {
         }
     }
     let dups = all.len() - times.len();
-    println!("duplicates: {dups} in all, per partition {dup_per_partition:?} (bound per partition: concurrency {concurrency} + commit batch {batch})");
+    let skipped = second.counter("skipped_already_done");
+    println!("duplicates: {dups} in all, per partition {dup_per_partition:?} (bound per partition: concurrency {concurrency} + commit batch {batch}); skipped as already done: {skipped}");
     for (p, d) in &dup_per_partition {
         assert!(
             *d <= concurrency + batch,
             "partition {p}: {d} duplicates exceed concurrency + commit batch size"
         );
+    }
+    KillRun {
+        duplicates: dups,
+        skipped,
     }
 }
 

@@ -28,6 +28,9 @@ use proc_macro::TokenStream;
 /// "partition"`, `first_poll = "worker" | "poll_thread" | "auto"`,
 /// `max_buffered = N`, `max_uncommitted = N`, `handler_timeout = "30s"`,
 /// `commit_batch_size = N`, `commit_interval = "1s"`,
+/// `commit_metadata = "finished" | "none"` (whether commits record the
+/// finished offsets above them, for the next owner to skip),
+/// `instance_id = ".."` (static group membership),
 /// `shutdown_timeout = "20s"`, `revoke_timeout = "10s"` (durations in
 /// `ms`, `s` or `m`), `retries =
 /// N`, `backoff = ".."`, `max_backoff = ".."`, `on_error = "skip" | "stop" |

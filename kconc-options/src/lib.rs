@@ -109,6 +109,14 @@ macro_rules! settings {
             { key: "commit_interval", setter: commit_interval, kind: LongerThanZero, attribute: yes, set: yes,
               example: "1s", quoted: true, meaning: "or at least this often",
               what: "how often finished offsets are committed" }
+            { key: "commit_metadata", setter: commit_metadata,
+              kind: Choice(CommitMetadata: "finished" => Finished, "none" => None;
+                "use `commit_metadata = \"finished\"` (the default: commits record the finished offsets above the committed one, and a partition's next owner skips them) or `\"none\"` (offsets only)"),
+              attribute: yes, set: yes, example: "none", quoted: true,
+              meaning: "finished (record finished offsets above the commit) or none", what: "" }
+            { key: "instance_id", setter: instance_id, kind: Text, attribute: yes, set: yes,
+              example: "pod-3", quoted: true,
+              meaning: "static group membership: group.instance.id is this, a dash and the subscriber's name", what: "" }
             { key: "shutdown_timeout", setter: shutdown_timeout, kind: Duration, attribute: yes, set: yes,
               example: "20s", quoted: true, meaning: "how long shutdown waits for running handlers", what: "" }
             { key: "revoke_timeout", setter: revoke_timeout, kind: LongerThanZero, attribute: yes, set: yes,

@@ -113,6 +113,82 @@ pub fn committed_offsets(
         .collect())
 }
 
+/// Commits `offset` with `metadata` for partition `partition` of `topic` in
+/// `group`, as another client of the group would: it joins the group (which
+/// must have no other members), commits, and leaves. To test what another
+/// client's metadata does, or to set a group's starting point.
+pub fn commit_with_metadata(
+    bootstrap: &str,
+    group: &str,
+    topic: &str,
+    partition: i32,
+    offset: i64,
+    metadata: &str,
+) -> Result<(), Error> {
+    use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _};
+    use rdkafka::{Offset, TopicPartitionList};
+    let consumer: BaseConsumer<DefaultConsumerContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        // The group's next rebalance waits for members this long (the mock
+        // cluster waits `session.timeout.ms - 1 s`): keep it short.
+        .set("session.timeout.ms", "3000")
+        .set("heartbeat.interval.ms", "500")
+        .create()
+        .map_err(|e| Error::Embedded(e.to_string()))?;
+    consumer
+        .subscribe(&[topic])
+        .map_err(|e| Error::Embedded(e.to_string()))?;
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while consumer.assignment().map_or(0, |a| a.count()) == 0 {
+        if std::time::Instant::now() > until {
+            return Err(Error::Embedded(format!("`{group}`: no assignment within 30 s")));
+        }
+        let _ = consumer.poll(std::time::Duration::from_millis(50));
+    }
+    let mut tpl = TopicPartitionList::new();
+    let mut el = tpl.add_partition(topic, partition);
+    el.set_offset(Offset::Offset(offset))
+        .map_err(|e| Error::Embedded(e.to_string()))?;
+    el.set_metadata(metadata);
+    consumer
+        .commit(&tpl, CommitMode::Sync)
+        .map_err(|e| Error::Embedded(format!("cannot commit for `{group}`: {e}")))
+}
+
+/// Each partition's committed offset with how many offsets above it its
+/// metadata lists as finished (0 when it has none kconc can read), for
+/// partitions `0..partitions` of `topic` in `group`; `None` where nothing is
+/// committed.
+pub fn committed_finished(
+    bootstrap: &str,
+    group: &str,
+    topic: &str,
+    partitions: i32,
+) -> Result<Vec<Option<(i64, u64)>>, Error> {
+    use rdkafka::consumer::{BaseConsumer, Consumer as _};
+    use rdkafka::TopicPartitionList;
+    let consumer: BaseConsumer<DefaultConsumerContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .create()
+        .map_err(|e| Error::Embedded(e.to_string()))?;
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_range(topic, 0, partitions - 1);
+    let got = consumer
+        .committed_offsets(tpl, std::time::Duration::from_secs(10))
+        .map_err(|e| Error::Embedded(format!("cannot read committed offsets of `{group}`: {e}")))?;
+    let listed = crate::engine::committed_metadata(&got);
+    Ok((0..partitions)
+        .map(|p| {
+            let (_, _, offset, metadata) = listed.iter().find(|(t, q, ..)| t == topic && *q == p)?;
+            (*offset >= 0).then(|| (*offset, crate::engine::finished_count(metadata, *offset)))
+        })
+        .collect())
+}
+
 fn no_initial_rebalance_delay(owner: &BaseProducer<DefaultProducerContext>) {
     crate::engine::no_initial_rebalance_delay(owner.client());
 }

@@ -119,7 +119,7 @@ pub use policy::{NonRetryable, OnError};
 pub use reply::{IntoReplies, Reply};
 pub use state::State;
 pub use stats::{PartitionPause, StatsSnapshot, StoppedPartition};
-pub use subscriber::{FirstPoll, OrderingMode, Subscriber};
+pub use subscriber::{CommitMetadata, FirstPoll, OrderingMode, Subscriber};
 
 /// Generates the program's `main`: runs every `#[subscriber]` until SIGINT or
 /// SIGTERM, then shuts down gracefully. `--help` lists the flags;
@@ -176,7 +176,7 @@ pub mod __private {
     pub use crate::extract::{FromMessage, FromMessageOwned};
     pub use crate::handler::{HandlerFuture, IntoHandlerResult};
     pub use crate::message::{Message, PayloadError};
-    pub use crate::subscriber::{FirstPoll, OrderingMode};
+    pub use crate::subscriber::{CommitMetadata, FirstPoll, OrderingMode};
     pub use ::std::result::Result::{Err, Ok};
 
     /// The future of a handler whose arguments could not be extracted: the

@@ -137,6 +137,27 @@ stats! {
         /// the error policy.
         unreadable as records_unreadable: sum, metric "records_unreadable"
             "Record batches librdkafka could not read (corrupt or undecompressable), each failed under the error policy";
+        /// Messages not handed to a handler because the commit metadata of
+        /// their partition says they finished before (under an earlier
+        /// assignment, or before a restart).
+        already_done as skipped_already_done: sum, metric "messages_skipped_already_done"
+            "Messages not handled because their partition's commit metadata says they finished before (earlier assignment or run)";
+        /// Commits whose finished offsets did not all fit in the metadata
+        /// size limit (a prefix of them was committed).
+        metadata_truncated as commit_metadata_truncated: sum, metric "commit_metadata_truncated"
+            "Commits whose finished offsets did not all fit in the metadata limit (a prefix was written)";
+        /// Assigned partitions whose committed metadata was not kconc's, of
+        /// another version, damaged, or written for another offset: nothing
+        /// of them is skipped.
+        metadata_rejected as commit_metadata_rejected: sum, metric "commit_metadata_rejected"
+            "Assigned partitions whose committed metadata could not be used (another client's, another version, damaged)";
+        /// Times the broker refused the metadata's length (its
+        /// `offset.metadata.max.bytes` is lower): commits go on without it.
+        metadata_refused as commit_metadata_refused: sum;
+        /// Commit requests made at once because partitions went idle (all
+        /// read finished, nothing more fetched), before the batch or the
+        /// interval was due.
+        idle_commits as idle_commits: sum;
     }
     fields {
     /// Partitions that have been paused because their own buffer was full

@@ -134,6 +134,11 @@ impl App {
                 if let Some(p) = s.group_prefix {
                     self.group_prefix = Some(p);
                 }
+                if let Some(id) = s.instance_id {
+                    for sub in &mut self.subscribers {
+                        sub.instance_id = Some(id.clone());
+                    }
+                }
                 self.run_properties = config::merge_properties(&[&self.run_properties, &s.properties]);
             }
             Err(Error::Config(e)) => self.config_error = self.config_error.or(Some(e)),

@@ -30,6 +30,15 @@ pub struct Cli {
     #[arg(long, env = "KCONC_GROUP_PREFIX", value_name = "PREFIX", hide_env_values = true)]
     pub group_prefix: Option<String>,
 
+    /// Static group membership for every subscriber: each consumer's
+    /// `group.instance.id` is this, a dash and the subscriber's name. Give
+    /// each instance its own id that it keeps across restarts (a pod or host
+    /// name): a restart within `session.timeout.ms` then gets its partitions
+    /// back without a rebalance; an instance that is gone holds its
+    /// partitions until the session times out.
+    #[arg(long, env = "KCONC_INSTANCE_ID", value_name = "ID", hide_env_values = true)]
+    pub instance_id: Option<String>,
+
     /// A file of librdkafka properties (`key=value` per line, `#` or `!`
     /// comments), as for any Kafka client; its `bootstrap.servers` is the
     /// brokers unless --brokers/KCONC_BROKERS says otherwise.
@@ -84,6 +93,7 @@ impl std::fmt::Debug for Cli {
         f.debug_struct("Cli")
             .field("brokers", &self.brokers)
             .field("group_prefix", &self.group_prefix)
+            .field("instance_id", &self.instance_id)
             .field("config", &self.config)
             .field("properties", &Redacted(&self.properties))
             .field("set", &self.set)
@@ -193,6 +203,8 @@ pub struct RunSettings {
     pub brokers: Option<String>,
     /// `--group-prefix`/`KCONC_GROUP_PREFIX`; `None` keeps what the code set.
     pub group_prefix: Option<String>,
+    /// `--instance-id`/`KCONC_INSTANCE_ID`; `None` keeps what the code set.
+    pub instance_id: Option<String>,
     /// librdkafka properties, file < environment < flags, without `bootstrap.servers`.
     pub properties: Vec<(String, String)>,
 }
@@ -202,6 +214,7 @@ impl std::fmt::Debug for RunSettings {
         f.debug_struct("RunSettings")
             .field("brokers", &self.brokers)
             .field("group_prefix", &self.group_prefix)
+            .field("instance_id", &self.instance_id)
             .field("properties", &Redacted(&self.properties))
             .finish()
     }
@@ -233,6 +246,7 @@ where
     Ok(RunSettings {
         brokers: cli.brokers.clone().or(file_brokers),
         group_prefix: cli.group_prefix.clone(),
+        instance_id: cli.instance_id.clone(),
         properties: merge_properties(&[&file_props, &env_props, &cli.properties]),
     })
 }

@@ -78,7 +78,7 @@ pub(super) fn is_false(value: &str) -> bool {
 /// or take a consumer's group away from its subscriber. `key` may be any
 /// spelling of the property (see [`canonical_key`]).
 ///
-/// Refused: `group.id`; `enable.auto.commit` and its legacy topic-level
+/// Refused: `group.id` and `group.instance.id`; `enable.auto.commit` and its legacy topic-level
 /// alias `auto.commit.enable` unless false (librdkafka would commit stored
 /// offsets on a timer and on revoke); `enable.auto.offset.store` unless
 /// false (librdkafka would store each offset as it is read, before its
@@ -93,6 +93,10 @@ pub(crate) fn refusal(key: &str, value: &str) -> Option<&'static str> {
         "group.id" => Some(
             "the consumer group is each subscriber's own; \
              use --group-prefix / KCONC_GROUP_PREFIX to change it per deployment",
+        ),
+        "group.instance.id" => Some(
+            "a static member's id must differ per subscriber; \
+             use --instance-id / KCONC_INSTANCE_ID (or `instance_id`), which adds each subscriber's name",
         ),
         "enable.auto.commit" | "auto.commit.enable" if !is_false(value) => Some(
             "kconc commits offsets itself, only past finished messages; librdkafka's auto-commit \
@@ -370,6 +374,17 @@ pub(crate) fn consumer_config(
     for (k, v) in app_properties.iter().chain(&sub.properties).chain(run_properties) {
         c.set(canonical_key(k), v);
     }
+    if c.get("group.protocol")
+        .is_some_and(|p| p.trim().eq_ignore_ascii_case("consumer"))
+    {
+        // The KIP-848 protocol assigns on the broker
+        // (`group.remote.assignor`): librdkafka refuses the client-side
+        // strategy with it.
+        c.remove("partition.assignment.strategy");
+    }
+    if let Some(id) = &sub.instance_id {
+        c.set("group.instance.id", format!("{id}-{}", sub.name));
+    }
     c
 }
 
@@ -418,6 +433,23 @@ mod tests {
                 ("fetch.max.bytes", "2000000"),
             ])
         );
+    }
+
+    /// `instance_id` becomes `group.instance.id` with the subscriber's
+    /// name after it; the property itself is refused (one id for every
+    /// subscriber would fence them); under the KIP-848 protocol the
+    /// client-side assignment strategy is left out.
+    #[test]
+    fn the_instance_id_is_suffixed_per_subscriber() {
+        let sub = Subscriber::new("billing", ["t"], "g", |_m: crate::Message| async {}).instance_id("pod-3");
+        let c = consumer_config("b:1", &sub, &[], &[]);
+        assert_eq!(c.get("group.instance.id"), Some("pod-3-billing"));
+        assert!(c.get("partition.assignment.strategy").is_some());
+        let c = consumer_config("b:1", &sub, &kv(&[("group.protocol", "consumer")]), &[]);
+        assert_eq!(c.get("partition.assignment.strategy"), None);
+        let plain = Subscriber::new("s", ["t"], "g", |_m: crate::Message| async {});
+        assert_eq!(consumer_config("b:1", &plain, &[], &[]).get("group.instance.id"), None);
+        assert!(refusal("group.instance.id", "x").is_some_and(|why| why.contains("--instance-id")));
     }
 
     #[test]

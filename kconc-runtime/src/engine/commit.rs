@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _, ConsumerContext};
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::event::{Event, PartitionKey};
@@ -27,11 +27,15 @@ use crate::stats::Stats;
 /// A partition in the assignment numbered `epoch`.
 pub(crate) type Assigned = (PartitionKey, u64);
 
+/// A position to commit: partition, epoch, next offset to read, and the
+/// metadata to commit with it (the finished offsets above it, encoded).
+pub(crate) type Wanted = (PartitionKey, u64, i64, Option<String>);
+
 /// What the poll loop asks of the committer.
 #[derive(Debug)]
 pub(crate) enum CommitRequest {
-    /// Commit these positions (partition, epoch, next offset to read).
-    Positions(Vec<(PartitionKey, u64, i64)>),
+    /// Commit these positions.
+    Positions(Vec<Wanted>),
     /// Forget these partitions' assignments (and older ones) without
     /// committing (their assignment was lost: the member is no longer in
     /// the group, a commit would fail).
@@ -50,7 +54,10 @@ pub(crate) enum CommitRequest {
 struct Entry {
     epoch: u64,
     wanted: i64,
+    metadata: Option<String>,
     committed: Option<i64>,
+    /// `wanted` (or its metadata) is not committed yet.
+    dirty: bool,
 }
 
 const RETRY_MIN: Duration = Duration::from_millis(100);
@@ -156,11 +163,11 @@ impl Book {
         for req in requests {
             match req {
                 CommitRequest::Positions(ps) => {
-                    for (key, epoch, offset) in ps {
+                    for (key, epoch, offset, metadata) in ps {
                         if self.forgotten.get(&key).is_some_and(|&f| epoch <= f) {
                             continue;
                         }
-                        merge(&mut self.entries, key, epoch, offset);
+                        merge(&mut self.entries, key, epoch, offset, metadata);
                     }
                 }
                 CommitRequest::Forget(assigned) => self.forget(assigned),
@@ -194,20 +201,24 @@ impl Book {
         }
     }
 
-    /// The positions to commit now: those past what was last committed.
-    fn wanted(&self) -> Vec<(PartitionKey, u64, i64)> {
+    /// The positions to commit now: those (or their metadata) not
+    /// committed yet.
+    fn wanted(&self) -> Vec<Wanted> {
         self.entries
             .iter()
-            .filter(|(_, e)| e.committed.is_none_or(|c| e.wanted > c))
-            .map(|(k, e)| (k.clone(), e.epoch, e.wanted))
+            .filter(|(_, e)| e.dirty)
+            .map(|(k, e)| (k.clone(), e.epoch, e.wanted, e.metadata.clone()))
             .collect()
     }
 
     /// Records a successful commit of `sent`.
-    fn committed(&mut self, sent: &[(PartitionKey, u64, i64)]) {
-        for (key, epoch, offset) in sent {
+    fn committed(&mut self, sent: &[Wanted]) {
+        for (key, epoch, offset, metadata) in sent {
             if let Some(e) = self.entries.get_mut(key).filter(|e| e.epoch == *epoch) {
                 e.committed = Some(e.committed.map_or(*offset, |c| c.max(*offset)));
+                if e.wanted == *offset && e.metadata == *metadata {
+                    e.dirty = false;
+                }
             }
         }
     }
@@ -221,6 +232,8 @@ fn run<C: ConsumerContext>(
     events: &Sender<Event>,
 ) {
     let mut book = Book::default();
+    // Turned off for good when the broker refuses metadata this long.
+    let mut metadata = true;
     let mut retry_at: Option<Instant> = None;
     let mut backoff = RETRY_MIN;
     loop {
@@ -237,7 +250,22 @@ fn run<C: ConsumerContext>(
         };
         let requests = first.into_iter().chain(std::iter::from_fn(|| rx.try_recv().ok()));
         let served = book.take(requests, Instant::now());
-        let result = commit_wanted(&mut book, group, consumer, stats, events);
+        let mut result = commit_wanted(&mut book, group, consumer, stats, events, metadata);
+        if metadata
+            && matches!(&result, Err(e) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::OffsetMetadataTooLarge))
+        {
+            // The broker's `offset.metadata.max.bytes` is below kconc's
+            // limit: commit without the finished offsets from now on.
+            metadata = false;
+            stats
+                .metadata_refused
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::error!(
+                group,
+                "the broker refuses commit metadata this long (offset.metadata.max.bytes); committing without the finished offsets from now on"
+            );
+            result = commit_wanted(&mut book, group, consumer, stats, events, metadata);
+        }
         match &result {
             Ok(()) => {
                 retry_at = None;
@@ -255,9 +283,24 @@ fn run<C: ConsumerContext>(
     }
 }
 
-fn merge(entries: &mut HashMap<PartitionKey, Entry>, key: PartitionKey, epoch: u64, offset: i64) {
+/// Takes in a wanted position. Within an assignment the poll loop asks in
+/// order, so a request at or past the entry's position is the newest (its
+/// metadata too); one behind it is stale and ignored.
+fn merge(
+    entries: &mut HashMap<PartitionKey, Entry>,
+    key: PartitionKey,
+    epoch: u64,
+    offset: i64,
+    metadata: Option<String>,
+) {
     match entries.get_mut(&key) {
-        Some(e) if e.epoch == epoch => e.wanted = e.wanted.max(offset),
+        Some(e) if e.epoch == epoch => {
+            if offset > e.wanted || (offset == e.wanted && metadata != e.metadata) {
+                e.wanted = offset;
+                e.metadata = metadata;
+                e.dirty = true;
+            }
+        }
         Some(e) if e.epoch > epoch => {} // a request from an older assignment: ignore
         _ => {
             entries.insert(
@@ -265,7 +308,9 @@ fn merge(entries: &mut HashMap<PartitionKey, Entry>, key: PartitionKey, epoch: u
                 Entry {
                     epoch,
                     wanted: offset,
+                    metadata,
                     committed: None,
+                    dirty: true,
                 },
             );
         }
@@ -278,6 +323,7 @@ fn commit_wanted<C: ConsumerContext>(
     consumer: &BaseConsumer<C>,
     stats: &Stats,
     events: &Sender<Event>,
+    with_metadata: bool,
 ) -> Result<(), KafkaError> {
     let sent = book.wanted();
     if sent.is_empty() {
@@ -290,8 +336,13 @@ fn commit_wanted<C: ConsumerContext>(
         return Ok(());
     }
     let mut tpl = TopicPartitionList::new();
-    for (key, _, offset) in &sent {
-        tpl.add_partition_offset(&key.topic, key.partition, Offset::Offset(*offset))?;
+    for (key, _, offset, metadata) in &sent {
+        let mut el = tpl.add_partition(&key.topic, key.partition);
+        el.set_offset(Offset::Offset(*offset))?;
+        // Set once (rdkafka's setter does not free an earlier value).
+        if let Some(m) = metadata.as_deref().filter(|m| with_metadata && !m.is_empty()) {
+            el.set_metadata(m);
+        }
     }
     match consumer.commit(&tpl, CommitMode::Sync) {
         Ok(()) => {
@@ -303,12 +354,13 @@ fn commit_wanted<C: ConsumerContext>(
                 .commit_failing_since_ms
                 .store(0, std::sync::atomic::Ordering::Relaxed);
             if let Ok(mut committed) = stats.committed.lock() {
-                for (key, _, offset) in &sent {
+                for (key, _, offset, _) in &sent {
                     committed.insert((key.topic.to_string(), key.partition), *offset);
                 }
             }
             book.committed(&sent);
-            let _ = events.send(Event::Committed(sent));
+            let done = sent.into_iter().map(|(k, e, o, _)| (k, e, o)).collect();
+            let _ = events.send(Event::Committed(done));
             tracing::debug!(group, partitions = tpl.count(), "committed offsets");
             Ok(())
         }
@@ -352,22 +404,48 @@ mod tests {
     #[test]
     fn merge_keeps_the_highest_position_of_an_epoch() {
         let mut m = HashMap::new();
-        merge(&mut m, key(0), 1, 10);
-        merge(&mut m, key(0), 1, 5);
+        merge(&mut m, key(0), 1, 10, None);
+        merge(&mut m, key(0), 1, 5, None);
         assert_eq!(m[&key(0)].wanted, 10);
-        merge(&mut m, key(0), 1, 12);
+        merge(&mut m, key(0), 1, 12, None);
         assert_eq!(m[&key(0)].wanted, 12);
     }
 
     #[test]
     fn merge_starts_afresh_for_a_new_epoch_and_ignores_an_old_one() {
         let mut m = HashMap::new();
-        merge(&mut m, key(0), 1, 10);
+        merge(&mut m, key(0), 1, 10, None);
         m.get_mut(&key(0)).unwrap().committed = Some(10);
-        merge(&mut m, key(0), 2, 4);
+        merge(&mut m, key(0), 2, 4, None);
         assert_eq!((m[&key(0)].wanted, m[&key(0)].committed), (4, None));
-        merge(&mut m, key(0), 1, 50);
+        merge(&mut m, key(0), 1, 50, None);
         assert_eq!(m[&key(0)].wanted, 4);
+    }
+
+    /// The same position with other metadata (more finished above it) is
+    /// committed again; once committed as asked, it is not.
+    #[test]
+    fn new_metadata_at_the_same_position_is_committed_again() {
+        let now = Instant::now();
+        let mut book = Book::default();
+        book.take([CommitRequest::Positions(vec![(key(0), 1, 10, None)])], now);
+        book.committed(&book.wanted());
+        assert!(book.wanted().is_empty());
+        let m = Some("kconc:x".to_owned());
+        book.take([CommitRequest::Positions(vec![(key(0), 1, 10, m.clone())])], now);
+        assert_eq!(book.wanted(), vec![(key(0), 1, 10, m.clone())]);
+        // A commit of what was wanted before the newest request does not
+        // count as committing the newest.
+        book.committed(&[(key(0), 1, 10, None)]);
+        assert_eq!(book.wanted(), vec![(key(0), 1, 10, m.clone())]);
+        book.committed(&book.wanted());
+        assert!(book.wanted().is_empty());
+        // A stale request (behind the position) changes nothing.
+        book.take(
+            [CommitRequest::Positions(vec![(key(0), 1, 9, Some("kconc:y".into()))])],
+            now,
+        );
+        assert!(book.wanted().is_empty());
     }
 
     /// A revoke's flush forgets the revoked assignment after the commit;
@@ -380,14 +458,14 @@ mod tests {
         let (flush, _rx) = flush(vec![(key(0), 1)], now + Duration::from_secs(5));
         let served = book.take(
             [
-                CommitRequest::Positions(vec![(key(0), 1, 10)]),
+                CommitRequest::Positions(vec![(key(0), 1, 10, None)]),
                 flush,
-                CommitRequest::Positions(vec![(key(0), 2, 5)]),
+                CommitRequest::Positions(vec![(key(0), 2, 5, None)]),
             ],
             now,
         );
         // What the commit would send: the newest assignment's position.
-        assert_eq!(book.wanted(), vec![(key(0), 2, 5)]);
+        assert_eq!(book.wanted(), vec![(key(0), 2, 5, None)]);
         book.committed(&book.wanted());
         book.forget(served.forget);
         assert_eq!(
@@ -395,10 +473,10 @@ mod tests {
             Some((2, Some(5)))
         );
         assert_eq!(book.forgotten.get(&key(0)), Some(&1));
-        book.take([CommitRequest::Positions(vec![(key(0), 2, 9)])], now);
-        assert_eq!(book.wanted(), vec![(key(0), 2, 9)], "epoch 2 still commits");
-        book.take([CommitRequest::Positions(vec![(key(0), 1, 99)])], now);
-        assert_eq!(book.wanted(), vec![(key(0), 2, 9)], "epoch 1 never comes back");
+        book.take([CommitRequest::Positions(vec![(key(0), 2, 9, None)])], now);
+        assert_eq!(book.wanted(), vec![(key(0), 2, 9, None)], "epoch 2 still commits");
+        book.take([CommitRequest::Positions(vec![(key(0), 1, 99, None)])], now);
+        assert_eq!(book.wanted(), vec![(key(0), 2, 9, None)], "epoch 1 never comes back");
     }
 
     /// A revoke's flush that reaches the committer after its deadline (the
@@ -411,14 +489,17 @@ mod tests {
         let mut book = Book::default();
         let (flush, rx) = flush(vec![(key(0), 1)], now);
         let served = book.take(
-            [CommitRequest::Positions(vec![(key(0), 1, 10), (key(1), 1, 7)]), flush],
+            [
+                CommitRequest::Positions(vec![(key(0), 1, 10, None), (key(1), 1, 7, None)]),
+                flush,
+            ],
             now + Duration::from_millis(1),
         );
         assert!(matches!(rx.try_recv(), Ok(Err(FlushError::TimedOut))));
         assert!(served.waiters.is_empty());
         assert_eq!(
             book.wanted(),
-            vec![(key(1), 1, 7)],
+            vec![(key(1), 1, 7, None)],
             "only the kept partition is committed"
         );
     }
@@ -445,7 +526,7 @@ mod tests {
         let stats = Arc::new(Stats::default());
         let (events, _events) = mpsc::channel();
         let committer = Committer::spawn("s", "g".into(), Arc::new(consumer), stats.clone(), events).unwrap();
-        committer.request(CommitRequest::Positions(vec![(key(0), 1, 10)]));
+        committer.request(CommitRequest::Positions(vec![(key(0), 1, 10, None)]));
         let flushed = committer.flush(vec![(key(0), 1)], Instant::now() + Duration::from_secs(30));
         assert!(flushed.is_err(), "the injected error did not fail the commit");
         let failing = || stats.commit_failing_since_ms.load(std::sync::atomic::Ordering::Relaxed);
@@ -465,11 +546,11 @@ mod tests {
     fn a_lost_assignment_is_forgotten_at_once_and_only_its_own_epoch() {
         let now = Instant::now();
         let mut book = Book::default();
-        book.take([CommitRequest::Positions(vec![(key(0), 3, 10)])], now);
+        book.take([CommitRequest::Positions(vec![(key(0), 3, 10, None)])], now);
         book.take([CommitRequest::Forget(vec![(key(0), 2)])], now);
         assert_eq!(
             book.wanted(),
-            vec![(key(0), 3, 10)],
+            vec![(key(0), 3, 10, None)],
             "an older epoch's forget spares epoch 3"
         );
         book.take([CommitRequest::Forget(vec![(key(0), 3)])], now);

@@ -106,6 +106,12 @@ impl PartitionQueue {
         self.callback = Some(f);
     }
 
+    /// How many events (fetched records, errors) wait in the queue.
+    pub(crate) fn len(&self) -> usize {
+        // SAFETY: the queue is live.
+        unsafe { rd::rd_kafka_queue_length(self.queue.as_ptr()) }
+    }
+
     /// The next record or error of the queue, without waiting.
     pub(crate) fn poll(&self, topic: &Arc<str>) -> Polled {
         loop {
@@ -289,5 +295,41 @@ pub(crate) fn no_initial_rebalance_delay(client: &rdkafka::client::Client<impl r
         if !cluster.is_null() {
             rd::rd_kafka_mock_group_initial_rebalance_delay_ms(cluster, 0);
         }
+    }
+}
+
+/// Each partition of `tpl` (as the committed offsets come back): topic,
+/// partition, offset, and its metadata as bytes. rdkafka's
+/// `TopicPartitionListElem::metadata` panics on metadata that is not UTF-8,
+/// which any client may have committed.
+pub(crate) fn committed_metadata(tpl: &rdkafka::TopicPartitionList) -> Vec<(String, i32, i64, Vec<u8>)> {
+    let list = tpl.ptr();
+    // SAFETY: `tpl` owns a valid list for as long as it is borrowed here;
+    // `elems` holds `cnt` elements, each with a NUL-terminated topic and
+    // `metadata_size` bytes at `metadata` (or a null pointer).
+    unsafe {
+        let Some(list) = list.as_ref() else {
+            return Vec::new();
+        };
+        let count = usize::try_from(list.cnt).unwrap_or(0);
+        if list.elems.is_null() || count == 0 {
+            return Vec::new();
+        }
+        std::slice::from_raw_parts(list.elems, count)
+            .iter()
+            .map(|el| {
+                let topic = if el.topic.is_null() {
+                    String::new()
+                } else {
+                    CStr::from_ptr(el.topic).to_string_lossy().into_owned()
+                };
+                let metadata = if el.metadata.is_null() || el.metadata_size == 0 {
+                    Vec::new()
+                } else {
+                    std::slice::from_raw_parts(el.metadata.cast::<u8>(), el.metadata_size).to_vec()
+                };
+                (topic, el.partition, el.offset, metadata)
+            })
+            .collect()
     }
 }

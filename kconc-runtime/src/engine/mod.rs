@@ -14,6 +14,7 @@
 //! - `event`: what workers and the committer report, and what the poll
 //!   loop does with it.
 //! - `offsets`: each partition's contiguous finished prefix.
+//! - `finished`: the finished offsets above it, as commit metadata.
 //! - `commit`: the committer thread.
 //! - `rebalance`: assignments, revokes and each partition's epoch.
 //! - `retry`: failed messages waiting for their backoff.
@@ -50,6 +51,7 @@ mod dispatch;
 mod event;
 mod fetch;
 mod ffi;
+mod finished;
 mod hash;
 mod inline;
 mod offsets;
@@ -62,7 +64,13 @@ mod shutdown;
 mod worker;
 
 pub use complete::HandlerTimedOut;
-pub(crate) use ffi::no_initial_rebalance_delay;
+pub(crate) use ffi::{committed_metadata, no_initial_rebalance_delay};
+
+/// How many offsets `metadata`, committed with `offset`, lists as finished
+/// (0 for metadata kconc cannot use).
+pub(crate) fn finished_count(metadata: &[u8], offset: i64) -> u64 {
+    finished::decode(metadata, offset).map_or(0, |f| f.count())
+}
 pub(crate) use poll::{start, Runner};
 
 use std::sync::mpsc::{self, Receiver};
@@ -76,6 +84,7 @@ use self::commit::Committer;
 use self::dispatch::Dispatcher;
 use self::event::Event;
 use self::ffi::PartitionQueue;
+use self::finished::Finished;
 use self::hash::SmallKeyMap;
 use self::offsets::OffsetTracker;
 use self::rebalance::ClientHooks;
@@ -127,6 +136,9 @@ struct Settings {
     prefetch_kb: u64,
     commit_batch_size: usize,
     commit_interval: Duration,
+    /// Commit the finished offsets above each position in its metadata,
+    /// and skip what the committed metadata says finished.
+    commit_metadata: bool,
     shutdown_timeout: Duration,
     revoke_timeout: Duration,
 }
@@ -146,6 +158,13 @@ struct PartitionState {
     queue: Option<PartitionQueue>,
     /// The last position handed to the committer.
     requested: Option<i64>,
+    /// How many offsets above it had finished then (with commit metadata:
+    /// more finished is a new commit of the same position).
+    requested_above: usize,
+    /// Offsets the committed metadata says finished before this assignment
+    /// (see `finished`), from the first not read yet: they are skipped
+    /// when read, and committed as finished until they are.
+    inherited: Finished,
     /// Not read because its messages waiting behind busy lanes reached its
     /// share of `max_buffered`.
     paused: bool,
@@ -174,6 +193,18 @@ impl PartitionState {
     /// Whether a stop holds the message at `offset` back.
     fn holds_back(&self, offset: i64) -> bool {
         self.stopped.is_some_and(|s| offset >= s)
+    }
+
+    /// The metadata to commit with position `pos`: the offsets finished
+    /// above it, here and (not read yet) inherited.
+    fn metadata_at(&self, pos: i64) -> Option<finished::Encoded> {
+        let mut set = Finished::default();
+        self.offsets.finished_set().for_each(|o| set.push(o));
+        let read_up_to = self.offsets.last_dispatched().map_or(i64::MIN, |l| l + 1);
+        for &(s, e) in self.inherited.ranges() {
+            set.push_range(s.max(read_up_to), e);
+        }
+        finished::encode(pos, &set, finished::MAX_METADATA)
     }
 }
 

@@ -20,6 +20,8 @@ pub(crate) struct OffsetTracker {
     first_dispatched: Option<i64>,
     /// The highest offset dispatched so far.
     last_dispatched: Option<i64>,
+    /// How many of `pending` have finished (above the finished prefix).
+    finished_above: usize,
 }
 
 impl OffsetTracker {
@@ -64,15 +66,48 @@ impl OffsetTracker {
         let Ok(idx) = self.pending.binary_search_by_key(&offset, |&(o, _)| o) else {
             return false;
         };
-        self.pending[idx].1 = true;
-        if idx != 0 {
+        if std::mem::replace(&mut self.pending[idx].1, true) {
             return false;
         }
+        if idx != 0 {
+            self.finished_above += 1;
+            return false;
+        }
+        self.pending.pop_front();
+        self.position = Some(offset + 1);
         while let Some(&(o, true)) = self.pending.front() {
             self.position = Some(o + 1);
+            self.finished_above -= 1;
             self.pending.pop_front();
         }
         true
+    }
+
+    /// Whether everything dispatched has finished.
+    pub(crate) fn is_settled(&self) -> bool {
+        self.pending.is_empty()
+    }
+
+    /// How many offsets above the finished prefix have finished.
+    pub(crate) fn finished_above(&self) -> usize {
+        self.finished_above
+    }
+
+    /// The offset to commit with the finished offsets above it: one past
+    /// the finished prefix, or, before any prefix finished, the first offset
+    /// dispatched (where this assignment started reading), if anything
+    /// above it finished.
+    pub(crate) fn commit_point(&self) -> Option<i64> {
+        self.position.or_else(|| {
+            (self.finished_above > 0)
+                .then(|| self.pending.front().map(|&(o, _)| o))
+                .flatten()
+        })
+    }
+
+    /// The finished offsets above the finished prefix, in order.
+    pub(crate) fn finished_set(&self) -> impl Iterator<Item = i64> + '_ {
+        self.pending.iter().filter(|(_, done)| *done).map(|&(o, _)| o)
     }
 
     /// The offset to commit: one past the finished prefix, if any finished.
@@ -105,9 +140,11 @@ mod tests {
         assert_eq!(t.committable(), Some(13));
         assert!(!t.finished(14), "13 is still running");
         assert_eq!(t.committable(), Some(13), "13 is still running");
+        assert_eq!(t.finished_above(), 1, "14");
         assert!(t.finished(13));
         assert_eq!(t.committable(), Some(15));
         assert_eq!(t.unfinished_window(), 0);
+        assert_eq!(t.finished_above(), 0);
     }
 
     #[test]
@@ -122,6 +159,28 @@ mod tests {
         assert_eq!(t.window(None), 10, "finishing does not shrink it: committing does");
         assert_eq!(t.window(Some(101)), 9);
         assert_eq!(t.window(Some(110)), 0);
+    }
+
+    /// Before any prefix finished, the commit point is where reading
+    /// started, once something above it finished; the finished set is what
+    /// finished above the prefix.
+    #[test]
+    fn finished_offsets_above_an_unfinished_head() {
+        let mut t = OffsetTracker::default();
+        for o in [10, 11, 13, 14] {
+            t.dispatched(o);
+        }
+        assert_eq!(t.commit_point(), None, "nothing finished");
+        t.finished(13);
+        t.finished(13);
+        assert_eq!((t.committable(), t.commit_point()), (None, Some(10)));
+        assert_eq!(t.finished_set().collect::<Vec<_>>(), vec![13]);
+        assert_eq!(t.finished_above(), 1, "finishing twice counts once");
+        t.finished(10);
+        assert_eq!(t.commit_point(), Some(11));
+        assert_eq!(t.finished_set().collect::<Vec<_>>(), vec![13]);
+        t.finished(11);
+        assert_eq!((t.commit_point(), t.finished_above()), (Some(14), 0));
     }
 
     #[test]

@@ -103,6 +103,7 @@ pub(crate) fn start(
                 .unwrap_or(8192),
             commit_batch_size: sub.commit_batch_size,
             commit_interval: sub.commit_interval,
+            commit_metadata: sub.commit_metadata == crate::CommitMetadata::Finished,
             shutdown_timeout: sub.shutdown_timeout,
             revoke_timeout: sub.revoke_timeout,
         },
@@ -283,6 +284,7 @@ impl Engine {
         let due = self.finished_since_commit >= self.settings.commit_batch_size
             || (self.finished_since_commit > 0 && self.last_commit.elapsed() >= self.settings.commit_interval);
         if !(due || force) {
+            self.commit_idle();
             return;
         }
         let parts = self.all_partitions();
@@ -290,6 +292,43 @@ impl Engine {
         self.finished_since_commit = 0;
         self.last_commit = Instant::now();
         if !positions.is_empty() {
+            self.committer.request(CommitRequest::Positions(positions));
+        }
+    }
+
+    /// Commits at once the partitions that went idle (everything read has
+    /// finished and nothing more is fetched) with a finished prefix not yet
+    /// asked for, in one request: a crash after a backlog drains then
+    /// redelivers nothing of them. The committer coalesces requests that
+    /// come while a commit is under way.
+    fn commit_idle(&mut self) {
+        if self.finished_since_commit == 0 || self.closing {
+            return;
+        }
+        let idle: Vec<(usize, i32)> = self
+            .order
+            .iter()
+            .copied()
+            .filter(|&(t, p)| {
+                self.topics[t].partitions.get(&p).is_some_and(|ps| {
+                    ps.offsets.is_settled()
+                        && ps
+                            .offsets
+                            .committable()
+                            .is_some_and(|c| ps.requested.is_none_or(|r| c > r))
+                        && ps.queue.as_ref().is_some_and(|q| q.len() == 0)
+                })
+            })
+            .collect();
+        if idle.is_empty() {
+            return;
+        }
+        let positions = self.positions(&idle);
+        if !positions.is_empty() {
+            self.dispatcher
+                .stats()
+                .idle_commits
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             self.committer.request(CommitRequest::Positions(positions));
         }
     }

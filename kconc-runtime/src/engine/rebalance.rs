@@ -13,8 +13,9 @@ use rdkafka::consumer::{BaseConsumer, Consumer as _, ConsumerContext, Rebalance}
 use rdkafka::error::KafkaError;
 use rdkafka::TopicPartitionList;
 
-use super::commit::{Assigned, CommitRequest};
+use super::commit::{Assigned, CommitRequest, Wanted};
 use super::event::{Event, PartitionKey};
+use super::finished::{self, Finished};
 use super::hash::SmallKeyMap;
 use super::offsets::OffsetTracker;
 use super::{ffi, Engine, PartitionState, TopicState, PREFETCH_WARNING_KB};
@@ -119,6 +120,9 @@ impl ConsumerContext for ClientHooks {
     }
 }
 
+/// How long an assignment waits for the committed offsets' metadata.
+const COMMITTED_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// How long the close's revoke waits for the close to end (see
 /// [`ClientHooks::post_rebalance`]).
 const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
@@ -163,6 +167,8 @@ impl Engine {
             stopped: None,
             revoking: false,
             committed: None,
+            requested_above: 0,
+            inherited: Finished::default(),
             progress_ms: crate::stats::unix_ms(),
             unreadable: None,
         }
@@ -201,6 +207,11 @@ impl Engine {
             self.topics[t].partitions.insert(p, state);
             self.dispatcher.stats().set_assigned(el.topic(), p, true);
         }
+        if self.settings.commit_metadata {
+            if let Some(consumer) = &consumer {
+                self.inherit(consumer, tpl);
+            }
+        }
         self.rebuild_order();
         let prefetch_kb = self.order.len() as u64 * self.settings.prefetch_kb;
         if prefetch_kb > PREFETCH_WARNING_KB {
@@ -219,6 +230,68 @@ impl Engine {
             partitions = %describe(tpl),
             "partitions assigned"
         );
+    }
+
+    /// Reads the committed offsets of the newly assigned partitions and
+    /// takes from their metadata what finished above them, to skip. Called
+    /// before librdkafka starts fetching them. What cannot be read (the
+    /// request fails, metadata not kconc's or damaged) is taken as nothing
+    /// finished: duplicates, never a skip.
+    fn inherit(&mut self, consumer: &BaseConsumer<ClientHooks>, tpl: &TopicPartitionList) {
+        let mut ask = TopicPartitionList::new();
+        for el in tpl.elements() {
+            ask.add_partition(el.topic(), el.partition());
+        }
+        let committed = match consumer.committed_offsets(ask, COMMITTED_TIMEOUT) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(
+                    subscriber = &*self.settings.name,
+                    error = %e,
+                    partitions = %describe(tpl),
+                    "could not read the committed metadata; messages finished before the last commit may be handled again"
+                );
+                return;
+            }
+        };
+        for (topic, p, offset, metadata) in ffi::committed_metadata(&committed) {
+            if offset < 0 {
+                continue; // nothing committed
+            }
+            let Some(t) = self.topics.iter().position(|ts| *ts.name == topic) else {
+                continue;
+            };
+            match finished::decode(&metadata, offset) {
+                Ok(set) => {
+                    if let Some(ps) = self.topics[t].partitions.get_mut(&p) {
+                        if !set.is_empty() {
+                            tracing::debug!(
+                                subscriber = &*self.settings.name,
+                                topic,
+                                partition = p,
+                                committed = offset,
+                                finished = set.count(),
+                                "finished offsets above the committed one will be skipped"
+                            );
+                        }
+                        ps.inherited = set;
+                    }
+                }
+                Err(why) => {
+                    self.dispatcher
+                        .stats()
+                        .metadata_rejected
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(
+                        subscriber = &*self.settings.name,
+                        topic,
+                        partition = p,
+                        committed = offset,
+                        "the committed metadata is {why}: not used (nothing is skipped)"
+                    );
+                }
+            }
+        }
     }
 
     pub(super) fn rebuild_order(&mut self) {
@@ -351,26 +424,46 @@ impl Engine {
             .sum()
     }
 
-    /// Positions that moved since they were last handed to the committer.
-    pub(super) fn positions(&mut self, parts: &[(usize, i32)]) -> Vec<(PartitionKey, u64, i64)> {
+    /// Positions that moved since they were last handed to the committer
+    /// (or, with commit metadata, whose finished offsets above them did),
+    /// each with its metadata.
+    pub(super) fn positions(&mut self, parts: &[(usize, i32)]) -> Vec<Wanted> {
         let mut out = Vec::new();
+        let metadata = self.settings.commit_metadata;
         for &(t, p) in parts {
             let name = self.topics[t].name.clone();
-            if let Some(ps) = self.topics[t].partitions.get_mut(&p) {
-                if let Some(pos) = ps.offsets.committable() {
-                    if ps.requested.is_none_or(|r| pos > r) {
-                        ps.requested = Some(pos);
-                        out.push((
-                            PartitionKey {
-                                topic: name,
-                                partition: p,
-                            },
-                            ps.epoch,
-                            pos,
-                        ));
-                    }
+            let Some(ps) = self.topics[t].partitions.get_mut(&p) else {
+                continue;
+            };
+            let point = if metadata {
+                ps.offsets.commit_point()
+            } else {
+                ps.offsets.committable()
+            };
+            let Some(pos) = point else {
+                continue;
+            };
+            let above = if metadata { ps.offsets.finished_above() } else { 0 };
+            let moved = ps.requested.is_none_or(|r| pos > r);
+            if !moved && (ps.requested != Some(pos) || above == ps.requested_above) {
+                continue;
+            }
+            ps.requested = Some(pos);
+            ps.requested_above = above;
+            let text = if metadata { ps.metadata_at(pos) } else { None };
+            if let Some(e) = &text {
+                if e.truncated {
+                    self.dispatcher
+                        .stats()
+                        .metadata_truncated
+                        .fetch_add(1, Ordering::Relaxed);
                 }
             }
+            let key = PartitionKey {
+                topic: name,
+                partition: p,
+            };
+            out.push((key, ps.epoch, pos, text.map(|e| e.text)));
         }
         out
     }

@@ -26,7 +26,7 @@ pub(crate) const DEFAULT_MAX_UNCOMMITTED: usize = 10_000;
 mod modes;
 mod settings;
 
-pub use modes::{FirstPoll, OrderingMode};
+pub use modes::{CommitMetadata, FirstPoll, OrderingMode};
 
 /// One consumer of one or more topics in one group, with its handler.
 ///
@@ -46,6 +46,10 @@ pub struct Subscriber {
     pub(crate) handler_timeout: Option<Duration>,
     pub(crate) commit_batch_size: usize,
     pub(crate) commit_interval: Duration,
+    pub(crate) commit_metadata: CommitMetadata,
+    /// The member's static identity (`group.instance.id`, suffixed with
+    /// the subscriber's name), if it has one.
+    pub(crate) instance_id: Option<String>,
     pub(crate) shutdown_timeout: Duration,
     pub(crate) revoke_timeout: Duration,
     pub(crate) policy: ErrorPolicy,
@@ -77,6 +81,8 @@ impl std::fmt::Debug for Subscriber {
             .field("handler_timeout", &self.handler_timeout)
             .field("commit_batch_size", &self.commit_batch_size)
             .field("commit_interval", &self.commit_interval)
+            .field("commit_metadata", &self.commit_metadata)
+            .field("instance_id", &self.instance_id)
             .field("shutdown_timeout", &self.shutdown_timeout)
             .field("revoke_timeout", &self.revoke_timeout)
             .field("policy", &self.policy)
@@ -134,6 +140,8 @@ impl Subscriber {
             handler_timeout: None,
             commit_batch_size: DEFAULT_COMMIT_BATCH_SIZE,
             commit_interval: DEFAULT_COMMIT_INTERVAL,
+            commit_metadata: CommitMetadata::Finished,
+            instance_id: None,
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
             revoke_timeout: DEFAULT_REVOKE_TIMEOUT,
             policy: ErrorPolicy::default(),
@@ -178,6 +186,31 @@ impl Subscriber {
     #[must_use]
     pub fn ordering(mut self, ordering: OrderingMode) -> Self {
         self.ordering = ordering;
+        self
+    }
+
+    /// What a commit writes into the offset's metadata (default
+    /// [`CommitMetadata::Finished`]: the finished offsets above it, which
+    /// the partition's next owner skips). See [`CommitMetadata`].
+    #[must_use]
+    pub fn commit_metadata(mut self, commit_metadata: CommitMetadata) -> Self {
+        self.commit_metadata = commit_metadata;
+        self
+    }
+
+    /// Makes the consumer a static member of its group: librdkafka's
+    /// `group.instance.id` is set to `"{id}-{name}"` (the subscriber's name,
+    /// so several subscribers of one process stay distinct). A member that
+    /// restarts within `session.timeout.ms` gets its partitions back without
+    /// a rebalance of the others; the trade-off is that a member that is
+    /// really gone holds its partitions, unread, until the session times
+    /// out. Use a name that stays with the instance across restarts (a pod
+    /// name in a StatefulSet, a host name) and is unique in the group:
+    /// two live members with one id fence each other. `--instance-id` and
+    /// `KCONC_INSTANCE_ID` set it for every subscriber of a program.
+    #[must_use]
+    pub fn instance_id(mut self, id: impl Into<String>) -> Self {
+        self.instance_id = Some(id.into());
         self
     }
 

@@ -129,3 +129,50 @@ impl std::str::FromStr for FirstPoll {
         }
     }
 }
+
+/// What a commit writes into the offset's metadata.
+///
+/// With [`CommitMetadata::Finished`] (the default), each commit also
+/// records which offsets above the committed one have finished (a compact
+/// bitset or run list, at most 4,096 bytes), and a partition's next owner
+/// (another member after a rebalance, this one after a restart or a crash)
+/// reads it when the partition is assigned and does not hand those messages
+/// to a handler again. Only kconc's own metadata of the committed offset is
+/// used: anything else (another client's, damaged, another version) counts
+/// as nothing finished. Offsets past what fits in 4,096 bytes are handled
+/// again as without it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum CommitMetadata {
+    /// Record finished offsets above the committed one, and skip them on
+    /// assignment. The default.
+    #[default]
+    Finished,
+    /// Commit offsets only, with empty metadata: every message above the
+    /// committed offset is handled again by the partition's next owner.
+    None,
+}
+
+impl CommitMetadata {
+    /// The name `--set NAME.commit_metadata=..` takes.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Finished => "finished",
+            Self::None => "none",
+        }
+    }
+}
+
+impl std::str::FromStr for CommitMetadata {
+    type Err = SettingError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "finished" => Ok(Self::Finished),
+            "none" => Ok(Self::None),
+            other => Err(SettingError::new(
+                "commit_metadata",
+                format!("unknown commit_metadata `{other}`: use `finished` (the default) or `none`"),
+            )),
+        }
+    }
+}

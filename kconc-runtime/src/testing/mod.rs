@@ -40,7 +40,7 @@ mod harness;
 
 pub use harness::{TestApp, TestMessage, TestRun};
 
-pub use crate::embedded::committed_offsets;
+pub use crate::embedded::{commit_with_metadata, committed_finished, committed_offsets};
 use crate::Error;
 
 /// Where each delivery went, and how many failed.
