@@ -26,6 +26,7 @@ use kconc_runtime::rdkafka::{ClientConfig, Message as _};
 use kconc_runtime::testing::TestProducer;
 use kconc_runtime::{App, EmbeddedCluster, FirstPoll, Message, OrderingMode as Mode, Subscriber};
 
+mod metadata;
 mod separate;
 
 const PARTITIONS: i32 = 8;
@@ -150,6 +151,8 @@ struct Options {
     exit: bool,
     /// `--smoke`: every mode, briefly (the test suite's run).
     smoke: bool,
+    /// `--metadata`: the cost of the finished offsets in commit metadata.
+    metadata: bool,
 }
 
 impl Options {
@@ -177,6 +180,7 @@ fn options() -> Result<Options, String> {
         separate: false,
         exit: false,
         smoke: false,
+        metadata: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -213,6 +217,7 @@ fn options() -> Result<Options, String> {
             "--svg" => o.svg = Some(args.next().ok_or("--svg needs a file")?),
             "--separate" => o.separate = true,
             "--exit" => o.exit = true,
+            "--metadata" => o.metadata = true,
             "--brokers" => o.brokers = Some(args.next().ok_or("--brokers needs a value")?),
             "--runs" => {
                 o.runs = args
@@ -228,7 +233,7 @@ fn options() -> Result<Options, String> {
             }
             "--help" | "-h" => {
                 println!(
-                    "usage: kconc-bench [--smoke] [--brokers HOST:PORT] [--runs N] [--messages N] [--only {}] [--first-poll auto|poll_thread|worker] [--svg FILE] [--separate] [--exit]",
+                    "usage: kconc-bench [--smoke] [--brokers HOST:PORT] [--runs N] [--messages N] [--only {}] [--first-poll auto|poll_thread|worker] [--svg FILE] [--separate] [--exit] [--metadata]",
                     WORKLOADS.join(",")
                 );
                 std::process::exit(0);
@@ -583,6 +588,12 @@ async fn run() -> Result<(), String> {
             cluster.bootstrap_servers().to_owned()
         }
     };
+    if o.metadata || o.smoke {
+        tokio::task::block_in_place(|| metadata::run(&bootstrap, "bench-io"))?;
+        if o.metadata {
+            return Ok(());
+        }
+    }
     if o.exit {
         return tokio::task::block_in_place(|| separate::exit_times(&bootstrap, 10_000, o.runs.max(5)));
     }

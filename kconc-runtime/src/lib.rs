@@ -190,6 +190,17 @@ pub mod __private {
     pub use crate::subscriber::Subscriber;
 
     pub use crate::registry::registered_subscriber;
+
+    /// The commit metadata of `finished` (sorted offsets) above `base`, and
+    /// whether it had to be cut to fit; for `kconc-bench --metadata`.
+    pub fn encode_finished(base: i64, finished: &[i64]) -> Option<(String, bool)> {
+        crate::engine::encode_finished(base, finished)
+    }
+
+    /// How many offsets the metadata lists as finished above `base`.
+    pub fn decode_finished(metadata: &[u8], base: i64) -> u64 {
+        crate::engine::finished_count(metadata, base)
+    }
     pub use crate::reply::{into_reply_future, ReplyOrigin};
     pub use crate::state::{StateProbe, TakesNoState, TakesState};
 
