@@ -387,3 +387,42 @@ async fn a_static_member_restarts_without_revoking_the_other() {
     a2.shutdown().await;
     b.shutdown().await;
 }
+
+/// A record batch librdkafka cannot read, which the committed metadata
+/// lists as finished (its previous owner already routed it through the
+/// error policy): it is moved past without going through the policy again.
+/// Under `on_error = stop` the partition would otherwise stop there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_batch_the_metadata_lists_is_not_routed_again() {
+    let (topic, group) = ("finished-unreadable", "g-finished-unreadable");
+    let cluster = cluster(topic, 1);
+    let bootstrap = cluster.bootstrap_servers().to_owned();
+    produce(&bootstrap, topic, 1, 3, 1);
+    assert_eq!(produce_unreadable_batch(&bootstrap, topic, 0, 3), 3);
+    let ends = produce(&bootstrap, topic, 1, 3, 1);
+    let (metadata, _) = kconc_runtime::__private::encode_finished(3, &[3]).unwrap();
+    kconc_runtime::testing::commit_with_metadata(&bootstrap, group, topic, 0, 3, &metadata).unwrap();
+    let recorder = Recorder::new();
+    let r = recorder.clone();
+    let sub = Subscriber::new("s", [topic], group, move |m: Message| {
+        let r = r.clone();
+        async move {
+            let _g = r.start(&m);
+        }
+    })
+    .on_error(kconc_runtime::OnError::Stop);
+    let app = test_app(&bootstrap).subscriber(sub).start_in_test_mode().unwrap();
+    let stats = app.stats_handle("s").unwrap();
+    wait_for("committed to the end past the batch", DEADLINE, || {
+        committed(&bootstrap, group, topic, 1) == all_committed(&ends)
+    })
+    .await;
+    app.shutdown().await;
+    let s = stats.snapshot();
+    assert_eq!(recorder.by_partition()[&0], vec![6, 7, 8]);
+    assert_eq!(
+        (s.skipped_already_done, s.records_unreadable, s.stopped),
+        (1, 0, 0),
+        "{s:?}"
+    );
+}

@@ -100,7 +100,9 @@ impl Engine {
         }
         let mut first = ps.offsets.is_untouched();
         let mut epoch = ps.epoch;
-        if !ps.offsets.dispatched(msg.offset()) {
+        let dispatched = ps.offsets.dispatched(msg.offset());
+        let done_before = dispatched && ps.finished_before(msg.offset());
+        if !dispatched {
             // The partition's position went back within the assignment (a
             // reset after log truncation, say): what comes now was never
             // handled, so it is handled, as in a new assignment.
@@ -129,20 +131,13 @@ impl Engine {
                 .stats()
                 .set_fetch_start(&self.topics[t].name, msg.partition(), msg.offset());
         }
-        if let Some(ps) = self.topics[t].partitions.get_mut(&msg.partition()) {
-            if !ps.inherited.is_empty() {
-                ps.inherited.drop_below(msg.offset());
-                if ps.inherited.contains(msg.offset()) {
-                    // Finished before (the committed metadata says so): it
-                    // counts as finished without a handler. It enters no
-                    // lane: in key or partition order its earlier messages
-                    // had finished before it did.
-                    ps.offsets.finished(msg.offset());
-                    self.finished_since_commit += 1;
-                    self.dispatcher.stats().already_done.fetch_add(1, Ordering::Relaxed);
-                    return;
-                }
-            }
+        if done_before {
+            // Finished before (the committed metadata says so): it counts as
+            // finished without a handler. It enters no lane: in key or
+            // partition order its earlier messages had finished before it.
+            self.finished_since_commit += 1;
+            self.dispatcher.stats().already_done.fetch_add(1, Ordering::Relaxed);
+            return;
         }
         self.waiting.push(slot, msg);
         self.dispatcher
@@ -292,6 +287,14 @@ impl Engine {
             return;
         }
         ps.offsets.dispatched(at);
+        if ps.finished_before(at) {
+            // The previous owner already routed it (the committed metadata
+            // lists it): move past it without doing so again.
+            self.finished_since_commit += 1;
+            self.dispatcher.stats().already_done.fetch_add(1, Ordering::Relaxed);
+            self.seek_past(t, p, at, at + 1);
+            return;
+        }
         let slot = MessageTag {
             topic: t,
             partition: p,

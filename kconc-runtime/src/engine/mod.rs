@@ -202,6 +202,21 @@ impl PartitionState {
         self.stopped.is_some_and(|s| offset >= s)
     }
 
+    /// Whether `offset`, just dispatched, finished before this assignment
+    /// (the committed metadata lists it); if so it is recorded finished.
+    /// What the metadata lists below it is dropped: it is read past.
+    fn finished_before(&mut self, offset: i64) -> bool {
+        if self.inherited.is_empty() {
+            return false;
+        }
+        self.inherited.drop_below(offset);
+        if !self.inherited.contains(offset) {
+            return false;
+        }
+        self.offsets.finished(offset);
+        true
+    }
+
     /// The metadata to commit with position `pos`: the offsets finished
     /// above it, here and (not read yet) inherited.
     fn metadata_at(&self, pos: i64) -> Option<finished::Encoded> {
