@@ -122,6 +122,17 @@ async fn first_member(
     (app, stats, runs)
 }
 
+/// A subscriber whose handler only records what it saw in `recorder`.
+fn recording(name: &str, topic: &str, group: &str, recorder: &Arc<Recorder>) -> Subscriber {
+    let r = recorder.clone();
+    Subscriber::new(name, [topic], group, move |m: Message| {
+        let r = r.clone();
+        async move {
+            let _g = r.start(&m);
+        }
+    })
+}
+
 fn handled(runs: &Runs) -> Vec<(i32, i64)> {
     let mut v: Vec<(i32, i64)> = runs.lock().unwrap().iter().map(|r| (r.0, r.1)).collect();
     v.sort_unstable();
@@ -283,13 +294,7 @@ async fn another_clients_metadata_skips_nothing() {
     for metadata in ["some other client's note", "kconc:AQAKBQ-garbage"] {
         kconc_runtime::testing::commit_with_metadata(&bootstrap, group, topic, 0, 10, metadata).unwrap();
         let recorder = Recorder::new();
-        let r = recorder.clone();
-        let sub = Subscriber::new("s", [topic], group, move |m: Message| {
-            let r = r.clone();
-            async move {
-                let _g = r.start(&m);
-            }
-        });
+        let sub = recording("s", topic, group, &recorder);
         let app = test_app(&bootstrap).subscriber(sub).start_in_test_mode().unwrap();
         let stats = app.stats_handle("s").unwrap();
         wait_for("committed to the end", DEADLINE, || {
@@ -342,14 +347,7 @@ async fn a_static_member_restarts_without_revoking_the_other() {
     let bootstrap = cluster.bootstrap_servers().to_owned();
     produce(&bootstrap, topic, 4, 400, 10);
     let member = |name: &str, id: &str, recorder: &Arc<Recorder>| {
-        let r = recorder.clone();
-        let sub = Subscriber::new(name, [topic], group, move |m: Message| {
-            let r = r.clone();
-            async move {
-                let _g = r.start(&m);
-            }
-        })
-        .instance_id(id);
+        let sub = recording(name, topic, group, recorder).instance_id(id);
         App::new()
             .brokers(&bootstrap)
             .property("group.protocol", "consumer")
@@ -403,14 +401,7 @@ async fn an_unreadable_batch_the_metadata_lists_is_not_routed_again() {
     let (metadata, _) = kconc_runtime::__private::encode_finished(3, &[3]).unwrap();
     kconc_runtime::testing::commit_with_metadata(&bootstrap, group, topic, 0, 3, &metadata).unwrap();
     let recorder = Recorder::new();
-    let r = recorder.clone();
-    let sub = Subscriber::new("s", [topic], group, move |m: Message| {
-        let r = r.clone();
-        async move {
-            let _g = r.start(&m);
-        }
-    })
-    .on_error(kconc_runtime::OnError::Stop);
+    let sub = recording("s", topic, group, &recorder).on_error(kconc_runtime::OnError::Stop);
     let app = test_app(&bootstrap).subscriber(sub).start_in_test_mode().unwrap();
     let stats = app.stats_handle("s").unwrap();
     wait_for("committed to the end past the batch", DEADLINE, || {

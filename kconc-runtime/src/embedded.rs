@@ -92,19 +92,8 @@ pub fn committed_offsets(
     topic: &str,
     partitions: i32,
 ) -> Result<Vec<Option<i64>>, Error> {
-    use rdkafka::consumer::{BaseConsumer, Consumer as _};
-    use rdkafka::{Offset, TopicPartitionList};
-    let consumer: BaseConsumer<DefaultConsumerContext> = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", group)
-        .set("enable.auto.commit", "false")
-        .create()
-        .map_err(|e| Error::Embedded(e.to_string()))?;
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_range(topic, 0, partitions - 1);
-    let got = consumer
-        .committed_offsets(tpl, std::time::Duration::from_secs(10))
-        .map_err(|e| Error::Embedded(format!("cannot read committed offsets of `{group}`: {e}")))?;
+    use rdkafka::Offset;
+    let got = fetch_committed(bootstrap, group, topic, partitions)?;
     Ok((0..partitions)
         .map(|p| match got.find_partition(topic, p).map(|e| e.offset()) {
             Some(Offset::Offset(o)) => Some(o),
@@ -167,19 +156,7 @@ pub fn committed_finished(
     topic: &str,
     partitions: i32,
 ) -> Result<Vec<Option<(i64, u64)>>, Error> {
-    use rdkafka::consumer::{BaseConsumer, Consumer as _};
-    use rdkafka::TopicPartitionList;
-    let consumer: BaseConsumer<DefaultConsumerContext> = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", group)
-        .set("enable.auto.commit", "false")
-        .create()
-        .map_err(|e| Error::Embedded(e.to_string()))?;
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_range(topic, 0, partitions - 1);
-    let got = consumer
-        .committed_offsets(tpl, std::time::Duration::from_secs(10))
-        .map_err(|e| Error::Embedded(format!("cannot read committed offsets of `{group}`: {e}")))?;
+    let got = fetch_committed(bootstrap, group, topic, partitions)?;
     let listed = crate::engine::committed_metadata(&got);
     Ok((0..partitions)
         .map(|p| {
@@ -187,6 +164,28 @@ pub fn committed_finished(
             (*offset >= 0).then(|| (*offset, crate::engine::finished_count(metadata, *offset)))
         })
         .collect())
+}
+
+/// The committed offsets (with their metadata) of `group` for partitions
+/// `0..partitions` of `topic`, read without joining the group.
+fn fetch_committed(
+    bootstrap: &str,
+    group: &str,
+    topic: &str,
+    partitions: i32,
+) -> Result<rdkafka::TopicPartitionList, Error> {
+    use rdkafka::consumer::{BaseConsumer, Consumer as _};
+    let consumer: BaseConsumer<DefaultConsumerContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .create()
+        .map_err(|e| Error::Embedded(e.to_string()))?;
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    tpl.add_partition_range(topic, 0, partitions - 1);
+    consumer
+        .committed_offsets(tpl, std::time::Duration::from_secs(10))
+        .map_err(|e| Error::Embedded(format!("cannot read committed offsets of `{group}`: {e}")))
 }
 
 fn no_initial_rebalance_delay(owner: &BaseProducer<DefaultProducerContext>) {
