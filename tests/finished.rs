@@ -417,3 +417,44 @@ async fn an_unreadable_batch_the_metadata_lists_is_not_routed_again() {
         "{s:?}"
     );
 }
+
+/// A broker whose `offset.metadata.max.bytes` is below kconc's limit
+/// refuses the commit (OFFSET_METADATA_TOO_LARGE): kconc commits without
+/// metadata from then on, instead of failing every commit. Here the head of
+/// the partition never finishes, so the commit that fails is one carrying
+/// the 500 finished above it; the next commits the same offset without.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_that_refuses_the_metadata_gets_commits_without_it() {
+    use kconc_runtime::rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+    let (topic, group) = ("finished-refused", "g-finished-refused");
+    let cluster = cluster(topic, 1);
+    let bootstrap = cluster.bootstrap_servers().to_owned();
+    let records: Vec<(String, String)> = (0..PER_PARTITION).map(|i| (format!("k{i}"), i.to_string())).collect();
+    let records: Vec<(&str, &str)> = records.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    produce_records(&bootstrap, topic, 0, &records);
+    cluster.mock().unwrap().request_errors(
+        RDKafkaApiKey::OffsetCommit,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_OFFSET_METADATA_TOO_LARGE],
+    );
+    let (sub, runs) = subscriber(
+        "s",
+        topic,
+        group,
+        true,
+        OrderingMode::Unordered,
+        CommitMetadata::Finished,
+    );
+    let app = test_app(&bootstrap).subscriber(sub).start_in_test_mode().unwrap();
+    let stats = app.stats_handle("s").unwrap();
+    wait_for("everything but the head handled", DEADLINE, || {
+        runs.lock().unwrap().len() == PER_PARTITION - 1
+    })
+    .await;
+    wait_for("the head's offset committed without metadata", DEADLINE, || {
+        kconc_runtime::testing::committed_finished(&bootstrap, group, topic, 1).unwrap() == [Some((0, 0))]
+    })
+    .await;
+    let s = stats.snapshot();
+    app.shutdown().await;
+    assert_eq!((s.commit_metadata_refused, s.commit_failures), (1, 1), "{s:?}");
+}
