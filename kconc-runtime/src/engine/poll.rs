@@ -206,12 +206,14 @@ pub(super) fn poll_loop(consumer: &BaseConsumer<ClientHooks>, shutdown: &Cancell
                 }
             }
             e.maybe_commit(false);
+            e.commit_idle();
             e.observe(consumer);
             if polled == 0 && events == 0 {
                 let wait = e.idle_wait();
                 e.wait_event(wait);
                 e.start_ready();
                 e.maybe_commit(false);
+                e.commit_idle();
             }
         });
     }
@@ -284,7 +286,6 @@ impl Engine {
         let due = self.finished_since_commit >= self.settings.commit_batch_size
             || (self.finished_since_commit > 0 && self.last_commit.elapsed() >= self.settings.commit_interval);
         if !(due || force) {
-            self.commit_idle();
             return;
         }
         let parts = self.all_partitions();
@@ -300,8 +301,9 @@ impl Engine {
     /// finished and nothing more is fetched) with a finished prefix not yet
     /// asked for, in one request: a crash after a backlog drains then
     /// redelivers nothing of them. The committer coalesces requests that
-    /// come while a commit is under way.
-    fn commit_idle(&mut self) {
+    /// come while a commit is under way. Once per turn of the poll loop
+    /// (it looks at every partition).
+    pub(super) fn commit_idle(&mut self) {
         if self.finished_since_commit == 0 || self.closing {
             return;
         }
