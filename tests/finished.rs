@@ -337,53 +337,76 @@ async fn an_idle_partition_is_committed_at_once() {
 /// Static membership, on the mock cluster's KIP-848 group protocol
 /// (`group.protocol=consumer`; its classic coordinator treats a rejoining
 /// static member as a new one): two members, each with its own
-/// `instance_id`; one stops and a new process with its id starts within the
-/// session timeout. It gets its partitions back and the other member is
-/// never revoked.
+/// `instance_id`; one stops, messages arrive meanwhile, and a new process
+/// with its id starts within the session timeout. It gets its partitions
+/// back, handles what arrived meanwhile, and the other member is never
+/// revoked. The same with dynamic members, for the figures: the time from
+/// the restart to the restarted member's assignment (and, static, its first
+/// message), and the other member's revokes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_static_member_restarts_without_revoking_the_other() {
-    let (topic, group) = ("static-restart", "g-static-restart");
-    let cluster = cluster(topic, 4);
-    let bootstrap = cluster.bootstrap_servers().to_owned();
-    produce(&bootstrap, topic, 4, 400, 10);
-    let member = |name: &str, id: &str, recorder: &Arc<Recorder>| {
-        let sub = recording(name, topic, group, recorder).instance_id(id);
-        App::new()
-            .brokers(&bootstrap)
-            .property("group.protocol", "consumer")
-            .subscriber(sub)
-            .start_in_test_mode()
-            .unwrap()
-    };
-    let (ra, rb) = (Recorder::new(), Recorder::new());
-    let a = member("s", "a", &ra);
-    let b = member("s", "b", &rb);
-    let (sa, sb) = (a.stats_handle("s").unwrap(), b.stats_handle("s").unwrap());
-    wait_for("both members assigned", DEADLINE, || {
-        let (pa, pb) = (sa.assigned_partitions(), sb.assigned_partitions());
-        !pa.is_empty() && !pb.is_empty() && pa.len() + pb.len() == 4
-    })
-    .await;
-    let a_parts = sa.assigned_partitions();
-    let b_before = sb.snapshot();
-    a.shutdown().await;
-    let ra2 = Recorder::new();
-    let restarted = Instant::now();
-    let a2 = member("s", "a", &ra2);
-    let sa2 = a2.stats_handle("s").unwrap();
-    wait_for("the restarted member assigned", DEADLINE, || {
-        !sa2.assigned_partitions().is_empty()
-    })
-    .await;
-    println!("static restart: assigned again after {:?}", restarted.elapsed());
-    assert_eq!(sa2.assigned_partitions(), a_parts);
-    let b_after = sb.snapshot();
-    assert_eq!(
-        b_after.revocations, b_before.revocations,
-        "the other member was revoked"
-    );
-    a2.shutdown().await;
-    b.shutdown().await;
+    let mut figures = Vec::new();
+    for is_static in [true, false] {
+        let topic = if is_static { "static-restart" } else { "dynamic-restart" };
+        let group = format!("g-{topic}");
+        let group = group.as_str();
+        let cluster = cluster(topic, 4);
+        let bootstrap = cluster.bootstrap_servers().to_owned();
+        produce(&bootstrap, topic, 4, 400, 10);
+        let member = |id: &str, recorder: &Arc<Recorder>| {
+            let sub = recording("s", topic, group, recorder);
+            let sub = if is_static { sub.instance_id(id) } else { sub };
+            App::new()
+                .brokers(&bootstrap)
+                .property("group.protocol", "consumer")
+                .subscriber(sub)
+                .start_in_test_mode()
+                .unwrap()
+        };
+        let (ra, rb) = (Recorder::new(), Recorder::new());
+        let a = member("a", &ra);
+        let b = member("b", &rb);
+        let (sa, sb) = (a.stats_handle("s").unwrap(), b.stats_handle("s").unwrap());
+        wait_for("both members assigned", DEADLINE, || {
+            let (pa, pb) = (sa.assigned_partitions(), sb.assigned_partitions());
+            !pa.is_empty() && !pb.is_empty() && pa.len() + pb.len() == 4
+        })
+        .await;
+        let a_parts = sa.assigned_partitions();
+        let b_before = sb.snapshot();
+        a.shutdown().await;
+        // Messages for every partition while the member is away.
+        produce(&bootstrap, topic, 4, 40, 10);
+        let ra2 = Recorder::new();
+        let restarted = Instant::now();
+        let a2 = member("a", &ra2);
+        let sa2 = a2.stats_handle("s").unwrap();
+        wait_for("the restarted member assigned", DEADLINE, || {
+            !sa2.assigned_partitions().is_empty()
+        })
+        .await;
+        let assigned = restarted.elapsed();
+        // A dynamic member's partitions went to the other member while it
+        // was away, and with them the messages that arrived meanwhile.
+        let first = if is_static {
+            wait_for("the restarted member handles a message", DEADLINE, || {
+                ra2.finished() > 0
+            })
+            .await;
+            Some(restarted.elapsed())
+        } else {
+            None
+        };
+        let revoked = sb.snapshot().revocations - b_before.revocations;
+        figures.push((is_static, assigned, first, revoked));
+        if is_static {
+            assert_eq!(sa2.assigned_partitions(), a_parts, "other partitions came back");
+            assert_eq!(revoked, 0, "the other member was revoked");
+        }
+        a2.shutdown().await;
+        b.shutdown().await;
+    }
+    println!("restart (static, to assignment, to first message, the other member's revokes): {figures:?}");
 }
 
 /// A record batch librdkafka cannot read, which the committed metadata
