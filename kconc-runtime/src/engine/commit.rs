@@ -142,6 +142,9 @@ struct Book {
     /// The newest epoch forgotten per partition: a request from that epoch or
     /// an older one must never bring the partition back.
     forgotten: HashMap<PartitionKey, u64>,
+    /// The broker refused metadata this long: it is dropped from every
+    /// request, so a change of metadata alone is no new commit.
+    without_metadata: bool,
 }
 
 /// What serving one batch of requests leaves to do after its commit.
@@ -167,6 +170,7 @@ impl Book {
                         if self.forgotten.get(&key).is_some_and(|&f| epoch <= f) {
                             continue;
                         }
+                        let metadata = metadata.filter(|_| !self.without_metadata);
                         merge(&mut self.entries, key, epoch, offset, metadata);
                     }
                 }
@@ -187,6 +191,14 @@ impl Book {
             }
         }
         served
+    }
+
+    /// Commits without metadata from now on, what is waiting included.
+    fn drop_metadata(&mut self) {
+        self.without_metadata = true;
+        for e in self.entries.values_mut() {
+            e.metadata = None;
+        }
     }
 
     /// Forgets each partition's entry of that assignment or an older one;
@@ -232,8 +244,6 @@ fn run<C: ConsumerContext>(
     events: &Sender<Event>,
 ) {
     let mut book = Book::default();
-    // Turned off for good when the broker refuses metadata this long.
-    let mut metadata = true;
     let mut retry_at: Option<Instant> = None;
     let mut backoff = RETRY_MIN;
     loop {
@@ -250,13 +260,13 @@ fn run<C: ConsumerContext>(
         };
         let requests = first.into_iter().chain(std::iter::from_fn(|| rx.try_recv().ok()));
         let served = book.take(requests, Instant::now());
-        let mut result = commit_wanted(&mut book, group, consumer, stats, events, metadata);
-        if metadata
+        let mut result = commit_wanted(&mut book, group, consumer, stats, events);
+        if !book.without_metadata
             && matches!(&result, Err(e) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::OffsetMetadataTooLarge))
         {
             // The broker's `offset.metadata.max.bytes` is below kconc's
             // limit: commit without the finished offsets from now on.
-            metadata = false;
+            book.drop_metadata();
             stats
                 .metadata_refused
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -264,7 +274,7 @@ fn run<C: ConsumerContext>(
                 group,
                 "the broker refuses commit metadata this long (offset.metadata.max.bytes); committing without the finished offsets from now on"
             );
-            result = commit_wanted(&mut book, group, consumer, stats, events, metadata);
+            result = commit_wanted(&mut book, group, consumer, stats, events);
         }
         match &result {
             Ok(()) => {
@@ -323,7 +333,6 @@ fn commit_wanted<C: ConsumerContext>(
     consumer: &BaseConsumer<C>,
     stats: &Stats,
     events: &Sender<Event>,
-    with_metadata: bool,
 ) -> Result<(), KafkaError> {
     let sent = book.wanted();
     if sent.is_empty() {
@@ -340,7 +349,7 @@ fn commit_wanted<C: ConsumerContext>(
         let mut el = tpl.add_partition(&key.topic, key.partition);
         el.set_offset(Offset::Offset(*offset))?;
         // Set once (rdkafka's setter does not free an earlier value).
-        if let Some(m) = metadata.as_deref().filter(|m| with_metadata && !m.is_empty()) {
+        if let Some(m) = metadata.as_deref().filter(|m| !m.is_empty()) {
             el.set_metadata(m);
         }
     }
@@ -446,6 +455,31 @@ mod tests {
             now,
         );
         assert!(book.wanted().is_empty());
+    }
+
+    /// Once the broker refused the metadata, what waits is committed
+    /// without it, and new metadata at a committed position is no commit.
+    #[test]
+    fn without_metadata_a_change_of_metadata_alone_is_no_commit() {
+        let now = Instant::now();
+        let mut book = Book::default();
+        book.take(
+            [CommitRequest::Positions(vec![(key(0), 1, 10, Some("kconc:a".into()))])],
+            now,
+        );
+        book.drop_metadata();
+        assert_eq!(book.wanted(), vec![(key(0), 1, 10, None)]);
+        book.committed(&book.wanted());
+        book.take(
+            [CommitRequest::Positions(vec![(key(0), 1, 10, Some("kconc:b".into()))])],
+            now,
+        );
+        assert!(book.wanted().is_empty());
+        book.take(
+            [CommitRequest::Positions(vec![(key(0), 1, 11, Some("kconc:c".into()))])],
+            now,
+        );
+        assert_eq!(book.wanted(), vec![(key(0), 1, 11, None)]);
     }
 
     /// A revoke's flush forgets the revoked assignment after the commit;

@@ -135,8 +135,7 @@ impl Engine {
             // Finished before (the committed metadata says so): it counts as
             // finished without a handler. It enters no lane: in key or
             // partition order its earlier messages had finished before it.
-            self.finished_since_commit += 1;
-            self.dispatcher.stats().already_done.fetch_add(1, Ordering::Relaxed);
+            self.count_done_before();
             return;
         }
         self.waiting.push(slot, msg);
@@ -144,6 +143,14 @@ impl Engine {
             .stats()
             .max_waiting
             .fetch_max(self.buffered() as u64, Ordering::Relaxed);
+    }
+
+    /// Counts a message passed as finished before (see
+    /// `PartitionState::finished_before`): toward the next commit, and in
+    /// `skipped_already_done`.
+    fn count_done_before(&mut self) {
+        self.finished_since_commit += 1;
+        self.dispatcher.stats().already_done.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Messages read and not started: waiting for a slot or their lane,
@@ -290,8 +297,7 @@ impl Engine {
         if ps.finished_before(at) {
             // The previous owner already routed it (the committed metadata
             // lists it): move past it without doing so again.
-            self.finished_since_commit += 1;
-            self.dispatcher.stats().already_done.fetch_add(1, Ordering::Relaxed);
+            self.count_done_before();
             self.seek_past(t, p, at, at + 1);
             return;
         }

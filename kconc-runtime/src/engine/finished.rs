@@ -252,6 +252,21 @@ pub(crate) fn decode(metadata: &[u8], committed: i64) -> Result<Finished, Reject
     Ok(out)
 }
 
+/// The metadata of sorted `offsets` above `base` (what [`encode`] makes of
+/// them at the size limit), and whether it was cut to fit; for the bench
+/// and tests.
+pub(crate) fn encode_offsets(base: i64, offsets: &[i64]) -> Option<(String, bool)> {
+    let mut set = Finished::default();
+    offsets.iter().for_each(|&o| set.push(o));
+    encode(base, &set, MAX_METADATA).map(|e| (e.text, e.truncated))
+}
+
+/// How many offsets `metadata`, committed with `offset`, lists as finished
+/// (0 for metadata kconc cannot use).
+pub(crate) fn finished_count(metadata: &[u8], offset: i64) -> u64 {
+    decode(metadata, offset).map_or(0, |f| f.count())
+}
+
 /// Run lengths from `base`: unfinished, finished, unfinished, ... ending
 /// with a finished run (empty when nothing at or above `base` finished).
 fn runs_from(base: i64, finished: &Finished) -> Vec<u64> {

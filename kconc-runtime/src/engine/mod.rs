@@ -65,19 +65,7 @@ mod worker;
 
 pub use complete::HandlerTimedOut;
 pub(crate) use ffi::{committed_metadata, no_initial_rebalance_delay};
-
-/// The metadata [`finished::encode`] makes of sorted offsets.
-pub(crate) fn encode_finished(base: i64, offsets: &[i64]) -> Option<(String, bool)> {
-    let mut set = Finished::default();
-    offsets.iter().for_each(|&o| set.push(o));
-    finished::encode(base, &set, finished::MAX_METADATA).map(|e| (e.text, e.truncated))
-}
-
-/// How many offsets `metadata`, committed with `offset`, lists as finished
-/// (0 for metadata kconc cannot use).
-pub(crate) fn finished_count(metadata: &[u8], offset: i64) -> u64 {
-    finished::decode(metadata, offset).map_or(0, |f| f.count())
-}
+pub(crate) use finished::{encode_offsets as encode_finished, finished_count};
 pub(crate) use poll::{start, Runner};
 
 use std::sync::mpsc::{self, Receiver};
