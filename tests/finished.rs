@@ -409,36 +409,128 @@ async fn a_static_member_restarts_without_revoking_the_other() {
     println!("restart (static, to assignment, to first message, the other member's revokes): {figures:?}");
 }
 
-/// A record batch librdkafka cannot read, which the committed metadata
-/// lists as finished (its previous owner already routed it through the
-/// error policy): it is moved past without going through the policy again.
-/// Under `on_error = stop` the partition would otherwise stop there.
+/// A record batch librdkafka cannot read (offsets 3..5), which the
+/// committed metadata lists as finished (its previous owner already routed
+/// it through the error policy): it is moved past without going through
+/// the policy again. Under `on_error = stop` the partition would otherwise
+/// stop there. Where the metadata lists only the batch's first offset (the
+/// previous owner read the batch and finished its first record only), the
+/// rest of the batch goes through the policy: the partition stops at 4.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_unreadable_batch_the_metadata_lists_is_not_routed_again() {
-    let (topic, group) = ("finished-unreadable", "g-finished-unreadable");
+async fn an_unreadable_batch_is_passed_only_as_far_as_the_metadata_lists_it() {
+    for listed in [vec![3, 4, 5], vec![3]] {
+        let topic = format!("finished-unreadable-{}", listed.len());
+        let group = format!("g-{topic}");
+        let (topic, group) = (topic.as_str(), group.as_str());
+        let cluster = cluster(topic, 1);
+        let bootstrap = cluster.bootstrap_servers().to_owned();
+        produce(&bootstrap, topic, 1, 3, 1);
+        assert_eq!(produce_unreadable_batch(&bootstrap, topic, 0, 3), 3);
+        let ends = produce(&bootstrap, topic, 1, 3, 1);
+        let (metadata, _) = kconc_runtime::__private::encode_finished(3, &listed).unwrap();
+        kconc_runtime::testing::commit_with_metadata(&bootstrap, group, topic, 0, 3, &metadata).unwrap();
+        let recorder = Recorder::new();
+        let sub = recording("s", topic, group, &recorder).on_error(kconc_runtime::OnError::Stop);
+        let app = test_app(&bootstrap).subscriber(sub).start_in_test_mode().unwrap();
+        let stats = app.stats_handle("s").unwrap();
+        if listed.len() == 3 {
+            wait_for("committed to the end past the batch", DEADLINE, || {
+                committed(&bootstrap, group, topic, 1) == all_committed(&ends)
+            })
+            .await;
+        } else {
+            wait_for("the partition stopped inside the batch", DEADLINE, || {
+                !stats.stopped_partitions().is_empty()
+            })
+            .await;
+            wait_for("committed up to the stop", DEADLINE, || {
+                committed(&bootstrap, group, topic, 1) == [Some(4)]
+            })
+            .await;
+        }
+        app.shutdown().await;
+        let s = stats.snapshot();
+        if listed.len() == 3 {
+            assert_eq!(recorder.by_partition()[&0], vec![6, 7, 8]);
+            assert_eq!(
+                (s.skipped_already_done, s.records_unreadable, s.stopped),
+                (3, 0, 0),
+                "{s:?}"
+            );
+        } else {
+            assert!(recorder.by_partition().is_empty(), "{:?}", recorder.by_partition());
+            assert_eq!(stats.stopped_partitions()[0].offset, 4);
+            assert_eq!(
+                (s.skipped_already_done, s.records_unreadable, s.stopped),
+                (1, 1, 1),
+                "{s:?}"
+            );
+        }
+    }
+}
+
+/// The review's case (M1): the group's committed offset, and the finished
+/// offsets in its metadata, come from a longer log than the partition has
+/// now (the topic was deleted and created again, or the log truncated):
+/// (10, {12, 13, 14}) over 5 records. The fetch at 10 is out of range and
+/// librdkafka resets to the start; when offsets 12-14 are written again,
+/// they are new records, and every one of the 20 is handled. At a6d8e9a,
+/// 12-14 were committed unhandled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_set_from_a_longer_log_skips_nothing() {
+    let (topic, group) = ("finished-longer-log", "g-finished-longer-log");
     let cluster = cluster(topic, 1);
     let bootstrap = cluster.bootstrap_servers().to_owned();
-    produce(&bootstrap, topic, 1, 3, 1);
-    assert_eq!(produce_unreadable_batch(&bootstrap, topic, 0, 3), 3);
-    let ends = produce(&bootstrap, topic, 1, 3, 1);
-    let (metadata, _) = kconc_runtime::__private::encode_finished(3, &[3]).unwrap();
-    kconc_runtime::testing::commit_with_metadata(&bootstrap, group, topic, 0, 3, &metadata).unwrap();
+    produce(&bootstrap, topic, 1, 5, 5);
+    let (metadata, _) = kconc_runtime::__private::encode_finished(10, &[12, 13, 14]).unwrap();
+    kconc_runtime::testing::commit_with_metadata(&bootstrap, group, topic, 0, 10, &metadata).unwrap();
     let recorder = Recorder::new();
-    let sub = recording("s", topic, group, &recorder).on_error(kconc_runtime::OnError::Stop);
-    let app = test_app(&bootstrap).subscriber(sub).start_in_test_mode().unwrap();
+    let app = test_app(&bootstrap)
+        .subscriber(recording("s", topic, group, &recorder))
+        .start_in_test_mode()
+        .unwrap();
     let stats = app.stats_handle("s").unwrap();
-    wait_for("committed to the end past the batch", DEADLINE, || {
+    wait_for("the 5 records handled", DEADLINE, || recorder.distinct() == 5).await;
+    let ends = produce(&bootstrap, topic, 1, 15, 5);
+    assert_eq!(ends, [20]);
+    wait_for("committed to the end", DEADLINE, || {
         committed(&bootstrap, group, topic, 1) == all_committed(&ends)
     })
     .await;
     app.shutdown().await;
     let s = stats.snapshot();
-    assert_eq!(recorder.by_partition()[&0], vec![6, 7, 8]);
-    assert_eq!(
-        (s.skipped_already_done, s.records_unreadable, s.stopped),
-        (1, 0, 0),
-        "{s:?}"
-    );
+    assert_eq!(recorder.by_partition()[&0], (0..20).collect::<Vec<_>>(), "{s:?}");
+    assert_eq!((s.skipped_already_done, s.commit_metadata_stale), (0, 1), "{s:?}");
+}
+
+/// A committed offset inside the log whose set lists an offset at or past
+/// the partition's end (the log was truncated below it after the commit):
+/// (5, {12}) over 10 records. Reading starts at 5, in range; offset 12,
+/// written later, is a new record and is handled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_set_past_the_partitions_end_skips_nothing() {
+    let (topic, group) = ("finished-past-end", "g-finished-past-end");
+    let cluster = cluster(topic, 1);
+    let bootstrap = cluster.bootstrap_servers().to_owned();
+    produce(&bootstrap, topic, 1, 10, 5);
+    let (metadata, _) = kconc_runtime::__private::encode_finished(5, &[12]).unwrap();
+    kconc_runtime::testing::commit_with_metadata(&bootstrap, group, topic, 0, 5, &metadata).unwrap();
+    let recorder = Recorder::new();
+    let app = test_app(&bootstrap)
+        .subscriber(recording("s", topic, group, &recorder))
+        .start_in_test_mode()
+        .unwrap();
+    let stats = app.stats_handle("s").unwrap();
+    wait_for("offsets 5-9 handled", DEADLINE, || recorder.distinct() == 5).await;
+    let ends = produce(&bootstrap, topic, 1, 10, 5);
+    wait_for("committed to the end", DEADLINE, || {
+        committed(&bootstrap, group, topic, 1) == all_committed(&ends)
+    })
+    .await;
+    app.shutdown().await;
+    let s = stats.snapshot();
+    assert_eq!(recorder.by_partition()[&0], (5..20).collect::<Vec<_>>(), "{s:?}");
+    assert_eq!((s.skipped_already_done, s.commit_metadata_stale), (0, 1), "{s:?}");
 }
 
 /// A broker whose `offset.metadata.max.bytes` is below kconc's limit

@@ -151,9 +151,19 @@ stats! {
         /// of them is skipped.
         metadata_rejected as commit_metadata_rejected: sum, metric "commit_metadata_rejected"
             "Assigned partitions whose committed metadata could not be used (another client's, another version, damaged)";
+        /// Assigned partitions whose committed finished offsets were not
+        /// used because the partition's offsets were reused since they
+        /// were written (the topic deleted and created again, the log
+        /// truncated below them, the position moved back): nothing of
+        /// them is skipped.
+        metadata_stale as commit_metadata_stale: sum, metric "commit_metadata_stale"
+            "Partitions whose committed finished offsets were not used because the offsets were reused (topic recreated, log truncated, position moved back)";
         /// Times the broker refused the metadata's length (its
         /// `offset.metadata.max.bytes` is lower): commits go on without it.
         metadata_refused as commit_metadata_refused: sum;
+        /// Times the broker refused the leader epoch a commit carried:
+        /// commits go on without it.
+        leader_epoch_refused as commit_leader_epoch_refused: sum;
         /// Commit requests made at once because partitions went idle (all
         /// read finished, nothing more fetched), before the batch or the
         /// interval was due.

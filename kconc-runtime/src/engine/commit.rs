@@ -27,9 +27,19 @@ use crate::stats::Stats;
 /// A partition in the assignment numbered `epoch`.
 pub(crate) type Assigned = (PartitionKey, u64);
 
-/// A position to commit: partition, epoch, next offset to read, and the
-/// metadata to commit with it (the finished offsets above it, encoded).
-pub(crate) type Wanted = (PartitionKey, u64, i64, Option<String>);
+/// A position to commit.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Wanted {
+    pub(crate) key: PartitionKey,
+    /// The assignment it belongs to.
+    pub(crate) epoch: u64,
+    /// The next offset to read.
+    pub(crate) offset: i64,
+    /// What to commit with it: the finished offsets above it, encoded.
+    pub(crate) metadata: Option<String>,
+    /// The leader epoch of the record before it (KIP-320; -1: not known).
+    pub(crate) leader_epoch: i32,
+}
 
 /// What the poll loop asks of the committer.
 #[derive(Debug)]
@@ -55,6 +65,7 @@ struct Entry {
     epoch: u64,
     wanted: i64,
     metadata: Option<String>,
+    leader_epoch: i32,
     committed: Option<i64>,
     /// `wanted` (or its metadata) is not committed yet.
     dirty: bool,
@@ -91,6 +102,15 @@ impl Committer {
                 let _ = ended_tx.send(());
             })?;
         Ok(Self { tx, ended })
+    }
+
+    /// A committer with no thread: what it is asked comes out of the
+    /// receiver (for the engine's unit tests).
+    #[cfg(test)]
+    pub(crate) fn for_test() -> (Self, Receiver<CommitRequest>) {
+        let (tx, rx) = mpsc::channel();
+        let (_, ended) = mpsc::channel();
+        (Self { tx, ended }, rx)
     }
 
     pub(crate) fn request(&self, req: CommitRequest) {
@@ -145,6 +165,8 @@ struct Book {
     /// The broker refused metadata this long: it is dropped from every
     /// request, so a change of metadata alone is no new commit.
     without_metadata: bool,
+    /// The broker refused a commit's leader epoch: commits go without it.
+    without_leader_epochs: bool,
 }
 
 /// What serving one batch of requests leaves to do after its commit.
@@ -166,12 +188,14 @@ impl Book {
         for req in requests {
             match req {
                 CommitRequest::Positions(ps) => {
-                    for (key, epoch, offset, metadata) in ps {
-                        if self.forgotten.get(&key).is_some_and(|&f| epoch <= f) {
+                    for mut w in ps {
+                        if self.forgotten.get(&w.key).is_some_and(|&f| w.epoch <= f) {
                             continue;
                         }
-                        let metadata = metadata.filter(|_| !self.without_metadata);
-                        merge(&mut self.entries, key, epoch, offset, metadata);
+                        if self.without_metadata {
+                            w.metadata = None;
+                        }
+                        merge(&mut self.entries, w);
                     }
                 }
                 CommitRequest::Forget(assigned) => self.forget(assigned),
@@ -219,16 +243,22 @@ impl Book {
         self.entries
             .iter()
             .filter(|(_, e)| e.dirty)
-            .map(|(k, e)| (k.clone(), e.epoch, e.wanted, e.metadata.clone()))
+            .map(|(k, e)| Wanted {
+                key: k.clone(),
+                epoch: e.epoch,
+                offset: e.wanted,
+                metadata: e.metadata.clone(),
+                leader_epoch: if self.without_leader_epochs { -1 } else { e.leader_epoch },
+            })
             .collect()
     }
 
     /// Records a successful commit of `sent`.
     fn committed(&mut self, sent: &[Wanted]) {
-        for (key, epoch, offset, metadata) in sent {
-            if let Some(e) = self.entries.get_mut(key).filter(|e| e.epoch == *epoch) {
-                e.committed = Some(e.committed.map_or(*offset, |c| c.max(*offset)));
-                if e.wanted == *offset && e.metadata == *metadata {
+        for w in sent {
+            if let Some(e) = self.entries.get_mut(&w.key).filter(|e| e.epoch == w.epoch) {
+                e.committed = Some(e.committed.map_or(w.offset, |c| c.max(w.offset)));
+                if e.wanted == w.offset && e.metadata == w.metadata {
                     e.dirty = false;
                 }
             }
@@ -276,6 +306,20 @@ fn run<C: ConsumerContext>(
             );
             result = commit_wanted(&mut book, group, consumer, stats, events);
         }
+        if !book.without_leader_epochs && matches!(&result, Err(e) if refuses_leader_epoch(e)) {
+            // Kafka stores a commit's leader epoch without checking it;
+            // librdkafka's mock cluster refuses one older than the
+            // partition's current epoch. Commit without them from now on.
+            book.without_leader_epochs = true;
+            stats
+                .leader_epoch_refused
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::warn!(
+                group,
+                "the broker refuses the leader epoch of commits; committing without it from now on"
+            );
+            result = commit_wanted(&mut book, group, consumer, stats, events);
+        }
         match &result {
             Ok(()) => {
                 retry_at = None;
@@ -293,38 +337,61 @@ fn run<C: ConsumerContext>(
     }
 }
 
+/// Whether a commit failed because the broker refused a leader epoch it
+/// carried.
+fn refuses_leader_epoch(e: &KafkaError) -> bool {
+    matches!(
+        e.rdkafka_error_code(),
+        Some(RDKafkaErrorCode::FencedLeaderEpoch | RDKafkaErrorCode::UnknownLeaderEpoch)
+    )
+}
+
 /// Takes in a wanted position. Within an assignment the poll loop asks in
 /// order, so a request at or past the entry's position is the newest (its
 /// metadata too); one behind it is stale and ignored.
-fn merge(
-    entries: &mut HashMap<PartitionKey, Entry>,
-    key: PartitionKey,
-    epoch: u64,
-    offset: i64,
-    metadata: Option<String>,
-) {
-    match entries.get_mut(&key) {
-        Some(e) if e.epoch == epoch => {
-            if offset > e.wanted || (offset == e.wanted && metadata != e.metadata) {
-                e.wanted = offset;
-                e.metadata = metadata;
+fn merge(entries: &mut HashMap<PartitionKey, Entry>, w: Wanted) {
+    match entries.get_mut(&w.key) {
+        Some(e) if e.epoch == w.epoch => {
+            if w.offset > e.wanted || (w.offset == e.wanted && w.metadata != e.metadata) {
+                e.wanted = w.offset;
+                e.metadata = w.metadata;
+                e.leader_epoch = w.leader_epoch;
                 e.dirty = true;
             }
         }
-        Some(e) if e.epoch > epoch => {} // a request from an older assignment: ignore
+        Some(e) if e.epoch > w.epoch => {} // a request from an older assignment: ignore
         _ => {
             entries.insert(
-                key,
+                w.key,
                 Entry {
-                    epoch,
-                    wanted: offset,
-                    metadata,
+                    epoch: w.epoch,
+                    wanted: w.offset,
+                    metadata: w.metadata,
+                    leader_epoch: w.leader_epoch,
                     committed: None,
                     dirty: true,
                 },
             );
         }
     }
+}
+
+/// The list a commit of `sent` sends: each offset with its metadata and
+/// leader epoch.
+fn commit_list(sent: &[Wanted]) -> Result<TopicPartitionList, KafkaError> {
+    let mut tpl = TopicPartitionList::new();
+    for (i, w) in sent.iter().enumerate() {
+        let mut el = tpl.add_partition(&w.key.topic, w.key.partition);
+        el.set_offset(Offset::Offset(w.offset))?;
+        // Set once (rdkafka's setter does not free an earlier value).
+        if let Some(m) = w.metadata.as_deref().filter(|m| !m.is_empty()) {
+            el.set_metadata(m);
+        }
+        if w.leader_epoch >= 0 {
+            super::ffi::set_leader_epoch(&mut tpl, i, w.leader_epoch);
+        }
+    }
+    Ok(tpl)
 }
 
 fn commit_wanted<C: ConsumerContext>(
@@ -344,15 +411,7 @@ fn commit_wanted<C: ConsumerContext>(
             .store(0, std::sync::atomic::Ordering::Relaxed);
         return Ok(());
     }
-    let mut tpl = TopicPartitionList::new();
-    for (key, _, offset, metadata) in &sent {
-        let mut el = tpl.add_partition(&key.topic, key.partition);
-        el.set_offset(Offset::Offset(*offset))?;
-        // Set once (rdkafka's setter does not free an earlier value).
-        if let Some(m) = metadata.as_deref().filter(|m| !m.is_empty()) {
-            el.set_metadata(m);
-        }
-    }
+    let tpl = commit_list(&sent)?;
     match consumer.commit(&tpl, CommitMode::Sync) {
         Ok(()) => {
             stats.commits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -363,12 +422,12 @@ fn commit_wanted<C: ConsumerContext>(
                 .commit_failing_since_ms
                 .store(0, std::sync::atomic::Ordering::Relaxed);
             if let Ok(mut committed) = stats.committed.lock() {
-                for (key, _, offset, _) in &sent {
-                    committed.insert((key.topic.to_string(), key.partition), *offset);
+                for w in &sent {
+                    committed.insert((w.key.topic.to_string(), w.key.partition), w.offset);
                 }
             }
             book.committed(&sent);
-            let done = sent.into_iter().map(|(k, e, o, _)| (k, e, o)).collect();
+            let done = sent.into_iter().map(|w| (w.key, w.epoch, w.offset)).collect();
             let _ = events.send(Event::Committed(done));
             tracing::debug!(group, partitions = tpl.count(), "committed offsets");
             Ok(())
@@ -398,6 +457,17 @@ mod tests {
         }
     }
 
+    /// A position of partition `p` with no leader epoch.
+    fn w(p: i32, epoch: u64, offset: i64, metadata: Option<String>) -> Wanted {
+        Wanted {
+            key: key(p),
+            epoch,
+            offset,
+            metadata,
+            leader_epoch: -1,
+        }
+    }
+
     fn flush(forget: Vec<Assigned>, deadline: Instant) -> (CommitRequest, Receiver<Result<(), FlushError>>) {
         let (reply, rx) = mpsc::channel();
         (
@@ -413,21 +483,21 @@ mod tests {
     #[test]
     fn merge_keeps_the_highest_position_of_an_epoch() {
         let mut m = HashMap::new();
-        merge(&mut m, key(0), 1, 10, None);
-        merge(&mut m, key(0), 1, 5, None);
+        merge(&mut m, w(0, 1, 10, None));
+        merge(&mut m, w(0, 1, 5, None));
         assert_eq!(m[&key(0)].wanted, 10);
-        merge(&mut m, key(0), 1, 12, None);
+        merge(&mut m, w(0, 1, 12, None));
         assert_eq!(m[&key(0)].wanted, 12);
     }
 
     #[test]
     fn merge_starts_afresh_for_a_new_epoch_and_ignores_an_old_one() {
         let mut m = HashMap::new();
-        merge(&mut m, key(0), 1, 10, None);
+        merge(&mut m, w(0, 1, 10, None));
         m.get_mut(&key(0)).unwrap().committed = Some(10);
-        merge(&mut m, key(0), 2, 4, None);
+        merge(&mut m, w(0, 2, 4, None));
         assert_eq!((m[&key(0)].wanted, m[&key(0)].committed), (4, None));
-        merge(&mut m, key(0), 1, 50, None);
+        merge(&mut m, w(0, 1, 50, None));
         assert_eq!(m[&key(0)].wanted, 4);
     }
 
@@ -437,21 +507,21 @@ mod tests {
     fn new_metadata_at_the_same_position_is_committed_again() {
         let now = Instant::now();
         let mut book = Book::default();
-        book.take([CommitRequest::Positions(vec![(key(0), 1, 10, None)])], now);
+        book.take([CommitRequest::Positions(vec![w(0, 1, 10, None)])], now);
         book.committed(&book.wanted());
         assert!(book.wanted().is_empty());
         let m = Some("kconc:x".to_owned());
-        book.take([CommitRequest::Positions(vec![(key(0), 1, 10, m.clone())])], now);
-        assert_eq!(book.wanted(), vec![(key(0), 1, 10, m.clone())]);
+        book.take([CommitRequest::Positions(vec![w(0, 1, 10, m.clone())])], now);
+        assert_eq!(book.wanted(), vec![w(0, 1, 10, m.clone())]);
         // A commit of what was wanted before the newest request does not
         // count as committing the newest.
-        book.committed(&[(key(0), 1, 10, None)]);
-        assert_eq!(book.wanted(), vec![(key(0), 1, 10, m.clone())]);
+        book.committed(&[w(0, 1, 10, None)]);
+        assert_eq!(book.wanted(), vec![w(0, 1, 10, m.clone())]);
         book.committed(&book.wanted());
         assert!(book.wanted().is_empty());
         // A stale request (behind the position) changes nothing.
         book.take(
-            [CommitRequest::Positions(vec![(key(0), 1, 9, Some("kconc:y".into()))])],
+            [CommitRequest::Positions(vec![w(0, 1, 9, Some("kconc:y".into()))])],
             now,
         );
         assert!(book.wanted().is_empty());
@@ -464,22 +534,22 @@ mod tests {
         let now = Instant::now();
         let mut book = Book::default();
         book.take(
-            [CommitRequest::Positions(vec![(key(0), 1, 10, Some("kconc:a".into()))])],
+            [CommitRequest::Positions(vec![w(0, 1, 10, Some("kconc:a".into()))])],
             now,
         );
         book.drop_metadata();
-        assert_eq!(book.wanted(), vec![(key(0), 1, 10, None)]);
+        assert_eq!(book.wanted(), vec![w(0, 1, 10, None)]);
         book.committed(&book.wanted());
         book.take(
-            [CommitRequest::Positions(vec![(key(0), 1, 10, Some("kconc:b".into()))])],
+            [CommitRequest::Positions(vec![w(0, 1, 10, Some("kconc:b".into()))])],
             now,
         );
         assert!(book.wanted().is_empty());
         book.take(
-            [CommitRequest::Positions(vec![(key(0), 1, 11, Some("kconc:c".into()))])],
+            [CommitRequest::Positions(vec![w(0, 1, 11, Some("kconc:c".into()))])],
             now,
         );
-        assert_eq!(book.wanted(), vec![(key(0), 1, 11, None)]);
+        assert_eq!(book.wanted(), vec![w(0, 1, 11, None)]);
     }
 
     /// A revoke's flush forgets the revoked assignment after the commit;
@@ -492,14 +562,14 @@ mod tests {
         let (flush, _rx) = flush(vec![(key(0), 1)], now + Duration::from_secs(5));
         let served = book.take(
             [
-                CommitRequest::Positions(vec![(key(0), 1, 10, None)]),
+                CommitRequest::Positions(vec![w(0, 1, 10, None)]),
                 flush,
-                CommitRequest::Positions(vec![(key(0), 2, 5, None)]),
+                CommitRequest::Positions(vec![w(0, 2, 5, None)]),
             ],
             now,
         );
         // What the commit would send: the newest assignment's position.
-        assert_eq!(book.wanted(), vec![(key(0), 2, 5, None)]);
+        assert_eq!(book.wanted(), vec![w(0, 2, 5, None)]);
         book.committed(&book.wanted());
         book.forget(served.forget);
         assert_eq!(
@@ -507,10 +577,10 @@ mod tests {
             Some((2, Some(5)))
         );
         assert_eq!(book.forgotten.get(&key(0)), Some(&1));
-        book.take([CommitRequest::Positions(vec![(key(0), 2, 9, None)])], now);
-        assert_eq!(book.wanted(), vec![(key(0), 2, 9, None)], "epoch 2 still commits");
-        book.take([CommitRequest::Positions(vec![(key(0), 1, 99, None)])], now);
-        assert_eq!(book.wanted(), vec![(key(0), 2, 9, None)], "epoch 1 never comes back");
+        book.take([CommitRequest::Positions(vec![w(0, 2, 9, None)])], now);
+        assert_eq!(book.wanted(), vec![w(0, 2, 9, None)], "epoch 2 still commits");
+        book.take([CommitRequest::Positions(vec![w(0, 1, 99, None)])], now);
+        assert_eq!(book.wanted(), vec![w(0, 2, 9, None)], "epoch 1 never comes back");
     }
 
     /// A revoke's flush that reaches the committer after its deadline (the
@@ -524,7 +594,7 @@ mod tests {
         let (flush, rx) = flush(vec![(key(0), 1)], now);
         let served = book.take(
             [
-                CommitRequest::Positions(vec![(key(0), 1, 10, None), (key(1), 1, 7, None)]),
+                CommitRequest::Positions(vec![w(0, 1, 10, None), w(1, 1, 7, None)]),
                 flush,
             ],
             now + Duration::from_millis(1),
@@ -533,7 +603,7 @@ mod tests {
         assert!(served.waiters.is_empty());
         assert_eq!(
             book.wanted(),
-            vec![(key(1), 1, 7, None)],
+            vec![w(1, 1, 7, None)],
             "only the kept partition is committed"
         );
     }
@@ -560,7 +630,7 @@ mod tests {
         let stats = Arc::new(Stats::default());
         let (events, _events) = mpsc::channel();
         let committer = Committer::spawn("s", "g".into(), Arc::new(consumer), stats.clone(), events).unwrap();
-        committer.request(CommitRequest::Positions(vec![(key(0), 1, 10, None)]));
+        committer.request(CommitRequest::Positions(vec![w(0, 1, 10, None)]));
         let flushed = committer.flush(vec![(key(0), 1)], Instant::now() + Duration::from_secs(30));
         assert!(flushed.is_err(), "the injected error did not fail the commit");
         let failing = || stats.commit_failing_since_ms.load(std::sync::atomic::Ordering::Relaxed);
@@ -576,15 +646,58 @@ mod tests {
         assert!(committer.stop(Instant::now() + Duration::from_secs(30)));
     }
 
+    /// Each committed offset carries the leader epoch of the record before
+    /// it (KIP-320), where it is known.
+    #[test]
+    fn a_commit_carries_each_positions_leader_epoch() {
+        let mut sent = vec![w(0, 1, 10, None), w(1, 1, 7, Some("kconc:x".into()))];
+        sent[0].leader_epoch = 4;
+        let tpl = commit_list(&sent).unwrap();
+        assert_eq!(super::super::ffi::leader_epochs(&tpl), vec![4, -1]);
+        assert_eq!(tpl.elements()[1].metadata(), "kconc:x");
+    }
+
+    /// A broker that refuses a commit's leader epoch (librdkafka's mock
+    /// cluster refuses one older than the partition's current epoch; Kafka
+    /// stores it unchecked) gets the same commit without it at once, and
+    /// every later one without it.
+    #[test]
+    fn a_broker_that_refuses_leader_epochs_gets_commits_without_them() {
+        use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+        let cluster = crate::EmbeddedCluster::start(1).unwrap();
+        cluster.create_topic("t", 1).unwrap();
+        let consumer: BaseConsumer = cluster
+            .client_config()
+            .set("group.id", "g")
+            .set("enable.auto.commit", "false")
+            .create()
+            .unwrap();
+        cluster.mock().unwrap().request_errors(
+            RDKafkaApiKey::OffsetCommit,
+            &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_FENCED_LEADER_EPOCH],
+        );
+        let stats = Arc::new(Stats::default());
+        let (events, _events) = mpsc::channel();
+        let committer = Committer::spawn("s", "g".into(), Arc::new(consumer), stats.clone(), events).unwrap();
+        let mut first = w(0, 1, 10, None);
+        first.leader_epoch = 0;
+        committer.request(CommitRequest::Positions(vec![first]));
+        let flushed = committer.flush(Vec::new(), Instant::now() + Duration::from_secs(30));
+        assert!(flushed.is_ok(), "{flushed:?}");
+        let s = stats.snapshot();
+        assert_eq!((s.commit_leader_epoch_refused, s.commits), (1, 1), "{s:?}");
+        assert!(committer.stop(Instant::now() + Duration::from_secs(30)));
+    }
+
     #[test]
     fn a_lost_assignment_is_forgotten_at_once_and_only_its_own_epoch() {
         let now = Instant::now();
         let mut book = Book::default();
-        book.take([CommitRequest::Positions(vec![(key(0), 3, 10, None)])], now);
+        book.take([CommitRequest::Positions(vec![w(0, 3, 10, None)])], now);
         book.take([CommitRequest::Forget(vec![(key(0), 2)])], now);
         assert_eq!(
             book.wanted(),
-            vec![(key(0), 3, 10, None)],
+            vec![w(0, 3, 10, None)],
             "an older epoch's forget spares epoch 3"
         );
         book.take([CommitRequest::Forget(vec![(key(0), 3)])], now);

@@ -82,11 +82,15 @@ impl Engine {
             );
             return;
         }
+        let leader_epoch = ffi::leader_epoch(msg);
         let msg = Message::detach(self.topics[t].name.clone(), msg);
-        self.enqueue(t, msg);
+        self.enqueue(t, msg, leader_epoch);
     }
 
-    pub(super) fn enqueue(&mut self, t: usize, msg: Message) {
+    /// Takes in a record read from partition `msg.partition()` of topic
+    /// `t`, written in leader epoch `leader_epoch`: into the schedule, or
+    /// counted finished when the committed metadata says it finished before.
+    pub(super) fn enqueue(&mut self, t: usize, msg: Message, leader_epoch: i32) {
         self.dispatcher.stats().received.fetch_add(1, Ordering::Relaxed);
         let Some(ps) = self.topics[t].partitions.get_mut(&msg.partition()) else {
             return;
@@ -99,9 +103,16 @@ impl Engine {
             ps.unreadable = None;
         }
         let mut first = ps.offsets.is_untouched();
+        let dropped = (first && ps.start_reading(msg.offset())).then_some(ps.inherited_base);
         let mut epoch = ps.epoch;
         let dispatched = ps.offsets.dispatched(msg.offset());
         let done_before = dispatched && ps.finished_before(msg.offset());
+        if dispatched {
+            ps.leader_epochs.read(msg.offset(), leader_epoch);
+        }
+        if let Some(base) = dropped {
+            self.stale_below(t, msg.partition(), base, msg.offset());
+        }
         if !dispatched {
             // The partition's position went back within the assignment (a
             // reset after log truncation, say): what comes now was never
@@ -118,6 +129,7 @@ impl Engine {
                 return;
             };
             ps.offsets.dispatched(msg.offset());
+            ps.leader_epochs.read(msg.offset(), leader_epoch);
             (first, epoch) = (true, ps.epoch);
         }
         let slot = MessageTag {
@@ -143,6 +155,19 @@ impl Engine {
             .stats()
             .max_waiting
             .fetch_max(self.buffered() as u64, Ordering::Relaxed);
+    }
+
+    /// Reports that partition `p` of topic `t` starts reading at `first`,
+    /// below the committed offset `base` its inherited set came with.
+    fn stale_below(&self, t: usize, p: i32, base: i64, first: i64) {
+        self.stale(
+            t,
+            p,
+            base,
+            &format!(
+                "reading starts at offset {first}, below it (the log was truncated, or deleted and created again)"
+            ),
+        );
     }
 
     /// Counts a message passed as finished before (see
@@ -210,8 +235,8 @@ impl Engine {
                         None => Polled::Empty,
                     };
                     match polled {
-                        Polled::Message(msg) => {
-                            self.enqueue(t, msg);
+                        Polled::Message(msg, leader_epoch) => {
+                            self.enqueue(t, msg, leader_epoch);
                             read += 1;
                             progress = true;
                             // Started as soon as read while slots are free:
@@ -273,8 +298,14 @@ impl Engine {
     /// is moved past the batch, one offset at a time (a fetch anywhere in the
     /// batch returns the whole batch, and its end is not reported), so no
     /// readable record after it is passed over.
+    ///
+    /// Where the committed metadata lists the batch's offsets as finished
+    /// (its previous owner routed it already), the fetch is moved past them
+    /// without the policy, but only as far as they are listed: the first
+    /// offset of the batch it does not list goes through the policy from
+    /// there (the previous owner had read the batch, and its records there
+    /// had not finished).
     pub(super) fn unreadable(&mut self, t: usize, p: i32, at: i64, code: RDKafkaErrorCode, reason: &str) {
-        let topic = self.topics[t].name.clone();
         let Some(ps) = self.topics[t].partitions.get_mut(&p) else {
             return;
         };
@@ -283,9 +314,18 @@ impl Engine {
             return;
         }
         if let Some(u) = ps.unreadable.filter(|u| u.at == at) {
-            // The fetch moved to `probe` is still inside the batch: one further.
-            if let Some(probe) = u.probe {
-                self.seek_past(t, p, at, probe + 1);
+            // The fetch moved to `probe` is still inside the batch.
+            let Some(probe) = u.probe else {
+                return;
+            };
+            if !u.listed {
+                self.seek_past(t, p, at, probe + 1, false);
+            } else if ps.inherited_lists(probe) {
+                self.count_done_before();
+                self.seek_past(t, p, at, probe + 1, true);
+            } else {
+                ps.offsets.dispatched(probe);
+                self.route_unreadable(t, p, at, probe, code, reason);
             }
             return;
         }
@@ -293,14 +333,33 @@ impl Engine {
             // A report of what is already passed: nothing new.
             return;
         }
+        if ps.offsets.is_untouched() && ps.start_reading(at) {
+            let base = ps.inherited_base;
+            self.stale_below(t, p, base, at);
+        }
+        let Some(ps) = self.topics[t].partitions.get_mut(&p) else {
+            return;
+        };
         ps.offsets.dispatched(at);
         if ps.finished_before(at) {
             // The previous owner already routed it (the committed metadata
-            // lists it): move past it without doing so again.
+            // lists it): move past it without doing so again, as far as
+            // the metadata lists the batch.
             self.count_done_before();
-            self.seek_past(t, p, at, at + 1);
+            self.seek_past(t, p, at, at + 1, true);
             return;
         }
+        self.route_unreadable(t, p, at, at, code, reason);
+    }
+
+    /// Routes the unreadable batch reported at `at`, from its offset
+    /// `from` on (already dispatched), through the error policy (see
+    /// [`Engine::unreadable`]).
+    fn route_unreadable(&mut self, t: usize, p: i32, at: i64, from: i64, code: RDKafkaErrorCode, reason: &str) {
+        let topic = self.topics[t].name.clone();
+        let Some(ps) = self.topics[t].partitions.get_mut(&p) else {
+            return;
+        };
         let slot = MessageTag {
             topic: t,
             partition: p,
@@ -308,13 +367,20 @@ impl Engine {
             lane: None,
         };
         self.dispatcher.stats().unreadable.fetch_add(1, Ordering::Relaxed);
-        let error = format!("record batch at offset {at} cannot be read ({code:?}): {reason}");
+        let error = if from == at {
+            format!("record batch at offset {at} cannot be read ({code:?}): {reason}")
+        } else {
+            format!(
+                "record batch at offset {at} cannot be read ({code:?}): {reason}; its records from offset {from} on \
+                 had not finished before"
+            )
+        };
         let on_error = self.dispatcher.on_error().clone();
         tracing::error!(
             subscriber = &*self.settings.name,
             topic = &*topic,
             partition = p,
-            offset = at,
+            offset = from,
             error,
             "unreadable records; {}",
             match on_error {
@@ -325,35 +391,44 @@ impl Engine {
         );
         match on_error {
             OnError::Stop => {
-                ps.stop_at(at);
-                ps.unreadable = Some(Unreadable { at, probe: None });
+                ps.stop_at(from);
+                ps.unreadable = Some(Unreadable {
+                    at,
+                    probe: None,
+                    listed: false,
+                });
                 let stats = self.dispatcher.stats();
                 stats.stopped.fetch_add(1, Ordering::Relaxed);
-                stats.set_stopped(&topic, p, Some((at, error)));
-                self.forget_unstarted_from(t, p, at);
+                stats.set_stopped(&topic, p, Some((from, error)));
+                self.forget_unstarted_from(t, p, from);
             }
             OnError::Skip => {
                 self.dispatcher.stats().skipped.fetch_add(1, Ordering::Relaxed);
-                ps.offsets.finished(at);
+                ps.offsets.finished(from);
                 self.finished_since_commit += 1;
-                self.seek_past(t, p, at, at + 1);
+                self.seek_past(t, p, at, from + 1, false);
             }
             OnError::DeadLetter(_) => {
                 ps.running += 1;
                 self.running += 1;
-                self.dispatcher.dead_letter(slot, Message::new(&topic, p, at), error);
+                self.dispatcher.dead_letter(slot, Message::new(&topic, p, from), error);
                 self.dispatcher.flush();
-                self.seek_past(t, p, at, at + 1);
+                self.seek_past(t, p, at, from + 1, false);
             }
         }
     }
 
     /// Moves the fetch of partition `p` (past an unreadable batch at `at`)
-    /// to `to`.
-    pub(super) fn seek_past(&mut self, t: usize, p: i32, at: i64, to: i64) {
+    /// to `to`; `listed`: the metadata listed every offset of the batch
+    /// before `to`.
+    pub(super) fn seek_past(&mut self, t: usize, p: i32, at: i64, to: i64, listed: bool) {
         let topic = self.topics[t].name.clone();
         if let Some(ps) = self.topics[t].partitions.get_mut(&p) {
-            ps.unreadable = Some(Unreadable { at, probe: Some(to) });
+            ps.unreadable = Some(Unreadable {
+                at,
+                probe: Some(to),
+                listed,
+            });
         }
         let Some(consumer) = self.consumer.upgrade() else {
             return;
@@ -390,6 +465,86 @@ impl Engine {
             paused,
             "backpressure: partition {}",
             held.map_or_else(|| "resumed".to_owned(), |held| format!("paused: {}", held.reason()))
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::commit::CommitRequest;
+    use super::super::finished::Finished;
+    use super::super::test_util::TestEngine;
+    use crate::message::Message;
+    use crate::subscriber::Subscriber;
+
+    fn engine() -> TestEngine {
+        let mut te = TestEngine::new(&Subscriber::new("s", ["t"], "g", |_m: Message| async {}));
+        te.assign("t", 1);
+        te
+    }
+
+    /// Partition 0's committed metadata said {12} finished above 10.
+    fn inherit_12_above_10(te: &mut TestEngine) {
+        let ps = te.engine.topics[0].partitions.get_mut(&0).unwrap();
+        let mut set = Finished::default();
+        set.push(12);
+        (ps.inherited, ps.inherited_base) = (set, 10);
+    }
+
+    fn stale(te: &TestEngine) -> u64 {
+        te.engine.dispatcher.stats().snapshot().commit_metadata_stale
+    }
+
+    /// Reading that starts below the committed offset the inherited set
+    /// came with (the log was truncated or recreated, and the fetch reset
+    /// to its start): the set is not used, so offset 12 is handled.
+    #[test]
+    fn a_read_that_starts_below_the_committed_offset_drops_the_inherited_set() {
+        let mut te = engine();
+        inherit_12_above_10(&mut te);
+        te.engine.enqueue(0, Message::new("t", 0, 3), 0);
+        assert_eq!(stale(&te), 1);
+        for o in 4..=12 {
+            te.engine.enqueue(0, Message::new("t", 0, o), 0);
+        }
+        assert_eq!(te.engine.waiting.len(), 10, "12 waits to be handled");
+        // Starting at the committed offset, the set is used.
+        let mut te = engine();
+        inherit_12_above_10(&mut te);
+        for o in 10..=12 {
+            te.engine.enqueue(0, Message::new("t", 0, o), 0);
+        }
+        assert_eq!((stale(&te), te.engine.waiting.len()), (0, 2), "12 is skipped");
+    }
+
+    /// The partition's position goes back within the assignment (a reset
+    /// after the log was truncated): its tracking starts afresh, the
+    /// inherited set is dropped, and the committer forgets what the old
+    /// epoch asked for and was not committed yet (a position and finished
+    /// offsets of the log before the reset).
+    #[test]
+    fn a_position_that_goes_back_forgets_the_old_epochs_commit() {
+        let mut te = engine();
+        inherit_12_above_10(&mut te);
+        for o in 10..=11 {
+            te.engine.enqueue(0, Message::new("t", 0, o), 0);
+        }
+        let old = te.engine.topics[0].partitions[&0].epoch;
+        for o in 10..=11 {
+            te.engine.topics[0].partitions.get_mut(&0).unwrap().offsets.finished(o);
+        }
+        te.engine.maybe_commit(true);
+        assert!(matches!(
+            &te.requests()[..],
+            [CommitRequest::Positions(w)] if w[0].epoch == old && w[0].offset == 12 && w[0].metadata.is_some()
+        ));
+        te.engine.enqueue(0, Message::new("t", 0, 3), 7);
+        let ps = &te.engine.topics[0].partitions[&0];
+        assert!(ps.epoch > old && ps.inherited.is_empty());
+        assert_eq!(stale(&te), 1);
+        assert!(
+            matches!(&te.requests()[..], [CommitRequest::Forget(f)] if f[0].1 == old),
+            "the old epoch's pending commit is forgotten"
         );
     }
 }

@@ -24,8 +24,8 @@ use crate::message::{Header, Message};
 /// What one poll of a partition's queue gave.
 #[derive(Debug)]
 pub(crate) enum Polled {
-    /// A record.
-    Message(Message),
+    /// A record, and the leader epoch it was written in (-1: not known).
+    Message(Message, i32),
     /// librdkafka reported an error for the partition: its code, the
     /// offset it is about (for an unreadable batch its first offset; for
     /// a fetch error the fetch position), and its text.
@@ -138,7 +138,8 @@ impl PartitionQueue {
                         };
                     }
                     // SAFETY: `m` is a live message of a fetch event.
-                    return Polled::Message(unsafe { detach(topic, m) });
+                    let (msg, epoch) = unsafe { (detach(topic, m), rd::rd_kafka_message_leader_epoch(m)) };
+                    return Polled::Message(msg, epoch);
                 }
                 rd::RD_KAFKA_EVENT_ERROR => {
                     let ev = event.0.as_ptr();
@@ -330,6 +331,43 @@ pub(crate) fn committed_metadata(tpl: &rdkafka::TopicPartitionList) -> Vec<(Stri
                 };
                 (topic, el.partition, el.offset, metadata)
             })
+            .collect()
+    }
+}
+
+/// The leader epoch a record of the consumer's own queue was written in
+/// (-1: not known); rdkafka does not wrap it.
+pub(crate) fn leader_epoch(msg: &rdkafka::message::BorrowedMessage<'_>) -> i32 {
+    // SAFETY: the message is live while borrowed; the call reads a field.
+    unsafe { rd::rd_kafka_message_leader_epoch(msg.ptr()) }
+}
+
+/// Sets the leader epoch of the element at `index` of `tpl` (KIP-320:
+/// committed with its offset); rdkafka does not wrap it. Out of range: nothing.
+pub(crate) fn set_leader_epoch(tpl: &mut rdkafka::TopicPartitionList, index: usize, epoch: i32) {
+    // SAFETY: `tpl` owns a valid list for as long as it is borrowed here;
+    // `elems` holds `cnt` elements and `index` is checked against it.
+    unsafe {
+        let Some(list) = tpl.ptr().as_ref() else {
+            return;
+        };
+        if list.elems.is_null() || index >= usize::try_from(list.cnt).unwrap_or(0) {
+            return;
+        }
+        rd::rd_kafka_topic_partition_set_leader_epoch(list.elems.add(index), epoch);
+    }
+}
+
+/// The leader epoch of each element of `tpl`, in order (-1 where none).
+#[cfg(test)]
+pub(crate) fn leader_epochs(tpl: &rdkafka::TopicPartitionList) -> Vec<i32> {
+    // SAFETY: as in `set_leader_epoch`.
+    unsafe {
+        let Some(list) = tpl.ptr().as_ref() else {
+            return Vec::new();
+        };
+        (0..usize::try_from(list.cnt).unwrap_or(0))
+            .map(|i| rd::rd_kafka_topic_partition_get_leader_epoch(list.elems.add(i)))
             .collect()
     }
 }

@@ -81,7 +81,7 @@ use self::event::Event;
 use self::ffi::PartitionQueue;
 use self::finished::Finished;
 use self::hash::SmallKeyMap;
-use self::offsets::OffsetTracker;
+use self::offsets::{LeaderEpochs, OffsetTracker};
 use self::rebalance::ClientHooks;
 use self::retry::Retries;
 use self::schedule::Schedule;
@@ -158,8 +158,15 @@ struct PartitionState {
     requested_above: usize,
     /// Offsets the committed metadata says finished before this assignment
     /// (see `finished`), from the first not read yet: they are skipped
-    /// when read, and committed as finished until they are.
+    /// when read, and committed as finished until they are. Only for the
+    /// log they were written for: dropped at assignment when one of them is
+    /// at or past the log's end, and when the first offset read is below
+    /// `inherited_base` (see `start_reading`).
     inherited: Finished,
+    /// The committed offset `inherited` was written with.
+    inherited_base: i64,
+    /// The leader epochs of the records read, for the commits.
+    leader_epochs: LeaderEpochs,
     /// Not read because its messages waiting behind busy lanes reached its
     /// share of `max_buffered`.
     paused: bool,
@@ -190,15 +197,31 @@ impl PartitionState {
         self.stopped.is_some_and(|s| offset >= s)
     }
 
+    /// Called with the first offset this assignment reads: a read that
+    /// starts below the committed offset the inherited set came with means
+    /// the log is not the one the set was written for (truncated, or
+    /// deleted and created again, and the fetch reset to its start), so
+    /// the set is dropped. Returns whether it was.
+    fn start_reading(&mut self, first: i64) -> bool {
+        if self.inherited.is_empty() || first >= self.inherited_base {
+            return false;
+        }
+        self.inherited = Finished::default();
+        true
+    }
+
+    /// Whether the inherited set lists `offset` (what it lists below is
+    /// dropped: it is read past).
+    fn inherited_lists(&mut self, offset: i64) -> bool {
+        self.inherited.drop_below(offset);
+        self.inherited.contains(offset)
+    }
+
     /// Whether `offset`, just dispatched, finished before this assignment
     /// (the committed metadata lists it); if so it is recorded finished.
     /// What the metadata lists below it is dropped: it is read past.
     fn finished_before(&mut self, offset: i64) -> bool {
-        if self.inherited.is_empty() {
-            return false;
-        }
-        self.inherited.drop_below(offset);
-        if !self.inherited.contains(offset) {
+        if self.inherited.is_empty() || !self.inherited_lists(offset) {
             return false;
         }
         self.offsets.finished(offset);
@@ -245,6 +268,9 @@ struct Unreadable {
     /// Where the fetch was last moved to, to find the end of the batch:
     /// `None` once the partition is stopped there.
     probe: Option<i64>,
+    /// The committed metadata listed every offset of the batch before
+    /// `probe` as finished before (they were moved past without the policy).
+    listed: bool,
 }
 
 /// Everything the poll thread knows. Lives in the consumer's context so the
@@ -298,8 +324,74 @@ fn with_engine<R>(consumer: &BaseConsumer<ClientHooks>, f: impl FnOnce(&mut Engi
 #[cfg(test)]
 mod test_util {
     use std::sync::atomic::{AtomicU64, Ordering};
-    use std::sync::Arc;
+    use std::sync::mpsc::{self, Receiver};
+    use std::sync::{Arc, Weak};
     use std::task::Wake;
+
+    use super::commit::{CommitRequest, Committer};
+    use super::complete::HandlerEnv;
+    use super::Engine;
+    use crate::subscriber::Subscriber;
+
+    /// An engine with no consumer (its broker calls do nothing), its
+    /// handlers on a runtime of its own, and a committer whose requests
+    /// come out of `commits`.
+    pub(super) struct TestEngine {
+        pub(super) engine: Engine,
+        pub(super) commits: Receiver<CommitRequest>,
+        _runtime: tokio::runtime::Runtime,
+    }
+
+    impl TestEngine {
+        pub(super) fn new(sub: &Subscriber) -> Self {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .expect("a runtime");
+            let name: Arc<str> = Arc::from(sub.name.as_str());
+            let shutdown = tokio_util::sync::CancellationToken::new();
+            let context = crate::context::Context::new(
+                name.clone(),
+                &sub.group,
+                shutdown.clone(),
+                &rdkafka::ClientConfig::new(),
+                sub.states.clone(),
+                sub.reply.as_deref(),
+            );
+            let (events_tx, events) = mpsc::channel();
+            let env = HandlerEnv {
+                subscriber: name,
+                handler: sub.handler.clone(),
+                context,
+                events: events_tx.clone(),
+                stats: Arc::default(),
+                runtime: runtime.handle().clone(),
+                policy: sub.policy.clone(),
+                handler_timeout: sub.handler_timeout,
+                abort: tokio_util::sync::CancellationToken::new(),
+            };
+            let (committer, commits) = Committer::for_test();
+            let engine = Engine::new(sub, 8192, env, committer, Weak::new(), (events, events_tx), shutdown);
+            Self {
+                engine,
+                commits,
+                _runtime: runtime,
+            }
+        }
+
+        /// Assigns partitions `0..n` of `topic`.
+        pub(super) fn assign(&mut self, topic: &str, n: i32) {
+            let mut tpl = rdkafka::TopicPartitionList::new();
+            tpl.add_partition_range(topic, 0, n - 1);
+            self.engine.assign(&tpl);
+        }
+
+        /// What the committer was asked since the last call.
+        pub(super) fn requests(&self) -> Vec<CommitRequest> {
+            self.commits.try_iter().collect()
+        }
+    }
 
     /// A waker that counts its wakes.
     pub(super) struct Count(pub(super) AtomicU64);

@@ -122,9 +122,61 @@ impl OffsetTracker {
     }
 }
 
+/// The leader epoch (KIP-320) of one partition's records as they are
+/// read, kept only where it changes: what a commit of a position carries
+/// (the epoch of the record before it), so that librdkafka can validate the
+/// position against the log after a leader change.
+#[derive(Debug, Default)]
+pub(crate) struct LeaderEpochs {
+    /// (first offset read with it, epoch), in offset order.
+    changes: VecDeque<(i64, i32)>,
+}
+
+impl LeaderEpochs {
+    /// Records that the record at `offset` (above all recorded so far) was
+    /// written in leader epoch `epoch` (-1: the record does not say).
+    pub(crate) fn read(&mut self, offset: i64, epoch: i32) {
+        if self.changes.back().is_none_or(|&(_, e)| e != epoch) {
+            self.changes.push_back((offset, epoch));
+        }
+    }
+
+    /// The leader epoch of the record before position `pos` (-1 when not
+    /// known), forgetting the changes below it: positions asked for only
+    /// move forward.
+    pub(crate) fn before(&mut self, pos: i64) -> i32 {
+        while self.changes.get(1).is_some_and(|&(o, _)| o < pos) {
+            self.changes.pop_front();
+        }
+        match self.changes.front() {
+            Some(&(o, e)) if o < pos => e,
+            _ => -1,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::OffsetTracker;
+    use super::{LeaderEpochs, OffsetTracker};
+
+    #[test]
+    fn a_position_carries_the_epoch_of_the_record_before_it() {
+        let mut e = LeaderEpochs::default();
+        assert_eq!(e.before(5), -1, "nothing read");
+        for o in 10..20 {
+            e.read(o, 3);
+        }
+        for o in 20..25 {
+            e.read(o, 4);
+        }
+        assert_eq!(e.changes.len(), 2, "only the changes are kept");
+        assert_eq!(e.before(10), -1, "the record before 10 was not read here");
+        assert_eq!(e.before(11), 3);
+        assert_eq!(e.before(20), 3);
+        assert_eq!(e.before(21), 4);
+        assert_eq!(e.changes.len(), 1, "what is below the position is forgotten");
+        assert_eq!(e.before(100), 4);
+    }
 
     #[test]
     fn position_stops_at_first_unfinished_offset() {

@@ -5,7 +5,7 @@
 //! committer to commit.
 
 use std::sync::mpsc::{self, RecvTimeoutError};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
@@ -90,57 +90,30 @@ pub(crate) fn start(
         let _ = on_shutdown.send(Event::Wake);
     });
     let wake = events_tx.clone();
-    let engine = Engine {
-        settings: Settings {
-            name: name.clone(),
-            group: sub.group.clone(),
-            concurrency: sub.concurrency,
-            max_buffered: sub.effective_max_buffered(),
-            max_uncommitted: sub.max_uncommitted,
-            prefetch_kb: config
-                .get("queued.max.messages.kbytes")
-                .and_then(|v| v.trim().parse().ok())
-                .unwrap_or(8192),
-            commit_batch_size: sub.commit_batch_size,
-            commit_interval: sub.commit_interval,
-            commit_metadata: sub.commit_metadata == crate::CommitMetadata::Finished,
-            shutdown_timeout: sub.shutdown_timeout,
-            revoke_timeout: sub.revoke_timeout,
-        },
-        topics: Vec::new(),
-        events: events_rx,
-        dispatcher: Dispatcher::new(
-            HandlerEnv {
-                subscriber: name.clone(),
-                handler: sub.handler.clone(),
-                context: handler_context,
-                events: events_tx,
-                stats: stats.clone(),
-                runtime: runtime.clone(),
-                policy: sub.policy.clone(),
-                handler_timeout: sub.handler_timeout,
-                abort: tokio_util::sync::CancellationToken::new(),
-            },
-            sub.concurrency,
-            sub.first_poll,
-        ),
-        committer,
-        consumer: Arc::downgrade(&consumer),
-        wake,
-        order: Vec::new(),
-        next_turn: 0,
-        next_epoch: 0,
-        waiting: Schedule::new(sub.ordering),
-        delayed: Retries::default(),
-        running: 0,
-        finished_since_commit: 0,
-        last_commit: Instant::now(),
-        last_watermarks: 0,
-        closing: false,
-        shutdown: shutdown.clone(),
-        in_callback: false,
-        shutdown_deadline: None,
+    let prefetch_kb = config
+        .get("queued.max.messages.kbytes")
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(8192);
+    let env = HandlerEnv {
+        subscriber: name.clone(),
+        handler: sub.handler.clone(),
+        context: handler_context,
+        events: events_tx,
+        stats: stats.clone(),
+        runtime: runtime.clone(),
+        policy: sub.policy.clone(),
+        handler_timeout: sub.handler_timeout,
+        abort: tokio_util::sync::CancellationToken::new(),
     };
+    let engine = Engine::new(
+        sub,
+        prefetch_kb,
+        env,
+        committer,
+        Arc::downgrade(&consumer),
+        (events_rx, wake),
+        shutdown.clone(),
+    );
     *consumer.context().engine() = Some(engine);
     let (done_tx, done) = tokio::sync::oneshot::channel();
     let poll_stats = stats.clone();
@@ -221,6 +194,55 @@ pub(super) fn poll_loop(consumer: &BaseConsumer<ClientHooks>, shutdown: &Cancell
 }
 
 impl Engine {
+    /// The engine of subscriber `sub`, its handlers running in `env`, with
+    /// librdkafka's prefetch bound per partition (`prefetch_kb`), its
+    /// committer, its consumer, and the channel its events come on (with a
+    /// sender for the partition queues' wake-ups).
+    pub(super) fn new(
+        sub: &Subscriber,
+        prefetch_kb: u64,
+        env: HandlerEnv,
+        committer: Committer,
+        consumer: Weak<BaseConsumer<ClientHooks>>,
+        (events, wake): (mpsc::Receiver<Event>, mpsc::Sender<Event>),
+        shutdown: CancellationToken,
+    ) -> Self {
+        Engine {
+            settings: Settings {
+                name: env.subscriber.clone(),
+                group: sub.group.clone(),
+                concurrency: sub.concurrency,
+                max_buffered: sub.effective_max_buffered(),
+                max_uncommitted: sub.max_uncommitted,
+                prefetch_kb,
+                commit_batch_size: sub.commit_batch_size,
+                commit_interval: sub.commit_interval,
+                commit_metadata: sub.commit_metadata == crate::CommitMetadata::Finished,
+                shutdown_timeout: sub.shutdown_timeout,
+                revoke_timeout: sub.revoke_timeout,
+            },
+            topics: Vec::new(),
+            events,
+            dispatcher: Dispatcher::new(env, sub.concurrency, sub.first_poll),
+            committer,
+            consumer,
+            wake,
+            order: Vec::new(),
+            next_turn: 0,
+            next_epoch: 0,
+            waiting: Schedule::new(sub.ordering),
+            delayed: Retries::default(),
+            running: 0,
+            finished_since_commit: 0,
+            last_commit: Instant::now(),
+            last_watermarks: 0,
+            closing: false,
+            shutdown,
+            in_callback: false,
+            shutdown_deadline: None,
+        }
+    }
+
     /// Starts waiting messages, oldest first, while slots are free.
     pub(super) fn start_ready(&mut self) {
         self.release_due();

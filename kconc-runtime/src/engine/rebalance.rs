@@ -11,7 +11,7 @@ use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, Consumer as _, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaError;
-use rdkafka::TopicPartitionList;
+use rdkafka::{Offset, TopicPartitionList};
 
 use super::commit::{Assigned, CommitRequest, Wanted};
 use super::event::{Event, PartitionKey};
@@ -169,6 +169,8 @@ impl Engine {
             committed: None,
             requested_above: 0,
             inherited: Finished::default(),
+            inherited_base: 0,
+            leader_epochs: Default::default(),
             progress_ms: crate::stats::unix_ms(),
             unreadable: None,
         }
@@ -232,17 +234,41 @@ impl Engine {
         );
     }
 
-    /// Reads the committed offsets of the newly assigned partitions and
-    /// takes from their metadata what finished above them, to skip. Called
-    /// before librdkafka starts fetching them. What cannot be read (the
-    /// request fails, metadata not kconc's or damaged) is taken as nothing
-    /// finished: duplicates, never a skip.
+    /// How long a request made on the poll thread may take: `limit`, or
+    /// what is left of a shutdown under way; `None` when nothing is left.
+    fn request_time(&self, limit: Duration) -> Option<Duration> {
+        let left = match self.shutdown_deadline {
+            Some(deadline) => limit.min(deadline.saturating_duration_since(Instant::now())),
+            None => limit,
+        };
+        (!left.is_zero()).then_some(left)
+    }
+
+    /// Reads the newly assigned partitions' committed offsets, and takes
+    /// from their metadata what finished above them, to skip. Called before
+    /// librdkafka starts fetching them. A set is used only for the log it
+    /// was written for: not one that lists an offset at or past the
+    /// partition's end now (its log was truncated, or deleted and created
+    /// again shorter: the offsets will name new records); and
+    /// `Engine::enqueue` drops one whose partition starts reading below its
+    /// committed offset. What cannot be read (a request fails or times out,
+    /// metadata not kconc's or damaged) is taken as nothing finished:
+    /// duplicates, never a skip. During a shutdown nothing is read (nothing
+    /// more is dispatched), and the requests end by its deadline.
     fn inherit(&mut self, consumer: &BaseConsumer<ClientHooks>, tpl: &TopicPartitionList) {
+        if self.closing {
+            return;
+        }
+        let Some(time) = self.request_time(COMMITTED_TIMEOUT) else {
+            return;
+        };
+        let until = Instant::now() + time;
         let mut ask = TopicPartitionList::new();
         for el in tpl.elements() {
             ask.add_partition(el.topic(), el.partition());
         }
-        let committed = match consumer.committed_offsets(ask, COMMITTED_TIMEOUT) {
+        let committed = consumer.committed_offsets(ask, time);
+        let committed = match committed {
             Ok(c) => c,
             Err(e) => {
                 tracing::warn!(
@@ -254,6 +280,7 @@ impl Engine {
                 return;
             }
         };
+        let mut sets = Vec::new();
         for (topic, p, offset, metadata) in ffi::committed_metadata(&committed) {
             if offset < 0 {
                 continue; // nothing committed
@@ -262,21 +289,8 @@ impl Engine {
                 continue;
             };
             match finished::decode(&metadata, offset) {
-                Ok(set) => {
-                    if let Some(ps) = self.topics[t].partitions.get_mut(&p) {
-                        if !set.is_empty() {
-                            tracing::debug!(
-                                subscriber = &*self.settings.name,
-                                topic,
-                                partition = p,
-                                committed = offset,
-                                finished = set.count(),
-                                "finished offsets above the committed one will be skipped"
-                            );
-                        }
-                        ps.inherited = set;
-                    }
-                }
+                Ok(set) if set.is_empty() => {}
+                Ok(set) => sets.push((t, p, offset, set)),
                 Err(why) => {
                     self.dispatcher
                         .stats()
@@ -292,6 +306,96 @@ impl Engine {
                 }
             }
         }
+        if sets.is_empty() {
+            return;
+        }
+        let ends = self.log_ends(consumer, &sets, until);
+        for (t, p, offset, set) in sets {
+            let last = set.ranges().last().map_or(offset, |&(_, e)| e - 1);
+            match ends
+                .iter()
+                .find(|&&(et, ep, _)| et == t && ep == p)
+                .map(|&(_, _, end)| end)
+            {
+                Some(end) if last < end => {}
+                Some(end) => {
+                    self.stale(
+                        t,
+                        p,
+                        offset,
+                        &format!("lists offset {last}, but the partition ends at {end} now"),
+                    );
+                    continue;
+                }
+                None => {
+                    self.stale(t, p, offset, "the partition's end could not be read to check it");
+                    continue;
+                }
+            }
+            tracing::debug!(
+                subscriber = &*self.settings.name,
+                topic = &*self.topics[t].name,
+                partition = p,
+                committed = offset,
+                finished = set.count(),
+                "finished offsets above the committed one will be skipped"
+            );
+            if let Some(ps) = self.topics[t].partitions.get_mut(&p) {
+                ps.inherited = set;
+                ps.inherited_base = offset;
+            }
+        }
+    }
+
+    /// The end offsets (high watermarks) of the partitions of `sets` now,
+    /// in one request, by `until`; those it could not read are missing.
+    fn log_ends(
+        &self,
+        consumer: &BaseConsumer<ClientHooks>,
+        sets: &[(usize, i32, i64, Finished)],
+        until: Instant,
+    ) -> Vec<(usize, i32, i64)> {
+        let mut ask = TopicPartitionList::new();
+        for &(t, p, _, _) in sets {
+            // The end: ListOffsets' "latest" (-1) in place of a timestamp.
+            if ask.add_partition_offset(&self.topics[t].name, p, Offset::End).is_err() {
+                return Vec::new();
+            }
+        }
+        let time = until.saturating_duration_since(Instant::now());
+        let ends = match consumer.offsets_for_times(ask, time.max(Duration::from_millis(1))) {
+            Ok(ends) => ends,
+            Err(e) => {
+                tracing::debug!(subscriber = &*self.settings.name, error = %e, "cannot read the partitions' ends");
+                return Vec::new();
+            }
+        };
+        ends.elements()
+            .iter()
+            .filter(|el| el.error().is_ok())
+            .filter_map(|el| {
+                let t = self.topics.iter().position(|ts| &*ts.name == el.topic())?;
+                match el.offset() {
+                    Offset::Offset(end) => Some((t, el.partition(), end)),
+                    _ => None,
+                }
+            })
+            .collect()
+    }
+
+    /// Reports that partition `p` of topic `t`'s committed finished offsets
+    /// (committed with `offset`) are not used because its offsets were
+    /// reused since, and why.
+    pub(super) fn stale(&self, t: usize, p: i32, offset: i64, why: &str) {
+        self.dispatcher.stats().metadata_stale.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(
+            subscriber = &*self.settings.name,
+            topic = &*self.topics[t].name,
+            partition = p,
+            committed = offset,
+            "the finished offsets committed with this partition's offset were written for another log: {why}; \
+             not used (nothing is skipped; they are handled again)"
+        );
     }
 
     pub(super) fn rebuild_order(&mut self) {
@@ -459,11 +563,16 @@ impl Engine {
                         .fetch_add(1, Ordering::Relaxed);
                 }
             }
-            let key = PartitionKey {
-                topic: name,
-                partition: p,
-            };
-            out.push((key, ps.epoch, pos, text.map(|e| e.text)));
+            out.push(Wanted {
+                key: PartitionKey {
+                    topic: name,
+                    partition: p,
+                },
+                epoch: ps.epoch,
+                offset: pos,
+                metadata: text.map(|e| e.text),
+                leader_epoch: ps.leader_epochs.before(pos),
+            });
         }
         out
     }
@@ -492,13 +601,24 @@ impl Engine {
 
     /// Starts a partition's tracking afresh (a new epoch) on its queue: what
     /// waited under the old one is forgotten, its running handlers' ends
-    /// count for nothing (their lanes are freed as they end).
+    /// count for nothing (their lanes are freed as they end), and so is
+    /// what it asked the committer to commit and was not committed yet (a
+    /// position, and finished offsets, of the log before the position went
+    /// back). Nothing inherited is kept.
     pub(super) fn restart_partition(&mut self, t: usize, p: i32) {
         self.forget_unstarted(t, p);
         let mut state = self.new_partition();
-        if let Some(old) = self.topics[t].partitions.get_mut(&p) {
-            state.queue = old.queue.take();
-            state.paused = old.paused;
+        let old = self.topics[t].partitions.get_mut(&p).map(|old| {
+            let inherited = (!old.inherited.is_empty()).then_some(old.inherited_base);
+            (old.queue.take(), old.paused, old.epoch, inherited)
+        });
+        if let Some((queue, paused, old_epoch, inherited)) = old {
+            (state.queue, state.paused) = (queue, paused);
+            if let Some(base) = inherited {
+                self.stale(t, p, base, "the partition's position went back");
+            }
+            self.committer
+                .request(CommitRequest::Forget(vec![(self.key(t, p), old_epoch)]));
         }
         self.topics[t].partitions.insert(p, state);
     }
