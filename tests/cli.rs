@@ -109,3 +109,69 @@ fn a_failing_start_up_hook_exits_non_zero_before_any_consumer_starts() {
     );
     assert!(!err.contains("kconc_runtime::engine"), "a consumer started:\n{err}");
 }
+
+/// `GET path` on `addr`: the status code, if anything answered.
+fn http_status(addr: &str, path: &str) -> Option<u16> {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    text.split(' ').nth(1)?.parse().ok()
+}
+
+/// A free port on 127.0.0.1, for `--http`.
+fn free_addr() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().to_string()
+}
+
+/// A closed standard error never stops the service (a new user's trial of
+/// a6d8e9a, bug 1): with its log piped into something that stops reading
+/// (`| head -1`), every later log line fails to write. It still comes up,
+/// stays ready, and exits 0 on SIGTERM. At a6d8e9a the log writer's report
+/// of its own write error panicked whichever thread logged next: the main
+/// thread, a poll thread, or the signal listener (SIGTERM then ignored).
+#[test]
+fn a_closed_stderr_never_stops_the_service() {
+    use std::io::BufRead as _;
+    use std::process::Stdio;
+    use std::time::{Duration, Instant};
+    let addr = free_addr();
+    let mut child = Command::new(common::example_binary("service"))
+        .args(["--http", &addr])
+        .env_remove("KCONC_BROKERS")
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Its first log line, then the pipe is closed, as `head -1` would.
+    let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut first = String::new();
+    err.read_line(&mut first).unwrap();
+    drop(err);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while http_status(&addr, "/readyz") != Some(200) {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("the service exited with {status} before it was ready (its first log line: {first})");
+        }
+        assert!(Instant::now() < deadline, "not ready within 60 s");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let pid = child.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("SIGTERM was ignored: the service still ran 30 s later");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(0), "{status}");
+}

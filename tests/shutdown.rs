@@ -8,7 +8,8 @@
 
 mod common;
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -96,4 +97,62 @@ async fn dropping_a_running_app_stops_its_consumers() {
     produce(&bootstrap, topic, parts, 50, 10);
     assert_eq!(stats.snapshot().received, received);
     assert_eq!(committed(&bootstrap, group, topic, parts), before);
+}
+
+/// One deadline for the whole shutdown (review N2): a handler that never
+/// ends holds the drain to `shutdown_timeout` (2 s), then a stop hook would
+/// take a minute. The shutdown still ends within `shutdown_timeout` plus
+/// `SHUTDOWN_MARGIN`: the hook gets what is left, is dropped at the
+/// deadline, and the app's result says so. At a6d8e9a each hook had a
+/// `shutdown_timeout` of its own, after the drain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_hook_shares_the_shutdowns_deadline() {
+    struct Dropped(Arc<AtomicBool>);
+    impl Drop for Dropped {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+    let (topic, group) = ("slow-stop-hook", "g-slow-stop-hook");
+    let cluster = cluster(topic, 1);
+    let bootstrap = cluster.bootstrap_servers().to_owned();
+    produce(&bootstrap, topic, 1, 10, 1);
+    let rec = Recorder::new();
+    let r = rec.clone();
+    let sub = Subscriber::new("s", [topic], group, move |m: Message| {
+        let r = r.clone();
+        async move {
+            let _g = r.start(&m);
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+        }
+    })
+    .shutdown_timeout(Duration::from_secs(2));
+    let dropped = Arc::new(AtomicBool::new(false));
+    let d = dropped.clone();
+    let app = test_app(&bootstrap)
+        .subscriber(sub)
+        .on_stop(move |_| async move {
+            let _guard = Dropped(d);
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            Ok::<(), std::io::Error>(())
+        })
+        .start_in_test_mode()
+        .unwrap();
+    wait_for("a handler running", DEADLINE, || rec.started.load(Ordering::SeqCst) > 0).await;
+    let handle = app.shutdown_handle();
+    let run = tokio::spawn(app.run_until_signal());
+    let started = Instant::now();
+    handle.shutdown();
+    let result = run.await.unwrap();
+    let took = started.elapsed();
+    eprintln!("shutdown with a slow stop hook took {took:?}");
+    assert!(
+        took < Duration::from_secs(2) + SHUTDOWN_MARGIN,
+        "the shutdown took {took:?}: beyond shutdown_timeout (2 s) + SHUTDOWN_MARGIN"
+    );
+    assert!(dropped.load(Ordering::SeqCst), "the hook was not dropped");
+    assert!(
+        matches!(&result, Err(kconc_runtime::Error::StopHook(e)) if e.to_string().contains("deadline")),
+        "{result:?}"
+    );
 }

@@ -54,6 +54,15 @@ impl EmbeddedCluster {
         &self.bootstrap
     }
 
+    /// Makes the cluster answer the next requests of the API numbered
+    /// `api_key` with `errors`, one each: as [`MockCluster::request_errors`],
+    /// for APIs its `RDKafkaApiKey` does not list (ConsumerGroupHeartbeat is
+    /// 68).
+    #[doc(hidden)]
+    pub fn request_errors_by_number(&self, api_key: i16, errors: &[rdkafka::types::RDKafkaRespErr]) {
+        crate::engine::mock_request_errors(self.owner.client(), api_key, errors);
+    }
+
     /// rdkafka's handle on the cluster, for topic creation and fault injection.
     pub fn mock(&self) -> Result<MockCluster<'_, DefaultProducerContext>, Error> {
         self.owner

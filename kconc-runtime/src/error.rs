@@ -83,6 +83,17 @@ pub enum Error {
     /// took longer than the longest `shutdown_timeout`.
     #[error("shutdown hook failed: {0}")]
     StopHook(#[source] crate::handler::BoxError),
+    /// A subscriber stopped on its own while the app ran: its consumer
+    /// raised a fatal error (a static member fenced by another with the
+    /// same instance id, say), or a thread of it ended. The app shuts down
+    /// (a restart, by an orchestrator, is the cure).
+    #[error("subscriber `{subscriber}` stopped: {reason}")]
+    SubscriberFailed {
+        /// The subscriber's name.
+        subscriber: String,
+        /// Why.
+        reason: String,
+    },
     /// The metrics could not be encoded.
     #[error("cannot encode metrics: {0}")]
     Metrics(#[source] std::fmt::Error),

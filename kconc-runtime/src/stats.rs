@@ -193,6 +193,9 @@ stats! {
     pub committer_alive: AtomicBool,
     /// Shutdown has begun.
     pub closing: AtomicBool,
+    /// Why the subscriber stopped on its own, if it did (a fatal consumer
+    /// error, a thread of it that ended): not healthy from then on.
+    pub stopped_because: Mutex<Option<String>>,
     /// When the poll loop last turned, in Unix milliseconds.
     pub last_poll_ms: AtomicU64,
     /// When a commit last succeeded, in Unix milliseconds (0: never).

@@ -126,8 +126,12 @@ impl App {
 
     /// Runs `f` once at shutdown, after every subscriber has drained,
     /// made its final commit and closed (to flush and close what the state
-    /// holds), bounded by the longest `shutdown_timeout`. If it fails (or
-    /// runs out of time), the later hooks still run, and
+    /// holds), in what is left of the shutdown's one deadline (the longest
+    /// `shutdown_timeout` plus half of [`SHUTDOWN_MARGIN`](crate::SHUTDOWN_MARGIN)
+    /// from the shutdown's start, shared with the drain and with the other
+    /// hooks): a hook still running then is dropped, and that is logged. If
+    /// it fails (or runs out of time), the later hooks still run (in what
+    /// is left), and
     /// [`Running::run_until_signal`](crate::Running::run_until_signal) (and
     /// so a `main!()` program's exit code) reports the first failure. It
     /// runs when the app is stopped through

@@ -76,7 +76,7 @@ pub(crate) fn run_main(options: MainOptions) -> std::process::ExitCode {
     let default_brokers = options.default_brokers;
     let cli = Cli::from_args_with_default_brokers(default_brokers);
     if let Err(e) = config::init_tracing_with(cli.log.as_deref()) {
-        eprintln!("error: {e}");
+        say_error(&e);
         return std::process::ExitCode::FAILURE;
     }
     let mut app = App::from_registry();
@@ -90,11 +90,12 @@ pub(crate) fn run_main(options: MainOptions) -> std::process::ExitCode {
     if cli.list {
         return match app.listing() {
             Ok(table) => {
-                print!("{table}");
+                // A closed stdout (`--list | head -1`) is no failure.
+                let _ = std::io::Write::write_all(&mut std::io::stdout(), table.as_bytes());
                 std::process::ExitCode::SUCCESS
             }
             Err(e) => {
-                eprintln!("error: {e}");
+                say_error(&e);
                 std::process::ExitCode::FAILURE
             }
         };
@@ -102,7 +103,7 @@ pub(crate) fn run_main(options: MainOptions) -> std::process::ExitCode {
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("error: cannot start the tokio runtime: {e}");
+            say_error(&format!("cannot start the tokio runtime: {e}"));
             return std::process::ExitCode::FAILURE;
         }
     };
@@ -113,8 +114,14 @@ pub(crate) fn run_main(options: MainOptions) -> std::process::ExitCode {
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e}");
+            say_error(&e);
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// Writes `error: {e}` to stderr; a closed stderr loses it (`eprintln!`
+/// would panic).
+fn say_error(e: &dyn std::fmt::Display) {
+    let _ = std::io::Write::write_all(&mut std::io::stderr(), format!("error: {e}\n").as_bytes());
 }

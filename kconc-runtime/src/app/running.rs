@@ -15,11 +15,13 @@ use crate::watch::Watched;
 use crate::Error;
 
 /// How much longer than the longest `shutdown_timeout` of its subscribers
-/// [`Running::shutdown`] (and so a program's exit) may take after a
-/// shutdown began: the subscribers' own drain, final commit and close keep
-/// within their `shutdown_timeout`, and what has not ended by then (a
-/// consumer whose close does not return, a commit the coordinator never
-/// answers) is left behind.
+/// a program's exit may take after a shutdown began (the first signal):
+/// the subscribers' own drain, final commit and close keep within their
+/// `shutdown_timeout`; they, the stop hooks and the HTTP endpoint are done
+/// by half of this after it ([`Running::shutdown`] returns then at the
+/// latest), and what has not ended by then (a consumer whose close does not
+/// return, a commit the coordinator never answers, a stop hook) is left
+/// behind; `main!()`'s runtime gets the other half to end.
 pub const SHUTDOWN_MARGIN: Duration = Duration::from_secs(1);
 
 /// Subscribers that are running.
@@ -176,66 +178,100 @@ impl Running {
 
     /// Shuts down gracefully: stops fetching, waits up to each subscriber's
     /// `shutdown_timeout` for in-flight handlers, commits, and leaves the
-    /// group. Returns when every subscriber has stopped, and at the latest
-    /// [`SHUTDOWN_MARGIN`] after the longest `shutdown_timeout`.
+    /// group, then runs the stop hooks. Returns when every subscriber has
+    /// stopped and the hooks have run, and at the latest [`SHUTDOWN_MARGIN`]
+    /// / 2 after the longest `shutdown_timeout`.
     pub async fn shutdown(self) -> Option<EmbeddedCluster> {
         self.token.cancel();
         self.wait().await
     }
 
-    /// Waits until every subscriber has stopped: on their own (the runtime
-    /// they run on went away), or after a shutdown began, at the latest
-    /// [`SHUTDOWN_MARGIN`] after the longest `shutdown_timeout` from then.
-    /// Returns the embedded cluster, if any, so a caller can still inspect
-    /// it.
+    /// Waits until every subscriber has stopped: after a shutdown began, or
+    /// because one stopped on its own (a fatal consumer error, or its
+    /// runtime went away; the others are then shut down), then runs the
+    /// stop hooks. From the moment a shutdown began, everything (the
+    /// subscribers' drain, final commit and close, the stop hooks, the HTTP
+    /// endpoint) shares one deadline, [`SHUTDOWN_MARGIN`] / 2 after the
+    /// longest `shutdown_timeout`: what still runs then is left behind
+    /// (a stop hook is dropped, and that is logged). Returns the embedded
+    /// cluster, if any, so a caller can still inspect it.
     pub async fn wait(self) -> Option<EmbeddedCluster> {
         self.finish().await.0
     }
 
-    /// [`Running::wait`], and the first shutdown hook's failure.
+    /// [`Running::wait`], and why the app did not end cleanly: the first
+    /// subscriber that stopped on its own, else the first stop hook that
+    /// failed or ran out of time.
     pub(super) async fn finish(mut self) -> (Option<EmbeddedCluster>, Result<(), Error>) {
         let runners = std::mem::take(&mut self.runners);
-        let all_stopped = async move {
-            for r in runners {
-                let _ = r.done.await;
-            }
-        };
-        tokio::pin!(all_stopped);
-        tokio::select! {
-            () = &mut all_stopped => {}
-            () = self.token.cancelled() => {
-                let limit = self.shutdown_timeout + SHUTDOWN_MARGIN / 2;
-                if tokio::time::timeout(limit, &mut all_stopped).await.is_err() {
-                    let left: Vec<&str> = self
-                        .watched
-                        .iter()
-                        .filter(|w| w.stats.poll_alive.load(std::sync::atomic::Ordering::Relaxed))
-                        .map(|w| w.name.as_str())
-                        .collect();
-                    tracing::warn!(
-                        subscribers = ?left,
-                        "shutdown: not stopped within shutdown_timeout (a commit or a close that does not return); not waiting for them"
+        let failure = Arc::new(std::sync::Mutex::new(None::<Error>));
+        let ends = runners.into_iter().map(|r| {
+            let (token, failure) = (self.token.clone(), failure.clone());
+            async move {
+                let reason = match r.done.await {
+                    Ok(Ok(())) => return,
+                    Ok(Err(why)) => why,
+                    Err(_) => "its poll thread ended without a word".to_owned(),
+                };
+                if !token.is_cancelled() {
+                    tracing::error!(
+                        subscriber = r.name,
+                        "a subscriber stopped on its own ({reason}): shutting the app down"
                     );
+                    token.cancel();
+                }
+                if let Ok(mut f) = failure.lock() {
+                    f.get_or_insert(Error::SubscriberFailed {
+                        subscriber: r.name,
+                        reason,
+                    });
                 }
             }
+        });
+        let all_stopped = futures_util::future::join_all(ends);
+        tokio::pin!(all_stopped);
+        let stopped = tokio::select! {
+            _ = &mut all_stopped => true,
+            () = self.token.cancelled() => false,
+        };
+        // One deadline for what is left of the shutdown, from its start.
+        let deadline = tokio::time::Instant::now() + self.shutdown_timeout + SHUTDOWN_MARGIN / 2;
+        if !stopped && tokio::time::timeout_at(deadline, &mut all_stopped).await.is_err() {
+            let left: Vec<&str> = self
+                .watched
+                .iter()
+                .filter(|w| w.stats.poll_alive.load(std::sync::atomic::Ordering::Relaxed))
+                .map(|w| w.name.as_str())
+                .collect();
+            tracing::warn!(
+                subscribers = ?left,
+                "shutdown: not stopped within shutdown_timeout (a commit or a close that does not return); not waiting for them"
+            );
         }
-        // After the drain and the final commits: close what the state holds.
-        let mut failed = None;
+        let mut failed = failure.lock().ok().and_then(|mut f| f.take());
+        // After the drain and the final commits: close what the state holds,
+        // in what is left of the shutdown's time.
         for hook in std::mem::take(&mut self.stop_hooks) {
-            let limit = self.shutdown_timeout;
-            let error: BoxError = match tokio::time::timeout(limit, hook(self.setup.clone())).await {
+            let error: BoxError = match tokio::time::timeout_at(deadline, hook(self.setup.clone())).await {
                 Ok(Ok(())) => continue,
                 Ok(Err(e)) => e,
-                Err(_) => format!("did not finish within {limit:?} (the longest shutdown_timeout)").into(),
+                Err(_) => format!(
+                    "still running at the shutdown's deadline ({:?} after it began: the longest shutdown_timeout and half of SHUTDOWN_MARGIN); dropped",
+                    self.shutdown_timeout + SHUTDOWN_MARGIN / 2
+                )
+                .into(),
             };
             tracing::error!(error = %crate::policy::error_chain(&*error), "shutdown hook failed");
             failed = failed.or(Some(Error::StopHook(error)));
         }
         // Health answered "shutting down" while the handlers drained; now
-        // that everything is committed and closed, the endpoint goes too.
-        if let Some(http) = self.http.take() {
+        // that everything is committed and closed, the endpoint goes too
+        // (requests still open at the deadline are cut).
+        if let Some(mut http) = self.http.take() {
             http.stop.cancel();
-            let _ = http.task.await;
+            if tokio::time::timeout_at(deadline, &mut http.task).await.is_err() {
+                http.task.abort();
+            }
         }
         (self.embedded.take(), failed.map_or(Ok(()), Err))
     }

@@ -2,6 +2,9 @@
 //! the missing-topic check, one engine per subscriber, the watcher and the
 //! HTTP endpoint.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
 use tokio_util::sync::CancellationToken;
 
 use super::hooks::{Setup, StopHook};
@@ -252,8 +255,25 @@ impl Running {
                 return Err(e);
             }
         };
-        tokio::spawn(signals.serve(self.token.clone()));
-        self.finish().await.1
+        // The listener serves until the process exits; should it die (a
+        // panic), signals would be ignored: the app shuts down instead.
+        let listener = tokio::spawn(signals.serve(self.token.clone()));
+        let (token, died) = (self.token.clone(), Arc::new(AtomicBool::new(false)));
+        let watch = died.clone();
+        tokio::spawn(async move {
+            if listener.await.is_err_and(|e| e.is_panic()) {
+                tracing::error!("the shutdown signal listener panicked: shutting down");
+                watch.store(true, Ordering::Relaxed);
+                token.cancel();
+            }
+        });
+        let result = self.finish().await.1;
+        if died.load(Ordering::Relaxed) {
+            return result.and(Err(Error::Signal(std::io::Error::other(
+                "the signal listener panicked",
+            ))));
+        }
+        result
     }
 }
 

@@ -277,10 +277,14 @@ pub fn init_tracing_with(filter: Option<&str>) -> Result<(), Error> {
         None => tracing_subscriber::EnvFilter::try_from_default_env()
             .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
     };
+    // A log line that cannot be written (stderr closed: piped into `head`
+    // that stopped reading) is lost, never reported with `eprintln!`,
+    // which panics on a closed stderr in whatever thread logged.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .log_internal_errors(false)
         .try_init();
     Ok(())
 }

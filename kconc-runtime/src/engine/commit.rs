@@ -94,10 +94,13 @@ impl Committer {
     ) -> std::io::Result<Self> {
         let (tx, rx) = mpsc::channel();
         let (ended_tx, ended) = mpsc::channel();
+        // Alive from now (the poll loop checks it from its first turn)
+        // until the thread ends.
+        let alive = stats.alive_while(|s| &s.committer_alive);
         std::thread::Builder::new()
             .name(format!("kconc-commit-{name}"))
             .spawn(move || {
-                let _alive = stats.alive_while(|s| &s.committer_alive);
+                let _alive = alive;
                 run(&rx, &group, &consumer, &stats, &events);
                 let _ = ended_tx.send(());
             })?;

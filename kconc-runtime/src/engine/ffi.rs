@@ -299,6 +299,25 @@ pub(crate) fn no_initial_rebalance_delay(client: &rdkafka::client::Client<impl r
     }
 }
 
+/// Makes a mock cluster (owned by `client`, see
+/// [`no_initial_rebalance_delay`]) answer the next requests of API
+/// `api_key` with `errors`, one each: for the APIs rdkafka's
+/// `RDKafkaApiKey` does not list (ConsumerGroupHeartbeat, 68).
+pub(crate) fn mock_request_errors(
+    client: &rdkafka::client::Client<impl rdkafka::ClientContext>,
+    api_key: i16,
+    errors: &[rd::rd_kafka_resp_err_t],
+) {
+    // SAFETY: as in `no_initial_rebalance_delay`; the errors are copied
+    // by the call.
+    unsafe {
+        let cluster = rd::rd_kafka_handle_mock_cluster(client.native_ptr());
+        if !cluster.is_null() {
+            rd::rd_kafka_mock_push_request_errors_array(cluster, api_key, errors.len(), errors.as_ptr());
+        }
+    }
+}
+
 /// Each partition of `tpl` (as the committed offsets come back): topic,
 /// partition, offset, and its metadata as bytes. rdkafka's
 /// `TopicPartitionListElem::metadata` panics on metadata that is not UTF-8,

@@ -64,7 +64,7 @@ mod shutdown;
 mod worker;
 
 pub use complete::HandlerTimedOut;
-pub(crate) use ffi::{committed_metadata, no_initial_rebalance_delay};
+pub(crate) use ffi::{committed_metadata, mock_request_errors, no_initial_rebalance_delay};
 pub(crate) use finished::{encode_offsets as encode_finished, finished_count};
 pub(crate) use poll::{start, Runner};
 

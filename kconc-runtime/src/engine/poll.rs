@@ -4,6 +4,7 @@
 //! the schedule releases, applies the workers' events, and asks the
 //! committer to commit.
 
+use std::sync::atomic::Ordering;
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
@@ -26,12 +27,18 @@ use crate::subscriber::Subscriber;
 use crate::watch::ClusterWatch;
 use crate::Error;
 
+/// How a subscriber's poll thread ended: `Ok` after a shutdown (or with
+/// its runtime gone), `Err` with why it stopped on its own.
+pub(crate) type Ended = Result<(), String>;
+
 /// A running subscriber's poll thread.
 #[derive(Debug)]
 pub(crate) struct Runner {
     pub(crate) name: String,
     pub(crate) stats: Arc<Stats>,
-    pub(crate) done: tokio::sync::oneshot::Receiver<()>,
+    /// Told how the poll thread ended; dropped unsent only if the thread
+    /// could not even say so.
+    pub(crate) done: tokio::sync::oneshot::Receiver<Ended>,
 }
 
 /// Creates the consumer, subscribes, and starts the poll thread.
@@ -117,16 +124,33 @@ pub(crate) fn start(
     *consumer.context().engine() = Some(engine);
     let (done_tx, done) = tokio::sync::oneshot::channel();
     let poll_stats = stats.clone();
+    let thread_name = name.clone();
+    let alive = poll_stats.alive_while(|s| &s.poll_alive);
     std::thread::Builder::new()
         .name(format!("kconc-poll-{}", sub.name))
         .spawn(move || {
             // Handlers' first polls may run here (see `Dispatcher`): they
             // find the runtime's timers and spawner as on a worker.
             let _runtime = runtime.enter();
-            let _alive = poll_stats.alive_while(|s| &s.poll_alive);
-            let deadline = poll_loop(&consumer, &shutdown);
-            close(consumer, deadline);
-            let _ = done_tx.send(());
+            let _alive = alive;
+            let ended = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                let (deadline, ended) = poll_loop(&consumer, &shutdown);
+                close(consumer, deadline);
+                ended
+            }))
+            .unwrap_or_else(|panic| {
+                Err(format!(
+                    "its poll thread panicked: {}",
+                    crate::handler::panic_text(&*panic)
+                ))
+            });
+            if let Err(why) = &ended {
+                tracing::error!(subscriber = &*thread_name, "subscriber stopped: {why}");
+                if let Ok(mut failed) = poll_stats.stopped_because.lock() {
+                    failed.get_or_insert_with(|| why.clone());
+                }
+            }
+            let _ = done_tx.send(ended);
         })
         .map_err(|e| Error::Thread(sub.name.clone(), e))?;
     tracing::info!(subscriber = &*name, group = sub.group, topics = ?sub.topics, concurrency = sub.concurrency, "subscriber started");
@@ -137,9 +161,16 @@ pub(crate) fn start(
     })
 }
 
-/// Runs until shutdown, then drains; returns the shutdown's deadline.
-pub(super) fn poll_loop(consumer: &BaseConsumer<ClientHooks>, shutdown: &CancellationToken) -> Instant {
+/// Runs until shutdown, then drains; returns the shutdown's deadline. A
+/// consumer that can go on no more (see [`failure`]) ends it at once,
+/// with why.
+pub(super) fn poll_loop(consumer: &BaseConsumer<ClientHooks>, shutdown: &CancellationToken) -> (Instant, Ended) {
     while !shutdown.is_cancelled() {
+        if let Some(why) = failure(consumer) {
+            with_engine(consumer, |e| e.fail());
+            // Only forgetting is left to the committer.
+            return (Instant::now() + Duration::from_secs(1), Err(why));
+        }
         // Rebalances and errors (and the messages of any unsplit partition):
         // served on every turn, however far behind the handlers are.
         let mut polled = 0;
@@ -190,7 +221,28 @@ pub(super) fn poll_loop(consumer: &BaseConsumer<ClientHooks>, shutdown: &Cancell
             }
         });
     }
-    drain_on_shutdown(consumer)
+    (drain_on_shutdown(consumer), Ok(()))
+}
+
+/// Why the consumer can go on no more, if it cannot: librdkafka raised a
+/// fatal error (a static member fenced by another with the same instance
+/// id; under `group.protocol=consumer` also an unreleased instance id, a
+/// full group, a denied group). librdkafka then drops the assignment
+/// without a rebalance callback and never rejoins. Or the committer thread
+/// has ended (nothing would be committed any more).
+fn failure(consumer: &BaseConsumer<ClientHooks>) -> Option<String> {
+    if let Some((code, reason)) = consumer.client().fatal_error() {
+        return Some(format!(
+            "fatal consumer error: {reason} ({code:?}); librdkafka has dropped its partitions and will not rejoin the group"
+        ));
+    }
+    let cx = consumer.context();
+    let committer_gone = with_engine(consumer, |e| {
+        !e.dispatcher.stats().committer_alive.load(Ordering::Relaxed)
+    });
+    committer_gone
+        .unwrap_or(false)
+        .then(|| format!("its committer thread (kconc-commit-{}) has ended", cx.subscriber))
 }
 
 impl Engine {
@@ -241,6 +293,30 @@ impl Engine {
             in_callback: false,
             shutdown_deadline: None,
         }
+    }
+
+    /// The consumer can go on no more (see [`failure`]): nothing more
+    /// starts, the handlers still running are dropped, every partition's
+    /// state is dropped, and nothing more is committed (the member is out of
+    /// its group: its partitions go to others, who read them from the last
+    /// commit).
+    pub(super) fn fail(&mut self) {
+        self.closing = true;
+        self.shutdown.cancel();
+        self.waiting.clear();
+        self.delayed.clear();
+        self.dispatcher.abort();
+        let parts = self.all_partitions();
+        let assigned = parts
+            .iter()
+            .filter_map(|&(t, p)| Some((self.key(t, p), self.topics[t].partitions.get(&p)?.epoch)))
+            .collect();
+        self.committer.request(CommitRequest::Forget(assigned));
+        for (t, p) in parts {
+            self.drop_partition(t, p);
+        }
+        self.rebuild_order();
+        self.dispatcher.stats().joined.store(false, Ordering::Relaxed);
     }
 
     /// Starts waiting messages, oldest first, while slots are free.

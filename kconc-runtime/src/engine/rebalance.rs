@@ -471,16 +471,7 @@ impl Engine {
             self.committer.flush(assigned, deadline)
         };
         for &(t, p) in &revoked {
-            self.dispatcher.stats().set_assigned(&self.topics[t].name, p, false);
-            self.dispatcher.stats().forget_partition(&self.topics[t].name, p);
-            if let Some(ps) = self.topics[t].partitions.remove(&p) {
-                if ps.paused {
-                    self.dispatcher.stats().set_paused(&self.topics[t].name, p, false);
-                }
-                if ps.stopped.is_some() {
-                    self.dispatcher.stats().set_stopped(&self.topics[t].name, p, None);
-                }
-            }
+            self.drop_partition(t, p);
         }
         self.rebuild_order();
         match result {
@@ -509,6 +500,22 @@ impl Engine {
                     error = %e,
                     "partitions revoked; the commit of their finished prefix failed (or did not finish in time and was dropped), so the new owner may redeliver some"
                 );
+            }
+        }
+    }
+
+    /// Drops partition `p` of topic `t`'s state, and what health and
+    /// metrics show of it.
+    pub(super) fn drop_partition(&mut self, t: usize, p: i32) {
+        let stats = self.dispatcher.stats();
+        stats.set_assigned(&self.topics[t].name, p, false);
+        stats.forget_partition(&self.topics[t].name, p);
+        if let Some(ps) = self.topics[t].partitions.remove(&p) {
+            if ps.paused {
+                stats.set_paused(&self.topics[t].name, p, false);
+            }
+            if ps.stopped.is_some() {
+                stats.set_stopped(&self.topics[t].name, p, None);
             }
         }
     }

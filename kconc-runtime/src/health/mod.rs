@@ -145,7 +145,11 @@ pub(crate) fn subscriber_health(w: &Watched, t: &HealthThresholds) -> Subscriber
     let closing = s.closing.load(Ordering::Relaxed);
     let mut problems = Vec::new();
     let mut healthy = true;
-    if !s.poll_alive.load(Ordering::Relaxed) && !closing {
+    let failed = s.stopped_because.lock().map(|f| f.clone()).unwrap_or_default();
+    if let Some(why) = failed {
+        healthy = false;
+        problems.push(format!("stopped: {why}"));
+    } else if !s.poll_alive.load(Ordering::Relaxed) && !closing {
         healthy = false;
         problems.push("the poll loop has stopped".to_owned());
     }

@@ -1,0 +1,78 @@
+//! A fatal consumer error is never a healthy member (review N1): after
+//! librdkafka raises one (a static member fenced by another with the same
+//! instance id; under `group.protocol=consumer` an instance id still in
+//! use), it drops the assignment without a rebalance callback and never
+//! rejoins. The subscriber must stop, drop its partitions, say why in its
+//! health, and end the app with an error (so `main!()` exits non-zero and
+//! an orchestrator restarts it). The fence is the mock cluster's injected
+//! heartbeat error, under both group protocols.
+
+// Tests fail loudly: unwrap and expect are the point here.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use kconc_runtime::rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+use kconc_runtime::{App, Error, Message, Subscriber};
+
+const DEADLINE: Duration = Duration::from_secs(60);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fenced_static_member_stops_says_why_and_ends_the_app_with_an_error() {
+    for protocol in ["classic", "consumer"] {
+        let topic = format!("fatal-{protocol}");
+        let group = format!("g-{topic}");
+        let cluster = cluster(&topic, 2);
+        let bootstrap = cluster.bootstrap_servers().to_owned();
+        produce(&bootstrap, &topic, 2, 20, 5);
+        let recorder = Recorder::new();
+        let r = recorder.clone();
+        let sub = Subscriber::new("s", [topic.as_str()], group.as_str(), move |m: Message| {
+            let r = r.clone();
+            async move {
+                let _g = r.start(&m);
+            }
+        })
+        .instance_id("pod-1");
+        let app = match protocol {
+            "classic" => test_app(&bootstrap),
+            _ => App::new().brokers(&bootstrap).property("group.protocol", "consumer"),
+        };
+        let running = app.subscriber(sub).start_in_test_mode().unwrap();
+        let stats = running.stats_handle("s").unwrap();
+        wait_for("everything handled", DEADLINE, || recorder.distinct() == 20).await;
+        assert!(running.health().healthy);
+        match protocol {
+            "classic" => cluster.mock().unwrap().request_errors(
+                RDKafkaApiKey::Heartbeat,
+                &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_FENCED_INSTANCE_ID],
+            ),
+            // ConsumerGroupHeartbeat, which RDKafkaApiKey does not list.
+            _ => cluster.request_errors_by_number(68, &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNRELEASED_INSTANCE_ID]),
+        }
+        wait_for("the subscriber reported unhealthy", DEADLINE, || {
+            !running.health().healthy
+        })
+        .await;
+        let health = running.health();
+        let problems = health.subscribers[0].problems.join("; ");
+        assert!(problems.contains("fatal consumer error"), "{protocol}: {problems}");
+        assert!(!health.ready, "{protocol}");
+        assert!(
+            stats.assigned_partitions().is_empty(),
+            "{protocol}: its partitions are dropped"
+        );
+        assert!(!stats.is_running(), "{protocol}: its poll thread has ended");
+        let ended = tokio::time::timeout(DEADLINE, running.run_until_signal())
+            .await
+            .expect("the app ends on its own");
+        assert!(
+            matches!(&ended, Err(Error::SubscriberFailed { subscriber, reason })
+                if subscriber == "s" && reason.contains("fatal consumer error")),
+            "{protocol}: {ended:?}"
+        );
+    }
+}
