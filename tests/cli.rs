@@ -175,3 +175,28 @@ fn a_closed_stderr_never_stops_the_service() {
     };
     assert_eq!(status.code(), Some(0), "{status}");
 }
+
+/// `KCONC_INSTANCE_ID`, documented and shown by `--help`, is read (at
+/// a6d8e9a it was refused as an unknown variable): `--list` runs, and the
+/// unknown-variable message lists it among those kconc reads.
+#[test]
+fn the_instance_id_variable_is_read() {
+    let out = Command::new(common::example_binary("service"))
+        .arg("--list")
+        .env("KCONC_INSTANCE_ID", "pod-1")
+        .env_remove("KCONC_BROKERS")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = Command::new(common::example_binary("service"))
+        .arg("--list")
+        .env("KCONC_INSTANCEID", "pod-1")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("did you mean KCONC_INSTANCE_ID"),
+        "{}",
+        stderr(&out)
+    );
+}

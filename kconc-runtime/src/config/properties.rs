@@ -15,16 +15,19 @@ use super::*;
 pub(crate) const RDKAFKA_ENV_PREFIX: &str = "KCONC_RDKAFKA_";
 
 /// The `KCONC_*` environment variables kconc reads, besides the
-/// `KCONC_RDKAFKA_<NAME>` family; any other `KCONC_*` variable is an error.
-pub(crate) const KNOWN_ENV_VARS: &[&str] = &[
-    "KCONC_BROKERS",
-    "KCONC_GROUP_PREFIX",
-    "KCONC_CONFIG",
-    "KCONC_EMBEDDED_PARTITIONS",
-    "KCONC_LOG",
-    "KCONC_HTTP",
-    "KCONC_WAIT_FOR_TOPICS",
-];
+/// `KCONC_RDKAFKA_<NAME>` family: those the command line declares for its
+/// flags (one declaration: a flag's variable cannot be missing here). Any
+/// other `KCONC_*` variable is an error.
+pub(crate) fn known_env_vars() -> &'static [String] {
+    static KNOWN: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    KNOWN.get_or_init(|| {
+        <super::Cli as clap::CommandFactory>::command()
+            .get_arguments()
+            .filter_map(|a| a.get_env())
+            .map(|v| v.to_string_lossy().into_owned())
+            .collect()
+    })
+}
 
 /// Where a run-time setting came from; errors name it so an operator knows
 /// what to fix.
@@ -245,7 +248,7 @@ where
                 )));
             }
             props.push((key, value, var.clone()));
-        } else if !KNOWN_ENV_VARS.contains(&var.as_str()) {
+        } else if !known_env_vars().contains(&var) {
             return Err(unknown_env_var(&var, rest));
         }
     }
@@ -256,7 +259,7 @@ where
 pub(super) fn unknown_env_var(var: &str, rest: &str) -> Error {
     let rest_upper = rest.to_ascii_uppercase();
     let close = |a: &str, b: &str| edit_distance(a, b) <= (b.len() / 3).clamp(1, 2);
-    let hint = KNOWN_ENV_VARS
+    let hint = known_env_vars()
         .iter()
         .find(|known| close(&rest_upper, &known["KCONC_".len()..]))
         .map(|known| (*known).to_owned())
@@ -268,7 +271,7 @@ pub(super) fn unknown_env_var(var: &str, rest: &str) -> Error {
                 .find(|&i| close(&rest_upper[..i], wanted))
                 .map(|i| format!("{RDKAFKA_ENV_PREFIX}{}", rest_upper[i..].trim_start_matches('_')))
         });
-    let known = KNOWN_ENV_VARS.join(", ");
+    let known = known_env_vars().join(", ");
     Error::Config(match hint {
         Some(h) => format!(
             "unknown environment variable {var}: did you mean {h}? \
@@ -501,6 +504,40 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("KCONC_BROKERS"), "lists the known variables: {text}");
+    }
+
+    /// Every variable a flag declares (and `--help` shows) is read, not
+    /// refused as unknown (at a6d8e9a `KCONC_INSTANCE_ID` was), and the
+    /// README's table names each; each documented `KCONC_*` variable of the
+    /// README is one of them, or a property of the `KCONC_RDKAFKA_` family.
+    #[test]
+    fn every_declared_and_documented_variable_is_read() {
+        let known = known_env_vars();
+        assert!(known.iter().any(|v| v == "KCONC_INSTANCE_ID"), "{known:?}");
+        let readme = include_str!("../../../README.md");
+        let table = &readme[readme.find("| flag | environment | meaning |").expect("the flag table")..];
+        let table = &table[..table.find("\n\n").unwrap_or(table.len())];
+        for var in known {
+            assert!(
+                env_properties_from(kv(&[(var.as_str(), "x")])).is_ok_and(|p| p.is_empty()),
+                "{var}"
+            );
+            assert!(
+                table.contains(&format!("`{var}`")),
+                "the README's flag table lacks {var}"
+            );
+        }
+        let documented: Vec<&str> = table
+            .split('`')
+            .filter(|w| w.starts_with("KCONC_") && !w.starts_with(RDKAFKA_ENV_PREFIX))
+            .collect();
+        assert!(documented.len() >= known.len());
+        for var in documented {
+            assert!(
+                known.iter().any(|k| k == var),
+                "the README documents {var}, which kconc does not read"
+            );
+        }
     }
 
     #[test]
