@@ -353,6 +353,54 @@ async fn a_missing_topic_fails_start_up_or_is_named_until_it_exists() {
     app.shutdown().await;
 }
 
+/// The topics a subscriber replies and dead-letters to are checked at
+/// start-up like the subscribed ones, and every missing topic is named at
+/// once, with what uses it (a new user's trial of a6d8e9a, bug 3: a missing
+/// reply topic let the app start ready, and each message then failed at its
+/// reply). With `wait_for_topics` they are waited for like subscribed ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_reply_and_dead_letter_topics_are_named_at_start_up_all_at_once() {
+    let topic = "logs-payments";
+    let cluster = cluster(topic, 1);
+    let bootstrap = cluster.bootstrap_servers().to_owned();
+    let sub = || {
+        Subscriber::new("payments", [topic, "logs-refunds"], "payments", |_m: Message| async {})
+            .reply("logs-payments.done")
+            .dead_letter("logs-payments.dlq")
+    };
+    let err = test_app(&bootstrap).subscriber(sub()).start().unwrap_err().to_string();
+    for named in [
+        "`logs-refunds` (subscribed by payments)",
+        "`logs-payments.done` (reply topic of payments)",
+        "`logs-payments.dlq` (dead-letter topic of payments)",
+    ] {
+        assert!(err.contains(named), "{err}");
+    }
+    assert!(
+        err.contains("these topics do not exist") && !err.contains("`logs-payments` ("),
+        "{err}"
+    );
+    cluster.create_topic("logs-refunds", 1).unwrap();
+    let app = test_app(&bootstrap)
+        .wait_for_topics(true)
+        .subscriber(sub())
+        .start_in_test_mode()
+        .unwrap();
+    wait_for(
+        "readiness names the missing reply and dead-letter topics",
+        DEADLINE,
+        || {
+            let health = app.health();
+            !health.ready && health.subscribers[0].missing_topics == ["logs-payments.dlq", "logs-payments.done"]
+        },
+    )
+    .await;
+    cluster.create_topic("logs-payments.done", 1).unwrap();
+    cluster.create_topic("logs-payments.dlq", 1).unwrap();
+    wait_for("ready once they exist", DEADLINE, || app.health().ready).await;
+    app.shutdown().await;
+}
+
 /// A librdkafka warning that every subscriber's client repeats (here a
 /// configuration warning) is logged once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

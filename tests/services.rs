@@ -160,6 +160,56 @@ async fn answer(State(gate): State<Gate>, Json(n): Json<u64>) -> Json<u64> {
     Json(n * 10)
 }
 
+/// Replies whose acknowledgement takes longer than `handler_timeout`.
+#[subscriber(
+    topic = "slow-acks",
+    group = "slow-acker",
+    name = "slow-acker",
+    reply = "slow-acks.out",
+    dead_letter = "slow-acks.dlq",
+    handler_timeout = "300ms",
+    retries = 0
+)]
+async fn slow_acker(State(gate): State<Gate>, Json(n): Json<u64>) -> Json<u64> {
+    while !gate.0.load(Ordering::SeqCst) {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    Json(n)
+}
+
+/// A `handler_timeout` that runs out while the handler's reply waits for
+/// the broker's acknowledgement says so, instead of blaming the handler (a
+/// new user's trial of a6d8e9a, bug 3: "the handler ran longer than
+/// handler_timeout" for a handler of 20 ms whose reply was never
+/// acknowledged).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timeout_spent_waiting_for_a_replys_acknowledgement_says_so() {
+    let gate = Gate::default();
+    let run = TestApp::new()
+        .only(["slow-acker"])
+        .state(gate.clone())
+        .app(in_test_mode)
+        .deadline(DEADLINE)
+        .start()
+        .await
+        .unwrap();
+    run.send("slow-acks", TestMessage::json(&7u64)).await.unwrap();
+    // Every produce fails, and is retried by librdkafka, for a while: the
+    // reply's acknowledgement comes long after 300 ms.
+    run.embedded().unwrap().mock().unwrap().request_errors(
+        RDKafkaApiKey::Produce,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS; 10],
+    );
+    gate.0.store(true, Ordering::SeqCst);
+    let dead = run.read("slow-acks.dlq", 1).await.unwrap();
+    let reason = String::from_utf8_lossy(dead[0].header("kconc-error").unwrap().value.as_deref().unwrap()).into_owned();
+    assert!(
+        reason.contains("did not acknowledge the reply to `slow-acks.out` within handler_timeout (300ms)"),
+        "{reason}"
+    );
+    run.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_offset_is_committed_only_after_its_replies_are_acknowledged() {
     let n = 10u64;

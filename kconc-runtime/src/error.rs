@@ -31,17 +31,20 @@ pub enum Error {
         /// The state's type.
         type_name: &'static str,
     },
-    /// A subscribed topic does not exist (and `App::wait_for_topics` is off).
+    /// Topics the subscribers consume, reply to or dead-letter to do not
+    /// exist (and `App::wait_for_topics` is off).
     #[error(
-        "invalid configuration: topic `{topic}` (subscribed by {}) does not exist on the cluster at {brokers}: \
-         create it, or start with --wait-for-topics (KCONC_WAIT_FOR_TOPICS=true, App::wait_for_topics) to wait for it",
-        subscribers.join(", ")
+        "invalid configuration: {} on the cluster at {brokers}: create {}, or start with --wait-for-topics \
+         (KCONC_WAIT_FOR_TOPICS=true, App::wait_for_topics) to wait for {}",
+        describe_missing(missing),
+        if missing.len() == 1 { "it" } else { "them" },
+        if missing.len() == 1 { "it" } else { "them" }
     )]
-    MissingTopic {
-        /// The topic.
-        topic: String,
-        /// The subscribers that consume it.
-        subscribers: Vec<String>,
+    MissingTopics {
+        /// Each topic that does not exist, and what uses it (`subscribed
+        /// by billing`, `reply topic of billing`, `dead-letter topic of
+        /// billing`).
+        missing: Vec<(String, Vec<String>)>,
         /// The cluster asked.
         brokers: String,
     },
@@ -104,6 +107,19 @@ pub enum Error {
     /// A [`testing`](crate::testing) helper could not produce or read back.
     #[error("{0}")]
     Produce(String),
+}
+
+/// "topic `a` (subscribed by x) does not exist" or "these topics do not
+/// exist: `a` (...), `b` (...)".
+fn describe_missing(missing: &[(String, Vec<String>)]) -> String {
+    let each: Vec<String> = missing
+        .iter()
+        .map(|(topic, uses)| format!("`{topic}` ({})", uses.join("; ")))
+        .collect();
+    match &each[..] {
+        [one] => format!("topic {one} does not exist"),
+        _ => format!("these topics do not exist: {}", each.join(", ")),
+    }
 }
 
 /// A subscriber setting given a value it does not take, from

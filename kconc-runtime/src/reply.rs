@@ -166,6 +166,20 @@ where
     })
 }
 
+thread_local! {
+    /// Set by a poll of a handler's future that ended waiting for its
+    /// replies' acknowledgements (see [`take_awaiting_ack`]).
+    static AWAITING_ACK: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether the handler future polled last on this thread (since the last
+/// call) ended its poll waiting for its replies' acknowledgements; clears
+/// it. A `handler_timeout` that ends such a handler says so: the time went
+/// to the broker, not to the handler.
+pub(crate) fn take_awaiting_ack() -> bool {
+    AWAITING_ACK.with(|a| a.replace(false))
+}
+
 /// Produces every reply, then waits for all acknowledgements.
 async fn publish(cx: &Context, topic: &str, origin: &ReplyOrigin, replies: Vec<Reply>) -> Result<(), BoxError> {
     let producer = cx.producer()?;
@@ -216,14 +230,25 @@ async fn publish(cx: &Context, topic: &str, origin: &ReplyOrigin, replies: Vec<R
             }
         }
     }
-    for delivery in pending {
-        match delivery.await {
-            Ok(Ok(_)) => {}
-            Ok(Err((e, _))) => return Err(format!("reply to `{topic}` not acknowledged: {e}").into()),
-            Err(_) => return Err(format!("reply to `{topic}`: the producer went away").into()),
+    let acks = async {
+        for delivery in pending {
+            match delivery.await {
+                Ok(Ok(_)) => {}
+                Ok(Err((e, _))) => return Err(format!("reply to `{topic}` not acknowledged: {e}").into()),
+                Err(_) => return Err(format!("reply to `{topic}`: the producer went away").into()),
+            }
         }
-    }
-    Ok(())
+        Ok(())
+    };
+    let mut acks = std::pin::pin!(acks);
+    std::future::poll_fn(|cx| {
+        let polled = std::future::Future::poll(acks.as_mut(), cx);
+        if polled.is_pending() {
+            AWAITING_ACK.with(|a| a.set(true));
+        }
+        polled
+    })
+    .await
 }
 
 impl Context {

@@ -176,7 +176,8 @@ stats! {
     pub pauses: Mutex<BTreeMap<(String, i32), PauseState>>,
     /// Partitions stopped by the error policy now: the offset and the error.
     pub stopped_partitions: Mutex<BTreeMap<(String, i32), (i64, String)>>,
-    /// Its subscribed topics the cluster says do not exist (the app's
+    /// The topics it consumes, replies or dead-letters to that the cluster
+    /// says do not exist (the app's
     /// topic watcher keeps it).
     pub missing_topics: Mutex<Vec<String>>,
     /// Partitions assigned to this member now.

@@ -194,6 +194,7 @@ impl Prepared {
                 name: r.name.clone(),
                 group: s.group.clone(),
                 topics: s.topics.clone(),
+                produces_to: s.produces_to(),
                 stats: r.stats.clone(),
                 cluster: cluster.clone(),
             })
@@ -277,9 +278,12 @@ impl Running {
     }
 }
 
-/// The start-up check of [`App::wait_for_topics`]: fails naming the first
-/// subscribed topic the cluster says does not exist, unless its
-/// subscriber's consumer may create it (`allow.auto.create.topics`).
+/// The start-up check of [`App::wait_for_topics`]: fails naming every topic
+/// the cluster says does not exist among those the subscribers consume
+/// (unless a subscriber's consumer may create it,
+/// `allow.auto.create.topics`), reply to and dead-letter to: a reply or a
+/// dead letter to a missing topic is never acknowledged, so each message
+/// would fail at its first reply or dead letter instead.
 fn check_topics_exist(
     subs: &[Subscriber],
     configs: &[rdkafka::ClientConfig],
@@ -290,6 +294,7 @@ fn check_topics_exist(
         .zip(configs)
         .filter(|(_, c)| c.get("allow.auto.create.topics") != Some("true"))
         .flat_map(|(s, _)| s.topics.iter().cloned())
+        .chain(subs.iter().flat_map(Subscriber::produces_to))
         .collect();
     topics.sort();
     topics.dedup();
@@ -302,19 +307,17 @@ fn check_topics_exist(
     let Some(missing) = watch::missing_at_start(config, cluster, &topics) else {
         return Ok(());
     };
-    match missing.first() {
-        None => Ok(()),
-        Some(topic) => {
-            let subscribers = subs
-                .iter()
-                .filter(|s| s.topics.contains(topic))
-                .map(|s| s.name.clone())
-                .collect();
-            Err(Error::MissingTopic {
-                topic: topic.clone(),
-                subscribers,
-                brokers: cluster.brokers().to_owned(),
-            })
-        }
+    if missing.is_empty() {
+        return Ok(());
     }
+    Err(Error::MissingTopics {
+        missing: missing
+            .into_iter()
+            .map(|topic| {
+                let uses = subs.iter().flat_map(|s| s.uses_of(&topic)).collect();
+                (topic, uses)
+            })
+            .collect(),
+        brokers: cluster.brokers().to_owned(),
+    })
 }

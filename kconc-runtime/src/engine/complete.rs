@@ -130,10 +130,20 @@ pub(super) enum Concluded {
 /// dropped: its message failed with this error (retried if retries are
 /// left, then the error policy).
 #[derive(Debug, thiserror::Error)]
-#[error("the handler ran longer than handler_timeout ({after:?}) and was cancelled")]
+#[error("{}", match unacknowledged_reply {
+    None => format!("the handler ran longer than handler_timeout ({after:?}) and was cancelled"),
+    Some(topic) => format!(
+        "the broker did not acknowledge the reply to `{topic}` within handler_timeout ({after:?}); \
+         the handler had returned (a retry runs it again)"
+    ),
+})]
+#[non_exhaustive]
 pub struct HandlerTimedOut {
     /// The `handler_timeout` it ran over.
     pub after: std::time::Duration,
+    /// The reply topic whose acknowledgement it was still waiting for, if
+    /// that is where the time went (the handler itself had returned).
+    pub unacknowledged_reply: Option<String>,
 }
 
 impl HandlerEnv {

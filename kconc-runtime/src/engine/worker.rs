@@ -193,6 +193,9 @@ impl<'a> Drive<'a> {
                 DriveState::Handler(call, fut) => {
                     let polled = {
                         let _in_span = call.span.enter();
+                        if self.deadline.is_some() {
+                            crate::reply::take_awaiting_ack();
+                        }
                         Handler::poll(fut, cx)
                     };
                     let outcome = match polled {
@@ -203,7 +206,13 @@ impl<'a> Drive<'a> {
                             };
                             std::task::ready!(deadline.as_mut().poll(cx));
                             let after = self.shared.handler_timeout.unwrap_or_default();
-                            Outcome::Failed(Box::new(HandlerTimedOut { after }))
+                            let unacknowledged_reply = crate::reply::take_awaiting_ack()
+                                .then(|| self.shared.context.reply_topic().map(str::to_owned))
+                                .flatten();
+                            Outcome::Failed(Box::new(HandlerTimedOut {
+                                after,
+                                unacknowledged_reply,
+                            }))
                         }
                     };
                     self.deadline = None;

@@ -94,8 +94,8 @@ pub struct SubscriberHealth {
     /// How long no broker of the cluster could be reached, if none can now
     /// (not ready meanwhile).
     pub cluster_unreachable_for: Option<Duration>,
-    /// Its subscribed topics the cluster says do not exist (not ready
-    /// meanwhile).
+    /// The topics it consumes, replies or dead-letters to that the cluster
+    /// says do not exist (not ready meanwhile).
     pub missing_topics: Vec<String>,
 }
 
@@ -206,8 +206,13 @@ pub(crate) fn subscriber_health(w: &Watched, t: &HealthThresholds) -> Subscriber
     let missing_topics = s.missing_topics.lock().map(|m| m.clone()).unwrap_or_default();
     for topic in &missing_topics {
         degraded = true;
+        let what = if w.topics.contains(topic) {
+            "subscribed topic"
+        } else {
+            "topic it replies or dead-letters to:"
+        };
         problems.push(format!(
-            "subscribed topic `{topic}` does not exist on the cluster (waiting for it)"
+            "{what} `{topic}` does not exist on the cluster (waiting for it)"
         ));
     }
     let joined = s.joined.load(Ordering::Relaxed);
@@ -291,6 +296,7 @@ mod tests {
             name: "s".into(),
             group: "g".into(),
             topics: vec!["t".into()],
+            produces_to: Vec::new(),
             stats: Arc::new(stats),
             cluster: ClusterWatch::new("b"),
         }

@@ -373,6 +373,31 @@ impl Subscriber {
         self.first_poll
     }
 
+    /// The topics it produces to: its reply topic and its dead-letter topic.
+    pub(crate) fn produces_to(&self) -> Vec<String> {
+        self.reply
+            .iter()
+            .chain(self.policy.dead_letter_topic())
+            .cloned()
+            .collect()
+    }
+
+    /// What it uses `topic` for, as an error names it (`subscribed by
+    /// billing`, `reply topic of billing`), if it uses it.
+    pub(crate) fn uses_of(&self, topic: &str) -> Vec<String> {
+        let mut uses = Vec::new();
+        if self.topics.iter().any(|t| t == topic) {
+            uses.push(format!("subscribed by {}", self.name));
+        }
+        if self.reply.as_deref() == Some(topic) {
+            uses.push(format!("reply topic of {}", self.name));
+        }
+        if self.policy.dead_letter_topic().is_some_and(|t| t == topic) {
+            uses.push(format!("dead-letter topic of {}", self.name));
+        }
+        uses
+    }
+
     pub(crate) fn effective_max_buffered(&self) -> usize {
         self.max_buffered.unwrap_or_else(|| (self.concurrency * 2).max(16))
     }

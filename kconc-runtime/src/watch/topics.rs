@@ -38,9 +38,19 @@ pub(crate) struct Watched {
     pub(crate) name: String,
     pub(crate) group: String,
     pub(crate) topics: Vec<String>,
+    /// The topics it replies and dead-letters to (watched too: a reply or
+    /// dead letter to a missing topic is never acknowledged).
+    pub(crate) produces_to: Vec<String>,
     pub(crate) stats: Arc<Stats>,
     /// The app's view of its cluster, shared by its subscribers.
     pub(crate) cluster: Arc<ClusterWatch>,
+}
+
+impl Watched {
+    /// Whether it consumes, replies to or dead-letters to `topic`.
+    pub(crate) fn uses(&self, topic: &str) -> bool {
+        self.topics.iter().chain(&self.produces_to).any(|t| t == topic)
+    }
 }
 
 /// A client that only asks for metadata, with the consumers' connection
@@ -104,7 +114,10 @@ pub(crate) fn spawn(
                 return;
             }
         };
-        let mut topics: Vec<String> = subscribers.iter().flat_map(|s| s.topics.iter().cloned()).collect();
+        let mut topics: Vec<String> = subscribers
+            .iter()
+            .flat_map(|s| s.topics.iter().chain(&s.produces_to).cloned())
+            .collect();
         topics.sort();
         topics.dedup();
         let mut reminded: HashMap<String, Instant> = HashMap::new();
@@ -133,7 +146,7 @@ pub(crate) fn spawn(
                 let gone = missing.contains(topic);
                 let names: Vec<&str> = subscribers
                     .iter()
-                    .filter(|s| s.topics.contains(topic))
+                    .filter(|s| s.uses(topic))
                     .map(|s| s.name.as_str())
                     .collect();
                 match (gone, reminded.get(topic)) {
@@ -142,23 +155,23 @@ pub(crate) fn spawn(
                         tracing::warn!(
                             topic = &**topic,
                             subscribers = ?names,
-                            "subscribed topic `{topic}` does not exist; waiting for it (said again every {} s)",
+                            "topic `{topic}` does not exist; waiting for it (said again every {} s)",
                             REMIND_EVERY.as_secs()
                         );
                     }
                     (true, Some(&at)) if now.duration_since(at) >= REMIND_EVERY => {
                         reminded.insert(topic.clone(), now);
-                        tracing::warn!(topic = &**topic, subscribers = ?names, "subscribed topic `{topic}` still does not exist");
+                        tracing::warn!(topic = &**topic, subscribers = ?names, "topic `{topic}` still does not exist");
                     }
                     (false, Some(_)) => {
                         reminded.remove(topic);
-                        tracing::info!(topic = &**topic, subscribers = ?names, "subscribed topic `{topic}` exists now");
+                        tracing::info!(topic = &**topic, subscribers = ?names, "topic `{topic}` exists now");
                     }
                     _ => {}
                 }
             }
             for s in &subscribers {
-                let mine: Vec<String> = missing.iter().filter(|t| s.topics.contains(t)).cloned().collect();
+                let mine: Vec<String> = missing.iter().filter(|t| s.uses(t)).cloned().collect();
                 if let Ok(mut m) = s.stats.missing_topics.lock() {
                     *m = mine;
                 }
