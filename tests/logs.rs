@@ -306,6 +306,49 @@ async fn an_unreachable_cluster_is_said_once_and_so_is_its_return() {
     assert!(after.is_empty(), "said after the shutdown began: {after:#?}");
 }
 
+/// No ERROR at a clean shutdown (a new user's trial of a6d8e9a, bug 4): a
+/// subscriber's reply producer that outlives the embedded cluster (a
+/// handler still holds its context) reports the cluster's brokers down
+/// through kconc's cluster watch, which says nothing loud once the app has
+/// shut down. At a6d8e9a the producer used rdkafka's default context, which
+/// logged `Global error: AllBrokersDown` as an ERROR (through `log`, which
+/// this test's subscriber does not read: it fails then because the watch
+/// never hears of it, and with an ERROR of its own text when the producer's
+/// errors are logged loudly).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_producer_that_outlives_the_embedded_cluster_says_nothing_loud() {
+    let events = events();
+    let topic = "logs-outlived";
+    let held: Arc<Mutex<Option<kconc_runtime::Context>>> = Arc::default();
+    let h = held.clone();
+    let handler = kconc_runtime::Handler::with_context(move |_m: Message, cx| {
+        h.lock().unwrap().replace(cx);
+        async {}
+    });
+    let sub = Subscriber::from_handler("outlived", [topic], "outlived", handler).reply("logs-outlived.out");
+    let app = App::new().brokers("embedded").subscriber(sub).start().unwrap();
+    let producer = kconc_runtime::testing::TestProducer::new(app.bootstrap_servers()).unwrap();
+    producer.send(topic, Some(0), None, b"x").unwrap();
+    producer.flush(Duration::from_secs(30)).unwrap();
+    drop(producer);
+    wait_for("a message handled", DEADLINE, || held.lock().unwrap().is_some()).await;
+    let from = events.len();
+    drop(app.shutdown().await);
+    let cx = held.lock().unwrap().take().unwrap();
+    let _alive = cx.producer().unwrap();
+    let down = |e: &Event| e.1.get("message").is_some_and(|m| m.contains("brokers are down"));
+    wait_for("the outliving producer found the cluster gone", DEADLINE, || {
+        events.0.lock().unwrap()[from..].iter().any(down)
+    })
+    .await;
+    let loud: Vec<Event> = events
+        .loud(from)
+        .into_iter()
+        .filter(|e| e.1["message"].contains("librdkafka") || down(e))
+        .collect();
+    assert!(loud.is_empty(), "said loudly after the shutdown: {loud:#?}");
+}
+
 /// A subscribed topic that does not exist fails start-up by default,
 /// naming it; with `wait_for_topics` the app starts, and readiness, the
 /// metrics and the log name the topic until it exists.

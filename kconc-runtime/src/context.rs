@@ -3,6 +3,9 @@
 
 use std::sync::{Arc, OnceLock};
 
+use rdkafka::client::ClientContext;
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::error::KafkaError;
 use rdkafka::producer::FutureProducer;
 use rdkafka::ClientConfig;
 use tokio_util::sync::CancellationToken;
@@ -19,9 +22,49 @@ struct Shared {
     group: Arc<str>,
     shutdown: CancellationToken,
     producer_config: ClientConfig,
-    producer: OnceLock<Result<FutureProducer, String>>,
+    producer: OnceLock<Result<FutureProducer<ProducerHooks>, String>>,
+    /// Where the producer's librdkafka lines go (the app's view of its
+    /// cluster), if anywhere but the log.
+    watch: Option<Arc<crate::watch::ClusterWatch>>,
     states: States,
     reply: Option<Arc<str>>,
+}
+
+/// The rdkafka context of the producer a [`Context`] gives: its librdkafka
+/// log lines and errors go where the consumers' do (one line per repeated
+/// text, and no connection failure once the app shuts down: a producer a
+/// handler still holds then outlives the embedded cluster).
+pub struct ProducerHooks {
+    subscriber: Arc<str>,
+    watch: Option<Arc<crate::watch::ClusterWatch>>,
+}
+
+impl std::fmt::Debug for ProducerHooks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProducerHooks")
+            .field("subscriber", &self.subscriber)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClientContext for ProducerHooks {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        match &self.watch {
+            Some(watch) => watch.log(level, &self.subscriber, fac, log_message),
+            None => tracing::debug!(
+                subscriber = &*self.subscriber,
+                facility = fac,
+                "librdkafka: {log_message}"
+            ),
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        match &self.watch {
+            Some(watch) => watch.client_error(&self.subscriber, &error, reason),
+            None => tracing::warn!(subscriber = &*self.subscriber, error = %error, "librdkafka: {reason}"),
+        }
+    }
 }
 
 impl std::fmt::Debug for Context {
@@ -122,7 +165,17 @@ impl Context {
             producer: OnceLock::new(),
             states,
             reply: reply.map(Arc::from),
+            watch: None,
         }))
+    }
+
+    /// The same context, its producer's librdkafka lines going to `watch`
+    /// (as the consumers' do). Only before the context is shared.
+    pub(crate) fn watched_by(mut self, watch: Arc<crate::watch::ClusterWatch>) -> Self {
+        if let Some(shared) = Arc::get_mut(&mut self.0) {
+            shared.watch = Some(watch);
+        }
+        self
     }
 
     /// A context for calling a handler by hand (tests of handlers).
@@ -185,10 +238,19 @@ impl Context {
     ///
     /// Fails (every time, with the same message) if the producer cannot be
     /// created, e.g. on an invalid producer property.
-    pub fn producer(&self) -> Result<&FutureProducer, crate::Error> {
+    pub fn producer(&self) -> Result<&FutureProducer<ProducerHooks>, crate::Error> {
         self.0
             .producer
-            .get_or_init(|| self.0.producer_config.create().map_err(|e| e.to_string()))
+            .get_or_init(|| {
+                let hooks = ProducerHooks {
+                    subscriber: self.0.subscriber.clone(),
+                    watch: self.0.watch.clone(),
+                };
+                self.0
+                    .producer_config
+                    .create_with_context(hooks)
+                    .map_err(|e| e.to_string())
+            })
             .as_ref()
             .map_err(|e| {
                 crate::Error::Config(format!(

@@ -108,6 +108,7 @@ pub mod testing; // the test harness and helpers for tests and demos
 pub use app::{App, Running, Setup, ShutdownHandle, StatsHandle, SHUTDOWN_MARGIN};
 pub use config::{init_tracing, init_tracing_with, Cli, EMBEDDED};
 pub use context::Context;
+pub use context::ProducerHooks;
 pub use embedded::EmbeddedCluster;
 pub use engine::HandlerTimedOut;
 pub use error::{Error, SettingError};

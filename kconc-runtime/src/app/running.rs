@@ -273,6 +273,12 @@ impl Running {
                 http.task.abort();
             }
         }
+        // From here no connection failure is news (the watcher says the
+        // same when it stops; this does not wait for it): a producer a
+        // handler still holds may outlive the embedded cluster.
+        if let Some(w) = self.watched.first() {
+            w.cluster.close();
+        }
         (self.embedded.take(), failed.map_or(Ok(()), Err))
     }
 

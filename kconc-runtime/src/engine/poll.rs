@@ -57,7 +57,8 @@ pub(crate) fn start(
         &config,
         sub.states.clone(),
         sub.reply.as_deref(),
-    );
+    )
+    .watched_by(watch.clone());
     // A subscriber that produces (replies, dead letters) creates its
     // producer now, so its first message does not wait for the idempotent
     // producer's start (its producer id, a broker connection). An error

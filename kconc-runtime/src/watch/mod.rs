@@ -127,7 +127,9 @@ impl ClusterWatch {
                     reminded: now,
                 });
                 self.down.store(true, Ordering::Relaxed);
-                if !closed {
+                if closed {
+                    tracing::debug!(subscriber, "librdkafka (shutting down): {reported}");
+                } else {
                     tracing::error!(
                         brokers = &*self.brokers,
                         subscriber,
