@@ -154,3 +154,29 @@ async fn handler_timeout_cuts_a_hanging_handler_off_and_its_message_follows_the_
     assert!(stopped[0].reason.contains("handler_timeout"), "{stopped:?}");
     assert_eq!((stats.failed, stats.retried, stats.stopped), (3, 2, 1), "{stats:?}");
 }
+
+/// A partition held by its uncommitted window asks for its commit at once
+/// (review N4): with a commit batch and an interval that never come due
+/// (20,000 messages, an hour) and `max_uncommitted` 100, a partition of
+/// 1,000 instant messages is committed to its end. At a6d8e9a it read 100,
+/// waited for the interval, read 100 more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_held_by_its_window_asks_for_its_commit_at_once() {
+    let (topic, group) = ("window-commit", "g-window-commit");
+    let cluster = cluster(topic, 1);
+    let bootstrap = cluster.bootstrap_servers().to_owned();
+    let ends = produce(&bootstrap, topic, 1, 1_000, 10);
+    let sub = Subscriber::new("s", [topic], group, |_m: Message| async {})
+        .commit_batch_size(20_000)
+        .commit_interval(Duration::from_secs(3600))
+        .max_uncommitted(100);
+    let app = test_app(&bootstrap).subscriber(sub).start_in_test_mode().unwrap();
+    let stats = app.stats_handle("s").unwrap();
+    wait_for("committed to the end", DEADLINE, || {
+        committed(&bootstrap, group, topic, 1) == all_committed(&ends)
+    })
+    .await;
+    let s = stats.snapshot();
+    app.shutdown().await;
+    assert!(s.uncommitted_window_pauses >= 9, "the window held the partition: {s:?}");
+}

@@ -35,3 +35,36 @@ async fn two_subscribers_with_one_name_are_refused_naming_both_functions() {
     let err = code.start().unwrap_err().to_string();
     assert!(err.contains("two subscribers are named `audit`"), "{err}");
 }
+
+/// Two subscribers of one app in the same group that share a topic are
+/// refused, naming both (review N6): the group would split the topic's
+/// partitions between them, and each would see only some of its messages
+/// while the others' were committed past it. Different groups, or one group
+/// over different topics, are fine.
+#[tokio::test]
+async fn two_subscribers_of_one_group_sharing_a_topic_are_refused_naming_both() {
+    let sub = |name: &str, topics: &[&str], group: &str| {
+        Subscriber::new(name, topics.iter().copied(), group, |_m: Message| async {})
+    };
+    let err = App::new()
+        .brokers("embedded")
+        .subscriber(sub("audit", &["payments", "refunds"], "ledger"))
+        .subscriber(sub("archive", &["refunds"], "ledger"))
+        .start()
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("`audit` and `archive` are both in group `ledger` and both subscribe to `refunds`"),
+        "{err}"
+    );
+    for (a, b) in [("ledger", "archive-group"), ("ledger", "ledger")] {
+        let topics: &[&str] = if a == b { &["other"] } else { &["refunds"] };
+        let app = App::new()
+            .brokers("embedded")
+            .subscriber(sub("audit", &["payments", "refunds"], a))
+            .subscriber(sub("archive", topics, b))
+            .start()
+            .unwrap();
+        app.shutdown().await;
+    }
+}

@@ -2,9 +2,6 @@
 
 use std::sync::Arc;
 
-use rdkafka::message::{BorrowedMessage, Headers as _};
-use rdkafka::Message as _;
-
 thread_local! {
     /// Where a record's key and payload are joined before they are shared.
     static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
@@ -135,28 +132,6 @@ impl Message {
         };
         this.set_data(key, payload);
         this
-    }
-
-    /// Copies a fetched record. `topic` is shared between the messages of one
-    /// partition so that detaching does not allocate the topic name each time.
-    pub(crate) fn detach(topic: Arc<str>, msg: &BorrowedMessage<'_>) -> Self {
-        let headers = msg.headers().filter(|hs| hs.count() > 0).map(|hs| {
-            hs.iter()
-                .map(|h| Header {
-                    key: h.key.to_owned(),
-                    value: h.value.map(<[u8]>::to_vec),
-                })
-                .collect()
-        });
-        Self::from_parts(
-            topic,
-            msg.partition(),
-            msg.offset(),
-            msg.timestamp().to_millis(),
-            msg.key(),
-            msg.payload(),
-            headers,
-        )
     }
 
     /// Which attempt at handling this record this is: 1, then 2 on the

@@ -265,7 +265,9 @@ pub struct StoppedPartition {
     pub topic: String,
     /// The partition.
     pub partition: i32,
-    /// The offset of the message that failed its last attempt.
+    /// The offset of the message that failed its last attempt (-1: stopped
+    /// before its first message, because its messages cannot be read
+    /// apart from the consumer's).
     pub offset: i64,
     /// Why: the last attempt's error.
     pub reason: String,

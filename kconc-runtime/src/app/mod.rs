@@ -359,6 +359,24 @@ impl App {
                 });
             }
         }
+        // Two members of one group in one app split a shared topic's
+        // partitions between them: each handler would see only some of its
+        // messages, and the others would be committed past it.
+        for (i, a) in subs.iter().enumerate() {
+            for b in &subs[i + 1..] {
+                if let Some(topic) = (a.group == b.group)
+                    .then(|| a.topics.iter().find(|t| b.topics.contains(t)))
+                    .flatten()
+                {
+                    return Err(Error::Config(format!(
+                        "subscribers `{}` and `{}` are both in group `{}` and both subscribe to `{topic}`: \
+                         each would get only some of its partitions (and the other's are committed past it); \
+                         give each its own group, or handle the topic in one subscriber",
+                        a.name, b.name, a.group
+                    )));
+                }
+            }
+        }
         config::check_code_properties(&self.properties, &subs)?;
         if self.brokers_in_use().is_empty() {
             return Err(Error::Config("`brokers` (KCONC_BROKERS / --brokers) is empty".into()));

@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::error::RDKafkaErrorCode;
-use rdkafka::message::BorrowedMessage;
-use rdkafka::{Message as _, Offset};
+use rdkafka::Offset;
 
+use super::commit::CommitRequest;
 use super::event::MessageTag;
 use super::ffi::Polled;
 use super::rebalance::ClientHooks;
@@ -62,29 +62,6 @@ impl Engine {
                 }
             }
         }
-    }
-
-    /// Queues a message that came through the consumer's own queue (a
-    /// partition whose queue could not be split).
-    pub(super) fn dispatch(&mut self, msg: &BorrowedMessage<'_>) {
-        if self.closing {
-            return;
-        }
-        let t = self.topic_index(msg.topic());
-        if !self.topics[t].partitions.contains_key(&msg.partition()) {
-            // Not assigned here (any more): nothing of it is tracked or
-            // committed, so the message is simply not taken.
-            tracing::debug!(
-                subscriber = &*self.settings.name,
-                topic = msg.topic(),
-                partition = msg.partition(),
-                "a message of a partition not assigned here; not taken"
-            );
-            return;
-        }
-        let leader_epoch = ffi::leader_epoch(msg);
-        let msg = Message::detach(self.topics[t].name.clone(), msg);
-        self.enqueue(t, msg, leader_epoch);
     }
 
     /// Takes in a record read from partition `msg.partition()` of topic
@@ -202,13 +179,26 @@ impl Engine {
         }
         let n = self.order.len();
         let share = (self.settings.max_buffered / n).max(1);
+        let mut windows_full = Vec::new();
         for i in 0..n {
             let (t, p) = self.order[i];
             let held = self.topics[t]
                 .partitions
                 .get(&p)
                 .and_then(|ps| self.held_back(t, p, ps, share));
+            if held == Some(Held::Window) {
+                windows_full.push((t, p));
+            }
             self.set_paused(t, p, held);
+        }
+        // A partition held by its uncommitted window waits for its commits:
+        // what of it finished is asked for at once, not at the batch size or
+        // the interval (which may be far off).
+        if !windows_full.is_empty() {
+            let positions = self.positions(&windows_full);
+            if !positions.is_empty() {
+                self.committer.request(CommitRequest::Positions(positions));
+            }
         }
         let mut read = 0;
         loop {

@@ -354,13 +354,6 @@ pub(crate) fn committed_metadata(tpl: &rdkafka::TopicPartitionList) -> Vec<(Stri
     }
 }
 
-/// The leader epoch a record of the consumer's own queue was written in
-/// (-1: not known); rdkafka does not wrap it.
-pub(crate) fn leader_epoch(msg: &rdkafka::message::BorrowedMessage<'_>) -> i32 {
-    // SAFETY: the message is live while borrowed; the call reads a field.
-    unsafe { rd::rd_kafka_message_leader_epoch(msg.ptr()) }
-}
-
 /// Sets the leader epoch of the element at `index` of `tpl` (KIP-320:
 /// committed with its offset); rdkafka does not wrap it. Out of range: nothing.
 pub(crate) fn set_leader_epoch(tpl: &mut rdkafka::TopicPartitionList, index: usize, epoch: i32) {

@@ -172,14 +172,23 @@ pub(super) fn poll_loop(consumer: &BaseConsumer<ClientHooks>, shutdown: &Cancell
             // Only forgetting is left to the committer.
             return (Instant::now() + Duration::from_secs(1), Err(why));
         }
-        // Rebalances and errors (and the messages of any unsplit partition):
-        // served on every turn, however far behind the handlers are.
+        // Rebalances and errors: served on every turn, however far behind
+        // the handlers are.
         let mut polled = 0;
         for _ in 0..POLL_BATCH {
             match consumer.poll(Duration::ZERO) {
                 Some(Ok(msg)) => {
+                    // Every assigned partition's messages come through its
+                    // own queue (or, where it could not be split, it is
+                    // stopped: see `Engine::unsplit`); one here belongs to
+                    // neither, and is not taken.
                     consumer.context().watch.reachable();
-                    with_engine(consumer, |e| e.dispatch(&msg));
+                    tracing::debug!(
+                        subscriber = &*consumer.context().subscriber,
+                        topic = rdkafka::Message::topic(&msg),
+                        partition = rdkafka::Message::partition(&msg),
+                        "a message of a partition not read here; not taken"
+                    );
                     polled += 1;
                 }
                 Some(Err(e)) => {

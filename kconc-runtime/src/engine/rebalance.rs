@@ -183,29 +183,29 @@ impl Engine {
         let consumer = self.consumer.upgrade();
         for el in tpl.elements() {
             let t = self.topic_index(el.topic());
+            let p = el.partition();
+            // Assigned again without a revoke in between (eager protocol):
+            // what waited under the old assignment is read again from the
+            // committed offset. Its queue handle goes first: dropping it
+            // disables the wake-up callback of the librdkafka queue that the
+            // new handle shares.
+            self.forget_unstarted(t, p);
+            if let Some(old) = self.topics[t].partitions.get_mut(&p) {
+                drop(old.queue.take());
+            }
             let mut state = self.new_partition();
             if let Some(consumer) = &consumer {
-                state.queue = ffi::split(consumer, el.topic(), el.partition()).map(|mut q| {
+                state.queue = ffi::split(consumer, el.topic(), p).map(|mut q| {
                     let wake = self.wake.clone();
                     q.set_nonempty_callback(move || {
                         let _ = wake.send(Event::Wake);
                     });
                     q
                 });
+                if state.queue.is_none() {
+                    self.unsplit(&mut state, t, p);
+                }
             }
-            if state.queue.is_none() {
-                tracing::warn!(
-                    subscriber = &*self.settings.name,
-                    topic = el.topic(),
-                    partition = el.partition(),
-                    "could not split the partition's queue; its messages come through the consumer queue"
-                );
-            }
-            // Assigned again without a revoke in between (eager protocol):
-            // what waited under the old assignment is read again from the
-            // committed offset.
-            let p = el.partition();
-            self.forget_unstarted(t, p);
             self.topics[t].partitions.insert(p, state);
             self.dispatcher.stats().set_assigned(el.topic(), p, true);
         }
@@ -396,6 +396,28 @@ impl Engine {
             "the finished offsets committed with this partition's offset were written for another log: {why}; \
              not used (nothing is skipped; they are handled again)"
         );
+    }
+
+    /// A partition whose queue librdkafka could not split off the
+    /// consumer's (it has no partition object for it; not seen in
+    /// practice): its messages would come through the consumer's queue,
+    /// past every bound and stop kconc keeps, so it is stopped before its
+    /// first message instead: nothing of it is handled or committed until it
+    /// is assigned again or the program restarts, and health says why.
+    pub(super) fn unsplit(&self, state: &mut PartitionState, t: usize, p: i32) {
+        let reason = "its messages cannot be read apart from the consumer's (librdkafka gave no queue for the \
+                      partition); nothing of it is handled or committed until it is assigned again or the program \
+                      restarts";
+        tracing::error!(
+            subscriber = &*self.settings.name,
+            topic = &*self.topics[t].name,
+            partition = p,
+            "partition stopped: {reason}"
+        );
+        state.stop_at(i64::MIN);
+        let stats = self.dispatcher.stats();
+        stats.stopped.fetch_add(1, Ordering::Relaxed);
+        stats.set_stopped(&self.topics[t].name, p, Some((-1, reason.to_owned())));
     }
 
     pub(super) fn rebuild_order(&mut self) {
@@ -628,5 +650,31 @@ impl Engine {
                 .request(CommitRequest::Forget(vec![(self.key(t, p), old_epoch)]));
         }
         self.topics[t].partitions.insert(p, state);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_util::TestEngine;
+    use crate::message::Message;
+    use crate::subscriber::Subscriber;
+
+    /// A partition whose queue could not be split (review N3: its messages
+    /// would come through the consumer's queue past every bound and stop)
+    /// is stopped before its first message, and says why; nothing of it
+    /// starts or is read.
+    #[test]
+    fn a_partition_that_cannot_be_split_is_stopped_before_its_first_message() {
+        let mut te = TestEngine::new(&Subscriber::new("s", ["t"], "g", |_m: Message| async {}));
+        te.assign("t", 1);
+        let mut state = te.engine.new_partition();
+        te.engine.unsplit(&mut state, 0, 0);
+        te.engine.topics[0].partitions.insert(0, state);
+        let ps = &te.engine.topics[0].partitions[&0];
+        assert!(ps.holds_back(0) && ps.holds_back(i64::MAX));
+        assert_eq!(te.engine.fill(), 0);
+        let stopped = te.engine.dispatcher.stats().stopped_partitions();
+        assert_eq!((stopped.len(), stopped[0].offset), (1, -1), "{stopped:?}");
+        assert!(stopped[0].reason.contains("cannot be read apart"), "{stopped:?}");
     }
 }

@@ -177,10 +177,14 @@ pub(crate) fn subscriber_health(w: &Watched, t: &HealthThresholds) -> Subscriber
     let mut degraded = false;
     for p in &stopped {
         degraded = true;
-        problems.push(format!(
-            "partition {}[{}] stopped at offset {} by the error policy: {}",
-            p.topic, p.partition, p.offset, p.reason
-        ));
+        problems.push(if p.offset < 0 {
+            format!("partition {}[{}] stopped: {}", p.topic, p.partition, p.reason)
+        } else {
+            format!(
+                "partition {}[{}] stopped at offset {} by the error policy: {}",
+                p.topic, p.partition, p.offset, p.reason
+            )
+        });
     }
     let stalled = stalled_partitions(s, t, now);
     for p in &stalled {
