@@ -16,6 +16,8 @@
 //!   `partitions / 10 ms` = 800 msg/s.
 //!
 //! `--only NAME[,NAME..]` runs some of them: noop, io, key, key100, partition.
+//! `--low-rate` measures the offset commit requests at 8 partitions x 10
+//! msg/s (see `low_rate`).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -26,6 +28,7 @@ use kconc_runtime::rdkafka::{ClientConfig, Message as _};
 use kconc_runtime::testing::TestProducer;
 use kconc_runtime::{App, EmbeddedCluster, FirstPoll, Message, OrderingMode as Mode, Subscriber};
 
+mod low_rate;
 mod metadata;
 mod separate;
 
@@ -153,6 +156,8 @@ struct Options {
     smoke: bool,
     /// `--metadata`: the cost of the finished offsets in commit metadata.
     metadata: bool,
+    /// `--low-rate`: the commit requests at 8 partitions x 10 msg/s.
+    low_rate: bool,
 }
 
 impl Options {
@@ -181,6 +186,7 @@ fn options() -> Result<Options, String> {
         exit: false,
         smoke: false,
         metadata: false,
+        low_rate: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -218,6 +224,7 @@ fn options() -> Result<Options, String> {
             "--separate" => o.separate = true,
             "--exit" => o.exit = true,
             "--metadata" => o.metadata = true,
+            "--low-rate" => o.low_rate = true,
             "--brokers" => o.brokers = Some(args.next().ok_or("--brokers needs a value")?),
             "--runs" => {
                 o.runs = args
@@ -233,7 +240,7 @@ fn options() -> Result<Options, String> {
             }
             "--help" | "-h" => {
                 println!(
-                    "usage: kconc-bench [--smoke] [--brokers HOST:PORT] [--runs N] [--messages N] [--only {}] [--first-poll auto|poll_thread|worker] [--svg FILE] [--separate] [--exit] [--metadata]",
+                    "usage: kconc-bench [--smoke] [--brokers HOST:PORT] [--runs N] [--messages N] [--only {}] [--first-poll auto|poll_thread|worker] [--svg FILE] [--separate] [--exit] [--metadata] [--low-rate]",
                     WORKLOADS.join(",")
                 );
                 std::process::exit(0);
@@ -582,7 +589,7 @@ async fn run() -> Result<(), String> {
             cluster
                 .create_topic("bench-noop", PARTITIONS)
                 .map_err(|e| e.to_string())?;
-            for topic in ["bench-io", "bench-key100", "bench-separate"] {
+            for topic in ["bench-io", "bench-key100", "bench-separate", "bench-low-rate"] {
                 cluster.create_topic(topic, PARTITIONS).map_err(|e| e.to_string())?;
             }
             cluster.bootstrap_servers().to_owned()
@@ -591,6 +598,12 @@ async fn run() -> Result<(), String> {
     if o.metadata || o.smoke {
         tokio::task::block_in_place(|| metadata::run(&bootstrap, "bench-io"))?;
         if o.metadata {
+            return Ok(());
+        }
+    }
+    if o.low_rate || o.smoke {
+        low_rate::run(&bootstrap, o.brokers.is_none(), if o.smoke { 3 } else { 20 }).await?;
+        if o.low_rate {
             return Ok(());
         }
     }
