@@ -334,6 +334,58 @@ async fn an_idle_partition_is_committed_at_once() {
     app.shutdown().await;
 }
 
+/// Idle commits do not flood the coordinator (issue 28): with fetches
+/// answered per record (`fetch.wait.max.ms=5`, as Kafka's long poll
+/// answers; the mock cluster otherwise gathers several records per fetch),
+/// 4 partitions x 25 msg/s for 2 s make at most one idle-commit request per
+/// 100 ms (`commit_interval / 10`, at most 100 ms), not one per message,
+/// and the end is still committed long before the interval (an hour).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_commits_are_bounded_at_a_low_rate() {
+    let (topic, group) = ("idle-bounded", "g-idle-bounded");
+    let cluster = cluster(topic, 4);
+    let bootstrap = cluster.bootstrap_servers().to_owned();
+    let sub = Subscriber::new("s", [topic], group, |_m: Message| async {}).commit_interval(Duration::from_secs(3600));
+    let app = test_app(&bootstrap)
+        .property("fetch.wait.max.ms", "5")
+        .subscriber(sub)
+        .start_in_test_mode()
+        .unwrap();
+    let stats = app.stats_handle("s").unwrap();
+    wait_for("assigned", DEADLINE, || stats.assigned_partitions().len() == 4).await;
+    let started = Instant::now();
+    let b = bootstrap.clone();
+    let ends = tokio::task::spawn_blocking(move || {
+        let producer = kconc_runtime::testing::TestProducer::new(&b).unwrap();
+        for i in 0..200u32 {
+            producer.send(topic, Some((i % 4) as i32), None, b"x").unwrap();
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let ends = producer.flush(Duration::from_secs(30)).unwrap();
+        (0..4).map(|p| ends[&(topic.to_owned(), p)]).collect::<Vec<i64>>()
+    })
+    .await
+    .unwrap();
+    wait_for("committed to the end", DEADLINE, || {
+        committed(&bootstrap, group, topic, 4) == all_committed(&ends)
+    })
+    .await;
+    let took = started.elapsed();
+    let s = stats.snapshot();
+    app.shutdown().await;
+    let bound = took.as_millis() as u64 / 100 + 2;
+    assert!(
+        s.idle_commits <= bound,
+        "{} idle-commit requests in {took:?} for {} messages: more than one per 100 ms; {s:?}",
+        s.idle_commits,
+        s.handled
+    );
+    assert!(
+        s.handled >= 200 && bound < 200,
+        "the bound must be below one per message to prove anything"
+    );
+}
+
 /// Static membership, on the mock cluster's KIP-848 group protocol
 /// (`group.protocol=consumer`; its classic coordinator treats a rejoining
 /// static member as a new one): two members, each with its own

@@ -99,6 +99,12 @@ const PARTITION_BATCH: usize = 64;
 /// Messages read from partition queues in one turn of the poll loop, at
 /// most, before it polls the consumer again for rebalances and errors.
 const TURN_READS: usize = 4096;
+/// Idle commits are asked for at most this often (each request covers every
+/// partition idle by then), or every tenth of `commit_interval` if that is
+/// shorter: at a low rate, where each record comes in a fetch of its own
+/// (as Kafka's long poll answers), every message would otherwise make its
+/// own OffsetCommit.
+const IDLE_COMMIT_GAP: Duration = Duration::from_millis(100);
 /// Messages one `fill` reads at most: handlers that end on their first
 /// poll free their slots as fast as it reads, so without a bound it would
 /// read the whole backlog before the loop commits or serves a rebalance.
@@ -301,6 +307,8 @@ struct Engine {
     running: usize,
     finished_since_commit: usize,
     last_commit: Instant,
+    /// When idle partitions were last asked to be committed.
+    last_idle_commit: Option<Instant>,
     /// Shutdown has begun: nothing more is dispatched.
     closing: bool,
     /// This subscriber's shutdown signal: once it is given, nothing more

@@ -21,7 +21,7 @@ use super::rebalance::ClientHooks;
 use super::retry::Retries;
 use super::schedule::Schedule;
 use super::shutdown::{close, drain_on_shutdown};
-use super::{with_engine, Engine, Settings, POLL_BATCH, TURN_READS};
+use super::{with_engine, Engine, Settings, IDLE_COMMIT_GAP, POLL_BATCH, TURN_READS};
 use crate::stats::Stats;
 use crate::subscriber::Subscriber;
 use crate::watch::ClusterWatch;
@@ -297,6 +297,7 @@ impl Engine {
             running: 0,
             finished_since_commit: 0,
             last_commit: Instant::now(),
+            last_idle_commit: None,
             last_watermarks: 0,
             closing: false,
             shutdown,
@@ -410,9 +411,15 @@ impl Engine {
     /// asked for, in one request: a crash after a backlog drains then
     /// redelivers nothing of them. The committer coalesces requests that
     /// come while a commit is under way. Once per turn of the poll loop
-    /// (it looks at every partition).
+    /// (it looks at every partition), and a request at most every
+    /// [`IDLE_COMMIT_GAP`] (or tenth of `commit_interval`): what goes idle
+    /// meanwhile waits for the next turn after it.
     pub(super) fn commit_idle(&mut self) {
         if self.finished_since_commit == 0 || self.closing {
+            return;
+        }
+        let gap = (self.settings.commit_interval / 10).min(IDLE_COMMIT_GAP);
+        if self.last_idle_commit.is_some_and(|at| at.elapsed() < gap) {
             return;
         }
         let idle: Vec<(usize, i32)> = self
@@ -435,6 +442,7 @@ impl Engine {
         }
         let positions = self.positions(&idle);
         if !positions.is_empty() {
+            self.last_idle_commit = Some(Instant::now());
             self.dispatcher
                 .stats()
                 .idle_commits
