@@ -830,3 +830,50 @@ async fn records_compressed_with_every_codec_are_read() {
         assert_all_handled(&rec.counts(), &[200]);
     }
 }
+
+/// Moving past a long unreadable batch (review N8): its end is searched for
+/// by doubling, then halving, the distance the fetch is moved, so a batch
+/// of 2,000 records costs about 2 log2 2,000 (22) fetches instead of 2,000,
+/// and every readable record after it is still handled, in both policies
+/// that move past it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_unreadable_batch_is_passed_in_a_few_fetches() {
+    for policy in ["skip", "dead_letter"] {
+        let topic = format!("unreadable-long-{policy}");
+        let (group, dlq) = (format!("g-{topic}"), format!("{topic}.dlq"));
+        let cluster = cluster(&topic, 1);
+        cluster.create_topic(&dlq, 1).unwrap();
+        let bootstrap = cluster.bootstrap_servers().to_owned();
+        produce(&bootstrap, &topic, 1, 3, 1);
+        assert_eq!(produce_unreadable_batch(&bootstrap, &topic, 0, 2_000), 3);
+        let ends = produce(&bootstrap, &topic, 1, 5, 1);
+        assert_eq!(ends, [2_008]);
+        let rec = Recorder::new();
+        let r = rec.clone();
+        let sub = Subscriber::new("long", [topic.as_str()], group.as_str(), move |m: Message| {
+            let r = r.clone();
+            async move {
+                let _g = r.start(&m);
+            }
+        });
+        let sub = match policy {
+            "skip" => sub,
+            _ => sub.dead_letter(dlq.as_str()),
+        };
+        let app = test_app(&bootstrap).subscriber(sub).start_in_test_mode().unwrap();
+        wait_for(&format!("{policy}: committed to the end"), DEADLINE, || {
+            committed(&bootstrap, &group, &topic, 1) == all_committed(&ends)
+        })
+        .await;
+        let stats = app.stats("long").unwrap();
+        app.shutdown().await;
+        let handled: Vec<i64> = rec.by_partition().remove(&0).unwrap_or_default();
+        assert_eq!(handled, vec![0, 1, 2, 2_003, 2_004, 2_005, 2_006, 2_007], "{policy}");
+        assert_eq!(stats.records_unreadable, 1, "{policy}: {stats:?}");
+        assert!(
+            stats.unreadable_fetch_moves <= 24,
+            "{policy}: {} fetch moves for a batch of 2,000",
+            stats.unreadable_fetch_moves
+        );
+    }
+}

@@ -137,6 +137,9 @@ stats! {
         /// the error policy.
         unreadable as records_unreadable: sum, metric "records_unreadable"
             "Record batches librdkafka could not read (corrupt or undecompressable), each failed under the error policy";
+        /// Times the fetch was moved to find the end of an unreadable
+        /// record batch (about `2 log2` of its length each).
+        unreadable_probes as unreadable_fetch_moves: sum;
         /// Messages not handed to a handler because the commit metadata of
         /// their partition says they finished before (under an earlier
         /// assignment, or before a restart).

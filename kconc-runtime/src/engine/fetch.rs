@@ -10,6 +10,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::Offset;
 
+use super::batch_end::BatchEnd;
 use super::commit::CommitRequest;
 use super::event::MessageTag;
 use super::ffi::Polled;
@@ -72,12 +73,22 @@ impl Engine {
         let Some(ps) = self.topics[t].partitions.get_mut(&msg.partition()) else {
             return;
         };
-        // A record past an unreadable batch: the partition is past it.
-        if ps
-            .unreadable
-            .is_some_and(|u| u.probe.is_some_and(|probe| msg.offset() >= probe))
-        {
-            ps.unreadable = None;
+        // A record at or past where the fetch was moved after an unreadable
+        // batch: that is past the batch. If it is not where the batch
+        // ends, the search goes back below it, and the record is not taken
+        // (it is read again).
+        if let Some(mut u) = ps.unreadable {
+            if let Some(probe) = u.probe.filter(|&probe| msg.offset() >= probe) {
+                match u.search.past(probe).filter(|_| !u.listed) {
+                    None => ps.unreadable = None,
+                    Some(next) => {
+                        u.probe = Some(next);
+                        ps.unreadable = Some(u);
+                        self.move_fetch(t, msg.partition(), next);
+                        return;
+                    }
+                }
+            }
         }
         let mut first = ps.offsets.is_untouched();
         let dropped = (first && ps.start_reading(msg.offset())).then_some(ps.inherited_base);
@@ -285,9 +296,9 @@ impl Engine {
     /// `records_unreadable`: `stop` stops the partition there; `skip`
     /// commits past it and `dead_letter` first produces a dead letter for
     /// it (no key or payload: only where it was and why), and then the fetch
-    /// is moved past the batch, one offset at a time (a fetch anywhere in the
-    /// batch returns the whole batch, and its end is not reported), so no
-    /// readable record after it is passed over.
+    /// is moved to find where the batch ends (a fetch anywhere in the batch
+    /// returns the whole batch, and its end is not reported: see
+    /// [`BatchEnd`]), so no readable record after it is passed over.
     ///
     /// Where the committed metadata lists the batch's offsets as finished
     /// (its previous owner routed it already), the fetch is moved past them
@@ -303,21 +314,36 @@ impl Engine {
             // Reported again while the partition stands stopped there.
             return;
         }
-        if let Some(u) = ps.unreadable.filter(|u| u.at == at) {
+        if let Some(mut u) = ps.unreadable.filter(|u| u.at == at) {
             // The fetch moved to `probe` is still inside the batch.
             let Some(probe) = u.probe else {
                 return;
             };
             if !u.listed {
-                self.seek_past(t, p, at, probe + 1, false);
+                let next = u.search.inside(probe);
+                u.probe = Some(next);
+                ps.unreadable = Some(u);
+                self.move_fetch(t, p, next);
             } else if ps.inherited_lists(probe) {
                 self.count_done_before();
-                self.seek_past(t, p, at, probe + 1, true);
+                self.pass_listed(t, p, at, probe + 1);
             } else {
                 ps.offsets.dispatched(probe);
                 self.route_unreadable(t, p, at, probe, code, reason);
             }
             return;
+        }
+        if let Some(mut u) = ps.unreadable.filter(|u| !u.listed && at > u.at) {
+            // Another unreadable batch, where the fetch was moved to find
+            // the end of this one: that is past it.
+            if let Some(next) = u.probe.and_then(|probe| u.search.past(probe.min(at))) {
+                u.probe = Some(next);
+                ps.unreadable = Some(u);
+                self.move_fetch(t, p, next);
+                return;
+            }
+            // It ends where the other begins, which comes next.
+            ps.unreadable = None;
         }
         if ps.offsets.last_dispatched().is_some_and(|last| at <= last) {
             // A report of what is already passed: nothing new.
@@ -336,7 +362,7 @@ impl Engine {
             // lists it): move past it without doing so again, as far as
             // the metadata lists the batch.
             self.count_done_before();
-            self.seek_past(t, p, at, at + 1, true);
+            self.pass_listed(t, p, at, at + 1);
             return;
         }
         self.route_unreadable(t, p, at, at, code, reason);
@@ -386,6 +412,7 @@ impl Engine {
                     at,
                     probe: None,
                     listed: false,
+                    search: BatchEnd::from(from, None),
                 });
                 let stats = self.dispatcher.stats();
                 stats.stopped.fetch_add(1, Ordering::Relaxed);
@@ -396,30 +423,60 @@ impl Engine {
                 self.dispatcher.stats().skipped.fetch_add(1, Ordering::Relaxed);
                 ps.offsets.finished(from);
                 self.finished_since_commit += 1;
-                self.seek_past(t, p, at, from + 1, false);
+                self.search_end(t, p, at, from);
             }
             OnError::DeadLetter(_) => {
                 ps.running += 1;
                 self.running += 1;
                 self.dispatcher.dead_letter(slot, Message::new(&topic, p, from), error);
                 self.dispatcher.flush();
-                self.seek_past(t, p, at, from + 1, false);
+                self.search_end(t, p, at, from);
             }
         }
     }
 
     /// Moves the fetch of partition `p` (past an unreadable batch at `at`)
-    /// to `to`; `listed`: the metadata listed every offset of the batch
-    /// before `to`.
-    pub(super) fn seek_past(&mut self, t: usize, p: i32, at: i64, to: i64, listed: bool) {
-        let topic = self.topics[t].name.clone();
+    /// to `to`, one offset further than the last: the metadata listed every
+    /// offset of the batch before `to`.
+    fn pass_listed(&mut self, t: usize, p: i32, at: i64, to: i64) {
         if let Some(ps) = self.topics[t].partitions.get_mut(&p) {
             ps.unreadable = Some(Unreadable {
                 at,
                 probe: Some(to),
-                listed,
+                listed: true,
+                search: BatchEnd::from(to - 1, None),
             });
         }
+        self.move_fetch(t, p, to);
+    }
+
+    /// Starts the search for the end of the unreadable batch at `at`, whose
+    /// offsets up to `from` are routed (see [`BatchEnd`]).
+    fn search_end(&mut self, t: usize, p: i32, at: i64, from: i64) {
+        let end = self
+            .consumer
+            .upgrade()
+            .and_then(|c| ffi::cached_high_watermark(&c, &self.topics[t].name, p));
+        let search = BatchEnd::from(from, end);
+        let probe = search.probe();
+        if let Some(ps) = self.topics[t].partitions.get_mut(&p) {
+            ps.unreadable = Some(Unreadable {
+                at,
+                probe: Some(probe),
+                listed: false,
+                search,
+            });
+        }
+        self.move_fetch(t, p, probe);
+    }
+
+    /// Moves the fetch of partition `p` of topic `t` to `to`.
+    fn move_fetch(&mut self, t: usize, p: i32, to: i64) {
+        self.dispatcher
+            .stats()
+            .unreadable_probes
+            .fetch_add(1, Ordering::Relaxed);
+        let topic = self.topics[t].name.clone();
         let Some(consumer) = self.consumer.upgrade() else {
             return;
         };

@@ -18,6 +18,7 @@
 //! - `commit`: the committer thread.
 //! - `rebalance`: assignments, revokes and each partition's epoch.
 //! - `retry`: failed messages waiting for their backoff.
+//! - `batch_end`: finding where a record batch librdkafka cannot read ends.
 //! - `shutdown`: drain, final commit, close.
 //! - `ffi`: the librdkafka calls rdkafka does not wrap (the only `unsafe`).
 //! - `hash`: a cheap hasher for the engine's small keys.
@@ -45,6 +46,7 @@
 //! would do the same but purges the prefetched messages, and every resume
 //! then waits up to `fetch.wait.max.ms` for a refetch.)
 
+mod batch_end;
 mod commit;
 mod complete;
 mod dispatch;
@@ -275,8 +277,11 @@ struct Unreadable {
     /// `None` once the partition is stopped there.
     probe: Option<i64>,
     /// The committed metadata listed every offset of the batch before
-    /// `probe` as finished before (they were moved past without the policy).
+    /// `probe` as finished before (they were moved past without the policy,
+    /// one at a time: each must be listed).
     listed: bool,
+    /// Otherwise, the search for the batch's end.
+    search: batch_end::BatchEnd,
 }
 
 /// Everything the poll thread knows. Lives in the consumer's context so the
