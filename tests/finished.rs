@@ -521,6 +521,41 @@ async fn an_unreadable_batch_is_passed_only_as_far_as_the_metadata_lists_it() {
     }
 }
 
+/// A partition of `before` records whose group committed `base` with
+/// `listed` as finished above it; once the records at and after where it
+/// starts reading (`from`) are handled, `after` more are produced. Returns
+/// what was handled, in order, and the counters, once all is committed.
+async fn inherited_case(
+    topic: &str,
+    before: usize,
+    (base, listed): (i64, &[i64]),
+    from: i64,
+    after: usize,
+) -> (Vec<i64>, kconc_runtime::StatsSnapshot) {
+    let group = format!("g-{topic}");
+    let cluster = cluster(topic, 1);
+    let bootstrap = cluster.bootstrap_servers().to_owned();
+    produce(&bootstrap, topic, 1, before, 5);
+    let (metadata, _) = kconc_runtime::__private::encode_finished(base, listed).unwrap();
+    kconc_runtime::testing::commit_with_metadata(&bootstrap, &group, topic, 0, base, &metadata).unwrap();
+    let recorder = Recorder::new();
+    let app = test_app(&bootstrap)
+        .subscriber(recording("s", topic, &group, &recorder))
+        .start_in_test_mode()
+        .unwrap();
+    let stats = app.stats_handle("s").unwrap();
+    let first = before - from as usize;
+    wait_for("the first records handled", DEADLINE, || recorder.distinct() == first).await;
+    let ends = produce(&bootstrap, topic, 1, after, 5);
+    assert_eq!(ends, [(before + after) as i64]);
+    wait_for("committed to the end", DEADLINE, || {
+        committed(&bootstrap, &group, topic, 1) == all_committed(&ends)
+    })
+    .await;
+    app.shutdown().await;
+    (recorder.by_partition().remove(&0).unwrap_or_default(), stats.snapshot())
+}
+
 /// The review's case (M1): the group's committed offset, and the finished
 /// offsets in its metadata, come from a longer log than the partition has
 /// now (the topic was deleted and created again, or the log truncated):
@@ -530,28 +565,8 @@ async fn an_unreadable_batch_is_passed_only_as_far_as_the_metadata_lists_it() {
 /// 12-14 were committed unhandled.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_set_from_a_longer_log_skips_nothing() {
-    let (topic, group) = ("finished-longer-log", "g-finished-longer-log");
-    let cluster = cluster(topic, 1);
-    let bootstrap = cluster.bootstrap_servers().to_owned();
-    produce(&bootstrap, topic, 1, 5, 5);
-    let (metadata, _) = kconc_runtime::__private::encode_finished(10, &[12, 13, 14]).unwrap();
-    kconc_runtime::testing::commit_with_metadata(&bootstrap, group, topic, 0, 10, &metadata).unwrap();
-    let recorder = Recorder::new();
-    let app = test_app(&bootstrap)
-        .subscriber(recording("s", topic, group, &recorder))
-        .start_in_test_mode()
-        .unwrap();
-    let stats = app.stats_handle("s").unwrap();
-    wait_for("the 5 records handled", DEADLINE, || recorder.distinct() == 5).await;
-    let ends = produce(&bootstrap, topic, 1, 15, 5);
-    assert_eq!(ends, [20]);
-    wait_for("committed to the end", DEADLINE, || {
-        committed(&bootstrap, group, topic, 1) == all_committed(&ends)
-    })
-    .await;
-    app.shutdown().await;
-    let s = stats.snapshot();
-    assert_eq!(recorder.by_partition()[&0], (0..20).collect::<Vec<_>>(), "{s:?}");
+    let (handled, s) = inherited_case("finished-longer-log", 5, (10, &[12, 13, 14]), 0, 15).await;
+    assert_eq!(handled, (0..20).collect::<Vec<_>>(), "{s:?}");
     assert_eq!((s.skipped_already_done, s.commit_metadata_stale), (0, 1), "{s:?}");
 }
 
@@ -561,27 +576,8 @@ async fn a_set_from_a_longer_log_skips_nothing() {
 /// written later, is a new record and is handled.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_set_past_the_partitions_end_skips_nothing() {
-    let (topic, group) = ("finished-past-end", "g-finished-past-end");
-    let cluster = cluster(topic, 1);
-    let bootstrap = cluster.bootstrap_servers().to_owned();
-    produce(&bootstrap, topic, 1, 10, 5);
-    let (metadata, _) = kconc_runtime::__private::encode_finished(5, &[12]).unwrap();
-    kconc_runtime::testing::commit_with_metadata(&bootstrap, group, topic, 0, 5, &metadata).unwrap();
-    let recorder = Recorder::new();
-    let app = test_app(&bootstrap)
-        .subscriber(recording("s", topic, group, &recorder))
-        .start_in_test_mode()
-        .unwrap();
-    let stats = app.stats_handle("s").unwrap();
-    wait_for("offsets 5-9 handled", DEADLINE, || recorder.distinct() == 5).await;
-    let ends = produce(&bootstrap, topic, 1, 10, 5);
-    wait_for("committed to the end", DEADLINE, || {
-        committed(&bootstrap, group, topic, 1) == all_committed(&ends)
-    })
-    .await;
-    app.shutdown().await;
-    let s = stats.snapshot();
-    assert_eq!(recorder.by_partition()[&0], (5..20).collect::<Vec<_>>(), "{s:?}");
+    let (handled, s) = inherited_case("finished-past-end", 10, (5, &[12]), 5, 10).await;
+    assert_eq!(handled, (5..20).collect::<Vec<_>>(), "{s:?}");
     assert_eq!((s.skipped_already_done, s.commit_metadata_stale), (0, 1), "{s:?}");
 }
 

@@ -611,13 +611,11 @@ mod tests {
         );
     }
 
-    /// A commit fails, and what it held is then forgotten (its partitions
-    /// revoked): nothing is left to commit, so commits are not failing any
-    /// more. The flag used to stay set for ever, and health then reported
-    /// "commits failing" until a restart.
-    #[test]
-    fn the_commit_failure_flag_clears_once_nothing_is_left_to_commit() {
-        use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+    /// A committer on a mock cluster whose next OffsetCommit fails with
+    /// `error`, and its counters (the cluster lives as long as it is kept).
+    fn committer_whose_next_commit_fails(
+        error: rdkafka::types::RDKafkaRespErr,
+    ) -> (crate::EmbeddedCluster, Committer, Arc<Stats>) {
         let cluster = crate::EmbeddedCluster::start(1).unwrap();
         cluster.create_topic("t", 1).unwrap();
         let consumer: BaseConsumer = cluster
@@ -626,13 +624,24 @@ mod tests {
             .set("enable.auto.commit", "false")
             .create()
             .unwrap();
-        cluster.mock().unwrap().request_errors(
-            RDKafkaApiKey::OffsetCommit,
-            &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_REBALANCE_IN_PROGRESS],
-        );
+        cluster
+            .mock()
+            .unwrap()
+            .request_errors(rdkafka::types::RDKafkaApiKey::OffsetCommit, &[error]);
         let stats = Arc::new(Stats::default());
         let (events, _events) = mpsc::channel();
         let committer = Committer::spawn("s", "g".into(), Arc::new(consumer), stats.clone(), events).unwrap();
+        (cluster, committer, stats)
+    }
+
+    /// A commit fails, and what it held is then forgotten (its partitions
+    /// revoked): nothing is left to commit, so commits are not failing any
+    /// more. The flag used to stay set for ever, and health then reported
+    /// "commits failing" until a restart.
+    #[test]
+    fn the_commit_failure_flag_clears_once_nothing_is_left_to_commit() {
+        let (_cluster, committer, stats) =
+            committer_whose_next_commit_fails(rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_REBALANCE_IN_PROGRESS);
         committer.request(CommitRequest::Positions(vec![w(0, 1, 10, None)]));
         let flushed = committer.flush(vec![(key(0), 1)], Instant::now() + Duration::from_secs(30));
         assert!(flushed.is_err(), "the injected error did not fail the commit");
@@ -666,22 +675,8 @@ mod tests {
     /// every later one without it.
     #[test]
     fn a_broker_that_refuses_leader_epochs_gets_commits_without_them() {
-        use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
-        let cluster = crate::EmbeddedCluster::start(1).unwrap();
-        cluster.create_topic("t", 1).unwrap();
-        let consumer: BaseConsumer = cluster
-            .client_config()
-            .set("group.id", "g")
-            .set("enable.auto.commit", "false")
-            .create()
-            .unwrap();
-        cluster.mock().unwrap().request_errors(
-            RDKafkaApiKey::OffsetCommit,
-            &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_FENCED_LEADER_EPOCH],
-        );
-        let stats = Arc::new(Stats::default());
-        let (events, _events) = mpsc::channel();
-        let committer = Committer::spawn("s", "g".into(), Arc::new(consumer), stats.clone(), events).unwrap();
+        let (_cluster, committer, stats) =
+            committer_whose_next_commit_fails(rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_FENCED_LEADER_EPOCH);
         let mut first = w(0, 1, 10, None);
         first.leader_epoch = 0;
         committer.request(CommitRequest::Positions(vec![first]));
