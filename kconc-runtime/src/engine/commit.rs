@@ -611,10 +611,12 @@ mod tests {
         );
     }
 
-    /// A committer on a mock cluster whose next OffsetCommit fails with
-    /// `error`, and its counters (the cluster lives as long as it is kept).
-    fn committer_whose_next_commit_fails(
+    /// A committer on a mock cluster whose next `times` OffsetCommit
+    /// requests fail with `error`, and its counters (the cluster lives as
+    /// long as it is kept).
+    fn committer_whose_commits_fail(
         error: rdkafka::types::RDKafkaRespErr,
+        times: usize,
     ) -> (crate::EmbeddedCluster, Committer, Arc<Stats>) {
         let cluster = crate::EmbeddedCluster::start(1).unwrap();
         cluster.create_topic("t", 1).unwrap();
@@ -627,7 +629,7 @@ mod tests {
         cluster
             .mock()
             .unwrap()
-            .request_errors(rdkafka::types::RDKafkaApiKey::OffsetCommit, &[error]);
+            .request_errors(rdkafka::types::RDKafkaApiKey::OffsetCommit, &vec![error; times]);
         let stats = Arc::new(Stats::default());
         let (events, _events) = mpsc::channel();
         let committer = Committer::spawn("s", "g".into(), Arc::new(consumer), stats.clone(), events).unwrap();
@@ -640,8 +642,12 @@ mod tests {
     /// "commits failing" until a restart.
     #[test]
     fn the_commit_failure_flag_clears_once_nothing_is_left_to_commit() {
-        let (_cluster, committer, stats) =
-            committer_whose_next_commit_fails(rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_REBALANCE_IN_PROGRESS);
+        // Three, should librdkafka send the request again (a connection
+        // reset under load): the commit asked for must fail.
+        let (_cluster, committer, stats) = committer_whose_commits_fail(
+            rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_REBALANCE_IN_PROGRESS,
+            3,
+        );
         committer.request(CommitRequest::Positions(vec![w(0, 1, 10, None)]));
         let flushed = committer.flush(vec![(key(0), 1)], Instant::now() + Duration::from_secs(30));
         assert!(flushed.is_err(), "the injected error did not fail the commit");
@@ -676,7 +682,7 @@ mod tests {
     #[test]
     fn a_broker_that_refuses_leader_epochs_gets_commits_without_them() {
         let (_cluster, committer, stats) =
-            committer_whose_next_commit_fails(rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_FENCED_LEADER_EPOCH);
+            committer_whose_commits_fail(rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_FENCED_LEADER_EPOCH, 1);
         let mut first = w(0, 1, 10, None);
         first.leader_epoch = 0;
         committer.request(CommitRequest::Positions(vec![first]));
