@@ -172,6 +172,13 @@ struct Book {
     without_leader_epochs: bool,
 }
 
+/// What a broker refused of what commits carry (they go on without it).
+#[derive(Clone, Copy, Debug)]
+enum Refused {
+    Metadata,
+    LeaderEpoch,
+}
+
 /// What serving one batch of requests leaves to do after its commit.
 #[derive(Debug, Default)]
 struct Served {
@@ -218,6 +225,27 @@ impl Book {
             }
         }
         served
+    }
+
+    /// Stops sending what a commit that failed with `e` says the broker
+    /// refuses, if it still sent it: metadata this long (the broker's
+    /// `offset.metadata.max.bytes` is below kconc's limit), or a leader
+    /// epoch (Kafka stores it unchecked; librdkafka's mock cluster refuses
+    /// one older than the partition's current epoch).
+    fn drop_refused(&mut self, e: &KafkaError) -> Option<Refused> {
+        match e.rdkafka_error_code()? {
+            RDKafkaErrorCode::OffsetMetadataTooLarge if !self.without_metadata => {
+                self.drop_metadata();
+                Some(Refused::Metadata)
+            }
+            RDKafkaErrorCode::FencedLeaderEpoch | RDKafkaErrorCode::UnknownLeaderEpoch
+                if !self.without_leader_epochs =>
+            {
+                self.without_leader_epochs = true;
+                Some(Refused::LeaderEpoch)
+            }
+            _ => None,
+        }
     }
 
     /// Commits without metadata from now on, what is waiting included.
@@ -294,33 +322,29 @@ fn run<C: ConsumerContext>(
         let requests = first.into_iter().chain(std::iter::from_fn(|| rx.try_recv().ok()));
         let served = book.take(requests, Instant::now());
         let mut result = commit_wanted(&mut book, group, consumer, stats, events);
-        if !book.without_metadata
-            && matches!(&result, Err(e) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::OffsetMetadataTooLarge))
-        {
-            // The broker's `offset.metadata.max.bytes` is below kconc's
-            // limit: commit without the finished offsets from now on.
-            book.drop_metadata();
-            stats
-                .metadata_refused
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            tracing::error!(
-                group,
-                "the broker refuses commit metadata this long (offset.metadata.max.bytes); committing without the finished offsets from now on"
-            );
-            result = commit_wanted(&mut book, group, consumer, stats, events);
-        }
-        if !book.without_leader_epochs && matches!(&result, Err(e) if refuses_leader_epoch(e)) {
-            // Kafka stores a commit's leader epoch without checking it;
-            // librdkafka's mock cluster refuses one older than the
-            // partition's current epoch. Commit without them from now on.
-            book.without_leader_epochs = true;
-            stats
-                .leader_epoch_refused
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            tracing::warn!(
-                group,
-                "the broker refuses the leader epoch of commits; committing without it from now on"
-            );
+        // A broker that refuses part of what commits carry gets them
+        // without it from now on, this one at once (each part once).
+        while let Some(refused) = result.as_ref().err().and_then(|e| book.drop_refused(e)) {
+            match refused {
+                Refused::Metadata => {
+                    stats
+                        .metadata_refused
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    tracing::error!(
+                        group,
+                        "the broker refuses commit metadata this long (offset.metadata.max.bytes); committing without the finished offsets from now on"
+                    );
+                }
+                Refused::LeaderEpoch => {
+                    stats
+                        .leader_epoch_refused
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    tracing::warn!(
+                        group,
+                        "the broker refuses the leader epoch of commits; committing without it from now on"
+                    );
+                }
+            }
             result = commit_wanted(&mut book, group, consumer, stats, events);
         }
         match &result {
@@ -338,15 +362,6 @@ fn run<C: ConsumerContext>(
             let _ = w.send(result.clone().map_err(FlushError::Kafka));
         }
     }
-}
-
-/// Whether a commit failed because the broker refused a leader epoch it
-/// carried.
-fn refuses_leader_epoch(e: &KafkaError) -> bool {
-    matches!(
-        e.rdkafka_error_code(),
-        Some(RDKafkaErrorCode::FencedLeaderEpoch | RDKafkaErrorCode::UnknownLeaderEpoch)
-    )
 }
 
 /// Takes in a wanted position. Within an assignment the poll loop asks in

@@ -79,7 +79,7 @@ impl Engine {
         // (it is read again).
         if let Some(mut u) = ps.unreadable {
             if let Some(probe) = u.probe.filter(|&probe| msg.offset() >= probe) {
-                match u.search.past(probe).filter(|_| !u.listed) {
+                match u.search.as_mut().and_then(|s| s.past(probe)) {
                     None => ps.unreadable = None,
                     Some(next) => {
                         u.probe = Some(next);
@@ -319,8 +319,8 @@ impl Engine {
             let Some(probe) = u.probe else {
                 return;
             };
-            if !u.listed {
-                let next = u.search.inside(probe);
+            if let Some(search) = u.search.as_mut() {
+                let next = search.inside(probe);
                 u.probe = Some(next);
                 ps.unreadable = Some(u);
                 self.move_fetch(t, p, next);
@@ -333,10 +333,11 @@ impl Engine {
             }
             return;
         }
-        if let Some(mut u) = ps.unreadable.filter(|u| !u.listed && at > u.at) {
+        if let Some(mut u) = ps.unreadable.filter(|u| u.search.is_some() && at > u.at) {
             // Another unreadable batch, where the fetch was moved to find
             // the end of this one: that is past it.
-            if let Some(next) = u.probe.and_then(|probe| u.search.past(probe.min(at))) {
+            let past = u.probe.zip(u.search.as_mut());
+            if let Some(next) = past.and_then(|(probe, search)| search.past(probe.min(at))) {
                 u.probe = Some(next);
                 ps.unreadable = Some(u);
                 self.move_fetch(t, p, next);
@@ -411,8 +412,7 @@ impl Engine {
                 ps.unreadable = Some(Unreadable {
                     at,
                     probe: None,
-                    listed: false,
-                    search: BatchEnd::from(from, None),
+                    search: None,
                 });
                 let stats = self.dispatcher.stats();
                 stats.stopped.fetch_add(1, Ordering::Relaxed);
@@ -443,8 +443,7 @@ impl Engine {
             ps.unreadable = Some(Unreadable {
                 at,
                 probe: Some(to),
-                listed: true,
-                search: BatchEnd::from(to - 1, None),
+                search: None,
             });
         }
         self.move_fetch(t, p, to);
@@ -463,8 +462,7 @@ impl Engine {
             ps.unreadable = Some(Unreadable {
                 at,
                 probe: Some(probe),
-                listed: false,
-                search,
+                search: Some(search),
             });
         }
         self.move_fetch(t, p, probe);

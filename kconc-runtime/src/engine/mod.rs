@@ -276,12 +276,11 @@ struct Unreadable {
     /// Where the fetch was last moved to, to find the end of the batch:
     /// `None` once the partition is stopped there.
     probe: Option<i64>,
-    /// The committed metadata listed every offset of the batch before
-    /// `probe` as finished before (they were moved past without the policy,
-    /// one at a time: each must be listed).
-    listed: bool,
-    /// Otherwise, the search for the batch's end.
-    search: batch_end::BatchEnd,
+    /// The search for the batch's end; `None` while the committed metadata
+    /// lists every offset of the batch before `probe` as finished before
+    /// (they are moved past without the policy, one at a time: each must be
+    /// listed), or once the partition is stopped there.
+    search: Option<batch_end::BatchEnd>,
 }
 
 /// Everything the poll thread knows. Lives in the consumer's context so the
