@@ -199,19 +199,26 @@ impl Running {
         self.finish().await.0
     }
 
-    /// [`Running::wait`], and why the app did not end cleanly: the first
-    /// subscriber that stopped on its own, else the first stop hook that
-    /// failed or ran out of time.
+    /// [`Running::wait`], and why the app did not end cleanly: a subscriber
+    /// that stopped on its own (the first in start order), else the first
+    /// stop hook that failed or ran out of time.
     pub(super) async fn finish(mut self) -> (Option<EmbeddedCluster>, Result<(), Error>) {
         let runners = std::mem::take(&mut self.runners);
-        let failure = Arc::new(std::sync::Mutex::new(None::<Error>));
+        // A subscriber that stops on its own (its poll thread has written
+        // why into its stats) shuts the app down.
         let ends = runners.into_iter().map(|r| {
-            let (token, failure) = (self.token.clone(), failure.clone());
+            let token = self.token.clone();
             async move {
                 let reason = match r.done.await {
                     Ok(Ok(())) => return,
                     Ok(Err(why)) => why,
-                    Err(_) => "its poll thread ended without a word".to_owned(),
+                    Err(_) => {
+                        let why = "its poll thread ended without a word".to_owned();
+                        if let Ok(mut s) = r.stats.stopped_because.lock() {
+                            s.get_or_insert_with(|| why.clone());
+                        }
+                        why
+                    }
                 };
                 if !token.is_cancelled() {
                     tracing::error!(
@@ -219,12 +226,6 @@ impl Running {
                         "a subscriber stopped on its own ({reason}): shutting the app down"
                     );
                     token.cancel();
-                }
-                if let Ok(mut f) = failure.lock() {
-                    f.get_or_insert(Error::SubscriberFailed {
-                        subscriber: r.name,
-                        reason,
-                    });
                 }
             }
         });
@@ -248,7 +249,13 @@ impl Running {
                 "shutdown: not stopped within shutdown_timeout (a commit or a close that does not return); not waiting for them"
             );
         }
-        let mut failed = failure.lock().ok().and_then(|mut f| f.take());
+        let mut failed = self.watched.iter().find_map(|w| {
+            let reason = w.stats.stopped_because.lock().ok()?.clone()?;
+            Some(Error::SubscriberFailed {
+                subscriber: w.name.clone(),
+                reason,
+            })
+        });
         // After the drain and the final commits: close what the state holds,
         // in what is left of the shutdown's time.
         for hook in std::mem::take(&mut self.stop_hooks) {
