@@ -134,23 +134,28 @@ pub(crate) fn start(
             // find the runtime's timers and spawner as on a worker.
             let _runtime = runtime.enter();
             let _alive = alive;
-            let ended = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                let (deadline, ended) = poll_loop(&consumer, &shutdown);
-                close(consumer, deadline);
-                ended
-            }))
-            .unwrap_or_else(|panic| {
-                Err(format!(
-                    "its poll thread panicked: {}",
-                    crate::handler::panic_text(&*panic)
-                ))
-            });
-            if let Err(why) = &ended {
+            // Why it stopped on its own is recorded as soon as it is known:
+            // health says it while the consumer closes (its committer ends
+            // first, and would be all health could see).
+            let record = |why: &String| {
                 tracing::error!(subscriber = &*thread_name, "subscriber stopped: {why}");
                 if let Ok(mut failed) = poll_stats.stopped_because.lock() {
                     failed.get_or_insert_with(|| why.clone());
                 }
-            }
+            };
+            let ended = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                let (deadline, ended) = poll_loop(&consumer, &shutdown);
+                if let Err(why) = &ended {
+                    record(why);
+                }
+                close(consumer, deadline);
+                ended
+            }))
+            .unwrap_or_else(|panic| {
+                let why = format!("its poll thread panicked: {}", crate::handler::panic_text(&*panic));
+                record(&why);
+                Err(why)
+            });
             let _ = done_tx.send(ended);
         })
         .map_err(|e| Error::Thread(sub.name.clone(), e))?;
