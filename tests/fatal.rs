@@ -53,8 +53,10 @@ async fn a_fenced_static_member_stops_says_why_and_ends_the_app_with_an_error() 
             // ConsumerGroupHeartbeat, which RDKafkaApiKey does not list.
             _ => cluster.request_errors_by_number(68, &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNRELEASED_INSTANCE_ID]),
         }
-        wait_for("the subscriber reported unhealthy", DEADLINE, || {
-            !running.health().healthy
+        // Health says why as soon as the poll thread knows, before its
+        // consumer has closed: wait for the whole stop, then check each part.
+        wait_for("the subscriber stopped", DEADLINE, || {
+            !running.health().healthy && !stats.is_running()
         })
         .await;
         let health = running.health();
