@@ -202,7 +202,7 @@ async fn a_timeout_spent_waiting_for_a_replys_acknowledgement_says_so() {
     );
     gate.0.store(true, Ordering::SeqCst);
     let dead = run.read("slow-acks.dlq", 1).await.unwrap();
-    let reason = String::from_utf8_lossy(dead[0].header("kconc-error").unwrap().value.as_deref().unwrap()).into_owned();
+    let reason = dead[0].header_str("kconc-error").unwrap();
     assert!(
         reason.contains("did not acknowledge the reply to `slow-acks.out` within handler_timeout (300ms)"),
         "{reason}"
@@ -309,4 +309,85 @@ async fn a_wait_that_runs_out_says_what_it_waited_for_and_what_it_saw() {
     let err = run.wait_handled("nobody", 1).await.unwrap_err();
     assert_eq!(err.to_string(), "test harness: no subscriber named `nobody` runs here");
     run.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_harness_sends_and_handles_a_thousand_messages_in_one_go() {
+    let shared = Tally::default();
+    let run = TestApp::new()
+        .only(["tally"])
+        .state(shared.clone())
+        .start()
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    // One at a time (each waits for its acknowledgement), then in bulk.
+    for i in 0..10 {
+        run.send("tallied", TestMessage::new(i.to_string()).key("one"))
+            .await
+            .unwrap();
+    }
+    let singly = started.elapsed();
+    run.send_many("tallied", (10..500).map(|i| TestMessage::new(i.to_string())))
+        .await
+        .unwrap();
+    run.send_json_many("tallied", (500..1000).map(|i| (format!("k{i}"), i)))
+        .await
+        .unwrap();
+    run.wait_handled("tally", 1000).await.unwrap();
+    let took = started.elapsed();
+    assert_eq!(shared.0.load(Ordering::SeqCst), 1000);
+    run.wait_idle("tally").await.unwrap();
+    assert_eq!(run.committed("tally").unwrap(), [("tallied".to_owned(), 0, Some(1000))]);
+    println!("10 sends one by one: {singly:?}; 1,000 sent and handled: {took:?}");
+    run.stop().await;
+}
+
+/// What the `sequence` subscriber saw end, in order.
+#[derive(Clone, Default)]
+struct Ends(Arc<Mutex<Vec<u64>>>);
+
+/// Every tenth message takes longer, so without ordering later ones end first.
+#[subscriber(topic = "sequence", group = "sequence", name = "sequence", concurrency = 10)]
+async fn sequence(State(ends): State<Ends>, Json(n): Json<u64>) {
+    if n % 10 == 0 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    ends.0.lock().unwrap().push(n);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_test_changes_a_subscribers_settings_with_set() {
+    let ends = Ends::default();
+    let run = TestApp::new()
+        .only(["sequence"])
+        .state(ends.clone())
+        .set("sequence.ordering", "partition")
+        .start()
+        .await
+        .unwrap();
+    run.send_json_many("sequence", (0..50u64).map(|n| ("k", n)))
+        .await
+        .unwrap();
+    run.wait_handled("sequence", 50).await.unwrap();
+    assert_eq!(
+        *ends.0.lock().unwrap(),
+        (0..50).collect::<Vec<u64>>(),
+        "in offset order"
+    );
+    run.stop().await;
+
+    // A bad setting fails start-up as a bad --set does, naming the call.
+    let err = TestApp::new()
+        .only(["sequence"])
+        .state(Ends::default())
+        .set("sequence.retries", "many")
+        .start()
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with("invalid configuration: App::set(\"sequence.retries\", \"many\"): "),
+        "{err}"
+    );
 }

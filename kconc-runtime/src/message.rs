@@ -195,6 +195,16 @@ impl Message {
         self.headers().iter().find(|h| h.key == key)
     }
 
+    /// The value of the first header with this name, as text: `None` when
+    /// there is no such header, its value is null or not UTF-8
+    /// (`m.header_str("kconc-error")` for a dead letter's reason).
+    pub fn header_str(&self, key: &str) -> Option<&str> {
+        self.header(key)?
+            .value
+            .as_deref()
+            .and_then(|v| std::str::from_utf8(v).ok())
+    }
+
     /// The payload as UTF-8 text.
     ///
     /// Fails with a [`PayloadError`] naming the topic, partition and offset when

@@ -160,6 +160,21 @@ impl App {
         self
     }
 
+    /// Changes a setting of the subscribers added so far, as `--set
+    /// NAME.KEY=VALUE` does: `app.set("billing.retries", 0)`,
+    /// `app.set("*.ordering", "key")` (`*` is every subscriber). The keys
+    /// and values are `--set`'s (see `--help`). A bad one is reported by
+    /// [`App::start`], as a bad `--set` is.
+    #[must_use]
+    pub fn set(mut self, setting: &str, value: impl std::fmt::Display) -> Self {
+        if let Err(e) = self.override_setting(&format!("{setting}={value}")) {
+            self.config_error = self
+                .config_error
+                .or(Some(format!("App::set(\"{setting}\", \"{value}\"): {e}")));
+        }
+        self
+    }
+
     /// Applies one `--set NAME.KEY=VALUE` to the subscribers added so far.
     pub(crate) fn override_setting(&mut self, set: &str) -> Result<(), String> {
         let (target, value) = set.split_once('=').ok_or("expected NAME.KEY=VALUE")?;

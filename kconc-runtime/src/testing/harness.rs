@@ -2,15 +2,16 @@
 //! embedded cluster, with messages sent in and read back.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
-use rdkafka::message::Headers as _;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, Headers as _, OwnedHeaders};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Message as _, Offset, TopicPartitionList};
 use serde::Serialize;
 
-use super::TestProducer;
 use crate::app::{App, Running};
 use crate::config::EMBEDDED;
 use crate::handler::BoxError;
@@ -114,8 +115,17 @@ impl TestApp {
         self
     }
 
+    /// Changes a subscriber's setting for this test, as `--set
+    /// NAME.KEY=VALUE` does: `.set("billing.retries", 0)`,
+    /// `.set("*.ordering", "unordered")` (see [`App::set`]).
+    #[must_use]
+    pub fn set(mut self, setting: &str, value: impl std::fmt::Display) -> Self {
+        self.app = self.app.set(setting, value);
+        self
+    }
+
     /// Anything else of the [`App`]: a start-up or shutdown hook, a
-    /// property, a subscriber built in code, a `--set`-like override.
+    /// property, a subscriber built in code.
     #[must_use]
     pub fn app(mut self, f: impl FnOnce(App) -> App) -> Self {
         self.app = f(self.app);
@@ -151,7 +161,13 @@ impl TestApp {
         }
         let running = app.launch().await?;
         let bootstrap = running.bootstrap_servers().to_owned();
-        let producer = Arc::new(TestProducer::with_properties(&bootstrap, &[("linger.ms", "0")])?);
+        // Idempotent, so that a retried produce keeps the order of sends.
+        let producer = ClientConfig::new()
+            .set("bootstrap.servers", &bootstrap)
+            .set("linger.ms", "0")
+            .set("enable.idempotence", "true")
+            .create()
+            .map_err(harness)?;
         let reader = reader_config(&bootstrap, "kconc-test-reader")
             .create()
             .map_err(harness)?;
@@ -171,7 +187,7 @@ impl TestApp {
 pub struct TestRun {
     running: Running,
     bootstrap: String,
-    producer: Arc<TestProducer>,
+    producer: FutureProducer,
     deadline: Duration,
     /// Reads topics and their metadata; kept for the whole run (a new
     /// consumer takes a while to learn the cluster).
@@ -244,26 +260,96 @@ impl TestRun {
         &self.bootstrap
     }
 
-    /// Sends `message` to `topic` and waits for the broker's acknowledgement.
+    /// Sends `message` to `topic` and waits for the broker's acknowledgement:
+    /// one round trip to the embedded cluster (well under a millisecond).
+    /// For many messages, [`send_many`](Self::send_many) waits once for all.
     pub async fn send(&self, topic: &str, message: TestMessage) -> Result<(), Error> {
-        self.producer.send_with_headers(
-            topic,
-            message.partition,
-            message.key.as_deref(),
-            &message.payload,
-            &message.headers,
-        )?;
-        let producer = self.producer.clone();
-        let deadline = self.deadline;
-        tokio::task::spawn_blocking(move || producer.flush(deadline))
-            .await
-            .map_err(harness)?
-            .map(drop)
+        self.send_many(topic, [message]).await
     }
 
-    /// Sends `value` as JSON to `topic` with `key`.
+    /// Sends `value` as JSON to `topic` with `key`, and waits for the
+    /// broker's acknowledgement.
     pub async fn send_json<T: Serialize>(&self, topic: &str, key: &str, value: &T) -> Result<(), Error> {
         self.send(topic, TestMessage::json(value).key(key)).await
+    }
+
+    /// Sends every message to `topic`, in order (messages of one partition
+    /// keep it), and waits until the broker has acknowledged them all: a
+    /// thousand messages take a few milliseconds. Fails if any is not
+    /// delivered within the [deadline](TestApp::deadline).
+    pub async fn send_many(&self, topic: &str, messages: impl IntoIterator<Item = TestMessage>) -> Result<(), Error> {
+        let started = Instant::now();
+        let mut pending: std::collections::VecDeque<DeliveryFuture> = std::collections::VecDeque::new();
+        for m in messages {
+            let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic).payload(&m.payload[..]);
+            if let Some(key) = &m.key {
+                record = record.key(&key[..]);
+            }
+            if let Some(p) = m.partition {
+                record = record.partition(p);
+            }
+            if !m.headers.is_empty() {
+                let mut headers = OwnedHeaders::new_with_capacity(m.headers.len());
+                for (k, v) in &m.headers {
+                    headers = headers.insert(Header { key: k, value: Some(v) });
+                }
+                record = record.headers(headers);
+            }
+            loop {
+                match self.producer.send_result(record) {
+                    Ok(delivery) => {
+                        pending.push_back(delivery);
+                        break;
+                    }
+                    // librdkafka's queue is full: wait for the oldest send.
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                        record = r;
+                        match pending.pop_front() {
+                            Some(oldest) => self.delivered(topic, oldest, started).await?,
+                            None => tokio::time::sleep(LOOK_EVERY).await,
+                        }
+                    }
+                    Err((e, _)) => return Err(Error::Produce(format!("cannot send to `{topic}`: {e}"))),
+                }
+                if started.elapsed() > self.deadline {
+                    return Err(Error::Harness(format!(
+                        "`{topic}`: librdkafka's queue still full after {:?}",
+                        self.deadline
+                    )));
+                }
+            }
+        }
+        for delivery in pending {
+            self.delivered(topic, delivery, started).await?;
+        }
+        Ok(())
+    }
+
+    /// Sends each `(key, value)` to `topic` with the value as JSON, in
+    /// order, and waits for them all (see [`send_many`](Self::send_many)).
+    pub async fn send_json_many<K, T, I>(&self, topic: &str, messages: I) -> Result<(), Error>
+    where
+        I: IntoIterator<Item = (K, T)>,
+        K: Into<Vec<u8>>,
+        T: Serialize,
+    {
+        self.send_many(topic, messages.into_iter().map(|(k, v)| TestMessage::json(&v).key(k)))
+            .await
+    }
+
+    /// Waits (within what is left of the deadline since `started`) for one
+    /// send's acknowledgement.
+    async fn delivered(&self, topic: &str, delivery: DeliveryFuture, started: Instant) -> Result<(), Error> {
+        let left = self.deadline.saturating_sub(started.elapsed());
+        match tokio::time::timeout(left, delivery).await {
+            Ok(Ok(Ok(_))) => Ok(()),
+            Ok(Ok(Err((e, _)))) => Err(Error::Produce(format!("cannot send to `{topic}`: {e}"))),
+            Ok(Err(_)) => Err(Error::Harness("the test producer was dropped".into())),
+            Err(_) => Err(Error::Harness(format!(
+                "`{topic}`: a send not acknowledged after {:?}",
+                self.deadline
+            ))),
+        }
     }
 
     /// The counters of the subscriber named `name`.
