@@ -4,7 +4,8 @@
 //!
 //! ```text
 //! cargo run --example service -- --help                      # the flags every kconc program has
-//! cargo run --example service                                # embedded broker (idle: nothing produces to it); Ctrl-C to stop
+//! cargo run --example service -- --embedded-address-file b.addr   # embedded broker; Ctrl-C to stop
+//! cargo run --example service -- --brokers "$(cat b.addr)" produce events k=hello   # from another shell
 //! cargo run --example service -- --brokers localhost:9092    # a real cluster: consumes topic `events`
 //! ```
 //!

@@ -200,3 +200,102 @@ fn the_instance_id_variable_is_read() {
         stderr(&out)
     );
 }
+
+/// A new user sends messages to a service on the embedded broker without
+/// writing a producer: `--embedded-address-file` holds the cluster's
+/// address while it runs (and is gone after), the log names it in one line,
+/// and `produce` sends `KEY=VALUE` messages there, which the service handles.
+#[test]
+fn produce_sends_to_a_service_on_the_embedded_broker() {
+    use std::io::BufRead as _;
+    use std::process::Stdio;
+    use std::time::{Duration, Instant};
+    let dir = std::env::temp_dir().join(format!("kconc-produce-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("address");
+    let _ = std::fs::remove_file(&file);
+    let mut child = Command::new(common::example_binary("service"))
+        .args(["--embedded-address-file", file.to_str().unwrap()])
+        .env_remove("KCONC_BROKERS")
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !file.exists() {
+        assert!(child.try_wait().unwrap().is_none(), "the service exited");
+        assert!(Instant::now() < deadline, "no address file within 60 s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let address = std::fs::read_to_string(&file).unwrap().trim().to_owned();
+    assert!(address.starts_with("127.0.0.1:"), "{address}");
+    // The log says the same in one line.
+    let mut log = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("embedded broker at") {
+        line.clear();
+        assert!(log.read_line(&mut line).unwrap() > 0, "the log ended");
+    }
+    assert!(line.contains(&format!("embedded broker at {address} ")), "{line}");
+    assert!(
+        line.contains(&format!("--brokers {address} produce TOPIC KEY=VALUE")),
+        "{line}"
+    );
+
+    let sent = service(&[
+        "--brokers",
+        &address,
+        "produce",
+        "events",
+        "cust-1=hello",
+        "cust-2={\"a\":1}",
+        "keyless",
+    ]);
+    assert!(sent.status.success(), "{}", stderr(&sent));
+    assert!(
+        stdout(&sent).starts_with("sent 3 messages to `events` ("),
+        "{}",
+        stdout(&sent)
+    );
+    // The service prints a line per event it handled.
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut handled = Vec::new();
+    while handled.len() < 3 {
+        let mut l = String::new();
+        assert!(
+            out.read_line(&mut l).unwrap() > 0,
+            "the service's output ended: {handled:?}"
+        );
+        handled.push(l);
+    }
+    let mut described: Vec<&str> = handled.iter().map(|l| l.split(": ").nth(1).unwrap().trim()).collect();
+    described.sort_unstable();
+    assert_eq!(
+        described,
+        ["key <no key>, 7 bytes", "key cust-1, 5 bytes", "key cust-2, 7 bytes"]
+    );
+
+    // A topic the cluster does not have, and the embedded broker itself, are refused.
+    let missing = service(&["produce", "--brokers", &address, "nosuch", "x"]);
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(
+        stderr(&missing).contains(&format!("topic `nosuch` does not exist on the cluster at {address}")),
+        "{}",
+        stderr(&missing)
+    );
+    let embedded = service(&["produce", "events", "x"]);
+    assert_eq!(embedded.status.code(), Some(1));
+    assert!(
+        stderr(&embedded).contains("--embedded-address-file"),
+        "{}",
+        stderr(&embedded)
+    );
+
+    let pid = child.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "{status}");
+    assert!(!file.exists(), "the address file outlived the cluster");
+    let _ = std::fs::remove_dir_all(&dir);
+}

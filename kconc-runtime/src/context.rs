@@ -124,7 +124,7 @@ const DEAD_LETTER_HEADROOM: u64 = 64 * 1024;
 /// plus a dead letter's headers, fits in one produce (librdkafka's
 /// default `message.max.bytes`, 1,000,000, is smaller than what a broker
 /// may accept and a consumer receive).
-fn producer_config(subscriber: &str, consumer: &ClientConfig) -> ClientConfig {
+pub(crate) fn producer_config(subscriber: &str, consumer: &ClientConfig) -> ClientConfig {
     let mut producer = ClientConfig::new();
     // `config_map` hides secret values; `get` gives them as set.
     for k in consumer.config_map().keys() {

@@ -20,6 +20,17 @@ pub struct EmbeddedCluster {
     // `test.mock.num.brokers`), which never sends anything itself.
     owner: BaseProducer<DefaultProducerContext>,
     bootstrap: String,
+    /// A file holding the bootstrap address while the cluster lives.
+    address_file: Option<AddressFile>,
+}
+
+/// A file that holds the cluster's address; removed when the cluster goes.
+struct AddressFile(std::path::PathBuf);
+
+impl Drop for AddressFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
 
 impl std::fmt::Debug for EmbeddedCluster {
@@ -46,7 +57,25 @@ impl EmbeddedCluster {
             .ok_or_else(|| Error::Embedded("librdkafka did not create a mock cluster".into()))?
             .bootstrap_servers();
         no_initial_rebalance_delay(&owner);
-        Ok(Self { owner, bootstrap })
+        Ok(Self {
+            owner,
+            bootstrap,
+            address_file: None,
+        })
+    }
+
+    /// Writes the bootstrap address (and a newline) to `path`, for another
+    /// process to produce to the cluster (`--embedded-address-file`); the
+    /// file is removed when the cluster stops. It appears whole: written
+    /// beside it, then renamed.
+    pub fn write_address_file(&mut self, path: &std::path::Path) -> Result<(), Error> {
+        let fail = |e: std::io::Error| Error::Config(format!("--embedded-address-file `{}`: {e}", path.display()));
+        let mut partial = path.as_os_str().to_owned();
+        partial.push(".partial");
+        std::fs::write(&partial, format!("{}\n", self.bootstrap)).map_err(fail)?;
+        std::fs::rename(&partial, path).map_err(fail)?;
+        self.address_file = Some(AddressFile(path.to_owned()));
+        Ok(())
     }
 
     /// The `bootstrap.servers` value that reaches the cluster.

@@ -106,7 +106,7 @@ mod error; // why an app could not start
 pub mod testing; // the test harness and helpers for tests and demos
 
 pub use app::{App, Running, Setup, ShutdownHandle, StatsHandle, SHUTDOWN_MARGIN};
-pub use config::{init_tracing, init_tracing_with, Cli, EMBEDDED};
+pub use config::{init_tracing, init_tracing_with, Cli, CliCommand, ProduceArgs, EMBEDDED};
 pub use context::Context;
 pub use context::ProducerHooks;
 pub use embedded::EmbeddedCluster;

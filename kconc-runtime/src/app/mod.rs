@@ -6,9 +6,11 @@
 //!   the engines, the watcher and the HTTP endpoint;
 //! - `running`: [`Running`] and its handles, counters, health and shutdown;
 //! - `hooks`: start-up and shutdown hooks, and the [`Setup`] they get;
-//! - `run_main`: the `main` that `main!()` generates.
+//! - `run_main`: the `main` that `main!()` generates;
+//! - `produce`: its `produce` subcommand.
 
 mod hooks;
+mod produce;
 mod run_main;
 mod running;
 mod start;
@@ -69,6 +71,8 @@ pub struct App {
     stop_hooks: Vec<StopHook>,
     /// More topics to create on the embedded cluster.
     embedded_topics: Vec<String>,
+    /// Where to write the embedded cluster's address.
+    embedded_address_file: Option<std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for App {
@@ -157,6 +161,9 @@ impl App {
             self.wait_for_topics = true;
         }
         self.embedded_partitions = Some(cli.embedded_partitions);
+        if let Some(path) = &cli.embedded_address_file {
+            self.embedded_address_file = Some(path.clone());
+        }
         self
     }
 
@@ -294,6 +301,15 @@ impl App {
     #[must_use]
     pub fn embedded_partitions(mut self, n: i32) -> Self {
         self.embedded_partitions = Some(n);
+        self
+    }
+
+    /// On the embedded cluster, writes its bootstrap address to `path` once
+    /// its topics exist (and removes it when the cluster stops), for
+    /// another process to send to it (`--embedded-address-file`).
+    #[must_use]
+    pub fn embedded_address_file(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.embedded_address_file = Some(path.into());
         self
     }
 

@@ -4,7 +4,7 @@ use std::future::Future;
 
 use super::hooks::Setup;
 use super::{App, SHUTDOWN_MARGIN};
-use crate::config::{self, Cli};
+use crate::config::{self, Cli, CliCommand};
 use crate::handler::BoxError;
 
 /// The options of `main!(..)`, applied to the app it runs. Not public API:
@@ -78,6 +78,18 @@ pub(crate) fn run_main(options: MainOptions) -> std::process::ExitCode {
     if let Err(e) = config::init_tracing_with(cli.log.as_deref()) {
         say_error(&e);
         return std::process::ExitCode::FAILURE;
+    }
+    if let Some(CliCommand::Produce(args)) = &cli.command {
+        return match super::produce::produce(&cli, args, default_brokers) {
+            Ok(said) => {
+                let _ = std::io::Write::write_all(&mut std::io::stdout(), format!("{said}\n").as_bytes());
+                std::process::ExitCode::SUCCESS
+            }
+            Err(e) => {
+                say_error(&e);
+                std::process::ExitCode::FAILURE
+            }
+        };
     }
     let mut app = App::from_registry();
     if let Some(b) = default_brokers {

@@ -99,7 +99,7 @@ impl App {
             .collect();
         let brokers = self.brokers_in_use().to_owned();
         let (embedded, bootstrap) = if brokers == EMBEDDED {
-            let cluster = EmbeddedCluster::start(1)?;
+            let mut cluster = EmbeddedCluster::start(1)?;
             let partitions = self.embedded_partitions.unwrap_or(4);
             let mut topics: Vec<&str> = subs
                 .iter()
@@ -113,10 +113,16 @@ impl App {
                 cluster.create_topic(t, partitions)?;
             }
             tracing::warn!(
-                bootstrap = cluster.bootstrap_servers(),
                 "EMBEDDED BROKER: using librdkafka's in-process mock cluster, NOT a real Kafka cluster; \
                  data lives in memory and vanishes when the process exits. Set --brokers or KCONC_BROKERS for a real one."
             );
+            tracing::info!(
+                "embedded broker at {b} (a main!() program sends to it with: --brokers {b} produce TOPIC KEY=VALUE)",
+                b = cluster.bootstrap_servers()
+            );
+            if let Some(path) = &self.embedded_address_file {
+                cluster.write_address_file(path)?;
+            }
             let b = cluster.bootstrap_servers().to_owned();
             (Some(cluster), b)
         } else {

@@ -22,7 +22,7 @@ pub struct Cli {
     /// Kafka bootstrap servers (host:port,...), or `embedded` for an in-process
     /// mock cluster (not a real cluster; for trying things out). Overrides
     /// `bootstrap.servers` in the --config file.
-    #[arg(long, env = "KCONC_BROKERS", hide_env_values = true)]
+    #[arg(long, env = "KCONC_BROKERS", hide_env_values = true, global = true)]
     pub brokers: Option<String>,
 
     /// Prepended to every subscriber's consumer group: `staging-` turns group
@@ -42,13 +42,19 @@ pub struct Cli {
     /// A file of librdkafka properties (`key=value` per line, `#` or `!`
     /// comments), as for any Kafka client; its `bootstrap.servers` is the
     /// brokers unless --brokers/KCONC_BROKERS says otherwise.
-    #[arg(long = "config", env = "KCONC_CONFIG", value_name = "FILE", hide_env_values = true)]
+    #[arg(
+        long = "config",
+        env = "KCONC_CONFIG",
+        value_name = "FILE",
+        hide_env_values = true,
+        global = true
+    )]
     pub config: Option<PathBuf>,
 
     /// A librdkafka property for every consumer, as KEY=VALUE (repeatable).
     /// Environment variables `KCONC_RDKAFKA_<NAME>` set property `<name>` with `_` read as `.`
     /// (KCONC_RDKAFKA_SECURITY_PROTOCOL=SASL_PLAINTEXT); flags win over them, they win over --config.
-    #[arg(long = "property", value_name = "KEY=VALUE", value_parser = PropertyParser)]
+    #[arg(long = "property", value_name = "KEY=VALUE", value_parser = PropertyParser, global = true)]
     pub properties: Vec<(String, String)>,
 
     /// Overrides a subscriber setting from the code, as NAME.KEY=VALUE
@@ -86,6 +92,52 @@ pub struct Cli {
     /// Partitions of each topic created on the embedded cluster.
     #[arg(long, env = "KCONC_EMBEDDED_PARTITIONS", hide_env_values = true, default_value_t = 4, value_parser = clap::value_parser!(i32).range(1..=1000))]
     pub embedded_partitions: i32,
+
+    /// On the embedded cluster, write its bootstrap address (host:port) to
+    /// this file once its topics exist, for another process to produce to
+    /// it (`--brokers "$(cat FILE)" produce ..`); removed when it stops.
+    #[arg(
+        long,
+        env = "KCONC_EMBEDDED_ADDRESS_FILE",
+        value_name = "FILE",
+        hide_env_values = true
+    )]
+    pub embedded_address_file: Option<PathBuf>,
+
+    /// What to do instead of running the subscribers.
+    #[command(subcommand)]
+    pub command: Option<CliCommand>,
+}
+
+/// What a program `main!()` generates does instead of running its subscribers.
+#[derive(clap::Subcommand, Debug)]
+pub enum CliCommand {
+    /// Send messages to a topic, wait for their acknowledgements, and exit
+    /// (to try a running service out).
+    ///
+    /// Sends to the cluster of --brokers, with the --config file's and
+    /// --property's settings. Each MESSAGE is `KEY=VALUE`, or a VALUE
+    /// without a key (one with no `=`, or one starting with `{`, `[` or
+    /// `"`, as JSON does); with no MESSAGE, each line of standard input is
+    /// one. To a service on the embedded broker:
+    /// --brokers "$(cat FILE)" produce orders 'cust-1={"id":1}', FILE being
+    /// its --embedded-address-file.
+    Produce(ProduceArgs),
+}
+
+/// The arguments of `produce`.
+#[derive(clap::Args, Debug)]
+pub struct ProduceArgs {
+    /// The topic to send to.
+    pub topic: String,
+    /// The messages: `KEY=VALUE` or `VALUE` (see above).
+    pub messages: Vec<String>,
+    /// A header for every message, as NAME=VALUE (repeatable).
+    #[arg(long = "header", value_name = "NAME=VALUE")]
+    pub headers: Vec<String>,
+    /// The partition to send to (by default the key's, or any).
+    #[arg(long)]
+    pub partition: Option<i32>,
 }
 
 impl std::fmt::Debug for Cli {
@@ -103,6 +155,8 @@ impl std::fmt::Debug for Cli {
             .field("http", &self.http)
             .field("wait_for_topics", &self.wait_for_topics)
             .field("embedded_partitions", &self.embedded_partitions)
+            .field("embedded_address_file", &self.embedded_address_file)
+            .field("command", &self.command)
             .finish()
     }
 }
