@@ -396,6 +396,9 @@ fn set_overrides_subscriber_settings_and_names_a_bad_one() {
                 "*.retries=3",
                 "--set",
                 "audit.dead_letter=orders.dlq",
+                // What it is now: accepted, as --help lists it.
+                "--set",
+                "audit.on_error=dead_letter",
             ]),
             Vec::new(),
         );
@@ -426,7 +429,35 @@ fn set_overrides_subscriber_settings_and_names_a_bad_one() {
         ("billing.first_poll=inline", "unknown first_poll `inline`"),
         ("billing.max_uncommitted=lots", "`max_uncommitted` takes a whole number"),
         ("billing.handler_timeout=never", "`handler_timeout` takes a duration"),
-        ("concurrency=4", "expected NAME.KEY=VALUE"),
+        (
+            "concurrency=4",
+            "expected NAME.KEY=VALUE: `billing.concurrency=4`, `*.concurrency=4` for all",
+        ),
+        (
+            "billing.reply=other",
+            "`reply` is fixed by the code (`#[subscriber(reply = ..)]`",
+        ),
+        ("billing.topic=other", "`topic` is fixed by the code"),
+        (
+            "billing.retires=3",
+            "unknown setting `retires`: did you mean `retries`?",
+        ),
+        (
+            "billing.timeout=2s",
+            "did you mean `handler_timeout`, `shutdown_timeout` or `revoke_timeout`?",
+        ),
+        (
+            "billing.handler_timeout=1h",
+            "takes a duration (a whole number and `ms`, `s` or `m`: `500ms`, `30s`, `1m`), or `none`, not `1h`",
+        ),
+        (
+            "billing.on_error=dead_letter",
+            "`on_error=dead_letter` needs a dead-letter topic: set `billing.dead_letter=TOPIC` instead",
+        ),
+        (
+            "billing.on_error=retry",
+            "`on_error` takes `skip`, `stop`, or `dead_letter` where",
+        ),
     ] {
         let err = App::new()
             .subscriber(Subscriber::new("billing", ["orders"], "billing", |_m: Message| async {}))

@@ -214,9 +214,13 @@ fn lit_str(value: &Expr) -> Option<&LitStr> {
 fn string(value: &Expr, key: &str, errors: &mut Errors) -> Option<LitStr> {
     let s = lit_str(value).cloned();
     if s.is_none() {
+        let example = kconc_options::SETTINGS
+            .iter()
+            .find(|s| s.key == key)
+            .map_or("...", |s| s.example);
         errors.push_at(
             value.span(),
-            format!("`{key}` takes a string literal, e.g. `{key} = \"...\"`"),
+            format!("`{key}` takes a string literal, e.g. `{key} = \"{example}\"`"),
         );
     }
     s
@@ -294,6 +298,15 @@ fn whole_number(value: &Expr, key: &str, errors: &mut Errors) -> Option<u32> {
 }
 
 fn duration(value: &Expr, key: &str, errors: &mut Errors) -> Option<u64> {
+    if let Some(Lit::Int(n)) = lit(value) {
+        errors.push_at(
+            n.span(),
+            format!(
+                "`{key}` takes a duration as a string, with its unit (`ms`, `s` or `m`): `{key} = \"{n}s\"` for {n} seconds, `\"{n}ms\"` for milliseconds"
+            ),
+        );
+        return None;
+    }
     let s = string(value, key, errors)?;
     let ms = parse_duration_ms(&s.value());
     if ms.is_none() {

@@ -35,6 +35,7 @@ fn expand(args: TokenStream, item: TokenStream) -> syn::Result<TokenStream> {
     let (args, func) = match (args, func) {
         (Ok(args), Ok(func)) => {
             signature::check(&func)?;
+            signature::check_reply(&func, args.options.iter().any(|(s, _)| s.key == "reply"))?;
             (args, func)
         }
         (Err(mut e), Ok(func)) => {

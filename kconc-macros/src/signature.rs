@@ -68,3 +68,52 @@ pub(crate) fn check(func: &ItemFn) -> syn::Result<()> {
     }
     errors.finish(())
 }
+
+/// A handler without `reply = ".."` whose return type names something only a
+/// reply publishes (`Json<T>`, `Bytes`, `Text`, `Reply`, `Payload`, or an
+/// `Option`, `Vec` or `Result` of one): an error that says to add `reply`.
+/// (A type alias hides it from this check; the compiler's error on the
+/// return type says the same in a note.)
+pub(crate) fn check_reply(func: &ItemFn, has_reply: bool) -> syn::Result<()> {
+    let syn::ReturnType::Type(_, ty) = &func.sig.output else {
+        return Ok(());
+    };
+    if has_reply || !publishes(ty) {
+        return Ok(());
+    }
+    let shown = quote::ToTokens::to_token_stream(&**ty)
+        .to_string()
+        .replace(" < ", "<")
+        .replace(" >", ">")
+        .replace("< ", "<")
+        .replace(" ,", ",");
+    Err(syn::Error::new(
+        ty.span(),
+        format!(
+            "`{}` returns `{shown}`, which only a reply publishes: add `reply = \"topic\"` to #[subscriber(..)] to send it \
+             there, or return `()` or `Result<(), E>`",
+            func.sig.ident
+        ),
+    ))
+}
+
+/// Whether `ty` is (an `Option`, `Vec` or `Result` of) a reply type.
+fn publishes(ty: &Type) -> bool {
+    let Type::Path(p) = ty else {
+        return false;
+    };
+    let Some(last) = p.path.segments.last() else {
+        return false;
+    };
+    match last.ident.to_string().as_str() {
+        "Json" | "Bytes" | "Text" | "Reply" | "Payload" => true,
+        "Option" | "Vec" | "Result" => match &last.arguments {
+            syn::PathArguments::AngleBracketed(a) => match a.args.first() {
+                Some(syn::GenericArgument::Type(inner)) => publishes(inner),
+                _ => false,
+            },
+            _ => false,
+        },
+        _ => false,
+    }
+}

@@ -130,7 +130,7 @@ macro_rules! settings {
               example: "10s", quoted: true, meaning: "longest wait between retries", what: "" }
             { key: "on_error", setter: on_error, kind: Special, attribute: yes, set: yes,
               example: "stop", quoted: true,
-              meaning: "after the last attempt: skip, stop, or dead_letter with a dead_letter topic", what: "" }
+              meaning: "after the last attempt: skip, stop, or dead_letter where a dead_letter topic is set", what: "" }
             { key: "dead_letter", setter: dead_letter, kind: Text, attribute: yes, set: yes,
               example: "orders.dlq", quoted: true, meaning: "the dead-letter topic", what: "" }
             { key: "reply", setter: reply, kind: Text, attribute: yes, set: no,

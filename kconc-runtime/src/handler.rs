@@ -110,7 +110,8 @@ pub(crate) fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
 #[diagnostic::on_unimplemented(
     message = "`{Self}` is not a valid return type for a kconc handler",
     label = "the handler returns `{Self}` here",
-    note = "return `()` or `Result<(), E>` where `E: Into<Box<dyn std::error::Error + Send + Sync>>` (for example `anyhow::Result<()>`)"
+    note = "return `()` or `Result<(), E>` where `E: Into<Box<dyn std::error::Error + Send + Sync>>` (for example `anyhow::Result<()>`)",
+    note = "to publish what the handler returns (`Json<T>`, `Bytes`, `Text`, `Reply`), add `reply = \"topic\"` to #[subscriber(..)]"
 )]
 pub trait IntoHandlerResult {
     /// Reduces the value to success or a boxed error.

@@ -66,7 +66,9 @@ impl std::str::FromStr for OnError {
             "stop" => Ok(Self::Stop),
             other => Err(crate::error::SettingError::new(
                 "on_error",
-                format!("`on_error` takes `skip` or `stop` (or set `dead_letter` to a topic), not `{other}`"),
+                format!(
+                    "`on_error` takes `skip`, `stop`, or `dead_letter` where a dead-letter topic is set (`dead_letter=TOPIC` sets one), not `{other}`"
+                ),
             )),
         }
     }

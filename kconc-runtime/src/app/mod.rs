@@ -105,7 +105,7 @@ impl App {
     /// Applies the run-time configuration of a generated `main`: the
     /// `--config` file, the `KCONC_*` environment variables and the flags,
     /// each overriding the one before and all of them what was set in code
-    /// (see [`config::resolve`]).
+    /// (the flags and variables are [`Cli`]'s).
     ///
     /// A bad setting (unreadable file, malformed line, unknown `KCONC_*`
     /// variable, property librdkafka refuses) is kept and returned by
@@ -185,7 +185,17 @@ impl App {
     /// Applies one `--set NAME.KEY=VALUE` to the subscribers added so far.
     pub(crate) fn override_setting(&mut self, set: &str) -> Result<(), String> {
         let (target, value) = set.split_once('=').ok_or("expected NAME.KEY=VALUE")?;
-        let (name, key) = target.trim().rsplit_once('.').ok_or("expected NAME.KEY=VALUE")?;
+        let Some((name, key)) = target.trim().rsplit_once('.') else {
+            // A key without the subscriber's name: say which it could be.
+            let key = target.trim();
+            let mut could: Vec<String> = self
+                .subscribers
+                .iter()
+                .map(|s| format!("`{}.{key}={value}`", s.name))
+                .collect();
+            could.push(format!("`*.{key}={value}` for all"));
+            return Err(format!("expected NAME.KEY=VALUE: {}", could.join(", ")));
+        };
         let mut matched = false;
         for s in self.subscribers.iter_mut().filter(|s| name == "*" || s.name == name) {
             s.set(key, value).map_err(|e| e.to_string())?;

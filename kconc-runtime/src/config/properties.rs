@@ -282,7 +282,7 @@ pub(super) fn unknown_env_var(var: &str, rest: &str) -> Error {
 }
 
 /// Levenshtein distance, for suggesting the variable probably meant.
-pub(super) fn edit_distance(a: &str, b: &str) -> usize {
+pub(crate) fn edit_distance(a: &str, b: &str) -> usize {
     let b: Vec<char> = b.chars().collect();
     let mut row: Vec<usize> = (0..=b.len()).collect();
     for (i, ca) in a.chars().enumerate() {

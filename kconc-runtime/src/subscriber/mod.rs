@@ -405,6 +405,19 @@ impl Subscriber {
     /// Overrides one setting from text (what `--set` does); the error says
     /// what the setting accepts. Values are checked again by `App::start`.
     pub fn set(&mut self, key: &str, value: &str) -> Result<(), SettingError> {
+        if (key, value.trim()) == ("on_error", "dead_letter") {
+            // What it is already, when it has a dead-letter topic.
+            return match self.policy.dead_letter_topic() {
+                Some(_) => Ok(()),
+                None => Err(SettingError::new(
+                    key,
+                    format!(
+                        "`on_error=dead_letter` needs a dead-letter topic: set `{}.dead_letter=TOPIC` instead",
+                        self.name
+                    ),
+                )),
+            };
+        }
         *self = settings::apply_setting(self.clone(), key, value.trim())?;
         Ok(())
     }

@@ -67,8 +67,7 @@ macro_rules! apply_settings {
          attribute: $attribute:ident, set: $set:ident, $($rest:tt)* })*) => {
         pub(super) fn apply_setting(sub: Subscriber, key: &str, v: &str) -> Result<Subscriber, SettingError> {
             $(apply_settings!(@one $set $kind, sub, key, v, $key, $setter);)*
-            let keys: Vec<&str> = kconc_options::settable().map(|s| s.key).collect();
-            Err(SettingError::new(key, format!("unknown setting `{key}` (one of {})", keys.join(", "))))
+            Err(not_settable(key))
         }
     };
     (@one no $kind:ident, $($x:tt)*) => {};
@@ -85,7 +84,10 @@ macro_rules! apply_settings {
         match $v {
             "none" | "off" => None,
             _ => Some(parse_duration($v).ok_or_else(|| {
-                SettingError::new($key, format!("`{}` takes a duration such as `30s`, or `none`, not `{}`", $key, $v))
+                SettingError::new($key, format!(
+                    "`{}` takes a duration (a whole number and `ms`, `s` or `m`: `500ms`, `30s`, `1m`), or `none`, not `{}`",
+                    $key, $v
+                ))
             })?),
         }
     };
@@ -95,6 +97,44 @@ macro_rules! apply_settings {
 }
 
 kconc_options::settings!(apply_settings);
+
+/// Why `--set` refuses `key`: a setting only the code sets, or an unknown
+/// one (with those probably meant).
+fn not_settable(key: &str) -> SettingError {
+    if kconc_options::setting(key).is_some() {
+        return SettingError::new(
+            key,
+            format!(
+                "`{key}` is fixed by the code (`#[subscriber({key} = ..)]` or the `Subscriber` builder), not a \
+                 run-time setting"
+            ),
+        );
+    }
+    let keys: Vec<&str> = kconc_options::settable().map(|s| s.key).collect();
+    // Misspelt (`retires`), or part of a longer key (`timeout`).
+    let mut meant: Vec<&str> = keys
+        .iter()
+        .copied()
+        .filter(|k| key.len() >= 3 && k.contains(key))
+        .collect();
+    if meant.is_empty() {
+        meant.extend(
+            keys.iter()
+                .copied()
+                .filter(|k| crate::config::edit_distance(key, k) <= 2.max(k.len() / 4)),
+        );
+    }
+    let all = keys.join(", ");
+    let text = match meant.as_slice() {
+        [] => format!("unknown setting `{key}` (one of {all})"),
+        [one] => format!("unknown setting `{key}`: did you mean `{one}`? (one of {all})"),
+        [first @ .., last] => format!(
+            "unknown setting `{key}`: did you mean `{}` or `{last}`? (one of {all})",
+            first.join("`, `")
+        ),
+    };
+    SettingError::new(key, text)
+}
 
 fn whole_number<N: std::str::FromStr>(key: &str, v: &str) -> Result<N, SettingError> {
     v.parse()

@@ -9,4 +9,7 @@ async fn audit(_order: Message) {}
 #[subscriber(topic = "orders", group = "refunds", commit_interval = "0ms")]
 async fn refund(_order: Message) {}
 
+#[subscriber(topic = "orders", group = "payments", handler_timeout = 2)]
+async fn pay(_order: Message) {}
+
 fn main() {}
