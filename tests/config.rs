@@ -237,7 +237,9 @@ fn list_shows_every_subscriber_with_its_prefixed_group_and_no_property() {
         )
         .subscriber(
             Subscriber::new("audit", ["orders"], "audit-group", |_m: Message| async {})
-                .property("sasl.password", "hunter2"),
+                .property("sasl.password", "hunter2")
+                .handler_timeout(Duration::from_secs(2))
+                .reply("audit.out"),
         )
         .configure_with_env(&cli(&["--group-prefix", "staging-"]), Vec::new());
     let table = app.listing().unwrap();
@@ -252,7 +254,9 @@ fn list_shows_every_subscriber_with_its_prefixed_group_and_no_property() {
                 "CONCURRENCY",
                 "ORDERING",
                 "RETRIES",
-                "ON_ERROR"
+                "ON_ERROR",
+                "HANDLER_TIMEOUT",
+                "REPLY"
             ],
             vec![
                 "billing",
@@ -261,9 +265,21 @@ fn list_shows_every_subscriber_with_its_prefixed_group_and_no_property() {
                 "20",
                 "unordered",
                 "0",
-                "skip"
+                "skip",
+                "none",
+                "-"
             ],
-            vec!["audit", "orders", "staging-audit-group", "10", "unordered", "0", "skip"],
+            vec![
+                "audit",
+                "orders",
+                "staging-audit-group",
+                "10",
+                "unordered",
+                "0",
+                "skip",
+                "2s",
+                "audit.out"
+            ],
         ],
         "{table}"
     );
@@ -407,7 +423,7 @@ fn set_overrides_subscriber_settings_and_names_a_bad_one() {
     assert_eq!(
         rows,
         vec![
-            vec!["billing", "orders", "billing", "40", "key", "3", "skip"],
+            vec!["billing", "orders", "billing", "40", "key", "3", "skip", "none", "-"],
             vec![
                 "audit",
                 "orders",
@@ -415,7 +431,9 @@ fn set_overrides_subscriber_settings_and_names_a_bad_one() {
                 "10",
                 "unordered",
                 "3",
-                "dead_letter(orders.dlq)"
+                "dead_letter(orders.dlq)",
+                "none",
+                "-"
             ],
         ],
         "{table}"

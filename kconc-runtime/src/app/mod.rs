@@ -437,9 +437,11 @@ impl App {
             "ORDERING",
             "RETRIES",
             "ON_ERROR",
+            "HANDLER_TIMEOUT",
+            "REPLY",
         ]
         .map(str::to_owned);
-        let rows: Vec<[String; 7]> = self
+        let rows: Vec<[String; 9]> = self
             .subscribers()
             .map(|s| {
                 [
@@ -450,13 +452,15 @@ impl App {
                     s.ordering.to_string(),
                     s.policy.retries.to_string(),
                     s.policy.on_error.to_string(),
+                    s.handler_timeout.map_or("none".to_owned(), |d| format!("{d:?}")),
+                    s.reply.clone().unwrap_or_else(|| "-".to_owned()),
                 ]
             })
             .collect();
         if rows.is_empty() {
             return "no subscribers\n".to_owned();
         }
-        let mut widths = [0usize; 7];
+        let mut widths = [0usize; 9];
         for row in std::iter::once(&header).chain(&rows) {
             for (w, cell) in widths.iter_mut().zip(row) {
                 *w = (*w).max(cell.chars().count());

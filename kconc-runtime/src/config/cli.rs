@@ -68,8 +68,8 @@ pub struct Cli {
     pub only: Vec<String>,
 
     /// Print the subscribers (name, topics, group, concurrency, ordering,
-    /// retries, on_error) and
-    /// exit without connecting to any broker.
+    /// retries, on_error, handler_timeout, reply topic) and exit without
+    /// connecting to any broker.
     #[arg(long)]
     pub list: bool,
 
