@@ -299,3 +299,16 @@ fn produce_sends_to_a_service_on_the_embedded_broker() {
     assert!(!file.exists(), "the address file outlived the cluster");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A flag that does not exist exits 2 with the usage and the flag probably
+/// meant, as the README says.
+#[test]
+fn a_misspelt_flag_names_the_one_meant() {
+    let out = service(&["--brokrs", "localhost:1"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("a similar argument exists: '--brokers'"),
+        "{}",
+        stderr(&out)
+    );
+}
