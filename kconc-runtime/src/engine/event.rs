@@ -72,7 +72,9 @@ impl Engine {
         let (slot, offset) = match ev {
             Event::Wake => return,
             Event::Committed(positions) => {
-                self.on_committed(positions);
+                for (key, epoch, offset) in positions {
+                    self.parts.committed(&key, epoch, offset);
+                }
                 return;
             }
             Event::Batch(events) => {
@@ -86,15 +88,7 @@ impl Engine {
             Event::Stopped { slot, offset, .. } | Event::Abandoned(slot, offset) => (slot, offset),
         };
         // Every other event frees a handler slot.
-        self.running = self.running.saturating_sub(1);
-        let Some(ts) = self.topics.get_mut(slot.topic) else {
-            return;
-        };
-        let Some(ps) = ts
-            .partitions
-            .get_mut(&slot.partition)
-            .filter(|ps| ps.epoch == slot.epoch)
-        else {
+        let Some(mut ended) = self.parts.ended(slot) else {
             // A handler of an assignment that is gone (revoked, or since
             // assigned again): its outcome counts for nothing here, but the
             // lane it held is free now, so the key's messages of the new
@@ -102,17 +96,16 @@ impl Engine {
             self.waiting.finished(slot, offset);
             return;
         };
-        ps.running = ps.running.saturating_sub(1);
         match ev {
             Event::Done(c) => {
-                ps.offsets.finished(c.offset);
-                self.finished_since_commit += 1;
+                ended.finish(c.offset);
+                self.plan.finished();
                 self.waiting.finished(c.slot, c.offset);
             }
             Event::Retry { slot, msg, due } => {
                 // A revoked partition's message is not tried again here: it
                 // stays uncommitted and goes to the new owner.
-                if !ps.holds_back(msg.offset()) && !ps.revoking && !self.closing {
+                if ended.may_retry(msg.offset()) && !self.closing {
                     // It keeps its lane, idle, until its retry starts.
                     self.waiting.idle(slot, msg.offset());
                     self.delayed.push(due, slot, msg);
@@ -121,32 +114,17 @@ impl Engine {
                 }
             }
             Event::Stopped { slot, offset, reason } => {
-                ps.stop_at(offset);
-                let topic = ts.name.clone();
+                ended.stop(offset);
                 self.waiting.finished(slot, offset);
                 self.forget_unstarted_from(slot.topic, slot.partition, offset);
-                self.dispatcher
-                    .stats()
-                    .set_stopped(&topic, slot.partition, Some((offset, reason)));
+                self.dispatcher.stats().set_stopped(
+                    self.parts.name(slot.topic),
+                    slot.partition,
+                    Some((offset, reason)),
+                );
             }
             Event::Abandoned(slot, offset) => self.waiting.finished(slot, offset),
             Event::Batch(_) | Event::Committed(_) | Event::Wake => {}
-        }
-    }
-
-    /// Records what the committer has committed, where it is still this
-    /// assignment's.
-    pub(super) fn on_committed(&mut self, positions: Vec<(PartitionKey, u64, i64)>) {
-        for (key, epoch, offset) in positions {
-            let Some(ts) = self.topics.iter_mut().find(|t| t.name == key.topic) else {
-                continue;
-            };
-            if let Some(ps) = ts.partitions.get_mut(&key.partition).filter(|ps| ps.epoch == epoch) {
-                if ps.committed.is_none_or(|c| offset > c) {
-                    ps.committed = Some(offset);
-                    ps.progress_ms = crate::stats::unix_ms();
-                }
-            }
         }
     }
 }

@@ -1,7 +1,8 @@
 //! Fetching under backpressure: each assigned partition's own queue is read
 //! only while the engine has room (`max_buffered`, the partition's share of
-//! it, `max_uncommitted`); what is read is enqueued in the schedule. Also
-//! the records librdkafka cannot read, and the watermarks health reports.
+//! it, `max_uncommitted`: see `intake`); what is read is enqueued in the
+//! schedule. Also the records librdkafka cannot read, and the watermarks
+//! health reports.
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -10,12 +11,13 @@ use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::Offset;
 
-use super::batch_end::BatchEnd;
 use super::commit::CommitRequest;
 use super::event::MessageTag;
 use super::ffi::Polled;
+use super::intake::{Held, Intake};
+use super::partitions::{BatchStep, Read};
 use super::rebalance::ClientHooks;
-use super::{ffi, Engine, Held, PartitionState, Unreadable, FILL_READS, PARTITION_BATCH};
+use super::{ffi, Engine, FILL_READS, PARTITION_BATCH};
 use crate::message::Message;
 use crate::policy::OnError;
 
@@ -28,20 +30,18 @@ impl Engine {
         let now = crate::stats::unix_ms();
         stats.last_poll_ms.store(now, Ordering::Relaxed);
         stats.buffered.store(self.buffered() as u64, Ordering::Relaxed);
-        if now.saturating_sub(self.last_watermarks) < 1000 {
+        if !self.intake.watermarks_due(now) {
             return;
         }
-        self.last_watermarks = now;
         let mut marks = Vec::new();
         let mut progress = std::collections::BTreeMap::new();
-        for &(t, p) in &self.order {
-            let topic = &*self.topics[t].name;
+        for &(t, p) in self.intake.order() {
+            let topic = &**self.parts.name(t);
             if let Some(high) = ffi::cached_high_watermark(consumer, topic, p) {
                 marks.push(((topic.to_owned(), p), high));
             }
-            if let Some(ps) = self.topics[t].partitions.get(&p) {
-                let waiting = ps.offsets.window(ps.committed) > 0;
-                progress.insert((topic.to_owned(), p), (ps.progress_ms, waiting));
+            if let Some(at) = self.parts.progress(t, p) {
+                progress.insert((topic.to_owned(), p), at);
             }
         }
         if let Ok(mut map) = stats.high_watermarks.lock() {
@@ -50,19 +50,7 @@ impl Engine {
         if let Ok(mut map) = stats.progress.lock() {
             *map = progress;
         }
-        // librdkafka reports an unreadable batch again at every refetch;
-        // where the partition stopped there, nothing else comes: drop them.
-        for ts in &self.topics {
-            for ps in ts
-                .partitions
-                .values()
-                .filter(|ps| ps.stopped.is_some() && ps.unreadable.is_some())
-            {
-                if let Some(q) = &ps.queue {
-                    while !matches!(q.poll(&ts.name), Polled::Empty) {}
-                }
-            }
-        }
+        self.parts.drain_stopped_unreadable();
     }
 
     /// Takes in a record read from partition `msg.partition()` of topic
@@ -70,66 +58,52 @@ impl Engine {
     /// counted finished when the committed metadata says it finished before.
     pub(super) fn enqueue(&mut self, t: usize, msg: Message, leader_epoch: i32) {
         self.dispatcher.stats().received.fetch_add(1, Ordering::Relaxed);
-        let Some(ps) = self.topics[t].partitions.get_mut(&msg.partition()) else {
-            return;
-        };
-        // A record at or past where the fetch was moved after an unreadable
-        // batch: that is past the batch. If it is not where the batch
-        // ends, the search goes back below it, and the record is not taken
-        // (it is read again).
-        if let Some(mut u) = ps.unreadable {
-            if let Some(probe) = u.probe.filter(|&probe| msg.offset() >= probe) {
-                match u.search.as_mut().and_then(|s| s.past(probe)) {
-                    None => ps.unreadable = None,
-                    Some(next) => {
-                        u.probe = Some(next);
-                        ps.unreadable = Some(u);
-                        self.move_fetch(t, msg.partition(), next);
-                        return;
-                    }
-                }
-            }
-        }
-        let mut first = ps.offsets.is_untouched();
-        let dropped = (first && ps.start_reading(msg.offset())).then_some(ps.inherited_base);
-        let mut epoch = ps.epoch;
-        let dispatched = ps.offsets.dispatched(msg.offset());
-        let done_before = dispatched && ps.finished_before(msg.offset());
-        if dispatched {
-            ps.leader_epochs.read(msg.offset(), leader_epoch);
-        }
-        if let Some(base) = dropped {
-            self.stale_below(t, msg.partition(), base, msg.offset());
-        }
-        if !dispatched {
-            // The partition's position went back within the assignment (a
-            // reset after log truncation, say): what comes now was never
-            // handled, so it is handled, as in a new assignment.
-            tracing::warn!(
-                subscriber = &*self.settings.name,
-                topic = &*self.topics[t].name,
-                partition = msg.partition(),
-                offset = msg.offset(),
-                "the partition's position went back; handling from there as a new assignment"
-            );
-            self.restart_partition(t, msg.partition());
-            let Some(ps) = self.topics[t].partitions.get_mut(&msg.partition()) else {
+        let p = msg.partition();
+        let (epoch, first, done_before) = match self.parts.read(t, p, msg.offset(), leader_epoch) {
+            Read::Gone => return,
+            Read::Seek(next) => {
+                self.move_fetch(t, p, next);
                 return;
-            };
-            ps.offsets.dispatched(msg.offset());
-            ps.leader_epochs.read(msg.offset(), leader_epoch);
-            (first, epoch) = (true, ps.epoch);
-        }
+            }
+            Read::Take {
+                epoch,
+                first,
+                stale,
+                done_before,
+            } => {
+                if let Some(base) = stale {
+                    self.stale_below(t, p, base, msg.offset());
+                }
+                (epoch, first, done_before)
+            }
+            Read::Back => {
+                // The partition's position went back within the assignment
+                // (a reset after log truncation, say): what comes now was
+                // never handled, so it is handled, as in a new assignment.
+                tracing::warn!(
+                    subscriber = &*self.settings.name,
+                    topic = &**self.parts.name(t),
+                    partition = p,
+                    offset = msg.offset(),
+                    "the partition's position went back; handling from there as a new assignment"
+                );
+                self.restart_partition(t, p);
+                let Some(epoch) = self.parts.read_again(t, p, msg.offset(), leader_epoch) else {
+                    return;
+                };
+                (epoch, true, false)
+            }
+        };
         let slot = MessageTag {
             topic: t,
-            partition: msg.partition(),
+            partition: p,
             epoch,
             lane: None,
         };
         if first {
             self.dispatcher
                 .stats()
-                .set_fetch_start(&self.topics[t].name, msg.partition(), msg.offset());
+                .set_fetch_start(self.parts.name(t), p, msg.offset());
         }
         if done_before {
             // Finished before (the committed metadata says so): it counts as
@@ -158,11 +132,10 @@ impl Engine {
         );
     }
 
-    /// Counts a message passed as finished before (see
-    /// `PartitionState::finished_before`): toward the next commit, and in
-    /// `skipped_already_done`.
+    /// Counts a message passed as finished before (the committed metadata
+    /// lists it): toward the next commit, and in `skipped_already_done`.
     fn count_done_before(&mut self) {
-        self.finished_since_commit += 1;
+        self.plan.finished();
         self.dispatcher.stats().already_done.fetch_add(1, Ordering::Relaxed);
     }
 
@@ -172,31 +145,27 @@ impl Engine {
         self.waiting.len() + self.delayed.len()
     }
 
-    /// Why partition `ps` (`p` of topic `t`) is not read now, if it is not.
-    pub(super) fn held_back(&self, t: usize, p: i32, ps: &PartitionState, share: usize) -> Option<Held> {
-        if self.waiting.blocked(t, p) >= share {
-            return Some(Held::Share);
-        }
-        (ps.offsets.window(ps.committed) >= self.settings.max_uncommitted as u64).then_some(Held::Window)
+    /// Why partition `p` of topic `t` is not read now, if it is not (see
+    /// [`Intake::held`]); `None` too when it is not assigned.
+    fn held_back(&self, t: usize, p: i32, share: usize) -> Option<Held> {
+        let window = self.parts.window(t, p)?;
+        Intake::held(self.waiting.blocked(t, p), share, window, self.settings.max_uncommitted)
     }
 
     /// Reads partition queues, a batch from each in turn, while fewer than
     /// `max_buffered` messages wait (retries included) and the partition is
-    /// not held back (see [`Engine::held_back`]), up to `FILL_READS`
-    /// messages. Returns how many it read.
+    /// not held back (see [`Intake::held`]), up to `FILL_READS` messages.
+    /// Returns how many it read.
     pub(super) fn fill(&mut self) -> usize {
-        if self.closing || self.order.is_empty() {
+        let n = self.intake.order().len();
+        if self.closing || n == 0 {
             return 0;
         }
-        let n = self.order.len();
-        let share = (self.settings.max_buffered / n).max(1);
+        let share = self.intake.share(self.settings.max_buffered);
         let mut windows_full = Vec::new();
         for i in 0..n {
-            let (t, p) = self.order[i];
-            let held = self.topics[t]
-                .partitions
-                .get(&p)
-                .and_then(|ps| self.held_back(t, p, ps, share));
+            let (t, p) = self.intake.order()[i];
+            let held = self.held_back(t, p, share);
             if held == Some(Held::Window) {
                 windows_full.push((t, p));
             }
@@ -206,7 +175,9 @@ impl Engine {
         // what of it finished is asked for at once, not at the batch size or
         // the interval (which may be far off).
         if !windows_full.is_empty() {
-            let positions = self.positions(&windows_full);
+            let positions = self
+                .plan
+                .positions(&mut self.parts, &windows_full, self.dispatcher.stats());
             if !positions.is_empty() {
                 self.committer.request(CommitRequest::Positions(positions));
             }
@@ -215,27 +186,20 @@ impl Engine {
         loop {
             let mut progress = false;
             for i in 0..n {
-                let (t, p) = self.order[(self.next_turn + i) % n];
+                let (t, p) = self.intake.turn(i);
                 for _ in 0..PARTITION_BATCH {
                     if self.buffered() >= self.settings.max_buffered || read >= FILL_READS {
-                        // The next turn starts after this partition, so a
-                        // deep partition cannot starve the others.
-                        self.next_turn = (self.next_turn + i + 1) % n;
+                        self.intake.stopped_at(i);
                         return read;
                     }
-                    let topic = &self.topics[t];
-                    let Some(ps) = topic.partitions.get(&p).filter(|ps| ps.stopped.is_none()) else {
+                    if !self.parts.readable(t, p) {
                         break;
-                    };
-                    if let Some(held) = self.held_back(t, p, ps, share) {
+                    }
+                    if let Some(held) = self.held_back(t, p, share) {
                         self.set_paused(t, p, Some(held));
                         break;
                     }
-                    let polled = match &ps.queue {
-                        Some(q) => q.poll(&topic.name),
-                        None => Polled::Empty,
-                    };
-                    match polled {
+                    match self.parts.poll(t, p) {
                         Polled::Message(msg, leader_epoch) => {
                             self.enqueue(t, msg, leader_epoch);
                             read += 1;
@@ -243,7 +207,7 @@ impl Engine {
                             // Started as soon as read while slots are free:
                             // a handler that ends on its first poll then
                             // frees its record before the next is read.
-                            if self.running < self.settings.concurrency {
+                            if self.parts.running() < self.settings.concurrency {
                                 self.start_waiting();
                             }
                         }
@@ -255,7 +219,7 @@ impl Engine {
                     }
                 }
             }
-            self.next_turn = (self.next_turn + 1) % n;
+            self.intake.passed();
             if !progress {
                 return read;
             }
@@ -280,7 +244,7 @@ impl Engine {
             ) => self.unreadable(t, p, at, code, reason),
             _ => tracing::warn!(
                 subscriber = &*self.settings.name,
-                topic = &*self.topics[t].name,
+                topic = &**self.parts.name(t),
                 partition = p,
                 error = reason,
                 ?offset,
@@ -298,7 +262,7 @@ impl Engine {
     /// it (no key or payload: only where it was and why), and then the fetch
     /// is moved to find where the batch ends (a fetch anywhere in the batch
     /// returns the whole batch, and its end is not reported: see
-    /// [`BatchEnd`]), so no readable record after it is passed over.
+    /// `BatchEnd`), so no readable record after it is passed over.
     ///
     /// Where the committed metadata lists the batch's offsets as finished
     /// (its previous owner routed it already), the fetch is moved past them
@@ -307,80 +271,38 @@ impl Engine {
     /// there (the previous owner had read the batch, and its records there
     /// had not finished).
     pub(super) fn unreadable(&mut self, t: usize, p: i32, at: i64, code: RDKafkaErrorCode, reason: &str) {
-        let Some(ps) = self.topics[t].partitions.get_mut(&p) else {
-            return;
-        };
-        if ps.stopped.is_some() {
-            // Reported again while the partition stands stopped there.
-            return;
-        }
-        if let Some(mut u) = ps.unreadable.filter(|u| u.at == at) {
-            // The fetch moved to `probe` is still inside the batch.
-            let Some(probe) = u.probe else {
-                return;
-            };
-            if let Some(search) = u.search.as_mut() {
-                let next = search.inside(probe);
-                u.probe = Some(next);
-                ps.unreadable = Some(u);
-                self.move_fetch(t, p, next);
-            } else if ps.inherited_lists(probe) {
+        match self.parts.unreadable(t, p, at) {
+            BatchStep::Ignore => {}
+            BatchStep::Seek(next) => self.move_fetch(t, p, next),
+            BatchStep::PassListed { to, stale } => {
+                if let Some(base) = stale {
+                    self.stale_below(t, p, base, at);
+                }
                 self.count_done_before();
-                self.pass_listed(t, p, at, probe + 1);
-            } else {
-                ps.offsets.dispatched(probe);
-                self.route_unreadable(t, p, at, probe, code, reason);
+                self.parts.pass_listed(t, p, at, to);
+                self.move_fetch(t, p, to);
             }
-            return;
-        }
-        if let Some(mut u) = ps.unreadable.filter(|u| u.search.is_some() && at > u.at) {
-            // Another unreadable batch, where the fetch was moved to find
-            // the end of this one: that is past it.
-            let past = u.probe.zip(u.search.as_mut());
-            if let Some(next) = past.and_then(|(probe, search)| search.past(probe.min(at))) {
-                u.probe = Some(next);
-                ps.unreadable = Some(u);
-                self.move_fetch(t, p, next);
-                return;
+            BatchStep::Route { from, stale } => {
+                if let Some(base) = stale {
+                    self.stale_below(t, p, base, at);
+                }
+                self.route_unreadable(t, p, at, from, code, reason);
             }
-            // It ends where the other begins, which comes next.
-            ps.unreadable = None;
         }
-        if ps.offsets.last_dispatched().is_some_and(|last| at <= last) {
-            // A report of what is already passed: nothing new.
-            return;
-        }
-        if ps.offsets.is_untouched() && ps.start_reading(at) {
-            let base = ps.inherited_base;
-            self.stale_below(t, p, base, at);
-        }
-        let Some(ps) = self.topics[t].partitions.get_mut(&p) else {
-            return;
-        };
-        ps.offsets.dispatched(at);
-        if ps.finished_before(at) {
-            // The previous owner already routed it (the committed metadata
-            // lists it): move past it without doing so again, as far as
-            // the metadata lists the batch.
-            self.count_done_before();
-            self.pass_listed(t, p, at, at + 1);
-            return;
-        }
-        self.route_unreadable(t, p, at, at, code, reason);
     }
 
     /// Routes the unreadable batch reported at `at`, from its offset
     /// `from` on (already dispatched), through the error policy (see
     /// [`Engine::unreadable`]).
     fn route_unreadable(&mut self, t: usize, p: i32, at: i64, from: i64, code: RDKafkaErrorCode, reason: &str) {
-        let topic = self.topics[t].name.clone();
-        let Some(ps) = self.topics[t].partitions.get_mut(&p) else {
+        let topic = self.parts.name(t).clone();
+        let Some(epoch) = self.parts.epoch(t, p) else {
             return;
         };
         let slot = MessageTag {
             topic: t,
             partition: p,
-            epoch: ps.epoch,
+            epoch,
             lane: None,
         };
         self.dispatcher.stats().unreadable.fetch_add(1, Ordering::Relaxed);
@@ -408,12 +330,7 @@ impl Engine {
         );
         match on_error {
             OnError::Stop => {
-                ps.stop_at(from);
-                ps.unreadable = Some(Unreadable {
-                    at,
-                    probe: None,
-                    search: None,
-                });
+                self.parts.stop_unreadable(t, p, at, from);
                 let stats = self.dispatcher.stats();
                 stats.stopped.fetch_add(1, Ordering::Relaxed);
                 stats.set_stopped(&topic, p, Some((from, error)));
@@ -421,13 +338,12 @@ impl Engine {
             }
             OnError::Skip => {
                 self.dispatcher.stats().skipped.fetch_add(1, Ordering::Relaxed);
-                ps.offsets.finished(from);
-                self.finished_since_commit += 1;
+                self.parts.finish(t, p, from);
+                self.plan.finished();
                 self.search_end(t, p, at, from);
             }
             OnError::DeadLetter(_) => {
-                ps.running += 1;
-                self.running += 1;
+                self.parts.started(slot);
                 self.dispatcher.dead_letter(slot, Message::new(&topic, p, from), error);
                 self.dispatcher.flush();
                 self.search_end(t, p, at, from);
@@ -435,36 +351,14 @@ impl Engine {
         }
     }
 
-    /// Moves the fetch of partition `p` (past an unreadable batch at `at`)
-    /// to `to`, one offset further than the last: the metadata listed every
-    /// offset of the batch before `to`.
-    fn pass_listed(&mut self, t: usize, p: i32, at: i64, to: i64) {
-        if let Some(ps) = self.topics[t].partitions.get_mut(&p) {
-            ps.unreadable = Some(Unreadable {
-                at,
-                probe: Some(to),
-                search: None,
-            });
-        }
-        self.move_fetch(t, p, to);
-    }
-
     /// Starts the search for the end of the unreadable batch at `at`, whose
-    /// offsets up to `from` are routed (see [`BatchEnd`]).
+    /// offsets up to `from` are routed (see `BatchEnd`).
     fn search_end(&mut self, t: usize, p: i32, at: i64, from: i64) {
         let end = self
             .consumer
             .upgrade()
-            .and_then(|c| ffi::cached_high_watermark(&c, &self.topics[t].name, p));
-        let search = BatchEnd::from(from, end);
-        let probe = search.probe();
-        if let Some(ps) = self.topics[t].partitions.get_mut(&p) {
-            ps.unreadable = Some(Unreadable {
-                at,
-                probe: Some(probe),
-                search: Some(search),
-            });
-        }
+            .and_then(|c| ffi::cached_high_watermark(&c, self.parts.name(t), p));
+        let probe = self.parts.search_end(t, p, at, from, end);
         self.move_fetch(t, p, probe);
     }
 
@@ -474,7 +368,7 @@ impl Engine {
             .stats()
             .unreadable_probes
             .fetch_add(1, Ordering::Relaxed);
-        let topic = self.topics[t].name.clone();
+        let topic = self.parts.name(t).clone();
         let Some(consumer) = self.consumer.upgrade() else {
             return;
         };
@@ -489,15 +383,11 @@ impl Engine {
     /// Marks a partition paused (`Some(why)`) or resumed by backpressure,
     /// logging and counting the change.
     pub(super) fn set_paused(&mut self, t: usize, p: i32, held: Option<Held>) {
-        let Some(ps) = self.topics[t].partitions.get_mut(&p) else {
-            return;
-        };
         let paused = held.is_some();
-        if ps.paused == paused {
+        if !self.intake.set_paused(t, p, paused) {
             return;
         }
-        ps.paused = paused;
-        let topic = &*self.topics[t].name;
+        let topic = &**self.parts.name(t);
         let stats = self.dispatcher.stats();
         stats.set_paused(topic, p, paused);
         if held == Some(Held::Window) {
@@ -530,10 +420,9 @@ mod tests {
 
     /// Partition 0's committed metadata said {12} finished above 10.
     fn inherit_12_above_10(te: &mut TestEngine) {
-        let ps = te.engine.topics[0].partitions.get_mut(&0).unwrap();
         let mut set = Finished::default();
         set.push(12);
-        (ps.inherited, ps.inherited_base) = (set, 10);
+        te.engine.parts.inherit(0, 0, set, 10);
     }
 
     fn stale(te: &TestEngine) -> u64 {
@@ -574,9 +463,9 @@ mod tests {
         for o in 10..=11 {
             te.engine.enqueue(0, Message::new("t", 0, o), 0);
         }
-        let old = te.engine.topics[0].partitions[&0].epoch;
+        let old = te.engine.parts.epoch(0, 0).unwrap();
         for o in 10..=11 {
-            te.engine.topics[0].partitions.get_mut(&0).unwrap().offsets.finished(o);
+            te.engine.parts.finish(0, 0, o);
         }
         te.engine.maybe_commit(true);
         assert!(matches!(
@@ -584,8 +473,8 @@ mod tests {
             [CommitRequest::Positions(w)] if w[0].epoch == old && w[0].offset == 12 && w[0].metadata.is_some()
         ));
         te.engine.enqueue(0, Message::new("t", 0, 3), 7);
-        let ps = &te.engine.topics[0].partitions[&0];
-        assert!(ps.epoch > old && ps.inherited.is_empty());
+        let parts = &te.engine.parts;
+        assert!(parts.epoch(0, 0).unwrap() > old && !parts.inherits(0, 0));
         assert_eq!(stale(&te), 1);
         assert!(
             matches!(&te.requests()[..], [CommitRequest::Forget(f)] if f[0].1 == old),

@@ -5,7 +5,9 @@
 //! flows through them:
 //!
 //! - `poll`: the poll thread's loop, and starting a subscriber.
-//! - `fetch`: reading each partition's queue under backpressure.
+//! - `fetch`: reading each partition's queue under backpressure; `intake`
+//!   decides whose turn it is and which are held back.
+//! - `partitions`: each assigned partition's state, and its changes.
 //! - `schedule`: the lanes that keep key or partition order.
 //! - `dispatch`: starting a message on a worker (or its first poll here).
 //! - `inline`: the opt-in first polls on the poll thread.
@@ -14,6 +16,7 @@
 //! - `event`: what workers and the committer report, and what the poll
 //!   loop does with it.
 //! - `offsets`: each partition's contiguous finished prefix.
+//! - `commit_plan`: when and what to commit.
 //! - `finished`: the finished offsets above it, as commit metadata.
 //! - `commit`: the committer thread.
 //! - `rebalance`: assignments, revokes and each partition's epoch.
@@ -48,6 +51,7 @@
 
 mod batch_end;
 mod commit;
+mod commit_plan;
 mod complete;
 mod dispatch;
 mod event;
@@ -56,7 +60,9 @@ mod ffi;
 mod finished;
 mod hash;
 mod inline;
+mod intake;
 mod offsets;
+mod partitions;
 mod places;
 mod poll;
 mod rebalance;
@@ -78,12 +84,11 @@ use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use tokio_util::sync::CancellationToken;
 
 use self::commit::Committer;
+use self::commit_plan::CommitPlan;
 use self::dispatch::Dispatcher;
 use self::event::Event;
-use self::ffi::PartitionQueue;
-use self::finished::Finished;
-use self::hash::SmallKeyMap;
-use self::offsets::{LeaderEpochs, OffsetTracker};
+use self::intake::Intake;
+use self::partitions::Partitions;
 use self::rebalance::ClientHooks;
 use self::retry::Retries;
 use self::schedule::Schedule;
@@ -101,26 +106,10 @@ const PARTITION_BATCH: usize = 64;
 /// Messages read from partition queues in one turn of the poll loop, at
 /// most, before it polls the consumer again for rebalances and errors.
 const TURN_READS: usize = 4096;
-/// Idle commits are asked for at most this often (each request covers every
-/// partition idle by then), or every tenth of `commit_interval` if that is
-/// shorter: at a low rate, where each record comes in a fetch of its own
-/// (as Kafka's long poll answers), every message would otherwise make its
-/// own OffsetCommit.
-const IDLE_COMMIT_GAP: Duration = Duration::from_millis(100);
 /// Messages one `fill` reads at most: handlers that end on their first
 /// poll free their slots as fast as it reads, so without a bound it would
 /// read the whole backlog before the loop commits or serves a rebalance.
 const FILL_READS: usize = 256;
-
-impl std::fmt::Debug for PartitionState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PartitionState")
-            .field("epoch", &self.epoch)
-            .field("running", &self.running)
-            .field("split", &self.queue.is_some())
-            .finish_non_exhaustive()
-    }
-}
 
 /// The settings the engine reads on every message, copied out of [`Subscriber`].
 #[derive(Debug)]
@@ -137,157 +126,20 @@ struct Settings {
     /// librdkafka's prefetch bound per assigned partition
     /// (`queued.max.messages.kbytes`), for a warning.
     prefetch_kb: u64,
-    commit_batch_size: usize,
-    commit_interval: Duration,
-    /// Commit the finished offsets above each position in its metadata,
-    /// and skip what the committed metadata says finished.
-    commit_metadata: bool,
     shutdown_timeout: Duration,
     revoke_timeout: Duration,
-}
-
-#[derive(Debug)]
-struct TopicState {
-    name: Arc<str>,
-    partitions: SmallKeyMap<i32, PartitionState>,
-}
-
-struct PartitionState {
-    epoch: u64,
-    offsets: OffsetTracker,
-    /// Handlers of this partition running now.
-    running: usize,
-    /// This partition's own message queue (see the module docs).
-    queue: Option<PartitionQueue>,
-    /// The last position handed to the committer.
-    requested: Option<i64>,
-    /// How many offsets above it had finished then (with commit metadata:
-    /// more finished is a new commit of the same position).
-    requested_above: usize,
-    /// Offsets the committed metadata says finished before this assignment
-    /// (see `finished`), from the first not read yet: they are skipped
-    /// when read, and committed as finished until they are. Only for the
-    /// log they were written for: dropped at assignment when one of them is
-    /// at or past the log's end, and when the first offset read is below
-    /// `inherited_base` (see `start_reading`).
-    inherited: Finished,
-    /// The committed offset `inherited` was written with.
-    inherited_base: i64,
-    /// The leader epochs of the records read, for the commits.
-    leader_epochs: LeaderEpochs,
-    /// Not read because its messages waiting behind busy lanes reached its
-    /// share of `max_buffered`.
-    paused: bool,
-    /// Stopped by the error policy at this offset: never read again in this
-    /// assignment, and nothing at or after it starts; what comes before it
-    /// still runs (and is retried) in its lane's order, and is committed.
-    stopped: Option<i64>,
-    /// Being revoked: nothing of it starts or is retried any more.
-    revoking: bool,
-    /// The position the committer last committed in this assignment.
-    committed: Option<i64>,
-    /// When `committed` last moved (or the partition was assigned), in
-    /// Unix milliseconds: how long its commits have stalled.
-    progress_ms: u64,
-    /// A record batch librdkafka cannot read, at this first offset: the
-    /// position the partition is being moved past, if it is (`probe`).
-    unreadable: Option<Unreadable>,
-}
-
-impl PartitionState {
-    /// Stops the partition at `offset` (or keeps an earlier stop).
-    fn stop_at(&mut self, offset: i64) {
-        self.stopped = Some(self.stopped.map_or(offset, |s| s.min(offset)));
-    }
-
-    /// Whether a stop holds the message at `offset` back.
-    fn holds_back(&self, offset: i64) -> bool {
-        self.stopped.is_some_and(|s| offset >= s)
-    }
-
-    /// Called with the first offset this assignment reads: a read that
-    /// starts below the committed offset the inherited set came with means
-    /// the log is not the one the set was written for (truncated, or
-    /// deleted and created again, and the fetch reset to its start), so
-    /// the set is dropped. Returns whether it was.
-    fn start_reading(&mut self, first: i64) -> bool {
-        if self.inherited.is_empty() || first >= self.inherited_base {
-            return false;
-        }
-        self.inherited = Finished::default();
-        true
-    }
-
-    /// Whether the inherited set lists `offset` (what it lists below is
-    /// dropped: it is read past).
-    fn inherited_lists(&mut self, offset: i64) -> bool {
-        self.inherited.drop_below(offset);
-        self.inherited.contains(offset)
-    }
-
-    /// Whether `offset`, just dispatched, finished before this assignment
-    /// (the committed metadata lists it); if so it is recorded finished.
-    /// What the metadata lists below it is dropped: it is read past.
-    fn finished_before(&mut self, offset: i64) -> bool {
-        if self.inherited.is_empty() || !self.inherited_lists(offset) {
-            return false;
-        }
-        self.offsets.finished(offset);
-        true
-    }
-
-    /// The metadata to commit with position `pos`: the offsets finished
-    /// above it, here and (not read yet) inherited.
-    fn metadata_at(&self, pos: i64) -> Option<finished::Encoded> {
-        let mut set = Finished::default();
-        self.offsets.finished_set().for_each(|o| set.push(o));
-        let read_up_to = self.offsets.last_dispatched().map_or(i64::MIN, |l| l + 1);
-        for &(s, e) in self.inherited.ranges() {
-            set.push_range(s.max(read_up_to), e);
-        }
-        finished::encode(pos, &set, finished::MAX_METADATA)
-    }
-}
-
-/// Why backpressure holds a partition back (it is not read meanwhile).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Held {
-    /// Its messages waiting behind busy lanes reached its share of
-    /// `max_buffered` (key and partition ordering).
-    Share,
-    /// Its uncommitted window reached `max_uncommitted`.
-    Window,
-}
-
-impl Held {
-    fn reason(self) -> &'static str {
-        match self {
-            Self::Share => "its buffer share is full",
-            Self::Window => "its uncommitted window is full (max_uncommitted): it waits for its commits",
-        }
-    }
-}
-
-/// An unreadable record batch of a partition (see [`Engine::unreadable`]).
-#[derive(Clone, Copy, Debug)]
-struct Unreadable {
-    /// The batch's first offset, as librdkafka reports it.
-    at: i64,
-    /// Where the fetch was last moved to, to find the end of the batch:
-    /// `None` once the partition is stopped there.
-    probe: Option<i64>,
-    /// The search for the batch's end; `None` while the committed metadata
-    /// lists every offset of the batch before `probe` as finished before
-    /// (they are moved past without the policy, one at a time: each must be
-    /// listed), or once the partition is stopped there.
-    search: Option<batch_end::BatchEnd>,
 }
 
 /// Everything the poll thread knows. Lives in the consumer's context so the
 /// rebalance callbacks reach it; only the poll thread ever locks it.
 struct Engine {
     settings: Settings,
-    topics: Vec<TopicState>,
+    /// Every assigned partition's state, and the handlers running.
+    parts: Partitions,
+    /// Which partition's queue is read next, and which are held back.
+    intake: Intake,
+    /// When and what to commit.
+    plan: CommitPlan,
     events: Receiver<Event>,
     dispatcher: Dispatcher,
     committer: Committer,
@@ -296,23 +148,12 @@ struct Engine {
     consumer: Weak<BaseConsumer<ClientHooks>>,
     /// Wakes the poll loop when a partition queue gets messages.
     wake: mpsc::Sender<Event>,
-    /// Assigned partitions in the order their queues are read; the start
-    /// rotates so that no partition is always served first.
-    order: Vec<(usize, i32)>,
-    next_turn: usize,
-    next_epoch: u64,
     /// Messages fetched and not started, in the order they may start.
     waiting: Schedule,
     /// Failed messages waiting for their retry, soonest first. They hold
     /// no handler slot; their offsets stay unfinished and, in key or
     /// partition ordering, their lanes stay busy.
     delayed: Retries,
-    /// Handlers running now, all partitions.
-    running: usize,
-    finished_since_commit: usize,
-    last_commit: Instant,
-    /// When idle partitions were last asked to be committed.
-    last_idle_commit: Option<Instant>,
     /// Shutdown has begun: nothing more is dispatched.
     closing: bool,
     /// This subscriber's shutdown signal: once it is given, nothing more
@@ -324,8 +165,6 @@ struct Engine {
     /// When the shutdown under way must be over: a revoke during it ends
     /// by then too.
     shutdown_deadline: Option<Instant>,
-    /// When the high watermarks were last read, in Unix milliseconds.
-    last_watermarks: u64,
 }
 
 fn with_engine<R>(consumer: &BaseConsumer<ClientHooks>, f: impl FnOnce(&mut Engine) -> R) -> Option<R> {

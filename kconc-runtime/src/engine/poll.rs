@@ -14,14 +14,17 @@ use rdkafka::ClientConfig;
 use tokio_util::sync::CancellationToken;
 
 use super::commit::{CommitRequest, Committer};
+use super::commit_plan::CommitPlan;
 use super::complete::HandlerEnv;
 use super::dispatch::Dispatcher;
 use super::event::Event;
+use super::intake::Intake;
+use super::partitions::Partitions;
 use super::rebalance::ClientHooks;
 use super::retry::Retries;
 use super::schedule::Schedule;
 use super::shutdown::{close, drain_on_shutdown};
-use super::{with_engine, Engine, Settings, IDLE_COMMIT_GAP, POLL_BATCH, TURN_READS};
+use super::{with_engine, Engine, Settings, IDLE_WAIT, POLL_BATCH, TURN_READS};
 use crate::stats::Stats;
 use crate::subscriber::Subscriber;
 use crate::watch::ClusterWatch;
@@ -282,28 +285,23 @@ impl Engine {
                 max_buffered: sub.effective_max_buffered(),
                 max_uncommitted: sub.max_uncommitted,
                 prefetch_kb,
-                commit_batch_size: sub.commit_batch_size,
-                commit_interval: sub.commit_interval,
-                commit_metadata: sub.commit_metadata == crate::CommitMetadata::Finished,
                 shutdown_timeout: sub.shutdown_timeout,
                 revoke_timeout: sub.revoke_timeout,
             },
-            topics: Vec::new(),
+            parts: Partitions::default(),
+            intake: Intake::default(),
+            plan: CommitPlan::new(
+                sub.commit_batch_size,
+                sub.commit_interval,
+                sub.commit_metadata == crate::CommitMetadata::Finished,
+            ),
             events,
             dispatcher: Dispatcher::new(env, sub.concurrency, sub.first_poll),
             committer,
             consumer,
             wake,
-            order: Vec::new(),
-            next_turn: 0,
-            next_epoch: 0,
             waiting: Schedule::new(sub.ordering),
             delayed: Retries::default(),
-            running: 0,
-            finished_since_commit: 0,
-            last_commit: Instant::now(),
-            last_idle_commit: None,
-            last_watermarks: 0,
             closing: false,
             shutdown,
             in_callback: false,
@@ -322,16 +320,13 @@ impl Engine {
         self.waiting.clear();
         self.delayed.clear();
         self.dispatcher.abort();
-        let parts = self.all_partitions();
-        let assigned = parts
-            .iter()
-            .filter_map(|&(t, p)| Some((self.key(t, p), self.topics[t].partitions.get(&p)?.epoch)))
-            .collect();
-        self.committer.request(CommitRequest::Forget(assigned));
+        let parts = self.parts.all();
+        self.committer
+            .request(CommitRequest::Forget(self.parts.assigned(&parts)));
         for (t, p) in parts {
             self.drop_partition(t, p);
         }
-        self.rebuild_order();
+        self.intake.rebuild(self.parts.all());
         self.dispatcher.stats().joined.store(false, Ordering::Relaxed);
     }
 
@@ -351,20 +346,36 @@ impl Engine {
         }
     }
 
+    /// Moves retries that are due to the front of the schedule, where their
+    /// partition is still theirs and may run them.
+    fn release_due(&mut self) {
+        let now = Instant::now();
+        while let Some((slot, msg)) = self.delayed.pop_due(now) {
+            if self.parts.may_retry(slot, msg.offset()) && !self.closing {
+                self.waiting.retry(slot, msg);
+            }
+        }
+    }
+
+    /// How long the loop may sleep: until the next retry is due, at most
+    /// `IDLE_WAIT`.
+    pub(super) fn idle_wait(&self) -> Duration {
+        self.delayed.next_due().map_or(IDLE_WAIT, |due| {
+            due.saturating_duration_since(Instant::now()).min(IDLE_WAIT)
+        })
+    }
+
     /// Starts waiting messages while slots are free; what goes to workers
     /// waits for the next flush.
     pub(super) fn start_waiting(&mut self) {
         if self.closing || self.shutdown.is_cancelled() {
             return;
         }
-        while self.running < self.settings.concurrency {
+        while self.parts.running() < self.settings.concurrency {
             let Some((slot, msg)) = self.waiting.pop() else {
                 break;
             };
-            if let Some(ps) = self.topics[slot.topic].partitions.get_mut(&slot.partition) {
-                ps.running += 1;
-            }
-            self.running += 1;
+            self.parts.started(slot);
             if let Some(ended) = self.dispatcher.start(slot, msg, !self.in_callback) {
                 // Ended on its first poll, here: its lane and slot are free
                 // for the next message at once.
@@ -396,62 +407,25 @@ impl Engine {
         }
     }
 
+    /// Asks the committer for every partition's position, if a commit is
+    /// due (see [`CommitPlan::due`]) or `force`d.
     pub(super) fn maybe_commit(&mut self, force: bool) {
-        let due = self.finished_since_commit >= self.settings.commit_batch_size
-            || (self.finished_since_commit > 0 && self.last_commit.elapsed() >= self.settings.commit_interval);
-        if !(due || force) {
-            return;
-        }
-        let parts = self.all_partitions();
-        let positions = self.positions(&parts);
-        self.finished_since_commit = 0;
-        self.last_commit = Instant::now();
-        if !positions.is_empty() {
+        if let Some(positions) = self.plan.due(force, &mut self.parts, self.dispatcher.stats()) {
             self.committer.request(CommitRequest::Positions(positions));
         }
     }
 
     /// Commits at once the partitions that went idle (everything read has
     /// finished and nothing more is fetched) with a finished prefix not yet
-    /// asked for, in one request: a crash after a backlog drains then
-    /// redelivers nothing of them. The committer coalesces requests that
-    /// come while a commit is under way. Once per turn of the poll loop
-    /// (it looks at every partition), and a request at most every
-    /// [`IDLE_COMMIT_GAP`] (or tenth of `commit_interval`): what goes idle
-    /// meanwhile waits for the next turn after it.
+    /// asked for, in one request (see [`CommitPlan::idle`]). The committer
+    /// coalesces requests that come while a commit is under way. Once per
+    /// turn of the poll loop: what goes idle after it waits for the next.
     pub(super) fn commit_idle(&mut self) {
-        if self.finished_since_commit == 0 || self.closing {
+        if self.closing {
             return;
         }
-        let gap = (self.settings.commit_interval / 10).min(IDLE_COMMIT_GAP);
-        if self.last_idle_commit.is_some_and(|at| at.elapsed() < gap) {
-            return;
-        }
-        let idle: Vec<(usize, i32)> = self
-            .order
-            .iter()
-            .copied()
-            .filter(|&(t, p)| {
-                self.topics[t].partitions.get(&p).is_some_and(|ps| {
-                    ps.offsets.is_settled()
-                        && ps
-                            .offsets
-                            .committable()
-                            .is_some_and(|c| ps.requested.is_none_or(|r| c > r))
-                        && ps.queue.as_ref().is_some_and(|q| q.len() == 0)
-                })
-            })
-            .collect();
-        if idle.is_empty() {
-            return;
-        }
-        let positions = self.positions(&idle);
-        if !positions.is_empty() {
-            self.last_idle_commit = Some(Instant::now());
-            self.dispatcher
-                .stats()
-                .idle_commits
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let stats = self.dispatcher.stats();
+        if let Some(positions) = self.plan.idle(&mut self.parts, self.intake.order(), stats) {
             self.committer.request(CommitRequest::Positions(positions));
         }
     }

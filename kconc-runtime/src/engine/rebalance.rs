@@ -1,7 +1,6 @@
-//! Rebalances and partitions: the rdkafka context whose callbacks run the
-//! engine's assign and revoke (librdkafka calls them inside `poll`, on the
-//! poll thread), each assignment's epoch, and what a partition's state says
-//! about its positions.
+//! Rebalances: the rdkafka context whose callbacks run the engine's assign
+//! and revoke (librdkafka calls them inside `poll`, on the poll thread),
+//! and what an assignment reads of its committed metadata.
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -13,12 +12,10 @@ use rdkafka::consumer::{BaseConsumer, Consumer as _, ConsumerContext, Rebalance}
 use rdkafka::error::KafkaError;
 use rdkafka::{Offset, TopicPartitionList};
 
-use super::commit::{Assigned, CommitRequest, Wanted};
-use super::event::{Event, PartitionKey};
+use super::commit::CommitRequest;
+use super::event::Event;
 use super::finished::{self, Finished};
-use super::hash::SmallKeyMap;
-use super::offsets::OffsetTracker;
-use super::{ffi, Engine, PartitionState, TopicState, PREFETCH_WARNING_KB};
+use super::{ffi, Engine, PREFETCH_WARNING_KB};
 use crate::stats::Stats;
 use crate::watch::ClusterWatch;
 
@@ -144,45 +141,13 @@ pub(super) fn describe(tpl: &TopicPartitionList) -> String {
 }
 
 impl Engine {
-    pub(super) fn topic_index(&mut self, name: &str) -> usize {
-        if let Some(i) = self.topics.iter().position(|t| &*t.name == name) {
-            return i;
-        }
-        self.topics.push(TopicState {
-            name: Arc::from(name),
-            partitions: SmallKeyMap::default(),
-        });
-        self.topics.len() - 1
-    }
-
-    pub(super) fn new_partition(&mut self) -> PartitionState {
-        self.next_epoch += 1;
-        PartitionState {
-            epoch: self.next_epoch,
-            offsets: OffsetTracker::default(),
-            running: 0,
-            queue: None,
-            requested: None,
-            paused: false,
-            stopped: None,
-            revoking: false,
-            committed: None,
-            requested_above: 0,
-            inherited: Finished::default(),
-            inherited_base: 0,
-            leader_epochs: Default::default(),
-            progress_ms: crate::stats::unix_ms(),
-            unreadable: None,
-        }
-    }
-
     pub(super) fn assign(&mut self, tpl: &TopicPartitionList) {
         if tpl.count() == 0 {
             return;
         }
         let consumer = self.consumer.upgrade();
         for el in tpl.elements() {
-            let t = self.topic_index(el.topic());
+            let t = self.parts.topic(el.topic());
             let p = el.partition();
             // Assigned again without a revoke in between (eager protocol):
             // what waited under the old assignment is read again from the
@@ -190,36 +155,35 @@ impl Engine {
             // disables the wake-up callback of the librdkafka queue that the
             // new handle shares.
             self.forget_unstarted(t, p);
-            if let Some(old) = self.topics[t].partitions.get_mut(&p) {
-                drop(old.queue.take());
-            }
-            let mut state = self.new_partition();
-            if let Some(consumer) = &consumer {
-                state.queue = ffi::split(consumer, el.topic(), p).map(|mut q| {
+            drop(self.parts.take_queue(t, p));
+            let queue = consumer.as_ref().and_then(|consumer| {
+                ffi::split(consumer, el.topic(), p).map(|mut q| {
                     let wake = self.wake.clone();
                     q.set_nonempty_callback(move || {
                         let _ = wake.send(Event::Wake);
                     });
                     q
-                });
-                if state.queue.is_none() {
-                    self.unsplit(&mut state, t, p);
-                }
+                })
+            });
+            let split = queue.is_some();
+            self.parts.assign(t, p, queue);
+            if consumer.is_some() && !split {
+                self.unsplit(t, p);
             }
-            self.topics[t].partitions.insert(p, state);
             self.dispatcher.stats().set_assigned(el.topic(), p, true);
         }
-        if self.settings.commit_metadata {
+        if self.plan.metadata() {
             if let Some(consumer) = &consumer {
                 self.inherit(consumer, tpl);
             }
         }
-        self.rebuild_order();
-        let prefetch_kb = self.order.len() as u64 * self.settings.prefetch_kb;
+        self.intake.rebuild(self.parts.all());
+        let assigned = self.intake.order().len();
+        let prefetch_kb = assigned as u64 * self.settings.prefetch_kb;
         if prefetch_kb > PREFETCH_WARNING_KB {
             tracing::warn!(
                 subscriber = &*self.settings.name,
-                partitions = self.order.len(),
+                partitions = assigned,
                 prefetch_mb = prefetch_kb / 1024,
                 "librdkafka may prefetch up to queued.max.messages.kbytes per assigned partition: this much in all; \
                  lower queued.max.messages.kbytes if memory is short"
@@ -285,7 +249,7 @@ impl Engine {
             if offset < 0 {
                 continue; // nothing committed
             }
-            let Some(t) = self.topics.iter().position(|ts| *ts.name == topic) else {
+            let Some(t) = self.parts.find(&topic) else {
                 continue;
             };
             match finished::decode(&metadata, offset) {
@@ -334,16 +298,13 @@ impl Engine {
             }
             tracing::debug!(
                 subscriber = &*self.settings.name,
-                topic = &*self.topics[t].name,
+                topic = &**self.parts.name(t),
                 partition = p,
                 committed = offset,
                 finished = set.count(),
                 "finished offsets above the committed one will be skipped"
             );
-            if let Some(ps) = self.topics[t].partitions.get_mut(&p) {
-                ps.inherited = set;
-                ps.inherited_base = offset;
-            }
+            self.parts.inherit(t, p, set, offset);
         }
     }
 
@@ -358,7 +319,7 @@ impl Engine {
         let mut ask = TopicPartitionList::new();
         for &(t, p, _, _) in sets {
             // The end: ListOffsets' "latest" (-1) in place of a timestamp.
-            if ask.add_partition_offset(&self.topics[t].name, p, Offset::End).is_err() {
+            if ask.add_partition_offset(self.parts.name(t), p, Offset::End).is_err() {
                 return Vec::new();
             }
         }
@@ -374,7 +335,7 @@ impl Engine {
             .iter()
             .filter(|el| el.error().is_ok())
             .filter_map(|el| {
-                let t = self.topics.iter().position(|ts| &*ts.name == el.topic())?;
+                let t = self.parts.find(el.topic())?;
                 match el.offset() {
                     Offset::Offset(end) => Some((t, el.partition(), end)),
                     _ => None,
@@ -390,7 +351,7 @@ impl Engine {
         self.dispatcher.stats().metadata_stale.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(
             subscriber = &*self.settings.name,
-            topic = &*self.topics[t].name,
+            topic = &**self.parts.name(t),
             partition = p,
             committed = offset,
             "the finished offsets committed with this partition's offset were written for another log: {why}; \
@@ -404,25 +365,20 @@ impl Engine {
     /// past every bound and stop kconc keeps, so it is stopped before its
     /// first message instead: nothing of it is handled or committed until it
     /// is assigned again or the program restarts, and health says why.
-    pub(super) fn unsplit(&self, state: &mut PartitionState, t: usize, p: i32) {
+    pub(super) fn unsplit(&mut self, t: usize, p: i32) {
         let reason = "its messages cannot be read apart from the consumer's (librdkafka gave no queue for the \
                       partition); nothing of it is handled or committed until it is assigned again or the program \
                       restarts";
         tracing::error!(
             subscriber = &*self.settings.name,
-            topic = &*self.topics[t].name,
+            topic = &**self.parts.name(t),
             partition = p,
             "partition stopped: {reason}"
         );
-        state.stop_at(i64::MIN);
+        self.parts.stop(t, p, i64::MIN);
         let stats = self.dispatcher.stats();
         stats.stopped.fetch_add(1, Ordering::Relaxed);
-        stats.set_stopped(&self.topics[t].name, p, Some((-1, reason.to_owned())));
-    }
-
-    pub(super) fn rebuild_order(&mut self) {
-        self.order = self.all_partitions();
-        self.order.sort_unstable();
+        stats.set_stopped(self.parts.name(t), p, Some((-1, reason.to_owned())));
     }
 
     /// Stops dispatching the revoked partitions, waits (bounded) for their
@@ -443,9 +399,8 @@ impl Engine {
         self.dispatcher.stats().revocations.fetch_add(1, Ordering::Relaxed);
         let mut revoked = Vec::new();
         for el in tpl.elements() {
-            if let Some(t) = self.topics.iter().position(|t| &*t.name == el.topic()) {
-                if let Some(ps) = self.topics[t].partitions.get_mut(&el.partition()) {
-                    ps.revoking = true;
+            if let Some(t) = self.parts.find(el.topic()) {
+                if self.parts.revoke(t, el.partition()) {
                     revoked.push((t, el.partition()));
                 }
             }
@@ -465,7 +420,7 @@ impl Engine {
             let handlers_until = deadline
                 .checked_sub(commit_allowance(self.settings.revoke_timeout))
                 .unwrap_or(started);
-            while self.in_flight(&revoked) > 0 {
+            while self.parts.in_flight(&revoked) > 0 {
                 // The partitions that stay keep starting handlers meanwhile
                 // (on the workers: this is a rebalance callback).
                 self.start_ready();
@@ -473,18 +428,15 @@ impl Engine {
                 if left.is_zero() || !self.wait_event(left) {
                     tracing::warn!(
                         subscriber = &*self.settings.name,
-                        still_running = self.in_flight(&revoked),
+                        still_running = self.parts.in_flight(&revoked),
                         "revoke timeout: committing what finished; the rest will be redelivered to the new owner"
                     );
                     break;
                 }
             }
         }
-        let positions = self.positions(&revoked);
-        let assigned: Vec<Assigned> = revoked
-            .iter()
-            .filter_map(|&(t, p)| Some((self.key(t, p), self.topics[t].partitions.get(&p)?.epoch)))
-            .collect();
+        let positions = self.plan.positions(&mut self.parts, &revoked, self.dispatcher.stats());
+        let assigned = self.parts.assigned(&revoked);
         let result = if lost {
             self.committer.request(CommitRequest::Forget(assigned));
             Ok(())
@@ -495,7 +447,7 @@ impl Engine {
         for &(t, p) in &revoked {
             self.drop_partition(t, p);
         }
-        self.rebuild_order();
+        self.intake.rebuild(self.parts.all());
         match result {
             Ok(()) if lost => tracing::warn!(
                 subscriber = &*self.settings.name,
@@ -529,89 +481,19 @@ impl Engine {
     /// Drops partition `p` of topic `t`'s state, and what health and
     /// metrics show of it.
     pub(super) fn drop_partition(&mut self, t: usize, p: i32) {
+        let topic = self.parts.name(t).clone();
         let stats = self.dispatcher.stats();
-        stats.set_assigned(&self.topics[t].name, p, false);
-        stats.forget_partition(&self.topics[t].name, p);
-        if let Some(ps) = self.topics[t].partitions.remove(&p) {
-            if ps.paused {
-                stats.set_paused(&self.topics[t].name, p, false);
+        stats.set_assigned(&topic, p, false);
+        stats.forget_partition(&topic, p);
+        let paused = self.intake.forget(t, p);
+        if let Some(stopped) = self.parts.remove(t, p) {
+            if paused {
+                stats.set_paused(&topic, p, false);
             }
-            if ps.stopped.is_some() {
-                stats.set_stopped(&self.topics[t].name, p, None);
+            if stopped {
+                stats.set_stopped(&topic, p, None);
             }
         }
-    }
-
-    pub(super) fn key(&self, t: usize, partition: i32) -> PartitionKey {
-        PartitionKey {
-            topic: self.topics[t].name.clone(),
-            partition,
-        }
-    }
-
-    pub(super) fn in_flight(&self, parts: &[(usize, i32)]) -> usize {
-        parts
-            .iter()
-            .filter_map(|&(t, p)| self.topics[t].partitions.get(&p))
-            .map(|p| p.running)
-            .sum()
-    }
-
-    /// Positions that moved since they were last handed to the committer
-    /// (or, with commit metadata, whose finished offsets above them did),
-    /// each with its metadata.
-    pub(super) fn positions(&mut self, parts: &[(usize, i32)]) -> Vec<Wanted> {
-        let mut out = Vec::new();
-        let metadata = self.settings.commit_metadata;
-        for &(t, p) in parts {
-            let name = self.topics[t].name.clone();
-            let Some(ps) = self.topics[t].partitions.get_mut(&p) else {
-                continue;
-            };
-            let point = if metadata {
-                ps.offsets.commit_point()
-            } else {
-                ps.offsets.committable()
-            };
-            let Some(pos) = point else {
-                continue;
-            };
-            let above = if metadata { ps.offsets.finished_above() } else { 0 };
-            let moved = ps.requested.is_none_or(|r| pos > r);
-            if !moved && (ps.requested != Some(pos) || above == ps.requested_above) {
-                continue;
-            }
-            ps.requested = Some(pos);
-            ps.requested_above = above;
-            let text = if metadata { ps.metadata_at(pos) } else { None };
-            if let Some(e) = &text {
-                if e.truncated {
-                    self.dispatcher
-                        .stats()
-                        .metadata_truncated
-                        .fetch_add(1, Ordering::Relaxed);
-                }
-            }
-            out.push(Wanted {
-                key: PartitionKey {
-                    topic: name,
-                    partition: p,
-                },
-                epoch: ps.epoch,
-                offset: pos,
-                metadata: text.map(|e| e.text),
-                leader_epoch: ps.leader_epochs.before(pos),
-            });
-        }
-        out
-    }
-
-    pub(super) fn all_partitions(&self) -> Vec<(usize, i32)> {
-        self.topics
-            .iter()
-            .enumerate()
-            .flat_map(|(t, ts)| ts.partitions.keys().map(move |&p| (t, p)))
-            .collect()
     }
 
     /// Forgets a partition's messages that have not started: fetched ones
@@ -636,20 +518,13 @@ impl Engine {
     /// back). Nothing inherited is kept.
     pub(super) fn restart_partition(&mut self, t: usize, p: i32) {
         self.forget_unstarted(t, p);
-        let mut state = self.new_partition();
-        let old = self.topics[t].partitions.get_mut(&p).map(|old| {
-            let inherited = (!old.inherited.is_empty()).then_some(old.inherited_base);
-            (old.queue.take(), old.paused, old.epoch, inherited)
-        });
-        if let Some((queue, paused, old_epoch, inherited)) = old {
-            (state.queue, state.paused) = (queue, paused);
-            if let Some(base) = inherited {
+        if let Some(old) = self.parts.restart(t, p) {
+            if let Some(base) = old.inherited_base {
                 self.stale(t, p, base, "the partition's position went back");
             }
             self.committer
-                .request(CommitRequest::Forget(vec![(self.key(t, p), old_epoch)]));
+                .request(CommitRequest::Forget(vec![(self.parts.key(t, p), old.old_epoch)]));
         }
-        self.topics[t].partitions.insert(p, state);
     }
 }
 
@@ -667,11 +542,9 @@ mod tests {
     fn a_partition_that_cannot_be_split_is_stopped_before_its_first_message() {
         let mut te = TestEngine::new(&Subscriber::new("s", ["t"], "g", |_m: Message| async {}));
         te.assign("t", 1);
-        let mut state = te.engine.new_partition();
-        te.engine.unsplit(&mut state, 0, 0);
-        te.engine.topics[0].partitions.insert(0, state);
-        let ps = &te.engine.topics[0].partitions[&0];
-        assert!(ps.holds_back(0) && ps.holds_back(i64::MAX));
+        te.engine.unsplit(0, 0);
+        let parts = &te.engine.parts;
+        assert!(parts.holds_back(0, 0, 0) && parts.holds_back(0, 0, i64::MAX));
         assert_eq!(te.engine.fill(), 0);
         let stopped = te.engine.dispatcher.stats().stopped_partitions();
         assert_eq!((stopped.len(), stopped[0].offset), (1, -1), "{stopped:?}");

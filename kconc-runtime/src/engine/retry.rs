@@ -3,10 +3,9 @@
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use super::event::MessageTag;
-use super::{Engine, IDLE_WAIT};
 use crate::message::Message;
 
 /// Failed messages waiting for their retry, soonest first (in the order
@@ -35,6 +34,19 @@ impl Retries {
 
     pub(super) fn clear(&mut self) {
         self.heap.clear();
+    }
+
+    /// The soonest retry, if it is due at `now`, taken out.
+    pub(super) fn pop_due(&mut self, now: Instant) -> Option<(MessageTag, Message)> {
+        if self.heap.peek().is_some_and(|Reverse(d)| d.due <= now) {
+            return self.heap.pop().map(|Reverse(d)| (d.slot, d.msg));
+        }
+        None
+    }
+
+    /// When the soonest retry is due.
+    pub(super) fn next_due(&self) -> Option<Instant> {
+        self.heap.peek().map(|Reverse(d)| d.due)
     }
 
     /// Forgets the retries of partition `p` of topic `t` at offset `from`
@@ -73,29 +85,51 @@ impl Ord for Delayed {
     }
 }
 
-impl Engine {
-    /// Moves retries that are due to the front of the schedule.
-    pub(super) fn release_due(&mut self) {
-        let now = Instant::now();
-        while self.delayed.heap.peek().is_some_and(|Reverse(d)| d.due <= now) {
-            let Some(Reverse(d)) = self.delayed.heap.pop() else {
-                break;
-            };
-            let live = self.topics[d.slot.topic]
-                .partitions
-                .get(&d.slot.partition)
-                .is_some_and(|ps| ps.epoch == d.slot.epoch && !ps.holds_back(d.msg.offset()) && !ps.revoking);
-            if live && !self.closing {
-                self.waiting.retry(d.slot, d.msg);
-            }
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn tag(partition: i32) -> MessageTag {
+        MessageTag {
+            topic: 0,
+            partition,
+            epoch: 1,
+            lane: None,
         }
     }
 
-    /// How long the loop may sleep: until the next retry is due, at most
-    /// `IDLE_WAIT`.
-    pub(super) fn idle_wait(&self) -> Duration {
-        self.delayed.heap.peek().map_or(IDLE_WAIT, |Reverse(d)| {
-            d.due.saturating_duration_since(Instant::now()).min(IDLE_WAIT)
-        })
+    #[test]
+    fn retries_come_due_soonest_first_and_in_failure_order_when_due_together() {
+        let now = Instant::now();
+        let mut r = Retries::default();
+        let later = now + Duration::from_secs(5);
+        r.push(later, tag(0), Message::new("t", 0, 1));
+        r.push(now, tag(0), Message::new("t", 0, 2));
+        r.push(now, tag(1), Message::new("t", 1, 3));
+        assert_eq!((r.len(), r.next_due()), (3, Some(now)));
+        let due: Vec<i64> = std::iter::from_fn(|| r.pop_due(now)).map(|(_, m)| m.offset()).collect();
+        assert_eq!(due, [2, 3], "the one due later waits");
+        assert_eq!(r.next_due(), Some(later));
+        assert_eq!(r.pop_due(later).map(|(t, m)| (t, m.offset())), Some((tag(0), 1)));
+        assert_eq!(r.next_due(), None);
+    }
+
+    #[test]
+    fn a_partitions_retries_from_an_offset_on_are_dropped() {
+        let now = Instant::now();
+        let mut r = Retries::default();
+        for (p, o) in [(0, 1), (0, 5), (1, 5), (0, 9)] {
+            r.push(now, tag(p), Message::new("t", p, o));
+        }
+        r.drop_partition(0, 0, 5);
+        let left: Vec<(i32, i64)> = std::iter::from_fn(|| r.pop_due(now))
+            .map(|(t, m)| (t.partition, m.offset()))
+            .collect();
+        assert_eq!(left, [(0, 1), (1, 5)]);
+        r.push(now, tag(0), Message::new("t", 0, 1));
+        r.clear();
+        assert_eq!(r.len(), 0);
     }
 }

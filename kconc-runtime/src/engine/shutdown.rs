@@ -38,10 +38,10 @@ pub(super) fn drain_on_shutdown(consumer: &BaseConsumer<ClientHooks>) -> Instant
         let still = with_engine(consumer, |e| {
             e.drain_events();
             let left = handlers_until.saturating_duration_since(Instant::now());
-            if e.running > 0 && !left.is_zero() {
+            if e.parts.running() > 0 && !left.is_zero() {
                 e.wait_event(left.min(IDLE_WAIT));
             }
-            e.running
+            e.parts.running()
         })
         .unwrap_or(0);
         if still == 0 {

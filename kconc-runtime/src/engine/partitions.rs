@@ -1,0 +1,688 @@
+//! The partitions: each assigned partition's state in its assignment (its
+//! epoch, offsets, queue, running handlers, stop, revoke, the finished set
+//! inherited from its committed metadata, an unreadable batch being moved
+//! past, what was asked to commit and what was committed), and how many
+//! handlers run in all. Only this file changes that state: the engine asks
+//! with methods that return decisions.
+
+use std::sync::Arc;
+
+use super::batch_end::BatchEnd;
+use super::commit::{Assigned, Wanted};
+use super::event::{MessageTag, PartitionKey};
+use super::ffi::{PartitionQueue, Polled};
+use super::finished::{self, Finished};
+use super::hash::SmallKeyMap;
+use super::offsets::{LeaderEpochs, OffsetTracker};
+
+/// Every assigned partition, by topic (a topic's index never changes), and
+/// the handlers running.
+#[derive(Debug, Default)]
+pub(super) struct Partitions {
+    topics: Vec<TopicState>,
+    next_epoch: u64,
+    /// Handlers running now, all partitions (those of a partition since
+    /// dropped too, until they end): what `concurrency` bounds.
+    running: usize,
+}
+
+#[derive(Debug)]
+struct TopicState {
+    name: Arc<str>,
+    partitions: SmallKeyMap<i32, PartitionState>,
+}
+
+struct PartitionState {
+    epoch: u64,
+    offsets: OffsetTracker,
+    /// Handlers of this partition running now.
+    running: usize,
+    /// This partition's own message queue (see the engine's docs).
+    queue: Option<PartitionQueue>,
+    /// The last position handed to the committer.
+    requested: Option<i64>,
+    /// How many offsets above it had finished then (with commit metadata:
+    /// more finished is a new commit of the same position).
+    requested_above: usize,
+    /// Offsets the committed metadata says finished before this assignment
+    /// (see `finished`), from the first not read yet: they are skipped
+    /// when read, and committed as finished until they are. Only for the
+    /// log they were written for: dropped at assignment when one of them is
+    /// at or past the log's end, and when the first offset read is below
+    /// `inherited_base` (see `start_reading`).
+    inherited: Finished,
+    /// The committed offset `inherited` was written with.
+    inherited_base: i64,
+    /// The leader epochs of the records read, for the commits.
+    leader_epochs: LeaderEpochs,
+    /// Stopped by the error policy at this offset: never read again in this
+    /// assignment, and nothing at or after it starts; what comes before it
+    /// still runs (and is retried) in its lane's order, and is committed.
+    stopped: Option<i64>,
+    /// Being revoked: nothing of it starts or is retried any more.
+    revoking: bool,
+    /// The position the committer last committed in this assignment.
+    committed: Option<i64>,
+    /// When `committed` last moved (or the partition was assigned), in
+    /// Unix milliseconds: how long its commits have stalled.
+    progress_ms: u64,
+    /// A record batch librdkafka cannot read: where it is, and the
+    /// position the partition is being moved past it to, if it is.
+    unreadable: Option<Unreadable>,
+}
+
+impl std::fmt::Debug for PartitionState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PartitionState")
+            .field("epoch", &self.epoch)
+            .field("running", &self.running)
+            .field("split", &self.queue.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// An unreadable record batch of a partition (see [`Partitions::unreadable`]).
+#[derive(Clone, Copy, Debug)]
+struct Unreadable {
+    /// The batch's first offset, as librdkafka reports it.
+    at: i64,
+    /// Where the fetch was last moved to, to find the end of the batch:
+    /// `None` once the partition is stopped there.
+    probe: Option<i64>,
+    /// The search for the batch's end; `None` while the committed metadata
+    /// lists every offset of the batch before `probe` as finished before
+    /// (they are moved past without the policy, one at a time: each must be
+    /// listed), or once the partition is stopped there.
+    search: Option<BatchEnd>,
+}
+
+/// What to do with a record read from a partition's queue.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Read {
+    /// The partition is not assigned (any more): drop it.
+    Gone,
+    /// It is past where the fetch was moved to find the end of an
+    /// unreadable batch, but the batch does not end there: move the fetch
+    /// to this offset; the record is read again.
+    Seek(i64),
+    /// The partition's position went back within the assignment: start it
+    /// afresh ([`Partitions::restart`]), then [`Partitions::read_again`].
+    Back,
+    /// Taken, in assignment `epoch`: the first of it (`first`); where the
+    /// inherited set was dropped because reading starts below the committed
+    /// offset it came with, that offset (`stale`); whether the committed
+    /// metadata says it finished before (it is then finished, not handled).
+    Take {
+        epoch: u64,
+        first: bool,
+        stale: Option<i64>,
+        done_before: bool,
+    },
+}
+
+/// What to do about an unreadable record batch librdkafka reported.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum BatchStep {
+    /// Nothing new (reported again, already passed, or stopped there).
+    Ignore,
+    /// Move the fetch to this offset, to find where the batch ends.
+    Seek(i64),
+    /// The offset before `to` finished before (the committed metadata lists
+    /// it): it counts as finished, and the fetch moves to `to` through
+    /// [`Partitions::pass_listed`]. `stale` as in [`Read::Take`].
+    PassListed { to: i64, stale: Option<i64> },
+    /// Route the batch from offset `from` (dispatched now) through the
+    /// error policy. `stale` as in [`Read::Take`].
+    Route { from: i64, stale: Option<i64> },
+}
+
+/// What a partition restarted afresh had.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) struct Restarted {
+    pub(super) old_epoch: u64,
+    /// The committed offset of the inherited set it dropped, if it had one.
+    pub(super) inherited_base: Option<i64>,
+}
+
+impl PartitionState {
+    fn new(epoch: u64, queue: Option<PartitionQueue>) -> Self {
+        PartitionState {
+            epoch,
+            offsets: OffsetTracker::default(),
+            running: 0,
+            queue,
+            requested: None,
+            requested_above: 0,
+            inherited: Finished::default(),
+            inherited_base: 0,
+            leader_epochs: LeaderEpochs::default(),
+            stopped: None,
+            revoking: false,
+            committed: None,
+            progress_ms: crate::stats::unix_ms(),
+            unreadable: None,
+        }
+    }
+
+    /// Stops the partition at `offset` (or keeps an earlier stop).
+    fn stop_at(&mut self, offset: i64) {
+        self.stopped = Some(self.stopped.map_or(offset, |s| s.min(offset)));
+    }
+
+    /// Whether a stop holds the message at `offset` back.
+    fn holds_back(&self, offset: i64) -> bool {
+        self.stopped.is_some_and(|s| offset >= s)
+    }
+
+    /// Called with the first offset this assignment reads: a read that
+    /// starts below the committed offset the inherited set came with means
+    /// the log is not the one the set was written for (truncated, or
+    /// deleted and created again, and the fetch reset to its start), so
+    /// the set is dropped. Returns the offset it came with, if it was.
+    fn start_reading(&mut self, first: i64) -> Option<i64> {
+        if self.inherited.is_empty() || first >= self.inherited_base {
+            return None;
+        }
+        self.inherited = Finished::default();
+        Some(self.inherited_base)
+    }
+
+    /// Whether the inherited set lists `offset` (what it lists below is
+    /// dropped: it is read past).
+    fn inherited_lists(&mut self, offset: i64) -> bool {
+        self.inherited.drop_below(offset);
+        self.inherited.contains(offset)
+    }
+
+    /// Whether `offset`, just dispatched, finished before this assignment
+    /// (the committed metadata lists it); if so it is recorded finished.
+    /// What the metadata lists below it is dropped: it is read past.
+    fn finished_before(&mut self, offset: i64) -> bool {
+        if self.inherited.is_empty() || !self.inherited_lists(offset) {
+            return false;
+        }
+        self.offsets.finished(offset);
+        true
+    }
+
+    /// The metadata to commit with position `pos`: the offsets finished
+    /// above it, here and (not read yet) inherited.
+    fn metadata_at(&self, pos: i64) -> Option<finished::Encoded> {
+        let mut set = Finished::default();
+        self.offsets.finished_set().for_each(|o| set.push(o));
+        let read_up_to = self.offsets.last_dispatched().map_or(i64::MIN, |l| l + 1);
+        for &(s, e) in self.inherited.ranges() {
+            set.push_range(s.max(read_up_to), e);
+        }
+        finished::encode(pos, &set, finished::MAX_METADATA)
+    }
+}
+
+impl Partitions {
+    fn get(&self, t: usize, p: i32) -> Option<&PartitionState> {
+        self.topics.get(t)?.partitions.get(&p)
+    }
+
+    fn get_mut(&mut self, t: usize, p: i32) -> Option<&mut PartitionState> {
+        self.topics.get_mut(t)?.partitions.get_mut(&p)
+    }
+
+    /// The state of `tag`'s partition, if it is still `tag`'s assignment.
+    fn live_mut(&mut self, tag: MessageTag) -> Option<&mut PartitionState> {
+        self.get_mut(tag.topic, tag.partition)
+            .filter(|ps| ps.epoch == tag.epoch)
+    }
+
+    // Topics and assignment.
+
+    /// The index of topic `name`, from now on.
+    pub(super) fn topic(&mut self, name: &str) -> usize {
+        if let Some(t) = self.find(name) {
+            return t;
+        }
+        self.topics.push(TopicState {
+            name: Arc::from(name),
+            partitions: SmallKeyMap::default(),
+        });
+        self.topics.len() - 1
+    }
+
+    /// The index of topic `name`, if it has one.
+    pub(super) fn find(&self, name: &str) -> Option<usize> {
+        self.topics.iter().position(|t| &*t.name == name)
+    }
+
+    /// Topic `t`'s name.
+    pub(super) fn name(&self, t: usize) -> &Arc<str> {
+        &self.topics[t].name
+    }
+
+    /// Partition `p` of topic `t`, as the committer keys it.
+    pub(super) fn key(&self, t: usize, p: i32) -> PartitionKey {
+        PartitionKey {
+            topic: self.topics[t].name.clone(),
+            partition: p,
+        }
+    }
+
+    /// Every assigned partition.
+    pub(super) fn all(&self) -> Vec<(usize, i32)> {
+        self.topics
+            .iter()
+            .enumerate()
+            .flat_map(|(t, ts)| ts.partitions.keys().map(move |&p| (t, p)))
+            .collect()
+    }
+
+    /// The assignment (epoch) of each of `parts` that is assigned.
+    pub(super) fn assigned(&self, parts: &[(usize, i32)]) -> Vec<Assigned> {
+        parts
+            .iter()
+            .filter_map(|&(t, p)| Some((self.key(t, p), self.get(t, p)?.epoch)))
+            .collect()
+    }
+
+    /// The epoch of partition `p` of topic `t`'s assignment, if assigned.
+    pub(super) fn epoch(&self, t: usize, p: i32) -> Option<u64> {
+        self.get(t, p).map(|ps| ps.epoch)
+    }
+
+    /// Takes the queue of a partition assigned before (it is assigned again
+    /// without a revoke in between): dropping it first disables the wake-up
+    /// callback of the librdkafka queue the new handle will share.
+    pub(super) fn take_queue(&mut self, t: usize, p: i32) -> Option<PartitionQueue> {
+        self.get_mut(t, p)?.queue.take()
+    }
+
+    /// Assigns partition `p` of topic `t` afresh (a new epoch), reading
+    /// `queue`; returns its epoch.
+    pub(super) fn assign(&mut self, t: usize, p: i32, queue: Option<PartitionQueue>) -> u64 {
+        self.next_epoch += 1;
+        let epoch = self.next_epoch;
+        self.topics[t].partitions.insert(p, PartitionState::new(epoch, queue));
+        epoch
+    }
+
+    /// Keeps the finished offsets `set` the committed metadata of partition
+    /// `p` lists above its committed offset `base`, to skip them.
+    pub(super) fn inherit(&mut self, t: usize, p: i32, set: Finished, base: i64) {
+        if let Some(ps) = self.get_mut(t, p) {
+            (ps.inherited, ps.inherited_base) = (set, base);
+        }
+    }
+
+    /// Marks a partition as being revoked; `false` if it is not assigned.
+    pub(super) fn revoke(&mut self, t: usize, p: i32) -> bool {
+        self.get_mut(t, p).map(|ps| ps.revoking = true).is_some()
+    }
+
+    /// Drops a partition's state; returns whether it was stopped.
+    pub(super) fn remove(&mut self, t: usize, p: i32) -> Option<bool> {
+        let ps = self.topics.get_mut(t)?.partitions.remove(&p)?;
+        Some(ps.stopped.is_some())
+    }
+
+    /// Starts a partition's tracking afresh (a new epoch) on its queue:
+    /// nothing of the old epoch counts any more, nothing inherited is kept.
+    pub(super) fn restart(&mut self, t: usize, p: i32) -> Option<Restarted> {
+        let (queue, restarted) = match self.get_mut(t, p) {
+            Some(old) => {
+                let inherited_base = (!old.inherited.is_empty()).then_some(old.inherited_base);
+                let restarted = Restarted {
+                    old_epoch: old.epoch,
+                    inherited_base,
+                };
+                (old.queue.take(), Some(restarted))
+            }
+            None => (None, None),
+        };
+        self.assign(t, p, queue);
+        restarted
+    }
+
+    // Handlers.
+
+    /// Handlers running now, all partitions.
+    pub(super) fn running(&self) -> usize {
+        self.running
+    }
+
+    /// The handlers of `parts` running now.
+    pub(super) fn in_flight(&self, parts: &[(usize, i32)]) -> usize {
+        parts
+            .iter()
+            .filter_map(|&(t, p)| self.get(t, p))
+            .map(|ps| ps.running)
+            .sum()
+    }
+
+    /// A handler of `tag` starts.
+    pub(super) fn started(&mut self, tag: MessageTag) {
+        if let Some(ps) = self.get_mut(tag.topic, tag.partition) {
+            ps.running += 1;
+        }
+        self.running += 1;
+    }
+
+    /// A handler of `tag` ended (finished, failed, or given up): its slot is
+    /// free. Returns its partition if the assignment is still `tag`'s (else
+    /// its outcome counts for nothing here).
+    pub(super) fn ended(&mut self, tag: MessageTag) -> Option<Ended<'_>> {
+        self.running = self.running.saturating_sub(1);
+        let ps = self.live_mut(tag)?;
+        ps.running = ps.running.saturating_sub(1);
+        Some(Ended(ps))
+    }
+
+    /// Whether a retry of `tag`'s message at `offset` may start now: still
+    /// its assignment, not stopped there, not being revoked.
+    pub(super) fn may_retry(&self, tag: MessageTag, offset: i64) -> bool {
+        self.get(tag.topic, tag.partition)
+            .is_some_and(|ps| ps.epoch == tag.epoch && !ps.holds_back(offset) && !ps.revoking)
+    }
+
+    /// Records that offset `offset` of partition `p` finished (skipped by
+    /// the error policy, say).
+    pub(super) fn finish(&mut self, t: usize, p: i32, offset: i64) {
+        if let Some(ps) = self.get_mut(t, p) {
+            ps.offsets.finished(offset);
+        }
+    }
+
+    /// Stops partition `p` at `offset` (see `PartitionState::stopped`).
+    pub(super) fn stop(&mut self, t: usize, p: i32, offset: i64) {
+        if let Some(ps) = self.get_mut(t, p) {
+            ps.stop_at(offset);
+        }
+    }
+
+    /// Records that the committer committed `offset` of assignment `epoch`
+    /// of `key`, where that is still the assignment.
+    pub(super) fn committed(&mut self, key: &PartitionKey, epoch: u64, offset: i64) {
+        let Some(t) = self.topics.iter().position(|t| t.name == key.topic) else {
+            return;
+        };
+        if let Some(ps) = self.get_mut(t, key.partition).filter(|ps| ps.epoch == epoch) {
+            if ps.committed.is_none_or(|c| offset > c) {
+                ps.committed = Some(offset);
+                ps.progress_ms = crate::stats::unix_ms();
+            }
+        }
+    }
+
+    // Reading.
+
+    /// How many offsets of partition `p` were read past its last committed
+    /// one (its uncommitted window), if it is assigned.
+    pub(super) fn window(&self, t: usize, p: i32) -> Option<u64> {
+        self.get(t, p).map(|ps| ps.offsets.window(ps.committed))
+    }
+
+    /// Whether partition `p` is assigned and read (not stopped).
+    pub(super) fn readable(&self, t: usize, p: i32) -> bool {
+        self.get(t, p).is_some_and(|ps| ps.stopped.is_none())
+    }
+
+    /// The next record or error of partition `p`'s queue.
+    pub(super) fn poll(&self, t: usize, p: i32) -> Polled {
+        let topic = &self.topics[t];
+        match topic.partitions.get(&p).and_then(|ps| ps.queue.as_ref()) {
+            Some(q) => q.poll(&topic.name),
+            None => Polled::Empty,
+        }
+    }
+
+    /// Takes in the record at `offset` of partition `p`, written in leader
+    /// epoch `leader_epoch` (see [`Read`]).
+    pub(super) fn read(&mut self, t: usize, p: i32, offset: i64, leader_epoch: i32) -> Read {
+        let Some(ps) = self.get_mut(t, p) else {
+            return Read::Gone;
+        };
+        // A record at or past where the fetch was moved after an unreadable
+        // batch: that is past the batch. If it is not where the batch
+        // ends, the search goes back below it, and the record is not taken
+        // (it is read again).
+        if let Some(mut u) = ps.unreadable {
+            if let Some(probe) = u.probe.filter(|&probe| offset >= probe) {
+                match u.search.as_mut().and_then(|s| s.past(probe)) {
+                    None => ps.unreadable = None,
+                    Some(next) => {
+                        u.probe = Some(next);
+                        ps.unreadable = Some(u);
+                        return Read::Seek(next);
+                    }
+                }
+            }
+        }
+        let first = ps.offsets.is_untouched();
+        let stale = if first { ps.start_reading(offset) } else { None };
+        if !ps.offsets.dispatched(offset) {
+            return Read::Back;
+        }
+        let done_before = ps.finished_before(offset);
+        ps.leader_epochs.read(offset, leader_epoch);
+        Read::Take {
+            epoch: ps.epoch,
+            first,
+            stale,
+            done_before,
+        }
+    }
+
+    /// Takes in the record at `offset` of a partition just restarted (see
+    /// [`Read::Back`]); returns its epoch.
+    pub(super) fn read_again(&mut self, t: usize, p: i32, offset: i64, leader_epoch: i32) -> Option<u64> {
+        let ps = self.get_mut(t, p)?;
+        ps.offsets.dispatched(offset);
+        ps.leader_epochs.read(offset, leader_epoch);
+        Some(ps.epoch)
+    }
+
+    /// A record batch starting at `at` of partition `p` that librdkafka
+    /// cannot read (see the engine's `unreadable`): what to do next.
+    pub(super) fn unreadable(&mut self, t: usize, p: i32, at: i64) -> BatchStep {
+        let Some(ps) = self.get_mut(t, p) else {
+            return BatchStep::Ignore;
+        };
+        if ps.stopped.is_some() {
+            // Reported again while the partition stands stopped there.
+            return BatchStep::Ignore;
+        }
+        if let Some(mut u) = ps.unreadable.filter(|u| u.at == at) {
+            // The fetch moved to `probe` is still inside the batch.
+            let Some(probe) = u.probe else {
+                return BatchStep::Ignore;
+            };
+            if let Some(search) = u.search.as_mut() {
+                let next = search.inside(probe);
+                u.probe = Some(next);
+                ps.unreadable = Some(u);
+                return BatchStep::Seek(next);
+            }
+            if ps.inherited_lists(probe) {
+                return BatchStep::PassListed {
+                    to: probe + 1,
+                    stale: None,
+                };
+            }
+            ps.offsets.dispatched(probe);
+            return BatchStep::Route {
+                from: probe,
+                stale: None,
+            };
+        }
+        if let Some(mut u) = ps.unreadable.filter(|u| u.search.is_some() && at > u.at) {
+            // Another unreadable batch, where the fetch was moved to find
+            // the end of this one: that is past it.
+            let past = u.probe.zip(u.search.as_mut());
+            if let Some(next) = past.and_then(|(probe, search)| search.past(probe.min(at))) {
+                u.probe = Some(next);
+                ps.unreadable = Some(u);
+                return BatchStep::Seek(next);
+            }
+            // It ends where the other begins, which comes next.
+            ps.unreadable = None;
+        }
+        if ps.offsets.last_dispatched().is_some_and(|last| at <= last) {
+            // A report of what is already passed: nothing new.
+            return BatchStep::Ignore;
+        }
+        let stale = if ps.offsets.is_untouched() {
+            ps.start_reading(at)
+        } else {
+            None
+        };
+        ps.offsets.dispatched(at);
+        if ps.finished_before(at) {
+            // The previous owner already routed it (the committed metadata
+            // lists it): move past it without doing so again, as far as
+            // the metadata lists the batch.
+            return BatchStep::PassListed { to: at + 1, stale };
+        }
+        BatchStep::Route { from: at, stale }
+    }
+
+    /// The fetch of partition `p` moves past the unreadable batch at `at`
+    /// to `to`, one offset further than the last: the metadata listed
+    /// every offset of the batch before it.
+    pub(super) fn pass_listed(&mut self, t: usize, p: i32, at: i64, to: i64) {
+        if let Some(ps) = self.get_mut(t, p) {
+            ps.unreadable = Some(Unreadable {
+                at,
+                probe: Some(to),
+                search: None,
+            });
+        }
+    }
+
+    /// Starts the search for the end of partition `p`'s unreadable batch at
+    /// `at`, routed up to `from`, in a log that ends at `end` (if known);
+    /// returns where to move the fetch first.
+    pub(super) fn search_end(&mut self, t: usize, p: i32, at: i64, from: i64, end: Option<i64>) -> i64 {
+        let search = BatchEnd::from(from, end);
+        let probe = search.probe();
+        if let Some(ps) = self.get_mut(t, p) {
+            ps.unreadable = Some(Unreadable {
+                at,
+                probe: Some(probe),
+                search: Some(search),
+            });
+        }
+        probe
+    }
+
+    /// Stops partition `p` at offset `from` of its unreadable batch at `at`.
+    pub(super) fn stop_unreadable(&mut self, t: usize, p: i32, at: i64, from: i64) {
+        if let Some(ps) = self.get_mut(t, p) {
+            ps.stop_at(from);
+            ps.unreadable = Some(Unreadable {
+                at,
+                probe: None,
+                search: None,
+            });
+        }
+    }
+
+    /// Empties the queues of the partitions stopped at an unreadable batch:
+    /// librdkafka reports it again at every refetch, and nothing else comes.
+    pub(super) fn drain_stopped_unreadable(&self) {
+        for ts in &self.topics {
+            for ps in ts
+                .partitions
+                .values()
+                .filter(|ps| ps.stopped.is_some() && ps.unreadable.is_some())
+            {
+                if let Some(q) = &ps.queue {
+                    while !matches!(q.poll(&ts.name), Polled::Empty) {}
+                }
+            }
+        }
+    }
+
+    /// When partition `p`'s commits last moved (Unix milliseconds), and
+    /// whether anything read waits to be committed.
+    pub(super) fn progress(&self, t: usize, p: i32) -> Option<(u64, bool)> {
+        self.get(t, p)
+            .map(|ps| (ps.progress_ms, ps.offsets.window(ps.committed) > 0))
+    }
+
+    // Commits.
+
+    /// The position of partition `p` to ask the committer for, if it moved
+    /// since it was last asked for (or, with commit metadata, the finished
+    /// offsets above it did), with its metadata; and whether that metadata
+    /// was cut short. Records it as asked for.
+    pub(super) fn wanted(&mut self, t: usize, p: i32, metadata: bool) -> Option<(Wanted, bool)> {
+        let key = self.key(t, p);
+        let ps = self.get_mut(t, p)?;
+        let pos = if metadata {
+            ps.offsets.commit_point()
+        } else {
+            ps.offsets.committable()
+        }?;
+        let above = if metadata { ps.offsets.finished_above() } else { 0 };
+        let moved = ps.requested.is_none_or(|r| pos > r);
+        if !moved && (ps.requested != Some(pos) || above == ps.requested_above) {
+            return None;
+        }
+        ps.requested = Some(pos);
+        ps.requested_above = above;
+        let text = if metadata { ps.metadata_at(pos) } else { None };
+        let truncated = text.as_ref().is_some_and(|e| e.truncated);
+        let wanted = Wanted {
+            key,
+            epoch: ps.epoch,
+            offset: pos,
+            metadata: text.map(|e| e.text),
+            leader_epoch: ps.leader_epochs.before(pos),
+        };
+        Some((wanted, truncated))
+    }
+
+    /// Whether partition `p` went idle with something to commit: all it
+    /// read finished, its queue is empty, and its finished prefix is past
+    /// what was last asked for.
+    pub(super) fn idle(&self, t: usize, p: i32) -> bool {
+        self.get(t, p).is_some_and(|ps| {
+            ps.offsets.is_settled()
+                && ps
+                    .offsets
+                    .committable()
+                    .is_some_and(|c| ps.requested.is_none_or(|r| c > r))
+                && ps.queue.as_ref().is_some_and(|q| q.len() == 0)
+        })
+    }
+}
+
+/// The partition of a handler that ended, still in its assignment.
+pub(super) struct Ended<'a>(&'a mut PartitionState);
+
+impl Ended<'_> {
+    /// Its message at `offset` finished.
+    pub(super) fn finish(&mut self, offset: i64) {
+        self.0.offsets.finished(offset);
+    }
+
+    /// Whether its message at `offset` may be tried again here: not
+    /// stopped there, not being revoked.
+    pub(super) fn may_retry(&self, offset: i64) -> bool {
+        !self.0.holds_back(offset) && !self.0.revoking
+    }
+
+    /// Its message at `offset` failed for good under `on_error = stop`.
+    pub(super) fn stop(&mut self, offset: i64) {
+        self.0.stop_at(offset);
+    }
+}
+
+/// What the engine's own unit tests look at.
+#[cfg(test)]
+impl Partitions {
+    pub(super) fn holds_back(&self, t: usize, p: i32, offset: i64) -> bool {
+        self.get(t, p).is_some_and(|ps| ps.holds_back(offset))
+    }
+
+    pub(super) fn inherits(&self, t: usize, p: i32) -> bool {
+        self.get(t, p).is_some_and(|ps| !ps.inherited.is_empty())
+    }
+}
