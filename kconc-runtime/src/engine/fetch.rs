@@ -76,18 +76,30 @@ impl Engine {
                 }
                 (epoch, first, done_before)
             }
-            Read::Back => {
+            Read::Reread(from) => {
+                self.seek(t, p, from);
+                return;
+            }
+            Read::Back { reread_from } => {
                 // The partition's position went back within the assignment
                 // (a reset after log truncation, say): what comes now was
-                // never handled, so it is handled, as in a new assignment.
+                // never handled, so it is handled, as in a new assignment;
+                // and so is what was read below it and had not finished
+                // (its handling is given up with the old assignment).
                 tracing::warn!(
                     subscriber = &*self.settings.name,
                     topic = &**self.parts.name(t),
                     partition = p,
                     offset = msg.offset(),
+                    reread_from,
                     "the partition's position went back; handling from there as a new assignment"
                 );
                 self.restart_partition(t, p);
+                if let Some(from) = reread_from {
+                    self.parts.resume_at(t, p, from);
+                    self.seek(t, p, from);
+                    return;
+                }
                 let Some(epoch) = self.parts.read_again(t, p, msg.offset(), leader_epoch) else {
                     return;
                 };
@@ -362,12 +374,18 @@ impl Engine {
         self.move_fetch(t, p, probe);
     }
 
-    /// Moves the fetch of partition `p` of topic `t` to `to`.
+    /// Moves the fetch of partition `p` of topic `t` to `to`, past (or into)
+    /// an unreadable batch.
     fn move_fetch(&mut self, t: usize, p: i32, to: i64) {
         self.dispatcher
             .stats()
             .unreadable_probes
             .fetch_add(1, Ordering::Relaxed);
+        self.seek(t, p, to);
+    }
+
+    /// Moves the fetch of partition `p` of topic `t` to `to`.
+    fn seek(&mut self, t: usize, p: i32, to: i64) {
         let topic = self.parts.name(t).clone();
         let Some(consumer) = self.consumer.upgrade() else {
             return;
@@ -375,7 +393,7 @@ impl Engine {
         if let Err(e) = consumer.seek(&topic, p, Offset::Offset(to), Duration::ZERO) {
             tracing::warn!(
                 subscriber = &*self.settings.name, topic = &*topic, partition = p, offset = to, error = %e,
-                "cannot move the fetch past unreadable records; trying again at the next report"
+                "cannot move the fetch; trying again at the next record"
             );
         }
     }
@@ -480,5 +498,36 @@ mod tests {
             matches!(&te.requests()[..], [CommitRequest::Forget(f)] if f[0].1 == old),
             "the old epoch's pending commit is forgotten"
         );
+    }
+    /// The position goes back (to 11) past a record read before that has
+    /// not finished (10): the new assignment reads again from 10, so it
+    /// cannot commit past it (the model test's first shrunk case: the old
+    /// epoch's unfinished record was dropped and its new commits passed
+    /// it). What comes past 10 before the move back takes effect is not
+    /// taken.
+    #[test]
+    fn a_position_that_goes_back_past_an_unfinished_record_reads_again_from_it() {
+        let mut te = engine();
+        for o in 10..=12 {
+            te.engine.enqueue(0, Message::new("t", 0, o), 0);
+        }
+        let old = te.engine.parts.epoch(0, 0).unwrap();
+        te.engine.enqueue(0, Message::new("t", 0, 11), 0);
+        assert!(te.engine.parts.epoch(0, 0).unwrap() > old);
+        assert_eq!(
+            te.engine.waiting.len(),
+            0,
+            "11 is not taken; nothing of the old epoch waits"
+        );
+        te.engine.enqueue(0, Message::new("t", 0, 12), 0);
+        assert_eq!(
+            te.engine.waiting.len(),
+            0,
+            "12, before the move back took effect, is not taken"
+        );
+        for o in 10..=12 {
+            te.engine.enqueue(0, Message::new("t", 0, o), 0);
+        }
+        assert_eq!(te.engine.waiting.len(), 3, "read again from 10");
     }
 }

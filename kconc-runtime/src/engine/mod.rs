@@ -61,6 +61,8 @@ mod finished;
 mod hash;
 mod inline;
 mod intake;
+#[cfg(test)]
+mod model;
 mod offsets;
 mod partitions;
 mod places;

@@ -110,6 +110,11 @@ impl OffsetTracker {
         self.pending.iter().filter(|(_, done)| *done).map(|&(o, _)| o)
     }
 
+    /// The lowest dispatched offset that has not finished, if any.
+    pub(crate) fn first_unfinished(&self) -> Option<i64> {
+        self.pending.front().map(|&(o, _)| o)
+    }
+
     /// The offset to commit: one past the finished prefix, if any finished.
     pub(crate) fn committable(&self) -> Option<i64> {
         self.position

@@ -63,6 +63,9 @@ struct PartitionState {
     revoking: bool,
     /// The position the committer last committed in this assignment.
     committed: Option<i64>,
+    /// Where the partition was moved back to read from (see
+    /// [`Read::Back`]), until a record at or below it is read.
+    resume: Option<i64>,
     /// When `committed` last moved (or the partition was assigned), in
     /// Unix milliseconds: how long its commits have stalled.
     progress_ms: u64,
@@ -106,8 +109,17 @@ pub(super) enum Read {
     /// to this offset; the record is read again.
     Seek(i64),
     /// The partition's position went back within the assignment: start it
-    /// afresh ([`Partitions::restart`]), then [`Partitions::read_again`].
-    Back,
+    /// afresh ([`Partitions::restart`]). Where something read before, below
+    /// this record, has not finished (`reread_from`: the lowest such
+    /// offset), the partition reads again from there ([`Partitions::resume_at`]
+    /// and a seek; this record is read again): its handling was given up
+    /// with the old assignment, and the new one must not commit past it.
+    /// Else this record is taken ([`Partitions::read_again`]).
+    Back { reread_from: Option<i64> },
+    /// The partition was moved back to read from `resume` (see
+    /// [`Read::Back`]), and this record is past it: the seek there has not
+    /// taken effect; make it again. The record is not taken.
+    Reread(i64),
     /// Taken, in assignment `epoch`: the first of it (`first`); where the
     /// inherited set was dropped because reading starts below the committed
     /// offset it came with, that offset (`stale`); whether the committed
@@ -159,6 +171,7 @@ impl PartitionState {
             stopped: None,
             revoking: false,
             committed: None,
+            resume: None,
             progress_ms: crate::stats::unix_ms(),
             unreadable: None,
         }
@@ -454,10 +467,17 @@ impl Partitions {
                 }
             }
         }
+        if let Some(resume) = ps.resume {
+            if offset > resume {
+                return Read::Reread(resume);
+            }
+            ps.resume = None;
+        }
         let first = ps.offsets.is_untouched();
         let stale = if first { ps.start_reading(offset) } else { None };
         if !ps.offsets.dispatched(offset) {
-            return Read::Back;
+            let reread_from = ps.offsets.first_unfinished().filter(|&u| u < offset);
+            return Read::Back { reread_from };
         }
         let done_before = ps.finished_before(offset);
         ps.leader_epochs.read(offset, leader_epoch);
@@ -466,6 +486,14 @@ impl Partitions {
             first,
             stale,
             done_before,
+        }
+    }
+
+    /// Partition `p`, just restarted, reads from `offset` (see
+    /// [`Read::Back`]): what comes past it before is not taken.
+    pub(super) fn resume_at(&mut self, t: usize, p: i32, offset: i64) {
+        if let Some(ps) = self.get_mut(t, p) {
+            ps.resume = Some(offset);
         }
     }
 
