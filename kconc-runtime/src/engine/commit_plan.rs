@@ -116,3 +116,91 @@ impl CommitPlan {
         Some(positions)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Partition 0 of topic 0 assigned, offsets `0..n` read.
+    fn read(n: i64) -> Partitions {
+        let mut parts = Partitions::default();
+        let t = parts.topic("t");
+        parts.assign(t, 0, None);
+        for o in 0..n {
+            let _ = parts.read(t, 0, o, 0);
+        }
+        parts
+    }
+
+    #[test]
+    fn a_commit_is_due_at_the_batch_size_or_the_interval_or_when_forced() {
+        let stats = Stats::default();
+        let mut parts = read(3);
+        let mut plan = CommitPlan::new(2, Duration::from_secs(3600), false);
+        assert!(plan.due(false, &mut parts, &stats).is_none(), "nothing finished");
+        parts.finish(0, 0, 0);
+        plan.finished();
+        assert!(plan.due(false, &mut parts, &stats).is_none(), "1 of 2");
+        parts.finish(0, 0, 1);
+        plan.finished();
+        let w = plan.due(false, &mut parts, &stats).unwrap();
+        assert_eq!(w.iter().map(|w| w.offset).collect::<Vec<_>>(), [2]);
+        assert!(plan.due(false, &mut parts, &stats).is_none(), "counted as made");
+        assert!(
+            plan.due(true, &mut parts, &stats).is_none(),
+            "forced, but nothing moved"
+        );
+        parts.finish(0, 0, 2);
+        assert_eq!(plan.due(true, &mut parts, &stats).map(|w| w[0].offset), Some(3));
+
+        // At the interval, with something finished.
+        let mut parts = read(2);
+        let mut plan = CommitPlan::new(100, Duration::ZERO, true);
+        assert!(plan.metadata());
+        assert!(plan.due(false, &mut parts, &stats).is_none(), "nothing finished");
+        parts.finish(0, 0, 1);
+        plan.finished();
+        let w = plan.due(false, &mut parts, &stats).unwrap();
+        assert_eq!((w[0].offset, w[0].metadata.is_some()), (0, true), "1 finished above 0");
+        assert!(!CommitPlan::new(100, Duration::from_secs(1), false).metadata());
+    }
+
+    #[test]
+    fn positions_count_metadata_cut_short() {
+        let stats = Stats::default();
+        let mut parts = read(0);
+        // Every other offset finished, far more than 4 KiB of metadata holds.
+        let n = 200_000;
+        for o in 0..n {
+            let _ = parts.read(0, 0, o, 0);
+            if o % 2 == 1 {
+                parts.finish(0, 0, o);
+            }
+        }
+        let plan = CommitPlan::new(1, Duration::from_secs(1), true);
+        let w = plan.positions(&mut parts, &[(0, 0), (0, 7)], &stats);
+        assert_eq!(w.len(), 1, "partition 7 is not assigned");
+        assert_eq!(stats.metadata_truncated.load(Ordering::Relaxed), 1);
+        let plan = CommitPlan::new(1, Duration::from_secs(1), false);
+        parts.finish(0, 0, 0);
+        let w = plan.positions(&mut parts, &[(0, 0)], &stats);
+        assert_eq!(
+            (w[0].offset, stats.metadata_truncated.load(Ordering::Relaxed)),
+            (2, 1),
+            "0 and 1 finished"
+        );
+    }
+
+    #[test]
+    fn idle_commits_need_something_finished_and_keep_their_gap() {
+        let stats = Stats::default();
+        let mut parts = read(1);
+        let mut plan = CommitPlan::new(100, Duration::from_secs(1), false);
+        assert!(plan.idle(&mut parts, &[(0, 0)], &stats).is_none(), "nothing finished");
+        parts.finish(0, 0, 0);
+        plan.finished();
+        // Without a queue no partition is idle (its queue is not empty).
+        assert!(plan.idle(&mut parts, &[(0, 0)], &stats).is_none());
+        assert_eq!(stats.idle_commits.load(Ordering::Relaxed), 0);
+    }
+}

@@ -158,6 +158,12 @@ mod tests {
     }
 
     #[test]
+    fn each_hold_says_why() {
+        assert_eq!(Held::Share.reason(), "its buffer share is full");
+        assert!(Held::Window.reason().contains("max_uncommitted"));
+    }
+
+    #[test]
     fn watermarks_are_read_once_a_second() {
         let mut i = Intake::default();
         assert!(i.watermarks_due(5_000));

@@ -714,3 +714,330 @@ impl Partitions {
         self.get(t, p).is_some_and(|ps| !ps.inherited.is_empty())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Partitions with topic "t" (index 0) and partition 0 assigned.
+    fn assigned() -> Partitions {
+        let mut parts = Partitions::default();
+        let t = parts.topic("t");
+        parts.assign(t, 0, None);
+        parts
+    }
+
+    fn tag(parts: &Partitions, offset_epoch: Option<u64>) -> MessageTag {
+        MessageTag {
+            topic: 0,
+            partition: 0,
+            epoch: offset_epoch.unwrap_or_else(|| parts.epoch(0, 0).unwrap()),
+            lane: None,
+        }
+    }
+
+    fn take(parts: &mut Partitions, offset: i64) -> Read {
+        parts.read(0, 0, offset, 0)
+    }
+
+    #[test]
+    fn topics_keep_their_index_and_assignments_get_new_epochs() {
+        let mut parts = Partitions::default();
+        assert_eq!((parts.topic("a"), parts.topic("b"), parts.topic("a")), (0, 1, 0));
+        assert_eq!((parts.find("b"), parts.find("c")), (Some(1), None));
+        assert_eq!(&**parts.name(1), "b");
+        let first = parts.assign(0, 3, None);
+        let second = parts.assign(1, 3, None);
+        assert!(second > first);
+        assert_eq!(parts.epoch(0, 3), Some(first));
+        let mut all = parts.all();
+        all.sort_unstable();
+        assert_eq!(all, [(0, 3), (1, 3)]);
+        let again = parts.assign(0, 3, None);
+        assert!(again > second, "an assignment again is a new epoch");
+        assert_eq!(parts.key(1, 3).partition, 3);
+        assert_eq!(parts.assigned(&[(0, 3), (0, 9)]), [(parts.key(0, 3), again)]);
+        assert_eq!(parts.remove(0, 3), Some(false));
+        assert_eq!((parts.remove(0, 3), parts.epoch(0, 3)), (None, None));
+    }
+
+    #[test]
+    fn a_read_is_taken_once_in_offset_order_and_the_first_says_so() {
+        let mut parts = assigned();
+        let epoch = parts.epoch(0, 0).unwrap();
+        let taken = |first| Read::Take {
+            epoch,
+            first,
+            stale: None,
+            done_before: false,
+        };
+        assert_eq!(take(&mut parts, 5), taken(true));
+        assert_eq!(take(&mut parts, 7), taken(false));
+        assert_eq!(parts.window(0, 0), Some(3), "5 to 7, the gap counted");
+        assert_eq!(
+            take(&mut parts, 6),
+            Read::Back { reread_from: Some(5) },
+            "back below 5 and 7, unfinished"
+        );
+        assert_eq!(parts.read(0, 1, 0, 0), Read::Gone);
+    }
+
+    #[test]
+    fn handlers_are_counted_per_partition_and_in_all_and_a_gone_epoch_counts_nothing() {
+        let mut parts = assigned();
+        let _ = take(&mut parts, 0);
+        let live = tag(&parts, None);
+        parts.started(live);
+        parts.started(live);
+        assert_eq!((parts.running(), parts.in_flight(&[(0, 0)])), (2, 2));
+        parts.ended(live).unwrap().finish(0);
+        assert_eq!((parts.running(), parts.in_flight(&[(0, 0)])), (1, 1));
+        assert_eq!(parts.wanted(0, 0, false).map(|(w, _)| w.offset), Some(1));
+        // Assigned again: the old handler's end frees its slot only.
+        parts.assign(0, 0, None);
+        assert!(parts.ended(live).is_none());
+        assert_eq!((parts.running(), parts.in_flight(&[(0, 0)])), (0, 0));
+        assert!(parts.ended(live).is_none());
+        assert_eq!(parts.running(), 0, "never below zero");
+    }
+
+    #[test]
+    fn a_stop_holds_back_its_offset_and_after_and_a_revoke_everything() {
+        let mut parts = assigned();
+        let live = tag(&parts, None);
+        assert!(parts.may_retry(live, 10));
+        parts.stop(0, 0, 10);
+        parts.stop(0, 0, 12);
+        assert!(parts.may_retry(live, 9));
+        assert!(
+            !parts.may_retry(live, 10) && !parts.may_retry(live, 11),
+            "the earlier stop holds"
+        );
+        assert!(!parts.readable(0, 0));
+        let mut ended = {
+            parts.started(live);
+            parts.ended(live).unwrap()
+        };
+        assert!(ended.may_retry(9) && !ended.may_retry(10));
+        ended.stop(5);
+        assert!(parts.holds_back(0, 0, 5) && !parts.holds_back(0, 0, 4));
+        assert_eq!(parts.remove(0, 0), Some(true), "it was stopped");
+
+        let mut parts = assigned();
+        let live = tag(&parts, None);
+        assert!(parts.readable(0, 0));
+        assert!(parts.revoke(0, 0));
+        assert!(!parts.revoke(0, 1), "not assigned");
+        assert!(!parts.may_retry(live, 0));
+        parts.started(live);
+        assert!(!parts.ended(live).unwrap().may_retry(0));
+        let old = MessageTag { epoch: 0, ..live };
+        assert!(!parts.may_retry(old, 0), "another assignment");
+    }
+
+    #[test]
+    fn a_commit_is_recorded_only_forward_and_only_for_its_assignment() {
+        let mut parts = assigned();
+        let epoch = parts.epoch(0, 0).unwrap();
+        let key = parts.key(0, 0);
+        for o in 0..4 {
+            let _ = take(&mut parts, o);
+        }
+        assert_eq!(parts.window(0, 0), Some(4));
+        let before = parts.progress(0, 0).unwrap().0;
+        parts.committed(&key, epoch, 3);
+        assert_eq!(parts.window(0, 0), Some(1));
+        parts.committed(&key, epoch, 2);
+        assert_eq!(parts.window(0, 0), Some(1), "not back");
+        parts.committed(&key, epoch + 1, 4);
+        assert_eq!(parts.window(0, 0), Some(1), "another assignment's");
+        let other = PartitionKey {
+            topic: Arc::from("other"),
+            partition: 0,
+        };
+        parts.committed(&other, epoch, 4);
+        assert_eq!(parts.window(0, 0), Some(1), "another topic's");
+        let (after, waiting) = parts.progress(0, 0).unwrap();
+        assert!(after >= before && waiting);
+        parts.committed(&key, epoch, 4);
+        assert_eq!(parts.progress(0, 0).map(|(_, w)| w), Some(false));
+        assert_eq!(parts.progress(0, 1), None);
+    }
+
+    #[test]
+    fn a_position_is_wanted_once_it_moves_and_again_when_more_finished_above_it() {
+        let mut parts = assigned();
+        for o in 10..15 {
+            let _ = take(&mut parts, o);
+        }
+        assert!(parts.wanted(0, 0, false).is_none(), "nothing finished");
+        assert!(parts.wanted(0, 0, true).is_none(), "nothing finished");
+        parts.finish(0, 0, 12);
+        assert!(parts.wanted(0, 0, false).is_none(), "no prefix yet");
+        let (w, truncated) = parts.wanted(0, 0, true).unwrap();
+        assert_eq!((w.offset, w.epoch, truncated), (10, parts.epoch(0, 0).unwrap(), false));
+        let listed = finished::decode(w.metadata.unwrap().as_bytes(), 10).unwrap();
+        assert_eq!(listed.ranges(), [(12, 13)]);
+        assert!(parts.wanted(0, 0, true).is_none(), "asked for already");
+        parts.finish(0, 0, 13);
+        assert_eq!(
+            parts.wanted(0, 0, true).map(|(w, _)| w.offset),
+            Some(10),
+            "more finished above"
+        );
+        parts.finish(0, 0, 10);
+        parts.finish(0, 0, 11);
+        let (w, _) = parts.wanted(0, 0, true).unwrap();
+        assert_eq!((w.offset, w.metadata.as_deref()), (14, None));
+        assert!(parts.wanted(0, 0, false).is_none(), "14 asked for already");
+        parts.finish(0, 0, 14);
+        let (w, _) = parts.wanted(0, 0, false).unwrap();
+        assert_eq!((w.offset, w.metadata), (15, None));
+        assert!(parts.wanted(0, 1, false).is_none());
+        assert!(!parts.idle(0, 0), "no queue to be empty");
+    }
+
+    #[test]
+    fn an_inherited_set_is_skipped_when_read_and_dropped_when_reading_starts_below_it() {
+        let mut parts = assigned();
+        let epoch = parts.epoch(0, 0).unwrap();
+        let mut set = Finished::default();
+        set.push(12);
+        set.push(14);
+        parts.inherit(0, 0, set.clone(), 10);
+        assert!(parts.inherits(0, 0));
+        for o in [10, 11] {
+            assert!(matches!(take(&mut parts, o), Read::Take { done_before: false, .. }));
+        }
+        assert!(matches!(take(&mut parts, 12), Read::Take { done_before: true, .. }));
+        // What it lists above what was read goes into the metadata.
+        parts.finish(0, 0, 11);
+        let (w, _) = parts.wanted(0, 0, true).unwrap();
+        let listed = finished::decode(w.metadata.unwrap().as_bytes(), w.offset).unwrap();
+        assert_eq!((w.offset, listed.ranges()), (10, &[(11, 13), (14, 15)][..]));
+        parts.inherit(0, 1, set.clone(), 10);
+        assert!(!parts.inherits(0, 1), "not assigned");
+
+        let mut parts = assigned();
+        parts.inherit(0, 0, set.clone(), 10);
+        assert_eq!(
+            take(&mut parts, 3),
+            Read::Take {
+                epoch,
+                first: true,
+                stale: Some(10),
+                done_before: false,
+            }
+        );
+        assert!(!parts.inherits(0, 0));
+        for o in 4..=12 {
+            assert!(matches!(take(&mut parts, o), Read::Take { done_before: false, .. }));
+        }
+    }
+
+    #[test]
+    fn a_restart_is_a_new_epoch_that_drops_what_was_inherited() {
+        let mut parts = assigned();
+        let old = parts.epoch(0, 0).unwrap();
+        let mut set = Finished::default();
+        set.push(12);
+        parts.inherit(0, 0, set, 10);
+        assert_eq!(
+            parts.restart(0, 0),
+            Some(Restarted {
+                old_epoch: old,
+                inherited_base: Some(10),
+            })
+        );
+        assert!(!parts.inherits(0, 0) && parts.epoch(0, 0) > Some(old));
+        let again = parts.restart(0, 0).unwrap();
+        assert_eq!(again.inherited_base, None);
+        assert_eq!(parts.restart(0, 5), None, "not assigned: assigned now");
+        assert!(parts.epoch(0, 5).is_some());
+    }
+
+    #[test]
+    fn a_partition_moved_back_takes_nothing_past_where_it_reads_again() {
+        let mut parts = assigned();
+        for o in 10..=12 {
+            let _ = take(&mut parts, o);
+        }
+        parts.finish(0, 0, 10);
+        assert_eq!(take(&mut parts, 12), Read::Back { reread_from: Some(11) });
+        parts.restart(0, 0);
+        parts.resume_at(0, 0, 11);
+        assert_eq!(take(&mut parts, 12), Read::Reread(11));
+        assert!(matches!(take(&mut parts, 11), Read::Take { first: true, .. }));
+        assert!(matches!(take(&mut parts, 12), Read::Take { first: false, .. }));
+        // Nothing unfinished below: this record is taken in the new epoch.
+        let mut parts = assigned();
+        let _ = take(&mut parts, 10);
+        parts.finish(0, 0, 10);
+        assert_eq!(take(&mut parts, 10), Read::Back { reread_from: None });
+        parts.restart(0, 0);
+        assert_eq!(parts.read_again(0, 0, 10, 3), parts.epoch(0, 0));
+        assert_eq!(parts.read_again(0, 9, 10, 3), None);
+        assert_eq!(parts.wanted(0, 0, false).map(|(w, _)| w.leader_epoch), None);
+        parts.finish(0, 0, 10);
+        assert_eq!(parts.wanted(0, 0, false).map(|(w, _)| w.leader_epoch), Some(3));
+    }
+
+    #[test]
+    fn an_unreadable_batch_is_routed_searched_and_passed() {
+        let mut parts = assigned();
+        let _ = take(&mut parts, 4);
+        assert_eq!(parts.unreadable(0, 0, 3), BatchStep::Ignore, "already passed");
+        assert_eq!(parts.unreadable(0, 0, 5), BatchStep::Route { from: 5, stale: None });
+        let probe = parts.search_end(0, 0, 5, 5, Some(100));
+        assert!(probe > 5);
+        // Reported again at its first offset: the probe is still inside.
+        match parts.unreadable(0, 0, 5) {
+            BatchStep::Seek(next) => assert!(next > probe),
+            other => panic!("{other:?}"),
+        }
+        // A record read past the probe: past the batch, or the search goes
+        // back below it.
+        match take(&mut parts, 99) {
+            Read::Seek(next) => assert!(next < 99),
+            Read::Take { .. } => {}
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(parts.unreadable(0, 1, 5), BatchStep::Ignore, "not assigned");
+
+        // Stopped there: reports of it are ignored.
+        let mut parts = assigned();
+        assert_eq!(parts.unreadable(0, 0, 5), BatchStep::Route { from: 5, stale: None });
+        parts.stop_unreadable(0, 0, 5, 5);
+        assert!(parts.holds_back(0, 0, 5) && !parts.readable(0, 0));
+        assert_eq!(parts.unreadable(0, 0, 5), BatchStep::Ignore);
+        parts.drain_stopped_unreadable();
+
+        // Listed as finished before by the committed metadata: passed one
+        // offset at a time, as far as it lists them.
+        let mut parts = assigned();
+        let mut set = Finished::default();
+        set.push_range(5, 7);
+        parts.inherit(0, 0, set, 5);
+        assert_eq!(parts.unreadable(0, 0, 5), BatchStep::PassListed { to: 6, stale: None });
+        parts.pass_listed(0, 0, 5, 6);
+        assert_eq!(parts.unreadable(0, 0, 5), BatchStep::PassListed { to: 7, stale: None });
+        parts.pass_listed(0, 0, 5, 7);
+        assert_eq!(parts.unreadable(0, 0, 5), BatchStep::Route { from: 7, stale: None });
+        // Once routed, the probe is gone until the search starts.
+        parts.stop_unreadable(0, 0, 5, 7);
+        assert_eq!(parts.unreadable(0, 0, 5), BatchStep::Ignore);
+
+        // Read below the inherited set's base: dropped, and said.
+        let mut parts = assigned();
+        let mut set = Finished::default();
+        set.push(12);
+        parts.inherit(0, 0, set, 10);
+        assert_eq!(
+            parts.unreadable(0, 0, 3),
+            BatchStep::Route {
+                from: 3,
+                stale: Some(10)
+            }
+        );
+    }
+}
