@@ -264,3 +264,34 @@ fn the_readmes_new_project_is_the_template_the_suite_builds() {
         );
     }
 }
+
+/// The attribute table's defaults and meanings are the settings table's,
+/// and each default written as a value is the runtime's: a subscriber with
+/// it set is the subscriber as built.
+#[test]
+fn the_documented_defaults_are_the_runtimes() {
+    let table = section("The attribute");
+    let rows: Vec<Vec<&str>> = table
+        .lines()
+        .skip_while(|l| !l.starts_with('|'))
+        .take_while(|l| l.starts_with('|'))
+        .filter(|l| l.starts_with("| `"))
+        .map(|l| l.trim_matches('|').split('|').map(str::trim).collect())
+        .collect();
+    let built = || Subscriber::new("s", ["t"], "g", |_m: Message| async {});
+    let mut checked = 0;
+    for row in rows {
+        let key = quoted(row[0])[0];
+        let setting = kconc_options::setting(key).unwrap_or_else(|| panic!("`{key}` is not a setting"));
+        assert_eq!(row[2], setting.default, "the README's default of `{key}`");
+        // A value in backticks, as --set writes it.
+        let value = row[2].strip_prefix('`').and_then(|v| v.strip_suffix('`'));
+        if let (true, Some(value)) = (setting.set, value.filter(|v| !v.contains('`'))) {
+            let mut set = built();
+            set.set(key, value.trim_matches('"')).unwrap();
+            assert_eq!(format!("{set:?}"), format!("{:?}", built()), "the default of `{key}`");
+            checked += 1;
+        }
+    }
+    assert!(checked >= 13, "{checked} defaults checked against the runtime");
+}

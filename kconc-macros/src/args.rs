@@ -308,7 +308,7 @@ fn duration(value: &Expr, key: &str, errors: &mut Errors) -> Option<u64> {
         return None;
     }
     let s = string(value, key, errors)?;
-    let ms = parse_duration_ms(&s.value());
+    let ms = kconc_options::parse_duration_ms(&s.value());
     if ms.is_none() {
         errors.push_at(
             s.span(),
@@ -325,20 +325,6 @@ fn longer_than_zero(value: &Expr, key: &str, what: &str, errors: &mut Errors) ->
         errors.push_at(s.span(), format!("`{key}` must be longer than zero: it is {what}"));
     }
     ms
-}
-
-/// `"500ms"`, `"2s"`, `"1m"` to milliseconds; `None` for anything else.
-fn parse_duration_ms(s: &str) -> Option<u64> {
-    let unit_at = s.find(|c: char| !c.is_ascii_digit())?;
-    let (n, unit) = s.split_at(unit_at);
-    let n: u64 = n.parse().ok()?;
-    let factor = match unit {
-        "ms" => 1,
-        "s" => 1_000,
-        "m" => 60_000,
-        _ => return None,
-    };
-    n.checked_mul(factor)
 }
 
 /// The option named `key`, if the builder takes it as a setter call (the
@@ -424,43 +410,15 @@ fn respan_path(mut path: syn::Path, span: Span) -> syn::Path {
 /// a likely typo.
 fn closest(key: &str) -> Option<&'static str> {
     keys()
-        .map(|k| (edit_distance(key, k), k))
+        .map(|k| (kconc_options::edit_distance(key, k), k))
         .filter(|(d, k)| *d <= 2 || (key.len() >= 3 && (k.starts_with(key) || key.starts_with(k))))
         .min_by_key(|(d, _)| *d)
         .map(|(_, k)| k)
 }
 
-fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut cur = vec![i + 1; b.len() + 1];
-        for (j, cb) in b.iter().enumerate() {
-            cur[j + 1] = (prev[j] + usize::from(ca != *cb)).min(prev[j + 1] + 1).min(cur[j] + 1);
-        }
-        prev = cur;
-    }
-    prev[b.len()]
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations_accept_ms_s_and_m_only() {
-        assert_eq!(parse_duration_ms("500ms"), Some(500));
-        assert_eq!(parse_duration_ms("2s"), Some(2_000));
-        assert_eq!(parse_duration_ms("1m"), Some(60_000));
-        assert_eq!(parse_duration_ms("0s"), Some(0));
-        assert_eq!(parse_duration_ms("1h"), None);
-        assert_eq!(parse_duration_ms("2"), None);
-        assert_eq!(parse_duration_ms("s"), None);
-        assert_eq!(parse_duration_ms("1.5s"), None);
-        assert_eq!(parse_duration_ms("5 s"), None);
-        assert_eq!(parse_duration_ms("10 days"), None);
-        assert_eq!(parse_duration_ms("99999999999999999999m"), None);
-    }
 
     /// The docs name every option the attribute accepts: the attribute's
     /// rustdoc, the README's table of options, and the README's sample

@@ -258,7 +258,7 @@ where
 
 pub(super) fn unknown_env_var(var: &str, rest: &str) -> Error {
     let rest_upper = rest.to_ascii_uppercase();
-    let close = |a: &str, b: &str| edit_distance(a, b) <= (b.len() / 3).clamp(1, 2);
+    let close = |a: &str, b: &str| kconc_options::edit_distance(a, b) <= (b.len() / 3).clamp(1, 2);
     let hint = known_env_vars()
         .iter()
         .find(|known| close(&rest_upper, &known["KCONC_".len()..]))
@@ -279,22 +279,6 @@ pub(super) fn unknown_env_var(var: &str, rest: &str) -> Error {
         ),
         None => format!("unknown environment variable {var} (kconc reads {known} and {RDKAFKA_ENV_PREFIX}<NAME>)"),
     })
-}
-
-/// Levenshtein distance, for suggesting the variable probably meant.
-pub(crate) fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut row: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut prev = row[0];
-        row[0] = i + 1;
-        for (j, cb) in b.iter().enumerate() {
-            let cur = row[j + 1];
-            row[j + 1] = if ca == *cb { prev } else { 1 + prev.min(cur).min(row[j]) };
-            prev = cur;
-        }
-    }
-    row[b.len()]
 }
 
 /// The `KCONC_*` variables of this process.
@@ -605,13 +589,5 @@ mod tests {
             err.contains("/nonexistent/kconc.properties") && err.contains("--config"),
             "{err}"
         );
-    }
-
-    #[test]
-    fn edit_distance_counts_edits() {
-        assert_eq!(edit_distance("BROKER", "BROKERS"), 1);
-        assert_eq!(edit_distance("", "ABC"), 3);
-        assert_eq!(edit_distance("LOG", "LOG"), 0);
-        assert_eq!(edit_distance("KAFKA_", "RDKAFKA_"), 2);
     }
 }

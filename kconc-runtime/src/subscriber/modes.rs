@@ -1,5 +1,6 @@
-//! The ordering modes and where handlers run, with their names in the
-//! attribute and `--set`.
+//! The ordering modes, where handlers run, and what commits record; their
+//! names in the attribute, `--set` and `--list` come from the settings table
+//! (`kconc_options::settings!`), as does their parsing.
 
 use crate::error::SettingError;
 
@@ -19,39 +20,6 @@ pub enum OrderingMode {
     /// Each partition's messages run one after another, in offset order;
     /// partitions run concurrently.
     Partition,
-}
-
-impl OrderingMode {
-    /// The name used in `#[subscriber(ordering = "..")]` and `--list`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Unordered => "unordered",
-            Self::Key => "key",
-            Self::Partition => "partition",
-        }
-    }
-}
-
-impl std::fmt::Display for OrderingMode {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl std::str::FromStr for OrderingMode {
-    type Err = SettingError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "unordered" => Ok(Self::Unordered),
-            "key" => Ok(Self::Key),
-            "partition" => Ok(Self::Partition),
-            other => Err(SettingError::new(
-                "ordering",
-                format!("unknown ordering `{other}`: use `unordered`, `key` or `partition`"),
-            )),
-        }
-    }
 }
 
 /// Where a handler's code runs: on the tokio workers (the default), or, for
@@ -103,33 +71,6 @@ pub enum FirstPoll {
     Auto,
 }
 
-impl FirstPoll {
-    /// The name `--set NAME.first_poll=..` takes.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Auto => "auto",
-            Self::PollThread => "poll_thread",
-            Self::Worker => "worker",
-        }
-    }
-}
-
-impl std::str::FromStr for FirstPoll {
-    type Err = SettingError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "auto" => Ok(Self::Auto),
-            "poll_thread" => Ok(Self::PollThread),
-            "worker" => Ok(Self::Worker),
-            other => Err(SettingError::new(
-                "first_poll",
-                format!("unknown first_poll `{other}`: use `worker` (the default), `poll_thread` or `auto`"),
-            )),
-        }
-    }
-}
-
 /// What a commit writes into the offset's metadata.
 ///
 /// With [`CommitMetadata::Finished`] (the default), each commit also
@@ -152,27 +93,87 @@ pub enum CommitMetadata {
     None,
 }
 
-impl CommitMetadata {
-    /// The name `--set NAME.commit_metadata=..` takes.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Finished => "finished",
-            Self::None => "none",
+/// `as_str`, `Display` and `FromStr` of each choice of the settings table,
+/// with the names the table gives.
+macro_rules! choices {
+    ($({ key: $key:literal, setter: $setter:ident,
+         kind: $kind:ident $(($ty:ident: $($name:literal => $variant:ident),*; $explain:literal))?,
+         $($rest:tt)* })*) => {
+        $($(choices!(@one $key, $ty, $($name => $variant),*);)?)*
+    };
+    (@one $key:literal, $ty:ident, $($name:literal => $variant:ident),*) => {
+        impl $ty {
+            /// The name the attribute, `--set` and `--list` use.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(Self::$variant => $name,)*
+                }
+            }
         }
+
+        impl std::fmt::Display for $ty {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl std::str::FromStr for $ty {
+            type Err = SettingError;
+
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                match s {
+                    $($name => Ok(Self::$variant),)*
+                    other => Err(SettingError::new(
+                        $key,
+                        format!("unknown {} `{other}`: use {}", $key, one_of(&[$($name),*])),
+                    )),
+                }
+            }
+        }
+    };
+}
+
+kconc_options::settings!(choices);
+
+/// `` `a`, `b` or `c` ``.
+fn one_of(names: &[&str]) -> String {
+    let quoted: Vec<String> = names.iter().map(|n| format!("`{n}`")).collect();
+    match quoted.split_last() {
+        Some((last, [])) => last.clone(),
+        Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
+        None => String::new(),
     }
 }
 
-impl std::str::FromStr for CommitMetadata {
-    type Err = SettingError;
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "finished" => Ok(Self::Finished),
-            "none" => Ok(Self::None),
-            other => Err(SettingError::new(
-                "commit_metadata",
-                format!("unknown commit_metadata `{other}`: use `finished` (the default) or `none`"),
-            )),
+    #[test]
+    fn each_choice_reads_back_its_name_and_a_wrong_one_lists_them_all() {
+        for mode in [OrderingMode::Unordered, OrderingMode::Key, OrderingMode::Partition] {
+            assert_eq!(mode.as_str().parse::<OrderingMode>().ok(), Some(mode));
+            assert_eq!(mode.to_string(), mode.as_str());
         }
+        for mode in [FirstPoll::Worker, FirstPoll::PollThread, FirstPoll::Auto] {
+            assert_eq!(mode.as_str().parse::<FirstPoll>().ok(), Some(mode));
+        }
+        for mode in [CommitMetadata::Finished, CommitMetadata::None] {
+            assert_eq!(mode.as_str().parse::<CommitMetadata>().ok(), Some(mode));
+        }
+        assert_eq!(
+            "random".parse::<OrderingMode>().unwrap_err().to_string(),
+            "unknown ordering `random`: use `unordered`, `key` or `partition`"
+        );
+        assert_eq!(
+            "inline".parse::<FirstPoll>().unwrap_err().to_string(),
+            "unknown first_poll `inline`: use `worker`, `poll_thread` or `auto`"
+        );
+        assert_eq!(
+            "all".parse::<CommitMetadata>().unwrap_err().to_string(),
+            "unknown commit_metadata `all`: use `finished` or `none`"
+        );
+        assert_eq!(one_of(&["a"]), "`a`");
+        assert_eq!(one_of(&[]), "");
     }
 }

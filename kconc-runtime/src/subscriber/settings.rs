@@ -121,7 +121,7 @@ fn not_settable(key: &str) -> SettingError {
         meant.extend(
             keys.iter()
                 .copied()
-                .filter(|k| crate::config::edit_distance(key, k) <= 2.max(k.len() / 4)),
+                .filter(|k| kconc_options::edit_distance(key, k) <= 2.max(k.len() / 4)),
         );
     }
     let all = keys.join(", ");
@@ -150,17 +150,9 @@ fn duration(key: &str, v: &str) -> Result<Duration, SettingError> {
     })
 }
 
-/// `"500ms"`, `"2s"`, `"1m"` as a duration; `None` for anything else.
+/// `"500ms"`, `"2s"`, `"1m"` as a duration (the grammar is `kconc-options`'s).
 fn parse_duration(s: &str) -> Option<Duration> {
-    let unit_at = s.find(|c: char| !c.is_ascii_digit())?;
-    let (n, unit) = s.split_at(unit_at);
-    let n: u64 = n.parse().ok()?;
-    match unit {
-        "ms" => Some(Duration::from_millis(n)),
-        "s" => Some(Duration::from_secs(n)),
-        "m" => n.checked_mul(60).map(Duration::from_secs),
-        _ => None,
-    }
+    kconc_options::parse_duration_ms(s).map(Duration::from_millis)
 }
 
 #[cfg(test)]
