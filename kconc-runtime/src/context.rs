@@ -238,7 +238,7 @@ impl Context {
     ///
     /// Fails (every time, with the same message) if the producer cannot be
     /// created, e.g. on an invalid producer property.
-    pub fn producer(&self) -> Result<&FutureProducer<ProducerHooks>, crate::Error> {
+    pub fn producer(&self) -> Result<&FutureProducer<ProducerHooks>, crate::error::Error> {
         self.0
             .producer
             .get_or_init(|| {
@@ -253,7 +253,7 @@ impl Context {
             })
             .as_ref()
             .map_err(|e| {
-                crate::Error::Config(format!(
+                crate::error::Error::Config(format!(
                     "subscriber `{}`: cannot create the producer: {e}",
                     self.0.subscriber
                 ))

@@ -8,7 +8,7 @@ use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{BaseProducer, DefaultProducerContext, Producer as _};
 use rdkafka::ClientConfig;
 
-use crate::Error;
+use crate::error::Error;
 
 /// An in-process mock Kafka cluster.
 ///

@@ -22,6 +22,7 @@
 //! [`PayloadError`] naming its topic, partition and offset; it goes to the
 //! error policy like a handler error and never stops the consumer.
 
+use std::marker::PhantomData;
 use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
 
@@ -29,6 +30,7 @@ use serde::de::DeserializeOwned;
 
 use crate::context::Context;
 use crate::message::{Header, Message, PayloadError};
+use crate::state::StateRequirement;
 
 /// Builds a handler argument from a message. Implement it for your own types
 /// to take them as handler arguments.
@@ -313,6 +315,83 @@ impl FromMessage for Meta {
     }
 }
 
+/// A handler argument: the application's value of type `T`, cloned (wrap
+/// what is expensive to clone in an `Arc`; pools and clients usually are
+/// already).
+///
+/// ```no_run
+/// use kconc_runtime::{subscriber, Json, State};
+///
+/// #[derive(Clone)]
+/// struct Db { /* a pool */ }
+///
+/// #[derive(serde::Deserialize)]
+/// struct Order { id: u64 }
+///
+/// #[subscriber(topic = "orders", group = "billing")]
+/// async fn bill(State(db): State<Db>, Json(order): Json<Order>) {
+///     let _ = (db, order.id);
+/// }
+///
+/// async fn connect(_: kconc_runtime::Setup) -> Result<Db, std::io::Error> {
+///     Ok(Db {})
+/// }
+///
+/// kconc_runtime::main!(state = connect);
+/// ```
+#[derive(Clone, Debug)]
+pub struct State<T>(pub T);
+
+impl<T: Clone + Send + Sync + 'static> FromMessage for State<T> {
+    fn from_message(msg: &Message, cx: &Context) -> Result<Self, PayloadError> {
+        cx.state::<T>().map(State).ok_or_else(|| {
+            msg.payload_error(format!(
+                "no state of type `{}`: the app provides none (App::state, main!(state = ..), or TestApp::state)",
+                std::any::type_name::<T>()
+            ))
+        })
+    }
+}
+
+/// What the code `#[subscriber]` generates asks of each argument type: a
+/// `State<T>` requires a `T`; any other type requires nothing. Resolved by
+/// method lookup on the concrete type: `(&&StateProbe::<A>::new())` finds
+/// [`TakesState`] by value when `A` is a `State<T>`, and [`TakesNoState`]
+/// one dereference later otherwise; no bound is asked of `A`, so an
+/// argument that is not an extractor gets no second error.
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct StateProbe<A>(PhantomData<A>);
+
+impl<A> StateProbe<A> {
+    #[allow(clippy::new_without_default)]
+    pub fn new() -> Self {
+        StateProbe(PhantomData)
+    }
+}
+
+/// `State<T>` requires a `T`.
+#[doc(hidden)]
+pub trait TakesState {
+    fn required_state(&self) -> Option<StateRequirement>;
+}
+
+impl<T: 'static> TakesState for &StateProbe<State<T>> {
+    fn required_state(&self) -> Option<StateRequirement> {
+        Some(StateRequirement::of::<T>())
+    }
+}
+
+/// Every other argument requires nothing.
+#[doc(hidden)]
+pub trait TakesNoState {
+    fn required_state(&self) -> Option<StateRequirement> {
+        None
+    }
+}
+
+impl<A> TakesNoState for StateProbe<A> {}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -399,5 +478,16 @@ mod tests {
 
         assert_eq!(Context::from_message(&m, &cx()).unwrap().group(), "billing");
         assert_eq!(Message::from_message_owned(m.clone(), &cx()).unwrap().offset(), 42);
+    }
+
+    #[test]
+    #[allow(clippy::needless_borrow)] // the borrows pick the trait
+    fn the_probe_finds_state_arguments_only() {
+        let state = (&&StateProbe::<State<u32>>::new()).required_state();
+        assert_eq!(state.map(|r| r.type_name), Some("u32"));
+        let other = (&&StateProbe::<Message>::new()).required_state();
+        assert_eq!(other, None);
+        let optional = (&&StateProbe::<Option<State<u32>>>::new()).required_state();
+        assert_eq!(optional, None, "an optional state is not required");
     }
 }

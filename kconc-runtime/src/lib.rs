@@ -112,13 +112,12 @@ pub use context::ProducerHooks;
 pub use embedded::EmbeddedCluster;
 pub use engine::HandlerTimedOut;
 pub use error::{Error, SettingError};
-pub use extract::{Bytes, FromKey, FromMessage, FromMessageOwned, Headers, Json, Key, Meta, Payload, Text};
+pub use extract::{Bytes, FromKey, FromMessage, FromMessageOwned, Headers, Json, Key, Meta, Payload, State, Text};
 pub use handler::{BoxError, Handler, IntoHandlerResult};
 pub use health::{Health, HealthThresholds, StalledPartition, SubscriberHealth};
 pub use message::{Header, Message, PayloadError};
 pub use policy::{NonRetryable, OnError};
 pub use reply::{IntoReplies, Reply};
-pub use state::State;
 pub use stats::{PartitionPause, StatsSnapshot, StoppedPartition};
 pub use subscriber::{CommitMetadata, FirstPoll, OrderingMode, Subscriber};
 
@@ -202,8 +201,8 @@ pub mod __private {
     pub fn decode_finished(metadata: &[u8], base: i64) -> u64 {
         crate::engine::finished_count(metadata, base)
     }
+    pub use crate::extract::{StateProbe, TakesNoState, TakesState};
     pub use crate::reply::{into_reply_future, ReplyOrigin};
-    pub use crate::state::{StateProbe, TakesNoState, TakesState};
 
     /// Boxes the future of a user's handler into the erased type.
     pub fn into_handler_future<Fut>(fut: Fut) -> HandlerFuture

@@ -34,6 +34,7 @@ pub struct Message {
 
 /// One record header: a name and an optional value.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Header {
     /// The header's name.
     pub key: String,

@@ -9,7 +9,7 @@
 
 use tokio_util::sync::CancellationToken;
 
-use crate::Error;
+use crate::error::Error;
 
 /// The process's SIGTERM and SIGINT (Ctrl-C elsewhere), listened to from
 /// the moment this is made.

@@ -35,6 +35,7 @@ macro_rules! stats {
 
         /// A snapshot of a subscriber's counters.
         #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+        #[non_exhaustive]
         pub struct StatsSnapshot {
             $( $(#[doc = $doc])* pub $snap: u64, )*
         }
@@ -263,6 +264,7 @@ pub(crate) fn unix_ms() -> u64 {
 /// A partition stopped by `on_error = stop`: nothing at or after `offset`
 /// is handled or committed until it is reassigned or the program restarts.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct StoppedPartition {
     /// The topic.
     pub topic: String,
@@ -288,6 +290,7 @@ pub(crate) struct PauseState {
 /// ordering) reached its share of `max_buffered`, so it was not read until
 /// they drained. Other partitions are read meanwhile.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct PartitionPause {
     /// The topic.
     pub topic: String,

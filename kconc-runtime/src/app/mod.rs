@@ -26,8 +26,8 @@ use crate::health::{self, HealthThresholds};
 use crate::state::{StateRequirement, States};
 
 use self::hooks::{StartHook, StopHook};
+use crate::error::Error;
 use crate::subscriber::Subscriber;
-use crate::Error;
 
 /// Builds and starts a set of subscribers.
 ///

@@ -13,7 +13,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
 
 use crate::config::{self, Cli, ProduceArgs, DEFAULT_BROKERS, EMBEDDED};
-use crate::Error;
+use crate::error::Error;
 
 /// How long the topic check and each delivery may take.
 const WAIT: Duration = Duration::from_secs(30);

@@ -8,11 +8,11 @@ use tokio_util::sync::CancellationToken;
 use super::hooks::{Setup, StopHook};
 use crate::embedded::EmbeddedCluster;
 use crate::engine::Runner;
+use crate::error::Error;
 use crate::handler::BoxError;
 use crate::health::{self, Health, HealthThresholds};
 use crate::stats::{PartitionPause, Stats, StatsSnapshot, StoppedPartition};
 use crate::watch::Watched;
-use crate::Error;
 
 /// How much longer than the longest `shutdown_timeout` of its subscribers
 /// a program's exit may take after a shutdown began (the first signal):

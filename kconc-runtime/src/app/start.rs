@@ -13,10 +13,10 @@ use super::{App, Running, ShutdownHandle};
 use crate::config::{self, EMBEDDED};
 use crate::embedded::EmbeddedCluster;
 use crate::engine;
+use crate::error::Error;
 use crate::health;
 use crate::subscriber::Subscriber;
 use crate::watch::{self, ClusterWatch, Watched};
-use crate::Error;
 
 /// An app checked and connected to its cluster (the embedded one started),
 /// its consumers not yet created: where the start-up hooks run.

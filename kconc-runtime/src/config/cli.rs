@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use clap::Parser;
 
-use crate::Error;
+use crate::error::Error;
 
 use super::*;
 

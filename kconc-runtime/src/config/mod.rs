@@ -23,7 +23,7 @@ use crate::secret::Redacted;
 /// What the configuration's unit tests share.
 #[cfg(test)]
 mod test_util {
-    use crate::Error;
+    use crate::error::Error;
 
     /// Properties from pairs.
     pub(super) fn kv(pairs: &[(&str, &str)]) -> Vec<(String, String)> {

@@ -6,8 +6,8 @@ use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaConfRes;
 use rdkafka::ClientConfig;
 
+use crate::error::Error;
 use crate::subscriber::Subscriber;
-use crate::Error;
 
 use super::*;
 

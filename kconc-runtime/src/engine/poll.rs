@@ -25,10 +25,10 @@ use super::retry::Retries;
 use super::schedule::Schedule;
 use super::shutdown::{close, drain_on_shutdown};
 use super::{with_engine, Engine, Settings, IDLE_WAIT, POLL_BATCH, TURN_READS};
+use crate::error::Error;
 use crate::stats::Stats;
 use crate::subscriber::Subscriber;
 use crate::watch::ClusterWatch;
-use crate::Error;
 
 /// How a subscriber's poll thread ended: `Ok` after a shutdown (or with
 /// its runtime gone), `Err` with why it stopped on its own.

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 use super::{health, metrics_text, HealthThresholds};
+use crate::error::Error;
 use crate::watch::Watched;
-use crate::Error;
 
 /// Binds the HTTP endpoint's address (`--http`), before anything connects:
 /// a bad or busy address fails start-up naming the setting.

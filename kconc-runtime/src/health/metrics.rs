@@ -13,9 +13,9 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
 use super::{stalled_partitions, subscriber_health, HealthThresholds};
+use crate::error::Error;
 use crate::stats::{unix_ms, StatsSnapshot, COUNTER_METRICS};
 use crate::watch::Watched;
-use crate::Error;
 
 type Labels = Vec<(String, String)>;
 

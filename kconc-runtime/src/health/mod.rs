@@ -46,6 +46,7 @@ impl Default for HealthThresholds {
 /// A partition whose committed offset has not moved for longer than
 /// [`HealthThresholds::partition_stalled_for`] while messages wait behind it.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct StalledPartition {
     /// The topic.
     pub topic: String,
@@ -57,6 +58,7 @@ pub struct StalledPartition {
 
 /// One subscriber's state as health sees it.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct SubscriberHealth {
     /// The subscriber's name.
     pub name: String,
@@ -102,6 +104,7 @@ pub struct SubscriberHealth {
 /// The whole app's health: live unless some subscriber is unhealthy, ready
 /// when every subscriber is.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct Health {
     /// No subscriber is unhealthy.
     pub healthy: bool,

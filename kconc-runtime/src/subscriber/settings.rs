@@ -9,9 +9,9 @@ use crate::policy::OnError;
 
 impl Subscriber {
     /// Checks the settings that the macro cannot check for code-built subscribers.
-    pub(crate) fn validate(&self) -> Result<(), crate::Error> {
+    pub(crate) fn validate(&self) -> Result<(), crate::error::Error> {
         let bad = |setting: &str, reason: &str| {
-            Err(crate::Error::Setting {
+            Err(crate::error::Error::Setting {
                 subscriber: self.name.clone(),
                 source: SettingError::new(setting, format!("`{setting}` {reason}")),
             })

@@ -14,10 +14,10 @@ use serde::Serialize;
 
 use crate::app::{App, Running};
 use crate::config::EMBEDDED;
+use crate::error::Error;
 use crate::handler::BoxError;
 use crate::message::Message;
 use crate::stats::StatsSnapshot;
-use crate::Error;
 
 /// How often the harness looks again while it waits.
 const LOOK_EVERY: Duration = Duration::from_millis(5);

@@ -41,7 +41,7 @@ mod harness;
 pub use harness::{TestApp, TestMessage, TestRun};
 
 pub use crate::embedded::{commit_with_metadata, committed_finished, committed_offsets};
-use crate::Error;
+use crate::error::Error;
 
 /// Where each delivery went, and how many failed.
 #[derive(Default)]
