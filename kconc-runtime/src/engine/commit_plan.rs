@@ -153,6 +153,18 @@ mod tests {
         parts.finish(0, 0, 2);
         assert_eq!(plan.due(true, &mut parts, &stats).map(|w| w[0].offset), Some(3));
 
+        // Several finished count up: two of a batch of three is not due.
+        let mut parts = read(3);
+        let mut plan = CommitPlan::new(3, Duration::from_secs(3600), false);
+        for o in 0..2 {
+            parts.finish(0, 0, o);
+            plan.finished();
+        }
+        assert!(plan.due(false, &mut parts, &stats).is_none(), "2 of 3");
+        parts.finish(0, 0, 2);
+        plan.finished();
+        assert!(plan.due(false, &mut parts, &stats).is_some(), "3 of 3");
+
         // At the interval, with something finished.
         let mut parts = read(2);
         let mut plan = CommitPlan::new(100, Duration::ZERO, true);
@@ -196,11 +208,38 @@ mod tests {
         let stats = Stats::default();
         let mut parts = read(1);
         let mut plan = CommitPlan::new(100, Duration::from_secs(1), false);
-        assert!(plan.idle(&mut parts, &[(0, 0)], &stats).is_none(), "nothing finished");
         parts.finish(0, 0, 0);
+        assert!(
+            plan.idle(&mut parts, &[(0, 0)], &stats).is_none(),
+            "nothing counted finished"
+        );
         plan.finished();
-        // Without a queue no partition is idle (its queue is not empty).
+        assert!(plan.idle(&mut parts, &[], &stats).is_none(), "no partition given");
+        let w = plan.idle(&mut parts, &[(0, 0)], &stats).unwrap();
+        assert_eq!((w.len(), w[0].offset), (1, 1));
+        assert_eq!(stats.idle_commits.load(Ordering::Relaxed), 1);
+        // Within the gap (a tenth of the interval, at most 100 ms), no more;
+        // once it has passed, again.
+        let _ = parts.read(0, 0, 1, 0);
+        parts.finish(0, 0, 1);
+        plan.last_idle_commit = Some(Instant::now() + Duration::from_secs(3600));
+        assert!(plan.idle(&mut parts, &[(0, 0)], &stats).is_none(), "within the gap");
+        plan.last_idle_commit = Instant::now().checked_sub(IDLE_COMMIT_GAP);
+        assert!(plan.idle(&mut parts, &[(0, 0)], &stats).is_some(), "the gap has passed");
+        // With no gap: at once; and never twice for the same position.
+        let mut plan = CommitPlan::new(100, Duration::ZERO, false);
+        plan.finished();
+        let _ = parts.read(0, 0, 2, 0);
+        parts.finish(0, 0, 2);
+        assert_eq!(plan.idle(&mut parts, &[(0, 0)], &stats).map(|w| w[0].offset), Some(3));
+        assert!(plan.idle(&mut parts, &[(0, 0)], &stats).is_none(), "asked for already");
+        assert_eq!(stats.idle_commits.load(Ordering::Relaxed), 3);
+        // A commit that is due resets what finished: nothing idle to ask.
+        let mut plan = CommitPlan::new(1, Duration::from_secs(3600), false);
+        plan.finished();
+        let _ = plan.due(false, &mut parts, &stats);
+        let _ = parts.read(0, 0, 3, 0);
+        parts.finish(0, 0, 3);
         assert!(plan.idle(&mut parts, &[(0, 0)], &stats).is_none());
-        assert_eq!(stats.idle_commits.load(Ordering::Relaxed), 0);
     }
 }

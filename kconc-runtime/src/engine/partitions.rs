@@ -668,8 +668,9 @@ impl Partitions {
     }
 
     /// Whether partition `p` went idle with something to commit: all it
-    /// read finished, its queue is empty, and its finished prefix is past
-    /// what was last asked for.
+    /// read finished, its queue is empty (a partition without a queue is
+    /// never read: it has nothing committable), and its finished prefix is
+    /// past what was last asked for.
     pub(super) fn idle(&self, t: usize, p: i32) -> bool {
         self.get(t, p).is_some_and(|ps| {
             ps.offsets.is_settled()
@@ -677,7 +678,7 @@ impl Partitions {
                     .offsets
                     .committable()
                     .is_some_and(|c| ps.requested.is_none_or(|r| c > r))
-                && ps.queue.as_ref().is_some_and(|q| q.len() == 0)
+                && ps.queue.as_ref().is_none_or(|q| q.len() == 0)
         })
     }
 }
@@ -894,7 +895,13 @@ mod tests {
         let (w, _) = parts.wanted(0, 0, false).unwrap();
         assert_eq!((w.offset, w.metadata), (15, None));
         assert!(parts.wanted(0, 1, false).is_none());
-        assert!(!parts.idle(0, 0), "no queue to be empty");
+        assert!(!parts.idle(0, 0), "asked for already");
+        let _ = take(&mut parts, 15);
+        parts.finish(0, 0, 15);
+        assert!(parts.idle(0, 0));
+        let _ = take(&mut parts, 16);
+        assert!(!parts.idle(0, 0), "16 has not finished");
+        assert!(!parts.idle(0, 1), "not assigned");
     }
 
     #[test]
