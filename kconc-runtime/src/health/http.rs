@@ -35,32 +35,23 @@ pub(crate) fn serve(
     use axum::routing::get;
 
     let state = Arc::new((watched, thresholds));
-    let (h, r, m) = (state.clone(), state.clone(), state);
+    // /healthz and /readyz: the same report, judged by liveness or readiness.
+    let probe = |judge: fn(&super::Health) -> bool| {
+        let state = state.clone();
+        get(move || {
+            let health = health(&state.0, &state.1);
+            let code = if judge(&health) {
+                StatusCode::OK
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            };
+            async move { (code, health.report()) }
+        })
+    };
+    let m = state.clone();
     let app = axum::Router::new()
-        .route(
-            "/healthz",
-            get(move || {
-                let health = health(&h.0, &h.1);
-                let code = if health.healthy {
-                    StatusCode::OK
-                } else {
-                    StatusCode::SERVICE_UNAVAILABLE
-                };
-                async move { (code, health.report()) }
-            }),
-        )
-        .route(
-            "/readyz",
-            get(move || {
-                let health = health(&r.0, &r.1);
-                let code = if health.ready {
-                    StatusCode::OK
-                } else {
-                    StatusCode::SERVICE_UNAVAILABLE
-                };
-                async move { (code, health.report()) }
-            }),
-        )
+        .route("/healthz", probe(|h| h.healthy))
+        .route("/readyz", probe(|h| h.ready))
         .route(
             "/metrics",
             get(move || {
