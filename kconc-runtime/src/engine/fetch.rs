@@ -204,10 +204,11 @@ impl Engine {
                         self.intake.stopped_at(i);
                         return read;
                     }
-                    if !self.parts.readable(t, p) {
+                    let Some(window) = self.parts.read_window(t, p) else {
                         break;
-                    }
-                    if let Some(held) = self.held_back(t, p, share) {
+                    };
+                    let blocked = self.waiting.blocked(t, p);
+                    if let Some(held) = Intake::held(blocked, share, window, self.settings.max_uncommitted) {
                         self.set_paused(t, p, Some(held));
                         break;
                     }

@@ -156,7 +156,7 @@ impl Sim {
             return Ok(());
         };
         // As `fill`: a stopped partition is not read.
-        if !self.parts.readable(0, p) {
+        if self.parts.read_window(0, p).is_none() {
             return Ok(());
         }
         let msg = Message::new("t", p, offset).with_key(key_of(offset).to_string());

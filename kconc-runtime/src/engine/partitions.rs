@@ -431,9 +431,13 @@ impl Partitions {
         self.get(t, p).map(|ps| ps.offsets.window(ps.committed))
     }
 
-    /// Whether partition `p` is assigned and read (not stopped).
-    pub(super) fn readable(&self, t: usize, p: i32) -> bool {
-        self.get(t, p).is_some_and(|ps| ps.stopped.is_none())
+    /// Partition `p`'s uncommitted window (see [`Partitions::window`]) if it
+    /// is assigned and read (not stopped): what the intake asks of a
+    /// partition before it reads it, in one look.
+    pub(super) fn read_window(&self, t: usize, p: i32) -> Option<u64> {
+        self.get(t, p)
+            .filter(|ps| ps.stopped.is_none())
+            .map(|ps| ps.offsets.window(ps.committed))
     }
 
     /// The next record or error of partition `p`'s queue.
@@ -814,7 +818,8 @@ mod tests {
             !parts.may_retry(live, 10) && !parts.may_retry(live, 11),
             "the earlier stop holds"
         );
-        assert!(!parts.readable(0, 0));
+        assert!(parts.read_window(0, 0).is_none());
+        assert_eq!((parts.read_window(0, 0), parts.window(0, 0)), (None, Some(0)));
         let mut ended = {
             parts.started(live);
             parts.ended(live).unwrap()
@@ -826,7 +831,7 @@ mod tests {
 
         let mut parts = assigned();
         let live = tag(&parts, None);
-        assert!(parts.readable(0, 0));
+        assert!(parts.read_window(0, 0).is_some());
         assert!(parts.revoke(0, 0));
         assert!(!parts.revoke(0, 1), "not assigned");
         assert!(!parts.may_retry(live, 0));
@@ -1015,7 +1020,7 @@ mod tests {
         let mut parts = assigned();
         assert_eq!(parts.unreadable(0, 0, 5), BatchStep::Route { from: 5, stale: None });
         parts.stop_unreadable(0, 0, 5, 5);
-        assert!(parts.holds_back(0, 0, 5) && !parts.readable(0, 0));
+        assert!(parts.holds_back(0, 0, 5) && parts.read_window(0, 0).is_none());
         assert_eq!(parts.unreadable(0, 0, 5), BatchStep::Ignore);
         parts.drain_stopped_unreadable();
 
