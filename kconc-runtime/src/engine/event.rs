@@ -128,3 +128,162 @@ impl Engine {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::super::commit::CommitRequest;
+    use super::super::test_util::TestEngine;
+    use super::*;
+    use crate::subscriber::{OrderingMode, Subscriber};
+
+    /// An engine whose handlers never end on their own: the test says how
+    /// each ends, with the event a worker would send. Partition 0 of `t`
+    /// assigned, offsets `0..n` read and started.
+    fn started(ordering: OrderingMode, n: i64) -> (TestEngine, Vec<MessageTag>) {
+        let sub = Subscriber::new("s", ["t"], "g", |_m: Message| std::future::pending::<()>())
+            .ordering(ordering)
+            .commit_batch_size(1)
+            .commit_metadata(crate::CommitMetadata::None);
+        let mut te = TestEngine::new(&sub);
+        te.assign("t", 1);
+        for o in 0..n {
+            te.engine.enqueue(0, Message::new("t", 0, o).with_key("k"), 0);
+        }
+        te.engine.start_waiting();
+        let epoch = te.engine.parts.epoch(0, 0).unwrap();
+        let lane = match ordering {
+            OrderingMode::Unordered => None,
+            // The schedule's lane of key "k" in partition 0: read it back
+            // from a message pushed and popped alone.
+            _ => {
+                let mut s = super::super::schedule::Schedule::new(ordering);
+                let tag = MessageTag {
+                    topic: 0,
+                    partition: 0,
+                    epoch,
+                    lane: None,
+                };
+                s.push(tag, Message::new("t", 0, 0).with_key("k"));
+                s.pop().and_then(|(t, _)| t.lane)
+            }
+        };
+        let tags = (0..n)
+            .map(|_| MessageTag {
+                topic: 0,
+                partition: 0,
+                epoch,
+                lane,
+            })
+            .collect();
+        (te, tags)
+    }
+
+    fn done(tag: MessageTag, offset: i64) -> Event {
+        Event::Done(Completion { slot: tag, offset })
+    }
+
+    /// The positions asked for since the last call.
+    fn asked(te: &TestEngine) -> Vec<i64> {
+        te.requests()
+            .into_iter()
+            .flat_map(|r| match r {
+                CommitRequest::Positions(w) => w.into_iter().map(|w| w.offset).collect(),
+                _ => Vec::new(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_finished_message_frees_its_slot_and_is_committed_in_order() {
+        let (mut te, tags) = started(OrderingMode::Unordered, 3);
+        assert_eq!(te.engine.parts.running(), 3);
+        te.engine.on_event(done(tags[1], 1));
+        assert_eq!(te.engine.parts.running(), 2);
+        te.engine.maybe_commit(false);
+        assert_eq!(asked(&te), Vec::<i64>::new(), "0 has not finished");
+        te.engine.on_event(Event::Batch(vec![done(tags[0], 0), Event::Wake]));
+        te.engine.maybe_commit(false);
+        assert_eq!(asked(&te), [2]);
+        assert_eq!(te.engine.parts.in_flight(&[(0, 0)]), 1);
+    }
+
+    #[test]
+    fn a_retry_waits_holding_its_lane_unless_its_partition_stopped_or_is_revoked() {
+        let (mut te, tags) = started(OrderingMode::Key, 2);
+        assert_eq!(
+            (te.engine.parts.running(), te.engine.waiting.len()),
+            (1, 1),
+            "1 waits behind 0"
+        );
+        let due = std::time::Instant::now() + Duration::from_secs(3600);
+        let retry = |tag| Event::Retry {
+            slot: tag,
+            msg: Message::new("t", 0, 0).with_key("k"),
+            due,
+        };
+        te.engine.on_event(retry(tags[0]));
+        assert_eq!(te.engine.buffered(), 2, "the retry waits, and 1 behind it");
+        te.engine.start_waiting();
+        assert_eq!(te.engine.parts.running(), 0, "1 waits for 0's retry");
+        // Revoked meanwhile: a retry is not taken.
+        let (mut te, tags) = started(OrderingMode::Unordered, 1);
+        assert!(te.engine.parts.revoke(0, 0));
+        te.engine.on_event(retry(tags[0]));
+        assert_eq!((te.engine.buffered(), te.engine.parts.running()), (0, 0));
+        // Shutting down: not taken either.
+        let (mut te, tags) = started(OrderingMode::Unordered, 1);
+        te.engine.closing = true;
+        te.engine.on_event(retry(tags[0]));
+        assert_eq!(te.engine.buffered(), 0);
+    }
+
+    #[test]
+    fn a_stop_holds_its_partition_at_the_offset_and_says_so() {
+        let (mut te, tags) = started(OrderingMode::Key, 3);
+        te.engine.on_event(Event::Stopped {
+            slot: tags[0],
+            offset: 0,
+            reason: "boom".into(),
+        });
+        let stopped = te.engine.dispatcher.stats().stopped_partitions();
+        assert_eq!((stopped.len(), stopped[0].offset, &*stopped[0].reason), (1, 0, "boom"));
+        assert_eq!(te.engine.waiting.len(), 0, "what waited after it is forgotten");
+        te.engine.start_waiting();
+        assert_eq!(te.engine.parts.running(), 0, "nothing after it starts");
+        assert!(te.engine.parts.read_window(0, 0).is_none(), "not read any more");
+    }
+
+    #[test]
+    fn an_event_of_a_gone_assignment_frees_its_slot_and_lane_only() {
+        let (mut te, tags) = started(OrderingMode::Partition, 2);
+        te.assign("t", 1); // assigned again: a new epoch
+        for o in 0..2 {
+            te.engine.enqueue(0, Message::new("t", 0, o), 0);
+        }
+        te.engine.start_waiting();
+        assert_eq!(
+            te.engine.parts.running(),
+            1,
+            "the new epoch's 0 waits for the old one's"
+        );
+        te.engine.on_event(Event::Abandoned(tags[0], 0));
+        assert_eq!(te.engine.parts.running(), 0);
+        te.engine.start_waiting();
+        assert_eq!(te.engine.parts.running(), 1, "its lane is free: the new 0 starts");
+        te.engine.maybe_commit(true);
+        assert_eq!(asked(&te), Vec::<i64>::new(), "the old end finished nothing");
+    }
+
+    #[test]
+    fn a_commit_is_recorded_for_its_assignment() {
+        let (mut te, tags) = started(OrderingMode::Unordered, 2);
+        assert_eq!(te.engine.parts.window(0, 0), Some(2));
+        let key = te.engine.parts.key(0, 0);
+        te.engine.on_event(Event::Committed(vec![(key, tags[0].epoch, 1)]));
+        assert_eq!(te.engine.parts.window(0, 0), Some(1));
+        te.engine.on_event(Event::Wake);
+        assert_eq!(te.engine.parts.running(), 2, "no slot freed");
+    }
+}
