@@ -616,4 +616,153 @@ mod tests {
         assert_eq!(f.ranges(), &[(10, 12)]);
         assert_eq!(f.count(), 2);
     }
+    /// Known answers, computed apart from this code (Python's `base64`
+    /// and a plain FNV-1a): the format is pinned, checksum and all.
+    #[test]
+    fn the_encoding_is_the_documented_format() {
+        assert_eq!(
+            (fnv1a(b""), fnv1a(b"a"), fnv1a(b"kconc")),
+            (0x811c_9dc5, 0xe40c_292c, 0x20a1_e5bf)
+        );
+        let e = encode(10, &set([12]), MAX_METADATA).unwrap();
+        assert_eq!(
+            (e.text.as_str(), e.truncated),
+            ("kconc:AQAKAwQdFWoe", false),
+            "a bitset"
+        );
+        let e = encode(300, &set([1300, 1301]), MAX_METADATA).unwrap();
+        assert_eq!(e.text, "kconc:AQGsAuoH6AcCo_ltcA", "runs, a two-byte base");
+        let e = encode(0, &set([1, 8]), MAX_METADATA).unwrap();
+        assert_eq!(e.text, "kconc:AQAACQIBMrLNfQ", "a two-byte bitset");
+        assert_eq!(decode(b"kconc:AQAKAwQdFWoe", 10).unwrap().ranges(), &[(12, 13)]);
+        assert_eq!(
+            decode(b"kconc:AQGsAuoH6AcCo_ltcA", 300).unwrap().ranges(),
+            &[(1300, 1302)]
+        );
+        assert_eq!(decode(b"kconc:AQAACQIBMrLNfQ", 0).unwrap().ranges(), &[(1, 2), (8, 9)]);
+        assert_eq!(
+            encode_offsets(10, &[12]),
+            Some(("kconc:AQAKAwQdFWoe".to_owned(), false))
+        );
+        assert_eq!(encode_offsets(10, &[]), None);
+        assert_eq!(finished_count(b"kconc:AQGsAuoH6AcCo_ltcA", 300), 2);
+        assert_eq!(finished_count(b"kconc:AQGsAuoH6AcCo_ltcA", 301), 0, "another base");
+        assert_eq!(encode(-1, &set([3]), MAX_METADATA), None, "no offset committed yet");
+    }
+
+    /// The text of `bytes` with their checksum, as `frame` writes it.
+    fn framed(bytes: &[u8]) -> Vec<u8> {
+        let mut bytes = bytes.to_vec();
+        bytes.extend_from_slice(&fnv1a(&bytes).to_le_bytes());
+        let mut text = PREFIX.to_owned();
+        base64_encode(&bytes, &mut text);
+        text.into_bytes()
+    }
+
+    #[test]
+    fn each_damage_is_named() {
+        let corrupt = |bytes: &[u8]| decode(&framed(bytes), 10);
+        let v = VERSION;
+        assert_eq!(
+            corrupt(&[v, RUNS, 10, 3, 1, 3]),
+            Err(Rejected::Corrupt("runs past the span"))
+        );
+        assert_eq!(
+            corrupt(&[v, RUNS, 10, 3, 1, 1]),
+            Err(Rejected::Corrupt("runs short of the span"))
+        );
+        assert_eq!(corrupt(&[v, RUNS, 10, 3, 1, 2]).unwrap().ranges(), &[(11, 13)]);
+        assert_eq!(corrupt(&[v, RUNS, 10, 3, 0x81]), Err(Rejected::Corrupt("run length")));
+        assert_eq!(
+            corrupt(&[v, BITSET, 10, 3, 4, 0]),
+            Err(Rejected::Corrupt("bitset length"))
+        );
+        assert_eq!(
+            corrupt(&[v, BITSET, 10, 3, 0x0c]),
+            Err(Rejected::Corrupt("bits past the span"))
+        );
+        assert_eq!(
+            corrupt(&[v, BITSET, 10, 8, 0x80]).unwrap().ranges(),
+            &[(17, 18)],
+            "a full byte"
+        );
+        assert_eq!(corrupt(&[v, 7, 10, 3, 4]), Err(Rejected::Corrupt("unknown form")));
+        assert_eq!(corrupt(&[v, BITSET]), Err(Rejected::Corrupt("no base offset")));
+        assert_eq!(corrupt(&[v, BITSET, 10]), Err(Rejected::Corrupt("no span")));
+        assert_eq!(
+            corrupt(&[v, BITSET, 0x8a, 0x00, 3, 4]),
+            Err(Rejected::Corrupt("no base offset")),
+            "a varint not in its shortest form"
+        );
+        let mut huge = vec![v, BITSET];
+        put_varint(&mut huge, u64::MAX);
+        huge.extend([3, 4]);
+        assert_eq!(corrupt(&huge), Err(Rejected::Corrupt("base offset out of range")));
+        let mut wide = vec![v, BITSET, 10];
+        put_varint(&mut wide, MAX_SPAN + 1);
+        assert_eq!(corrupt(&wide), Err(Rejected::Corrupt("span out of range")));
+        let mut edge = vec![v, BITSET];
+        put_varint(&mut edge, i64::MAX as u64);
+        edge.push(1);
+        assert_eq!(
+            corrupt(&edge),
+            Err(Rejected::Corrupt("span out of range")),
+            "past i64::MAX"
+        );
+        assert_eq!(corrupt(&[v]), Err(Rejected::Corrupt("too short")));
+        let mut wrong = framed(&[v, BITSET, 10, 3, 4]);
+        wrong.pop();
+        wrong.push(b'A');
+        assert_eq!(decode(&wrong, 10), Err(Rejected::Corrupt("wrong checksum")));
+        assert_eq!(decode(b"kconc:", 10), Err(Rejected::Corrupt("empty")));
+        assert_eq!(decode(b"", 10), Ok(Finished::default()));
+        // What the log says of each.
+        assert_eq!(Rejected::Foreign.to_string(), "not written by kconc");
+        assert_eq!(
+            Rejected::Version(2).to_string(),
+            "format version 2, which this kconc does not read"
+        );
+        assert_eq!(Rejected::Corrupt("x").to_string(), "damaged (x)");
+        assert_eq!(
+            Rejected::OtherBase { base: 1, committed: 2 }.to_string(),
+            "written for offset 1, but offset 2 is committed"
+        );
+    }
+
+    #[test]
+    fn varints_are_leb128() {
+        for (v, bytes) in [
+            (0u64, &[0u8][..]),
+            (127, &[0x7f]),
+            (128, &[0x80, 0x01]),
+            (300, &[0xac, 0x02]),
+        ] {
+            let mut out = Vec::new();
+            put_varint(&mut out, v);
+            assert_eq!(out, bytes, "{v}");
+            assert_eq!(varint_len(v), bytes.len(), "{v}");
+            assert_eq!(Reader { data: bytes, at: 0 }.varint(), Some(v), "{v}");
+        }
+        let mut out = Vec::new();
+        put_varint(&mut out, u64::MAX);
+        assert_eq!((out.len(), varint_len(u64::MAX)), (10, 10));
+        assert_eq!(Reader { data: &out, at: 0 }.varint(), Some(u64::MAX));
+        assert_eq!(Reader { data: &[0x80], at: 0 }.varint(), None, "cut short");
+    }
+
+    /// The prefixes a cut keeps: whole (unfinished, finished) pairs of
+    /// runs within the room, or a bitset span that ends finished.
+    #[test]
+    fn a_cut_keeps_whole_pairs_or_ends_finished() {
+        let runs = [2, 3, 200, 1];
+        assert_eq!(runs_prefix(&runs, 2), (5, 2));
+        assert_eq!(runs_prefix(&runs, 4), (5, 2), "200 takes two bytes");
+        assert_eq!(runs_prefix(&runs, 5), (206, 4));
+        assert_eq!(runs_prefix(&runs, 1), (0, 0));
+        assert_eq!(trim_to_finished(&runs, 4), 4, "inside the first finished run");
+        assert_eq!(trim_to_finished(&runs, 100), 5, "the first finished run's end");
+        assert_eq!(trim_to_finished(&runs, 1000), 206);
+        assert_eq!(trim_to_finished(&runs, 2), 0, "nothing finished yet");
+        assert_eq!(bitset(&runs, 6), [0b0001_1100]);
+    }
 }
