@@ -722,4 +722,54 @@ mod tests {
         book.take([CommitRequest::Forget(vec![(key(0), 3)])], now);
         assert!(book.wanted().is_empty());
     }
+    /// `stop` says whether the thread ended by the deadline: a committer
+    /// whose thread never says so is reported as still running.
+    #[test]
+    fn stop_says_when_the_thread_did_not_end() {
+        let (committer, _requests) = Committer::for_test();
+        assert!(!committer.stop(Instant::now()));
+    }
+
+    /// The same request again, once committed, is no new commit.
+    #[test]
+    fn a_position_committed_as_asked_is_not_committed_again() {
+        let now = Instant::now();
+        let mut book = Book::default();
+        book.take([CommitRequest::Positions(vec![w(0, 1, 10, None)])], now);
+        book.committed(&book.wanted());
+        book.take([CommitRequest::Positions(vec![w(0, 1, 10, None)])], now);
+        assert!(book.wanted().is_empty());
+    }
+
+    /// Each refusal is acted on once: metadata, then leader epochs, are
+    /// left out from then on; another error is no refusal.
+    #[test]
+    fn each_refusal_is_taken_once() {
+        use rdkafka::error::RDKafkaErrorCode as Code;
+        let refused = |code| KafkaError::ConsumerCommit(code);
+        let mut book = Book::default();
+        assert!(book.drop_refused(&refused(Code::RequestTimedOut)).is_none());
+        assert!(matches!(
+            book.drop_refused(&refused(Code::OffsetMetadataTooLarge)),
+            Some(Refused::Metadata)
+        ));
+        assert!(
+            book.drop_refused(&refused(Code::OffsetMetadataTooLarge)).is_none(),
+            "already without"
+        );
+        assert!(matches!(
+            book.drop_refused(&refused(Code::FencedLeaderEpoch)),
+            Some(Refused::LeaderEpoch)
+        ));
+        assert!(
+            book.drop_refused(&refused(Code::UnknownLeaderEpoch)).is_none(),
+            "already without"
+        );
+        let mut book = Book::default();
+        assert!(matches!(
+            book.drop_refused(&refused(Code::UnknownLeaderEpoch)),
+            Some(Refused::LeaderEpoch)
+        ));
+        assert!(book.drop_refused(&KafkaError::Canceled).is_none());
+    }
 }
