@@ -354,7 +354,7 @@ fn run<C: ConsumerContext>(
             }
             Err(_) => {
                 retry_at = Some(Instant::now() + backoff);
-                backoff = (backoff * 2).min(RETRY_MAX);
+                backoff = next_backoff(backoff);
             }
         }
         book.forget(served.forget);
@@ -362,6 +362,12 @@ fn run<C: ConsumerContext>(
             let _ = w.send(result.clone().map_err(FlushError::Kafka));
         }
     }
+}
+
+/// The wait after a failed commit that followed a wait of `backoff`:
+/// doubled, up to `RETRY_MAX`.
+fn next_backoff(backoff: Duration) -> Duration {
+    (backoff * 2).min(RETRY_MAX)
 }
 
 /// Takes in a wanted position. Within an assignment the poll loop asks in
@@ -771,5 +777,14 @@ mod tests {
             Some(Refused::LeaderEpoch)
         ));
         assert!(book.drop_refused(&KafkaError::Canceled).is_none());
+    }
+
+    #[test]
+    fn a_failed_commit_waits_twice_as_long_each_time_up_to_five_seconds() {
+        let waits: Vec<Duration> = std::iter::successors(Some(RETRY_MIN), |&b| Some(next_backoff(b)))
+            .take(8)
+            .collect();
+        let ms: Vec<u128> = waits.iter().map(Duration::as_millis).collect();
+        assert_eq!(ms, [100, 200, 400, 800, 1600, 3200, 5000, 5000]);
     }
 }

@@ -242,4 +242,24 @@ mod tests {
         parts.finish(0, 0, 3);
         assert!(plan.idle(&mut parts, &[(0, 0)], &stats).is_none());
     }
+
+    /// The interval makes a commit due only when something finished since
+    /// the last one (as the plan counts); the idle gap is a tenth of a
+    /// short interval.
+    #[test]
+    fn the_interval_needs_a_finish_and_the_idle_gap_follows_a_short_interval() {
+        let stats = Stats::default();
+        let mut parts = read(2);
+        let mut plan = CommitPlan::new(100, Duration::ZERO, false);
+        parts.finish(0, 0, 0); // not counted by the plan
+        assert!(plan.due(false, &mut parts, &stats).is_none());
+        plan.finished();
+        assert!(plan.due(false, &mut parts, &stats).is_some());
+        // A 1 ms interval: a gap of 0.1 ms, long past 1 ms after the last.
+        let mut plan = CommitPlan::new(100, Duration::from_millis(1), false);
+        plan.finished();
+        plan.last_idle_commit = Instant::now().checked_sub(Duration::from_millis(1));
+        parts.finish(0, 0, 1);
+        assert!(plan.idle(&mut parts, &[(0, 0)], &stats).is_some());
+    }
 }

@@ -765,4 +765,51 @@ mod tests {
         assert_eq!(trim_to_finished(&runs, 2), 0, "nothing finished yet");
         assert_eq!(bitset(&runs, 6), [0b0001_1100]);
     }
+
+    /// The size limit holds to the byte, whatever the header takes: a set
+    /// whose whole bitset fits exactly is not cut; one byte more is, and
+    /// the cut still fits, with the longest base offset too.
+    #[test]
+    fn the_limit_holds_to_the_byte() {
+        // Base 0 (1 byte), span 24,456 (3 bytes): 2 + 1 + 3 + 4 + 3,057 =
+        // 3,067 bytes, all that 4,090 characters of base64 hold.
+        let odd = |span: i64| set((1..span).step_by(2));
+        let e = encode(0, &odd(24_456), MAX_METADATA).unwrap();
+        assert!(!e.truncated && e.text.len() <= MAX_METADATA, "{}", e.text.len());
+        let e = encode(0, &odd(24_464), MAX_METADATA).unwrap();
+        assert!(e.truncated && e.text.len() <= MAX_METADATA, "{}", e.text.len());
+        // The longest header (a 9-byte base): the cut fits, and fills the
+        // room the bound leaves.
+        let base = i64::MAX / 2;
+        let far = set((1..100_000).step_by(2).map(|o| base + o));
+        let e = encode(base, &far, MAX_METADATA).unwrap();
+        assert!(e.truncated && e.text.len() <= MAX_METADATA, "{}", e.text.len());
+        assert!(e.text.len() > MAX_METADATA - 16, "{}", e.text.len());
+        // The longest real header, 19 bytes (a 4-byte span), in the runs
+        // form, with pairs of runs that fill the room to the byte: one of
+        // 4 bytes, then pairs of 3. The bound (26) leaves room for it.
+        let mut sparse = vec![base + 16_384];
+        for _ in 0..3_000 {
+            sparse.push(sparse[sparse.len() - 1] + 2_101);
+        }
+        let e = encode(base, &set(sparse), MAX_METADATA).unwrap();
+        assert!(e.truncated && e.text.len() <= MAX_METADATA, "{}", e.text.len());
+        let back = decode(e.text.as_bytes(), base).unwrap();
+        assert!(back.ranges().last().unwrap().1 - base > 1 << 21, "a 4-byte span");
+    }
+
+    #[test]
+    fn the_longest_span_is_read_and_one_more_is_not() {
+        let runs = |span: u64| {
+            let mut bytes = vec![VERSION, RUNS, 0];
+            put_varint(&mut bytes, span);
+            put_varint(&mut bytes, span - 1);
+            put_varint(&mut bytes, 1);
+            decode(&framed(&bytes), 0)
+        };
+        assert_eq!(runs(MAX_SPAN).unwrap().count(), 1);
+        assert_eq!(runs(MAX_SPAN + 1), Err(Rejected::Corrupt("span out of range")));
+        assert_eq!(base64_decode(b"A"), None, "one character too many");
+        assert_eq!(base64_decode(b"AAAAA"), None);
+    }
 }
