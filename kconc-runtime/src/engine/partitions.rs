@@ -1052,4 +1052,22 @@ mod tests {
             }
         );
     }
+
+    /// The same position committed again (with other metadata) is no
+    /// progress: a partition whose commits stall is not hidden by it.
+    #[test]
+    fn a_commit_of_the_same_position_is_no_progress() {
+        let mut parts = assigned();
+        let epoch = parts.epoch(0, 0).unwrap();
+        let key = parts.key(0, 0);
+        parts.committed(&key, epoch, 3);
+        if let Some(ps) = parts.get_mut(0, 0) {
+            ps.progress_ms = 0;
+        }
+        parts.committed(&key, epoch, 3);
+        assert_eq!(parts.progress(0, 0).map(|(at, _)| at), Some(0));
+        parts.committed(&key, epoch, 4);
+        assert!(parts.progress(0, 0).is_some_and(|(at, _)| at > 0));
+        assert!(format!("{parts:?}").contains("epoch"), "{parts:?}");
+    }
 }
