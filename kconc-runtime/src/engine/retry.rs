@@ -109,8 +109,15 @@ mod tests {
         r.push(now, tag(0), Message::new("t", 0, 2));
         r.push(now, tag(1), Message::new("t", 1, 3));
         assert_eq!((r.len(), r.next_due()), (3, Some(now)));
+        for o in 4..10 {
+            r.push(now, tag(0), Message::new("t", 0, o));
+        }
         let due: Vec<i64> = std::iter::from_fn(|| r.pop_due(now)).map(|(_, m)| m.offset()).collect();
-        assert_eq!(due, [2, 3], "the one due later waits");
+        assert_eq!(
+            due,
+            [2, 3, 4, 5, 6, 7, 8, 9],
+            "in failure order; the one due later waits"
+        );
         assert_eq!(r.next_due(), Some(later));
         assert_eq!(r.pop_due(later).map(|(t, m)| (t, m.offset())), Some((tag(0), 1)));
         assert_eq!(r.next_due(), None);
