@@ -25,15 +25,20 @@ async fn tally(State(tally): State<Tally>, _m: Message) {
     tally.0.fetch_add(1, Ordering::SeqCst);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn handlers_get_the_state_the_app_provides() {
-    let shared = Tally::default();
-    let run = TestApp::new()
+/// The `tally` subscriber alone, counting into `shared`.
+async fn tallied(shared: &Tally) -> kconc_runtime::testing::TestRun {
+    TestApp::new()
         .only(["tally"])
         .state(shared.clone())
         .start()
         .await
-        .unwrap();
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handlers_get_the_state_the_app_provides() {
+    let shared = Tally::default();
+    let run = tallied(&shared).await;
     for i in 0..5 {
         run.send("tallied", TestMessage::new(i.to_string())).await.unwrap();
     }
@@ -314,12 +319,7 @@ async fn a_wait_that_runs_out_says_what_it_waited_for_and_what_it_saw() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_harness_sends_and_handles_a_thousand_messages_in_one_go() {
     let shared = Tally::default();
-    let run = TestApp::new()
-        .only(["tally"])
-        .state(shared.clone())
-        .start()
-        .await
-        .unwrap();
+    let run = tallied(&shared).await;
     let started = std::time::Instant::now();
     // One at a time (each waits for its acknowledgement), then in bulk.
     for i in 0..10 {
