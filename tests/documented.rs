@@ -174,16 +174,69 @@ fn every_documented_variable_is_read_and_every_variable_is_documented() {
     }
 }
 
-/// The attribute's table lists exactly the options the attribute takes.
+/// What the README writes from the settings table (`kconc_options`):
+/// the attribute's table (every option, its values, default and meaning),
+/// the `--set` row's keys and the options it refuses, and the sample
+/// error's list of options. So a new option is documented by its row in
+/// the settings table: `UPDATE_README=1 cargo test --test documented`
+/// writes these parts.
 #[test]
-fn the_attribute_table_lists_exactly_the_attributes_options() {
+fn the_readmes_settings_are_the_settings_tables() {
+    let table = kconc_options::readme_table();
+    let header = table.lines().next().unwrap().to_owned();
+    let options: Vec<&str> = kconc_options::attribute_options().map(|s| s.key).collect();
+    // (where the part starts, where it ends, what it must be)
+    let parts = [
+        (format!("\n{header}\n"), "\n\n", table[..table.len() - 1].to_owned()),
+        (
+            "override a subscriber's setting from the code: ".to_owned(),
+            "; NAME `*`",
+            kconc_options::readme_set_keys(),
+        ),
+        (
+            "The attribute-only options (".to_owned(),
+            ") are refused",
+            kconc_options::readme_attribute_only(),
+        ),
+        ("valid options: ".to_owned(), "\n", options.join(", ")),
+    ];
+    let mut readme = README.to_owned();
+    for (start, end, wanted) in &parts {
+        // The table's header is part of it.
+        let from = readme
+            .find(start.as_str())
+            .unwrap_or_else(|| panic!("the README lacks `{start}`"));
+        let from = if start.starts_with('\n') {
+            from + 1
+        } else {
+            from + start.len()
+        };
+        let to = from
+            + readme[from..]
+                .find(end)
+                .unwrap_or_else(|| panic!("no `{end}` after `{start}`"));
+        readme.replace_range(from..to, wanted);
+    }
+    if readme != README && std::env::var_os("UPDATE_README").is_some() {
+        std::fs::write(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"), readme).unwrap();
+        return;
+    }
+    for (start, _, wanted) in &parts {
+        assert!(
+            README.contains(wanted.as_str()),
+            "the README's part after `{}` is not made from the settings table; run \
+             `UPDATE_README=1 cargo test --test documented` to write it:\n{wanted}",
+            start.trim()
+        );
+    }
+    assert_eq!(readme, README, "the README's generated parts");
     let documented: BTreeSet<&str> = first_cells(section("The attribute"))
         .into_iter()
         .map(|cell| quoted(cell)[0])
         .collect();
-    let taken: BTreeSet<&str> = kconc_options::attribute_options().map(|s| s.key).collect();
     assert_eq!(
-        documented, taken,
+        documented,
+        options.into_iter().collect(),
         "the README's attribute table against the attribute's options"
     );
 }
@@ -265,27 +318,16 @@ fn the_readmes_new_project_is_the_template_the_suite_builds() {
     }
 }
 
-/// The attribute table's defaults and meanings are the settings table's,
-/// and each default written as a value is the runtime's: a subscriber with
-/// it set is the subscriber as built.
+/// Each default the settings table writes as a value is the runtime's: a
+/// subscriber with it set is the subscriber as built.
 #[test]
 fn the_documented_defaults_are_the_runtimes() {
-    let table = section("The attribute");
-    let rows: Vec<Vec<&str>> = table
-        .lines()
-        .skip_while(|l| !l.starts_with('|'))
-        .take_while(|l| l.starts_with('|'))
-        .filter(|l| l.starts_with("| `"))
-        .map(|l| l.trim_matches('|').split('|').map(str::trim).collect())
-        .collect();
     let built = || Subscriber::new("s", ["t"], "g", |_m: Message| async {});
     let mut checked = 0;
-    for row in rows {
-        let key = quoted(row[0])[0];
-        let setting = kconc_options::setting(key).unwrap_or_else(|| panic!("`{key}` is not a setting"));
-        assert_eq!(row[2], setting.default, "the README's default of `{key}`");
+    for setting in kconc_options::SETTINGS {
+        let key = setting.key;
         // A value in backticks, as --set writes it.
-        let value = row[2].strip_prefix('`').and_then(|v| v.strip_suffix('`'));
+        let value = setting.default.strip_prefix('`').and_then(|v| v.strip_suffix('`'));
         if let (true, Some(value)) = (setting.set, value.filter(|v| !v.contains('`'))) {
             let mut set = built();
             set.set(key, value.trim_matches('"')).unwrap();

@@ -23,21 +23,9 @@ use proc_macro::TokenStream;
 
 /// Registers an `async fn` as a Kafka handler run by `kconc-runtime`.
 ///
-/// Options: `topic = ".."` or `topics = ["..", ..]`, `group = ".."` (both
-/// required), `concurrency = N`, `ordering = "unordered" | "key" |
-/// "partition"`, `first_poll = "worker" | "poll_thread" | "auto"`,
-/// `max_buffered = N`, `max_uncommitted = N`, `handler_timeout = "30s"`,
-/// `commit_batch_size = N`, `commit_interval = "1s"`,
-/// `commit_metadata = "finished" | "none"` (whether commits record the
-/// finished offsets above them, for the next owner to skip),
-/// `instance_id = ".."` (static group membership),
-/// `shutdown_timeout = "20s"`, `revoke_timeout = "10s"` (durations in
-/// `ms`, `s` or `m`), `retries =
-/// N`, `backoff = ".."`, `max_backoff = ".."`, `on_error = "skip" | "stop" |
-/// "dead_letter"`, `dead_letter = "topic"`, `reply = "topic"` (publish
-/// what the handler returns there),
-/// `name = ".."` (default: the function's path), `crate = "path"` (for a
-/// renamed `kconc-runtime` dependency).
+#[doc = include_str!(concat!(env!("OUT_DIR"), "/options.md"))]
+///
+/// Durations are written `"500ms"`, `"2s"` or `"1m"`.
 ///
 /// The function's arguments are extractors (`Json<T>`, `Text`, `Bytes`,
 /// `Key<T>`, `Headers`, `Meta`, `Context`, `State<T>`, the whole `Message`

@@ -4,14 +4,18 @@
 //!   takes its options, their order and its "did you mean" hints from it,
 //!   parses each option by its [`Kind`], and expands each to a call of the
 //!   runtime builder's setter of the same name.
-//! - The runtime (`kconc-runtime`) expands [`settings!`] into
-//!   `Subscriber::set` (what `--set` calls): each settable setting is parsed
-//!   from text by its kind and handed to the same setter. `--set`'s keys and
-//!   help come from [`SETTINGS`] too.
-//! - Tests hold the attribute, `--set` and the docs to the table.
+//! - The runtime (`kconc-runtime`) expands [`settings!`] into the
+//!   subscriber's settings: their fields and defaults, `Debug`, the checks
+//!   `App::start` makes, the builder's setters (documented with `doc`),
+//!   `Subscriber::set` (what `--set` calls: each settable setting parsed
+//!   from text by its kind and handed to the same setter), and the choices'
+//!   names and parsing. `--set`'s keys and help come from [`SETTINGS`] too.
+//! - The README's options table is [`readme_table`]; a test holds the
+//!   README to it, and the attribute, `--set` and the defaults to the
+//!   table.
 //!
-//! Adding a setting is its line in [`settings!`], a builder setter on
-//! `Subscriber` that takes the kind's value, and its use in the engine.
+//! Adding a setting is its line in [`settings!`], its use in the engine
+//! (`sub.settings.KEY`), and its test.
 
 /// One setting of a subscriber.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -37,8 +41,12 @@ pub struct Setting {
     /// What it means, in a few words (`--set`'s help, the docs).
     pub meaning: &'static str,
     /// What the value is, for the attribute's errors ("must be at least 1
-    /// (the number of handlers that may run at once)"); may be empty.
+    /// (the number of handlers that may run at once)"); for a `Special`
+    /// setting `--set` takes, the values it takes. May be empty.
     pub what: &'static str,
+    /// What it does, for the README's options table (its first paragraph,
+    /// one line) and the builder setter's documentation (all of it).
+    pub doc: &'static str,
 }
 
 /// How a setting's value is written, and what its setter takes.
@@ -73,76 +81,150 @@ pub enum Kind {
 }
 
 /// The table itself, handed to `$callback!` as one
-/// `{ key: .., setter: .., kind: .., attribute: yes|no, set: yes|no, default: .., example: .., quoted: .., meaning: .., what: .. }`
-/// group per setting, in the order the docs list them.
+/// `{ key: .., setter: .., kind: .., value: (TYPE = DEFAULT) | (), attribute: yes|no, set: yes|no, default: .., example: .., quoted: .., meaning: .., what: .., doc: .. }`
+/// group per setting, in the order the docs list them. `value` is the
+/// field the runtime keeps it in and its default (empty for the settings
+/// that are not a field of their own: the topics, the group, the name, the
+/// crate path, and `dead_letter`, a shorthand of `on_error`).
 #[macro_export]
 macro_rules! settings {
     ($callback:ident) => {
         $callback! {
-            { key: "topic", setter: topic, kind: Special, attribute: yes, set: no, default: r#"required, or `topics`"#,
-              example: "orders", quoted: true, meaning: "the topic to consume", what: "" }
-            { key: "topics", setter: topics, kind: Special, attribute: yes, set: no, default: r#""#,
-              example: "", quoted: false, meaning: "several topics, one consumer group", what: "" }
-            { key: "group", setter: group, kind: Special, attribute: yes, set: no, default: r#"required"#,
-              example: "billing", quoted: true, meaning: "the consumer group", what: "" }
-            { key: "concurrency", setter: concurrency, kind: AtLeastOne, attribute: yes, set: yes, default: r#"`10`"#,
-              example: "20", quoted: false, meaning: "handlers running at once",
-              what: "the number of handlers that may run at once" }
+            { key: "topic", setter: topic, kind: Special, value: (), attribute: yes, set: no,
+              default: r#"required, or `topics`"#, example: "orders", quoted: true,
+              meaning: "the topic to consume", what: "",
+              doc: r#"the topic to consume"# }
+            { key: "topics", setter: topics, kind: Special, value: (), attribute: yes, set: no,
+              default: r#""#, example: r#"["a", "b"]"#, quoted: false,
+              meaning: "several topics, one consumer group", what: "",
+              doc: r#"several topics, one consumer group (not with `topic`)"# }
+            { key: "group", setter: group, kind: Special, value: (), attribute: yes, set: no,
+              default: r#"required"#, example: "billing", quoted: true,
+              meaning: "the consumer group", what: "",
+              doc: r#"consumer group; `--group-prefix` is prepended at run time"# }
+            { key: "concurrency", setter: concurrency, kind: AtLeastOne, value: (usize = 10), attribute: yes, set: yes,
+              default: r#"`10`"#, example: "20", quoted: false,
+              meaning: "handlers running at once",
+              what: "the number of handlers that may run at once",
+              doc: r#"handlers running at once for this subscriber"# }
             { key: "ordering", setter: ordering,
               kind: Choice(OrderingMode: "unordered" => Unordered, "key" => Key, "partition" => Partition;
                 "use `ordering = \"unordered\"` (the default), `\"key\"` (same key one at a time, in offset order) or `\"partition\"` (each partition one at a time)"),
-              attribute: yes, set: yes, default: r#"`"unordered"`"#, example: "key", quoted: true, meaning: "unordered, key or partition", what: "" }
+              value: (OrderingMode = OrderingMode::Unordered), attribute: yes, set: yes,
+              default: r#"`"unordered"`"#, example: "key", quoted: true,
+              meaning: "unordered, key or partition", what: "",
+              doc: r#"how much order handlers keep (guarantee 4)"# }
             { key: "first_poll", setter: first_poll,
               kind: Choice(FirstPoll: "worker" => Worker, "poll_thread" => PollThread, "auto" => Auto;
                 "use `first_poll = \"worker\"` (the default: handlers run on the tokio workers), `\"poll_thread\"` (the poll thread runs each handler up to its first wait; for short, non-blocking handlers only) or `\"auto\"` (the poll thread does so while first polls stay short)"),
-              attribute: yes, set: yes, default: r#"`"worker"`"#, example: "worker", quoted: true,
-              meaning: "where handlers run: worker, poll_thread or auto", what: "" }
-            { key: "max_buffered", setter: max_buffered, kind: AtLeastOne, attribute: yes, set: yes, default: r#"`2 * concurrency`, at least 16"#,
-              example: "64", quoted: false, meaning: "fetched messages waiting to start, at most",
-              what: "how many fetched messages may wait for a handler slot" }
-            { key: "max_uncommitted", setter: max_uncommitted, kind: AtLeastOne, attribute: yes, set: yes, default: r#"`10000`"#,
-              example: "1000", quoted: false, meaning: "offsets of a partition read past its last commit, at most",
-              what: "how many offsets of a partition may be read past its last committed offset" }
-            { key: "handler_timeout", setter: handler_timeout, kind: Timeout, attribute: yes, set: yes, default: r#"none"#,
-              example: "30s", quoted: true, meaning: "how long a handler may run before its message fails",
-              what: "how long a handler may run before its message fails" }
-            { key: "commit_batch_size", setter: commit_batch_size, kind: AtLeastOne, attribute: yes, set: yes, default: r#"`100`"#,
-              example: "100", quoted: false, meaning: "commit after this many finished messages",
-              what: "how many finished messages trigger a commit" }
-            { key: "commit_interval", setter: commit_interval, kind: LongerThanZero, attribute: yes, set: yes, default: r#"`"1s"`"#,
-              example: "1s", quoted: true, meaning: "or at least this often",
-              what: "how often finished offsets are committed" }
+              value: (FirstPoll = FirstPoll::Worker), attribute: yes, set: yes,
+              default: r#"`"worker"`"#, example: "worker", quoted: true,
+              meaning: "where handlers run: worker, poll_thread or auto", what: "",
+              doc: r#"where handlers run: on the tokio workers, or their first poll on the poll thread (an opt-in for short, non-blocking handlers only)"# }
+            { key: "max_buffered", setter: max_buffered, kind: AtLeastOne, value: (Option<usize> = None), attribute: yes, set: yes,
+              default: r#"`2 * concurrency`, at least 16"#, example: "64", quoted: false,
+              meaning: "fetched messages waiting to start, at most",
+              what: "how many fetched messages may wait for a handler slot",
+              doc: "fetched messages waiting to start (retries included), at most (guarantee 3)\n\n\
+                    When the bound is reached, reading stops while polling goes on. In `key` and `partition` \
+                    ordering a partition also stops being read (is paused) when the messages it has waiting \
+                    behind busy keys reach its share of the bound (`max_buffered / assigned partitions`), so \
+                    one backed-up partition cannot fill the buffer and stall the others." }
+            { key: "max_uncommitted", setter: max_uncommitted, kind: AtLeastOne, value: (usize = 10_000), attribute: yes, set: yes,
+              default: r#"`10000`"#, example: "1000", quoted: false,
+              meaning: "offsets of a partition read past its last commit, at most",
+              what: "how many offsets of a partition may be read past its last committed offset",
+              doc: "offsets of a partition read past its last committed offset, at most (guarantee 3)\n\n\
+                    A partition at the bound is paused (not read, while polling goes on) until its commits \
+                    catch up. It bounds, per partition, the memory of what finished above a message that has \
+                    not (a stuck handler, a long retry), and what is handled again after a crash, a lost \
+                    assignment or a stretch of failing commits." }
+            { key: "handler_timeout", setter: handler_timeout, kind: Timeout, value: (Option<Duration> = None), attribute: yes, set: yes,
+              default: r#"none"#, example: "30s", quoted: true,
+              meaning: "how long a handler may run before its message fails",
+              what: "how long a handler may run before its message fails",
+              doc: "a handler running longer is dropped and its message fails (retried, then `on_error`); \
+                    with `reply`, the wait for the reply's acknowledgement counts (a timeout there says so, \
+                    and a retry runs the handler again)\n\n\
+                    The handler is cancelled at its next `.await`; a handler that blocks its thread without \
+                    awaiting cannot be cut off. `None` turns it off." }
+            { key: "commit_batch_size", setter: commit_batch_size, kind: AtLeastOne, value: (usize = 100), attribute: yes, set: yes,
+              default: r#"`100`"#, example: "100", quoted: false,
+              meaning: "commit after this many finished messages",
+              what: "how many finished messages trigger a commit",
+              doc: r#"commit after this many finished messages..."# }
+            { key: "commit_interval", setter: commit_interval, kind: LongerThanZero, value: (Duration = Duration::from_secs(1)),
+              attribute: yes, set: yes, default: r#"`"1s"`"#, example: "1s", quoted: true,
+              meaning: "or at least this often",
+              what: "how often finished offsets are committed",
+              doc: r#"...or at least this often (a partition that goes idle is committed at once: within a tenth of it, at most about 0.2 s)"# }
             { key: "commit_metadata", setter: commit_metadata,
               kind: Choice(CommitMetadata: "finished" => Finished, "none" => None;
                 "use `commit_metadata = \"finished\"` (the default: commits record the finished offsets above the committed one, and a partition's next owner skips them) or `\"none\"` (offsets only)"),
-              attribute: yes, set: yes, default: r#"`"finished"`"#, example: "none", quoted: true,
-              meaning: "finished (record finished offsets above the commit) or none", what: "" }
-            { key: "instance_id", setter: instance_id, kind: Text, attribute: yes, set: yes, default: r#"none"#,
-              example: "pod-3", quoted: true,
-              meaning: "static group membership: group.instance.id is this, a dash and the subscriber's name", what: "" }
-            { key: "shutdown_timeout", setter: shutdown_timeout, kind: Duration, attribute: yes, set: yes, default: r#"`"20s"`"#,
-              example: "20s", quoted: true, meaning: "how long shutdown waits for running handlers", what: "" }
-            { key: "revoke_timeout", setter: revoke_timeout, kind: LongerThanZero, attribute: yes, set: yes, default: r#"`"10s"`"#,
-              example: "10s", quoted: true, meaning: "how long a revoke waits for its handlers and commit",
-              what: "how long a revoke waits for the revoked partitions' handlers and commit" }
-            { key: "retries", setter: retries, kind: WholeNumber, attribute: yes, set: yes, default: r#"`0`"#,
-              example: "3", quoted: false, meaning: "retries of a failed message before on_error", what: "" }
-            { key: "backoff", setter: backoff, kind: Duration, attribute: yes, set: yes, default: r#"`"100ms"`"#,
-              example: "100ms", quoted: true, meaning: "wait before the first retry", what: "" }
-            { key: "max_backoff", setter: max_backoff, kind: Duration, attribute: yes, set: yes, default: r#"`"10s"`"#,
-              example: "10s", quoted: true, meaning: "longest wait between retries", what: "" }
-            { key: "on_error", setter: on_error, kind: Special, attribute: yes, set: yes, default: r#"`"skip"`"#,
-              example: "stop", quoted: true,
-              meaning: "after the last attempt: skip, stop, or dead_letter where a dead_letter topic is set", what: "" }
-            { key: "dead_letter", setter: dead_letter, kind: Text, attribute: yes, set: yes, default: r#""#,
-              example: "orders.dlq", quoted: true, meaning: "the dead-letter topic", what: "" }
-            { key: "reply", setter: reply, kind: Text, attribute: yes, set: no, default: r#""#,
-              example: "orders.billed", quoted: true,
-              meaning: "publish what the handler returns to this topic, before its offset is committed", what: "" }
-            { key: "name", setter: name, kind: Special, attribute: yes, set: no, default: r#"the function's path"#,
-              example: "billing", quoted: true, meaning: "the subscriber's name", what: "" }
-            { key: "crate", setter: krate, kind: Special, attribute: yes, set: no, default: r#"`"kconc_runtime"`"#,
-              example: "kconc_runtime", quoted: true, meaning: "where the runtime is, if renamed", what: "" }
+              value: (CommitMetadata = CommitMetadata::Finished), attribute: yes, set: yes,
+              default: r#"`"finished"`"#, example: "none", quoted: true,
+              meaning: "finished (record finished offsets above the commit) or none", what: "",
+              doc: r#"what a commit writes into the offset's metadata: the finished offsets above it, which the partition's next owner skips (guarantee 1), or nothing"# }
+            { key: "instance_id", setter: instance_id, kind: Text, value: (Option<String> = None), attribute: yes, set: yes,
+              default: r#"none"#, example: "pod-3", quoted: true,
+              meaning: "static group membership: group.instance.id is this, a dash and the subscriber's name", what: "",
+              doc: "static group membership (\"Static membership\" in the README); usually set at run time with `--instance-id`\n\n\
+                    librdkafka's `group.instance.id` is set to `\"{id}-{name}\"` (the subscriber's name, so \
+                    several subscribers of one process stay distinct). A member that restarts within \
+                    `session.timeout.ms` gets its partitions back without a rebalance of the others; the \
+                    trade-off is that a member that is really gone holds its partitions, unread, until the \
+                    session times out. Use a name that stays with the instance across restarts (a pod name \
+                    in a StatefulSet, a host name) and is unique in the group: two live members with one id \
+                    fence each other. `--instance-id` and `KCONC_INSTANCE_ID` set it for every subscriber of \
+                    a program." }
+            { key: "shutdown_timeout", setter: shutdown_timeout, kind: Duration, value: (Duration = Duration::from_secs(20)),
+              attribute: yes, set: yes, default: r#"`"20s"`"#, example: "20s", quoted: true,
+              meaning: "how long shutdown waits for running handlers", what: "",
+              doc: r#"how long shutdown waits for running handlers"# }
+            { key: "revoke_timeout", setter: revoke_timeout, kind: LongerThanZero, value: (Duration = Duration::from_secs(10)),
+              attribute: yes, set: yes, default: r#"`"10s"`"#, example: "10s", quoted: true,
+              meaning: "how long a revoke waits for its handlers and commit",
+              what: "how long a revoke waits for the revoked partitions' handlers and commit",
+              doc: "how long a revoke waits for the revoked partitions' handlers and their commit\n\n\
+                    Keep it well below `max.poll.interval.ms`." }
+            { key: "retries", setter: retries, kind: WholeNumber, value: (u32 = 0), attribute: yes, set: yes,
+              default: r#"`0`"#, example: "3", quoted: false,
+              meaning: "retries of a failed message before on_error", what: "",
+              doc: "retries of a failed message before `on_error`\n\n\
+                    The waits are `backoff` doubled on each retry up to `max_backoff`, with jitter. A waiting \
+                    retry holds no handler slot; its offset is not committed until it finishes, and in `key` \
+                    or `partition` ordering the messages behind it with its key (or partition) wait for it." }
+            { key: "backoff", setter: backoff, kind: Duration, value: (Duration = Duration::from_millis(100)),
+              attribute: yes, set: yes, default: r#"`"100ms"`"#, example: "100ms", quoted: true,
+              meaning: "wait before the first retry", what: "",
+              doc: r#"wait before the first retry, doubled on each, with jitter"# }
+            { key: "max_backoff", setter: max_backoff, kind: Duration, value: (Duration = Duration::from_secs(10)),
+              attribute: yes, set: yes, default: r#"`"10s"`"#, example: "10s", quoted: true,
+              meaning: "longest wait between retries", what: "",
+              doc: r#"longest wait between retries"# }
+            { key: "on_error", setter: on_error, kind: Special, value: (OnError = OnError::Skip), attribute: yes, set: yes,
+              default: r#"`"skip"`"#, example: "stop", quoted: true,
+              meaning: "after the last attempt: skip, stop, or dead_letter where a dead_letter topic is set",
+              what: "`skip`/`stop`, or `dead_letter` where a dead-letter topic is set",
+              doc: r#"after the last attempt: `"skip"` (commit and go on), `"stop"` (stop the partition) or `"dead_letter"` (publish it to the `dead_letter` topic)"# }
+            { key: "dead_letter", setter: dead_letter, kind: Text, value: (), attribute: yes, set: yes,
+              default: r#""#, example: "orders.dlq", quoted: true,
+              meaning: "the dead-letter topic", what: "",
+              doc: r#"the dead-letter topic (implies `on_error = "dead_letter"`)"# }
+            { key: "reply", setter: reply, kind: Text, value: (Option<String> = None), attribute: yes, set: no,
+              default: r#"none"#, example: "orders.billed", quoted: true,
+              meaning: "publish what the handler returns to this topic, before its offset is committed", what: "",
+              doc: "publish what the handler returns to this topic; its offset is committed only after every reply is acknowledged\n\n\
+                    In the attribute it also makes the handler's return value the replies; a handler built \
+                    in code sends with `Context::send_json`." }
+            { key: "name", setter: name, kind: Special, value: (), attribute: yes, set: no,
+              default: r#"the function's path"#, example: "billing", quoted: true,
+              meaning: "the subscriber's name", what: "",
+              doc: r#"the subscriber's name in logs, metrics, `--list`, `--only` and `--set`; two subscribers with one name fail start-up, naming both functions"# }
+            { key: "crate", setter: krate, kind: Special, value: (), attribute: yes, set: no,
+              default: r#"`"kconc_runtime"`"#, example: "kconc_runtime", quoted: true,
+              meaning: "where the runtime is, if renamed", what: "",
+              doc: r#"where the runtime is, if you renamed the dependency"# }
         }
     };
 }
@@ -151,8 +233,9 @@ macro_rules! settings {
 macro_rules! declare {
     ($({ key: $key:literal, setter: $setter:ident,
          kind: $kind:ident $(($ty:ident: $($name:literal => $variant:ident),*; $explain:literal))?,
-         attribute: $attribute:ident, set: $set:ident, default: $default:literal, example: $example:literal,
-         quoted: $quoted:literal, meaning: $meaning:literal, what: $what:literal })*) => {
+         value: ($($value:tt)*), attribute: $attribute:ident, set: $set:ident, default: $default:literal,
+         example: $example:literal, quoted: $quoted:literal, meaning: $meaning:literal, what: $what:literal,
+         doc: $doc:literal })*) => {
         /// Every setting, in the order the docs list them.
         pub const SETTINGS: &[Setting] = &[$(Setting {
             key: $key,
@@ -164,6 +247,7 @@ macro_rules! declare {
             quoted: $quoted,
             meaning: $meaning,
             what: $what,
+            doc: $doc,
         }),*];
     };
     (@yes yes) => { true };
@@ -193,6 +277,80 @@ pub fn settable() -> impl Iterator<Item = &'static Setting> {
 /// The setting named `key`.
 pub fn setting(key: &str) -> Option<&'static Setting> {
     SETTINGS.iter().find(|s| s.key == key)
+}
+
+impl Setting {
+    /// What the README's options table writes in its "value" column.
+    pub fn value_text(&self) -> String {
+        match self.kind {
+            Kind::AtLeastOne => "integer >= 1".to_owned(),
+            Kind::WholeNumber => "integer >= 0".to_owned(),
+            Kind::Duration | Kind::Timeout => "duration".to_owned(),
+            Kind::LongerThanZero => "duration > 0".to_owned(),
+            Kind::Choice { values, .. } => {
+                let names: Vec<String> = values.iter().map(|(name, _)| format!("`\"{name}\"`")).collect();
+                names.join(", ")
+            }
+            Kind::Special | Kind::Text if self.quoted => format!("`\"{}\"`", self.example),
+            Kind::Special | Kind::Text => format!("`{}`", self.example),
+        }
+    }
+
+    /// The first paragraph of [`Setting::doc`]: the README's "meaning".
+    pub fn summary(&self) -> &'static str {
+        self.doc.split("\n\n").next().unwrap_or_default()
+    }
+}
+
+/// The README's table of the attribute's options, made from [`SETTINGS`]:
+/// the header and a row per option.
+pub fn readme_table() -> String {
+    let mut table = String::from("| option | value | default | meaning |\n|---|---|---|---|\n");
+    for s in attribute_options() {
+        let row = format!(
+            "| `{}` | {} | {} | {} |\n",
+            s.key,
+            s.value_text(),
+            s.default,
+            s.summary()
+        );
+        // An empty cell is `| |`.
+        table.push_str(&row.replace("|  |", "| |"));
+    }
+    table
+}
+
+/// The README's list of the keys `--set` takes, each with the values it
+/// takes where they are not just its kind's (`` `first_poll` (`worker`/`poll_thread`/`auto`) ``).
+pub fn readme_set_keys() -> String {
+    let items: Vec<String> = settable()
+        .map(|s| {
+            let values = match s.kind {
+                Kind::Choice { values, .. } => {
+                    let names: Vec<String> = values.iter().map(|(name, _)| format!("`{name}`")).collect();
+                    names.join("/")
+                }
+                Kind::Timeout => "a duration, or `none`".to_owned(),
+                Kind::LongerThanZero => "longer than zero".to_owned(),
+                Kind::Special => s.what.to_owned(),
+                _ => String::new(),
+            };
+            match values.as_str() {
+                "" => format!("`{}`", s.key),
+                values => format!("`{}` ({values})", s.key),
+            }
+        })
+        .collect();
+    items.join(", ")
+}
+
+/// The README's list of the options only the code sets (`--set` refuses them).
+pub fn readme_attribute_only() -> String {
+    let keys: Vec<String> = attribute_options()
+        .filter(|s| !s.set)
+        .map(|s| format!("`{}`", s.key))
+        .collect();
+    keys.join(", ")
 }
 
 /// A duration as every setting writes it: a whole number followed by `ms`,
@@ -261,6 +419,31 @@ mod tests {
         assert_eq!(edit_distance("KAFKA_", "RDKAFKA_"), 2);
         assert_eq!(edit_distance("retires", "retries"), 2);
         assert_eq!(edit_distance("kitten", "sitting"), 3);
+    }
+
+    /// Each setting's summary fits a table cell, and a setting with a
+    /// value of its own says what it is; the README's table has a row per
+    /// attribute option.
+    #[test]
+    fn every_summary_is_one_cell() {
+        for s in SETTINGS {
+            let summary = s.summary();
+            assert!(!summary.is_empty(), "`{}` has no doc", s.key);
+            assert!(
+                !summary.contains(['\n', '|']),
+                "`{}`'s summary is not one cell: {summary}",
+                s.key
+            );
+        }
+        let table = readme_table();
+        assert_eq!(table.lines().count(), 2 + attribute_options().count());
+        assert!(
+            table.contains("| `concurrency` | integer >= 1 | `10` | handlers running at once for this subscriber |\n")
+        );
+        assert!(
+            table.contains("| `topics` | `[\"a\", \"b\"]` | | several topics"),
+            "{table}"
+        );
     }
 
     #[test]

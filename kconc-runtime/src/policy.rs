@@ -15,11 +15,6 @@ use crate::context::Context;
 use crate::handler::BoxError;
 use crate::message::{Message, PayloadError, Undecodable};
 
-/// Default backoff before the first retry.
-pub(crate) const DEFAULT_BACKOFF: Duration = Duration::from_millis(100);
-/// Default longest backoff between retries.
-pub(crate) const DEFAULT_MAX_BACKOFF: Duration = Duration::from_secs(10);
-
 /// What happens to a message that failed its last attempt.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub enum OnError {
@@ -184,26 +179,17 @@ pub(crate) struct ErrorPolicy {
     pub(crate) on_error: OnError,
 }
 
-impl Default for ErrorPolicy {
-    fn default() -> Self {
-        Self {
-            retries: 0,
-            backoff: DEFAULT_BACKOFF,
-            max_backoff: DEFAULT_MAX_BACKOFF,
-            on_error: OnError::Skip,
+impl OnError {
+    /// The dead-letter topic, under `on_error = dead_letter`.
+    pub(crate) fn dead_letter_topic(&self) -> Option<&String> {
+        match self {
+            OnError::DeadLetter(t) => Some(t),
+            _ => None,
         }
     }
 }
 
 impl ErrorPolicy {
-    /// The dead-letter topic, under `on_error = dead_letter`.
-    pub(crate) fn dead_letter_topic(&self) -> Option<&String> {
-        match &self.on_error {
-            OnError::DeadLetter(t) => Some(t),
-            _ => None,
-        }
-    }
-
     /// Whether a failure of `attempt` (1-based) leaves a retry.
     pub(crate) fn retries_left(&self, attempt: u32) -> bool {
         attempt <= self.retries
@@ -436,16 +422,16 @@ mod tests {
 
     #[test]
     fn a_copy_is_kept_only_when_a_retry_or_a_dead_letter_needs_it() {
-        let skip = ErrorPolicy::default();
+        let skip = crate::subscriber::Settings::default().policy();
         assert!(!skip.keeps_copy(1));
         let retry = ErrorPolicy {
             retries: 2,
-            ..ErrorPolicy::default()
+            ..crate::subscriber::Settings::default().policy()
         };
         assert!(retry.keeps_copy(1) && retry.keeps_copy(2) && !retry.keeps_copy(3));
         let dlq = ErrorPolicy {
             on_error: OnError::DeadLetter("d".into()),
-            ..ErrorPolicy::default()
+            ..crate::subscriber::Settings::default().policy()
         };
         assert!(dlq.keeps_copy(1));
     }

@@ -140,7 +140,7 @@ impl App {
                 }
                 if let Some(id) = s.instance_id {
                     for sub in &mut self.subscribers {
-                        sub.instance_id = Some(id.clone());
+                        sub.settings.instance_id = Some(id.clone());
                     }
                 }
                 self.run_properties = config::merge_properties(&[&self.run_properties, &s.properties]);
@@ -448,12 +448,14 @@ impl App {
                     s.name.clone(),
                     s.topics.join(","),
                     self.group_of(s),
-                    s.concurrency.to_string(),
-                    s.ordering.to_string(),
-                    s.policy.retries.to_string(),
-                    s.policy.on_error.to_string(),
-                    s.handler_timeout.map_or("none".to_owned(), |d| format!("{d:?}")),
-                    s.reply.clone().unwrap_or_else(|| "-".to_owned()),
+                    s.settings.concurrency.to_string(),
+                    s.settings.ordering.to_string(),
+                    s.settings.retries.to_string(),
+                    s.settings.on_error.to_string(),
+                    s.settings
+                        .handler_timeout
+                        .map_or("none".to_owned(), |d| format!("{d:?}")),
+                    s.settings.reply.clone().unwrap_or_else(|| "-".to_owned()),
                 ]
             })
             .collect();

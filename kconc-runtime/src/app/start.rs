@@ -103,7 +103,12 @@ impl App {
             let partitions = self.embedded_partitions.unwrap_or(4);
             let mut topics: Vec<&str> = subs
                 .iter()
-                .flat_map(|s| s.topics.iter().chain(s.policy.dead_letter_topic()).chain(&s.reply))
+                .flat_map(|s| {
+                    s.topics
+                        .iter()
+                        .chain(s.settings.on_error.dead_letter_topic())
+                        .chain(&s.settings.reply)
+                })
                 .chain(&self.embedded_topics)
                 .map(String::as_str)
                 .collect();
@@ -136,7 +141,11 @@ impl App {
         if !self.wait_for_topics {
             check_topics_exist(&subs, &configs, &cluster)?;
         }
-        let shutdown_timeout = subs.iter().map(|s| s.shutdown_timeout).max().unwrap_or_default();
+        let shutdown_timeout = subs
+            .iter()
+            .map(|s| s.settings.shutdown_timeout)
+            .max()
+            .unwrap_or_default();
         let token = CancellationToken::new();
         let setup = Setup {
             bootstrap: bootstrap.clone(),

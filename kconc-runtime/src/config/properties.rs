@@ -369,7 +369,7 @@ pub(crate) fn consumer_config(
         // strategy with it.
         c.remove("partition.assignment.strategy");
     }
-    if let Some(id) = &sub.instance_id {
+    if let Some(id) = &sub.settings.instance_id {
         c.set("group.instance.id", format!("{id}-{}", sub.name));
     }
     c

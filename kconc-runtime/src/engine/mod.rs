@@ -210,7 +210,7 @@ mod test_util {
                 shutdown.clone(),
                 &rdkafka::ClientConfig::new(),
                 sub.states.clone(),
-                sub.reply.as_deref(),
+                sub.settings.reply.as_deref(),
             );
             let (events_tx, events) = mpsc::channel();
             let env = HandlerEnv {
@@ -220,8 +220,8 @@ mod test_util {
                 events: events_tx.clone(),
                 stats: Arc::default(),
                 runtime: runtime.handle().clone(),
-                policy: sub.policy.clone(),
-                handler_timeout: sub.handler_timeout,
+                policy: sub.settings.policy(),
+                handler_timeout: sub.settings.handler_timeout,
                 abort: tokio_util::sync::CancellationToken::new(),
             };
             let (committer, commits) = Committer::for_test();

@@ -59,14 +59,14 @@ pub(crate) fn start(
         shutdown.clone(),
         &config,
         sub.states.clone(),
-        sub.reply.as_deref(),
+        sub.settings.reply.as_deref(),
     )
     .watched_by(watch.clone());
     // A subscriber that produces (replies, dead letters) creates its
     // producer now, so its first message does not wait for the idempotent
     // producer's start (its producer id, a broker connection). An error
     // here is reported where the producer is used, as before.
-    if sub.reply.is_some() || sub.policy.dead_letter_topic().is_some() {
+    if sub.settings.reply.is_some() || sub.settings.on_error.dead_letter_topic().is_some() {
         let _ = handler_context.producer();
     }
     let stats = Arc::new(Stats::default());
@@ -112,8 +112,8 @@ pub(crate) fn start(
         events: events_tx,
         stats: stats.clone(),
         runtime: runtime.clone(),
-        policy: sub.policy.clone(),
-        handler_timeout: sub.handler_timeout,
+        policy: sub.settings.policy(),
+        handler_timeout: sub.settings.handler_timeout,
         abort: tokio_util::sync::CancellationToken::new(),
     };
     let engine = Engine::new(
@@ -162,7 +162,7 @@ pub(crate) fn start(
             let _ = done_tx.send(ended);
         })
         .map_err(|e| Error::Thread(sub.name.clone(), e))?;
-    tracing::info!(subscriber = &*name, group = sub.group, topics = ?sub.topics, concurrency = sub.concurrency, "subscriber started");
+    tracing::info!(subscriber = &*name, group = sub.group, topics = ?sub.topics, concurrency = sub.settings.concurrency, "subscriber started");
     Ok(Runner {
         name: sub.name.clone(),
         stats,
@@ -281,26 +281,26 @@ impl Engine {
             settings: Settings {
                 name: env.subscriber.clone(),
                 group: sub.group.clone(),
-                concurrency: sub.concurrency,
-                max_buffered: sub.effective_max_buffered(),
-                max_uncommitted: sub.max_uncommitted,
+                concurrency: sub.settings.concurrency,
+                max_buffered: sub.settings.max_buffered(),
+                max_uncommitted: sub.settings.max_uncommitted,
                 prefetch_kb,
-                shutdown_timeout: sub.shutdown_timeout,
-                revoke_timeout: sub.revoke_timeout,
+                shutdown_timeout: sub.settings.shutdown_timeout,
+                revoke_timeout: sub.settings.revoke_timeout,
             },
             parts: Partitions::default(),
             intake: Intake::default(),
             plan: CommitPlan::new(
-                sub.commit_batch_size,
-                sub.commit_interval,
-                sub.commit_metadata == crate::CommitMetadata::Finished,
+                sub.settings.commit_batch_size,
+                sub.settings.commit_interval,
+                sub.settings.commit_metadata == crate::CommitMetadata::Finished,
             ),
             events,
-            dispatcher: Dispatcher::new(env, sub.concurrency, sub.first_poll),
+            dispatcher: Dispatcher::new(env, sub.settings.concurrency, sub.settings.first_poll),
             committer,
             consumer,
             wake,
-            waiting: Schedule::new(sub.ordering),
+            waiting: Schedule::new(sub.settings.ordering),
             delayed: Retries::default(),
             closing: false,
             shutdown,

@@ -3,9 +3,152 @@
 
 use std::time::Duration;
 
-use super::Subscriber;
+use super::{CommitMetadata, FirstPoll, OrderingMode, Subscriber};
 use crate::error::SettingError;
-use crate::policy::OnError;
+use crate::policy::{ErrorPolicy, OnError};
+
+/// A subscriber's settings, their defaults, `Debug`, the checks of their
+/// values and the builder's setters, generated from the settings table
+/// (`kconc_options::settings!`): one field per setting that has a value of
+/// its own (the table's `value` column: its type and its default).
+macro_rules! generate_settings {
+    // Every row collected: the struct, its checks, and the setters.
+    (@rows [$({ $key:literal, $setter:ident, $kind:ident, $ty:ty, $init:expr, $default:literal, $what:literal, $doc:literal })*]) => {
+        /// A subscriber's settings (the README's options table, less those
+        /// that are not a value of their own).
+        #[derive(Clone)]
+        pub(crate) struct Settings {
+            $(#[doc = $doc] pub(crate) $setter: $ty,)*
+        }
+
+        impl Default for Settings {
+            fn default() -> Self {
+                Self { $($setter: $init,)* }
+            }
+        }
+
+        impl Settings {
+            /// Adds each setting to a `Debug` output, in the table's order.
+            pub(super) fn debug_fields(&self, d: &mut std::fmt::DebugStruct<'_, '_>) {
+                $(d.field($key, &self.$setter);)*
+            }
+
+            /// The first setting whose value its kind refuses, and why
+            /// (what the macro checks at compile time, for subscribers
+            /// built in code or changed by `--set`).
+            pub(super) fn refused(&self) -> Option<(&'static str, String)> {
+                $(if let Some(why) = generate_settings!(@check $kind, &self.$setter, $what) {
+                    return Some(($key, why));
+                })*
+                None
+            }
+        }
+
+        impl Subscriber {
+            $(
+                #[doc = $doc]
+                #[doc = ""]
+                #[doc = concat!("Default: ", $default, ".")]
+                #[must_use]
+                pub fn $setter(mut self, value: generate_settings!(@param $kind, $ty)) -> Self {
+                    self.settings.$setter = generate_settings!(@convert $kind, value);
+                    self
+                }
+            )*
+        }
+    };
+    (@param AtLeastOne, $ty:ty) => { usize };
+    (@param Timeout, $ty:ty) => { impl Into<Option<Duration>> };
+    (@param Text, $ty:ty) => { impl Into<String> };
+    (@param $kind:ident, $ty:ty) => { $ty };
+    (@convert Text, $v:ident) => { Some($v.into()) };
+    (@convert $kind:ident, $v:ident) => { $v.into() };
+    (@check AtLeastOne, $v:expr, $what:literal) => { Unset::unset($v).then(|| explained("must be at least 1", $what)) };
+    (@check LongerThanZero, $v:expr, $what:literal) => {
+        Unset::unset($v).then(|| explained("must be longer than zero", $what))
+    };
+    (@check Timeout, $v:expr, $what:literal) => {
+        Unset::unset($v).then(|| "must be longer than zero (or unset)".to_owned())
+    };
+    (@check Text, $v:expr, $what:literal) => { Unset::unset($v).then(|| "must not be empty".to_owned()) };
+    (@check $kind:ident, $v:expr, $what:literal) => { None::<String> };
+    // A row without a value of its own: no field.
+    (@rows [$($rows:tt)*] { key: $key:literal, setter: $setter:ident, kind: $kind:ident $(($($choice:tt)*))?,
+        value: (), $($rest:tt)* } $($more:tt)*) => {
+        generate_settings!(@rows [$($rows)*] $($more)*);
+    };
+    (@rows [$($rows:tt)*] { key: $key:literal, setter: $setter:ident, kind: $kind:ident $(($($choice:tt)*))?,
+        value: ($ty:ty = $init:expr), attribute: $attribute:ident, set: $set:ident, default: $default:literal,
+        example: $example:literal, quoted: $quoted:literal, meaning: $meaning:literal, what: $what:literal,
+        doc: $doc:literal } $($more:tt)*) => {
+        generate_settings!(@rows [$($rows)* { $key, $setter, $kind, $ty, $init, $default, $what, $doc }] $($more)*);
+    };
+    ($($table:tt)*) => {
+        generate_settings!(@rows [] $($table)*);
+    };
+}
+
+kconc_options::settings!(generate_settings);
+
+/// A value its kind refuses as not set: zero, or an empty text.
+trait Unset {
+    fn unset(&self) -> bool;
+}
+
+impl Unset for usize {
+    fn unset(&self) -> bool {
+        *self == 0
+    }
+}
+
+impl Unset for Option<usize> {
+    fn unset(&self) -> bool {
+        *self == Some(0)
+    }
+}
+
+impl Unset for Duration {
+    fn unset(&self) -> bool {
+        self.is_zero()
+    }
+}
+
+impl Unset for Option<Duration> {
+    fn unset(&self) -> bool {
+        self.is_some_and(|d| d.is_zero())
+    }
+}
+
+impl Unset for Option<String> {
+    fn unset(&self) -> bool {
+        self.as_deref().is_some_and(|s| s.trim().is_empty())
+    }
+}
+
+/// `must be at least 1 (the number of handlers that may run at once)`.
+fn explained(rule: &str, what: &str) -> String {
+    match what {
+        "" => rule.to_owned(),
+        what => format!("{rule} ({what})"),
+    }
+}
+
+impl Settings {
+    /// The error policy these settings make.
+    pub(crate) fn policy(&self) -> ErrorPolicy {
+        ErrorPolicy {
+            retries: self.retries,
+            backoff: self.backoff,
+            max_backoff: self.max_backoff,
+            on_error: self.on_error.clone(),
+        }
+    }
+
+    /// What `max_buffered` is when it is not set: twice `concurrency`, at least 16.
+    pub(crate) fn max_buffered(&self) -> usize {
+        self.max_buffered.unwrap_or_else(|| (self.concurrency * 2).max(16))
+    }
+}
 
 impl Subscriber {
     /// Checks the settings that the macro cannot check for code-built subscribers.
@@ -22,40 +165,26 @@ impl Subscriber {
         if self.group.is_empty() {
             return bad("group", "must not be empty");
         }
-        if self.concurrency == 0 {
-            return bad("concurrency", "must be at least 1");
+        if let Some((key, why)) = self.settings.refused() {
+            return bad(key, &why);
         }
-        if self.max_buffered == Some(0) {
-            return bad("max_buffered", "must be at least 1");
-        }
-        if self.max_uncommitted == 0 {
-            return bad("max_uncommitted", "must be at least 1");
-        }
-        if self.handler_timeout.is_some_and(|d| d.is_zero()) {
-            return bad("handler_timeout", "must be longer than zero (or unset)");
-        }
-        if self.commit_batch_size == 0 {
-            return bad("commit_batch_size", "must be at least 1");
-        }
-        if self.commit_interval.is_zero() {
-            return bad("commit_interval", "must be longer than zero");
-        }
-        if self.revoke_timeout.is_zero() {
-            return bad(
-                "revoke_timeout",
-                "must be longer than zero: a revoke needs time to commit the revoked partitions' finished prefix",
-            );
-        }
-        if self.policy.retries > 0 && self.policy.backoff.is_zero() {
+        let s = &self.settings;
+        if s.retries > 0 && s.backoff.is_zero() {
             return bad("backoff", "must be longer than zero when there are retries");
         }
-        if self.policy.max_backoff < self.policy.backoff {
+        if s.max_backoff < s.backoff {
             return bad("max_backoff", "must be at least `backoff`");
         }
-        if matches!(&self.policy.on_error, OnError::DeadLetter(t) if t.trim().is_empty()) {
+        if matches!(&s.on_error, OnError::DeadLetter(t) if t.trim().is_empty()) {
             return bad("dead_letter", "must name a topic");
         }
         Ok(())
+    }
+
+    /// Shorthand for `on_error(OnError::DeadLetter(topic))`: the dead-letter topic.
+    #[must_use]
+    pub fn dead_letter(self, topic: impl Into<String>) -> Self {
+        self.on_error(OnError::DeadLetter(topic.into()))
     }
 }
 
@@ -64,7 +193,7 @@ impl Subscriber {
 /// text by its kind and handed to the builder's setter of the same name.
 macro_rules! apply_settings {
     ($({ key: $key:literal, setter: $setter:ident, kind: $kind:ident $(($($choice:tt)*))?,
-         attribute: $attribute:ident, set: $set:ident, $($rest:tt)* })*) => {
+         value: ($($value:tt)*), attribute: $attribute:ident, set: $set:ident, $($rest:tt)* })*) => {
         pub(super) fn apply_setting(sub: Subscriber, key: &str, v: &str) -> Result<Subscriber, SettingError> {
             $(apply_settings!(@one $set $kind, sub, key, v, $key, $setter);)*
             Err(not_settable(key))
@@ -159,6 +288,34 @@ fn parse_duration(s: &str) -> Option<Duration> {
 mod tests {
     use super::*;
     use crate::message::Message;
+
+    /// Each setting whose kind has a rule (at least 1, longer than zero,
+    /// not empty) is refused by `App::start`'s check when `--set` breaks
+    /// it, naming the setting: the checks are made from the table.
+    #[test]
+    fn every_rule_of_a_kind_is_checked() {
+        use kconc_options::Kind;
+        let mut checked = 0;
+        for s in kconc_options::settable() {
+            let bad = match s.kind {
+                Kind::AtLeastOne => "0",
+                Kind::LongerThanZero | Kind::Timeout => "0s",
+                Kind::Text => " ",
+                _ => continue,
+            };
+            let mut sub = Subscriber::new("s", ["t"], "g", |_m: Message| async {});
+            sub.set(s.key, bad)
+                .unwrap_or_else(|e| panic!("--set {}={bad}: {e}", s.key));
+            let err = sub.validate().err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(
+                err.contains(&format!("`{}`", s.key)),
+                "{}={bad:?} was not refused: {err}",
+                s.key
+            );
+            checked += 1;
+        }
+        assert!(checked >= 9, "{checked} rules checked");
+    }
 
     /// `--set` handles every setting declared settable, with its example,
     /// and the README's `--set` row names each.
