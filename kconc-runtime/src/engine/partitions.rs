@@ -1053,6 +1053,101 @@ mod tests {
         );
     }
 
+    /// The search for an unreadable batch's end, step by step: a record
+    /// read at the probe is past the batch (the search halves back when
+    /// the batch may end below it), another unreadable batch met during the
+    /// search is past the first, and a report of an older batch changes
+    /// nothing.
+    #[test]
+    fn an_unreadable_batchs_search_step_by_step() {
+        let mut parts = assigned();
+        assert_eq!(parts.unreadable(0, 0, 5), BatchStep::Route { from: 5, stale: None });
+        assert_eq!(parts.search_end(0, 0, 5, 5, Some(100)), 6);
+        // 6 is inside the batch: the step doubles.
+        assert_eq!(parts.unreadable(0, 0, 5), BatchStep::Seek(8));
+        // A report of an older batch: nothing changes.
+        assert_eq!(parts.unreadable(0, 0, 3), BatchStep::Ignore);
+        // The record at 8 is past the batch, which may end at 7: not taken.
+        assert_eq!(take(&mut parts, 8), Read::Seek(7));
+        // 7 follows the batch: taken, and the search is over.
+        assert!(matches!(take(&mut parts, 7), Read::Take { .. }));
+        assert!(matches!(take(&mut parts, 8), Read::Take { .. }));
+
+        // Another unreadable batch at the probe: past the first.
+        let mut parts = assigned();
+        assert_eq!(parts.unreadable(0, 0, 5), BatchStep::Route { from: 5, stale: None });
+        parts.search_end(0, 0, 5, 5, Some(100));
+        assert_eq!(parts.unreadable(0, 0, 5), BatchStep::Seek(8));
+        assert_eq!(parts.unreadable(0, 0, 8), BatchStep::Seek(7));
+        // At 7 the batch at 5 is still there: the batch at 8 follows it.
+        assert_eq!(parts.unreadable(0, 0, 5), BatchStep::Seek(8));
+        assert_eq!(parts.unreadable(0, 0, 8), BatchStep::Route { from: 8, stale: None });
+    }
+
+    /// A partition's own queue, on librdkafka's mock cluster: a partition
+    /// whose queue holds records is not idle; its handle is taken back
+    /// once; a partition stopped at an unreadable batch has its queue
+    /// emptied, and only such a partition.
+    #[test]
+    fn partition_queues_on_the_mock_cluster() {
+        use rdkafka::consumer::{BaseConsumer, Consumer};
+        use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+        use std::time::{Duration, Instant};
+
+        let cluster = crate::EmbeddedCluster::start(1).expect("a mock cluster");
+        cluster.create_topic("q", 2).expect("a topic");
+        let producer: ThreadedProducer<DefaultProducerContext> = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", cluster.bootstrap_servers())
+            .create()
+            .expect("a producer");
+        for p in [0, 1] {
+            for key in ["a", "b", "c"] {
+                let record = BaseRecord::<str, str>::to("q").partition(p).payload("x").key(key);
+                producer.send(record).map_err(|(e, _)| e).expect("queued");
+            }
+        }
+        producer.flush(Duration::from_secs(30)).expect("delivered");
+        let consumer: std::sync::Arc<BaseConsumer> = std::sync::Arc::new(
+            rdkafka::ClientConfig::new()
+                .set("bootstrap.servers", cluster.bootstrap_servers())
+                .set("group.id", "g")
+                .set("auto.offset.reset", "earliest")
+                .create()
+                .expect("a consumer"),
+        );
+        let mut parts = Partitions::default();
+        let t = parts.topic("q");
+        for p in [0, 1] {
+            parts.assign(t, p, super::super::ffi::split(&consumer, "q", p));
+        }
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        tpl.add_partition_range("q", 0, 1);
+        consumer.assign(&tpl).expect("assigned");
+        let len = |parts: &Partitions, p: i32| parts.get(t, p).and_then(|ps| ps.queue.as_ref()).map_or(0, |q| q.len());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while len(&parts, 0) < 3 || len(&parts, 1) < 3 {
+            assert!(
+                Instant::now() < deadline,
+                "the records never reached the partition queues"
+            );
+            let _ = consumer.poll(Duration::from_millis(50));
+        }
+        // Partition 0 read and finished its first record, two more wait.
+        assert!(matches!(parts.read(t, 0, 0, 0), Read::Take { .. }));
+        parts.finish(t, 0, 0);
+        assert!(!parts.idle(t, 0), "records wait in its queue");
+        // Partition 0 stopped at an unreadable batch, partition 1 searching
+        // for one's end: only partition 0's queue is emptied.
+        parts.stop_unreadable(t, 0, 1, 1);
+        assert_eq!(parts.unreadable(t, 1, 0), BatchStep::Route { from: 0, stale: None });
+        parts.search_end(t, 1, 0, 0, Some(3));
+        parts.drain_stopped_unreadable();
+        assert_eq!(len(&parts, 0), 0, "the stopped partition's queue is emptied");
+        assert!(len(&parts, 1) >= 3, "the other's is not");
+        assert!(parts.take_queue(t, 1).is_some());
+        assert!(parts.take_queue(t, 1).is_none(), "taken once");
+    }
+
     /// The same position committed again (with other metadata) is no
     /// progress: a partition whose commits stall is not hidden by it.
     #[test]
