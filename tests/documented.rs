@@ -98,7 +98,7 @@ fn every_documented_flag_is_accepted_and_every_flag_is_documented() {
     ];
     Cli::try_from_iter(args).unwrap();
 
-    let command = Cli::command_with_default_brokers(None);
+    let command = kconc_runtime::__private::command();
     for arg in command.get_arguments() {
         if let Some(long) = arg.get_long() {
             assert!(documented.contains(long), "--{long} is not in the README's flag table");
@@ -163,7 +163,7 @@ fn every_documented_variable_is_read_and_every_variable_is_documented() {
     }
     let _ = std::fs::remove_file(&config);
     let table = section("Pointing it at a real cluster");
-    for arg in Cli::command_with_default_brokers(None).get_arguments() {
+    for arg in kconc_runtime::__private::command().get_arguments() {
         if let Some(env) = arg.get_env() {
             let env = env.to_string_lossy();
             assert!(

@@ -62,7 +62,7 @@ impl Handler {
 
     /// Wraps a plain function pointer that already returns a [`HandlerFuture`]
     /// (what `#[subscriber]` generates).
-    pub fn from_fn(f: fn(Message, &Context) -> HandlerFuture) -> Self {
+    pub(crate) fn from_fn(f: fn(Message, &Context) -> HandlerFuture) -> Self {
         Self(Arc::new(f))
     }
 

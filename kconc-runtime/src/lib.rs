@@ -215,6 +215,11 @@ pub mod __private {
 
     pub use crate::app::MainOptions;
 
+    /// The command line's definition (for kconc's own tests of its docs).
+    pub fn command() -> clap::Command {
+        crate::config::Cli::command_with_default_brokers(None)
+    }
+
     /// The body of the `main` that `main!()` generates.
     pub fn run_main(options: MainOptions) -> ::std::process::ExitCode {
         crate::app::run_main(options)

@@ -182,7 +182,7 @@ impl Cli {
 
     /// The command line's definition, its `--brokers` help naming the
     /// default brokers (`localhost:9092` unless `default_brokers` says).
-    pub fn command_with_default_brokers(default_brokers: Option<&str>) -> clap::Command {
+    pub(crate) fn command_with_default_brokers(default_brokers: Option<&str>) -> clap::Command {
         let default = match default_brokers.unwrap_or(DEFAULT_BROKERS) {
             EMBEDDED => "embedded (the in-process mock cluster)".to_owned(),
             other => other.to_owned(),
