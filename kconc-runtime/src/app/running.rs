@@ -304,7 +304,7 @@ impl Running {
 
     /// The metrics in Prometheus text format, as `/metrics` serves them.
     pub fn metrics_text(&self) -> Result<String, Error> {
-        health::metrics_text(&self.watched, &self.thresholds)
+        health::metrics_text(&health::registry(self.watched.clone(), self.thresholds))
     }
 
     /// Where the HTTP endpoint listens, when [`App::http`](crate::App::http) (`--http`) is set.

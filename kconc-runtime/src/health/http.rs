@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
-use super::{health, metrics_text, HealthThresholds};
+use super::{health, metrics_text, registry, HealthThresholds};
 use crate::error::Error;
 use crate::watch::Watched;
 
@@ -48,14 +48,16 @@ pub(crate) fn serve(
             async move { (code, health.report()) }
         })
     };
-    let m = state.clone();
+    // The metrics' collector is registered once; each scrape reads the
+    // subscribers' live state through it.
+    let metrics = Arc::new(registry(state.0.clone(), state.1));
     let app = axum::Router::new()
         .route("/healthz", probe(|h| h.healthy))
         .route("/readyz", probe(|h| h.ready))
         .route(
             "/metrics",
             get(move || {
-                let result = metrics_text(&m.0, &m.1);
+                let result = metrics_text(&metrics);
                 async move {
                     match result {
                         Ok(text) => (

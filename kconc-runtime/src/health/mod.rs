@@ -16,7 +16,7 @@ mod http;
 mod metrics;
 
 pub(crate) use http::{bind, serve};
-pub(crate) use metrics::metrics_text;
+pub(crate) use metrics::{metrics_text, registry};
 
 /// When health calls a subscriber unhealthy.
 #[derive(Clone, Copy, Debug)]
@@ -379,7 +379,7 @@ mod tests {
         w.stats.handled.store(7, Ordering::Relaxed);
         w.stats.committed.lock().unwrap().insert(("t".into(), 0), 40);
         w.stats.high_watermarks.lock().unwrap().insert(("t".into(), 0), 50);
-        let text = metrics_text(&[w], &HealthThresholds::default()).unwrap();
+        let text = metrics_text(&registry(vec![w], HealthThresholds::default())).unwrap();
         assert!(
             text.contains("kconc_messages_handled_total{subscriber=\"s\"} 7"),
             "{text}"
@@ -397,7 +397,9 @@ mod tests {
         w.stats.fetch_starts.lock().unwrap().insert(("t".into(), 1), 1_000);
         w.stats.high_watermarks.lock().unwrap().insert(("t".into(), 1), 1_250);
         w.stats.high_watermarks.lock().unwrap().insert(("t".into(), 2), 900);
-        let text = metrics_text(std::slice::from_ref(&w), &HealthThresholds::default()).unwrap();
+        // One registry, scraped twice: each scrape reads the live state.
+        let registry = registry(vec![w.clone()], HealthThresholds::default());
+        let text = metrics_text(&registry).unwrap();
         assert!(
             text.contains("kconc_consumer_lag{subscriber=\"s\",topic=\"t\",partition=\"1\"} 250"),
             "{text}"
@@ -411,7 +413,7 @@ mod tests {
             "{text}"
         );
         w.stats.committed.lock().unwrap().insert(("t".into(), 1), 1_200);
-        let text = metrics_text(&[w], &HealthThresholds::default()).unwrap();
+        let text = metrics_text(&registry).unwrap();
         assert!(
             text.contains("kconc_consumer_lag{subscriber=\"s\",topic=\"t\",partition=\"1\"} 50"),
             "a commit takes over from the first offset read: {text}"
