@@ -15,7 +15,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{cluster, committed, produce, test_app, wait_for};
-use kconc_runtime::testing::config;
 use kconc_runtime::Cli;
 use kconc_runtime::{App, Error, Message, Subscriber};
 
@@ -134,52 +133,6 @@ impl Drop for TempFile {
             let _ = std::fs::remove_dir_all(dir);
         }
     }
-}
-
-#[test]
-fn precedence_is_code_then_file_then_environment_then_flags() {
-    let file = TempFile::new(
-        "layers.properties",
-        "# deployment defaults\n\
-         bootstrap.servers = file:9092\n\
-         client.rack = file\n\
-         fetch.min.bytes = 10\n\
-         \n\
-         ! kept from the file\n\
-         socket.keepalive.enable = true\n",
-    );
-    let code = kv(&[
-        ("client.rack", "code"),
-        ("fetch.min.bytes", "1"),
-        ("fetch.max.bytes", "2000000"),
-    ]);
-    let env = kv(&[
-        ("HOME", "/root"),
-        ("KCONC_RDKAFKA_CLIENT_RACK", "env"),
-        ("KCONC_RDKAFKA_FETCH_MIN_BYTES", "20"),
-    ]);
-    let flags = cli(&["--config", file.path(), "--property", "client.rack=flag"]);
-    let from_file = config::read_properties_file(&file.0).unwrap();
-    let run = config::resolve(&flags, &from_file, env).unwrap();
-    assert_eq!(run.brokers.as_deref(), Some("file:9092"));
-    assert_eq!(
-        config::merge_properties(&[&code, &run.properties]),
-        kv(&[
-            ("client.rack", "flag"),
-            ("fetch.min.bytes", "20"),
-            ("fetch.max.bytes", "2000000"),
-            ("socket.keepalive.enable", "true"),
-        ])
-    );
-    // --brokers beats the file's bootstrap.servers, and both beat the code.
-    let flags = cli(&["--config", file.path(), "--brokers", "flag:9092"]);
-    assert_eq!(
-        config::resolve(&flags, &from_file, Vec::new())
-            .unwrap()
-            .brokers
-            .as_deref(),
-        Some("flag:9092")
-    );
 }
 
 #[tokio::test]
@@ -354,8 +307,6 @@ fn debug_output_of_configuration_never_shows_a_secret() {
     let app = App::new().configure_with_env(&c, kv(&[("KCONC_RDKAFKA_SSL_KEY_PASSWORD", secret)]));
     let debug = format!("{app:?}");
     assert!(!debug.contains(secret), "{debug}");
-    let run = config::resolve(&c, &[], Vec::new()).unwrap();
-    assert!(!format!("{run:?}").contains(secret));
 }
 
 #[tokio::test]
@@ -560,18 +511,6 @@ async fn settings_that_would_commit_or_skip_behind_kconcs_back_are_refused_in_ev
                 .configure_with_env(&cli(&["--property", &flag]), Vec::new()),
         );
         assert!(text.contains(&format!("--property: `{property}`")), "{flag}: {text}");
-    }
-    // What does no harm is taken.
-    for (property, value) in [
-        ("enable.auto.commit", "false"),
-        ("enable.auto.offset.store", "FALSE"),
-        ("auto.offset.reset", "smallest"),
-        ("topic.auto.offset.reset", "beginning"),
-        ("topic.metadata.refresh.interval.ms", "1000"),
-    ] {
-        let flag = format!("{property}={value}");
-        config::resolve(&cli(&["--property", &flag]), &[], Vec::new())
-            .unwrap_or_else(|e| panic!("{flag} refused: {e}"));
     }
 }
 

@@ -251,16 +251,16 @@ pub(super) fn parse_property(s: &str) -> Result<(String, String), String> {
 /// The run-time layers (file, environment, flags) merged: what
 /// [`App::configure`](crate::App::configure) applies over the code.
 #[derive(Clone, PartialEq, Eq)]
-pub struct RunSettings {
+pub(crate) struct RunSettings {
     /// `--brokers`/`KCONC_BROKERS`, else the file's `bootstrap.servers`;
     /// `None` keeps what the code set.
-    pub brokers: Option<String>,
+    pub(crate) brokers: Option<String>,
     /// `--group-prefix`/`KCONC_GROUP_PREFIX`; `None` keeps what the code set.
-    pub group_prefix: Option<String>,
+    pub(crate) group_prefix: Option<String>,
     /// `--instance-id`/`KCONC_INSTANCE_ID`; `None` keeps what the code set.
-    pub instance_id: Option<String>,
+    pub(crate) instance_id: Option<String>,
     /// librdkafka properties, file < environment < flags, without `bootstrap.servers`.
-    pub properties: Vec<(String, String)>,
+    pub(crate) properties: Vec<(String, String)>,
 }
 
 impl std::fmt::Debug for RunSettings {
@@ -281,7 +281,7 @@ impl std::fmt::Debug for RunSettings {
 ///
 /// Fails naming the setting, as `env_properties_from` does, and for bad
 /// `--property` flags.
-pub fn resolve<I>(cli: &Cli, file: &[(String, String)], env: I) -> Result<RunSettings, Error>
+pub(crate) fn resolve<I>(cli: &Cli, file: &[(String, String)], env: I) -> Result<RunSettings, Error>
 where
     I: IntoIterator<Item = (String, String)>,
 {
@@ -424,14 +424,23 @@ mod tests {
         assert!(parse_property("=x").is_err());
     }
 
+    /// Precedence: the code's properties, then the file, then the
+    /// environment, then the flags.
     #[test]
     fn resolve_layers_file_environment_and_flags() {
         let file = parse_properties_file(
             "f",
-            "bootstrap.servers=file:9092\nclient.rack=file\nfetch.min.bytes=10\nsocket.keepalive.enable=true\n",
+            "# deployment defaults\n\
+             bootstrap.servers = file:9092\n\
+             client.rack = file\n\
+             fetch.min.bytes = 10\n\
+             \n\
+             ! kept from the file\n\
+             socket.keepalive.enable = true\n",
         )
         .unwrap();
         let env = kv(&[
+            ("HOME", "/root"),
             ("KCONC_RDKAFKA_CLIENT_RACK", "env"),
             ("KCONC_RDKAFKA_FETCH_MIN_BYTES", "20"),
         ]);
@@ -451,6 +460,20 @@ mod tests {
                 ("socket.keepalive.enable", "true"),
             ])
         );
+        let code = kv(&[
+            ("client.rack", "code"),
+            ("fetch.min.bytes", "1"),
+            ("fetch.max.bytes", "2000000"),
+        ]);
+        assert_eq!(
+            super::super::merge_properties(&[&code, &s.properties]),
+            kv(&[
+                ("client.rack", "flag"),
+                ("fetch.min.bytes", "20"),
+                ("fetch.max.bytes", "2000000"),
+                ("socket.keepalive.enable", "true"),
+            ])
+        );
         let c = cli(&["--brokers", "flag:9092"]);
         assert_eq!(
             resolve(&c, &file, Vec::new()).unwrap().brokers.as_deref(),
@@ -460,6 +483,26 @@ mod tests {
         assert!(config_err(resolve(&c, &[], Vec::new())).contains("--brokers"));
         let c = cli(&["--property", "fetch.wait.max.msec=1"]);
         assert!(config_err(resolve(&c, &[], Vec::new())).contains("--property: `fetch.wait.max.msec`"));
+    }
+
+    /// What the run's settings print never shows a secret, and the
+    /// properties that do no harm to kconc's commits are taken from flags.
+    #[test]
+    fn resolved_settings_hide_secrets_and_take_harmless_properties() {
+        let secret = "hunter2-very-secret";
+        let c = cli(&["--property", &format!("sasl.password={secret}")]);
+        let run = resolve(&c, &[], Vec::new()).unwrap();
+        assert!(!format!("{run:?}").contains(secret));
+        for (property, value) in [
+            ("enable.auto.commit", "false"),
+            ("enable.auto.offset.store", "FALSE"),
+            ("auto.offset.reset", "smallest"),
+            ("topic.auto.offset.reset", "beginning"),
+            ("topic.metadata.refresh.interval.ms", "1000"),
+        ] {
+            let flag = format!("{property}={value}");
+            resolve(&cli(&["--property", &flag]), &[], Vec::new()).unwrap_or_else(|e| panic!("{flag} refused: {e}"));
+        }
     }
 
     #[test]

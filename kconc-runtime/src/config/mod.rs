@@ -10,7 +10,7 @@ mod cli;
 mod properties;
 
 pub use cli::*;
-pub use properties::*;
+pub(crate) use properties::*;
 
 /// The value of `--brokers`/`KCONC_BROKERS` that starts the embedded cluster.
 pub const EMBEDDED: &str = "embedded";

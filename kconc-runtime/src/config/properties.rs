@@ -200,7 +200,7 @@ pub(crate) fn parse_properties_file(path: &str, text: &str) -> Result<Vec<(Strin
 
 /// Reads and parses the `--config`/`KCONC_CONFIG` file (see
 /// `parse_properties_file`); a missing or unreadable file fails naming the path.
-pub fn read_properties_file(path: &std::path::Path) -> Result<Vec<(String, String)>, Error> {
+pub(crate) fn read_properties_file(path: &std::path::Path) -> Result<Vec<(String, String)>, Error> {
     let shown = path.display().to_string();
     let text = std::fs::read_to_string(path)
         .map_err(|e| Error::Config(format!("--config/KCONC_CONFIG: cannot read `{shown}`: {e}")))?;
@@ -324,7 +324,7 @@ pub(super) fn set(props: &mut Vec<(String, String)>, key: &str, value: &str) {
 /// Merges property layers given lowest first (code, file, environment,
 /// flags): one entry per property, with the value of the last layer that
 /// sets it, in the order properties first appear.
-pub fn merge_properties(layers: &[&[(String, String)]]) -> Vec<(String, String)> {
+pub(crate) fn merge_properties(layers: &[&[(String, String)]]) -> Vec<(String, String)> {
     let mut out = Vec::new();
     for (k, v) in layers.iter().flat_map(|l| l.iter()) {
         set(&mut out, k, v);

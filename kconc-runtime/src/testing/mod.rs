@@ -289,9 +289,3 @@ impl TestContext {
 pub fn arg<A: crate::FromMessageOwned>(msg: &crate::Message, cx: &crate::Context) -> Result<A, crate::PayloadError> {
     A::from_message_owned(msg.clone(), cx)
 }
-
-/// The property layers, for kconc's own tests of them.
-#[doc(hidden)]
-pub mod config {
-    pub use crate::config::{merge_properties, read_properties_file, resolve};
-}
