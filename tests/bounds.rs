@@ -17,8 +17,6 @@ use std::time::Duration;
 use common::*;
 use kconc_runtime::{Message, Subscriber};
 
-const DEADLINE: Duration = Duration::from_secs(60);
-
 /// Every message fails fast and waits 1 s and more for its retries: the
 /// retries hold no handler slot, so without a bound reading would go on
 /// (intake times total backoff: about 10^5 payloads held in a real

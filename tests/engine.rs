@@ -17,8 +17,6 @@ use common::*;
 use kconc_runtime::rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use kconc_runtime::{FirstPoll, Message, Subscriber};
 
-const DEADLINE: Duration = Duration::from_secs(60);
-
 fn quick(sub: Subscriber) -> Subscriber {
     sub.commit_interval(Duration::from_millis(100))
 }
@@ -123,26 +121,14 @@ async fn commit_never_passes_an_unfinished_message_and_catches_up_when_it_finish
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_more_than_concurrency_handlers_run_at_once() {
-    let (topic, group, parts, n) = ("bounded", "g-bounded", 4, 600);
-    let cluster = cluster(topic, parts);
-    produce(cluster.bootstrap_servers(), topic, parts, n, 50);
-    let rec = Recorder::new();
-    let r = rec.clone();
-    let sub = Subscriber::new("bounded", [topic], group, move |m: Message| {
-        let r = r.clone();
-        async move {
-            let _g = r.start(&m);
-            tokio::time::sleep(Duration::from_millis(3)).await;
-        }
-    })
-    .concurrency(8);
-    let app = test_app(cluster.bootstrap_servers())
-        .subscriber(sub)
-        .start_in_test_mode()
-        .unwrap();
-    wait_for("all handled", DEADLINE, || rec.finished() >= n).await;
+    let s = Scenario::new("bounded", "g-bounded", 4, 600, 50);
+    let sub = s
+        .subscriber(|_m| tokio::time::sleep(Duration::from_millis(3)))
+        .concurrency(8);
+    let app = test_app(s.bootstrap()).subscriber(sub).start_in_test_mode().unwrap();
+    wait_for("all handled", DEADLINE, || s.rec.finished() >= s.n).await;
     app.shutdown().await;
-    let max = rec.max_in_flight();
+    let max = s.rec.max_in_flight();
     assert!(max <= 8, "{max} handlers ran at once with concurrency = 8");
     assert!(
         max >= 4,
@@ -152,40 +138,32 @@ async fn no_more_than_concurrency_handlers_run_at_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failing_and_panicking_handlers_do_not_stop_the_consumer() {
-    let (topic, group, parts, n) = ("faulty", "g-faulty", 3, 300);
-    let cluster = cluster(topic, parts);
-    let ends = produce(cluster.bootstrap_servers(), topic, parts, n, 30);
-    let rec = Recorder::new();
-    let r = rec.clone();
-    let sub = Subscriber::new("faulty", [topic], group, move |m: Message| {
-        let r = r.clone();
-        async move {
-            let _g = r.start(&m);
+    let s = Scenario::new("faulty", "g-faulty", 3, 300, 30);
+    let sub = s
+        .subscriber(|m| async move {
             let i: usize = m.payload_str()?.parse()?;
             match i % 10 {
                 3 => Err(format!("message {i} is refused").into()),
                 7 => panic!("handler bug on message {i}"),
                 _ => Ok::<(), kconc_runtime::BoxError>(()),
             }
-        }
-    })
-    .concurrency(10);
-    let app = test_app(cluster.bootstrap_servers())
+        })
+        .concurrency(10);
+    let app = test_app(s.bootstrap())
         .subscriber(quick(sub))
         .start_in_test_mode()
         .unwrap();
     // Not a count of runs: with first polls on the poll thread, a failing
     // one runs again on a worker.
-    let bootstrap = app.bootstrap_servers().to_owned();
-    wait_for("committed to the ends", DEADLINE, || {
-        committed(&bootstrap, group, topic, parts) == all_committed(&ends)
-    })
-    .await;
+    s.wait_committed().await;
     let stats = app.stats("faulty").unwrap();
     app.shutdown().await;
-    assert_all_handled(&rec.counts(), &ends);
+    s.assert_all_handled();
     assert_eq!((stats.handled, stats.failed, stats.panicked), (240, 30, 30));
-    assert_eq!(committed(&bootstrap, group, topic, parts), all_committed(&ends));
+    assert_eq!(
+        committed(s.bootstrap(), s.group, s.topic, s.parts),
+        all_committed(&s.ends)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -632,28 +610,17 @@ async fn every_first_poll_mode_handles_each_message_once_and_commits_partition_e
 /// concurrently; the poll thread tries one again only after 256 more.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_blocking_handler_leaves_the_poll_thread_at_once() {
-    let (topic, group, parts, n) = ("blocking", "g-blocking", 2, 300);
-    let cluster = cluster(topic, parts);
-    let ends = produce(cluster.bootstrap_servers(), topic, parts, n, 10);
-    let rec = Recorder::new();
-    let r = rec.clone();
-    let sub = Subscriber::new("blocking", [topic], group, move |m: Message| {
-        let r = r.clone();
-        async move {
-            let _g = r.start(&m);
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    })
-    .concurrency(4)
-    .first_poll(FirstPoll::Auto);
-    let app = test_app(cluster.bootstrap_servers())
-        .subscriber(quick(sub))
-        .start()
-        .unwrap();
-    wait_for("all handled", DEADLINE, || rec.finished() >= n).await;
+    let s = Scenario::new("blocking", "g-blocking", 2, 300, 10);
+    let sub = s
+        .subscriber(|_m| async { std::thread::sleep(Duration::from_millis(5)) })
+        .concurrency(4)
+        .first_poll(FirstPoll::Auto);
+    let app = test_app(s.bootstrap()).subscriber(quick(sub)).start().unwrap();
+    wait_for("all handled", DEADLINE, || s.rec.finished() >= s.n).await;
     let stats = app.stats("blocking").unwrap();
     app.shutdown().await;
-    assert_all_handled(&rec.counts(), &ends);
+    s.assert_all_handled();
+    let rec = &s.rec;
     assert!(
         stats.first_polls_on_poll_thread <= 2,
         "{} blocking handlers began on the poll thread",

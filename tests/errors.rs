@@ -21,8 +21,6 @@ use kconc_runtime::rdkafka::message::{Headers as _, Message as _};
 use kconc_runtime::rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use kconc_runtime::{Context, FromMessage as _, Json, Message, NonRetryable, OnError, OrderingMode, Subscriber};
 
-const DEADLINE: Duration = Duration::from_secs(60);
-
 /// A dead letter as read back: partition key, payload and headers.
 #[derive(Debug)]
 struct DeadLetter {

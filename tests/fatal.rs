@@ -12,13 +12,9 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::*;
 use kconc_runtime::rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use kconc_runtime::{App, Error, Message, Subscriber};
-
-const DEADLINE: Duration = Duration::from_secs(60);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fenced_static_member_stops_says_why_and_ends_the_app_with_an_error() {

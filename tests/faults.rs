@@ -23,7 +23,6 @@ use kconc_runtime::rdkafka::mocking::MockCoordinator;
 use kconc_runtime::rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use kconc_runtime::{EmbeddedCluster, Message, Subscriber};
 
-const DEADLINE: Duration = Duration::from_secs(60);
 const OUTAGE: Duration = Duration::from_secs(5);
 
 /// An embedded cluster of three brokers (ids 1, 2, 3) with one topic.

@@ -16,7 +16,6 @@ use std::time::{Duration, Instant};
 use common::*;
 use kconc_runtime::{App, CommitMetadata, Message, OrderingMode, Running, StatsHandle, Subscriber};
 
-const DEADLINE: Duration = Duration::from_secs(60);
 /// Messages per partition: a slow one at the head, the rest behind it.
 const PER_PARTITION: usize = 501;
 const PARTITIONS: i32 = 2;

@@ -21,7 +21,6 @@ use kconc_runtime::rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use kconc_runtime::{HealthThresholds, Message, OnError, Subscriber};
 
 const SECRET: &str = "hunter2-do-not-print";
-const DEADLINE: Duration = Duration::from_secs(60);
 
 /// `GET path` with a plain HTTP/1.1 request; `None` when nothing listens.
 async fn get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {

@@ -18,8 +18,6 @@ use kconc_runtime::{subscriber, App, Json, Message, NonRetryable, Subscriber};
 use tracing_subscriber::layer::{Context, SubscriberExt as _};
 use tracing_subscriber::Layer;
 
-const DEADLINE: Duration = Duration::from_secs(60);
-
 /// One event: its level and its fields (`message` included).
 type Event = (tracing::Level, BTreeMap<String, String>);
 

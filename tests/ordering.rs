@@ -19,8 +19,6 @@ use common::*;
 use kconc_runtime::rdkafka::producer::{BaseProducer, BaseRecord, Producer as _};
 use kconc_runtime::{Message, OrderingMode, Subscriber};
 
-const DEADLINE: Duration = Duration::from_secs(60);
-
 /// A lane: a partition and a key (`None`: the whole partition).
 type LaneId = (i32, Option<Vec<u8>>);
 
@@ -112,36 +110,30 @@ fn produce_records(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn key_mode_runs_each_key_in_offset_order_and_keys_concurrently() {
-    let (topic, group, parts, n) = ("keyed", "g-keyed", 8, 20_000);
-    let cluster = cluster(topic, parts);
-    let ends = produce(cluster.bootstrap_servers(), topic, parts, n, 100);
-    let bootstrap = cluster.bootstrap_servers().to_owned();
-    let (rec, watch) = (Recorder::new(), LaneWatch::new());
-    let (r, w) = (rec.clone(), watch.clone());
-    let sub = Subscriber::new("keyed", [topic], group, move |m: Message| {
-        let (r, w) = (r.clone(), w.clone());
-        async move {
-            let _g = r.start(&m);
-            let _lane = w.start(&m, m.key().map(<[u8]>::to_vec));
-            // 0, 1 or 2 ms, varying by offset, so keys finish out of step.
-            let ms = (m.offset().wrapping_mul(2_654_435_761) >> 7) % 3;
-            if ms > 0 {
-                tokio::time::sleep(Duration::from_millis(ms as u64)).await;
+    let s = Scenario::new("keyed", "g-keyed", 8, 20_000, 100);
+    let watch = LaneWatch::new();
+    let w = watch.clone();
+    let sub = s
+        .subscriber(move |m| {
+            let w = w.clone();
+            async move {
+                let _lane = w.start(&m, m.key().map(<[u8]>::to_vec));
+                // 0, 1 or 2 ms, varying by offset, so keys finish out of step.
+                let ms = (m.offset().wrapping_mul(2_654_435_761) >> 7) % 3;
+                if ms > 0 {
+                    tokio::time::sleep(Duration::from_millis(ms as u64)).await;
+                }
             }
-        }
-    })
-    .ordering(OrderingMode::Key)
-    .concurrency(32);
-    let app = test_app(&bootstrap).subscriber(sub).start_in_test_mode().unwrap();
-    wait_for("every message handled", DEADLINE, || rec.distinct() >= n).await;
-    wait_for("committed up to the ends", DEADLINE, || {
-        committed(&bootstrap, group, topic, parts) == all_committed(&ends)
-    })
-    .await;
+        })
+        .ordering(OrderingMode::Key)
+        .concurrency(32);
+    let app = test_app(s.bootstrap()).subscriber(sub).start_in_test_mode().unwrap();
+    s.wait_handled().await;
+    s.wait_committed().await;
     app.shutdown().await;
     watch.assert_clean();
-    assert_all_handled(&rec.counts(), &ends);
-    let max = rec.max_in_flight();
+    s.assert_all_handled();
+    let max = s.rec.max_in_flight();
     assert!(
         max > 1 && max <= 32,
         "max in flight {max}: keys did not run concurrently within the bound"
@@ -245,32 +237,26 @@ async fn a_hot_key_does_not_hold_up_the_other_keys() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partition_mode_runs_each_partition_sequentially_and_partitions_concurrently() {
-    let (topic, group, parts, n) = ("sequential", "g-sequential", 4, 400);
-    let cluster = cluster(topic, parts);
-    let ends = produce(cluster.bootstrap_servers(), topic, parts, n, 1_000);
-    let bootstrap = cluster.bootstrap_servers().to_owned();
-    let (rec, watch) = (Recorder::new(), LaneWatch::new());
-    let (r, w) = (rec.clone(), watch.clone());
-    let sub = Subscriber::new("sequential", [topic], group, move |m: Message| {
-        let (r, w) = (r.clone(), w.clone());
-        async move {
-            let _g = r.start(&m);
-            let _lane = w.start(&m, None);
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .ordering(OrderingMode::Partition)
-    .concurrency(16);
-    let app = test_app(&bootstrap).subscriber(sub).start_in_test_mode().unwrap();
-    wait_for("every message handled", DEADLINE, || rec.distinct() >= n).await;
-    wait_for("committed up to the ends", DEADLINE, || {
-        committed(&bootstrap, group, topic, parts) == all_committed(&ends)
-    })
-    .await;
+    let s = Scenario::new("sequential", "g-sequential", 4, 400, 1_000);
+    let watch = LaneWatch::new();
+    let w = watch.clone();
+    let sub = s
+        .subscriber(move |m| {
+            let w = w.clone();
+            async move {
+                let _lane = w.start(&m, None);
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .ordering(OrderingMode::Partition)
+        .concurrency(16);
+    let app = test_app(s.bootstrap()).subscriber(sub).start_in_test_mode().unwrap();
+    s.wait_handled().await;
+    s.wait_committed().await;
     app.shutdown().await;
     watch.assert_clean();
-    assert_all_handled(&rec.counts(), &ends);
-    let max = rec.max_in_flight();
+    s.assert_all_handled();
+    let max = s.rec.max_in_flight();
     assert!(
         (2..=4).contains(&max),
         "max in flight {max}: partitions should run concurrently, one handler each"

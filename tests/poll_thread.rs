@@ -22,8 +22,6 @@ use std::time::Duration;
 use common::*;
 use kconc_runtime::{FirstPoll, Handler, Message, ShutdownHandle, StatsHandle, Subscriber};
 
-const DEADLINE: Duration = Duration::from_secs(60);
-
 fn on_poll_thread() -> bool {
     std::thread::current()
         .name()
@@ -179,30 +177,20 @@ impl Future for WakesOnce {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_future_that_keeps_its_first_waker_is_woken_on_its_worker() {
-    let (topic, group, parts, n) = ("first-waker", "g-first-waker", 2, 100);
-    let cluster = cluster(topic, parts);
-    let ends = produce(cluster.bootstrap_servers(), topic, parts, n, 10);
-    let rec = Recorder::new();
-    let r = rec.clone();
-    let sub = Subscriber::new("first-waker", [topic], group, move |m: Message| {
-        let r = r.clone();
-        async move {
-            let _g = r.start(&m);
-            WakesOnce {
-                done: Arc::default(),
-                started: false,
-            }
-            .await;
-        }
-    })
-    .concurrency(8)
-    .first_poll(FirstPoll::PollThread);
-    let app = test_app(cluster.bootstrap_servers()).subscriber(sub).start().unwrap();
-    wait_for("every handler woken and ended", DEADLINE, || rec.finished() >= n).await;
+    let s = Scenario::new("first-waker", "g-first-waker", 2, 100, 10);
+    let sub = s
+        .subscriber(|_m| WakesOnce {
+            done: Arc::default(),
+            started: false,
+        })
+        .concurrency(8)
+        .first_poll(FirstPoll::PollThread);
+    let app = test_app(s.bootstrap()).subscriber(sub).start().unwrap();
+    wait_for("every handler woken and ended", DEADLINE, || s.rec.finished() >= s.n).await;
     let stats = app.stats("first-waker").unwrap();
     app.shutdown().await;
-    assert_all_handled(&rec.counts(), &ends);
-    assert_eq!(stats.first_polls_on_poll_thread as usize, n, "{stats:?}");
+    s.assert_all_handled();
+    assert_eq!(stats.first_polls_on_poll_thread as usize, s.n, "{stats:?}");
 }
 
 /// A handler that begins shutdown itself: no handler may begin afterwards,

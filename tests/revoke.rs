@@ -17,8 +17,6 @@ use common::*;
 use kconc_runtime::rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use kconc_runtime::{Message, Subscriber};
 
-const DEADLINE: Duration = Duration::from_secs(60);
-
 /// Every message fails (after 10 to 38 ms) and is retried after 1 ms;
 /// while a revoke waits for the running handlers of the partitions it
 /// takes away, none of their retries may start (they would run on a

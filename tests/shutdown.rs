@@ -15,8 +15,6 @@ use std::time::{Duration, Instant};
 use common::*;
 use kconc_runtime::{Message, Subscriber, SHUTDOWN_MARGIN};
 
-const DEADLINE: Duration = Duration::from_secs(60);
-
 /// Handlers of 0.1 to 2.5 s run when the group coordinator starts answering
 /// every request 30 s late: the periodic commit in flight, the final commit
 /// of what finishes during the drain and the close never return in time.

@@ -13,6 +13,9 @@ use kconc_runtime::rdkafka::producer::{BaseProducer, BaseRecord, Producer as _};
 use kconc_runtime::testing::TestProducer;
 use kconc_runtime::{App, EmbeddedCluster, Message, StatsSnapshot};
 
+/// How long a test waits for a state before it fails.
+pub const DEADLINE: Duration = Duration::from_secs(60);
+
 /// An app on `bootstrap` with the mock cluster's rebalance wait made short:
 /// the mock waits `session.timeout.ms - 1 s` for members on every rebalance
 /// after the first join (45 s with librdkafka's default).
@@ -547,5 +550,78 @@ impl tracing::field::Visit for CollectFields<'_> {
     }
     fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
         self.0.insert(field.name().to_owned(), value.to_owned());
+    }
+}
+
+/// The skeleton most integration tests share: a topic of `parts`
+/// partitions on a cluster of its own holding `n` records over `keys`
+/// keys, a [`Recorder`] of what handlers saw, and the waits and checks at
+/// the end (every record handled, the group committed to the ends).
+pub struct Scenario {
+    pub topic: &'static str,
+    pub group: &'static str,
+    pub parts: i32,
+    pub n: usize,
+    pub cluster: EmbeddedCluster,
+    /// Each partition's end offset after the records were produced.
+    pub ends: Vec<i64>,
+    pub rec: Arc<Recorder>,
+}
+
+impl Scenario {
+    /// The topic, its `n` records over `keys` keys, and a fresh recorder.
+    pub fn new(topic: &'static str, group: &'static str, parts: i32, n: usize, keys: usize) -> Self {
+        let cluster = cluster(topic, parts);
+        let ends = produce(cluster.bootstrap_servers(), topic, parts, n, keys);
+        Self {
+            topic,
+            group,
+            parts,
+            n,
+            cluster,
+            ends,
+            rec: Recorder::new(),
+        }
+    }
+
+    pub fn bootstrap(&self) -> &str {
+        self.cluster.bootstrap_servers()
+    }
+
+    /// A subscriber of the topic in the group, named after the topic, whose
+    /// handler is recorded while it runs `work`.
+    pub fn subscriber<F, Fut>(&self, work: F) -> kconc_runtime::Subscriber
+    where
+        F: Fn(Message) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future + Send + 'static,
+        Fut::Output: kconc_runtime::IntoHandlerResult,
+    {
+        let (r, work) = (self.rec.clone(), Arc::new(work));
+        kconc_runtime::Subscriber::new(self.topic, [self.topic], self.group, move |m: Message| {
+            let (r, work) = (r.clone(), work.clone());
+            async move {
+                let _g = r.start(&m);
+                work(m).await
+            }
+        })
+    }
+
+    /// Waits until every record was handled at least once.
+    pub async fn wait_handled(&self) {
+        wait_for("every message handled", DEADLINE, || self.rec.distinct() >= self.n).await;
+    }
+
+    /// Waits until the group's committed offsets are the partitions' ends.
+    pub async fn wait_committed(&self) {
+        let want = all_committed(&self.ends);
+        wait_for("committed up to the ends", DEADLINE, || {
+            committed(self.bootstrap(), self.group, self.topic, self.parts) == want
+        })
+        .await;
+    }
+
+    /// Every record was handled, none that does not exist.
+    pub fn assert_all_handled(&self) {
+        assert_all_handled(&self.rec.counts(), &self.ends);
     }
 }
