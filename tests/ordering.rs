@@ -108,25 +108,35 @@ fn produce_records(
     end_offsets(bootstrap, topic, partitions)
 }
 
+/// A subscriber of `s` whose handlers are watched in their lane (`lane`
+/// of each message: its key, or `None` for the partition) and sleep `ms`
+/// milliseconds of each.
+fn laned(s: &Scenario, lane: fn(&Message) -> Option<Vec<u8>>, ms: fn(&Message) -> u64) -> (Arc<LaneWatch>, Subscriber) {
+    let watch = LaneWatch::new();
+    let w = watch.clone();
+    let sub = s.subscriber(move |m| {
+        let w = w.clone();
+        async move {
+            let _lane = w.start(&m, lane(&m));
+            let ms = ms(&m);
+            if ms > 0 {
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+            }
+        }
+    });
+    (watch, sub)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn key_mode_runs_each_key_in_offset_order_and_keys_concurrently() {
     let s = Scenario::new("keyed", "g-keyed", 8, 20_000, 100);
-    let watch = LaneWatch::new();
-    let w = watch.clone();
-    let sub = s
-        .subscriber(move |m| {
-            let w = w.clone();
-            async move {
-                let _lane = w.start(&m, m.key().map(<[u8]>::to_vec));
-                // 0, 1 or 2 ms, varying by offset, so keys finish out of step.
-                let ms = (m.offset().wrapping_mul(2_654_435_761) >> 7) % 3;
-                if ms > 0 {
-                    tokio::time::sleep(Duration::from_millis(ms as u64)).await;
-                }
-            }
-        })
-        .ordering(OrderingMode::Key)
-        .concurrency(32);
+    // 0, 1 or 2 ms, varying by offset, so keys finish out of step.
+    let (watch, sub) = laned(
+        &s,
+        |m| m.key().map(<[u8]>::to_vec),
+        |m| u64::try_from((m.offset().wrapping_mul(2_654_435_761) >> 7) % 3).unwrap_or(0),
+    );
+    let sub = sub.ordering(OrderingMode::Key).concurrency(32);
     let app = test_app(s.bootstrap()).subscriber(sub).start_in_test_mode().unwrap();
     s.wait_handled().await;
     s.wait_committed().await;
@@ -238,18 +248,8 @@ async fn a_hot_key_does_not_hold_up_the_other_keys() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partition_mode_runs_each_partition_sequentially_and_partitions_concurrently() {
     let s = Scenario::new("sequential", "g-sequential", 4, 400, 1_000);
-    let watch = LaneWatch::new();
-    let w = watch.clone();
-    let sub = s
-        .subscriber(move |m| {
-            let w = w.clone();
-            async move {
-                let _lane = w.start(&m, None);
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        })
-        .ordering(OrderingMode::Partition)
-        .concurrency(16);
+    let (watch, sub) = laned(&s, |_m| None, |_m| 5);
+    let sub = sub.ordering(OrderingMode::Partition).concurrency(16);
     let app = test_app(s.bootstrap()).subscriber(sub).start_in_test_mode().unwrap();
     s.wait_handled().await;
     s.wait_committed().await;
