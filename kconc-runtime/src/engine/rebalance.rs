@@ -550,4 +550,20 @@ mod tests {
         assert_eq!((stopped.len(), stopped[0].offset), (1, -1), "{stopped:?}");
         assert!(stopped[0].reason.contains("cannot be read apart"), "{stopped:?}");
     }
+
+    /// Requests the poll thread makes (the committed offsets read at an
+    /// assignment) take their own limit, or during a shutdown only what is
+    /// left of it (review N5); none is made once nothing is left.
+    #[test]
+    fn requests_during_a_shutdown_end_by_its_deadline() {
+        use std::time::{Duration, Instant};
+        let mut te = TestEngine::new(&Subscriber::new("s", ["t"], "g", |_m: Message| async {}));
+        let limit = Duration::from_secs(10);
+        assert_eq!(te.engine.request_time(limit), Some(limit));
+        te.engine.shutdown_deadline = Some(Instant::now() + Duration::from_millis(300));
+        let left = te.engine.request_time(limit);
+        assert!(left.is_some_and(|l| l <= Duration::from_millis(300)), "{left:?}");
+        te.engine.shutdown_deadline = Some(Instant::now());
+        assert_eq!(te.engine.request_time(limit), None, "nothing is left");
+    }
 }
