@@ -121,7 +121,7 @@ macro_rules! settings {
               default: r#"`"worker"`"#, example: "worker", quoted: true,
               meaning: "where handlers run: worker, poll_thread or auto", what: "",
               doc: r#"where handlers run: on the tokio workers, or their first poll on the poll thread (an opt-in for short, non-blocking handlers only)"# }
-            { key: "max_buffered", setter: max_buffered, kind: AtLeastOne, value: (Option<usize> = None), attribute: yes, set: yes,
+            { key: "max_buffered", setter: max_buffered, kind: AtLeastOne, value: (Derived = Derived::default()), attribute: yes, set: yes,
               default: r#"`2 * concurrency`, at least 16"#, example: "64", quoted: false,
               meaning: "fetched messages waiting to start, at most",
               what: "how many fetched messages may wait for a handler slot",

@@ -101,9 +101,29 @@ impl Unset for usize {
     }
 }
 
-impl Unset for Option<usize> {
+impl Unset for Derived {
     fn unset(&self) -> bool {
-        *self == Some(0)
+        self.0 == Some(0)
+    }
+}
+
+/// A count whose default is derived from other settings (`max_buffered`:
+/// from `concurrency`), as set: shown as its number, or `derived`.
+#[derive(Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Derived(Option<usize>);
+
+impl From<usize> for Derived {
+    fn from(n: usize) -> Self {
+        Self(Some(n))
+    }
+}
+
+impl std::fmt::Debug for Derived {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(n) => write!(f, "{n}"),
+            None => f.write_str("derived"),
+        }
     }
 }
 
@@ -146,7 +166,7 @@ impl Settings {
 
     /// What `max_buffered` is when it is not set: twice `concurrency`, at least 16.
     pub(crate) fn max_buffered(&self) -> usize {
-        self.max_buffered.unwrap_or_else(|| (self.concurrency * 2).max(16))
+        self.max_buffered.0.unwrap_or_else(|| (self.concurrency * 2).max(16))
     }
 }
 
