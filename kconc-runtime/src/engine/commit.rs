@@ -685,6 +685,32 @@ mod tests {
         assert!(committer.stop(Instant::now() + Duration::from_secs(30)));
     }
 
+    /// A failed commit is tried again after a wait that doubles (100 ms,
+    /// 200 ms, 400 ms), not at once: four failures of one commit, with no
+    /// new request in between, take at least 700 ms from the request (a
+    /// busy machine only makes it longer).
+    #[test]
+    fn a_failed_commit_is_tried_again_only_after_its_backoff() {
+        let (_cluster, committer, stats) = committer_whose_commits_fail(
+            rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_REBALANCE_IN_PROGRESS,
+            12,
+        );
+        let asked = Instant::now();
+        committer.request(CommitRequest::Positions(vec![w(0, 1, 10, None)]));
+        let failures = || stats.commit_failures.load(std::sync::atomic::Ordering::Relaxed);
+        let until = Instant::now() + Duration::from_secs(30);
+        while failures() < 4 {
+            assert!(Instant::now() < until, "{} failed commits in 30 s", failures());
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let took = asked.elapsed();
+        assert!(
+            took >= RETRY_MIN * 7,
+            "four failed commits {took:?} after the request: retried without waiting"
+        );
+        assert!(committer.stop(Instant::now() + Duration::from_secs(30)));
+    }
+
     /// Each committed offset carries the leader epoch of the record before
     /// it (KIP-320), where it is known.
     #[test]
