@@ -10,11 +10,7 @@ fn main() -> std::io::Result<()> {
          the settable ones `--set NAME.KEY=VALUE` keys):\n\n",
     );
     for s in kconc_options::attribute_options() {
-        let value = match (s.key, s.quoted) {
-            ("topics", _) => "[\"a\", \"b\"]".to_owned(),
-            (_, true) => format!("\"{}\"", s.example),
-            (_, false) => s.example.to_owned(),
-        };
+        let value = s.written_example();
         let default = match s.default {
             "" => String::new(),
             default => format!(" Default: {default}."),

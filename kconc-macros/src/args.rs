@@ -451,12 +451,10 @@ mod tests {
     #[test]
     fn every_declared_option_parses() {
         for s in kconc_options::attribute_options() {
-            let value = match (s.key, s.quoted) {
-                ("topic" | "group", _) => continue,
-                ("topics", _) => "[\"a\", \"b\"]".to_owned(),
-                (_, true) => format!("\"{}\"", s.example),
-                (_, false) => s.example.to_owned(),
-            };
+            if matches!(s.key, "topic" | "group") {
+                continue;
+            }
+            let value = s.written_example();
             let tokens: TokenStream = format!("topic = \"t\", group = \"g\", {} = {value}", s.key)
                 .replace("topic = \"t\", group = \"g\", topics", "group = \"g\", topics")
                 .parse()

@@ -291,8 +291,17 @@ impl Setting {
                 let names: Vec<String> = values.iter().map(|(name, _)| format!("`\"{name}\"`")).collect();
                 names.join(", ")
             }
-            Kind::Special | Kind::Text if self.quoted => format!("`\"{}\"`", self.example),
-            Kind::Special | Kind::Text => format!("`{}`", self.example),
+            Kind::Special | Kind::Text => format!("`{}`", self.written_example()),
+        }
+    }
+
+    /// Its example as the attribute writes it: in quotes where it takes a
+    /// string (`"orders"`), else as is (`20`, `["a", "b"]`).
+    pub fn written_example(&self) -> String {
+        if self.quoted {
+            format!("\"{}\"", self.example)
+        } else {
+            self.example.to_owned()
         }
     }
 
