@@ -35,7 +35,12 @@ fn expand(args: TokenStream, item: TokenStream) -> syn::Result<TokenStream> {
     let (args, func) = match (args, func) {
         (Ok(args), Ok(func)) => {
             signature::check(&func)?;
-            signature::check_reply(&func, args.options.iter().any(|(s, _)| s.key == "reply"))?;
+            if signature::batch_argument(&func).is_some() {
+                check_batch_options(&args, true)?;
+            } else {
+                check_batch_options(&args, false)?;
+                signature::check_reply(&func, args.options.iter().any(|(s, _)| s.key == "reply"))?;
+            }
             (args, func)
         }
         (Err(mut e), Ok(func)) => {
@@ -52,6 +57,34 @@ fn expand(args: TokenStream, item: TokenStream) -> syn::Result<TokenStream> {
     };
     let registration = registration(&args, &func);
     Ok(quote!(#item #registration))
+}
+
+/// The options only a batch handler takes are refused on a handler of one
+/// message; `reply` is refused on a batch handler (not supported yet).
+fn check_batch_options(args: &Args, batch: bool) -> syn::Result<()> {
+    for (setting, value) in &args.options {
+        let span = match value {
+            Value::AtLeastOne(n) => n.span(),
+            Value::Text(s) => s.span(),
+            _ => Span::call_site(),
+        };
+        if !batch && setting.key.starts_with("max_batch") {
+            return Err(syn::Error::new(
+                span,
+                format!(
+                    "`{}` applies to batch handlers only: take the messages as `Batch<T>` (for example `orders: Batch<Json<Order>>`), or remove `{}`",
+                    setting.key, setting.key
+                ),
+            ));
+        }
+        if batch && setting.key == "reply" {
+            return Err(syn::Error::new(
+                span,
+                "`reply` is not supported on batch handlers yet: produce from the handler with `Context::producer()`, or handle one message at a time",
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn registration(args: &Args, func: &ItemFn) -> TokenStream {
@@ -117,8 +150,76 @@ fn registration(args: &Args, func: &ItemFn) -> TokenStream {
             FnArg::Receiver(_) => None,
         })
         .collect();
+    let batch_at = signature::batch_argument(func);
     let mut args_names = Vec::new();
     let mut extractions = Vec::new();
+    // A batch handler: each other argument built from the context first,
+    // then the batch from the messages (a message that cannot be built
+    // fails alone, named in the mapping).
+    if let Some(at) = batch_at {
+        let mapping = local("mapping", ident.span());
+        let count = local("count", ident.span());
+        let mut batch_extraction = quote!();
+        for (i, ty) in types.iter().enumerate() {
+            let name = local(&format!("arg{i}"), ty.span());
+            let p_ty = private(args, ty.span());
+            if i == at {
+                batch_extraction = quote_spanned!(ty.span()=>
+                    let (#name, #mapping) = <#ty>::build(#message, #cx);
+                );
+            } else {
+                extractions.push(quote_spanned! {ty.span()=>
+                    let #name = match <#ty as #p_ty::FromBatchContext>::from_batch_context(#cx) {
+                        #p::Ok(value) => value,
+                        #p::Err(error) => return #p::batch_extraction_failed(error, #count),
+                    };
+                });
+            }
+            args_names.push(name);
+        }
+        let count_line = if extractions.is_empty() {
+            quote!()
+        } else {
+            quote!(let #count = #message.len();)
+        };
+        let requirements = state_requirements(args, &types);
+        let output_span = match &func.sig.output {
+            ReturnType::Default => ident.span(),
+            ReturnType::Type(_, ty) => ty.span(),
+        };
+        let future = local("future", output_span);
+        let p_output = private(args, output_span);
+        let boxed = quote_spanned!(output_span=> #p_output::into_batch_future(#future, #mapping));
+        return quote! {
+            #[doc(hidden)]
+            const _: () = {
+                fn __kconc_adapter(#message: #p::Vec<#p::Message>, #cx: &#p::Context) -> #p::BatchFuture {
+                    #count_line
+                    #(#extractions)*
+                    #batch_extraction
+                    let #handler = #ident;
+                    let #future = #handler(#(#args_names),*);
+                    #boxed
+                }
+                fn __kconc_build() -> #p::Subscriber {
+                    #p::registered_batch_subscriber(
+                        #name,
+                        ::core::concat!(::core::module_path!(), "::", ::core::stringify!(#ident)),
+                        &[#(#topics),*],
+                        #group,
+                        __kconc_adapter,
+                        ::core::file!(),
+                        ::core::line!(),
+                    )
+                    #(#requirements)*
+                    #(#calls)*
+                }
+                #p::inventory::submit! {
+                    #p::Registration { build: __kconc_build }
+                }
+            };
+        };
+    }
     for (i, ty) in types.iter().enumerate() {
         let name = local(&format!("arg{i}"), ty.span());
         let p_ty = private(args, ty.span());
@@ -138,17 +239,7 @@ fn registration(args: &Args, func: &ItemFn) -> TokenStream {
     // Each `State<T>` argument is recorded, so a state the app does not
     // provide fails at start-up naming the handler and `T`; other
     // arguments record nothing (and, asked of no trait, add no error).
-    let requirements = types.iter().map(|ty| {
-        quote! {
-            .requires_state({
-                use #p::{TakesNoState as _, TakesState as _};
-                // The borrows pick the trait (see `StateProbe`).
-                #[allow(clippy::needless_borrow)]
-                let required = (&&#p::StateProbe::<#ty>::new()).required_state();
-                required
-            })
-        }
-    });
+    let requirements = state_requirements(args, &types);
     let unused = if types.is_empty() {
         quote!(let _ = (#message, #cx);)
     } else {
@@ -210,6 +301,27 @@ fn registration(args: &Args, func: &ItemFn) -> TokenStream {
             }
         };
     }
+}
+
+/// Each `State<T>` argument is recorded, so a state the app does not
+/// provide fails at start-up naming the handler and `T`; other arguments
+/// record nothing (and, asked of no trait, add no error).
+fn state_requirements(args: &Args, types: &[&syn::Type]) -> Vec<TokenStream> {
+    let p = private(args, Span::call_site());
+    types
+        .iter()
+        .map(|ty| {
+            quote! {
+                .requires_state({
+                    use #p::{TakesNoState as _, TakesState as _};
+                    // The borrows pick the trait (see `StateProbe`).
+                    #[allow(clippy::needless_borrow)]
+                    let required = (&&#p::StateProbe::<#ty>::new()).required_state();
+                    required
+                })
+            }
+        })
+        .collect()
 }
 
 /// The path of the runtime's `__private` module: under `::kconc_runtime`, or

@@ -56,6 +56,21 @@ pub(crate) fn check(func: &ItemFn) -> syn::Result<()> {
             ),
         );
     }
+    let batches: Vec<&Type> = sig
+        .inputs
+        .iter()
+        .filter_map(|arg| match arg {
+            FnArg::Typed(t) if is_batch(&t.ty) => Some(&*t.ty),
+            _ => None,
+        })
+        .collect();
+    if let [_, second, ..] = batches[..] {
+        errors.push_at(
+            second.span(),
+            "a batch handler takes one `Batch<T>`: build each message into one `T` (a struct, or `Message` to read it \
+             all), and take the rest as `State<T>` or `Context`",
+        );
+    }
     for arg in &sig.inputs {
         if let FnArg::Typed(t) = arg {
             if let Type::ImplTrait(_) = &*t.ty {
@@ -67,6 +82,24 @@ pub(crate) fn check(func: &ItemFn) -> syn::Result<()> {
         }
     }
     errors.finish(())
+}
+
+/// The position of the handler's `Batch<..>` argument, if it takes one (a
+/// batch handler). Recognised by the type's last path segment, as written.
+pub(crate) fn batch_argument(func: &ItemFn) -> Option<usize> {
+    func.sig
+        .inputs
+        .iter()
+        .filter_map(|arg| match arg {
+            FnArg::Typed(t) => Some(&*t.ty),
+            FnArg::Receiver(_) => None,
+        })
+        .position(is_batch)
+}
+
+/// Whether `ty` is written `Batch<..>` (or a path ending so).
+fn is_batch(ty: &Type) -> bool {
+    matches!(ty, Type::Path(p) if p.qself.is_none() && p.path.segments.last().is_some_and(|s| s.ident == "Batch"))
 }
 
 /// A handler without `reply = ".."` whose return type names something only a

@@ -122,7 +122,7 @@ macro_rules! settings {
               meaning: "where handlers run: worker, poll_thread or auto", what: "",
               doc: r#"where handlers run: on the tokio workers, or their first poll on the poll thread (an opt-in for short, non-blocking handlers only)"# }
             { key: "max_buffered", setter: max_buffered, kind: AtLeastOne, value: (Derived = Derived::default()), attribute: yes, set: yes,
-              default: r#"`2 * concurrency`, at least 16"#, example: "64", quoted: false,
+              default: r#"`2 * concurrency` (`2 * concurrency * max_batch` for batch handlers), at least 16"#, example: "64", quoted: false,
               meaning: "fetched messages waiting to start, at most",
               what: "how many fetched messages may wait for a handler slot",
               doc: "fetched messages waiting to start (retries included), at most (guarantee 3)\n\n\
@@ -148,6 +148,19 @@ macro_rules! settings {
                     and a retry runs the handler again)\n\n\
                     The handler is cancelled at its next `.await`; a handler that blocks its thread without \
                     awaiting cannot be cut off. `None` turns it off." }
+            { key: "max_batch", setter: max_batch, kind: AtLeastOne, value: (usize = 100), attribute: yes, set: yes,
+              default: r#"`100`"#, example: "500", quoted: false,
+              meaning: "messages in one call of a batch handler, at most",
+              what: "how many messages one call of a batch handler may get",
+              doc: "messages one call of a batch handler gets, at most (batch handlers only: those taking `Batch<..>`)\n\n\
+                    A batch is what has been fetched of one partition (one lane of the ordering mode) when a \
+                    slot is free, with no waiting for more; `concurrency` counts batches." }
+            { key: "max_batch_bytes", setter: max_batch_bytes, kind: AtLeastOne, value: (usize = 1_048_576), attribute: yes, set: yes,
+              default: r#"`1048576`"#, example: "262144", quoted: false,
+              meaning: "key and payload bytes in one call of a batch handler, at most",
+              what: "how many bytes of keys and payloads one call of a batch handler may get",
+              doc: "bytes of keys and payloads one call of a batch handler gets, at most (batch handlers only); \
+                    a larger message comes in a batch of its own" }
             { key: "commit_batch_size", setter: commit_batch_size, kind: AtLeastOne, value: (usize = 100), attribute: yes, set: yes,
               default: r#"`100`"#, example: "100", quoted: false,
               meaning: "commit after this many finished messages",

@@ -8,6 +8,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::Poll;
 
+use crate::batch::{BatchFuture, IntoBatchResult};
 use crate::context::Context;
 use crate::message::Message;
 
@@ -19,9 +20,18 @@ pub type HandlerFuture = Pin<Box<dyn Future<Output = Result<(), BoxError>> + Sen
 
 type HandlerFn = dyn Fn(Message, &Context) -> HandlerFuture + Send + Sync + 'static;
 
-/// A type-erased handler, shared by every task of one subscriber.
+type BatchFn = dyn Fn(Vec<Message>, &Context) -> BatchFuture + Send + Sync + 'static;
+
+/// A type-erased handler, shared by every task of one subscriber: of one
+/// message, or of a batch.
 #[derive(Clone)]
-pub struct Handler(Arc<HandlerFn>);
+pub struct Handler(Kind);
+
+#[derive(Clone)]
+enum Kind {
+    One(Arc<HandlerFn>),
+    Batch(Arc<BatchFn>),
+}
 
 impl fmt::Debug for Handler {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -40,10 +50,10 @@ impl Handler {
         Fut: Future<Output = R> + Send + 'static,
         R: IntoHandlerResult,
     {
-        Self(Arc::new(move |msg, _: &Context| {
+        Self(Kind::One(Arc::new(move |msg, _: &Context| {
             let fut = f(msg);
             Box::pin(async move { fut.await.into_handler_result() })
-        }))
+        })))
     }
 
     /// Wraps an async function or closure taking the [`Message`] and the
@@ -54,23 +64,78 @@ impl Handler {
         Fut: Future<Output = R> + Send + 'static,
         R: IntoHandlerResult,
     {
-        Self(Arc::new(move |msg, cx: &Context| {
+        Self(Kind::One(Arc::new(move |msg, cx: &Context| {
             let fut = f(msg, cx.clone());
             Box::pin(async move { fut.await.into_handler_result() })
-        }))
+        })))
+    }
+
+    /// Wraps an async function or closure taking a batch: messages of one
+    /// partition, in offset order, and the subscriber's [`Context`].
+    ///
+    /// Its output may be `()` or `Result<(), E>` (the whole batch), or a
+    /// [`BatchOutcome`](crate::BatchOutcome) (or `Result` of one) whose
+    /// indices are those of the `Vec` it was given.
+    pub fn batch<F, Fut, R>(f: F) -> Self
+    where
+        F: Fn(Vec<Message>, Context) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = R> + Send + 'static,
+        R: IntoBatchResult,
+    {
+        Self(Kind::Batch(Arc::new(move |msgs: Vec<Message>, cx: &Context| {
+            let n = msgs.len();
+            let fut = f(msgs, cx.clone());
+            Box::pin(async move {
+                match fut.await.into_batch_result() {
+                    Ok(outcome) => outcome.into_failures(n),
+                    Err(error) => crate::batch::each_fails(error, 0..n),
+                }
+            })
+        })))
     }
 
     /// Wraps a plain function pointer that already returns a [`HandlerFuture`]
     /// (what `#[subscriber]` generates).
     pub(crate) fn from_fn(f: fn(Message, &Context) -> HandlerFuture) -> Self {
-        Self(Arc::new(f))
+        Self(Kind::One(Arc::new(f)))
+    }
+
+    /// Wraps a plain function pointer that already returns a
+    /// [`BatchFuture`] (what `#[subscriber]` generates for a batch handler).
+    pub(crate) fn from_batch_fn(f: fn(Vec<Message>, &Context) -> BatchFuture) -> Self {
+        Self(Kind::Batch(Arc::new(f)))
+    }
+
+    /// Whether it takes batches.
+    pub(crate) fn is_batch(&self) -> bool {
+        matches!(self.0, Kind::Batch(_))
     }
 
     /// Calls the handler on one message and returns its future; a panic
-    /// while building it is the call's outcome.
+    /// while building it is the call's outcome. (A batch handler gets a
+    /// batch of one.)
     pub(crate) fn begin(&self, msg: Message, cx: &Context) -> Result<HandlerFuture, Outcome> {
-        std::panic::catch_unwind(AssertUnwindSafe(|| (self.0)(msg, cx)))
-            .map_err(|panic| Outcome::Panicked(panic_text(&*panic)))
+        std::panic::catch_unwind(AssertUnwindSafe(|| match &self.0 {
+            Kind::One(f) => f(msg, cx),
+            Kind::Batch(f) => {
+                let fut = f(vec![msg], cx);
+                Box::pin(async move { fut.await.into_iter().next().map_or(Ok(()), |(_, e)| Err(e)) }) as HandlerFuture
+            }
+        }))
+        .map_err(|panic| Outcome::Panicked(panic_text(&*panic)))
+    }
+
+    /// Calls a batch handler on `msgs` and returns its future; a panic
+    /// while building it is the outcome of every message. (A handler of
+    /// one message is not called so.)
+    pub(crate) fn begin_batch(&self, msgs: Vec<Message>, cx: &Context) -> Result<BatchFuture, Outcome> {
+        match &self.0 {
+            Kind::Batch(f) => std::panic::catch_unwind(AssertUnwindSafe(|| f(msgs, cx)))
+                .map_err(|panic| Outcome::Panicked(panic_text(&*panic))),
+            Kind::One(_) => Err(Outcome::Panicked(
+                "a handler of one message was given a batch".to_owned(),
+            )),
+        }
     }
 
     /// Polls a handler's future once, turning a panic into the outcome, so

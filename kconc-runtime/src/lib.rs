@@ -96,6 +96,7 @@ mod extract; // handler arguments built from it
 mod context; // the handler's context
 mod state; // the app's state, which handlers take as `State<T>`
 mod handler; // the erased handler and its result
+mod batch; // batch handlers: their argument and outcome
 mod reply; // what a handler with `reply = ".."` returns, published
 mod policy; // what a failure comes to
 mod stats; // the counters, each declared once
@@ -106,6 +107,7 @@ mod error; // why an app could not start
 pub mod testing; // the test harness and helpers for tests and demos
 
 pub use app::{App, Running, Setup, ShutdownHandle, StatsHandle, SHUTDOWN_MARGIN};
+pub use batch::{Batch, BatchOutcome, FromBatchContext, IntoBatchResult};
 pub use config::{init_tracing, init_tracing_with, Cli, CliCommand, ProduceArgs, EMBEDDED};
 pub use context::Context;
 pub use context::ProducerHooks;
@@ -171,6 +173,7 @@ pub mod __private {
     pub use ::std::boxed::Box;
     pub use ::std::option::Option::{None, Some};
     pub use ::std::time::Duration;
+    pub use ::std::vec::Vec;
 
     pub use crate::context::Context;
     pub use crate::extract::{FromMessage, FromMessageOwned};
@@ -201,7 +204,12 @@ pub mod __private {
     pub fn decode_finished(metadata: &[u8], base: i64) -> u64 {
         crate::engine::finished_count(metadata, base)
     }
+    pub use crate::batch::{
+        batch_extraction_failed, into_batch_future, Batch, BatchFailures, BatchFuture, BatchMapping, FromBatchContext,
+        IntoBatchResult,
+    };
     pub use crate::extract::{StateProbe, TakesNoState, TakesState};
+    pub use crate::registry::registered_batch_subscriber;
     pub use crate::reply::{into_reply_future, ReplyOrigin};
 
     /// Boxes the future of a user's handler into the erased type.

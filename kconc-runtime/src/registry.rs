@@ -40,6 +40,27 @@ pub fn registered_subscriber(
     s
 }
 
+/// A subscriber of a batch handler, as `#[subscriber]` registers it (see
+/// [`registered_subscriber`]).
+pub fn registered_batch_subscriber(
+    name: &str,
+    function: &str,
+    topics: &[&str],
+    group: &str,
+    handler: fn(Vec<Message>, &Context) -> crate::batch::BatchFuture,
+    file: &str,
+    line: u32,
+) -> Subscriber {
+    let mut s = Subscriber::with_handler(
+        name.to_owned(),
+        topics.iter().map(|t| (*t).to_owned()).collect(),
+        group.to_owned(),
+        Handler::from_batch_fn(handler),
+    );
+    s.origin = Some(format!("`{function}` ({file}:{line})"));
+    s
+}
+
 inventory::collect!(Registration);
 
 /// Every subscriber registered with `#[subscriber]` in this program, sorted by name.

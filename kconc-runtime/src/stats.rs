@@ -93,6 +93,9 @@ stats! {
         /// ran again from the start on a worker (not counted as failures).
         first_polls_rerun as first_polls_rerun_on_worker: sum, metric "first_polls_rerun_on_worker"
             "First polls that failed or panicked on the poll thread and ran again from the start on a worker";
+        /// Calls of a batch handler (each of its messages counts in the
+        /// message counters too).
+        batches as batches: sum, metric "batches" "Calls of a batch handler";
         /// Handler calls that returned success.
         handled as handled: sum, metric "messages_handled" "Handler calls that succeeded";
         /// Handler calls that returned an error.
@@ -216,6 +219,10 @@ stats! {
     pub fetch_starts: Mutex<BTreeMap<(String, i32), i64>>,
     /// How long handler calls take.
     pub handler_seconds: HandlerHistogram,
+    /// How many messages each call of a batch handler got.
+    pub batch_size: BatchHistogram,
+    /// Calls of a batch handler running now.
+    pub batches_in_flight: AtomicU64,
     /// The latest statistics librdkafka emitted for the consumer (JSON), when
     /// the `statistics.interval.ms` property is set.
     pub librdkafka_statistics: Mutex<Option<String>>,
@@ -238,6 +245,18 @@ impl Default for HandlerHistogram {
     fn default() -> Self {
         Self(prometheus_client::metrics::histogram::Histogram::new(
             prometheus_client::metrics::histogram::exponential_buckets(0.0005, 2.0, 16),
+        ))
+    }
+}
+
+/// The batch size histogram (buckets 1, 2, 4, .. 1024 messages).
+#[derive(Debug, Clone)]
+pub(crate) struct BatchHistogram(pub(crate) prometheus_client::metrics::histogram::Histogram);
+
+impl Default for BatchHistogram {
+    fn default() -> Self {
+        Self(prometheus_client::metrics::histogram::Histogram::new(
+            prometheus_client::metrics::histogram::exponential_buckets(1.0, 2.0, 11),
         ))
     }
 }

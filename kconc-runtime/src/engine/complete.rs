@@ -249,9 +249,15 @@ impl HandlerEnv {
     /// policy what its outcome leads to. Every outcome leads to exactly one
     /// conclusion; the error's own code (its text, its source chain, its
     /// drop) cannot break it off.
-    pub(super) fn conclude(&self, mut end: Ending, outcome: Outcome, took: std::time::Duration) -> Concluded {
-        self.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
+    pub(super) fn conclude(&self, end: Ending, outcome: Outcome, took: std::time::Duration) -> Concluded {
         self.stats.handler_seconds.0.observe(took.as_secs_f64());
+        self.settle(end, outcome)
+    }
+
+    /// As [`HandlerEnv::conclude`], without timing a call (a batch's
+    /// messages share theirs).
+    pub(super) fn settle(&self, mut end: Ending, outcome: Outcome) -> Concluded {
+        self.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
         let (slot, partition, offset, attempt) = (end.slot, end.partition, end.offset, end.attempt);
         let copy = end.copy.take();
         let Described {

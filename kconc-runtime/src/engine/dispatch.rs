@@ -135,6 +135,17 @@ impl Dispatcher {
         }
     }
 
+    /// Starts a batch handler's call on `batch` (messages of one
+    /// partition, in offset order) on a worker. It reports one
+    /// [`Event::BatchEnded`] with an event for each message.
+    pub(crate) fn start_batch(&mut self, batch: Vec<(MessageTag, Message)>) {
+        self.shared
+            .stats
+            .dispatched
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        self.hand_over(Start::Batch(batch));
+    }
+
     /// Hands what was started since the last flush to the workers, one send
     /// per worker that has something. Returns `false` if the workers are
     /// gone (the runtime has shut down): what was handed over is abandoned
@@ -151,8 +162,7 @@ impl Dispatcher {
                     if let Start::Running(..) = start {
                         self.shared.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
                     }
-                    let (slot, offset) = start.slot_offset();
-                    let _ = self.shared.events.send(Event::Abandoned(slot, offset));
+                    let _ = self.shared.events.send(start.abandoned());
                 }
             }
         }

@@ -2,6 +2,7 @@
 //! to workers tagged with their partition (a [`MessageTag`]), and the
 //! workers and the committer report back with [`Event`]s on one channel.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -33,6 +34,9 @@ pub(crate) enum Event {
     Abandoned(MessageTag, i64),
     /// Several of the above, sent together by one worker.
     Batch(Vec<Event>),
+    /// A batch handler's call ended: the event of each of its messages.
+    /// Its slot is free.
+    BatchEnded(Vec<Event>),
     /// The committer committed these positions (partition, epoch, offset).
     Committed(Vec<(PartitionKey, u64, i64)>),
     Wake,
@@ -48,7 +52,7 @@ pub(crate) struct Completion {
 
 /// Where a partition's state lives in the poll loop, which assignment
 /// (epoch) of it the message belongs to, and its ordering lane, if any.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct MessageTag {
     pub(crate) topic: usize,
     pub(crate) partition: i32,
@@ -78,6 +82,31 @@ impl Engine {
                 return;
             }
             Event::Batch(events) => {
+                for ev in events {
+                    self.on_event(ev);
+                }
+                return;
+            }
+            Event::BatchEnded(mut events) => {
+                self.batches = self.batches.saturating_sub(1);
+                let stats = self.dispatcher.stats();
+                stats.batches_in_flight.store(self.batches as u64, Ordering::Relaxed);
+                // A batch's retries are due together, at the latest of
+                // their times, so they come back in one batch, in offset
+                // order (with jitter apart, a later offset of a lane could
+                // be tried again before an earlier one).
+                let last_due = events
+                    .iter()
+                    .filter_map(|ev| match ev {
+                        Event::Retry { due, .. } => Some(*due),
+                        _ => None,
+                    })
+                    .max();
+                for ev in &mut events {
+                    if let (Event::Retry { due, .. }, Some(last)) = (ev, last_due) {
+                        *due = last;
+                    }
+                }
                 for ev in events {
                     self.on_event(ev);
                 }
@@ -124,7 +153,7 @@ impl Engine {
                 );
             }
             Event::Abandoned(slot, offset) => self.waiting.finished(slot, offset),
-            Event::Batch(_) | Event::Committed(_) | Event::Wake => {}
+            Event::Batch(_) | Event::BatchEnded(_) | Event::Committed(_) | Event::Wake => {}
         }
     }
 }

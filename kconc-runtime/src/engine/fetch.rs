@@ -219,8 +219,9 @@ impl Engine {
                             progress = true;
                             // Started as soon as read while slots are free:
                             // a handler that ends on its first poll then
-                            // frees its record before the next is read.
-                            if self.parts.running() < self.settings.concurrency {
+                            // frees its record before the next is read. (A
+                            // batch starts with what this fill has read.)
+                            if self.settings.batch.is_none() && self.has_slot() {
                                 self.start_waiting();
                             }
                         }

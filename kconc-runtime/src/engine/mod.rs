@@ -12,6 +12,7 @@
 //! - `dispatch`: starting a message on a worker (or its first poll here).
 //! - `inline`: the opt-in first polls on the poll thread.
 //! - `worker` and `places`: the worker tasks, and the reused places their futures run in.
+//! - `batches`: a batch handler's call on a worker, and its messages' outcomes.
 //! - `complete`: a handler's outcome under the error policy.
 //! - `event`: what workers and the committer report, and what the poll
 //!   loop does with it.
@@ -50,6 +51,7 @@
 //! then waits up to `fetch.wait.max.ms` for a refetch.)
 
 mod batch_end;
+mod batches;
 mod commit;
 mod commit_plan;
 mod complete;
@@ -130,6 +132,9 @@ struct Settings {
     prefetch_kb: u64,
     shutdown_timeout: Duration,
     revoke_timeout: Duration,
+    /// For a batch handler: the most messages, and bytes of keys and
+    /// payloads, in one call.
+    batch: Option<(usize, usize)>,
 }
 
 /// Everything the poll thread knows. Lives in the consumer's context so the
@@ -156,6 +161,9 @@ struct Engine {
     /// no handler slot; their offsets stay unfinished and, in key or
     /// partition ordering, their lanes stay busy.
     delayed: Retries,
+    /// Batches running now (for a batch handler, what `concurrency`
+    /// bounds; each of their messages counts as running in `parts`).
+    batches: usize,
     /// Shutdown has begun: nothing more is dispatched.
     closing: bool,
     /// This subscriber's shutdown signal: once it is given, nothing more

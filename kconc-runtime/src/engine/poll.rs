@@ -282,11 +282,15 @@ impl Engine {
                 name: env.subscriber.clone(),
                 group: sub.group.clone(),
                 concurrency: sub.settings.concurrency,
-                max_buffered: sub.settings.max_buffered(),
+                max_buffered: sub.settings.max_buffered(sub.handler.is_batch()),
                 max_uncommitted: sub.settings.max_uncommitted,
                 prefetch_kb,
                 shutdown_timeout: sub.settings.shutdown_timeout,
                 revoke_timeout: sub.settings.revoke_timeout,
+                batch: sub
+                    .handler
+                    .is_batch()
+                    .then_some((sub.settings.max_batch, sub.settings.max_batch_bytes)),
             },
             parts: Partitions::default(),
             intake: Intake::default(),
@@ -302,6 +306,7 @@ impl Engine {
             wake,
             waiting: Schedule::new(sub.settings.ordering),
             delayed: Retries::default(),
+            batches: 0,
             closing: false,
             shutdown,
             in_callback: false,
@@ -371,7 +376,22 @@ impl Engine {
         if self.closing || self.shutdown.is_cancelled() {
             return;
         }
-        while self.parts.running() < self.settings.concurrency {
+        if let Some((max, max_bytes)) = self.settings.batch {
+            while self.has_slot() {
+                let Some(batch) = self.waiting.pop_batch(max, max_bytes) else {
+                    break;
+                };
+                for (slot, _) in &batch {
+                    self.parts.started(*slot);
+                }
+                self.batches += 1;
+                let stats = self.dispatcher.stats();
+                stats.batches_in_flight.store(self.batches as u64, Ordering::Relaxed);
+                self.dispatcher.start_batch(batch);
+            }
+            return;
+        }
+        while self.has_slot() {
             let Some((slot, msg)) = self.waiting.pop() else {
                 break;
             };
@@ -382,6 +402,16 @@ impl Engine {
                 self.on_event(ended);
             }
         }
+    }
+
+    /// Whether a handler (of a batch handler: a batch) may start now.
+    pub(super) fn has_slot(&self) -> bool {
+        let running = if self.settings.batch.is_some() {
+            self.batches
+        } else {
+            self.parts.running()
+        };
+        running < self.settings.concurrency
     }
 
     /// Applies every event already queued; returns how many there were.

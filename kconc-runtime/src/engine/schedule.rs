@@ -27,13 +27,52 @@ use crate::message::Message;
 use crate::subscriber::OrderingMode;
 
 /// A busy lane: the message that holds it (ready, running, or waiting for
-/// its retry) and the ones waiting behind it, in offset order.
+/// its retry) and the ones waiting behind it, in offset order. A batch
+/// that took the lane's next messages along holds it with all of them
+/// (`more`): the lane is free once every one has finished.
 #[derive(Debug)]
 struct Lane {
     holder: (MessageTag, i64),
     /// The holder ended and waits for its retry (it is not running).
     idle: bool,
+    /// The other messages holding it (one batch's): their offsets, and
+    /// whether each waits for its retry. Empty, and not allocated, for a
+    /// handler of one message.
+    more: Vec<(i64, bool)>,
     waiting: VecDeque<(MessageTag, Message)>,
+}
+
+impl Lane {
+    /// Whether the message at `offset` of `slot` holds it.
+    fn held_by(&self, slot: MessageTag, offset: i64) -> bool {
+        self.holder.0 == slot && (self.holder.1 == offset || self.more.iter().any(|&(o, _)| o == offset))
+    }
+
+    /// Marks the holding message at `offset` idle (waiting for its retry)
+    /// or not.
+    fn set_idle(&mut self, offset: i64, idle: bool) {
+        if self.holder.1 == offset {
+            self.idle = idle;
+        } else if let Some(m) = self.more.iter_mut().find(|(o, _)| *o == offset) {
+            m.1 = idle;
+        }
+    }
+
+    /// The holding message at `offset` no longer holds it; returns whether
+    /// any other still does.
+    fn release(&mut self, offset: i64) -> bool {
+        if self.holder.1 == offset {
+            if self.more.is_empty() {
+                return false;
+            }
+            let (next, idle) = self.more.remove(0);
+            self.holder.1 = next;
+            self.idle = idle;
+        } else {
+            self.more.retain(|&(o, _)| o != offset);
+        }
+        true
+    }
 }
 
 /// Fetched messages that have not started, and the lanes that are busy.
@@ -108,6 +147,7 @@ impl Schedule {
                     Lane {
                         holder: (slot, msg.offset()),
                         idle: false,
+                        more: Vec::new(),
                         waiting: VecDeque::new(),
                     },
                 );
@@ -120,7 +160,7 @@ impl Schedule {
     /// (it still holds its lane, so nothing behind it has started).
     pub(crate) fn retry(&mut self, slot: MessageTag, msg: Message) {
         if let Some(lane) = slot.lane.and_then(|id| self.lanes.get_mut(&id)) {
-            lane.idle = false;
+            lane.set_idle(msg.offset(), false);
         }
         self.len += 1;
         self.ready.push_front((slot, msg));
@@ -133,12 +173,94 @@ impl Schedule {
         Some(next)
     }
 
+    /// The next batch to start: the next message, and after it as many
+    /// others of its partition's assignment as may start now, up to `max`
+    /// messages and `max_bytes` of keys and payloads (a first message
+    /// larger than that comes alone), in offset order.
+    ///
+    /// A message that holds its lane alone takes the lane's waiting
+    /// messages along (in `partition` ordering the lane is the partition,
+    /// in `key` ordering its key): the batch holds the lane until all of
+    /// them have finished, so a lane is never split across batches in
+    /// flight at once and keeps its order.
+    pub(crate) fn pop_batch(&mut self, max: usize, max_bytes: usize) -> Option<Vec<(MessageTag, Message)>> {
+        let first = self.pop()?;
+        let of = (first.0.topic, first.0.partition, first.0.epoch);
+        let mut bytes = size(&first.1);
+        let mut batch = vec![first];
+        self.take_along(&mut batch, 0, max, max_bytes, &mut bytes);
+        let mut i = 0;
+        while i < self.ready.len() && batch.len() < max {
+            let (slot, msg) = &self.ready[i];
+            if (slot.topic, slot.partition, slot.epoch) != of {
+                i += 1;
+                continue;
+            }
+            if bytes.saturating_add(size(msg)) > max_bytes {
+                break;
+            }
+            let Some(next) = self.ready.remove(i) else { break };
+            self.len -= 1;
+            bytes = bytes.saturating_add(size(&next.1));
+            batch.push(next);
+            let at = batch.len() - 1;
+            self.take_along(&mut batch, at, max, max_bytes, &mut bytes);
+        }
+        batch.sort_by_key(|(_, msg)| msg.offset());
+        Some(batch)
+    }
+
+    /// Moves the waiting messages of the lane `batch[at]` holds into the
+    /// batch, in order, while it has room, if that message holds its lane
+    /// alone (a message of a batch still running holds it too, and what
+    /// waits must wait for that one).
+    fn take_along(
+        &mut self,
+        batch: &mut Vec<(MessageTag, Message)>,
+        at: usize,
+        max: usize,
+        max_bytes: usize,
+        bytes: &mut usize,
+    ) {
+        let (slot, offset) = (batch[at].0, batch[at].1.offset());
+        let Some(lane) = slot.lane.and_then(|id| self.lanes.get_mut(&id)) else {
+            return;
+        };
+        if lane.holder != (slot, offset) || !lane.more.is_empty() {
+            return;
+        }
+        let mut taken = 0;
+        while batch.len() < max {
+            let Some((next, msg)) = lane.waiting.front() else { break };
+            // Two keys whose hashes collide share a lane: another
+            // partition's message waits for this batch, outside it.
+            if (next.topic, next.partition, next.epoch) != (slot.topic, slot.partition, slot.epoch)
+                || bytes.saturating_add(size(msg)) > max_bytes
+            {
+                break;
+            }
+            let Some((next, msg)) = lane.waiting.pop_front() else {
+                break;
+            };
+            *bytes = bytes.saturating_add(size(&msg));
+            lane.more.push((msg.offset(), false));
+            batch.push((next, msg));
+            taken += 1;
+        }
+        if taken > 0 {
+            self.len -= taken;
+            if let Some(n) = self.blocked.get_mut(&(slot.topic, slot.partition)) {
+                *n = n.saturating_sub(taken);
+            }
+        }
+    }
+
     /// The message at `offset` of this slot ended and waits for its retry:
     /// it keeps its lane, but no longer runs.
     pub(crate) fn idle(&mut self, slot: MessageTag, offset: i64) {
         if let Some(lane) = slot.lane.and_then(|id| self.lanes.get_mut(&id)) {
-            if lane.holder == (slot, offset) {
-                lane.idle = true;
+            if lane.held_by(slot, offset) {
+                lane.set_idle(offset, true);
             }
         }
     }
@@ -151,7 +273,7 @@ impl Schedule {
         let Some(lane) = self.lanes.get_mut(&id) else {
             return;
         };
-        if lane.holder != (slot, offset) {
+        if !lane.held_by(slot, offset) || lane.release(offset) {
             return;
         }
         match lane.waiting.pop_front() {
@@ -197,8 +319,13 @@ impl Schedule {
             let before = lane.waiting.len();
             lane.waiting.retain(|(slot, msg)| !of_it(slot, msg.offset()));
             waiting_dropped += before - lane.waiting.len();
-            let (holder, offset) = lane.holder;
-            if !of_it(&holder, offset) || (!lane.idle && !unstarted.contains(&(holder.epoch, offset))) {
+            let holder = lane.holder.0;
+            // A holding message goes with the partition unless it runs.
+            let goes = |offset: i64, idle: bool| {
+                of_it(&holder, offset) && (idle || unstarted.contains(&(holder.epoch, offset)))
+            };
+            lane.more.retain(|&(offset, idle)| !goes(offset, idle));
+            if !goes(lane.holder.1, lane.idle) || lane.release(lane.holder.1) {
                 return true;
             }
             // Only another partition's message can still be waiting here
@@ -237,6 +364,11 @@ impl Schedule {
         self.blocked.clear();
         self.len = 0;
     }
+}
+
+/// What a message counts toward `max_batch_bytes`: its key and payload.
+fn size(msg: &Message) -> usize {
+    msg.key().map_or(0, <[u8]>::len) + msg.payload().map_or(0, <[u8]>::len)
 }
 
 #[cfg(test)]

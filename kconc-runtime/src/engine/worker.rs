@@ -28,15 +28,37 @@ pub(crate) enum Start {
     /// The handler failed its last attempt and the policy dead-letters it:
     /// the worker produces the dead letter.
     DeadLetter(Box<DeadLetter>),
+    /// A batch handler's call on these messages (of one partition, in
+    /// offset order), from the start.
+    Batch(Vec<(MessageTag, Message)>),
 }
 
 impl Start {
-    /// The message's slot and offset.
+    /// The message's slot and offset (a batch's first message's).
     pub(super) fn slot_offset(&self) -> (MessageTag, i64) {
         match self {
             Self::Fresh(slot, msg) => (*slot, msg.offset()),
             Self::Running(call, ..) => (call.end.slot, call.end.offset),
             Self::DeadLetter(dead) => (dead.end.slot, dead.end.offset),
+            Self::Batch(batch) => batch
+                .first()
+                .map_or((MessageTag::default(), -1), |(slot, msg)| (*slot, msg.offset())),
+        }
+    }
+
+    /// Its event when it cannot run (the runtime is gone): abandoned.
+    pub(super) fn abandoned(&self) -> Event {
+        match self {
+            Self::Batch(batch) => Event::BatchEnded(
+                batch
+                    .iter()
+                    .map(|(slot, msg)| Event::Abandoned(*slot, msg.offset()))
+                    .collect(),
+            ),
+            _ => {
+                let (slot, offset) = self.slot_offset();
+                Event::Abandoned(slot, offset)
+            }
         }
     }
 }
@@ -47,6 +69,7 @@ impl std::fmt::Debug for Start {
             Self::Fresh(..) => "Fresh",
             Self::Running(..) => "Running",
             Self::DeadLetter(_) => "DeadLetter",
+            Self::Batch(_) => "Batch",
         };
         let (slot, offset) = self.slot_offset();
         f.debug_tuple(name).field(&slot).field(&offset).finish()
@@ -141,6 +164,12 @@ pub(super) enum DriveState<'a> {
     Handler(Call, HandlerFuture),
     /// Producing the dead letter.
     DeadLetter(std::pin::Pin<Box<dyn Future<Output = Event> + Send + 'a>>),
+    /// A batch handler's call, to its messages' conclusions (each
+    /// message's slot and offset kept for a conclusion after a panic).
+    Batch(
+        Vec<(MessageTag, i64)>,
+        std::pin::Pin<Box<dyn Future<Output = Event> + Send + 'a>>,
+    ),
     /// Ended (its event returned).
     Ended,
 }
@@ -152,6 +181,10 @@ impl<'a> Drive<'a> {
             Start::Fresh(slot, msg) => DriveState::Fresh(slot, msg),
             Start::Running(call, fut, _) => DriveState::Handler(call, fut),
             Start::DeadLetter(dead) => DriveState::DeadLetter(shared.dead_letter_boxed(*dead)),
+            Start::Batch(batch) => {
+                let members = batch.iter().map(|(slot, msg)| (*slot, msg.offset())).collect();
+                DriveState::Batch(members, shared.run_batch_boxed(batch))
+            }
         };
         let mut drive = Self {
             shared,
@@ -224,7 +257,7 @@ impl<'a> Drive<'a> {
                     drop_guarded(fut);
                     (call.end, outcome, took)
                 }
-                DriveState::DeadLetter(fut) => {
+                DriveState::DeadLetter(fut) | DriveState::Batch(_, fut) => {
                     let event = std::task::ready!(fut.as_mut().poll(cx));
                     self.state = DriveState::Ended;
                     return Poll::Ready(event);
@@ -258,6 +291,14 @@ impl Future for Drive<'_> {
                 );
                 let state = std::mem::replace(&mut this.state, DriveState::Ended);
                 let in_call = matches!(state, DriveState::Handler(..));
+                if let DriveState::Batch(members, fut) = state {
+                    drop_guarded(fut);
+                    let events = members
+                        .into_iter()
+                        .map(|(slot, offset)| this.shared.conclude_after_panic(slot, offset, false))
+                        .collect();
+                    return Poll::Ready(Event::BatchEnded(events));
+                }
                 drop_guarded(state);
                 Poll::Ready(this.shared.conclude_after_panic(this.slot, this.offset, in_call))
             }

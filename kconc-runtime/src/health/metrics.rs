@@ -37,6 +37,9 @@ fn count(n: usize) -> i64 {
 /// Every per-subscriber gauge, in the order `/metrics` lists them.
 const GAUGES: &[GaugeOf] = &[
     ("in_flight", "Handlers running now", |w, _| load(&w.stats.in_flight)),
+    ("batches_in_flight", "Calls of a batch handler running now", |w, _| {
+        load(&w.stats.batches_in_flight)
+    }),
     ("buffered", "Messages read and waiting for a handler slot", |w, _| {
         load(&w.stats.buffered)
     }),
@@ -172,6 +175,18 @@ impl Collector for Exposition {
         for w in &self.watched {
             w.stats
                 .handler_seconds
+                .0
+                .encode(family.encode_family(&sub_labels(&w.name))?)?;
+        }
+        let mut family = describe(
+            &mut encoder,
+            "batch_size",
+            "Messages per call of a batch handler",
+            MetricType::Histogram,
+        )?;
+        for w in &self.watched {
+            w.stats
+                .batch_size
                 .0
                 .encode(family.encode_family(&sub_labels(&w.name))?)?;
         }

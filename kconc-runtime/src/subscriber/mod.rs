@@ -44,9 +44,12 @@ impl std::fmt::Debug for Subscriber {
             .field("topics", &self.topics)
             .field("group", &self.group);
         self.settings.debug_fields(&mut d);
-        d.field("max_buffered (in effect)", &self.settings.max_buffered())
-            .field("properties", &crate::secret::Redacted(&self.properties))
-            .finish_non_exhaustive()
+        d.field(
+            "max_buffered (in effect)",
+            &self.settings.max_buffered(self.handler.is_batch()),
+        )
+        .field("properties", &crate::secret::Redacted(&self.properties))
+        .finish_non_exhaustive()
     }
 }
 

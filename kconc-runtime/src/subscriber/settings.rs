@@ -164,9 +164,13 @@ impl Settings {
         }
     }
 
-    /// What `max_buffered` is when it is not set: twice `concurrency`, at least 16.
-    pub(crate) fn max_buffered(&self) -> usize {
-        self.max_buffered.0.unwrap_or_else(|| (self.concurrency * 2).max(16))
+    /// What `max_buffered` is when it is not set: twice `concurrency` (for
+    /// a `batch` handler, twice as many batches of `max_batch`), at least 16.
+    pub(crate) fn max_buffered(&self, batch: bool) -> usize {
+        let per_slot = if batch { self.max_batch.saturating_mul(2) } else { 2 };
+        self.max_buffered
+            .0
+            .unwrap_or_else(|| self.concurrency.saturating_mul(per_slot).max(16))
     }
 }
 

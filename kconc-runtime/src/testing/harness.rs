@@ -381,6 +381,27 @@ impl TestRun {
         }
     }
 
+    /// Waits until the batch handler named `name` has been called `n`
+    /// times (each call's messages count in [`TestRun::wait_handled`] too);
+    /// the snapshot's `batches` and `handled` say how many calls and
+    /// messages.
+    pub async fn wait_batches(&self, name: &str, n: u64) -> Result<StatsSnapshot, Error> {
+        let started = Instant::now();
+        loop {
+            let s = self.stats(name)?;
+            if s.batches >= n {
+                return Ok(s);
+            }
+            if started.elapsed() > self.deadline {
+                return Err(Error::Harness(format!(
+                    "`{name}`: {} of {n} batches after {:?} ({} messages received, {} handled)",
+                    s.batches, self.deadline, s.received, s.handled
+                )));
+            }
+            tokio::time::sleep(LOOK_EVERY).await;
+        }
+    }
+
     /// Waits until the subscriber named `name` has committed everything on
     /// its topics (every partition's committed offset at its end).
     pub async fn wait_idle(&self, name: &str) -> Result<(), Error> {

@@ -289,3 +289,19 @@ impl TestContext {
 pub fn arg<A: crate::FromMessageOwned>(msg: &crate::Message, cx: &crate::Context) -> Result<A, crate::PayloadError> {
     A::from_message_owned(msg.clone(), cx)
 }
+
+/// Builds a batch handler's `Batch<T>` argument from `messages` (of one
+/// partition, in offset order), as the runtime does before calling it:
+/// `archive(batch::<Json<Order>>(msgs, &cx)?)`. A message that cannot be
+/// built is an error here (the runtime fails it alone and hands the
+/// handler the others).
+pub fn batch<T: crate::FromMessageOwned>(
+    messages: Vec<crate::Message>,
+    cx: &crate::Context,
+) -> Result<crate::Batch<T>, crate::PayloadError> {
+    let (batch, mapping) = crate::Batch::build(messages, cx);
+    match mapping.into_first_undecodable() {
+        Some(error) => Err(error),
+        None => Ok(batch),
+    }
+}

@@ -1,0 +1,410 @@
+//! Batch handlers: one call for several messages of one partition, with an
+//! outcome per message.
+//!
+//! A handler that takes a [`Batch<T>`] gets up to `max_batch` messages of
+//! one partition (one lane of its ordering mode), each built into a `T` by
+//! the single-message extractors; a message that cannot be built fails on
+//! its own (under the error policy) and the handler gets the others. It
+//! returns `()`, `Result<(), E>` (the whole batch), or a [`BatchOutcome`]
+//! naming the messages that failed (by their index in the batch): those go
+//! on to retry, dead letter, skip or stop, one by one, and every other
+//! message finishes, joining the finished set a commit records, so a crash
+//! or a rebalance never hands it to a handler again.
+
+use std::error::Error as StdError;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use crate::context::Context;
+use crate::extract::{FromMessageOwned, State};
+use crate::handler::BoxError;
+use crate::message::{Message, PayloadError, Undecodable};
+
+/// What a type-erased batch handler reports: the messages that failed, by
+/// their index in the messages it was given, each with its error.
+pub type BatchFailures = Vec<(usize, BoxError)>;
+
+/// The future a type-erased batch handler returns.
+pub type BatchFuture = Pin<Box<dyn Future<Output = BatchFailures> + Send + 'static>>;
+
+/// Messages of one partition, each built into a `T` (`Batch<Json<Order>>`,
+/// `Batch<Text>`, `Batch<Message>`), in offset order. It derefs to `[T]`:
+/// `batch.len()`, `batch.iter()`, `&batch[i]`. [`Batch::offset`] gives an
+/// item's offset; an index is what [`BatchOutcome::fail`] takes.
+///
+/// ```
+/// use kconc_runtime::{subscriber, Batch, BatchOutcome, Json};
+///
+/// #[derive(serde::Deserialize)]
+/// struct Order {
+///     id: u64,
+/// }
+///
+/// #[subscriber(topic = "orders", group = "archive", max_batch = 500)]
+/// async fn archive(orders: Batch<Json<Order>>) -> BatchOutcome {
+///     let mut outcome = BatchOutcome::new();
+///     for (i, Json(order)) in orders.iter().enumerate() {
+///         if order.id == 0 {
+///             outcome.fail(i, "order without an id");
+///         }
+///     }
+///     outcome
+/// }
+/// ```
+pub struct Batch<T> {
+    items: Vec<T>,
+    offsets: Vec<i64>,
+    topic: Arc<str>,
+    partition: i32,
+}
+
+impl<T> Batch<T> {
+    /// The offset of item `index`.
+    pub fn offset(&self, index: usize) -> Option<i64> {
+        self.offsets.get(index).copied()
+    }
+
+    /// The topic its messages come from.
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// The partition its messages come from.
+    pub fn partition(&self) -> i32 {
+        self.partition
+    }
+
+    /// The items, in offset order.
+    pub fn into_vec(self) -> Vec<T> {
+        self.items
+    }
+}
+
+impl<T> std::ops::Deref for Batch<T> {
+    type Target = [T];
+
+    fn deref(&self) -> &[T] {
+        &self.items
+    }
+}
+
+impl<T> IntoIterator for Batch<T> {
+    type Item = T;
+    type IntoIter = std::vec::IntoIter<T>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.items.into_iter()
+    }
+}
+
+impl<'a, T> IntoIterator for &'a Batch<T> {
+    type Item = &'a T;
+    type IntoIter = std::slice::Iter<'a, T>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.items.iter()
+    }
+}
+
+impl<T: fmt::Debug> fmt::Debug for Batch<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Batch")
+            .field("topic", &self.topic)
+            .field("partition", &self.partition)
+            .field("offsets", &self.offsets)
+            .field("items", &self.items)
+            .finish()
+    }
+}
+
+/// Which of the messages a batch handler was given each item came from,
+/// and those that could not be built (they fail on their own).
+#[doc(hidden)]
+#[derive(Debug, Default)]
+pub struct BatchMapping {
+    indices: Vec<usize>,
+    undecodable: Vec<(usize, PayloadError)>,
+}
+
+impl<T: FromMessageOwned> Batch<T> {
+    /// Builds each message into a `T`; those that cannot be built are
+    /// left out and named in the mapping.
+    #[doc(hidden)]
+    pub fn build(messages: Vec<Message>, cx: &Context) -> (Self, BatchMapping) {
+        let (topic, partition) = messages
+            .first()
+            .map_or((Arc::from(""), 0), |m| (m.topic_name(), m.partition()));
+        let mut batch = Self {
+            items: Vec::with_capacity(messages.len()),
+            offsets: Vec::with_capacity(messages.len()),
+            topic,
+            partition,
+        };
+        let mut mapping = BatchMapping {
+            indices: Vec::with_capacity(messages.len()),
+            undecodable: Vec::new(),
+        };
+        for (i, msg) in messages.into_iter().enumerate() {
+            let offset = msg.offset();
+            match T::from_message_owned(msg, cx) {
+                Ok(item) => {
+                    batch.items.push(item);
+                    batch.offsets.push(offset);
+                    mapping.indices.push(i);
+                }
+                Err(error) => mapping.undecodable.push((i, error)),
+            }
+        }
+        (batch, mapping)
+    }
+}
+
+/// The messages of a batch that failed, by their index in the [`Batch`]
+/// the handler was given; every other message of the batch finished.
+///
+/// Each failed message goes on alone under the subscriber's error policy:
+/// retried (in the next batch of its partition, before anything after
+/// it in its lane), then dead-lettered, skipped, or its partition stopped.
+#[derive(Debug, Default)]
+pub struct BatchOutcome {
+    failed: Vec<(usize, BoxError)>,
+}
+
+impl BatchOutcome {
+    /// Every message finished.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Item `index` of the batch failed with `error`. An index past the
+    /// batch's end is ignored (with a warning); a second failure of one
+    /// index is ignored.
+    pub fn fail(&mut self, index: usize, error: impl Into<BoxError>) -> &mut Self {
+        self.failed.push((index, error.into()));
+        self
+    }
+
+    /// The indices that failed so far.
+    pub fn failed(&self) -> impl Iterator<Item = usize> + '_ {
+        self.failed.iter().map(|(i, _)| *i)
+    }
+
+    /// Whether every message finished.
+    pub fn is_ok(&self) -> bool {
+        self.failed.is_empty()
+    }
+
+    /// The failures of a batch of `n` messages, those past its end left
+    /// out (with a warning).
+    pub(crate) fn into_failures(self, n: usize) -> BatchFailures {
+        let mut out = Vec::with_capacity(self.failed.len());
+        for (i, error) in self.failed {
+            if i < n {
+                out.push((i, error));
+            } else {
+                past_the_end(i, n);
+            }
+        }
+        out
+    }
+}
+
+fn past_the_end(index: usize, len: usize) {
+    tracing::warn!(
+        index,
+        len,
+        "a batch handler failed an index past its batch's end; ignored"
+    );
+}
+
+/// The return types a batch handler may have: `()` or `Result<(), E>` (the
+/// whole batch), [`BatchOutcome`] or `Result<BatchOutcome, E>` (per message).
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a valid return type for a kconc batch handler",
+    label = "the batch handler returns `{Self}` here",
+    note = "return `()` or `Result<(), E>` (the whole batch), or `BatchOutcome` or `Result<BatchOutcome, E>` (which messages failed), \
+            where `E: Into<Box<dyn std::error::Error + Send + Sync>>`"
+)]
+pub trait IntoBatchResult {
+    /// Reduces the value to the messages that failed, or an error of the
+    /// whole batch.
+    fn into_batch_result(self) -> Result<BatchOutcome, BoxError>;
+}
+
+impl IntoBatchResult for () {
+    fn into_batch_result(self) -> Result<BatchOutcome, BoxError> {
+        Ok(BatchOutcome::new())
+    }
+}
+
+impl IntoBatchResult for BatchOutcome {
+    fn into_batch_result(self) -> Result<BatchOutcome, BoxError> {
+        Ok(self)
+    }
+}
+
+impl<E: Into<BoxError>> IntoBatchResult for Result<(), E> {
+    fn into_batch_result(self) -> Result<BatchOutcome, BoxError> {
+        self.map(|()| BatchOutcome::new()).map_err(Into::into)
+    }
+}
+
+impl<E: Into<BoxError>> IntoBatchResult for Result<BatchOutcome, E> {
+    fn into_batch_result(self) -> Result<BatchOutcome, BoxError> {
+        self.map_err(Into::into)
+    }
+}
+
+/// The other arguments a batch handler may take: what does not come from
+/// one message.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` reads one message, so a batch handler cannot take it",
+    label = "not an argument of a batch handler",
+    note = "a batch handler (one taking `Batch<..>`) takes one `Batch<T>` of message extractors (`Batch<Json<Order>>`, \
+            `Batch<Message>`) and, beside it, only what does not come from a message: `State<T>` or `Context`"
+)]
+pub trait FromBatchContext: Sized {
+    /// Builds the value from the subscriber's context.
+    fn from_batch_context(cx: &Context) -> Result<Self, BoxError>;
+}
+
+impl FromBatchContext for Context {
+    fn from_batch_context(cx: &Context) -> Result<Self, BoxError> {
+        Ok(cx.clone())
+    }
+}
+
+impl<T: Clone + Send + Sync + 'static> FromBatchContext for State<T> {
+    fn from_batch_context(cx: &Context) -> Result<Self, BoxError> {
+        cx.state::<T>().map(State).ok_or_else(|| {
+            format!(
+                "no state of type `{}`: the app provides none (App::state, main!(state = ..), or TestApp::state)",
+                std::any::type_name::<T>()
+            )
+            .into()
+        })
+    }
+}
+
+/// A batch's error, shared by each of its messages (each fails with it).
+#[derive(Debug)]
+pub(crate) struct BatchFailed(pub(crate) Arc<dyn StdError + Send + Sync + 'static>);
+
+impl fmt::Display for BatchFailed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl StdError for BatchFailed {
+    // The batch's error itself, so the policy's checks (`NonRetryable`)
+    // and the log's cause chain see it.
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        Some(&*self.0)
+    }
+}
+
+/// Each of `indices` fails with `error`.
+pub(crate) fn each_fails(error: BoxError, indices: impl IntoIterator<Item = usize>) -> BatchFailures {
+    let shared: Arc<dyn StdError + Send + Sync> = Arc::from(error);
+    indices
+        .into_iter()
+        .map(|i| (i, Box::new(BatchFailed(shared.clone())) as BoxError))
+        .collect()
+}
+
+impl BatchMapping {
+    /// The first message's error that could not be built, if any.
+    pub(crate) fn into_first_undecodable(self) -> Option<PayloadError> {
+        self.undecodable.into_iter().next().map(|(_, e)| e)
+    }
+
+    /// The handler's result told by the messages it was given: a failed
+    /// item is its message; a whole batch's error fails each message the
+    /// handler had; the undecodable ones fail with their own error.
+    pub(crate) fn failures(self, result: Result<BatchOutcome, BoxError>) -> BatchFailures {
+        let mut out = match result {
+            Ok(outcome) => {
+                let mut out = Vec::with_capacity(outcome.failed.len());
+                for (i, error) in outcome.failed {
+                    match self.indices.get(i) {
+                        Some(&at) => out.push((at, error)),
+                        None => past_the_end(i, self.indices.len()),
+                    }
+                }
+                out
+            }
+            Err(error) => each_fails(error, self.indices.iter().copied()),
+        };
+        out.extend(
+            self.undecodable
+                .into_iter()
+                .map(|(i, e)| (i, Box::new(Undecodable(e)) as BoxError)),
+        );
+        out
+    }
+}
+
+/// Boxes a batch handler's future into the erased type.
+#[doc(hidden)]
+pub fn into_batch_future<Fut>(fut: Fut, mapping: BatchMapping) -> BatchFuture
+where
+    Fut: Future + Send + 'static,
+    Fut::Output: IntoBatchResult,
+{
+    Box::pin(async move { mapping.failures(fut.await.into_batch_result()) })
+}
+
+/// The future of a batch whose other arguments could not be built: each
+/// message fails with the error.
+#[doc(hidden)]
+pub fn batch_extraction_failed(error: BoxError, messages: usize) -> BatchFuture {
+    Box::pin(std::future::ready(each_fails(error, 0..messages)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::extract::Text;
+
+    fn cx() -> Context {
+        crate::testing::context("s").build()
+    }
+
+    #[test]
+    fn an_undecodable_message_fails_alone_and_indices_map_back() {
+        let msgs = vec![
+            Message::new("t", 3, 10).with_payload("a"),
+            Message::new("t", 3, 11).with_payload(vec![0xff]),
+            Message::new("t", 3, 12).with_payload("c"),
+        ];
+        let (batch, mapping) = Batch::<Text>::build(msgs, &cx());
+        assert_eq!(batch.len(), 2);
+        assert_eq!((batch.offset(1), batch.partition(), batch.topic()), (Some(12), 3, "t"));
+        let mut outcome = BatchOutcome::new();
+        outcome.fail(1, "no").fail(7, "past the end");
+        let failed: Vec<usize> = mapping.failures(Ok(outcome)).into_iter().map(|(i, _)| i).collect();
+        assert_eq!(failed, [2, 1], "item 1 is message 2; message 1 could not be decoded");
+    }
+
+    #[test]
+    fn a_whole_batchs_error_fails_each_message_it_had_keeping_its_kind() {
+        let msgs = vec![
+            Message::new("t", 0, 0).with_payload("a"),
+            Message::new("t", 0, 1).with_payload("b"),
+        ];
+        let (_, mapping) = Batch::<Text>::build(msgs, &cx());
+        let error: BoxError = Box::new(crate::policy::NonRetryable::new("bad"));
+        let failed = mapping.failures(Err(error));
+        assert_eq!(failed.len(), 2);
+        for (_, e) in &failed {
+            assert!(
+                !crate::policy::is_retryable(&**e),
+                "a non-retryable batch error stays so for each message"
+            );
+            assert_eq!(crate::policy::error_chain(&**e), "bad");
+        }
+    }
+}
