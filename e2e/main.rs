@@ -7,6 +7,7 @@
 //!                   [--concurrency 100] [--ordering unordered|key|partition] [--delay-ms 1-20]
 //!                   [--commit-batch-size 100] [--shutdown-timeout-ms 20000] [--properties k=v,k=v]
 //!                   [--commit-metadata finished|none] [--instance-id ID]
+//!                   [--max-batch N] [--fail-offset O]
 //!
 //! kconc-e2e mock-broker --topic T --partitions P
 //! ```
@@ -247,35 +248,80 @@ fn consume(o: &Opts) -> Result<(), String> {
             .collect::<Result<_, _>>()?,
     };
 
+    // `--max-batch N`: a batch handler (one delay per call); `--fail-offset
+    // O`: the message at offset O of every partition fails every attempt
+    // (retried for as long as the process lives), so it never finishes.
+    let max_batch: Option<usize> = o.0.get("max-batch").map(|_| o.num("max-batch", None)).transpose()?;
+    let fail_offset: Option<i64> = o.0.get("fail-offset").map(|_| o.num("fail-offset", None)).transpose()?;
+
     let (tx, rx) = mpsc::channel::<JournalEntry>();
     std::thread::spawn(move || journal_writer(journal, rx));
     let pid = std::process::id();
-    let sub = Subscriber::new("e2e", [topic], group, move |m: Message| {
+    let line_of = move |m: &Message, start: u128| -> Result<String, String> {
+        let id = m.payload_str().map_err(|e| e.to_string())?;
+        let key = m.key_str().unwrap_or("-");
+        Ok(format!(
+            "{id} {} {} {key} {start} {} {pid}\n",
+            m.partition(),
+            m.offset(),
+            nanos_now()
+        ))
+    };
+    let batch_tx = tx.clone();
+    let batch_handler = kconc_runtime::Handler::batch(move |msgs: Vec<Message>, _cx| {
+        let tx = batch_tx.clone();
+        async move {
+            let start = nanos_now();
+            let ms = if hi > lo { rand::random_range(lo..=hi) } else { lo };
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            let mut outcome = kconc_runtime::BatchOutcome::new();
+            let mut acks = Vec::new();
+            for (i, m) in msgs.iter().enumerate() {
+                if Some(m.offset()) == fail_offset {
+                    outcome.fail(i, "fails on purpose (--fail-offset)");
+                    continue;
+                }
+                let (ack, done) = tokio::sync::oneshot::channel();
+                tx.send((line_of(m, start)?, ack))
+                    .map_err(|_| "the journal writer is gone".to_owned())?;
+                acks.push(done);
+            }
+            for done in acks {
+                done.await.map_err(|_| "the journal writer is gone".to_owned())?;
+            }
+            Ok::<_, String>(outcome)
+        }
+    });
+    let single = Subscriber::new("e2e", [topic.clone()], group.clone(), move |m: Message| {
         let tx = tx.clone();
         async move {
             let start = nanos_now();
             let ms = if hi > lo { rand::random_range(lo..=hi) } else { lo };
             tokio::time::sleep(Duration::from_millis(ms)).await;
-            let id = m.payload_str().map_err(|e| e.to_string())?.to_owned();
-            let key = m.key_str().unwrap_or("-").to_owned();
-            let line = format!(
-                "{id} {} {} {key} {start} {} {pid}\n",
-                m.partition(),
-                m.offset(),
-                nanos_now()
-            );
             let (ack, done) = tokio::sync::oneshot::channel();
-            tx.send((line, ack))
+            tx.send((line_of(&m, start)?, ack))
                 .map_err(|_| "the journal writer is gone".to_owned())?;
             done.await.map_err(|_| "the journal writer is gone".to_owned())?;
             Ok::<(), String>(())
         }
-    })
-    .concurrency(concurrency)
-    .ordering(ordering)
-    .commit_metadata(metadata)
-    .commit_batch_size(batch)
-    .shutdown_timeout(Duration::from_millis(shutdown_ms));
+    });
+    let sub = match max_batch {
+        Some(n) => Subscriber::from_handler("e2e", [topic], group, batch_handler).max_batch(n),
+        None => single,
+    };
+    let sub = match fail_offset {
+        Some(_) => sub
+            .retries(u32::MAX)
+            .backoff(Duration::from_millis(20))
+            .max_backoff(Duration::from_millis(200)),
+        None => sub,
+    };
+    let sub = sub
+        .concurrency(concurrency)
+        .ordering(ordering)
+        .commit_metadata(metadata)
+        .commit_batch_size(batch)
+        .shutdown_timeout(Duration::from_millis(shutdown_ms));
 
     let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
     let result = runtime.block_on(async move {

@@ -292,3 +292,37 @@ async fn shutdown_with_batches_in_flight_commits_what_finished_and_a_restart_doe
     let twice: Vec<_> = s.rec.counts().into_iter().filter(|(_, n)| *n > 1).collect();
     assert!(twice.is_empty(), "handled again after the restart: {twice:?}");
 }
+
+/// A second member joins while the first runs slow batches: the revoke
+/// waits for the batches of the partitions it takes away (or gives them up
+/// whole), so the new owner starts where the old one's finished messages
+/// end: nothing skipped, and nothing handled twice beyond what the
+/// revoke's commit could not cover.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoke_in_the_middle_of_batches_skips_nothing() {
+    let s = Scenario::new("batch-revoke", "g-batch-revoke", 4, 2_000, 1_000);
+    let (a_calls, b_calls) = (Arc::new(Calls::default()), Arc::new(Calls::default()));
+    let a = batch_subscriber(&s, &a_calls, 100, |_, _| false)
+        .max_batch(20)
+        .concurrency(2);
+    let app_a = test_app(s.bootstrap()).subscriber(a).start_in_test_mode().unwrap();
+    wait_for("member a under way", DEADLINE, || s.rec.finished() >= 100).await;
+    let b = batch_subscriber(&s, &b_calls, 1, |_, _| false)
+        .max_batch(20)
+        .concurrency(2);
+    let app_b = test_app(s.bootstrap()).subscriber(b).start_in_test_mode().unwrap();
+    wait_for("member b receives partitions", DEADLINE, || !b_calls.sizes().is_empty()).await;
+    s.wait_handled().await;
+    s.wait_committed().await;
+    let a_stats = app_a.stats("batch-revoke").unwrap();
+    assert!(a_stats.revocations >= 1, "a never had partitions revoked: {a_stats:?}");
+    app_a.shutdown().await;
+    app_b.shutdown().await;
+    s.assert_all_handled();
+    let duplicates: usize = s.rec.counts().values().map(|n| n - 1).sum();
+    let bound = common::redelivery_bound(&a_stats, 2 * 20, 100);
+    assert!(
+        duplicates <= bound,
+        "{duplicates} handled twice, bound {bound}; {a_stats:?}"
+    );
+}

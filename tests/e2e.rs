@@ -414,6 +414,99 @@ fn kill9_and_restart_with_and_without_commit_metadata_on_the_mock_cluster() {
     println!("kill -9 on the mock cluster (commit_metadata, duplicates, skipped as already done): {figures:?}");
 }
 
+/// kill -9 with a batch handler, on the mock cluster in its own process:
+/// the message at offset 100 of each partition fails every attempt in the
+/// first process, so every commit stops in front of it, while the batches
+/// around it finish. After the kill, the restart handles that message, what
+/// was running, and what finished after the last commit: not the thousands
+/// of messages its batches finished above offset 100, which the commit
+/// metadata lists (without it, every one of them would come back).
+#[test]
+fn kill9_with_a_batch_handler_brings_back_only_the_failed_message_and_what_was_running() {
+    let (parts, n, failing) = (8, 20_000_u64, 100_i64);
+    let (concurrency, max_batch, commit_batch) = (8_usize, 50_usize, 100_usize);
+    let topic = unique("e2e-kill-batch");
+    let group = format!("{topic}-g");
+    let dir = work_dir("kill9-batch");
+    let broker = Broker::mock_process(&topic, parts);
+    let ends = produce(&broker, &topic, parts, n);
+    let common = [
+        "--concurrency",
+        "8",
+        "--max-batch",
+        "50",
+        "--delay-ms",
+        "1-5",
+        "--commit-batch-size",
+        "100",
+        "--properties",
+        "session.timeout.ms=3000,heartbeat.interval.ms=500",
+    ];
+    let mut args = common.to_vec();
+    args.extend_from_slice(&["--fail-offset", "100"]);
+    let mut first = Consumer::start(&dir, "first", &broker, &topic, &group, &args);
+    let kill_at = rand::random_range(n as usize / 4..n as usize * 3 / 4);
+    wait_until(
+        "the first consumer to reach the kill point",
+        Duration::from_secs(180),
+        || first.journal_lines() >= kill_at,
+    );
+    first.kill9();
+    let at_kill = committed(&broker, &topic, &group, parts);
+    let handled_before = read_journal(&first.journal);
+    println!(
+        "killed at {} handled (aimed at {kill_at}); committed then: {at_kill:?}",
+        handled_before.len()
+    );
+    assert!(
+        handled_before.iter().all(|e| e.offset != failing),
+        "the failing message was journaled as handled"
+    );
+    for (p, c) in at_kill.iter().enumerate() {
+        assert!(
+            c.is_none_or(|c| c <= failing),
+            "partition {p}: committed {c:?} past the message that never finished"
+        );
+    }
+    let above: usize = handled_before.iter().filter(|e| e.offset > failing).count();
+    assert!(
+        above > 1_000,
+        "only {above} finished above the failing offset: the test proves little"
+    );
+
+    let mut second = Consumer::start(&dir, "second", &broker, &topic, &group, &common);
+    wait_until("committed offsets to reach the ends", Duration::from_secs(240), || {
+        committed(&broker, &topic, &group, parts) == all_committed(&ends)
+    });
+    let (status, _) = second.terminate(Duration::from_secs(30));
+    assert!(status.success(), "the restarted consumer exited with {status}");
+    let handled_after = read_journal(&second.journal);
+    let all: Vec<Entry> = handled_before.iter().chain(&handled_after).cloned().collect();
+    let times = check_all_handled(&all, n, parts);
+    for p in 0..parts {
+        assert!(
+            handled_after.iter().any(|e| e.partition == p && e.offset == failing),
+            "partition {p}: the failed message was not handled after the restart"
+        );
+    }
+    let dups = all.len() - times.len();
+    let skipped = second.counter("skipped_already_done");
+    let bound = concurrency * max_batch + 2 * commit_batch;
+    println!(
+        "kill -9 with a batch handler: {above} finished above the failing offsets before the kill; \
+         {dups} handled again after it (bound {bound}); {skipped} skipped as already done"
+    );
+    assert!(
+        skipped > 0,
+        "the restart skipped nothing: the finished set was not used"
+    );
+    assert!(
+        dups <= bound,
+        "{dups} handled again: more than a round of batches ({}) and two commit batches",
+        concurrency * max_batch
+    );
+}
+
 struct KillRun {
     duplicates: usize,
     /// Messages the restarted consumer skipped as already done.
