@@ -89,6 +89,7 @@ async fn every_message_is_handled_once_and_committed_for_each_batch_size() {
         s.wait_handled().await;
         s.wait_committed().await;
         let stats = app.stats(topic).unwrap();
+        let metrics = app.metrics_text();
         app.shutdown().await;
         s.assert_all_handled();
         let twice: Vec<_> = s.rec.counts().into_iter().filter(|(_, n)| *n > 1).collect();
@@ -115,6 +116,11 @@ async fn every_message_is_handled_once_and_committed_for_each_batch_size() {
             (1..=3).contains(&max),
             "max_batch {max_batch}: {max} batches ran at once, concurrency 3"
         );
+        let text = metrics.unwrap();
+        for metric in ["kconc_batches_total", "kconc_batch_size_count"] {
+            let line = format!("{metric}{{subscriber=\"{topic}\"}} {}", sizes.len());
+            assert!(text.contains(&line), "no `{line}` in /metrics");
+        }
     }
 }
 
@@ -325,4 +331,127 @@ async fn a_revoke_in_the_middle_of_batches_skips_nothing() {
         duplicates <= bound,
         "{duplicates} handled twice, bound {bound}; {a_stats:?}"
     );
+}
+
+/// With `reply`, each item's reply is published keyed like its input and
+/// pointing at it, before the input counts as finished; a failed item
+/// replies nothing and goes on alone (here: skipped).
+#[subscriber(
+    topic = "batch-replies",
+    group = "g-batch-replies",
+    reply = "batch-replies.out",
+    max_batch = 20
+)]
+async fn echo(msgs: Batch<Message>) -> BatchOutcome {
+    let mut outcome = BatchOutcome::new();
+    for (i, m) in msgs.iter().enumerate() {
+        if m.offset() % 10 == 9 {
+            outcome.fail(i, "no reply for this one");
+        } else {
+            outcome.reply(i, kconc_runtime::Text(format!("echo {}", m.offset())));
+        }
+    }
+    outcome
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_handler_replies_per_message() -> Result<(), kconc_runtime::Error> {
+    let run = kconc_runtime::testing::TestApp::new()
+        .only(["batch::echo"])
+        .partitions(1)
+        .start()
+        .await?;
+    let sent: Vec<_> = (0..100)
+        .map(|i| kconc_runtime::testing::TestMessage::new(format!("m{i}")).key(format!("k{i}")))
+        .collect();
+    run.send_many("batch-replies", sent).await?;
+    let stats = run.wait_handled("batch::echo", 100).await?;
+    run.wait_idle("batch::echo").await?;
+    assert_eq!((stats.handled, stats.skipped), (90, 10));
+    assert!(stats.batches < 100, "{} calls for 100 messages", stats.batches);
+    let replies = run.read("batch-replies.out", 90).await?;
+    assert_eq!(replies.len(), 90);
+    for r in &replies {
+        let source: i64 = r.header_str("kconc-source-offset").unwrap().parse().unwrap();
+        assert_ne!(source % 10, 9, "a failed item replied");
+        assert_eq!(r.payload_str().unwrap(), format!("echo {source}"));
+        assert_eq!(r.key_str().unwrap(), format!("k{source}"), "keyed like its input");
+    }
+    run.stop().await;
+    Ok(())
+}
+
+/// `batch_wait`: a partition's messages wait for a full batch, or until the
+/// first has waited that long; never longer. The messages are produced one
+/// at a time while the subscriber runs, so without the wait each would
+/// start alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_wait_fills_a_batch_and_ends_a_partial_one() {
+    // max_batch 10, a wait far longer than the test: one batch of 10,
+    // started as soon as the tenth is read. Then 5 more with a 3 s wait:
+    // they start together once the first has waited 3 s.
+    for (topic, n, wait) in [("batch-wait", 10, 600), ("batch-wait-partial", 5, 3)] {
+        let cluster = common::cluster(topic, 1);
+        let calls = Arc::new(Calls::default());
+        let s = Scenario {
+            topic,
+            group: topic,
+            parts: 1,
+            n,
+            ends: vec![0],
+            rec: common::Recorder::new(),
+            cluster,
+        };
+        let sub = batch_subscriber(&s, &calls, 0, |_, _| false)
+            .max_batch(10)
+            .batch_wait(Duration::from_secs(wait));
+        let app = test_app(s.bootstrap()).subscriber(sub).start_in_test_mode().unwrap();
+        let producer = kconc_runtime::testing::TestProducer::new(s.bootstrap()).unwrap();
+        let mut ends = Vec::new();
+        for i in 0..n {
+            producer.send(topic, Some(0), None, format!("{i}").as_bytes()).unwrap();
+            ends = producer.flush(DEADLINE).unwrap().values().copied().collect();
+            // Each one read before the next is sent.
+            wait_for("the message read", DEADLINE, || {
+                app.stats(topic).is_some_and(|st| st.received as usize > i)
+            })
+            .await;
+        }
+        let s = Scenario { ends, ..s };
+        s.wait_handled().await;
+        s.wait_committed().await;
+        app.shutdown().await;
+        assert_eq!(calls.sizes(), [n], "{topic}");
+    }
+}
+
+/// `handler_timeout` applies per call: a call that runs over it fails each
+/// of its messages (retried here, and handled on the retry).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handler_timeout_fails_each_message_of_a_call_that_runs_over() {
+    let s = Scenario::new("batch-timeout", "g-batch-timeout", 2, 200, 1_000);
+    let rec = s.rec.clone();
+    let handler = Handler::batch(move |msgs: Vec<Message>, _cx| {
+        let rec = rec.clone();
+        async move {
+            if msgs[0].attempt() == 1 {
+                std::future::pending::<()>().await;
+            }
+            for m in &msgs {
+                drop(rec.start(m));
+            }
+        }
+    });
+    let sub = Subscriber::from_handler(s.topic, [s.topic], s.group, handler)
+        .max_batch(50)
+        .handler_timeout(Some(Duration::from_millis(100)))
+        .retries(1)
+        .backoff(Duration::from_millis(1));
+    let app = test_app(s.bootstrap()).subscriber(sub).start_in_test_mode().unwrap();
+    s.wait_handled().await;
+    s.wait_committed().await;
+    let stats = app.stats(s.topic).unwrap();
+    app.shutdown().await;
+    s.assert_all_handled();
+    assert_eq!((stats.failed, stats.retried, stats.handled), (200, 200, 200));
 }

@@ -30,7 +30,12 @@ pub(crate) struct Args {
     pub(crate) name: Option<LitStr>,
     /// The path that replaces `::kconc_runtime` in generated code.
     pub(crate) krate: Option<syn::Path>,
+    /// The options only a batch handler takes, given here, with their spans.
+    pub(crate) batch_only: Vec<(&'static str, Span)>,
 }
+
+/// The options only a batch handler takes.
+pub(crate) const BATCH_ONLY: &[&str] = &["max_batch", "max_batch_bytes", "batch_wait"];
 
 /// An option's value, as its setter takes it.
 pub(crate) enum Value {
@@ -175,6 +180,11 @@ pub(crate) fn parse(tokens: TokenStream) -> syn::Result<Args> {
     }
     match (errors.finish(()), group) {
         (Ok(()), Some(group)) => {
+            let batch_only = options
+                .iter()
+                .filter(|(s, _, _)| BATCH_ONLY.contains(&s.key))
+                .map(|(s, _, span)| (s.key, *span))
+                .collect();
             let mut options: Vec<(&'static Setting, Value)> = options.into_iter().map(|(s, v, _)| (s, v)).collect();
             options.sort_by_key(|(s, _)| kconc_options::SETTINGS.iter().position(|t| t.key == s.key));
             Ok(Args {
@@ -184,6 +194,7 @@ pub(crate) fn parse(tokens: TokenStream) -> syn::Result<Args> {
                 on_error,
                 name,
                 krate,
+                batch_only,
             })
         }
         (Err(e), _) => Err(e),

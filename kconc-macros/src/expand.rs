@@ -35,10 +35,8 @@ fn expand(args: TokenStream, item: TokenStream) -> syn::Result<TokenStream> {
     let (args, func) = match (args, func) {
         (Ok(args), Ok(func)) => {
             signature::check(&func)?;
-            if signature::batch_argument(&func).is_some() {
-                check_batch_options(&args, true)?;
-            } else {
-                check_batch_options(&args, false)?;
+            if signature::batch_argument(&func).is_none() {
+                check_batch_options(&args)?;
                 signature::check_reply(&func, args.options.iter().any(|(s, _)| s.key == "reply"))?;
             }
             (args, func)
@@ -60,31 +58,18 @@ fn expand(args: TokenStream, item: TokenStream) -> syn::Result<TokenStream> {
 }
 
 /// The options only a batch handler takes are refused on a handler of one
-/// message; `reply` is refused on a batch handler (not supported yet).
-fn check_batch_options(args: &Args, batch: bool) -> syn::Result<()> {
-    for (setting, value) in &args.options {
-        let span = match value {
-            Value::AtLeastOne(n) => n.span(),
-            Value::Text(s) => s.span(),
-            _ => Span::call_site(),
-        };
-        if !batch && setting.key.starts_with("max_batch") {
-            return Err(syn::Error::new(
-                span,
-                format!(
-                    "`{}` applies to batch handlers only: take the messages as `Batch<T>` (for example `orders: Batch<Json<Order>>`), or remove `{}`",
-                    setting.key, setting.key
-                ),
-            ));
-        }
-        if batch && setting.key == "reply" {
-            return Err(syn::Error::new(
-                span,
-                "`reply` is not supported on batch handlers yet: produce from the handler with `Context::producer()`, or handle one message at a time",
-            ));
-        }
+/// message.
+fn check_batch_options(args: &Args) -> syn::Result<()> {
+    match args.batch_only.first() {
+        Some((key, span)) => Err(syn::Error::new(
+            *span,
+            format!(
+                "`{key}` applies to batch handlers only: take the messages as `Batch<T>` (for example \
+                 `orders: Batch<Json<Order>>`), or remove `{key}`"
+            ),
+        )),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 fn registration(args: &Args, func: &ItemFn) -> TokenStream {

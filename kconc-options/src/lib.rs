@@ -161,6 +161,15 @@ macro_rules! settings {
               what: "how many bytes of keys and payloads one call of a batch handler may get",
               doc: "bytes of keys and payloads one call of a batch handler gets, at most (batch handlers only); \
                     a larger message comes in a batch of its own" }
+            { key: "batch_wait", setter: batch_wait, kind: Duration, value: (Duration = Duration::ZERO),
+              attribute: yes, set: yes, default: r#"`"0ms"`"#, example: "20ms", quoted: true,
+              meaning: "how long a batch waits to fill, at most",
+              what: "how long a batch handler's batch may wait for more messages",
+              doc: "how long a partition's fetched messages wait for more to fill a batch, at most (batch handlers \
+                    only); `0ms` (the default) starts a batch with whatever has been fetched when a slot is free\n\n\
+                    A partition's messages start as a batch once `max_batch` of them have been read, or once the \
+                    first of them has waited `batch_wait`; retries and the end of an assignment do not wait \
+                    longer than that either. It trades latency for fewer, larger calls when messages trickle in." }
             { key: "commit_batch_size", setter: commit_batch_size, kind: AtLeastOne, value: (usize = 100), attribute: yes, set: yes,
               default: r#"`100`"#, example: "100", quoted: false,
               meaning: "commit after this many finished messages",

@@ -21,13 +21,20 @@ use crate::context::Context;
 use crate::extract::{FromMessageOwned, State};
 use crate::handler::BoxError;
 use crate::message::{Message, PayloadError, Undecodable};
+use crate::reply::{IntoReplies, Reply};
 
-/// What a type-erased batch handler reports: the messages that failed, by
-/// their index in the messages it was given, each with its error.
-pub type BatchFailures = Vec<(usize, BoxError)>;
+/// What a type-erased batch handler reports, by the index of each message
+/// in the messages it was given: those that failed, each with its error,
+/// and the replies to publish for each (with `reply = ".."`).
+#[doc(hidden)]
+#[derive(Debug, Default)]
+pub struct BatchEnd {
+    pub(crate) failed: Vec<(usize, BoxError)>,
+    pub(crate) replies: Vec<(usize, Reply)>,
+}
 
 /// The future a type-erased batch handler returns.
-pub type BatchFuture = Pin<Box<dyn Future<Output = BatchFailures> + Send + 'static>>;
+pub type BatchFuture = Pin<Box<dyn Future<Output = BatchEnd> + Send + 'static>>;
 
 /// Messages of one partition, each built into a `T` (`Batch<Json<Order>>`,
 /// `Batch<Text>`, `Batch<Message>`), in offset order. It derefs to `[T]`:
@@ -170,6 +177,7 @@ impl<T: FromMessageOwned> Batch<T> {
 #[derive(Debug, Default)]
 pub struct BatchOutcome {
     failed: Vec<(usize, BoxError)>,
+    replies: Vec<(usize, Reply)>,
 }
 
 impl BatchOutcome {
@@ -186,6 +194,21 @@ impl BatchOutcome {
         self
     }
 
+    /// With `reply = ".."`: publishes `value` (what a handler of one
+    /// message with `reply` may return: `Json<T>`, `Text`, `Bytes`,
+    /// `Reply`, or an `Option` or `Vec` of them) as the reply to item
+    /// `index`, keyed like it and carrying its trace headers. Item `index`
+    /// finishes only once the broker has acknowledged its replies; a reply
+    /// that cannot be built or produced fails that item alone.
+    pub fn reply(&mut self, index: usize, value: impl IntoReplies) -> &mut Self {
+        let mut replies = Vec::new();
+        match value.into_replies(&mut replies) {
+            Ok(()) => self.replies.extend(replies.into_iter().map(|r| (index, r))),
+            Err(error) => self.failed.push((index, error)),
+        }
+        self
+    }
+
     /// The indices that failed so far.
     pub fn failed(&self) -> impl Iterator<Item = usize> + '_ {
         self.failed.iter().map(|(i, _)| *i)
@@ -196,27 +219,34 @@ impl BatchOutcome {
         self.failed.is_empty()
     }
 
-    /// The failures of a batch of `n` messages, those past its end left
-    /// out (with a warning).
-    pub(crate) fn into_failures(self, n: usize) -> BatchFailures {
-        let mut out = Vec::with_capacity(self.failed.len());
-        for (i, error) in self.failed {
-            if i < n {
-                out.push((i, error));
-            } else {
-                past_the_end(i, n);
+    /// The outcome told by the messages the handler was given: item `i`
+    /// is message `at(i)`; an item past the batch's end is left out, with
+    /// a warning.
+    pub(crate) fn into_end(self, len: usize, at: impl Fn(usize) -> Option<usize>) -> BatchEnd {
+        let place = |i: usize| {
+            let found = at(i);
+            if found.is_none() {
+                tracing::warn!(
+                    index = i,
+                    len,
+                    "a batch handler failed or replied to an index past its batch's end; ignored"
+                );
             }
+            found
+        };
+        BatchEnd {
+            failed: self
+                .failed
+                .into_iter()
+                .filter_map(|(i, e)| Some((place(i)?, e)))
+                .collect(),
+            replies: self
+                .replies
+                .into_iter()
+                .filter_map(|(i, r)| Some((place(i)?, r)))
+                .collect(),
         }
-        out
     }
-}
-
-fn past_the_end(index: usize, len: usize) {
-    tracing::warn!(
-        index,
-        len,
-        "a batch handler failed an index past its batch's end; ignored"
-    );
 }
 
 /// The return types a batch handler may have: `()` or `Result<(), E>` (the
@@ -307,12 +337,25 @@ impl StdError for BatchFailed {
 }
 
 /// Each of `indices` fails with `error`.
-pub(crate) fn each_fails(error: BoxError, indices: impl IntoIterator<Item = usize>) -> BatchFailures {
+pub(crate) fn each_fails(error: BoxError, indices: impl IntoIterator<Item = usize>) -> BatchEnd {
     let shared: Arc<dyn StdError + Send + Sync> = Arc::from(error);
-    indices
-        .into_iter()
-        .map(|i| (i, Box::new(BatchFailed(shared.clone())) as BoxError))
-        .collect()
+    BatchEnd {
+        failed: indices
+            .into_iter()
+            .map(|i| (i, Box::new(BatchFailed(shared.clone())) as BoxError))
+            .collect(),
+        replies: Vec::new(),
+    }
+}
+
+impl BatchEnd {
+    /// A batch handler's result over `n` messages it was given as they were.
+    pub(crate) fn of(result: Result<BatchOutcome, BoxError>, n: usize) -> Self {
+        match result {
+            Ok(outcome) => outcome.into_end(n, |i| (i < n).then_some(i)),
+            Err(error) => each_fails(error, 0..n),
+        }
+    }
 }
 
 impl BatchMapping {
@@ -324,26 +367,17 @@ impl BatchMapping {
     /// The handler's result told by the messages it was given: a failed
     /// item is its message; a whole batch's error fails each message the
     /// handler had; the undecodable ones fail with their own error.
-    pub(crate) fn failures(self, result: Result<BatchOutcome, BoxError>) -> BatchFailures {
-        let mut out = match result {
-            Ok(outcome) => {
-                let mut out = Vec::with_capacity(outcome.failed.len());
-                for (i, error) in outcome.failed {
-                    match self.indices.get(i) {
-                        Some(&at) => out.push((at, error)),
-                        None => past_the_end(i, self.indices.len()),
-                    }
-                }
-                out
-            }
+    pub(crate) fn end(self, result: Result<BatchOutcome, BoxError>) -> BatchEnd {
+        let mut end = match result {
+            Ok(outcome) => outcome.into_end(self.indices.len(), |i| self.indices.get(i).copied()),
             Err(error) => each_fails(error, self.indices.iter().copied()),
         };
-        out.extend(
+        end.failed.extend(
             self.undecodable
                 .into_iter()
                 .map(|(i, e)| (i, Box::new(Undecodable(e)) as BoxError)),
         );
-        out
+        end
     }
 }
 
@@ -354,7 +388,7 @@ where
     Fut: Future + Send + 'static,
     Fut::Output: IntoBatchResult,
 {
-    Box::pin(async move { mapping.failures(fut.await.into_batch_result()) })
+    Box::pin(async move { mapping.end(fut.await.into_batch_result()) })
 }
 
 /// The future of a batch whose other arguments could not be built: each
@@ -385,7 +419,7 @@ mod tests {
         assert_eq!((batch.offset(1), batch.partition(), batch.topic()), (Some(12), 3, "t"));
         let mut outcome = BatchOutcome::new();
         outcome.fail(1, "no").fail(7, "past the end");
-        let failed: Vec<usize> = mapping.failures(Ok(outcome)).into_iter().map(|(i, _)| i).collect();
+        let failed: Vec<usize> = mapping.end(Ok(outcome)).failed.into_iter().map(|(i, _)| i).collect();
         assert_eq!(failed, [2, 1], "item 1 is message 2; message 1 could not be decoded");
     }
 
@@ -397,7 +431,7 @@ mod tests {
         ];
         let (_, mapping) = Batch::<Text>::build(msgs, &cx());
         let error: BoxError = Box::new(crate::policy::NonRetryable::new("bad"));
-        let failed = mapping.failures(Err(error));
+        let failed = mapping.end(Err(error)).failed;
         assert_eq!(failed.len(), 2);
         for (_, e) in &failed {
             assert!(

@@ -85,12 +85,7 @@ impl Handler {
         Self(Kind::Batch(Arc::new(move |msgs: Vec<Message>, cx: &Context| {
             let n = msgs.len();
             let fut = f(msgs, cx.clone());
-            Box::pin(async move {
-                match fut.await.into_batch_result() {
-                    Ok(outcome) => outcome.into_failures(n),
-                    Err(error) => crate::batch::each_fails(error, 0..n),
-                }
-            })
+            Box::pin(async move { crate::batch::BatchEnd::of(fut.await.into_batch_result(), n) })
         })))
     }
 
@@ -119,7 +114,8 @@ impl Handler {
             Kind::One(f) => f(msg, cx),
             Kind::Batch(f) => {
                 let fut = f(vec![msg], cx);
-                Box::pin(async move { fut.await.into_iter().next().map_or(Ok(()), |(_, e)| Err(e)) }) as HandlerFuture
+                Box::pin(async move { fut.await.failed.into_iter().next().map_or(Ok(()), |(_, e)| Err(e)) })
+                    as HandlerFuture
             }
         }))
         .map_err(|panic| Outcome::Panicked(panic_text(&*panic)))

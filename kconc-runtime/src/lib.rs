@@ -205,7 +205,7 @@ pub mod __private {
         crate::engine::finished_count(metadata, base)
     }
     pub use crate::batch::{
-        batch_extraction_failed, into_batch_future, Batch, BatchFailures, BatchFuture, BatchMapping, FromBatchContext,
+        batch_extraction_failed, into_batch_future, Batch, BatchEnd, BatchFuture, BatchMapping, FromBatchContext,
         IntoBatchResult,
     };
     pub use crate::extract::{StateProbe, TakesNoState, TakesState};

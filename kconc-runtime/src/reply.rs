@@ -183,60 +183,13 @@ pub(crate) fn take_awaiting_ack() -> bool {
 /// Produces every reply, then waits for all acknowledgements.
 async fn publish(cx: &Context, topic: &str, origin: &ReplyOrigin, replies: Vec<Reply>) -> Result<(), BoxError> {
     let producer = cx.producer()?;
-    let input = &origin.0;
-    let partition = input.partition().to_string();
-    let offset = input.offset().to_string();
-    let carried: Vec<(&str, &[u8])> = input
-        .headers()
-        .iter()
-        .filter(|h| CARRIED.contains(&h.key.as_str()))
-        .filter_map(|h| Some((h.key.as_str(), h.value.as_deref()?)))
-        .collect();
     let mut pending = Vec::with_capacity(replies.len());
     for reply in &replies {
-        let mut headers = OwnedHeaders::new_with_capacity(reply.headers.len() + carried.len() + 3);
-        let own = reply.headers.iter().map(|(k, v)| (k.as_str(), v.as_slice()));
-        let source = [
-            ("kconc-source-topic", input.topic().as_bytes()),
-            ("kconc-source-partition", partition.as_bytes()),
-            ("kconc-source-offset", offset.as_bytes()),
-        ];
-        for (key, value) in carried.iter().copied().chain(own).chain(source) {
-            headers = headers.insert(KafkaHeader {
-                key,
-                value: Some(value),
-            });
-        }
-        let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic).headers(headers);
-        if let Some(k) = reply.key.as_deref().or(input.key()) {
-            record = record.key(k);
-        }
-        if let Some(p) = reply.payload.as_deref() {
-            record = record.payload(p);
-        }
-        // Queued at once (waiting while librdkafka's queue is full); the
-        // acknowledgements are awaited together below.
-        loop {
-            match producer.send_result(record) {
-                Ok(delivery) => {
-                    pending.push(delivery);
-                    break;
-                }
-                Err((e, r)) if e.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::QueueFull) => {
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                    record = r;
-                }
-                Err((e, _)) => return Err(format!("reply to `{topic}`: {e}").into()),
-            }
-        }
+        pending.push(queue(producer, topic, &origin.0, reply).await?);
     }
     let acks = async {
         for delivery in pending {
-            match delivery.await {
-                Ok(Ok(_)) => {}
-                Ok(Err((e, _))) => return Err(format!("reply to `{topic}` not acknowledged: {e}").into()),
-                Err(_) => return Err(format!("reply to `{topic}`: the producer went away").into()),
-            }
+            acknowledged(topic, delivery).await?;
         }
         Ok(())
     };
@@ -249,6 +202,107 @@ async fn publish(cx: &Context, topic: &str, origin: &ReplyOrigin, replies: Vec<R
         polled
     })
     .await
+}
+
+/// A batch's replies: each `(index, reply)` is the reply to `inputs[index]`.
+/// Every reply is produced, then every acknowledgement awaited; returns the
+/// inputs whose replies failed, each with the error (the others' replies
+/// are all stored).
+pub(crate) async fn publish_batch(
+    cx: &Context,
+    inputs: &[Message],
+    replies: Vec<(usize, Reply)>,
+) -> Vec<(usize, BoxError)> {
+    let mut failed: Vec<(usize, BoxError)> = Vec::new();
+    let Some(topic) = cx.reply_topic() else {
+        failed.extend(replies.into_iter().map(|(i, _)| {
+            (
+                i,
+                "the handler returns replies but its subscriber has no reply topic".into(),
+            )
+        }));
+        return failed;
+    };
+    let producer = match cx.producer() {
+        Ok(p) => p,
+        Err(e) => {
+            let text = e.to_string();
+            failed.extend(replies.into_iter().map(|(i, _)| (i, BoxError::from(text.clone()))));
+            return failed;
+        }
+    };
+    let mut pending = Vec::with_capacity(replies.len());
+    for (i, reply) in &replies {
+        let Some(input) = inputs.get(*i) else { continue };
+        match queue(producer, topic, input, reply).await {
+            Ok(delivery) => pending.push((*i, delivery)),
+            Err(e) => failed.push((*i, e)),
+        }
+    }
+    for (i, delivery) in pending {
+        if let Err(e) = acknowledged(topic, delivery).await {
+            failed.push((i, e));
+        }
+    }
+    failed
+}
+
+/// Queues one reply to `input` (waiting while librdkafka's queue is full).
+async fn queue(
+    producer: &rdkafka::producer::FutureProducer<crate::context::ProducerHooks>,
+    topic: &str,
+    input: &Message,
+    reply: &Reply,
+) -> Result<rdkafka::producer::DeliveryFuture, BoxError> {
+    let partition = input.partition().to_string();
+    let offset = input.offset().to_string();
+    let carried: Vec<(&str, &[u8])> = input
+        .headers()
+        .iter()
+        .filter(|h| CARRIED.contains(&h.key.as_str()))
+        .filter_map(|h| Some((h.key.as_str(), h.value.as_deref()?)))
+        .collect();
+    let mut headers = OwnedHeaders::new_with_capacity(reply.headers.len() + carried.len() + 3);
+    let own = reply.headers.iter().map(|(k, v)| (k.as_str(), v.as_slice()));
+    let source = [
+        ("kconc-source-topic", input.topic().as_bytes()),
+        ("kconc-source-partition", partition.as_bytes()),
+        ("kconc-source-offset", offset.as_bytes()),
+    ];
+    for (key, value) in carried.iter().copied().chain(own).chain(source) {
+        headers = headers.insert(KafkaHeader {
+            key,
+            value: Some(value),
+        });
+    }
+    let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic).headers(headers);
+    if let Some(k) = reply.key.as_deref().or(input.key()) {
+        record = record.key(k);
+    }
+    if let Some(p) = reply.payload.as_deref() {
+        record = record.payload(p);
+    }
+    // Queued at once (waiting while librdkafka's queue is full); the
+    // caller awaits the acknowledgements together.
+    loop {
+        match producer.send_result(record) {
+            Ok(delivery) => return Ok(delivery),
+            Err((e, r)) if e.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::QueueFull) => {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                record = r;
+            }
+            Err((e, _)) => return Err(format!("reply to `{topic}`: {e}").into()),
+        }
+    }
+}
+
+/// Waits for one reply's acknowledgement.
+async fn acknowledged(topic: &str, delivery: rdkafka::producer::DeliveryFuture) -> Result<(), BoxError> {
+    match delivery.await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err((e, _))) => Err(format!("reply to `{topic}` not acknowledged: {e}").into()),
+        Err(_) => Err(format!("reply to `{topic}`: the producer went away").into()),
+    }
 }
 
 impl Context {

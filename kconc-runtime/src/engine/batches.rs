@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use super::complete::{drop_guarded, Concluded, Ending, HandlerEnv, HandlerTimedOut};
 use super::event::{Event, MessageTag};
-use crate::batch::BatchFailures;
+use crate::batch::BatchEnd;
 use crate::handler::{panic_text, BoxError, Outcome};
 use crate::message::Message;
 
@@ -68,6 +68,9 @@ impl HandlerEnv {
             });
             msgs.push(msg);
         }
+        // With `reply`, each reply is keyed like its input and carries its
+        // trace headers: the inputs are kept (a clone shares the record).
+        let inputs = self.context.reply_topic().map(|_| msgs.clone()).unwrap_or_default();
         self.stats.in_flight.fetch_add(n as u64, Ordering::Relaxed);
         self.stats.batches.fetch_add(1, Ordering::Relaxed);
         self.stats.batch_size.0.observe(n as f64);
@@ -76,13 +79,24 @@ impl HandlerEnv {
             let _in_span = span.enter();
             self.handler.begin_batch(msgs, &self.context)
         };
-        let ended: Result<BatchFailures, Outcome> = match begun {
+        let ended: Result<BatchEnd, Outcome> = match begun {
             Err(outcome) => Err(outcome),
-            Ok(mut fut) => {
+            Ok(fut) => {
+                // The call and its replies' acknowledgements, under one
+                // deadline.
+                let mut call = Box::pin(async move {
+                    let mut end = fut.await;
+                    if !end.replies.is_empty() {
+                        let replies = std::mem::take(&mut end.replies);
+                        let failed = crate::reply::publish_batch(&self.context, &inputs, replies).await;
+                        end.failed.extend(failed);
+                    }
+                    end
+                });
                 let mut deadline = self.deadline(started);
                 let ended = std::future::poll_fn(|cx| {
                     let _in_span = span.enter();
-                    match std::panic::catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(cx))) {
+                    match std::panic::catch_unwind(AssertUnwindSafe(|| call.as_mut().poll(cx))) {
                         Ok(Poll::Ready(failures)) => Poll::Ready(Ok(failures)),
                         Err(panic) => Poll::Ready(Err(Outcome::Panicked(panic_text(&*panic)))),
                         Ok(Poll::Pending) => {
@@ -96,15 +110,15 @@ impl HandlerEnv {
                     }
                 })
                 .await;
-                drop_guarded(fut);
+                drop_guarded(call);
                 ended
             }
         };
         self.stats.handler_seconds.0.observe(started.elapsed().as_secs_f64());
         let mut outcomes: Vec<Option<Outcome>> = (0..n).map(|_| None).collect();
         match ended {
-            Ok(failures) => {
-                for (i, error) in failures {
+            Ok(end) => {
+                for (i, error) in end.failed {
                     // The first failure of a message counts; a second one
                     // of it is dropped.
                     match outcomes.get_mut(i) {

@@ -125,6 +125,7 @@ impl Engine {
             return;
         }
         self.waiting.push(slot, msg);
+        self.filling(t, p);
         self.dispatcher
             .stats()
             .max_waiting

@@ -133,8 +133,17 @@ struct Settings {
     shutdown_timeout: Duration,
     revoke_timeout: Duration,
     /// For a batch handler: the most messages, and bytes of keys and
-    /// payloads, in one call.
-    batch: Option<(usize, usize)>,
+    /// payloads, in one call, and how long a partition's messages may
+    /// wait to fill one.
+    batch: Option<BatchLimits>,
+}
+
+/// A batch handler's `max_batch`, `max_batch_bytes` and `batch_wait`.
+#[derive(Clone, Copy, Debug)]
+struct BatchLimits {
+    max: usize,
+    max_bytes: usize,
+    wait: Duration,
 }
 
 /// Everything the poll thread knows. Lives in the consumer's context so the
@@ -164,6 +173,9 @@ struct Engine {
     /// Batches running now (for a batch handler, what `concurrency`
     /// bounds; each of their messages counts as running in `parts`).
     batches: usize,
+    /// Under `batch_wait`: each partition whose read messages wait to fill
+    /// a batch, since when the first of them waits and how many there are.
+    filling: std::collections::HashMap<(usize, i32), (Instant, usize)>,
     /// Shutdown has begun: nothing more is dispatched.
     closing: bool,
     /// This subscriber's shutdown signal: once it is given, nothing more

@@ -17,14 +17,14 @@ use super::commit::{CommitRequest, Committer};
 use super::commit_plan::CommitPlan;
 use super::complete::HandlerEnv;
 use super::dispatch::Dispatcher;
-use super::event::Event;
+use super::event::{Event, MessageTag};
 use super::intake::Intake;
 use super::partitions::Partitions;
 use super::rebalance::ClientHooks;
 use super::retry::Retries;
 use super::schedule::Schedule;
 use super::shutdown::{close, drain_on_shutdown};
-use super::{with_engine, Engine, Settings, IDLE_WAIT, POLL_BATCH, TURN_READS};
+use super::{with_engine, BatchLimits, Engine, Settings, IDLE_WAIT, POLL_BATCH, TURN_READS};
 use crate::error::Error;
 use crate::stats::Stats;
 use crate::subscriber::Subscriber;
@@ -287,10 +287,11 @@ impl Engine {
                 prefetch_kb,
                 shutdown_timeout: sub.settings.shutdown_timeout,
                 revoke_timeout: sub.settings.revoke_timeout,
-                batch: sub
-                    .handler
-                    .is_batch()
-                    .then_some((sub.settings.max_batch, sub.settings.max_batch_bytes)),
+                batch: sub.handler.is_batch().then_some(BatchLimits {
+                    max: sub.settings.max_batch,
+                    max_bytes: sub.settings.max_batch_bytes,
+                    wait: sub.settings.batch_wait,
+                }),
             },
             parts: Partitions::default(),
             intake: Intake::default(),
@@ -307,6 +308,7 @@ impl Engine {
             waiting: Schedule::new(sub.settings.ordering),
             delayed: Retries::default(),
             batches: 0,
+            filling: std::collections::HashMap::new(),
             closing: false,
             shutdown,
             in_callback: false,
@@ -362,12 +364,35 @@ impl Engine {
         }
     }
 
-    /// How long the loop may sleep: until the next retry is due, at most
-    /// `IDLE_WAIT`.
+    /// How long the loop may sleep: until the next retry is due, or the
+    /// next batch has waited `batch_wait`, at most `IDLE_WAIT`.
     pub(super) fn idle_wait(&self) -> Duration {
-        self.delayed.next_due().map_or(IDLE_WAIT, |due| {
-            due.saturating_duration_since(Instant::now()).min(IDLE_WAIT)
-        })
+        let wait = self.settings.batch.map_or(Duration::ZERO, |b| b.wait);
+        let filled = self.filling.values().map(|&(since, _)| since + wait).min();
+        match self.delayed.next_due().into_iter().chain(filled).min() {
+            Some(due) => due.saturating_duration_since(Instant::now()).min(IDLE_WAIT),
+            None => IDLE_WAIT,
+        }
+    }
+
+    /// Under `batch_wait`: a message of partition `p` of topic `t` was read
+    /// to wait for a batch.
+    pub(super) fn filling(&mut self, t: usize, p: i32) {
+        if self.settings.batch.is_some_and(|b| !b.wait.is_zero()) {
+            self.filling.entry((t, p)).or_insert_with(|| (Instant::now(), 0)).1 += 1;
+        }
+    }
+
+    /// Under `batch_wait`: `n` of partition `p`'s waiting messages started
+    /// as a batch at `now`; what is left of them waits from now.
+    fn started_filling(&mut self, t: usize, p: i32, n: usize, now: Instant) {
+        if let Some((since, left)) = self.filling.get_mut(&(t, p)) {
+            *left = left.saturating_sub(n);
+            *since = now;
+            if *left == 0 {
+                self.filling.remove(&(t, p));
+            }
+        }
     }
 
     /// Starts waiting messages while slots are free; what goes to workers
@@ -376,11 +401,23 @@ impl Engine {
         if self.closing || self.shutdown.is_cancelled() {
             return;
         }
-        if let Some((max, max_bytes)) = self.settings.batch {
+        if let Some(limits) = self.settings.batch {
+            let now = Instant::now();
             while self.has_slot() {
-                let Some(batch) = self.waiting.pop_batch(max, max_bytes) else {
+                // Under `batch_wait`, a partition with fewer than a batch
+                // read waits until its first message has waited that long.
+                let filling = &self.filling;
+                let held = |tag: &MessageTag| {
+                    filling
+                        .get(&(tag.topic, tag.partition))
+                        .is_some_and(|&(since, n)| n < limits.max && now < since + limits.wait)
+                };
+                let Some(batch) = self.waiting.pop_batch(limits.max, limits.max_bytes, held) else {
                     break;
                 };
+                if let Some((slot, _)) = batch.first() {
+                    self.started_filling(slot.topic, slot.partition, batch.len(), now);
+                }
                 for (slot, _) in &batch {
                     self.parts.started(*slot);
                 }

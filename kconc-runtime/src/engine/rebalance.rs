@@ -506,6 +506,7 @@ impl Engine {
     /// Forgets what of a partition has not started at `from` or after (a
     /// stop there): its earlier messages still run in their lanes' order.
     pub(super) fn forget_unstarted_from(&mut self, t: usize, p: i32, from: i64) {
+        self.filling.remove(&(t, p));
         self.waiting.drop_partition(t, p, from);
         self.delayed.drop_partition(t, p, from);
     }

@@ -183,13 +183,23 @@ impl Schedule {
     /// in `key` ordering its key): the batch holds the lane until all of
     /// them have finished, so a lane is never split across batches in
     /// flight at once and keeps its order.
-    pub(crate) fn pop_batch(&mut self, max: usize, max_bytes: usize) -> Option<Vec<(MessageTag, Message)>> {
-        let first = self.pop()?;
+    ///
+    /// The messages of a partition `held` says is held (waiting to fill a
+    /// batch) stay where they are.
+    pub(crate) fn pop_batch(
+        &mut self,
+        max: usize,
+        max_bytes: usize,
+        held: impl Fn(&MessageTag) -> bool,
+    ) -> Option<Vec<(MessageTag, Message)>> {
+        let at = self.ready.iter().position(|(slot, _)| !held(slot))?;
+        let first = self.ready.remove(at)?;
+        self.len -= 1;
         let of = (first.0.topic, first.0.partition, first.0.epoch);
         let mut bytes = size(&first.1);
         let mut batch = vec![first];
         self.take_along(&mut batch, 0, max, max_bytes, &mut bytes);
-        let mut i = 0;
+        let mut i = at;
         while i < self.ready.len() && batch.len() < max {
             let (slot, msg) = &self.ready[i];
             if (slot.topic, slot.partition, slot.epoch) != of {
@@ -595,5 +605,130 @@ mod tests {
         assert_eq!(drain(&mut s).len(), 1);
         s.clear();
         assert_eq!(s.len(), 0);
+    }
+
+    /// A batch's (partition, offset) pairs.
+    fn offsets(batch: &[(MessageTag, Message)]) -> Vec<(i32, i64)> {
+        batch.iter().map(|(t, m)| (t.partition, m.offset())).collect()
+    }
+
+    fn pop_batch(s: &mut Schedule, max: usize) -> Vec<(MessageTag, Message)> {
+        s.pop_batch(max, usize::MAX, |_| false).unwrap_or_default()
+    }
+
+    #[test]
+    fn a_batch_is_one_partitions_ready_messages_in_offset_order_within_its_bounds() {
+        let mut s = Schedule::new(OrderingMode::Unordered);
+        for o in 0..4 {
+            s.push(slot(0), msg(0, o, None).with_payload("xxxx"));
+            s.push(slot(1), msg(1, o, None).with_payload("xxxx"));
+        }
+        assert_eq!(offsets(&pop_batch(&mut s, 3)), [(0, 0), (0, 1), (0, 2)]);
+        assert_eq!(s.len(), 5);
+        // The next is partition 1's: it is first in line now.
+        assert_eq!(offsets(&pop_batch(&mut s, 10)), [(1, 0), (1, 1), (1, 2), (1, 3)]);
+        // 9 bytes hold two messages of 4 (a first larger message comes alone).
+        s.push(slot(0), msg(0, 9, None).with_payload("x".repeat(20)));
+        let batch = s.pop_batch(10, 9, |_| false).unwrap_or_default();
+        assert_eq!(offsets(&batch), [(0, 3)], "the next one would pass 9 bytes");
+        assert_eq!(offsets(&s.pop_batch(10, 9, |_| false).unwrap_or_default()), [(0, 9)]);
+        assert_eq!(s.len(), 0);
+        // A held partition's messages wait; the others go.
+        s.push(slot(0), msg(0, 10, None));
+        s.push(slot(1), msg(1, 10, None));
+        let batch = s.pop_batch(10, usize::MAX, |t| t.partition == 0).unwrap_or_default();
+        assert_eq!(offsets(&batch), [(1, 10)]);
+        assert!(s.pop_batch(10, usize::MAX, |t| t.partition == 0).is_none());
+        assert_eq!(s.len(), 1);
+    }
+
+    #[test]
+    fn in_partition_order_a_batch_takes_its_lane_along_and_holds_it_until_all_of_it_finished() {
+        let mut s = Schedule::new(OrderingMode::Partition);
+        for o in 0..6 {
+            s.push(slot(0), msg(0, o, None));
+        }
+        assert_eq!(s.blocked(0, 0), 5);
+        let batch = pop_batch(&mut s, 4);
+        assert_eq!(offsets(&batch), [(0, 0), (0, 1), (0, 2), (0, 3)]);
+        assert_eq!((s.len(), s.blocked(0, 0)), (2, 2));
+        assert!(pop_batch(&mut s, 4).is_empty(), "the lane is the batch's");
+        // 2 waits for its retry; the others finish: the lane stays held.
+        s.idle(batch[2].0, 2);
+        for i in [0, 1, 3] {
+            s.finished(batch[i].0, batch[i].1.offset());
+        }
+        assert!(pop_batch(&mut s, 4).is_empty(), "2 still holds the lane");
+        // Its retry comes first, and takes what waits behind it along.
+        s.retry(batch[2].0, msg(0, 2, None));
+        let next = pop_batch(&mut s, 4);
+        assert_eq!(offsets(&next), [(0, 2), (0, 4), (0, 5)]);
+        for (t, m) in &next {
+            s.finished(*t, m.offset());
+        }
+        s.push(slot(0), msg(0, 6, None));
+        assert_eq!(offsets(&pop_batch(&mut s, 4)), [(0, 6)], "the lane was free again");
+    }
+
+    #[test]
+    fn a_retry_holding_its_lane_with_others_takes_nothing_along() {
+        let mut s = Schedule::new(OrderingMode::Partition);
+        for o in 0..5 {
+            s.push(slot(0), msg(0, o, None));
+        }
+        let batch = pop_batch(&mut s, 3);
+        s.idle(batch[0].0, 0);
+        s.idle(batch[2].0, 2);
+        s.finished(batch[1].0, 1);
+        s.retry(batch[0].0, msg(0, 0, None));
+        // 2 (idle) holds the lane too: 3 and 4 must wait for it.
+        assert_eq!(offsets(&pop_batch(&mut s, 10)), [(0, 0)]);
+        assert_eq!(s.blocked(0, 0), 2);
+    }
+
+    #[test]
+    fn in_key_order_a_batch_holds_several_keys_and_a_run_of_one() {
+        let mut s = Schedule::new(OrderingMode::Key);
+        // a0 b1 a2 a3 b4 c5 (partition 0), a0 (partition 1)
+        for (o, k) in [(0, "a"), (1, "b"), (2, "a"), (3, "a"), (4, "b"), (5, "c")] {
+            s.push(slot(0), msg(0, o, Some(k)));
+        }
+        s.push(slot(1), msg(1, 0, Some("a")));
+        let batch = pop_batch(&mut s, 10);
+        assert_eq!(offsets(&batch), [(0, 0), (0, 1), (0, 2), (0, 3), (0, 4), (0, 5)]);
+        assert_eq!(s.blocked(0, 0), 0);
+        // Key a of partition 0 is held by 0, 2 and 3 until all three end.
+        s.push(slot(0), msg(0, 6, Some("a")));
+        assert_eq!(
+            offsets(&pop_batch(&mut s, 10)),
+            [(1, 0)],
+            "another partition's a is another lane"
+        );
+        for o in [0, 2] {
+            s.finished(batch[o as usize].0, o);
+        }
+        assert!(pop_batch(&mut s, 10).is_empty(), "a6 waits for a3");
+        s.finished(batch[3].0, 3);
+        assert_eq!(offsets(&pop_batch(&mut s, 10)), [(0, 6)]);
+    }
+
+    #[test]
+    fn dropping_a_partition_frees_a_batchs_lane_unless_a_member_runs() {
+        let mut s = Schedule::new(OrderingMode::Partition);
+        for o in 0..4 {
+            s.push(slot(0), msg(0, o, None));
+        }
+        let batch = pop_batch(&mut s, 2);
+        // 0 waits for its retry, 1 runs: dropping the partition leaves the
+        // lane to 1, and a new assignment's messages wait for it.
+        s.idle(batch[0].0, 0);
+        s.drop_partition(0, 0, i64::MIN);
+        assert_eq!(s.len(), 0);
+        let mut again = slot(0);
+        again.epoch = 2;
+        s.push(again, msg(0, 0, None));
+        assert!(pop_batch(&mut s, 2).is_empty(), "the new 0 waits for the old 1");
+        s.finished(batch[1].0, 1);
+        assert_eq!(offsets(&pop_batch(&mut s, 2)), [(0, 0)]);
     }
 }

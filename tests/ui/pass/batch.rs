@@ -36,4 +36,13 @@ async fn fallible(orders: Batch<Message>) -> anyhow::Result<BatchOutcome> {
     Ok(BatchOutcome::new())
 }
 
+#[subscriber(topic = "orders", group = "e", reply = "orders.seen", batch_wait = "20ms")]
+async fn replies(orders: Batch<Json<Order>>) -> BatchOutcome {
+    let mut outcome = BatchOutcome::new();
+    for (i, Json(order)) in orders.iter().enumerate() {
+        outcome.reply(i, kconc_runtime::Text(format!("seen {}", order.id)));
+    }
+    outcome
+}
+
 fn main() {}
