@@ -22,7 +22,7 @@ const PER_PARTITION: u32 = 10;
 
 /// Creates `topic` with `PARTITIONS` partitions on a real cluster (one that
 /// already exists is fine).
-async fn create_topic(bootstrap: &str, topic: &str) -> Result<(), String> {
+pub(crate) async fn create_topic(bootstrap: &str, topic: &str) -> Result<(), String> {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .create()

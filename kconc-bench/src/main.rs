@@ -18,6 +18,10 @@
 //! `--only NAME[,NAME..]` runs some of them: noop, io, key, key100, partition.
 //! `--low-rate` measures the offset commit requests at 8 partitions x 10
 //! msg/s (see `low_rate`).
+//! `--batch` runs W-batch alone (see `batch`): a bulk-write handler costing
+//! 5 ms per call + 10 us per message at concurrency 4, with `max_batch` 1,
+//! 10, 100 and 500 and the single-message handler; bound: `concurrency * n
+//! / (5 ms + 10 us * n)` for a mean batch size `n`.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -28,6 +32,7 @@ use kconc_runtime::rdkafka::{ClientConfig, Message as _};
 use kconc_runtime::testing::TestProducer;
 use kconc_runtime::{App, EmbeddedCluster, FirstPoll, Message, OrderingMode as Mode, Subscriber};
 
+mod batch;
 mod low_rate;
 mod metadata;
 mod separate;
@@ -158,6 +163,8 @@ struct Options {
     metadata: bool,
     /// `--low-rate`: the commit requests at 8 partitions x 10 msg/s.
     low_rate: bool,
+    /// `--batch`: W-batch, batch handlers against the single-message one.
+    batch: bool,
 }
 
 impl Options {
@@ -187,6 +194,7 @@ fn options() -> Result<Options, String> {
         smoke: false,
         metadata: false,
         low_rate: false,
+        batch: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -225,6 +233,7 @@ fn options() -> Result<Options, String> {
             "--exit" => o.exit = true,
             "--metadata" => o.metadata = true,
             "--low-rate" => o.low_rate = true,
+            "--batch" => o.batch = true,
             "--brokers" => o.brokers = Some(args.next().ok_or("--brokers needs a value")?),
             "--runs" => {
                 o.runs = args
@@ -240,7 +249,7 @@ fn options() -> Result<Options, String> {
             }
             "--help" | "-h" => {
                 println!(
-                    "usage: kconc-bench [--smoke] [--brokers HOST:PORT] [--runs N] [--messages N] [--only {}] [--first-poll auto|poll_thread|worker] [--svg FILE] [--separate] [--exit] [--metadata] [--low-rate]",
+                    "usage: kconc-bench [--smoke] [--brokers HOST:PORT] [--runs N] [--messages N] [--only {}] [--first-poll auto|poll_thread|worker] [--svg FILE] [--separate] [--exit] [--metadata] [--low-rate] [--batch]",
                     WORKLOADS.join(",")
                 );
                 std::process::exit(0);
@@ -592,6 +601,9 @@ async fn run() -> Result<(), String> {
             for topic in ["bench-io", "bench-key100", "bench-separate", "bench-low-rate"] {
                 cluster.create_topic(topic, PARTITIONS).map_err(|e| e.to_string())?;
             }
+            for topic in batch::topics() {
+                cluster.create_topic(&topic, PARTITIONS).map_err(|e| e.to_string())?;
+            }
             cluster.bootstrap_servers().to_owned()
         }
     };
@@ -606,6 +618,9 @@ async fn run() -> Result<(), String> {
         if o.low_rate {
             return Ok(());
         }
+    }
+    if o.batch {
+        return batch::run(&bootstrap, o.brokers.is_none()).await;
     }
     if o.exit {
         return tokio::task::block_in_place(|| separate::exit_times(&bootstrap, 10_000, o.runs.max(5)));
