@@ -92,13 +92,7 @@ struct Measured {
 }
 
 pub(crate) async fn run(bootstrap: &str, embedded: bool) -> Result<(), String> {
-    let stamp = format!(
-        "{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis())
-    );
+    let stamp = crate::low_rate::stamp();
     println!(
         "W-batch: handler sleeps 5 ms + 10 us per message of a call, concurrency {CONCURRENCY}, unordered, one run each; bound = concurrency * n / (5 ms + 10 us * n), n = mean batch size seen"
     );

@@ -42,14 +42,19 @@ pub(crate) async fn create_topic(bootstrap: &str, topic: &str) -> Result<(), Str
     Ok(())
 }
 
-pub(crate) async fn run(bootstrap: &str, embedded: bool, seconds: u64) -> Result<(), String> {
-    let stamp = format!(
+/// A name part no earlier run used: the process id and the time.
+pub(crate) fn stamp() -> String {
+    format!(
         "{}-{}",
         std::process::id(),
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis())
-    );
+    )
+}
+
+pub(crate) async fn run(bootstrap: &str, embedded: bool, seconds: u64) -> Result<(), String> {
+    let stamp = stamp();
     let topic = format!("bench-low-rate-{stamp}");
     if embedded {
         // The embedded cluster of this run: its caller made `bench-low-rate`.

@@ -123,9 +123,6 @@ fn registration(args: &Args, func: &ItemFn) -> TokenStream {
     let message = local("message", ident.span());
     let cx = local("cx", ident.span());
     let handler = local("handler", ident.span());
-    // Each argument is extracted from the message, the last one by value (it
-    // may be the whole `Message`). The extractor call is spanned at the
-    // argument's type, so a type that is not an extractor is reported there.
     let types: Vec<&syn::Type> = func
         .sig
         .inputs
@@ -135,13 +132,21 @@ fn registration(args: &Args, func: &ItemFn) -> TokenStream {
             FnArg::Receiver(_) => None,
         })
         .collect();
-    let batch_at = signature::batch_argument(func);
+    let requirements = state_requirements(args, &types);
+    let output_span = match &func.sig.output {
+        ReturnType::Default => ident.span(),
+        ReturnType::Type(_, ty) => ty.span(),
+    };
+    // One call checks both that the future is `Send` and that its output is
+    // a handler result, so a mistake is reported once.
+    let future = local("future", output_span);
+    let p_output = private(args, output_span);
     let mut args_names = Vec::new();
     let mut extractions = Vec::new();
-    // A batch handler: each other argument built from the context first,
-    // then the batch from the messages (a message that cannot be built
-    // fails alone, named in the mapping).
-    if let Some(at) = batch_at {
+    let (adapter, registrar) = if let Some(at) = signature::batch_argument(func) {
+        // A batch handler: each other argument built from the context
+        // first, then the batch from the messages (a message that cannot be
+        // built fails alone, named in the mapping).
         let mapping = local("mapping", ident.span());
         let count = local("count", ident.span());
         let mut batch_extraction = quote!();
@@ -167,97 +172,61 @@ fn registration(args: &Args, func: &ItemFn) -> TokenStream {
         } else {
             quote!(let #count = #message.len();)
         };
-        let requirements = state_requirements(args, &types);
-        let output_span = match &func.sig.output {
-            ReturnType::Default => ident.span(),
-            ReturnType::Type(_, ty) => ty.span(),
-        };
-        let future = local("future", output_span);
-        let p_output = private(args, output_span);
         let boxed = quote_spanned!(output_span=> #p_output::into_batch_future(#future, #mapping));
-        return quote! {
-            #[doc(hidden)]
-            const _: () = {
-                fn __kconc_adapter(#message: #p::Vec<#p::Message>, #cx: &#p::Context) -> #p::BatchFuture {
-                    #count_line
-                    #(#extractions)*
-                    #batch_extraction
-                    let #handler = #ident;
-                    let #future = #handler(#(#args_names),*);
-                    #boxed
-                }
-                fn __kconc_build() -> #p::Subscriber {
-                    #p::registered_batch_subscriber(
-                        #name,
-                        ::core::concat!(::core::module_path!(), "::", ::core::stringify!(#ident)),
-                        &[#(#topics),*],
-                        #group,
-                        __kconc_adapter,
-                        ::core::file!(),
-                        ::core::line!(),
-                    )
-                    #(#requirements)*
-                    #(#calls)*
-                }
-                #p::inventory::submit! {
-                    #p::Registration { build: __kconc_build }
-                }
-            };
+        let adapter = quote! {
+            fn __kconc_adapter(#message: #p::Vec<#p::Message>, #cx: &#p::Context) -> #p::BatchFuture {
+                #count_line
+                #(#extractions)*
+                #batch_extraction
+                let #handler = #ident;
+                let #future = #handler(#(#args_names),*);
+                #boxed
+            }
         };
-    }
-    for (i, ty) in types.iter().enumerate() {
-        let name = local(&format!("arg{i}"), ty.span());
-        let p_ty = private(args, ty.span());
-        let call = if i + 1 == types.len() {
-            quote_spanned!(ty.span()=> <#ty as #p_ty::FromMessageOwned>::from_message_owned(#message, #cx))
+        (adapter, quote!(#p::registered_batch_subscriber))
+    } else {
+        // Each argument is extracted from the message, the last one by
+        // value (it may be the whole `Message`). The extractor call is
+        // spanned at the argument's type, so a type that is not an
+        // extractor is reported there.
+        for (i, ty) in types.iter().enumerate() {
+            let name = local(&format!("arg{i}"), ty.span());
+            let p_ty = private(args, ty.span());
+            let call = if i + 1 == types.len() {
+                quote_spanned!(ty.span()=> <#ty as #p_ty::FromMessageOwned>::from_message_owned(#message, #cx))
+            } else {
+                quote_spanned!(ty.span()=> <#ty as #p_ty::FromMessage>::from_message(&#message, #cx))
+            };
+            extractions.push(quote! {
+                let #name = match #call {
+                    #p::Ok(value) => value,
+                    #p::Err(error) => return #p::extraction_failed(error),
+                };
+            });
+            args_names.push(name);
+        }
+        let unused = if types.is_empty() {
+            quote!(let _ = (#message, #cx);)
         } else {
-            quote_spanned!(ty.span()=> <#ty as #p_ty::FromMessage>::from_message(&#message, #cx))
+            quote!()
         };
-        extractions.push(quote! {
-            let #name = match #call {
-                #p::Ok(value) => value,
-                #p::Err(error) => return #p::extraction_failed(error),
-            };
-        });
-        args_names.push(name);
-    }
-    // Each `State<T>` argument is recorded, so a state the app does not
-    // provide fails at start-up naming the handler and `T`; other
-    // arguments record nothing (and, asked of no trait, add no error).
-    let requirements = state_requirements(args, &types);
-    let unused = if types.is_empty() {
-        quote!(let _ = (#message, #cx);)
-    } else {
-        quote!()
-    };
-    let output_span = match &func.sig.output {
-        ReturnType::Default => ident.span(),
-        ReturnType::Type(_, ty) => ty.span(),
-    };
-    // One call checks both that the future is `Send` and that its output is
-    // a handler result, so a mistake is reported once.
-    let future = local("future", output_span);
-    let p_output = private(args, output_span);
-    // With `reply`, the handler's future ends only once what it returned
-    // is published and acknowledged; the input's key, offset and trace
-    // headers are read before the handler takes the message.
-    let replies = args.options.iter().any(|(s, _)| s.key == "reply");
-    let origin = local("origin", ident.span());
-    let (read_origin, boxed) = if replies {
-        (
-            quote!(let #origin = #p::ReplyOrigin::of(&#message);),
-            quote_spanned!(output_span=> #p_output::into_reply_future(#future, #cx, #origin)),
-        )
-    } else {
-        (
-            quote!(),
-            quote_spanned!(output_span=> #p_output::into_handler_future(#future)),
-        )
-    };
-
-    quote! {
-        #[doc(hidden)]
-        const _: () = {
+        // With `reply`, the handler's future ends only once what it
+        // returned is published and acknowledged; the input's key, offset
+        // and trace headers are read before the handler takes the message.
+        let replies = args.options.iter().any(|(s, _)| s.key == "reply");
+        let origin = local("origin", ident.span());
+        let (read_origin, boxed) = if replies {
+            (
+                quote!(let #origin = #p::ReplyOrigin::of(&#message);),
+                quote_spanned!(output_span=> #p_output::into_reply_future(#future, #cx, #origin)),
+            )
+        } else {
+            (
+                quote!(),
+                quote_spanned!(output_span=> #p_output::into_handler_future(#future)),
+            )
+        };
+        let adapter = quote! {
             fn __kconc_adapter(#message: #p::Message, #cx: &#p::Context) -> #p::HandlerFuture {
                 #read_origin
                 #(#extractions)*
@@ -268,8 +237,16 @@ fn registration(args: &Args, func: &ItemFn) -> TokenStream {
                 let #future = #handler(#(#args_names),*);
                 #boxed
             }
+        };
+        (adapter, quote!(#p::registered_subscriber))
+    };
+
+    quote! {
+        #[doc(hidden)]
+        const _: () = {
+            #adapter
             fn __kconc_build() -> #p::Subscriber {
-                #p::registered_subscriber(
+                #registrar(
                     #name,
                     ::core::concat!(::core::module_path!(), "::", ::core::stringify!(#ident)),
                     &[#(#topics),*],

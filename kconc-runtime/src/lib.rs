@@ -62,7 +62,8 @@
 //!   commits (its files are listed in flow order in its own module doc);
 //! - `message`, `extract`, `context`, `state`, `handler`: what a handler
 //!   receives ([`Message`], the extractors, [`Context`], [`State`]) and
-//!   what it returns; `reply`: what a handler with `reply = ".."` returns,
+//!   what it returns; `batch`: a batch handler's [`Batch`] and
+//!   [`BatchOutcome`]; `reply`: what a handler with `reply = ".."` returns,
 //!   published before its message finishes;
 //! - `policy`: what a failed message comes to (retry, dead letter, skip,
 //!   stop);

@@ -30,18 +30,12 @@ pub fn registered_subscriber(
     file: &str,
     line: u32,
 ) -> Subscriber {
-    let mut s = Subscriber::with_handler(
-        name.to_owned(),
-        topics.iter().map(|t| (*t).to_owned()).collect(),
-        group.to_owned(),
-        Handler::from_fn(handler),
-    );
-    s.origin = Some(format!("`{function}` ({file}:{line})"));
-    s
+    declared(name, function, topics, group, Handler::from_fn(handler), (file, line))
 }
 
 /// A subscriber of a batch handler, as `#[subscriber]` registers it (see
 /// [`registered_subscriber`]).
+#[doc(hidden)]
 pub fn registered_batch_subscriber(
     name: &str,
     function: &str,
@@ -51,11 +45,31 @@ pub fn registered_batch_subscriber(
     file: &str,
     line: u32,
 ) -> Subscriber {
+    declared(
+        name,
+        function,
+        topics,
+        group,
+        Handler::from_batch_fn(handler),
+        (file, line),
+    )
+}
+
+/// A registered subscriber of `handler`, declared as `function` at
+/// `file:line` (for errors).
+fn declared(
+    name: &str,
+    function: &str,
+    topics: &[&str],
+    group: &str,
+    handler: Handler,
+    (file, line): (&str, u32),
+) -> Subscriber {
     let mut s = Subscriber::with_handler(
         name.to_owned(),
         topics.iter().map(|t| (*t).to_owned()).collect(),
         group.to_owned(),
-        Handler::from_batch_fn(handler),
+        handler,
     );
     s.origin = Some(format!("`{function}` ({file}:{line})"));
     s
