@@ -1,7 +1,9 @@
 //! Model-based property tests of the engine's owners together (the
 //! partitions, the schedule, the retries and the commit plan), wired as the
 //! poll loop wires them, without a broker: random sequences of fetches,
-//! starts, finishes, failures (retried or stopping the partition),
+//! starts (of single messages, or of batches for a batch handler, whose
+//! messages end together as one call's), finishes, failures (retried or
+//! stopping the partition),
 //! revokes, lost assignments, assignments again (reading on from the last
 //! commit, with its finished set), positions going back, and commits
 //! acknowledged or failed, checked against a plain model after every step.
@@ -78,8 +80,13 @@ struct Sim {
     delayed: Retries,
     plan: CommitPlan,
     stats: Stats,
-    /// Handlers running (started, not ended), of any assignment.
-    running: Vec<(MessageTag, Message)>,
+    /// For a batch handler: the most messages in one call.
+    batch: Option<usize>,
+    /// Handlers running (started, not ended), of any assignment, each with
+    /// the call it belongs to (a batch's messages share one).
+    running: Vec<(MessageTag, Message, u64)>,
+    /// The last call's number.
+    calls: u64,
     // The model.
     /// Where each assigned partition reads next, and its assignment.
     reading: BTreeMap<i32, (i64, u64)>,
@@ -91,8 +98,8 @@ struct Sim {
     asked: HashMap<u64, i64>,
     /// Each assignment's stop.
     stopped: HashMap<u64, i64>,
-    /// The last offset started of each (partition, key, assignment).
-    last_start: HashMap<(i32, i64, u64), i64>,
+    /// Each (partition, key, assignment)'s starts: the offset and its call.
+    lane_starts: HashMap<(i32, i64, u64), Vec<(i64, u64)>>,
     /// Positions asked for whose commit failed: the committer tries them
     /// again (with the next commit), for their assignment only.
     unacked: Vec<Wanted>,
@@ -103,7 +110,7 @@ fn key_of(offset: i64) -> i64 {
 }
 
 impl Sim {
-    fn new(mode: OrderingMode, concurrency: usize, metadata: bool) -> Self {
+    fn new(mode: OrderingMode, concurrency: usize, metadata: bool, batch: Option<usize>) -> Self {
         let mut parts = Partitions::default();
         parts.topic("t");
         let mut sim = Sim {
@@ -114,13 +121,15 @@ impl Sim {
             delayed: Retries::default(),
             plan: CommitPlan::new(usize::MAX, std::time::Duration::from_secs(3600), metadata),
             stats: Stats::default(),
+            batch,
             running: Vec::new(),
+            calls: 0,
             reading: BTreeMap::new(),
             handled: BTreeSet::new(),
             durable: BTreeMap::new(),
             asked: HashMap::new(),
             stopped: HashMap::new(),
-            last_start: HashMap::new(),
+            lane_starts: HashMap::new(),
             unacked: Vec::new(),
         };
         for p in 0..PARTITIONS {
@@ -218,56 +227,99 @@ impl Sim {
                 self.waiting.retry(tag, msg);
             }
         }
-        while self.parts.running() < self.concurrency {
-            let Some((tag, msg)) = self.waiting.pop() else {
+        loop {
+            let calls: BTreeSet<u64> = self.running.iter().map(|r| r.2).collect();
+            let started = match self.batch {
+                Some(max) if calls.len() < self.concurrency => self.waiting.pop_batch(max, usize::MAX, |_| false),
+                None if self.parts.running() < self.concurrency => self.waiting.pop().map(|m| vec![m]),
+                _ => None,
+            };
+            let Some(started) = started else {
                 break;
             };
-            let (p, o) = (tag.partition, msg.offset());
-            prop_assert_eq!(
-                self.parts.epoch(0, p),
-                Some(tag.epoch),
-                "{}@{} started, but its assignment is gone",
-                p,
-                o
-            );
-            if let Some(&stop) = self.stopped.get(&tag.epoch) {
-                prop_assert!(o < stop, "{}@{} started past its partition's stop at {}", p, o, stop);
+            self.calls += 1;
+            for (tag, msg) in &started {
+                self.check_start(*tag, msg.offset(), self.calls)?;
             }
-            let key = match self.mode {
-                OrderingMode::Key => Some(key_of(o)),
-                OrderingMode::Partition => Some(-1),
-                OrderingMode::Unordered => None,
-            };
-            if let Some(k) = key {
-                let same = |(t, m): &(MessageTag, Message)| t.partition == p && (k == -1 || key_of(m.offset()) == k);
-                prop_assert!(
-                    !self.running.iter().any(same),
-                    "{}@{} started while a message of its lane runs",
-                    p,
-                    o
-                );
-                let last = self.last_start.insert((p, k, tag.epoch), o);
-                prop_assert!(
-                    last.is_none_or(|l| l <= o),
-                    "{}@{} started after {:?} of its lane",
-                    p,
-                    o,
-                    last
-                );
+            for (tag, msg) in started {
+                self.parts.started(tag);
+                self.running.push((tag, msg, self.calls));
             }
-            self.parts.started(tag);
-            self.running.push((tag, msg));
         }
         Ok(())
     }
 
-    /// Ends the `i`-th running handler (modulo) with `how`.
+    /// What must hold of a message that starts in call `call` (its call's
+    /// other messages not yet counted as running).
+    fn check_start(&mut self, tag: MessageTag, o: i64, call: u64) -> Result<(), TestCaseError> {
+        let p = tag.partition;
+        prop_assert_eq!(
+            self.parts.epoch(0, p),
+            Some(tag.epoch),
+            "{}@{} started, but its assignment is gone",
+            p,
+            o
+        );
+        if let Some(&stop) = self.stopped.get(&tag.epoch) {
+            prop_assert!(o < stop, "{}@{} started past its partition's stop at {}", p, o, stop);
+        }
+        let key = match self.mode {
+            OrderingMode::Key => Some(key_of(o)),
+            OrderingMode::Partition => Some(-1),
+            OrderingMode::Unordered => None,
+        };
+        if let Some(k) = key {
+            let same =
+                |(t, m, _): &(MessageTag, Message, u64)| t.partition == p && (k == -1 || key_of(m.offset()) == k);
+            prop_assert!(
+                !self.running.iter().any(same),
+                "{}@{} started while a message of its lane runs",
+                p,
+                o
+            );
+            // In offset order, but for a retry: it may come after the
+            // later messages of a call it ran in before (its batch), and
+            // no others.
+            let starts = self.lane_starts.entry((p, k, tag.epoch)).or_default();
+            let its_calls: BTreeSet<u64> = starts.iter().filter(|&&(l, _)| l == o).map(|&(_, c)| c).collect();
+            let ahead = starts.iter().find(|&&(l, c)| l > o && !its_calls.contains(&c)).copied();
+            prop_assert!(
+                ahead.is_none(),
+                "{}@{} started after {:?} (offset, call) of its lane",
+                p,
+                o,
+                ahead
+            );
+            starts.push((o, call));
+        }
+        Ok(())
+    }
+
+    /// Ends the `i`-th running handler (modulo) with `how`; the other
+    /// messages of its call (a batch's) finish with it, in offset order,
+    /// as the events of one call come.
     fn end(&mut self, i: usize, how: impl FnOnce(&mut Self, MessageTag, Message)) {
         if self.running.is_empty() {
             return;
         }
-        let (tag, msg) = self.running.remove(i % self.running.len());
+        let (tag, msg, call) = self.running.remove(i % self.running.len());
+        let mut mates: Vec<(MessageTag, Message)> = Vec::new();
+        self.running.retain(|(t, m, c)| {
+            let mate = *c == call;
+            if mate {
+                mates.push((*t, m.clone()));
+            }
+            !mate
+        });
+        let o = msg.offset();
+        let (before, after): (Vec<_>, Vec<_>) = mates.into_iter().partition(|(_, m)| m.offset() < o);
+        for (t, m) in before {
+            self.finish(t, m);
+        }
         how(self, tag, msg);
+        for (t, m) in after {
+            self.finish(t, m);
+        }
     }
 
     /// As `Engine::on_event` with `Event::Done`.
@@ -391,7 +443,7 @@ impl Sim {
         let live = self
             .running
             .iter()
-            .filter(|(t, _)| self.parts.epoch(0, t.partition) == Some(t.epoch))
+            .filter(|(t, _, _)| self.parts.epoch(0, t.partition) == Some(t.epoch))
             .count();
         prop_assert_eq!(self.parts.in_flight(&self.parts.all()), live);
         Ok(())
@@ -405,9 +457,10 @@ proptest! {
         mode in mode(),
         concurrency in 1usize..5,
         metadata in any::<bool>(),
+        batch in proptest::option::of(1usize..5),
         ops in proptest::collection::vec(op(), 1..80),
     ) {
-        let mut sim = Sim::new(mode, concurrency, metadata);
+        let mut sim = Sim::new(mode, concurrency, metadata, batch);
         for op in &ops {
             sim.step(op)?;
         }
