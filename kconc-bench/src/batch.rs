@@ -91,8 +91,9 @@ struct Measured {
     commit_lag: Duration,
 }
 
-pub(crate) async fn run(bootstrap: &str, embedded: bool) -> Result<(), String> {
+pub(crate) async fn run(bootstrap: &str, embedded: bool, svg: Option<&str>) -> Result<(), String> {
     let stamp = crate::low_rate::stamp();
+    let mut rows = Vec::new();
     println!(
         "W-batch: handler sleeps 5 ms + 10 us per message of a call, concurrency {CONCURRENCY}, unordered, one run each; bound = concurrency * n / (5 ms + 10 us * n), n = mean batch size seen"
     );
@@ -126,8 +127,60 @@ pub(crate) async fn run(bootstrap: &str, embedded: bool) -> Result<(), String> {
             m.rate / measured_bound,
             m.commit_lag.as_secs_f64(),
         );
+        rows.push((name, m.rate, bound));
+    }
+    if let Some(path) = svg {
+        std::fs::write(path, chart(&rows)).map_err(|e| format!("{path}: {e}"))?;
+        println!("chart written to {path}");
     }
     Ok(())
+}
+
+/// A bar per configuration (msg/s, log scale) with its bound marked.
+fn chart(rows: &[(String, f64, f64)]) -> String {
+    let (w, h, left, top, bottom) = (640.0, 320.0, 70.0, 40.0, 60.0);
+    let plot_h = h - top - bottom;
+    let max = rows.iter().map(|r| r.2.max(r.1)).fold(1.0_f64, f64::max);
+    let decades = max.log10().ceil().max(1.0);
+    let y = |v: f64| top + plot_h * (1.0 - v.max(1.0).log10() / decades);
+    let mut out = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"11\">\n\
+         <rect width=\"{w}\" height=\"{h}\" fill=\"white\"/>\n\
+         <text x=\"{left}\" y=\"22\" font-size=\"14\">W-batch: msg/s (log) by batch size; handler 5 ms + 10 us per message, concurrency {CONCURRENCY}</text>\n"
+    );
+    for d in 0..=decades as u32 {
+        let v = 10_f64.powi(d as i32);
+        let yy = y(v);
+        out += &format!(
+            "<line x1=\"{left}\" x2=\"{}\" y1=\"{yy:.1}\" y2=\"{yy:.1}\" stroke=\"#ddd\"/><text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{v:.0}</text>\n",
+            w - 10.0,
+            left - 6.0,
+            yy + 4.0
+        );
+    }
+    let slot = (w - left - 10.0) / rows.len().max(1) as f64;
+    for (i, (name, rate, bound)) in rows.iter().enumerate() {
+        let x = left + slot * i as f64 + slot * 0.2;
+        let bw = slot * 0.6;
+        let (yr, yb) = (y(*rate), y(*bound));
+        out += &format!(
+            "<rect x=\"{x:.1}\" y=\"{yr:.1}\" width=\"{bw:.1}\" height=\"{:.1}\" fill=\"#4a7ab5\"/>\n\
+             <line x1=\"{x:.1}\" x2=\"{:.1}\" y1=\"{yb:.1}\" y2=\"{yb:.1}\" stroke=\"#c33\" stroke-width=\"2\"/>\n\
+             <text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{rate:.0}</text>\n\
+             <text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{name}</text>\n",
+            (top + plot_h - yr).max(0.0),
+            x + bw,
+            x + bw / 2.0,
+            yb - 4.0,
+            x + bw / 2.0,
+            top + plot_h + 16.0
+        );
+    }
+    out += &format!(
+        "<text x=\"{left}\" y=\"{:.1}\">bars: kconc msg/s; red: the bound concurrency * n / (5 ms + 10 us * n)</text>\n</svg>\n",
+        h - 14.0
+    );
+    out
 }
 
 /// Reads the `n` messages of `topic` in `group`, with batches of up to

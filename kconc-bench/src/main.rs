@@ -21,7 +21,7 @@
 //! `--batch` runs W-batch alone (see `batch`): a bulk-write handler costing
 //! 5 ms per call + 10 us per message at concurrency 4, with `max_batch` 1,
 //! 10, 100 and 500 and the single-message handler; bound: `concurrency * n
-//! / (5 ms + 10 us * n)` for a mean batch size `n`.
+//! / (5 ms + 10 us * n)` for a mean batch size `n` (`--svg FILE` draws it).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -620,7 +620,7 @@ async fn run() -> Result<(), String> {
         }
     }
     if o.batch {
-        return batch::run(&bootstrap, o.brokers.is_none()).await;
+        return batch::run(&bootstrap, o.brokers.is_none(), o.svg.as_deref()).await;
     }
     if o.exit {
         return tokio::task::block_in_place(|| separate::exit_times(&bootstrap, 10_000, o.runs.max(5)));
