@@ -441,4 +441,64 @@ mod tests {
             assert_eq!(crate::policy::error_chain(&**e), "bad");
         }
     }
+
+    #[test]
+    fn a_batch_reads_as_a_slice_and_gives_its_items_up() {
+        let msgs = vec![
+            Message::new("t", 1, 4).with_payload("a"),
+            Message::new("t", 1, 6).with_payload("b"),
+        ];
+        let (batch, _) = Batch::<Text>::build(msgs, &cx());
+        let texts = |b: &Batch<Text>| b.iter().map(|t| t.0.clone()).collect::<Vec<_>>();
+        assert_eq!(texts(&batch), ["a", "b"]);
+        assert_eq!((&batch).into_iter().count(), 2);
+        assert_eq!((batch.offset(0), batch.offset(2)), (Some(4), None));
+        assert!(format!("{batch:?}").contains("offsets: [4, 6]"));
+        let (again, _) = Batch::<Text>::build(vec![Message::new("t", 1, 4).with_payload("a")], &cx());
+        assert_eq!(again.into_iter().map(|t| t.0).collect::<Vec<_>>(), ["a"]);
+        assert_eq!(batch.into_vec().len(), 2);
+    }
+
+    #[test]
+    fn an_outcome_names_what_failed_and_replies_per_item() {
+        let mut outcome = BatchOutcome::new();
+        assert!(outcome.is_ok());
+        outcome
+            .fail(2, "no")
+            .reply(0, Text("zero".into()))
+            .reply(1, Some(Text("one".into())));
+        assert!(!outcome.is_ok());
+        assert_eq!(outcome.failed().collect::<Vec<_>>(), [2]);
+        // A reply that cannot be built fails its item.
+        let failing: Result<Text, BoxError> = Err("cannot build".into());
+        outcome.reply(3, failing);
+        assert_eq!(outcome.failed().collect::<Vec<_>>(), [2, 3]);
+        let end = BatchEnd::of(Ok(outcome), 3);
+        let failed: Vec<usize> = end.failed.iter().map(|(i, _)| *i).collect();
+        assert_eq!(failed, [2], "3 is past the end of a batch of 3");
+        let replied: Vec<usize> = end.replies.iter().map(|(i, _)| *i).collect();
+        assert_eq!(replied, [0, 1]);
+    }
+
+    #[test]
+    fn each_return_type_reads_as_an_outcome() {
+        let failed = |r: Result<BatchOutcome, BoxError>| BatchEnd::of(r, 2).failed.len();
+        assert_eq!(failed(().into_batch_result()), 0);
+        assert_eq!(failed(Ok::<(), BoxError>(()).into_batch_result()), 0);
+        assert_eq!(failed(Err::<(), _>("whole").into_batch_result()), 2);
+        let mut one = BatchOutcome::new();
+        one.fail(1, "one");
+        assert_eq!(failed(one.into_batch_result()), 1);
+        let mut one = BatchOutcome::new();
+        one.fail(0, "one");
+        assert_eq!(failed(Ok::<_, BoxError>(one).into_batch_result()), 1);
+        assert_eq!(failed(Err::<BatchOutcome, _>("whole").into_batch_result()), 2);
+    }
+
+    #[test]
+    fn the_test_helper_refuses_an_undecodable_message() {
+        let msgs = vec![Message::new("t", 0, 0).with_payload(vec![0xff])];
+        let error = crate::testing::batch::<Text>(msgs, &cx()).unwrap_err();
+        assert!(error.to_string().contains("UTF-8"), "{error}");
+    }
 }

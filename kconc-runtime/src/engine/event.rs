@@ -315,4 +315,20 @@ mod tests {
         te.engine.on_event(Event::Wake);
         assert_eq!(te.engine.parts.running(), 2, "no slot freed");
     }
+
+    #[test]
+    fn a_batchs_retries_are_due_together_at_the_latest() {
+        let (mut te, tags) = started(OrderingMode::Unordered, 2);
+        let now = std::time::Instant::now();
+        let retry = |tag, offset, after| Event::Retry {
+            slot: tag,
+            msg: Message::new("t", 0, offset),
+            due: now + Duration::from_secs(after),
+        };
+        te.engine.batches = 1;
+        te.engine
+            .on_event(Event::BatchEnded(vec![retry(tags[0], 0, 100), retry(tags[1], 1, 200)]));
+        assert_eq!(te.engine.batches, 0, "the call's slot is free");
+        assert_eq!(te.engine.delayed.next_due(), Some(now + Duration::from_secs(200)));
+    }
 }

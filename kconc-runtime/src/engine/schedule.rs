@@ -731,4 +731,40 @@ mod tests {
         s.finished(batch[1].0, 1);
         assert_eq!(offsets(&pop_batch(&mut s, 2)), [(0, 0)]);
     }
+
+    #[test]
+    fn a_lane_taken_along_stops_at_the_byte_bound_and_an_exact_fit_goes_in() {
+        let mut s = Schedule::new(OrderingMode::Partition);
+        for o in 0..4 {
+            s.push(slot(0), msg(0, o, None).with_payload("xxxx"));
+        }
+        let batch = s.pop_batch(10, 8, |_| false).unwrap_or_default();
+        assert_eq!(offsets(&batch), [(0, 0), (0, 1)], "8 bytes hold two of 4, not three");
+        let mut s = Schedule::new(OrderingMode::Unordered);
+        for o in 0..3 {
+            s.push(slot(0), msg(0, o, None).with_payload("xxxx"));
+        }
+        let batch = s.pop_batch(10, 8, |_| false).unwrap_or_default();
+        assert_eq!(offsets(&batch), [(0, 0), (0, 1)]);
+    }
+
+    #[test]
+    fn a_batch_member_waiting_for_its_retry_goes_with_its_partition_and_frees_the_lane_with_the_others() {
+        let mut s = Schedule::new(OrderingMode::Partition);
+        for o in 0..3 {
+            s.push(slot(0), msg(0, o, None));
+        }
+        let batch = pop_batch(&mut s, 3);
+        // 1 waits for its retry; 0 and 2 run. The partition is dropped: 1
+        // goes, and the lane is freed once 0 and 2 have ended.
+        s.idle(batch[1].0, 1);
+        s.drop_partition(0, 0, i64::MIN);
+        let mut again = slot(0);
+        again.epoch = 2;
+        s.push(again, msg(0, 0, None));
+        s.finished(batch[0].0, 0);
+        assert!(pop_batch(&mut s, 3).is_empty(), "2 still runs");
+        s.finished(batch[2].0, 2);
+        assert_eq!(offsets(&pop_batch(&mut s, 3)), [(0, 0)], "the lane was not left to 1");
+    }
 }
