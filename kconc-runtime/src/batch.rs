@@ -199,7 +199,8 @@ impl BatchOutcome {
     /// `Reply`, or an `Option` or `Vec` of them) as the reply to item
     /// `index`, keyed like it and carrying its trace headers. Item `index`
     /// finishes only once the broker has acknowledged its replies; a reply
-    /// that cannot be built or produced fails that item alone.
+    /// that cannot be built or produced fails that item alone. The replies
+    /// of an item that failed are not published.
     pub fn reply(&mut self, index: usize, value: impl IntoReplies) -> &mut Self {
         let mut replies = Vec::new();
         match value.into_replies(&mut replies) {

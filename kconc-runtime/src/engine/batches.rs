@@ -86,6 +86,10 @@ impl HandlerEnv {
                 // deadline.
                 let mut call = Box::pin(async move {
                     let mut end = fut.await;
+                    // A failed item's replies are not published: it is
+                    // handled again (or dead-lettered, or skipped) without them.
+                    let failed: Vec<usize> = end.failed.iter().map(|(i, _)| *i).collect();
+                    end.replies.retain(|(i, _)| !failed.contains(i));
                     if !end.replies.is_empty() {
                         let replies = std::mem::take(&mut end.replies);
                         let failed = crate::reply::publish_batch(&self.context, &inputs, replies).await;
