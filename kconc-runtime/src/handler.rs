@@ -107,18 +107,14 @@ impl Handler {
     }
 
     /// Calls the handler on one message and returns its future; a panic
-    /// while building it is the call's outcome. (A batch handler gets a
-    /// batch of one.)
+    /// while building it is the call's outcome. (A batch handler is not
+    /// called so: the engine starts its messages as batches.)
     pub(crate) fn begin(&self, msg: Message, cx: &Context) -> Result<HandlerFuture, Outcome> {
-        std::panic::catch_unwind(AssertUnwindSafe(|| match &self.0 {
-            Kind::One(f) => f(msg, cx),
-            Kind::Batch(f) => {
-                let fut = f(vec![msg], cx);
-                Box::pin(async move { fut.await.failed.into_iter().next().map_or(Ok(()), |(_, e)| Err(e)) })
-                    as HandlerFuture
-            }
-        }))
-        .map_err(|panic| Outcome::Panicked(panic_text(&*panic)))
+        match &self.0 {
+            Kind::One(f) => std::panic::catch_unwind(AssertUnwindSafe(|| f(msg, cx)))
+                .map_err(|panic| Outcome::Panicked(panic_text(&*panic))),
+            Kind::Batch(_) => Err(Outcome::Panicked("a batch handler was given one message".to_owned())),
+        }
     }
 
     /// Calls a batch handler on `msgs` and returns its future; a panic

@@ -237,29 +237,26 @@ stats! {
     }
 }
 
-/// The handler duration histogram (buckets from 0.5 ms to about 16 s).
+/// A histogram with `COUNT` buckets doubling from `START_MILLIONTHS`
+/// millionths of its unit.
 #[derive(Debug, Clone)]
-pub(crate) struct HandlerHistogram(pub(crate) prometheus_client::metrics::histogram::Histogram);
+pub(crate) struct Doubling<const START_MILLIONTHS: u64, const COUNT: u16>(
+    pub(crate) prometheus_client::metrics::histogram::Histogram,
+);
 
-impl Default for HandlerHistogram {
+impl<const START_MILLIONTHS: u64, const COUNT: u16> Default for Doubling<START_MILLIONTHS, COUNT> {
     fn default() -> Self {
         Self(prometheus_client::metrics::histogram::Histogram::new(
-            prometheus_client::metrics::histogram::exponential_buckets(0.0005, 2.0, 16),
+            prometheus_client::metrics::histogram::exponential_buckets(START_MILLIONTHS as f64 / 1e6, 2.0, COUNT),
         ))
     }
 }
 
-/// The batch size histogram (buckets 1, 2, 4, .. 1024 messages).
-#[derive(Debug, Clone)]
-pub(crate) struct BatchHistogram(pub(crate) prometheus_client::metrics::histogram::Histogram);
+/// The handler duration histogram (seconds: buckets from 0.5 ms to about 16 s).
+pub(crate) type HandlerHistogram = Doubling<500, 16>;
 
-impl Default for BatchHistogram {
-    fn default() -> Self {
-        Self(prometheus_client::metrics::histogram::Histogram::new(
-            prometheus_client::metrics::histogram::exponential_buckets(1.0, 2.0, 11),
-        ))
-    }
-}
+/// The batch size histogram (messages: buckets 1, 2, 4, .. 1024).
+pub(crate) type BatchHistogram = Doubling<1_000_000, 11>;
 
 /// Clears a liveness flag of [`Stats`] when dropped.
 pub(crate) struct AliveGuard {

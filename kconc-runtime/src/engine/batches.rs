@@ -11,7 +11,7 @@ use std::sync::atomic::Ordering;
 use std::task::Poll;
 use std::time::Instant;
 
-use super::complete::{drop_guarded, Concluded, Ending, HandlerEnv, HandlerTimedOut};
+use super::complete::{drop_guarded, Concluded, HandlerEnv, HandlerTimedOut};
 use super::event::{Event, MessageTag};
 use crate::batch::BatchEnd;
 use crate::handler::{panic_text, BoxError, Outcome};
@@ -34,12 +34,7 @@ impl HandlerEnv {
         // Handed over before shutdown began and reached only now: it never
         // starts (it is read again after a restart).
         if self.context.is_shutting_down() {
-            return Event::BatchEnded(
-                batch
-                    .iter()
-                    .map(|(slot, msg)| Event::Abandoned(*slot, msg.offset()))
-                    .collect(),
-            );
+            return abandoned(&batch);
         }
         let n = batch.len();
         let span = match batch.first() {
@@ -57,15 +52,7 @@ impl HandlerEnv {
         let mut ends = Vec::with_capacity(n);
         let mut msgs = Vec::with_capacity(n);
         for (slot, msg) in batch {
-            let attempt = msg.attempt();
-            ends.push(Ending {
-                slot,
-                topic: msg.topic_name(),
-                partition: msg.partition(),
-                offset: msg.offset(),
-                attempt,
-                copy: self.policy.keeps_copy(attempt).then(|| msg.clone()),
-            });
+            ends.push(self.ending(slot, &msg));
             msgs.push(msg);
         }
         // With `reply`, each reply is keyed like its input and carries its
@@ -159,4 +146,14 @@ impl HandlerEnv {
             unacknowledged_reply: None,
         })
     }
+}
+
+/// The event of a batch that never ran: each of its messages abandoned.
+pub(super) fn abandoned(batch: &[(MessageTag, Message)]) -> Event {
+    Event::BatchEnded(
+        batch
+            .iter()
+            .map(|(slot, msg)| Event::Abandoned(*slot, msg.offset()))
+            .collect(),
+    )
 }

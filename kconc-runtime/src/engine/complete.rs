@@ -181,16 +181,15 @@ impl HandlerEnv {
     /// and the handler's future (a panic while building it is the call's
     /// outcome).
     pub(super) fn begin(&self, slot: MessageTag, msg: Message) -> (Call, Result<HandlerFuture, Outcome>) {
-        let (topic, partition, offset, attempt) = (msg.topic_name(), msg.partition(), msg.offset(), msg.attempt());
-        let copy = self.policy.keeps_copy(attempt).then(|| msg.clone());
+        let end = self.ending(slot, &msg);
         let span = tracing::debug_span!(
             "message",
             subscriber = &*self.subscriber,
-            topic = &*topic,
-            partition,
-            offset,
+            topic = &*end.topic,
+            partition = end.partition,
+            offset = end.offset,
             key = tracing::field::Empty,
-            attempt,
+            attempt = end.attempt,
             traceparent = tracing::field::Empty,
         );
         if !span.is_disabled() {
@@ -207,19 +206,21 @@ impl HandlerEnv {
             let _in_span = span.enter();
             self.handler.begin(msg, &self.context)
         };
-        let call = Call {
-            end: Ending {
-                slot,
-                topic,
-                partition,
-                offset,
-                attempt,
-                copy,
-            },
-            span,
-            started,
-        };
-        (call, begun)
+        (Call { end, span, started }, begun)
+    }
+
+    /// What `msg`'s conclusion will need, read before its handler takes it
+    /// (with the copy the policy may need for a retry or a dead letter).
+    pub(super) fn ending(&self, slot: MessageTag, msg: &Message) -> Ending {
+        let attempt = msg.attempt();
+        Ending {
+            slot,
+            topic: msg.topic_name(),
+            partition: msg.partition(),
+            offset: msg.offset(),
+            attempt,
+            copy: self.policy.keeps_copy(attempt).then(|| msg.clone()),
+        }
     }
 
     /// The conclusion of a message whose call kconc's own code broke off

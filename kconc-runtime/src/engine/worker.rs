@@ -49,12 +49,7 @@ impl Start {
     /// Its event when it cannot run (the runtime is gone): abandoned.
     pub(super) fn abandoned(&self) -> Event {
         match self {
-            Self::Batch(batch) => Event::BatchEnded(
-                batch
-                    .iter()
-                    .map(|(slot, msg)| Event::Abandoned(*slot, msg.offset()))
-                    .collect(),
-            ),
+            Self::Batch(batch) => super::batches::abandoned(batch),
             _ => {
                 let (slot, offset) = self.slot_offset();
                 Event::Abandoned(slot, offset)

@@ -17,7 +17,7 @@ use prometheus_client::registry::Registry;
 
 use super::{stalled_partitions, subscriber_health, HealthThresholds};
 use crate::error::Error;
-use crate::stats::{unix_ms, StatsSnapshot, COUNTER_METRICS};
+use crate::stats::{unix_ms, Stats, StatsSnapshot, COUNTER_METRICS};
 use crate::watch::Watched;
 
 type Labels = Vec<(String, String)>;
@@ -112,6 +112,23 @@ struct PartitionRow {
 /// A per-partition gauge: its name, its help, and how a row gives it.
 type PartitionGauge = (&'static str, &'static str, fn(&PartitionRow) -> Option<i64>);
 
+/// A histogram per subscriber: its name, its help, and where it is kept.
+type HistogramOf = (
+    &'static str,
+    &'static str,
+    fn(&Stats) -> &prometheus_client::metrics::histogram::Histogram,
+);
+
+/// The histograms, in the order `/metrics` lists them.
+const HISTOGRAMS: &[HistogramOf] = &[
+    ("handler_duration_seconds", "How long handler calls take", |s| {
+        &s.handler_seconds.0
+    }),
+    ("batch_size", "Messages per call of a batch handler", |s| {
+        &s.batch_size.0
+    }),
+];
+
 /// The per-partition gauges, in the order `/metrics` lists them.
 const PARTITION_GAUGES: &[PartitionGauge] = &[
     ("committed_offset", "The last committed offset per partition", |r| {
@@ -166,29 +183,11 @@ impl Collector for Exposition {
         self.encode_partitions(&mut encoder)?;
         // One family, one metadata block, each subscriber's histogram in it
         // (OpenMetrics allows a family's metadata once, before its samples).
-        let mut family = describe(
-            &mut encoder,
-            "handler_duration_seconds",
-            "How long handler calls take",
-            MetricType::Histogram,
-        )?;
-        for w in &self.watched {
-            w.stats
-                .handler_seconds
-                .0
-                .encode(family.encode_family(&sub_labels(&w.name))?)?;
-        }
-        let mut family = describe(
-            &mut encoder,
-            "batch_size",
-            "Messages per call of a batch handler",
-            MetricType::Histogram,
-        )?;
-        for w in &self.watched {
-            w.stats
-                .batch_size
-                .0
-                .encode(family.encode_family(&sub_labels(&w.name))?)?;
+        for (name, help, get) in HISTOGRAMS {
+            let mut family = describe(&mut encoder, name, help, MetricType::Histogram)?;
+            for w in &self.watched {
+                get(&w.stats).encode(family.encode_family(&sub_labels(&w.name))?)?;
+            }
         }
         Ok(())
     }
