@@ -32,6 +32,8 @@ pub(crate) struct Args {
     pub(crate) krate: Option<syn::Path>,
     /// The options only a batch handler takes, given here, with their spans.
     pub(crate) batch_only: Vec<(&'static str, Span)>,
+    /// Where `store = "sql"` is given, if it is.
+    pub(crate) store_sql: Option<Span>,
 }
 
 /// The options only a batch handler takes.
@@ -185,6 +187,10 @@ pub(crate) fn parse(tokens: TokenStream) -> syn::Result<Args> {
                 .filter(|(s, _, _)| BATCH_ONLY.contains(&s.key))
                 .map(|(s, _, span)| (s.key, *span))
                 .collect();
+            let store_sql = options
+                .iter()
+                .find(|(s, v, _)| s.key == "store" && matches!(v, Value::Variant(_, "Sql")))
+                .map(|(_, _, span)| *span);
             let mut options: Vec<(&'static Setting, Value)> = options.into_iter().map(|(s, v, _)| (s, v)).collect();
             options.sort_by_key(|(s, _)| kconc_options::SETTINGS.iter().position(|t| t.key == s.key));
             Ok(Args {
@@ -195,6 +201,7 @@ pub(crate) fn parse(tokens: TokenStream) -> syn::Result<Args> {
                 name,
                 krate,
                 batch_only,
+                store_sql,
             })
         }
         (Err(e), _) => Err(e),

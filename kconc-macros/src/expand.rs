@@ -53,6 +53,7 @@ fn expand(args: TokenStream, item: TokenStream) -> syn::Result<TokenStream> {
         }
         (Ok(_), Err(e)) => return Err(e),
     };
+    check_store(&args, &func)?;
     let registration = registration(&args, &func);
     Ok(quote!(#item #registration))
 }
@@ -69,6 +70,34 @@ fn check_batch_options(args: &Args) -> syn::Result<()> {
             ),
         )),
         None => Ok(()),
+    }
+}
+
+/// `store = "sql"` and a `Tx` argument come together.
+fn check_store(args: &Args, func: &ItemFn) -> syn::Result<()> {
+    match (args.store_sql, signature::tx_argument(func)) {
+        (Some(span), None) => Err(syn::Error::new(
+            span,
+            "`store = \"sql\"` needs the handler to take the transaction its writes go through: add an argument \
+             `mut tx: Tx<Sqlite>` (or `Tx<Postgres>`, from `kconc_runtime::sql`) and write with `&mut *tx`",
+        )),
+        (None, Some(i)) => {
+            let ty = func
+                .sig
+                .inputs
+                .iter()
+                .filter_map(|arg| match arg {
+                    FnArg::Typed(t) => Some(&*t.ty),
+                    FnArg::Receiver(_) => None,
+                })
+                .nth(i);
+            Err(syn::Error::new(
+                ty.map_or(Span::call_site(), |t| t.span()),
+                "a `Tx` argument needs `store = \"sql\"` in #[subscriber(..)]: kconc then commits the handler's \
+                 writes and the message's offset in this one transaction",
+            ))
+        }
+        _ => Ok(()),
     }
 }
 
@@ -133,6 +162,12 @@ fn registration(args: &Args, func: &ItemFn) -> TokenStream {
         })
         .collect();
     let requirements = state_requirements(args, &types);
+    // The database of the `Tx` argument, from its type (an error there if
+    // it names none kconc supports).
+    let sql_store = signature::tx_argument(func).and_then(|i| types.get(i)).map(|ty| {
+        let p_ty = private(args, ty.span());
+        quote_spanned!(ty.span()=> .sql_store(<#ty as #p_ty::TxArg>::spec()))
+    });
     let output_span = match &func.sig.output {
         ReturnType::Default => ident.span(),
         ReturnType::Type(_, ty) => ty.span(),
@@ -256,6 +291,7 @@ fn registration(args: &Args, func: &ItemFn) -> TokenStream {
                     ::core::line!(),
                 )
                 #(#requirements)*
+                #sql_store
                 #(#calls)*
             }
             #p::inventory::submit! {

@@ -97,6 +97,19 @@ pub(crate) fn batch_argument(func: &ItemFn) -> Option<usize> {
         .position(is_batch)
 }
 
+/// The index of the argument written `Tx<..>` (the transaction of
+/// `store = "sql"`), if there is one.
+pub(crate) fn tx_argument(func: &ItemFn) -> Option<usize> {
+    func.sig
+        .inputs
+        .iter()
+        .filter_map(|arg| match arg {
+            FnArg::Typed(t) => Some(&*t.ty),
+            FnArg::Receiver(_) => None,
+        })
+        .position(|ty| matches!(ty, Type::Path(p) if p.qself.is_none() && p.path.segments.last().is_some_and(|s| s.ident == "Tx")))
+}
+
 /// Whether `ty` is written `Batch<..>` (or a path ending so).
 fn is_batch(ty: &Type) -> bool {
     matches!(ty, Type::Path(p) if p.qself.is_none() && p.path.segments.last().is_some_and(|s| s.ident == "Batch"))

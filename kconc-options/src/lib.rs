@@ -187,6 +187,19 @@ macro_rules! settings {
               default: r#"`"finished"`"#, example: "none", quoted: true,
               meaning: "finished (record finished offsets above the commit) or none", what: "",
               doc: r#"what a commit writes into the offset's metadata: the finished offsets above it, which the partition's next owner skips (guarantee 1), or nothing"# }
+            { key: "store", setter: store,
+              kind: Choice(OffsetStore: "kafka" => Kafka, "sql" => Sql;
+                "use `store = \"sql\"` (exactly once into a database: the handler takes a `Tx<Sqlite>` or `Tx<Postgres>`, and kconc records each finished offset in the same transaction as the handler's writes), or leave it out (offsets are committed to Kafka only)"),
+              value: (OffsetStore = OffsetStore::Kafka), attribute: yes, set: no,
+              default: r#"`"kafka"`"#, example: "sql", quoted: true,
+              meaning: "kafka, or sql (exactly once into a database through a `Tx` argument)", what: "",
+              doc: "where finished offsets are kept: in Kafka's commits only, or (`sql`) also in the handler's database, in the \
+                    same transaction as its writes (\"Exactly once into a database\" in the README)\n\n\
+                    With `sql` the handler takes a `Tx<Sqlite>` (or `Tx<Postgres>`, feature `postgres`) from the app's \
+                    `sqlx` pool (a state), and writes through it. When it returns `Ok`, kconc adds the message's offset \
+                    to its table `kconc_offsets` and commits the transaction; when it fails, nothing of it is \
+                    written. On assignment the partition's finished offsets are read from the database and skipped: \
+                    a message whose writes were committed is never handled again, and none is skipped." }
             { key: "instance_id", setter: instance_id, kind: Text, value: (Option<String> = None), attribute: yes, set: yes,
               default: r#"none"#, example: "pod-3", quoted: true,
               meaning: "static group membership: group.instance.id is this, a dash and the subscriber's name", what: "",

@@ -18,9 +18,9 @@ pub type BoxError = Box<dyn StdError + Send + Sync + 'static>;
 /// The future a type-erased handler returns.
 pub type HandlerFuture = Pin<Box<dyn Future<Output = Result<(), BoxError>> + Send + 'static>>;
 
-type HandlerFn = dyn Fn(Message, &Context) -> HandlerFuture + Send + Sync + 'static;
+pub(crate) type HandlerFn = dyn Fn(Message, &Context) -> HandlerFuture + Send + Sync + 'static;
 
-type BatchFn = dyn Fn(Vec<Message>, &Context) -> BatchFuture + Send + Sync + 'static;
+pub(crate) type BatchFn = dyn Fn(Vec<Message>, &Context) -> BatchFuture + Send + Sync + 'static;
 
 /// A type-erased handler, shared by every task of one subscriber: of one
 /// message, or of a batch.
@@ -99,6 +99,14 @@ impl Handler {
     /// [`BatchFuture`] (what `#[subscriber]` generates for a batch handler).
     pub(crate) fn from_batch_fn(f: fn(Vec<Message>, &Context) -> BatchFuture) -> Self {
         Self(Kind::Batch(Arc::new(f)))
+    }
+
+    /// The handler with each call in a transaction of `store` (see `sql`).
+    pub(crate) fn in_store(self, store: Arc<dyn crate::sql::Store>) -> Self {
+        match self.0 {
+            Kind::One(f) => Self(Kind::One(store.wrap_one(f))),
+            Kind::Batch(f) => Self(Kind::Batch(store.wrap_batch(f))),
+        }
     }
 
     /// Whether it takes batches.

@@ -106,6 +106,7 @@ mod health; // health, readiness, metrics, HTTP
 mod signal; // SIGINT and SIGTERM
 mod error; // why an app could not start
 pub mod testing; // the test harness and helpers for tests and demos
+pub mod sql; // exactly once into a database: `Tx`, kconc's offset table
 
 pub use app::{App, Running, Setup, ShutdownHandle, StatsHandle, SHUTDOWN_MARGIN};
 pub use batch::{Batch, BatchOutcome, FromBatchContext, IntoBatchResult};
@@ -122,7 +123,7 @@ pub use message::{Header, Message, PayloadError};
 pub use policy::{NonRetryable, OnError};
 pub use reply::{IntoReplies, Reply};
 pub use stats::{PartitionPause, StatsSnapshot, StoppedPartition};
-pub use subscriber::{CommitMetadata, FirstPoll, OrderingMode, Subscriber};
+pub use subscriber::{CommitMetadata, FirstPoll, OffsetStore, OrderingMode, Subscriber};
 
 /// Generates the program's `main`: runs every `#[subscriber]` until SIGINT or
 /// SIGTERM, then shuts down gracefully. `--help` lists the flags;
@@ -180,7 +181,7 @@ pub mod __private {
     pub use crate::extract::{FromMessage, FromMessageOwned};
     pub use crate::handler::{HandlerFuture, IntoHandlerResult};
     pub use crate::message::{Message, PayloadError};
-    pub use crate::subscriber::{CommitMetadata, FirstPoll, OrderingMode};
+    pub use crate::subscriber::{CommitMetadata, FirstPoll, OffsetStore, OrderingMode};
     pub use ::std::result::Result::{Err, Ok};
 
     /// The future of a handler whose arguments could not be extracted: the
@@ -212,6 +213,7 @@ pub mod __private {
     pub use crate::extract::{StateProbe, TakesNoState, TakesState};
     pub use crate::registry::registered_batch_subscriber;
     pub use crate::reply::{into_reply_future, ReplyOrigin};
+    pub use crate::sql::TxArg;
 
     /// Boxes the future of a user's handler into the erased type.
     pub fn into_handler_future<Fut>(fut: Fut) -> HandlerFuture

@@ -204,6 +204,9 @@ stats! {
     /// Why the subscriber stopped on its own, if it did (a fatal consumer
     /// error, a thread of it that ended): not healthy from then on.
     pub stopped_because: Mutex<Option<String>>,
+    /// Why the subscriber's database (`store = "sql"`) cannot be used now,
+    /// while it waits for it.
+    pub store_waiting: Mutex<Option<String>>,
     /// When the poll loop last turned, in Unix milliseconds.
     pub last_poll_ms: AtomicU64,
     /// When a commit last succeeded, in Unix milliseconds (0: never).
@@ -319,6 +322,13 @@ pub struct PartitionPause {
 }
 
 impl Stats {
+    /// Records why the database cannot be used now (`None`: it can).
+    pub(crate) fn set_store_waiting(&self, why: Option<String>) {
+        if let Ok(mut w) = self.store_waiting.lock() {
+            *w = why;
+        }
+    }
+
     /// Records that a partition paused (`paused`) or resumed.
     pub(crate) fn set_paused(&self, topic: &str, partition: i32, paused: bool) {
         let Ok(mut map) = self.pauses.lock() else { return };

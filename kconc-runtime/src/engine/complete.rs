@@ -21,6 +21,8 @@ use crate::stats::Stats;
 pub(crate) struct HandlerEnv {
     pub(crate) subscriber: Arc<str>,
     pub(crate) handler: Handler,
+    /// Where a `store = "sql"` subscriber records finished offsets.
+    pub(crate) store: Option<Arc<dyn crate::sql::Store>>,
     pub(crate) context: Context,
     pub(crate) events: Sender<Event>,
     pub(crate) stats: Arc<Stats>,
@@ -156,9 +158,20 @@ impl HandlerEnv {
         ))))
     }
 
+    fn skipped(&self, topic: &str, partition: i32, offset: i64, attempt: u32, error: &str, what: &str) {
+        self.stats.skipped.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(
+            subscriber = %self.subscriber, topic, partition, offset, attempt, error,
+            "{what}; skipped (the message counts as finished)"
+        );
+    }
+
     /// Boxed: the dead-letter produce is rare and its future is large;
     /// inline, it would make every message's future (built and moved per
-    /// message) several times bigger.
+    /// message) several times bigger. With `store = "sql"`, a skip comes
+    /// here too: it and a dead letter are final once the database records
+    /// the offset, in a transaction of its own (after the dead letter's
+    /// produce: a crash between the two produces it again).
     pub(super) fn dead_letter_boxed(
         &self,
         dead: DeadLetter,
@@ -166,7 +179,26 @@ impl HandlerEnv {
         Box::pin(async move {
             let DeadLetter { end, copy, error, what } = dead;
             match &self.policy.on_error {
-                OnError::DeadLetter(dlq) => self.dead_letter(end.slot, dlq, &copy, &error, what).await,
+                OnError::DeadLetter(dlq) => {
+                    let ended = self.dead_letter(end.slot, dlq, &copy, &error, what).await;
+                    match (&ended, &self.store) {
+                        (Event::Done(_), Some(store)) => {
+                            store.record(&end.topic, end.partition, end.offset).await;
+                            ended
+                        }
+                        _ => ended,
+                    }
+                }
+                OnError::Skip => {
+                    if let Some(store) = &self.store {
+                        store.record(&end.topic, end.partition, end.offset).await;
+                    }
+                    self.skipped(&end.topic, end.partition, end.offset, end.attempt, &error, what);
+                    Event::Done(Completion {
+                        slot: end.slot,
+                        offset: end.offset,
+                    })
+                }
                 // Not reached: only a dead-letter policy concludes so.
                 _ => Event::Stopped {
                     slot: end.slot,
@@ -304,12 +336,16 @@ impl HandlerEnv {
             });
         }
         match &self.policy.on_error {
+            // With `store = "sql"` the skip is final once the database
+            // records it, in a transaction of its own.
+            OnError::Skip if self.store.is_some() => Concluded::DeadLetter(Box::new(DeadLetter {
+                copy: Message::new(&topic, partition, offset),
+                end,
+                error,
+                what,
+            })),
             OnError::Skip => {
-                self.stats.skipped.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(
-                    subscriber = %self.subscriber, topic = &*topic, partition, offset, attempt, error,
-                    "{what}; skipped (the message counts as finished)"
-                );
+                self.skipped(&topic, partition, offset, attempt, &error, what);
                 Concluded::Event(Event::Done(Completion { slot, offset }))
             }
             OnError::Stop => {

@@ -99,6 +99,16 @@ impl Dispatcher {
         &self.shared.stats
     }
 
+    /// Where a `store = "sql"` subscriber records finished offsets.
+    pub(crate) fn store(&self) -> Option<Arc<dyn crate::sql::Store>> {
+        self.shared.store.clone()
+    }
+
+    /// The runtime the handlers run on.
+    pub(crate) fn runtime(&self) -> &tokio::runtime::Handle {
+        &self.shared.runtime
+    }
+
     /// Starts handling one message. It reports exactly one event: returned
     /// here if the handler ended on its first poll on this thread, else sent
     /// by a worker once [`Dispatcher::flush`] has handed it over and it ends.

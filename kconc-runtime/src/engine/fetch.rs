@@ -133,7 +133,9 @@ impl Engine {
     }
 
     /// Reports that partition `p` of topic `t` starts reading at `first`,
-    /// below the committed offset `base` its inherited set came with.
+    /// below the committed offset `base` its inherited set came with (with
+    /// `store = "sql"`, the database forgets the set: nothing of the
+    /// partition has started yet).
     fn stale_below(&self, t: usize, p: i32, base: i64, first: i64) {
         self.stale(
             t,
@@ -143,6 +145,9 @@ impl Engine {
                 "reading starts at offset {first}, below it (the log was truncated, or deleted and created again)"
             ),
         );
+        if let Some(store) = self.dispatcher.store() {
+            self.forget_stored(&*store, t, p);
+        }
     }
 
     /// Counts a message passed as finished before (the committed metadata

@@ -236,6 +236,7 @@ mod test_util {
             let env = HandlerEnv {
                 subscriber: name,
                 handler: sub.handler.clone(),
+                store: None,
                 context,
                 events: events_tx.clone(),
                 stats: Arc::default(),

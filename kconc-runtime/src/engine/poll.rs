@@ -70,6 +70,27 @@ pub(crate) fn start(
         let _ = handler_context.producer();
     }
     let stats = Arc::new(Stats::default());
+    // `store = "sql"`: each call in a transaction of the app's database.
+    let store = match &sub.sql {
+        Some(spec) => Some(
+            (spec.open)(
+                &sub.states,
+                crate::sql::Opening {
+                    group: Arc::from(sub.group.as_str()),
+                    subscriber: name.clone(),
+                    stats: stats.clone(),
+                    shutdown: shutdown.clone(),
+                    runtime: runtime.clone(),
+                },
+            )
+            .map_err(|e| Error::Config(format!("subscriber `{}`: {e}", sub.name)))?,
+        ),
+        None => None,
+    };
+    let handler = match &store {
+        Some(store) => sub.handler.clone().in_store(store.clone()),
+        None => sub.handler.clone(),
+    };
     let context = ClientHooks::new(name.clone(), watch, stats.clone());
     let mut consumer: BaseConsumer<ClientHooks> = config
         .create_with_context(context)
@@ -107,7 +128,8 @@ pub(crate) fn start(
         .unwrap_or(8192);
     let env = HandlerEnv {
         subscriber: name.clone(),
-        handler: sub.handler.clone(),
+        handler,
+        store,
         context: handler_context,
         events: events_tx,
         stats: stats.clone(),

@@ -16,6 +16,7 @@ use super::commit::CommitRequest;
 use super::event::Event;
 use super::finished::{self, Finished};
 use super::{ffi, Engine, PREFETCH_WARNING_KB};
+use crate::sql::Store;
 use crate::stats::Stats;
 use crate::watch::ClusterWatch;
 
@@ -172,7 +173,11 @@ impl Engine {
             }
             self.dispatcher.stats().set_assigned(el.topic(), p, true);
         }
-        if self.plan.metadata() {
+        // With `store = "sql"` the database says what finished, not the
+        // committed metadata.
+        if let (Some(consumer), Some(store)) = (&consumer, self.dispatcher.store()) {
+            self.inherit_stored(consumer, tpl, &*store);
+        } else if self.plan.metadata() {
             if let Some(consumer) = &consumer {
                 self.inherit(consumer, tpl);
             }
@@ -305,6 +310,152 @@ impl Engine {
                 "finished offsets above the committed one will be skipped"
             );
             self.parts.inherit(t, p, set, offset);
+        }
+    }
+
+    /// `store = "sql"`: takes the newly assigned partitions' finished
+    /// offsets from the database, to skip. Reading starts at Kafka's
+    /// committed offset (kconc commits one only once everything below it
+    /// is recorded finished in the database) or, where none is, where
+    /// `auto.offset.reset` says; every offset the database lists from
+    /// there on is skipped. Waits while the database cannot be read (the
+    /// rebalance waits with it; health says why): an assignment it could
+    /// not check would handle finished messages again. A set that lists
+    /// an offset at or past the partition's end now was written for a log
+    /// since deleted or truncated: the database forgets it (else the new
+    /// records at those offsets would count as finished).
+    fn inherit_stored(&mut self, consumer: &BaseConsumer<ClientHooks>, tpl: &TopicPartitionList, store: &dyn Store) {
+        if self.closing {
+            return;
+        }
+        let time = self.request_time(COMMITTED_TIMEOUT).unwrap_or(Duration::from_millis(1));
+        let mut ask = TopicPartitionList::new();
+        for el in tpl.elements() {
+            ask.add_partition(el.topic(), el.partition());
+        }
+        let committed: Vec<(String, i32, i64)> = match consumer.committed_offsets(ask, time) {
+            Ok(c) => c
+                .elements()
+                .iter()
+                .map(|el| {
+                    let at = match el.offset() {
+                        Offset::Offset(o) => o,
+                        _ => -1,
+                    };
+                    (el.topic().to_owned(), el.partition(), at)
+                })
+                .collect(),
+            Err(e) => {
+                tracing::warn!(
+                    subscriber = &*self.settings.name,
+                    error = %e,
+                    partitions = %describe(tpl),
+                    "could not read the committed offsets; every offset the database lists is skipped"
+                );
+                tpl.elements()
+                    .iter()
+                    .map(|el| (el.topic().to_owned(), el.partition(), -1))
+                    .collect()
+            }
+        };
+        let mut sets = Vec::new();
+        for (topic, p, committed) in committed {
+            let Some(t) = self.parts.find(&topic) else {
+                continue;
+            };
+            let Some(ranges) = self.read_stored(store, &topic, p) else {
+                return; // shutting down: nothing more is dispatched
+            };
+            let base = committed.max(0);
+            let mut set = Finished::default();
+            for (start, end) in ranges {
+                set.push_range(start.max(base), end);
+            }
+            if !set.is_empty() {
+                sets.push((t, p, base, set));
+            }
+        }
+        if sets.is_empty() {
+            return;
+        }
+        let until = Instant::now() + COMMITTED_TIMEOUT;
+        let ends = self.log_ends(consumer, &sets, until);
+        for (t, p, base, set) in sets {
+            let last = set.ranges().last().map_or(base, |&(_, e)| e - 1);
+            let end = ends
+                .iter()
+                .find(|&&(et, ep, _)| et == t && ep == p)
+                .map(|&(_, _, end)| end);
+            if let Some(end) = end.filter(|&end| last >= end) {
+                self.stale(
+                    t,
+                    p,
+                    base,
+                    &format!("lists offset {last}, but the partition ends at {end} now"),
+                );
+                self.forget_stored(store, t, p);
+                continue;
+            }
+            tracing::debug!(
+                subscriber = &*self.settings.name,
+                topic = &**self.parts.name(t),
+                partition = p,
+                from = base,
+                finished = set.count(),
+                "finished offsets the database lists will be skipped"
+            );
+            self.parts.inherit(t, p, set, base);
+        }
+    }
+
+    /// The finished runs the database lists for partition `p` of `topic`,
+    /// once it answers; `None` if shutdown begins first.
+    fn read_stored(&self, store: &dyn Store, topic: &str, p: i32) -> Option<crate::sql::Ranges> {
+        let mut wait = Duration::from_millis(20);
+        loop {
+            let read = self
+                .dispatcher
+                .runtime()
+                .block_on(tokio::time::timeout(COMMITTED_TIMEOUT, store.finished(topic, p)));
+            match read {
+                Ok(Ok(ranges)) => {
+                    store.unavailable(None);
+                    return Some(ranges);
+                }
+                Ok(Err(e)) => store.unavailable(Some(e.to_string())),
+                Err(_) => store.unavailable(Some(format!("no answer within {COMMITTED_TIMEOUT:?}"))),
+            }
+            if self.shutdown.is_cancelled() {
+                return None;
+            }
+            std::thread::sleep(wait);
+            wait = (wait * 2).min(Duration::from_secs(1));
+        }
+    }
+
+    /// Makes the database forget partition `p` of topic `t`'s finished
+    /// offsets (its offsets were reused), waiting for it while it cannot.
+    pub(super) fn forget_stored(&self, store: &dyn Store, t: usize, p: i32) {
+        let topic = self.parts.name(t).clone();
+        let mut wait = Duration::from_millis(20);
+        loop {
+            let forgot = self
+                .dispatcher
+                .runtime()
+                .block_on(tokio::time::timeout(COMMITTED_TIMEOUT, store.forget(&topic, p)));
+            match forgot {
+                Ok(Ok(())) => {
+                    store.unavailable(None);
+                    return;
+                }
+                Ok(Err(e)) => store.unavailable(Some(e.to_string())),
+                Err(_) => store.unavailable(Some(format!("no answer within {COMMITTED_TIMEOUT:?}"))),
+            }
+            if self.shutdown.is_cancelled() {
+                return;
+            }
+            std::thread::sleep(wait);
+            wait = (wait * 2).min(Duration::from_secs(1));
         }
     }
 

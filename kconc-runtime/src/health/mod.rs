@@ -210,6 +210,11 @@ pub(crate) fn subscriber_health(w: &Watched, t: &HealthThresholds) -> Subscriber
             since.as_secs()
         ));
     }
+    // Nothing is skipped meanwhile: handlers wait for the database.
+    if let Some(why) = s.store_waiting.lock().map(|w| w.clone()).unwrap_or_default() {
+        degraded = true;
+        problems.push(format!("waiting for its database (store = \"sql\"): {why}"));
+    }
     let missing_topics = s.missing_topics.lock().map(|m| m.clone()).unwrap_or_default();
     for topic in &missing_topics {
         degraded = true;

@@ -9,7 +9,7 @@ use crate::state::{StateRequirement, States};
 mod modes;
 mod settings;
 
-pub use modes::{CommitMetadata, FirstPoll, OrderingMode};
+pub use modes::{CommitMetadata, FirstPoll, OffsetStore, OrderingMode};
 pub(crate) use settings::Settings;
 
 /// One consumer of one or more topics in one group, with its handler.
@@ -35,6 +35,8 @@ pub struct Subscriber {
     pub(crate) required_states: Vec<StateRequirement>,
     /// The app's state, given by `App::start` (what `State<T>` reads).
     pub(crate) states: States,
+    /// The database its handler's `Tx` argument names (`store = "sql"`).
+    pub(crate) sql: Option<crate::sql::StoreSpec>,
 }
 
 impl std::fmt::Debug for Subscriber {
@@ -100,7 +102,28 @@ impl Subscriber {
             origin: None,
             required_states: Vec::new(),
             states: States::default(),
+            sql: None,
         }
+    }
+
+    /// Exactly once into the database `DB` (`store = "sql"` for a handler
+    /// built in code): each call runs in a transaction of the app's
+    /// `sqlx::Pool<DB>` (a state), which the handler takes with
+    /// [`Tx::current`](crate::sql::Tx::current) and writes through; see
+    /// [`sql`](crate::sql).
+    #[must_use]
+    pub fn exactly_once<DB: crate::sql::Database>(self) -> Self {
+        use crate::sql::TxArg as _;
+        self.store(OffsetStore::Sql).sql_store(crate::sql::Tx::<DB>::spec())
+    }
+
+    /// Records the database of the handler's `Tx` argument (what
+    /// `#[subscriber]` generates with `store = "sql"`). Not public API.
+    #[doc(hidden)]
+    #[must_use]
+    pub fn sql_store(mut self, spec: crate::sql::StoreSpec) -> Self {
+        self.sql = Some(spec);
+        self.requires_state(Some(spec.requires))
     }
 
     /// Records that the handler takes a `State<T>` (what `#[subscriber]`

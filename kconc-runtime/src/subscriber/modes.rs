@@ -93,6 +93,23 @@ pub enum CommitMetadata {
     None,
 }
 
+/// Where a subscriber keeps its finished offsets (`store`).
+///
+/// With [`OffsetStore::Sql`] the handler takes a `Tx<Sqlite>` (or
+/// `Tx<Postgres>`) argument: its writes and the message's offset are
+/// committed in one SQL transaction, and the database, not Kafka, says
+/// which messages are done (see the README's "Exactly once into a
+/// database").
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum OffsetStore {
+    /// Finished offsets are committed to Kafka only. The default.
+    #[default]
+    Kafka,
+    /// Each finished offset is also recorded in the handler's database, in
+    /// the transaction of its writes.
+    Sql,
+}
+
 /// `as_str`, `Display` and `FromStr` of each choice of the settings table,
 /// with the names the table gives.
 macro_rules! choices {

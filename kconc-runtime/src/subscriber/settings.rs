@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use super::{CommitMetadata, FirstPoll, OrderingMode, Subscriber};
+use super::{CommitMetadata, FirstPoll, OffsetStore, OrderingMode, Subscriber};
 use crate::error::SettingError;
 use crate::policy::{ErrorPolicy, OnError};
 
@@ -188,6 +188,21 @@ impl Subscriber {
         }
         if self.group.is_empty() {
             return bad("group", "must not be empty");
+        }
+        match (self.settings.store, self.sql.is_some()) {
+            (OffsetStore::Sql, false) => {
+                return bad(
+                    "store",
+                    "is `sql`, but the handler takes no `Tx`: take one (`mut tx: Tx<Sqlite>`) and write through it",
+                )
+            }
+            (OffsetStore::Kafka, true) => {
+                return bad(
+                    "store",
+                    "must be `sql` for a handler that takes a `Tx` (`store = \"sql\"`)",
+                )
+            }
+            _ => {}
         }
         if let Some((key, why)) = self.settings.refused() {
             return bad(key, &why);
