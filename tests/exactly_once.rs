@@ -448,3 +448,188 @@ async fn insert_batch_row(db: &Db, tx: TxOf, m: &Message) -> Result<TxOf, kconc_
         }
     }
 }
+
+/// A database that cannot be used for 5 s while messages flow: SQLite
+/// locked by another connection (the test pool gives up on a lock after
+/// 100 ms), PostgreSQL refusing connections and dropping the open ones (a
+/// proxy in front of it). The subscriber waits, health says why, nothing
+/// is skipped or doubled, and it goes on once the database is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_that_cannot_be_used_for_5_s_skips_nothing_and_doubles_nothing() {
+    let (parts, n) = (3, 1_500);
+    for db in databases("eo_outage").await {
+        let topic = format!("eo-outage-{}", db.name());
+        let group = format!("g-{topic}");
+        let cluster = common::cluster(&topic, parts);
+        let bootstrap = cluster.bootstrap_servers().to_owned();
+        let ends = produce(&bootstrap, &topic, parts, n);
+        let (handler_db, outage) = Outage::in_front_of(&db).await;
+        let app = handler_db
+            .state(test_app(&bootstrap))
+            .subscriber(row_subscriber(&handler_db, &topic, &group, |_, _| false).retries(0))
+            .start_in_test_mode()
+            .unwrap();
+        let deadline = std::time::Instant::now() + DEADLINE;
+        while db.rows().await.len() < n / 5 {
+            assert!(std::time::Instant::now() < deadline, "a fifth handled");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let started = std::time::Instant::now();
+        let guard = outage.begin().await;
+        let mut said = None;
+        while started.elapsed() < Duration::from_secs(5) {
+            let problems = app.health().subscribers[0].problems.clone();
+            if let Some(p) = problems.iter().find(|p| p.contains("waiting for its database")) {
+                said = Some(p.clone());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        outage.end(guard).await;
+        let said = said.unwrap_or_else(|| panic!("{}: health never said it waited for the database", db.name()));
+        wait_for("the group to commit to the ends", DEADLINE, || {
+            committed(&bootstrap, &group, &topic, parts) == all_committed(&ends)
+        })
+        .await;
+        let stats = app.stats(&topic).unwrap();
+        let healthy_again = !app.health().subscribers[0]
+            .problems
+            .iter()
+            .any(|p| p.contains("waiting for its database"));
+        app.shutdown().await;
+        assert!(healthy_again, "{}: health still says it waits", db.name());
+        assert_eq!((stats.skipped, stats.dead_lettered), (0, 0), "{}: {said}", db.name());
+        assert_exactly_once(&db, &ends, |_, a| a == 1).await;
+        assert_all_recorded(&db, &topic, &ends).await;
+    }
+}
+
+/// What makes a database unusable for a while.
+enum Outage {
+    /// Another connection holds SQLite's write lock.
+    Sqlite(sqlx::SqlitePool),
+    /// A proxy in front of PostgreSQL, refusing while set.
+    #[cfg(feature = "postgres")]
+    Postgres(Arc<proxy::Proxy>),
+}
+
+/// Held while the outage lasts.
+#[allow(dead_code)]
+enum OutageGuard {
+    Sqlite(sqlx::pool::PoolConnection<Sqlite>),
+    None,
+}
+
+impl Outage {
+    /// The database as the handlers see it (through what the outage
+    /// breaks), and the outage.
+    async fn in_front_of(db: &Db) -> (Db, Outage) {
+        match db {
+            Db::Sqlite(pool) => {
+                let options = (*pool.connect_options())
+                    .clone()
+                    .busy_timeout(Duration::from_millis(100));
+                let handlers = sqlx::sqlite::SqlitePoolOptions::new()
+                    .max_connections(8)
+                    .connect_with(options)
+                    .await
+                    .unwrap();
+                (Db::Sqlite(handlers), Outage::Sqlite(pool.clone()))
+            }
+            #[cfg(feature = "postgres")]
+            Db::Postgres(pool) => {
+                let opts = pool.connect_options();
+                let upstream = format!("{}:{}", opts.get_host(), opts.get_port());
+                let proxy = proxy::Proxy::start(&upstream).await;
+                let handlers = sqlx::postgres::PgPoolOptions::new()
+                    .max_connections(20)
+                    .acquire_timeout(Duration::from_secs(1))
+                    .connect_with((*opts).clone().port(proxy.port()))
+                    .await
+                    .unwrap();
+                (Db::Postgres(handlers), Outage::Postgres(proxy))
+            }
+        }
+    }
+
+    async fn begin(&self) -> OutageGuard {
+        match self {
+            Outage::Sqlite(pool) => {
+                let mut conn = pool.acquire().await.unwrap();
+                sqlx::query("BEGIN EXCLUSIVE").execute(&mut *conn).await.unwrap();
+                OutageGuard::Sqlite(conn)
+            }
+            #[cfg(feature = "postgres")]
+            Outage::Postgres(proxy) => {
+                proxy.refuse(true).await;
+                OutageGuard::None
+            }
+        }
+    }
+
+    async fn end(&self, guard: OutageGuard) {
+        if let OutageGuard::Sqlite(mut conn) = guard {
+            sqlx::query("ROLLBACK").execute(&mut *conn).await.unwrap();
+        }
+        #[cfg(feature = "postgres")]
+        if let Outage::Postgres(proxy) = self {
+            proxy.refuse(false).await;
+        }
+    }
+}
+
+/// A TCP proxy that can refuse connections and drop the open ones.
+#[cfg(feature = "postgres")]
+mod proxy {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    use tokio::net::{TcpListener, TcpStream};
+    use tokio::sync::Mutex;
+    use tokio::task::JoinSet;
+
+    pub(crate) struct Proxy {
+        port: u16,
+        refusing: Arc<AtomicBool>,
+        open: Arc<Mutex<JoinSet<()>>>,
+    }
+
+    impl Proxy {
+        pub(crate) async fn start(upstream: &str) -> Arc<Self> {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let port = listener.local_addr().unwrap().port();
+            let proxy = Arc::new(Proxy {
+                port,
+                refusing: Arc::new(AtomicBool::new(false)),
+                open: Arc::new(Mutex::new(JoinSet::new())),
+            });
+            let (refusing, open, upstream) = (proxy.refusing.clone(), proxy.open.clone(), upstream.to_owned());
+            tokio::spawn(async move {
+                while let Ok((mut client, _)) = listener.accept().await {
+                    if refusing.load(Ordering::SeqCst) {
+                        drop(client);
+                        continue;
+                    }
+                    let upstream = upstream.clone();
+                    open.lock().await.spawn(async move {
+                        if let Ok(mut server) = TcpStream::connect(&upstream).await {
+                            let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                        }
+                    });
+                }
+            });
+            proxy
+        }
+
+        pub(crate) fn port(&self) -> u16 {
+            self.port
+        }
+
+        /// Refuses new connections and drops the open ones (or lets them be).
+        pub(crate) async fn refuse(&self, refuse: bool) {
+            self.refusing.store(refuse, Ordering::SeqCst);
+            if refuse {
+                self.open.lock().await.abort_all();
+            }
+        }
+    }
+}

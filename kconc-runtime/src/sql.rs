@@ -635,9 +635,14 @@ impl<DB: Database> SqlStore<DB> {
         at: &Place,
         ranges: &[(i64, i64)],
     ) -> Result<bool, sqlx::Error> {
+        // The transaction goes (commits, or rolls back) before anything
+        // waits: a failed one must not hold a pool connection meanwhile.
         let done = match DB::insert(&mut tx, at, ranges).await {
             Ok(()) => tx.commit().await,
-            Err(e) => Err(e),
+            Err(e) => {
+                drop(tx);
+                Err(e)
+            }
         };
         match done {
             Ok(()) => Ok(true),
