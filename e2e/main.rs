@@ -7,7 +7,7 @@
 //!                   [--concurrency 100] [--ordering unordered|key|partition] [--delay-ms 1-20]
 //!                   [--commit-batch-size 100] [--shutdown-timeout-ms 20000] [--properties k=v,k=v]
 //!                   [--commit-metadata finished|none] [--instance-id ID]
-//!                   [--max-batch N] [--fail-offset O]
+//!                   [--max-batch N] [--fail-offset O] [--store sqlite:PATH|postgres:URL]
 //!
 //! kconc-e2e mock-broker --topic T --partitions P
 //! ```
@@ -31,6 +31,12 @@
 //! (written and fsynced in batches), so an outside check can count what was
 //! handled across kills and restarts. With `--status`, it rewrites that file
 //! every 100 ms with its assigned partitions and counters.
+//!
+//! With `--store`, the subscriber is exactly-once into that database
+//! (`store = "sql"`): each call also inserts a row `(id, partition, offset,
+//! pid)` per message into the table `e2e_rows` through its `Tx`, and the
+//! outside check counts the rows (the journal then lists attempts, some of
+//! which a kill rolled back).
 
 use std::collections::HashMap;
 use std::io::Write as _;
@@ -254,6 +260,8 @@ fn consume(o: &Opts) -> Result<(), String> {
     let max_batch: Option<usize> = o.0.get("max-batch").map(|_| o.num("max-batch", None)).transpose()?;
     let fail_offset: Option<i64> = o.0.get("fail-offset").map(|_| o.num("fail-offset", None)).transpose()?;
 
+    let store = o.0.get("store").cloned();
+
     let (tx, rx) = mpsc::channel::<JournalEntry>();
     std::thread::spawn(move || journal_writer(journal, rx));
     let pid = std::process::id();
@@ -268,6 +276,7 @@ fn consume(o: &Opts) -> Result<(), String> {
         ))
     };
     let batch_tx = tx.clone();
+    let journal_tx = tx.clone();
     let batch_handler = kconc_runtime::Handler::batch(move |msgs: Vec<Message>, _cx| {
         let tx = batch_tx.clone();
         async move {
@@ -305,9 +314,20 @@ fn consume(o: &Opts) -> Result<(), String> {
             Ok::<(), String>(())
         }
     });
-    let sub = match max_batch {
-        Some(n) => Subscriber::from_handler("e2e", [topic], group, batch_handler).max_batch(n),
-        None => single,
+    let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
+    let (sub, rows) = match &store {
+        None => (single, None),
+        Some(url) => {
+            let db = runtime.block_on(Rows::open(url))?;
+            let handler = db.handler(journal_tx, line_of, (lo, hi), max_batch.is_some(), fail_offset);
+            let sub = Subscriber::from_handler("e2e", [topic.clone()], group.clone(), handler);
+            (db.store(sub), Some(db))
+        }
+    };
+    let sub = match (max_batch, rows.is_some()) {
+        (Some(n), false) => Subscriber::from_handler("e2e", [topic], group, batch_handler).max_batch(n),
+        (Some(n), true) => sub.max_batch(n),
+        (None, _) => sub,
     };
     let sub = match fail_offset {
         Some(_) => sub
@@ -323,7 +343,6 @@ fn consume(o: &Opts) -> Result<(), String> {
         .commit_batch_size(batch)
         .shutdown_timeout(Duration::from_millis(shutdown_ms));
 
-    let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
     let result = runtime.block_on(async move {
         let app = App::new()
             .brokers(brokers)
@@ -332,6 +351,10 @@ fn consume(o: &Opts) -> Result<(), String> {
             .property("session.timeout.ms", "6000")
             .property("heartbeat.interval.ms", "1000");
         let app = properties.iter().fold(app, |app, (k, v)| app.property(k, v));
+        let app = match rows {
+            Some(rows) => rows.state(app),
+            None => app,
+        };
         let sub = match instance {
             Some(id) => sub.instance_id(id),
             None => sub,
@@ -380,4 +403,169 @@ fn write_status(path: &str, stats: &kconc_runtime::StatsHandle) {
     if std::fs::write(&tmp, text).is_ok() {
         let _ = std::fs::rename(&tmp, path);
     }
+}
+
+/// `--store`: the database the subscriber is exactly-once into.
+#[derive(Clone)]
+enum Rows {
+    Sqlite(kconc_runtime::sql::sqlx::SqlitePool),
+    #[cfg(feature = "postgres")]
+    Postgres(kconc_runtime::sql::sqlx::PgPool),
+}
+
+/// One row per message, as `e2e_rows` holds them (no key: a message
+/// written twice shows as two rows).
+const CREATE_ROWS: &str =
+    "CREATE TABLE IF NOT EXISTS e2e_rows (id BIGINT NOT NULL, partition_id INTEGER NOT NULL, offset_id BIGINT NOT NULL, pid BIGINT NOT NULL)";
+
+/// Inserts the row of each of `msgs` (but `skip`) through the open
+/// transaction of `$db`, then journals them.
+macro_rules! insert_rows {
+    ($tx:expr, $msgs:expr, $skip:expr, $placeholders:literal) => {{
+        let tx = &mut $tx;
+        for m in $msgs.iter().filter(|m| Some(m.offset()) != $skip) {
+            let id: i64 = m
+                .payload_str()
+                .map_err(|e| e.to_string())?
+                .parse()
+                .map_err(|_| "a payload that is not an id".to_owned())?;
+            kconc_runtime::sql::sqlx::query(concat!(
+                "INSERT INTO e2e_rows (id, partition_id, offset_id, pid) VALUES ",
+                $placeholders
+            ))
+            .bind(id)
+            .bind(m.partition())
+            .bind(m.offset())
+            .bind(i64::from(std::process::id()))
+            .execute(&mut **tx)
+            .await
+            .map_err(|e| e.to_string())?;
+        }
+    }};
+}
+
+impl Rows {
+    async fn open(url: &str) -> Result<Self, String> {
+        let rows = match url.split_once(':') {
+            Some(("sqlite", path)) => Rows::Sqlite(
+                kconc_runtime::sql::sqlite_pool(path)
+                    .await
+                    .map_err(|e| format!("--store {url}: {e}"))?,
+            ),
+            #[cfg(feature = "postgres")]
+            Some(("postgres", _)) => Rows::Postgres(
+                kconc_runtime::sql::sqlx::postgres::PgPoolOptions::new()
+                    .max_connections(20)
+                    .connect(url)
+                    .await
+                    .map_err(|e| format!("--store: {e}"))?,
+            ),
+            _ => return Err(format!("--store: `{url}` is not sqlite:PATH or postgres://..")),
+        };
+        // Processes started together race to create the table (PostgreSQL
+        // may refuse all but one `IF NOT EXISTS`): tried again.
+        let mut tries = 0;
+        loop {
+            let created = match &rows {
+                Rows::Sqlite(p) => kconc_runtime::sql::sqlx::query(CREATE_ROWS).execute(p).await.map(drop),
+                #[cfg(feature = "postgres")]
+                Rows::Postgres(p) => kconc_runtime::sql::sqlx::query(CREATE_ROWS).execute(p).await.map(drop),
+            };
+            match created {
+                Ok(()) => return Ok(rows),
+                Err(e) if tries >= 10 => return Err(format!("--store: {e}")),
+                Err(_) => {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+
+    fn state(&self, app: App) -> App {
+        match self {
+            Rows::Sqlite(p) => app.state(p.clone()),
+            #[cfg(feature = "postgres")]
+            Rows::Postgres(p) => app.state(p.clone()),
+        }
+    }
+
+    fn store(&self, sub: Subscriber) -> Subscriber {
+        match self {
+            Rows::Sqlite(_) => sub.exactly_once::<kconc_runtime::sql::Sqlite>(),
+            #[cfg(feature = "postgres")]
+            Rows::Postgres(_) => sub.exactly_once::<kconc_runtime::sql::Postgres>(),
+        }
+    }
+
+    /// A batch handler (`batch`) or one of single messages: it sleeps a
+    /// random delay, inserts each message's row through its transaction and
+    /// journals it; the message at `fail` of each partition fails.
+    fn handler(
+        &self,
+        journal: mpsc::Sender<JournalEntry>,
+        line_of: impl Fn(&Message, u128) -> Result<String, String> + Copy + Send + Sync + 'static,
+        (lo, hi): (u64, u64),
+        batch: bool,
+        fail: Option<i64>,
+    ) -> kconc_runtime::Handler {
+        let rows = self.clone();
+        let run = move |msgs: Vec<Message>| {
+            let (rows, journal) = (rows.clone(), journal.clone());
+            let tx = rows.current();
+            async move {
+                let start = nanos_now();
+                let ms = if hi > lo { rand::random_range(lo..=hi) } else { lo };
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                match tx? {
+                    Open::Sqlite(mut tx) => insert_rows!(tx, msgs, fail, "(?1, ?2, ?3, ?4)"),
+                    #[cfg(feature = "postgres")]
+                    Open::Postgres(mut tx) => insert_rows!(tx, msgs, fail, "($1, $2, $3, $4)"),
+                }
+                let mut outcome = kconc_runtime::BatchOutcome::new();
+                let mut acks = Vec::new();
+                for (i, m) in msgs.iter().enumerate() {
+                    if Some(m.offset()) == fail {
+                        outcome.fail(i, "fails on purpose (--fail-offset)");
+                        continue;
+                    }
+                    let (ack, done) = tokio::sync::oneshot::channel();
+                    journal
+                        .send((line_of(m, start)?, ack))
+                        .map_err(|_| "the journal writer is gone".to_owned())?;
+                    acks.push(done);
+                }
+                for done in acks {
+                    done.await.map_err(|_| "the journal writer is gone".to_owned())?;
+                }
+                Ok::<_, String>(outcome)
+            }
+        };
+        if batch {
+            kconc_runtime::Handler::batch(move |msgs: Vec<Message>, _cx| run(msgs))
+        } else {
+            kconc_runtime::Handler::new(move |m: Message| {
+                let fut = run(vec![m]);
+                async move {
+                    fut.await
+                        .and_then(|o| if o.is_ok() { Ok(()) } else { Err("failed".to_owned()) })
+                }
+            })
+        }
+    }
+
+    fn current(&self) -> Result<Open, String> {
+        Ok(match self {
+            Rows::Sqlite(_) => Open::Sqlite(kconc_runtime::sql::Tx::current().map_err(|e| e.to_string())?),
+            #[cfg(feature = "postgres")]
+            Rows::Postgres(_) => Open::Postgres(kconc_runtime::sql::Tx::current().map_err(|e| e.to_string())?),
+        })
+    }
+}
+
+/// The transaction kconc opened for a call, of either database.
+enum Open {
+    Sqlite(kconc_runtime::sql::Tx<kconc_runtime::sql::Sqlite>),
+    #[cfg(feature = "postgres")]
+    Postgres(kconc_runtime::sql::Tx<kconc_runtime::sql::Postgres>),
 }

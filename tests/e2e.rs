@@ -958,3 +958,244 @@ fn sigterm_exits_within_shutdown_timeout_even_when_the_broker_stops_answering() 
         "exited {took:?} after SIGTERM; shutdown_timeout 3 s + SHUTDOWN_MARGIN 1 s"
     );
 }
+
+/// The databases the exactly-once end-to-end tests run against, fresh for
+/// test `name`: a SQLite file, and, with the `postgres` feature, a new
+/// database on the server `KCONC_TEST_POSTGRES` names.
+fn stores(dir: &Path, name: &str) -> Vec<Store> {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let path = dir.join(format!("{name}.db"));
+    let url = format!("sqlite:{}", path.display());
+    let sqlite = runtime.block_on(kconc_runtime::sql::sqlite_pool(&path)).unwrap();
+    #[allow(unused_mut)]
+    let mut out = vec![Store {
+        name: "sqlite",
+        url,
+        pool: Pool::Sqlite(sqlite),
+        runtime,
+    }];
+    #[cfg(feature = "postgres")]
+    {
+        use kconc_runtime::sql::sqlx;
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let server = std::env::var("KCONC_TEST_POSTGRES")
+            .expect("KCONC_TEST_POSTGRES: the URL of a PostgreSQL server (scripts/postgres starts one)");
+        let db = name.replace('-', "_");
+        let url = runtime.block_on(async {
+            let admin = sqlx::PgPool::connect(&server).await.unwrap();
+            sqlx::query(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
+                .execute(&admin)
+                .await
+                .unwrap();
+            sqlx::query(&format!("CREATE DATABASE {db}"))
+                .execute(&admin)
+                .await
+                .unwrap();
+            admin.close().await;
+            format!("{}/{db}", server.rsplit_once('/').unwrap().0)
+        });
+        let pool = runtime.block_on(sqlx::PgPool::connect(&url)).unwrap();
+        out.push(Store {
+            name: "postgres",
+            url,
+            pool: Pool::Postgres(pool),
+            runtime,
+        });
+    }
+    out
+}
+
+/// A database a `kconc-e2e consume --store` writes its rows to, and the
+/// test's own view of it.
+struct Store {
+    name: &'static str,
+    /// What `--store` takes.
+    url: String,
+    pool: Pool,
+    runtime: tokio::runtime::Runtime,
+}
+
+enum Pool {
+    Sqlite(kconc_runtime::sql::sqlx::SqlitePool),
+    #[cfg(feature = "postgres")]
+    Postgres(kconc_runtime::sql::sqlx::PgPool),
+}
+
+impl Store {
+    /// The `--store` argument.
+    fn arg(&self) -> String {
+        self.url.clone()
+    }
+
+    /// How many rows each id has (none before the first process made the table).
+    fn rows(&self) -> HashMap<i64, usize> {
+        use kconc_runtime::sql::sqlx;
+        let sql = "SELECT id FROM e2e_rows";
+        let ids: Vec<(i64,)> = self.runtime.block_on(async {
+            match &self.pool {
+                Pool::Sqlite(p) => sqlx::query_as(sql).fetch_all(p).await,
+                #[cfg(feature = "postgres")]
+                Pool::Postgres(p) => sqlx::query_as(sql).fetch_all(p).await,
+            }
+            .unwrap_or_default()
+        });
+        let mut out = HashMap::new();
+        for (id,) in ids {
+            *out.entry(id).or_default() += 1;
+        }
+        out
+    }
+
+    fn row_count(&self) -> usize {
+        self.rows().values().sum()
+    }
+
+    /// Every id below `n` has exactly one row, and no other row exists.
+    fn assert_exactly_once(&self, n: u64, what: &str) {
+        let rows = self.rows();
+        let missing: Vec<u64> = (0..n).filter(|id| !rows.contains_key(&(*id as i64))).collect();
+        let doubled: Vec<(&i64, &usize)> = rows.iter().filter(|(_, &c)| c > 1).collect();
+        assert!(
+            missing.is_empty() && doubled.is_empty() && rows.len() as u64 == n,
+            "{what} on {}: {} ids without a row (e.g. {:?}), {} with more than one (e.g. {:?}), {} distinct of {n}",
+            self.name,
+            missing.len(),
+            &missing[..missing.len().min(10)],
+            doubled.len(),
+            &doubled[..doubled.len().min(10)],
+            rows.len()
+        );
+    }
+}
+
+/// kill -9 at two random moments and a restart each time, with the
+/// subscriber exactly-once into a database (`--store`), of single messages
+/// and of batches, on the mock cluster in its own process: every produced
+/// message has exactly one row at the end, though the journal shows
+/// attempts run again after each kill (rolled back, or skipped because the
+/// database listed them).
+#[test]
+fn kill9_twice_with_a_store_leaves_exactly_one_row_per_message() {
+    let (parts, n) = (8, 10_000_u64);
+    let dir = work_dir("kill9-store");
+    for batch in [false, true] {
+        let kind = if batch { "batch" } else { "single" };
+        for store in stores(&dir, &format!("kill9_{kind}")) {
+            let name = format!("{kind}-{}", store.name);
+            let topic = unique(&format!("e2e-kill-store-{name}"));
+            let group = format!("{topic}-g");
+            let broker = Broker::mock_process(&topic, parts);
+            let ends = produce(&broker, &topic, parts, n);
+            let store_arg = store.arg();
+            let mut args = vec![
+                "--concurrency",
+                "50",
+                "--delay-ms",
+                "1-10",
+                "--commit-batch-size",
+                "100",
+                "--store",
+                &store_arg,
+                "--properties",
+                "session.timeout.ms=3000,heartbeat.interval.ms=500",
+            ];
+            if batch {
+                args.extend_from_slice(&["--max-batch", "20"]);
+            }
+            let mut attempts = 0;
+            for (run, (lo, hi)) in [(1, 3), (4, 7)].into_iter().enumerate() {
+                let mut c = Consumer::start(&dir, &format!("{name}-{run}"), &broker, &topic, &group, &args);
+                let kill_at = rand::random_range(n as usize * lo / 10..n as usize * hi / 10);
+                wait_until("the consumer to reach the kill point", Duration::from_secs(180), || {
+                    store.row_count() >= kill_at
+                });
+                c.kill9();
+                attempts += c.journal_lines();
+                println!(
+                    "{name}: run {run} killed at {} rows (aimed at {kill_at})",
+                    store.row_count()
+                );
+            }
+            let mut last = Consumer::start(&dir, &format!("{name}-last"), &broker, &topic, &group, &args);
+            wait_until("committed offsets to reach the ends", Duration::from_secs(240), || {
+                committed(&broker, &topic, &group, parts) == all_committed(&ends)
+            });
+            let (status, _) = last.terminate(Duration::from_secs(30));
+            assert!(status.success(), "the last consumer exited with {status}");
+            attempts += last.journal_lines();
+            let skipped = last.counter("skipped_already_done");
+            println!(
+                "{name}: {attempts} journaled attempts for {n} messages; the last run skipped {skipped} as recorded"
+            );
+            store.assert_exactly_once(n, &format!("kill -9 twice, {kind} handler"));
+        }
+    }
+}
+
+/// A rebalance storm of processes exactly-once into one database: three
+/// share the partitions while messages are produced; one is killed with
+/// SIGKILL, a fourth joins, another stops with SIGTERM. Every message has
+/// exactly one row at the end.
+#[test]
+fn a_rebalance_storm_with_a_store_leaves_exactly_one_row_per_message() {
+    let (parts, n) = (12, 12_000_u64);
+    let dir = work_dir("storm-store");
+    for store in stores(&dir, "storm") {
+        let topic = unique(&format!("e2e-storm-{}", store.name));
+        let group = format!("{topic}-g");
+        let broker = Broker::mock_process(&topic, parts);
+        let store_arg = store.arg();
+        let args = [
+            "--concurrency",
+            "20",
+            "--delay-ms",
+            "1-5",
+            "--store",
+            &store_arg,
+            "--properties",
+            "session.timeout.ms=3000,heartbeat.interval.ms=500",
+        ];
+        let mut consumers: Vec<Consumer> = ["a", "b", "c"]
+            .iter()
+            .map(|c| Consumer::start(&dir, &format!("{}-{c}", store.name), &broker, &topic, &group, &args))
+            .collect();
+        wait_until("every process in the group", Duration::from_secs(90), || {
+            consumers.iter().all(|c| !c.assigned().is_empty())
+        });
+        let producer = spawn_produce(&broker, &topic, parts, n, 3_000);
+        wait_until("a fifth written", Duration::from_secs(120), || {
+            store.row_count() >= n as usize / 5
+        });
+        consumers[1].kill9();
+        wait_until("two fifths written", Duration::from_secs(120), || {
+            store.row_count() >= 2 * n as usize / 5
+        });
+        consumers.push(Consumer::start(
+            &dir,
+            &format!("{}-d", store.name),
+            &broker,
+            &topic,
+            &group,
+            &args,
+        ));
+        wait_until("three fifths written", Duration::from_secs(120), || {
+            store.row_count() >= 3 * n as usize / 5
+        });
+        let (status, _) = consumers[2].terminate(Duration::from_secs(30));
+        assert!(status.success());
+        let ends = finish_produce(producer);
+        wait_until("committed offsets to reach the ends", Duration::from_secs(240), || {
+            committed(&broker, &topic, &group, parts) == all_committed(&ends)
+        });
+        for i in [0, 3] {
+            let (status, _) = consumers[i].terminate(Duration::from_secs(30));
+            assert!(status.success());
+        }
+        let attempts: usize = consumers.iter().map(Consumer::journal_lines).sum();
+        println!(
+            "rebalance storm on {}: {attempts} journaled attempts for {n} messages",
+            store.name
+        );
+        store.assert_exactly_once(n, "a rebalance storm");
+    }
+}

@@ -220,14 +220,22 @@ macro_rules! database {
                         if count < 2 {
                             continue;
                         }
-                        sqlx::query(Self::statements().delete_run)
+                        let deleted = sqlx::query(Self::statements().delete_run)
                             .bind(&*at.group)
                             .bind(&*at.topic)
                             .bind(at.partition)
                             .bind(start)
                             .bind(end)
                             .execute(&mut *tx)
-                            .await?;
+                            .await?
+                            .rows_affected();
+                        // Another compaction changed these rows since they
+                        // were read (PostgreSQL's read committed lets both
+                        // go on): nothing of this one is kept.
+                        if deleted != count as u64 {
+                            tx.rollback().await?;
+                            return Ok(0);
+                        }
                         Self::insert(&mut tx, at, &[(start, end)]).await?;
                         merged += count - 1;
                     }
@@ -254,7 +262,7 @@ database!(
         crowded: "SELECT topic, partition_id FROM kconc_offsets WHERE group_id = ?1 \
                   GROUP BY topic, partition_id HAVING COUNT(*) > 1",
         delete_run: "DELETE FROM kconc_offsets WHERE group_id = ?1 AND topic = ?2 AND partition_id = ?3 \
-                     AND start_offset >= ?4 AND start_offset < ?5",
+                     AND start_offset >= ?4 AND start_offset < ?5 AND end_offset <= ?5",
     }
 );
 
@@ -270,7 +278,7 @@ database!(
         crowded: "SELECT topic, partition_id FROM kconc_offsets WHERE group_id = $1 \
                   GROUP BY topic, partition_id HAVING COUNT(*) > 1",
         delete_run: "DELETE FROM kconc_offsets WHERE group_id = $1 AND topic = $2 AND partition_id = $3 \
-                     AND start_offset >= $4 AND start_offset < $5",
+                     AND start_offset >= $4 AND start_offset < $5 AND end_offset <= $5",
     }
 );
 
