@@ -633,3 +633,48 @@ mod proxy {
         }
     }
 }
+
+/// Rows written for another log (the topic deleted and created again
+/// shorter: they list offsets at or past the partition's end now) are
+/// forgotten on assignment, not trusted: every message of the new log is
+/// handled, and the table then lists the new log's offsets only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_of_a_recreated_topic_are_forgotten_not_skipped() {
+    let (parts, n) = (2, 200);
+    for db in databases("eo_stale").await {
+        let topic = format!("eo-stale-{}", db.name());
+        let group = format!("g-{topic}");
+        let cluster = common::cluster(&topic, parts);
+        let bootstrap = cluster.bootstrap_servers().to_owned();
+        let ends = produce(&bootstrap, &topic, parts, n);
+        // What the old, longer log left: 0..5000 of each partition finished
+        // (the table as the README documents it).
+        db.execute(
+            "CREATE TABLE IF NOT EXISTS kconc_offsets (group_id TEXT NOT NULL, topic TEXT NOT NULL, \
+             partition_id INTEGER NOT NULL, start_offset BIGINT NOT NULL, end_offset BIGINT NOT NULL, \
+             PRIMARY KEY (group_id, topic, partition_id, start_offset))",
+        )
+        .await;
+        for p in 0..parts {
+            db.execute(&format!(
+                "INSERT INTO kconc_offsets (group_id, topic, partition_id, start_offset, end_offset) \
+                 VALUES ('{group}', '{topic}', {p}, 0, 5000)"
+            ))
+            .await;
+        }
+        let app = db
+            .state(test_app(&bootstrap))
+            .subscriber(row_subscriber(&db, &topic, &group, |_, _| false))
+            .start_in_test_mode()
+            .unwrap();
+        wait_for("the group to commit to the ends", DEADLINE, || {
+            committed(&bootstrap, &group, &topic, parts) == all_committed(&ends)
+        })
+        .await;
+        let stats = app.stats(&topic).unwrap();
+        app.shutdown().await;
+        assert_exactly_once(&db, &ends, |_, a| a == 1).await;
+        assert_all_recorded(&db, &topic, &ends).await;
+        assert_eq!(stats.commit_metadata_stale, parts as u64, "{}", db.name());
+    }
+}

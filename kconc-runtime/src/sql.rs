@@ -863,14 +863,17 @@ impl<DB: Database> Store for SqlStore<DB> {
 
 /// A SQLite pool for kconc's exactly-once handlers: the database file at
 /// `path` (created if missing), in WAL mode (readers do not block the
-/// writer), waiting up to 5 s for a lock rather than failing at once.
+/// writer), `synchronous = FULL` (a committed transaction survives a power
+/// loss: kconc commits the offset to Kafka once it is recorded, so a lost
+/// one would be skipped), waiting up to 5 s for a lock rather than
+/// failing at once.
 pub async fn sqlite_pool(path: impl AsRef<std::path::Path>) -> Result<sqlx::SqlitePool, sqlx::Error> {
     use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
     let options = SqliteConnectOptions::new()
         .filename(path)
         .create_if_missing(true)
         .journal_mode(SqliteJournalMode::Wal)
-        .synchronous(SqliteSynchronous::Normal)
+        .synchronous(SqliteSynchronous::Full)
         .busy_timeout(Duration::from_secs(5));
     sqlx::sqlite::SqlitePoolOptions::new()
         .max_connections(8)
