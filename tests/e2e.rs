@@ -1027,8 +1027,9 @@ impl Store {
         self.url.clone()
     }
 
-    /// How many rows each id has (none before the first process made the table).
-    fn rows(&self) -> HashMap<i64, usize> {
+    /// How many rows each id has; an error before the first process made
+    /// the table (or while the database is busy).
+    fn rows(&self) -> Result<HashMap<i64, usize>, kconc_runtime::sql::sqlx::Error> {
         use kconc_runtime::sql::sqlx;
         let sql = "SELECT id FROM e2e_rows";
         let ids: Vec<(i64,)> = self.runtime.block_on(async {
@@ -1037,22 +1038,24 @@ impl Store {
                 #[cfg(feature = "postgres")]
                 Pool::Postgres(p) => sqlx::query_as(sql).fetch_all(p).await,
             }
-            .unwrap_or_default()
-        });
+        })?;
         let mut out = HashMap::new();
         for (id,) in ids {
             *out.entry(id).or_default() += 1;
         }
-        out
+        Ok(out)
     }
 
+    /// The rows written so far (0 while they cannot be read).
     fn row_count(&self) -> usize {
-        self.rows().values().sum()
+        self.rows().map_or(0, |rows| rows.values().sum())
     }
 
     /// Every id below `n` has exactly one row, and no other row exists.
     fn assert_exactly_once(&self, n: u64, what: &str) {
-        let rows = self.rows();
+        let rows = self
+            .rows()
+            .unwrap_or_else(|e| panic!("{what} on {}: cannot read the rows: {e}", self.name));
         let missing: Vec<u64> = (0..n).filter(|id| !rows.contains_key(&(*id as i64))).collect();
         let doubled: Vec<(&i64, &usize)> = rows.iter().filter(|(_, &c)| c > 1).collect();
         assert!(

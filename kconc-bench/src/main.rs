@@ -33,6 +33,7 @@ use kconc_runtime::testing::TestProducer;
 use kconc_runtime::{App, EmbeddedCluster, FirstPoll, Message, OrderingMode as Mode, Subscriber};
 
 mod batch;
+mod db;
 mod low_rate;
 mod metadata;
 mod separate;
@@ -165,6 +166,9 @@ struct Options {
     low_rate: bool,
     /// `--batch`: W-batch, batch handlers against the single-message one.
     batch: bool,
+    /// `--db`: W-db; `--postgres URL` adds PostgreSQL to it.
+    db: bool,
+    postgres: Option<String>,
 }
 
 impl Options {
@@ -195,6 +199,8 @@ fn options() -> Result<Options, String> {
         metadata: false,
         low_rate: false,
         batch: false,
+        db: false,
+        postgres: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -234,6 +240,8 @@ fn options() -> Result<Options, String> {
             "--metadata" => o.metadata = true,
             "--low-rate" => o.low_rate = true,
             "--batch" => o.batch = true,
+            "--db" => o.db = true,
+            "--postgres" => o.postgres = Some(args.next().ok_or("--postgres needs a URL")?),
             "--brokers" => o.brokers = Some(args.next().ok_or("--brokers needs a value")?),
             "--runs" => {
                 o.runs = args
@@ -249,7 +257,7 @@ fn options() -> Result<Options, String> {
             }
             "--help" | "-h" => {
                 println!(
-                    "usage: kconc-bench [--smoke] [--brokers HOST:PORT] [--runs N] [--messages N] [--only {}] [--first-poll auto|poll_thread|worker] [--svg FILE] [--separate] [--exit] [--metadata] [--low-rate] [--batch]",
+                    "usage: kconc-bench [--smoke] [--brokers HOST:PORT] [--runs N] [--messages N] [--only {}] [--first-poll auto|poll_thread|worker] [--svg FILE] [--separate] [--exit] [--metadata] [--low-rate] [--batch] [--db [--postgres URL]]",
                     WORKLOADS.join(",")
                 );
                 std::process::exit(0);
@@ -601,7 +609,7 @@ async fn run() -> Result<(), String> {
             for topic in ["bench-io", "bench-key100", "bench-separate", "bench-low-rate"] {
                 cluster.create_topic(topic, PARTITIONS).map_err(|e| e.to_string())?;
             }
-            for topic in batch::topics() {
+            for topic in batch::topics().chain(db::topics()) {
                 cluster.create_topic(&topic, PARTITIONS).map_err(|e| e.to_string())?;
             }
             cluster.bootstrap_servers().to_owned()
@@ -618,6 +626,13 @@ async fn run() -> Result<(), String> {
         if o.low_rate {
             return Ok(());
         }
+    }
+    if o.db {
+        let postgres = o
+            .postgres
+            .clone()
+            .or_else(|| std::env::var("KCONC_BENCH_POSTGRES").ok());
+        return db::run(&bootstrap, o.brokers.is_none(), postgres.as_deref()).await;
     }
     if o.batch {
         return batch::run(&bootstrap, o.brokers.is_none(), o.svg.as_deref()).await;

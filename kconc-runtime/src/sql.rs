@@ -507,6 +507,8 @@ pub(crate) struct Opening {
     pub(crate) stats: Arc<Stats>,
     pub(crate) shutdown: CancellationToken,
     pub(crate) runtime: tokio::runtime::Handle,
+    /// The subscriber's `concurrency` (a pool smaller than it caps it).
+    pub(crate) concurrency: usize,
 }
 
 /// A subscriber's offsets in its database, as the engine and the workers
@@ -538,6 +540,16 @@ fn open<DB: Database>(states: &States, o: Opening) -> Result<Arc<dyn Store>, Str
             db = std::any::type_name::<DB>().rsplit("::").next().unwrap_or("DB"),
         )
     })?;
+    let size = pool.options().get_max_connections() as usize;
+    if size < o.concurrency {
+        tracing::warn!(
+            subscriber = &*o.subscriber,
+            pool = size,
+            concurrency = o.concurrency,
+            "the database pool has fewer connections than `concurrency`: each call holds one until its \
+             commit, so at most `pool` calls run at once; give the pool at least `concurrency` connections"
+        );
+    }
     let store = Arc::new(SqlStore::<DB> {
         pool,
         group: o.group,
@@ -703,6 +715,22 @@ impl<DB: Database> SqlStore<DB> {
     }
 }
 
+/// The pause before a call runs again after a transient database error:
+/// none the first time, then from 20 ms doubling up to [`MAX_WAIT`] (a
+/// database refusing every transaction, say with serialization failures,
+/// is not hammered).
+#[derive(Default)]
+struct Rerun(Option<Duration>);
+
+impl Rerun {
+    async fn wait(&mut self) {
+        if let Some(wait) = self.0 {
+            tokio::time::sleep(wait).await;
+        }
+        self.0 = Some(self.0.map_or(Duration::from_millis(20), |w| (w * 2).min(MAX_WAIT)));
+    }
+}
+
 /// The `Tx` for one call, and where it comes back when dropped.
 fn open_tx<DB: Database>(
     tx: sqlx::Transaction<'static, DB>,
@@ -736,7 +764,9 @@ async fn run_one<DB: Database>(
 ) -> Result<(), BoxError> {
     let at = store.place(msg.topic(), msg.partition());
     let offset = msg.offset();
+    let mut rerun = Rerun::default();
     loop {
+        rerun.wait().await;
         let (tx, back) = open_tx(store.begin().await);
         let call = OPEN.sync_scope(RefCell::new(Some(Box::new(tx))), || f(msg.clone(), &cx));
         match call.await {
@@ -765,7 +795,9 @@ async fn run_batch<DB: Database>(
     };
     let at = store.place(first.topic(), first.partition());
     let offsets: Vec<i64> = msgs.iter().map(Message::offset).collect();
+    let mut rerun = Rerun::default();
     loop {
+        rerun.wait().await;
         let (tx, back) = open_tx(store.begin().await);
         let call = OPEN.sync_scope(RefCell::new(Some(Box::new(tx))), || f(msgs.clone(), &cx));
         let end = call.await;
@@ -861,23 +893,31 @@ impl<DB: Database> Store for SqlStore<DB> {
     }
 }
 
-/// A SQLite pool for kconc's exactly-once handlers: the database file at
-/// `path` (created if missing), in WAL mode (readers do not block the
-/// writer), `synchronous = FULL` (a committed transaction survives a power
-/// loss: kconc commits the offset to Kafka once it is recorded, so a lost
-/// one would be skipped), waiting up to 5 s for a lock rather than
-/// failing at once.
-pub async fn sqlite_pool(path: impl AsRef<std::path::Path>) -> Result<sqlx::SqlitePool, sqlx::Error> {
+/// The connection options kconc's exactly-once handlers want of SQLite:
+/// the database file at `path` (created if missing), in WAL mode (readers do
+/// not block the writer), `synchronous = FULL` (a committed transaction
+/// survives a power loss: kconc commits the offset to Kafka once it is
+/// recorded, so a lost one would be skipped), waiting up to 5 s for a lock
+/// rather than failing at once. For a pool of your own size:
+/// `SqlitePoolOptions::new().max_connections(n).connect_with(sqlite_options(path))`.
+pub fn sqlite_options(path: impl AsRef<std::path::Path>) -> sqlx::sqlite::SqliteConnectOptions {
     use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
-    let options = SqliteConnectOptions::new()
+    SqliteConnectOptions::new()
         .filename(path)
         .create_if_missing(true)
         .journal_mode(SqliteJournalMode::Wal)
         .synchronous(SqliteSynchronous::Full)
-        .busy_timeout(Duration::from_secs(5));
+        .busy_timeout(Duration::from_secs(5))
+}
+
+/// A pool of [`sqlite_options`] with 32 connections. Each handler call
+/// holds one from before the handler runs until its commit, so at most 32
+/// calls run at once whatever `concurrency` says (kconc warns at start-up
+/// when a pool is smaller than `concurrency`).
+pub async fn sqlite_pool(path: impl AsRef<std::path::Path>) -> Result<sqlx::SqlitePool, sqlx::Error> {
     sqlx::sqlite::SqlitePoolOptions::new()
-        .max_connections(8)
-        .connect_with(options)
+        .max_connections(32)
+        .connect_with(sqlite_options(path))
         .await
 }
 

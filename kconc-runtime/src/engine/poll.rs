@@ -81,6 +81,7 @@ pub(crate) fn start(
                     stats: stats.clone(),
                     shutdown: shutdown.clone(),
                     runtime: runtime.clone(),
+                    concurrency: sub.settings.concurrency,
                 },
             )
             .map_err(|e| Error::Config(format!("subscriber `{}`: {e}", sub.name)))?,
