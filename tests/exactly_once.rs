@@ -266,6 +266,24 @@ async fn assert_all_recorded(db: &Db, topic: &str, ends: &[i64]) {
     }
 }
 
+/// Runs `sub` with `db`'s pool as state until the group has committed
+/// its topic to `ends`, then shuts it down; returns its counters.
+async fn run_to_the_ends(db: &Db, bootstrap: &str, sub: Subscriber, ends: &[i64]) -> kconc_runtime::StatsSnapshot {
+    let (name, group, topic) = (sub.name().to_owned(), sub.group().to_owned(), sub.topics()[0].clone());
+    let app = db
+        .state(test_app(bootstrap))
+        .subscriber(sub)
+        .start_in_test_mode()
+        .unwrap();
+    wait_for("the group to commit to the ends", DEADLINE, || {
+        committed(bootstrap, &group, &topic, ends.len() as i32) == all_committed(ends)
+    })
+    .await;
+    let stats = app.stats(&name).unwrap();
+    app.shutdown().await;
+    stats
+}
+
 fn produce(bootstrap: &str, topic: &str, partitions: i32, n: usize) -> Vec<i64> {
     common::produce(bootstrap, topic, partitions, n, 100)
 }
@@ -283,17 +301,7 @@ async fn a_failed_attempt_writes_nothing_and_every_message_writes_one_row() {
         let cluster = common::cluster(&topic, parts);
         let ends = produce(cluster.bootstrap_servers(), &topic, parts, n);
         let sub = row_subscriber(&db, &topic, &group, |o, a| o % 10 == 3 && a == 1);
-        let app = db
-            .state(test_app(cluster.bootstrap_servers()))
-            .subscriber(sub)
-            .start_in_test_mode()
-            .unwrap();
-        wait_for("the group to commit to the ends", DEADLINE, || {
-            committed(cluster.bootstrap_servers(), &group, &topic, parts) == all_committed(&ends)
-        })
-        .await;
-        let stats = app.stats(&topic).unwrap();
-        app.shutdown().await;
+        let stats = run_to_the_ends(&db, cluster.bootstrap_servers(), sub, &ends).await;
         assert_exactly_once(&db, &ends, |o, a| if o % 10 == 3 { a == 2 } else { a == 1 }).await;
         assert_all_recorded(&db, &topic, &ends).await;
         assert_eq!(stats.retried, ends.iter().map(|&e| (e + 6) / 10).sum::<i64>() as u64);
@@ -339,17 +347,8 @@ async fn a_restart_with_kafkas_commits_lost_handles_nothing_twice() {
             "the first run committed nothing to Kafka ({} commit failures)",
             first.commit_failures
         );
-        let app = db
-            .state(test_app(&bootstrap))
-            .subscriber(row_subscriber(&db, &topic, &group, |_, _| false))
-            .start_in_test_mode()
-            .unwrap();
-        wait_for("the group to commit to the ends", DEADLINE, || {
-            committed(&bootstrap, &group, &topic, parts) == all_committed(&ends)
-        })
-        .await;
-        let stats = app.stats(&topic).unwrap();
-        app.shutdown().await;
+        let sub = row_subscriber(&db, &topic, &group, |_, _| false);
+        let stats = run_to_the_ends(&db, &bootstrap, sub, &ends).await;
         assert_exactly_once(&db, &ends, |_, a| a == 1).await;
         assert_all_recorded(&db, &topic, &ends).await;
         assert_eq!(
@@ -407,16 +406,7 @@ async fn a_batch_commits_its_rows_and_offsets_in_one_transaction() {
             .concurrency(4)
             .retries(3)
             .backoff(Duration::from_millis(10));
-        let app = db
-            .state(test_app(cluster.bootstrap_servers()))
-            .subscriber(with_store(db.clone(), sub))
-            .start_in_test_mode()
-            .unwrap();
-        wait_for("the group to commit to the ends", DEADLINE, || {
-            committed(cluster.bootstrap_servers(), &group, &topic, parts) == all_committed(&ends)
-        })
-        .await;
-        app.shutdown().await;
+        run_to_the_ends(&db, cluster.bootstrap_servers(), with_store(db.clone(), sub), &ends).await;
         assert!(failed_whole.load(Ordering::SeqCst));
         assert_exactly_once(&db, &ends, |o, a| if o % 100 == 7 { a == 2 } else { a >= 1 }).await;
         assert_all_recorded(&db, &topic, &ends).await;
@@ -662,17 +652,8 @@ async fn rows_of_a_recreated_topic_are_forgotten_not_skipped() {
             ))
             .await;
         }
-        let app = db
-            .state(test_app(&bootstrap))
-            .subscriber(row_subscriber(&db, &topic, &group, |_, _| false))
-            .start_in_test_mode()
-            .unwrap();
-        wait_for("the group to commit to the ends", DEADLINE, || {
-            committed(&bootstrap, &group, &topic, parts) == all_committed(&ends)
-        })
-        .await;
-        let stats = app.stats(&topic).unwrap();
-        app.shutdown().await;
+        let sub = row_subscriber(&db, &topic, &group, |_, _| false);
+        let stats = run_to_the_ends(&db, &bootstrap, sub, &ends).await;
         assert_exactly_once(&db, &ends, |_, a| a == 1).await;
         assert_all_recorded(&db, &topic, &ends).await;
         assert_eq!(stats.commit_metadata_stale, parts as u64, "{}", db.name());

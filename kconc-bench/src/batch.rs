@@ -19,10 +19,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use kconc_runtime::testing::{committed_offsets, end_offsets};
 use kconc_runtime::{App, Handler, Message, Subscriber};
 
-use crate::{Order, Usage, PARTITIONS};
+use crate::{Order, Usage};
 
 const CONCURRENCY: usize = 4;
 /// What a call costs whatever its size.
@@ -232,20 +231,7 @@ async fn measure(
     let (took, usage) = probe.first.get().map_or((Duration::ZERO, Usage::default()), |(t, u)| {
         (t.elapsed(), Usage::now().since(*u))
     });
-    let ends = tokio::task::block_in_place(|| end_offsets(bootstrap, topic, PARTITIONS)).map_err(|e| e.to_string())?;
-    loop {
-        let committed = tokio::task::block_in_place(|| committed_offsets(bootstrap, group, topic, PARTITIONS))
-            .map_err(|e| e.to_string())?;
-        if committed.iter().zip(&ends).all(|(c, end)| c.is_some_and(|c| c >= *end)) {
-            break;
-        }
-        if Instant::now() > deadline {
-            return Err(format!(
-                "W-batch: not every offset committed: {committed:?} of {ends:?}"
-            ));
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    crate::wait_committed(bootstrap, topic, group, deadline, "W-batch").await?;
     let commit_lag = handled_at.elapsed();
     running.shutdown().await;
     let calls = probe.calls.load(Ordering::Relaxed).max(1);

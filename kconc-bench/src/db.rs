@@ -24,10 +24,9 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use kconc_runtime::sql::{sqlx, Sqlite, Tx};
-use kconc_runtime::testing::{committed_offsets, end_offsets};
 use kconc_runtime::{App, BoxError, Handler, Message, Subscriber};
 
-use crate::{Order, Usage, PARTITIONS};
+use crate::{Order, Usage};
 
 /// The I/O each message waits for before its write (W-io's).
 const IO: Duration = Duration::from_millis(10);
@@ -336,18 +335,7 @@ async fn measure(
     let (took, usage) = probe.first.get().map_or((Duration::ZERO, Usage::default()), |(t, u)| {
         (t.elapsed(), Usage::now().since(*u))
     });
-    let ends = tokio::task::block_in_place(|| end_offsets(bootstrap, topic, PARTITIONS)).map_err(|e| e.to_string())?;
-    loop {
-        let committed = tokio::task::block_in_place(|| committed_offsets(bootstrap, group, topic, PARTITIONS))
-            .map_err(|e| e.to_string())?;
-        if committed.iter().zip(&ends).all(|(c, end)| c.is_some_and(|c| c >= *end)) {
-            break;
-        }
-        if Instant::now() > deadline {
-            return Err(format!("W-db: not every offset committed: {committed:?} of {ends:?}"));
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    crate::wait_committed(bootstrap, topic, group, deadline, "W-db").await?;
     running.shutdown().await;
     Ok((n as f64 / took.as_secs_f64(), usage.cpu / n as u32))
 }

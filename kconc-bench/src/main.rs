@@ -577,6 +577,32 @@ async fn framework_with(
     })
 }
 
+/// Waits until `group` has committed every partition of `topic` to its
+/// end, or fails (naming workload `what`) after `deadline`.
+pub(crate) async fn wait_committed(
+    bootstrap: &str,
+    topic: &str,
+    group: &str,
+    deadline: Instant,
+    what: &str,
+) -> Result<(), String> {
+    let ends = tokio::task::block_in_place(|| kconc_runtime::testing::end_offsets(bootstrap, topic, PARTITIONS))
+        .map_err(|e| e.to_string())?;
+    loop {
+        let committed = tokio::task::block_in_place(|| {
+            kconc_runtime::testing::committed_offsets(bootstrap, group, topic, PARTITIONS)
+        })
+        .map_err(|e| e.to_string())?;
+        if committed.iter().zip(&ends).all(|(c, end)| c.is_some_and(|c| c >= *end)) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(format!("{what}: not every offset committed: {committed:?} of {ends:?}"));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 fn median(mut v: Vec<f64>) -> (f64, f64, f64) {
     v.sort_by(f64::total_cmp);
     (v[v.len() / 2], v[0], v[v.len() - 1])

@@ -6,7 +6,7 @@ use proc_macro2::{Span, TokenStream};
 use quote::{quote, quote_spanned};
 use syn::ext::IdentExt as _;
 use syn::spanned::Spanned as _;
-use syn::{FnArg, Ident, ItemFn, LitStr, ReturnType};
+use syn::{Ident, ItemFn, LitStr, ReturnType};
 
 use crate::args::{self, Args, Value};
 use crate::signature;
@@ -82,15 +82,7 @@ fn check_store(args: &Args, func: &ItemFn) -> syn::Result<()> {
              `mut tx: Tx<Sqlite>` (or `Tx<Postgres>`, from `kconc_runtime::sql`) and write with `&mut *tx`",
         )),
         (None, Some(i)) => {
-            let ty = func
-                .sig
-                .inputs
-                .iter()
-                .filter_map(|arg| match arg {
-                    FnArg::Typed(t) => Some(&*t.ty),
-                    FnArg::Receiver(_) => None,
-                })
-                .nth(i);
+            let ty = signature::argument_types(func).nth(i);
             Err(syn::Error::new(
                 ty.map_or(Span::call_site(), |t| t.span()),
                 "a `Tx` argument needs `store = \"sql\"` in #[subscriber(..)]: kconc then commits the handler's \
@@ -152,15 +144,7 @@ fn registration(args: &Args, func: &ItemFn) -> TokenStream {
     let message = local("message", ident.span());
     let cx = local("cx", ident.span());
     let handler = local("handler", ident.span());
-    let types: Vec<&syn::Type> = func
-        .sig
-        .inputs
-        .iter()
-        .filter_map(|arg| match arg {
-            FnArg::Typed(t) => Some(&*t.ty),
-            FnArg::Receiver(_) => None,
-        })
-        .collect();
+    let types: Vec<&syn::Type> = signature::argument_types(func).collect();
     let requirements = state_requirements(args, &types);
     // The database of the `Tx` argument, from its type (an error there if
     // it names none kconc supports).

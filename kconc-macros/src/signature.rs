@@ -56,14 +56,7 @@ pub(crate) fn check(func: &ItemFn) -> syn::Result<()> {
             ),
         );
     }
-    let batches: Vec<&Type> = sig
-        .inputs
-        .iter()
-        .filter_map(|arg| match arg {
-            FnArg::Typed(t) if is_batch(&t.ty) => Some(&*t.ty),
-            _ => None,
-        })
-        .collect();
+    let batches: Vec<&Type> = argument_types(func).filter(|ty| named(ty, "Batch")).collect();
     if let [_, second, ..] = batches[..] {
         errors.push_at(
             second.span(),
@@ -87,32 +80,26 @@ pub(crate) fn check(func: &ItemFn) -> syn::Result<()> {
 /// The position of the handler's `Batch<..>` argument, if it takes one (a
 /// batch handler). Recognised by the type's last path segment, as written.
 pub(crate) fn batch_argument(func: &ItemFn) -> Option<usize> {
-    func.sig
-        .inputs
-        .iter()
-        .filter_map(|arg| match arg {
-            FnArg::Typed(t) => Some(&*t.ty),
-            FnArg::Receiver(_) => None,
-        })
-        .position(is_batch)
+    argument_types(func).position(|ty| named(ty, "Batch"))
 }
 
 /// The index of the argument written `Tx<..>` (the transaction of
 /// `store = "sql"`), if there is one.
 pub(crate) fn tx_argument(func: &ItemFn) -> Option<usize> {
-    func.sig
-        .inputs
-        .iter()
-        .filter_map(|arg| match arg {
-            FnArg::Typed(t) => Some(&*t.ty),
-            FnArg::Receiver(_) => None,
-        })
-        .position(|ty| matches!(ty, Type::Path(p) if p.qself.is_none() && p.path.segments.last().is_some_and(|s| s.ident == "Tx")))
+    argument_types(func).position(|ty| named(ty, "Tx"))
 }
 
-/// Whether `ty` is written `Batch<..>` (or a path ending so).
-fn is_batch(ty: &Type) -> bool {
-    matches!(ty, Type::Path(p) if p.qself.is_none() && p.path.segments.last().is_some_and(|s| s.ident == "Batch"))
+/// The types of the function's arguments, in order.
+pub(crate) fn argument_types(func: &ItemFn) -> impl Iterator<Item = &Type> {
+    func.sig.inputs.iter().filter_map(|arg| match arg {
+        FnArg::Typed(t) => Some(&*t.ty),
+        FnArg::Receiver(_) => None,
+    })
+}
+
+/// Whether `ty` is written `name<..>` (or a path ending so).
+fn named(ty: &Type, name: &str) -> bool {
+    matches!(ty, Type::Path(p) if p.qself.is_none() && p.path.segments.last().is_some_and(|s| s.ident == name))
 }
 
 /// A handler without `reply = ".."` whose return type names something only a
