@@ -961,7 +961,7 @@ fn sigterm_exits_within_shutdown_timeout_even_when_the_broker_stops_answering() 
 
 /// The databases the exactly-once end-to-end tests run against, fresh for
 /// test `name`: a SQLite file, and, with the `postgres` feature, a new
-/// database on the server `KCONC_TEST_POSTGRES` names.
+/// database on the server `TEST_POSTGRES_URL` names.
 fn stores(dir: &Path, name: &str) -> Vec<Store> {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let path = dir.join(format!("{name}.db"));
@@ -978,8 +978,8 @@ fn stores(dir: &Path, name: &str) -> Vec<Store> {
     {
         use kconc_runtime::sql::sqlx;
         let runtime = tokio::runtime::Runtime::new().unwrap();
-        let server = std::env::var("KCONC_TEST_POSTGRES")
-            .expect("KCONC_TEST_POSTGRES: the URL of a PostgreSQL server (scripts/postgres starts one)");
+        let server = std::env::var("TEST_POSTGRES_URL")
+            .expect("TEST_POSTGRES_URL: the URL of a PostgreSQL server (scripts/postgres starts one)");
         let db = name.replace('-', "_");
         let url = runtime.block_on(async {
             let admin = sqlx::PgPool::connect(&server).await.unwrap();

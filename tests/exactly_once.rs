@@ -1,6 +1,6 @@
 //! Exactly once into a database (`store = "sql"`), on the embedded cluster
 //! and a real database: SQLite (a file) always, PostgreSQL too when
-//! `KCONC_TEST_POSTGRES` names a server (`scripts/postgres` starts one; the
+//! `TEST_POSTGRES_URL` names a server (`scripts/postgres` starts one; the
 //! README's test command runs these tests against both).
 //!
 //! Every handler inserts a row per message through its `Tx`; the checks
@@ -32,7 +32,7 @@ enum Db {
 }
 
 /// Each database the suite runs against, fresh for test `name`: a SQLite
-/// file; and a PostgreSQL database when `KCONC_TEST_POSTGRES` gives a
+/// file; and a PostgreSQL database when `TEST_POSTGRES_URL` gives a
 /// server's URL (required when the `postgres` feature is on: a suite built
 /// for PostgreSQL never skips it).
 async fn databases(name: &str) -> Vec<Db> {
@@ -56,12 +56,12 @@ async fn databases(name: &str) -> Vec<Db> {
     dbs
 }
 
-/// A fresh PostgreSQL database `name` on the server `KCONC_TEST_POSTGRES`
+/// A fresh PostgreSQL database `name` on the server `TEST_POSTGRES_URL`
 /// names (a URL of its `postgres` database).
 #[cfg(feature = "postgres")]
 async fn postgres(name: &str) -> sqlx::PgPool {
-    let url = std::env::var("KCONC_TEST_POSTGRES")
-        .expect("KCONC_TEST_POSTGRES: the URL of a PostgreSQL server (scripts/postgres starts one)");
+    let url = std::env::var("TEST_POSTGRES_URL")
+        .expect("TEST_POSTGRES_URL: the URL of a PostgreSQL server (scripts/postgres starts one)");
     let admin = sqlx::PgPool::connect(&url).await.unwrap();
     sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
         .execute(&admin)
