@@ -199,7 +199,8 @@ impl HandlerEnv {
                         offset: end.offset,
                     })
                 }
-                // Not reached: only a dead-letter policy concludes so.
+                // Not reached: only a dead-letter policy, or a skip with
+                // `store = "sql"`, concludes so.
                 _ => Event::Stopped {
                     slot: end.slot,
                     offset: end.offset,
