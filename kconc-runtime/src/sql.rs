@@ -61,7 +61,7 @@ use crate::stats::Stats;
 /// The table kconc keeps finished offsets in.
 pub const TABLE: &str = "kconc_offsets";
 
-type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// Runs of finished offsets, `[start, end)`, in order.
 pub(crate) type Ranges = Vec<(i64, i64)>;

@@ -411,48 +411,39 @@ impl Engine {
     /// The finished runs the database lists for partition `p` of `topic`,
     /// once it answers; `None` if shutdown begins first.
     fn read_stored(&self, store: &dyn Store, topic: &str, p: i32) -> Option<crate::sql::Ranges> {
-        let mut wait = Duration::from_millis(20);
-        loop {
-            let read = self
-                .dispatcher
-                .runtime()
-                .block_on(tokio::time::timeout(COMMITTED_TIMEOUT, store.finished(topic, p)));
-            match read {
-                Ok(Ok(ranges)) => {
-                    store.unavailable(None);
-                    return Some(ranges);
-                }
-                Ok(Err(e)) => store.unavailable(Some(e.to_string())),
-                Err(_) => store.unavailable(Some(format!("no answer within {COMMITTED_TIMEOUT:?}"))),
-            }
-            if self.shutdown.is_cancelled() {
-                return None;
-            }
-            std::thread::sleep(wait);
-            wait = (wait * 2).min(Duration::from_secs(1));
-        }
+        self.until_stored(store, || store.finished(topic, p))
     }
 
     /// Makes the database forget partition `p` of topic `t`'s finished
     /// offsets (its offsets were reused), waiting for it while it cannot.
     pub(super) fn forget_stored(&self, store: &dyn Store, t: usize, p: i32) {
         let topic = self.parts.name(t).clone();
+        self.until_stored(store, || store.forget(&topic, p));
+    }
+
+    /// Runs `op` on the poll thread until the database answers it (health
+    /// says why meanwhile), or shutdown begins (`None`).
+    fn until_stored<'a, T>(
+        &self,
+        store: &dyn Store,
+        op: impl Fn() -> crate::sql::BoxFuture<'a, Result<T, sqlx::Error>>,
+    ) -> Option<T> {
         let mut wait = Duration::from_millis(20);
         loop {
-            let forgot = self
+            match self
                 .dispatcher
                 .runtime()
-                .block_on(tokio::time::timeout(COMMITTED_TIMEOUT, store.forget(&topic, p)));
-            match forgot {
-                Ok(Ok(())) => {
+                .block_on(tokio::time::timeout(COMMITTED_TIMEOUT, op()))
+            {
+                Ok(Ok(done)) => {
                     store.unavailable(None);
-                    return;
+                    return Some(done);
                 }
                 Ok(Err(e)) => store.unavailable(Some(e.to_string())),
                 Err(_) => store.unavailable(Some(format!("no answer within {COMMITTED_TIMEOUT:?}"))),
             }
             if self.shutdown.is_cancelled() {
-                return;
+                return None;
             }
             std::thread::sleep(wait);
             wait = (wait * 2).min(Duration::from_secs(1));
