@@ -11,7 +11,7 @@
 
 mod common;
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -193,49 +193,70 @@ async fn a_future_that_keeps_its_first_waker_is_woken_on_its_worker() {
     assert_eq!(stats.first_polls_on_poll_thread as usize, s.n, "{stats:?}");
 }
 
-/// A handler that begins shutdown itself: no handler may begin afterwards,
-/// neither on the poll thread (which used to go on reading its batch) nor
-/// on a worker (which used to begin what was handed to it before).
+/// A handler that begins shutdown itself: afterwards nothing more is handed
+/// to the workers and nothing more begins on the poll thread; of what was
+/// handed over before, a whole hand-over begins or none of it, in order, so
+/// the offsets that began are exactly `0..k`: no message is left unstarted
+/// below one that ran (without commit metadata, the one that ran would be
+/// handled again after a restart). Two workers reaching the two parts of
+/// one hand-over on either side of the signal used to leave such a gap.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn no_handler_begins_after_shutdown_began() {
+async fn after_shutdown_began_nothing_more_begins_and_no_gap_is_left() {
+    let concurrency = 16;
     for mode in [FirstPoll::PollThread, FirstPoll::Worker] {
-        let topic = format!("late-start-{}", mode.as_str());
-        let group = format!("g-{topic}");
-        let n = 2_000;
-        let cluster = cluster(&topic, 1);
-        produce(cluster.bootstrap_servers(), &topic, 1, n, 10);
-        let handle: Arc<OnceLock<ShutdownHandle>> = Arc::default();
-        let late = Arc::new(AtomicUsize::new(0));
-        let started = Arc::new(AtomicUsize::new(0));
-        let (h, l, st) = (handle.clone(), late.clone(), started.clone());
-        let handler = Handler::with_context(move |m: Message, cx: kconc_runtime::Context| {
-            if cx.is_shutting_down() {
-                l.fetch_add(1, Ordering::SeqCst);
-            }
-            st.fetch_add(1, Ordering::SeqCst);
-            if m.offset() == 300 {
-                if let Some(h) = h.get() {
-                    h.shutdown();
+        for round in 0..4 {
+            let topic = format!("late-start-{}-{round}", mode.as_str());
+            let group = format!("g-{topic}");
+            let n = 2_000;
+            let cluster = cluster(&topic, 1);
+            produce(cluster.bootstrap_servers(), &topic, 1, n, 10);
+            let handle: Arc<OnceLock<ShutdownHandle>> = Arc::default();
+            let late = Arc::new(AtomicUsize::new(0));
+            let begun: Arc<Mutex<BTreeSet<i64>>> = Arc::default();
+            let (h, l, b) = (handle.clone(), late.clone(), begun.clone());
+            let handler = Handler::with_context(move |m: Message, cx: kconc_runtime::Context| {
+                if cx.is_shutting_down() {
+                    l.fetch_add(1, Ordering::SeqCst);
                 }
-            }
-            async {}
-        });
-        let sub = Subscriber::from_handler("late-start", [topic.as_str()], group.as_str(), handler)
-            .concurrency(16)
-            .first_poll(mode);
-        let app = test_app(cluster.bootstrap_servers()).subscriber(sub).start().unwrap();
-        handle.set(app.shutdown_handle()).unwrap();
-        tokio::time::timeout(DEADLINE, app.wait())
-            .await
-            .expect("the app stops after the handler's shutdown");
-        let started = started.load(Ordering::SeqCst);
-        // Handlers run concurrently: a few before offset 300 may come too late.
-        assert!(started > 250 && started < n, "{mode:?}: {started} handlers began");
-        assert_eq!(
-            late.load(Ordering::SeqCst),
-            0,
-            "{mode:?}: handlers began after shutdown had begun"
-        );
+                b.lock().unwrap().insert(m.offset());
+                if m.offset() == 300 {
+                    if let Some(h) = h.get() {
+                        h.shutdown();
+                    }
+                }
+                async {}
+            });
+            let sub = Subscriber::from_handler("late-start", [topic.as_str()], group.as_str(), handler)
+                .concurrency(concurrency)
+                .first_poll(mode);
+            let app = test_app(cluster.bootstrap_servers()).subscriber(sub).start().unwrap();
+            handle.set(app.shutdown_handle()).unwrap();
+            tokio::time::timeout(DEADLINE, app.wait())
+                .await
+                .expect("the app stops after the handler's shutdown");
+            let begun = std::mem::take(&mut *begun.lock().unwrap());
+            let k = begun.len() as i64;
+            assert!(k > 300 && k < n as i64, "{mode:?}: {k} handlers began");
+            let last = begun.last().copied().unwrap_or(-1);
+            let never: Vec<i64> = (0..last).filter(|o| !begun.contains(o)).collect();
+            assert!(
+                never.is_empty(),
+                "{mode:?}: offsets {never:?} never began, below {last}, which did"
+            );
+            // The final commit reaches all of it (the handlers all end well).
+            assert_eq!(
+                committed(cluster.bootstrap_servers(), &group, &topic, 1),
+                vec![Some(k)],
+                "{mode:?}: the final commit is not the end of what began"
+            );
+            // What began after the signal had been handed over before it:
+            // at most a concurrency's worth.
+            let late = late.load(Ordering::SeqCst);
+            assert!(
+                late <= concurrency,
+                "{mode:?}: {late} handlers began after shutdown had begun, more than were in flight"
+            );
+        }
     }
 }
 

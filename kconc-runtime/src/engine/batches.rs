@@ -31,11 +31,6 @@ impl HandlerEnv {
     /// ran over `handler_timeout`) goes to the error policy alone; every
     /// other one is done. Returns [`Event::BatchEnded`].
     async fn run_batch(&self, batch: Vec<(MessageTag, Message)>) -> Event {
-        // Handed over before shutdown began and reached only now: it never
-        // starts (it is read again after a restart).
-        if self.context.is_shutting_down() {
-            return abandoned(&batch);
-        }
         let n = batch.len();
         let span = match batch.first() {
             Some((_, first)) => tracing::debug_span!(

@@ -33,6 +33,8 @@ pub(crate) struct HandlerEnv {
     /// Given at the end of a shutdown's drain: the workers drop the
     /// handlers still running and end.
     pub(crate) abort: tokio_util::sync::CancellationToken,
+    /// Which hand-overs may still begin once shutdown has begun.
+    pub(crate) admission: super::worker::Admission,
 }
 
 /// A message to dead-letter: where it came from (with the message as it

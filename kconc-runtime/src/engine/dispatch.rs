@@ -51,9 +51,12 @@ pub(super) enum Begun {
 #[derive(Debug)]
 pub(crate) struct Dispatcher {
     pub(super) shared: Arc<HandlerEnv>,
-    pub(super) workers: Vec<UnboundedSender<Vec<Start>>>,
+    pub(super) workers: Vec<UnboundedSender<(u64, Vec<Start>)>>,
     /// Started this turn, per worker; sent by [`Dispatcher::flush`].
     pub(super) pending: Vec<Vec<Start>>,
+    /// The number of the hand-over `pending` makes (see
+    /// [`Admission`](super::worker::Admission)).
+    pub(super) seq: u64,
     /// The worker that takes the next message.
     pub(super) next: usize,
     /// Messages it has taken since its turn began.
@@ -86,6 +89,7 @@ impl Dispatcher {
             shared,
             pending: workers.iter().map(|_| Vec::new()).collect(),
             workers,
+            seq: 1,
             next: 0,
             in_turn: 0,
             run: concurrency.max(1).div_ceil(n),
@@ -116,7 +120,11 @@ impl Dispatcher {
     /// the mode (inside a rebalance callback).
     pub(crate) fn start(&mut self, slot: MessageTag, msg: Message, here: bool) -> Option<Event> {
         self.shared.stats.dispatched.fetch_add(1, Ordering::Relaxed);
-        if !here || !self.inline.on() {
+        // Beginning here admits this turn's hand-over (what went to the
+        // workers before it, of its partition too); once shutdown has
+        // closed admission it goes there, and does not begin either.
+        let shared = &self.shared;
+        if !here || !self.inline.on() || !shared.admission.admit(self.seq, || shared.context.is_shutting_down()) {
             self.hand_over(Start::Fresh(slot, msg));
             return None;
         }
@@ -162,19 +170,24 @@ impl Dispatcher {
     /// (left uncommitted) and nothing can run any more.
     pub(crate) fn flush(&mut self) -> bool {
         let mut alive = true;
+        let mut sent = false;
         for (tx, batch) in self.workers.iter().zip(&mut self.pending) {
             if batch.is_empty() {
                 continue;
             }
-            if let Err(unsent) = tx.send(std::mem::take(batch)) {
+            sent = true;
+            if let Err(unsent) = tx.send((self.seq, std::mem::take(batch))) {
                 alive = false;
-                for start in unsent.0 {
+                for start in unsent.0 .1 {
                     if let Start::Running(..) = start {
                         self.shared.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
                     }
                     let _ = self.shared.events.send(start.abandoned());
                 }
             }
+        }
+        if sent {
+            self.seq += 1;
         }
         // The next flush goes to the next worker.
         if self.in_turn > 0 {

@@ -244,6 +244,7 @@ mod test_util {
                 policy: sub.settings.policy(),
                 handler_timeout: sub.settings.handler_timeout,
                 abort: tokio_util::sync::CancellationToken::new(),
+                admission: super::worker::Admission::default(),
             };
             let (committer, commits) = Committer::for_test();
             let engine = Engine::new(sub, 8192, env, committer, Weak::new(), (events, events_tx), shutdown);

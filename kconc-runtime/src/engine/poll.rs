@@ -138,6 +138,7 @@ pub(crate) fn start(
         policy: sub.settings.policy(),
         handler_timeout: sub.settings.handler_timeout,
         abort: tokio_util::sync::CancellationToken::new(),
+        admission: super::worker::Admission::default(),
     };
     let engine = Engine::new(
         sub,

@@ -4,6 +4,7 @@
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::Poll;
 
@@ -58,6 +59,53 @@ impl Start {
     }
 }
 
+/// Which hand-overs may begin, decided once per hand-over (one flush of
+/// the dispatcher, numbered from 1) by the first worker to reach its part
+/// of it: before shutdown begins every one may; after it, none that was
+/// not admitted before. A hand-over is admitted whole, and admitting one
+/// admits every earlier one, so what begins of a partition is always the
+/// run handed over first: a shutdown never leaves a message unstarted
+/// below one that ran (where no commit metadata is kept, the one that ran
+/// would be handled again after a restart). Without this, two workers
+/// reaching the two parts of one hand-over on either side of the signal
+/// began the later offsets and dropped the earlier one.
+#[derive(Debug, Default)]
+pub(crate) struct Admission(AtomicU64);
+
+impl Admission {
+    /// Set once shutdown has closed admission; the rest is the highest
+    /// hand-over admitted.
+    const CLOSED: u64 = 1 << 63;
+
+    /// Whether hand-over `seq` may begin, with `shutting_down` read as
+    /// late as possible: a closing decision is final, and an admission
+    /// is never made after one (both are one compare-and-swap).
+    pub(crate) fn admit(&self, seq: u64, shutting_down: impl Fn() -> bool) -> bool {
+        let mut now = self.0.load(Ordering::Acquire);
+        loop {
+            let admitted = now & !Self::CLOSED;
+            if seq <= admitted {
+                return true;
+            }
+            if now & Self::CLOSED != 0 {
+                return false;
+            }
+            let (next, admit) = if shutting_down() {
+                (now | Self::CLOSED, false)
+            } else {
+                (seq, true)
+            };
+            match self
+                .0
+                .compare_exchange_weak(now, next, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => return admit,
+                Err(current) => now = current,
+            }
+        }
+    }
+}
+
 impl std::fmt::Debug for Start {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let name = match self {
@@ -74,7 +122,7 @@ impl std::fmt::Debug for Start {
 /// One worker: runs every message it is given concurrently and sends the
 /// events of those that ended, batched per wake-up, until the dispatcher is
 /// dropped and its handlers have ended.
-pub(super) async fn work(shared: Arc<HandlerEnv>, mut inbox: UnboundedReceiver<Vec<Start>>) {
+pub(super) async fn work(shared: Arc<HandlerEnv>, mut inbox: UnboundedReceiver<(u64, Vec<Start>)>) {
     let shared = &*shared;
     let mut running = Places::new();
     running.report_to(shared.stats.clone());
@@ -90,10 +138,18 @@ pub(super) async fn work(shared: Arc<HandlerEnv>, mut inbox: UnboundedReceiver<V
         running.register(cx);
         while open {
             match inbox.poll_recv(cx) {
-                Poll::Ready(Some(batch)) => {
+                Poll::Ready(Some((seq, batch))) => {
+                    // Handed over before shutdown began and not admitted
+                    // then: what has not begun never does (it is read
+                    // again after a restart).
+                    let admitted = shared.admission.admit(seq, || shared.context.is_shutting_down());
                     // One clock reading for the batch: its messages begin now.
                     running.now_ms = unix_ms();
                     for mut start in batch {
+                        if !admitted && matches!(start, Start::Fresh(..) | Start::Batch(_)) {
+                            ended.push(start.abandoned());
+                            continue;
+                        }
                         let handover = match &mut start {
                             Start::Running(_, _, handover) => handover.take(),
                             _ => None,
@@ -201,11 +257,6 @@ impl<'a> Drive<'a> {
                     let DriveState::Fresh(slot, msg) = std::mem::replace(&mut self.state, DriveState::Ended) else {
                         continue;
                     };
-                    // Handed over before shutdown began and reached only
-                    // now: it never starts (it is read again after a restart).
-                    if self.shared.context.is_shutting_down() {
-                        return Poll::Ready(Event::Abandoned(slot, msg.offset()));
-                    }
                     match self.shared.begin(slot, msg) {
                         (call, Ok(fut)) => {
                             self.deadline = self.shared.deadline(call.started);
@@ -298,5 +349,34 @@ impl Future for Drive<'_> {
                 Poll::Ready(this.shared.conclude_after_panic(this.slot, this.offset, in_call))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Admission;
+
+    #[test]
+    fn admission_is_whole_in_order_and_closes_for_good() {
+        let a = Admission::default();
+        assert!(a.admit(2, || false), "before shutdown every hand-over is admitted");
+        // Shutdown begins: what was admitted (and everything before it)
+        // still begins; nothing later does, even if asked with shutdown
+        // read as not yet begun (a worker that read it just before).
+        assert!(a.admit(1, || true));
+        assert!(a.admit(2, || true));
+        assert!(!a.admit(3, || true));
+        assert!(!a.admit(3, || false), "closed is final");
+        assert!(a.admit(2, || false));
+    }
+
+    #[test]
+    fn a_hand_over_begun_anywhere_admits_every_earlier_one() {
+        let a = Admission::default();
+        // The worker with hand-over 5's part reaches it before the signal;
+        // the one with hand-over 4's part only after: 4 must still begin.
+        assert!(a.admit(5, || false));
+        assert!(a.admit(4, || true));
+        assert!(!a.admit(6, || true));
     }
 }
