@@ -22,6 +22,9 @@
 //! 5 ms per call + 10 us per message at concurrency 4, with `max_batch` 1,
 //! 10, 100 and 500 and the single-message handler; bound: `concurrency * n
 //! / (5 ms + 10 us * n)` for a mean batch size `n` (`--svg FILE` draws it).
+//! `--gate` checks kconc's instructions and allocations per message over
+//! the raw loop's against `kconc-bench/gate.txt` (see `gate`; `--record`
+//! writes it); run it in release, as `scripts/gate` does.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -34,6 +37,7 @@ use kconc_runtime::{App, EmbeddedCluster, FirstPoll, Message, OrderingMode as Mo
 
 mod batch;
 mod db;
+mod gate;
 mod low_rate;
 mod metadata;
 mod separate;
@@ -168,6 +172,10 @@ struct Options {
     batch: bool,
     /// `--db`: W-db; `--postgres URL` adds PostgreSQL to it.
     db: bool,
+    /// `--gate`: instructions and allocations per message against the
+    /// recorded figures; `--record` records them instead.
+    gate: bool,
+    record: bool,
     postgres: Option<String>,
 }
 
@@ -200,6 +208,8 @@ fn options() -> Result<Options, String> {
         low_rate: false,
         batch: false,
         db: false,
+        gate: false,
+        record: false,
         postgres: None,
     };
     let mut args = std::env::args().skip(1);
@@ -241,6 +251,8 @@ fn options() -> Result<Options, String> {
             "--low-rate" => o.low_rate = true,
             "--batch" => o.batch = true,
             "--db" => o.db = true,
+            "--gate" => o.gate = true,
+            "--record" => o.record = true,
             "--postgres" => o.postgres = Some(args.next().ok_or("--postgres needs a URL")?),
             "--brokers" => o.brokers = Some(args.next().ok_or("--brokers needs a value")?),
             "--runs" => {
@@ -632,7 +644,13 @@ async fn run() -> Result<(), String> {
             cluster
                 .create_topic("bench-noop", PARTITIONS)
                 .map_err(|e| e.to_string())?;
-            for topic in ["bench-io", "bench-key100", "bench-separate", "bench-low-rate"] {
+            for topic in [
+                "bench-io",
+                "bench-key100",
+                "bench-separate",
+                "bench-low-rate",
+                "bench-gate",
+            ] {
                 cluster.create_topic(topic, PARTITIONS).map_err(|e| e.to_string())?;
             }
             for topic in batch::topics().chain(db::topics()) {
@@ -662,6 +680,9 @@ async fn run() -> Result<(), String> {
     }
     if o.batch {
         return batch::run(&bootstrap, o.brokers.is_none(), o.svg.as_deref()).await;
+    }
+    if o.gate {
+        return tokio::task::block_in_place(|| gate::run(&bootstrap, o.record));
     }
     if o.exit {
         return tokio::task::block_in_place(|| separate::exit_times(&bootstrap, 10_000, o.runs.max(5)));
