@@ -143,6 +143,7 @@ fn registration(args: &Args, func: &ItemFn) -> TokenStream {
     // still the function called.
     let message = local("message", ident.span());
     let cx = local("cx", ident.span());
+    let slot = local("slot", ident.span());
     let handler = local("handler", ident.span());
     let types: Vec<&syn::Type> = signature::argument_types(func).collect();
     let requirements = state_requirements(args, &types);
@@ -219,7 +220,7 @@ fn registration(args: &Args, func: &ItemFn) -> TokenStream {
             extractions.push(quote! {
                 let #name = match #call {
                     #p::Ok(value) => value,
-                    #p::Err(error) => return #p::extraction_failed(error),
+                    #p::Err(error) => return #p::extraction_failed(error, #slot),
                 };
             });
             args_names.push(name);
@@ -237,16 +238,16 @@ fn registration(args: &Args, func: &ItemFn) -> TokenStream {
         let (read_origin, boxed) = if replies {
             (
                 quote!(let #origin = #p::ReplyOrigin::of(&#message);),
-                quote_spanned!(output_span=> #p_output::into_reply_future(#future, #cx, #origin)),
+                quote_spanned!(output_span=> #p_output::into_reply_future(#future, #cx, #origin, #slot)),
             )
         } else {
             (
                 quote!(),
-                quote_spanned!(output_span=> #p_output::into_handler_future(#future)),
+                quote_spanned!(output_span=> #p_output::into_handler_future(#future, #slot)),
             )
         };
         let adapter = quote! {
-            fn __kconc_adapter(#message: #p::Message, #cx: &#p::Context) -> #p::HandlerFuture {
+            fn __kconc_adapter(#message: #p::Message, #cx: &#p::Context, #slot: &mut #p::FutureSlot) {
                 #read_origin
                 #(#extractions)*
                 #unused

@@ -15,10 +15,49 @@ use crate::message::Message;
 /// The error type a handler's failure is reduced to.
 pub type BoxError = Box<dyn StdError + Send + Sync + 'static>;
 
-/// The future a type-erased handler returns.
-pub type HandlerFuture = Pin<Box<dyn Future<Output = Result<(), BoxError>> + Send + 'static>>;
+/// Where a call's future is kept: one box, reused by the next call (of a
+/// future of the same size and alignment, which every call of one handler
+/// is) instead of an allocation per message. A worker keeps the boxes of
+/// the calls that ended for the next ones. Not public API: the code
+/// `#[subscriber]` generates writes into it.
+#[doc(hidden)]
+#[derive(Default)]
+pub struct FutureSlot(Option<tokio_util::sync::ReusableBoxFuture<'static, Result<(), BoxError>>>);
 
-pub(crate) type HandlerFn = dyn Fn(Message, &Context) -> HandlerFuture + Send + Sync + 'static;
+impl FutureSlot {
+    /// Puts `fut` in the slot (dropping what was there), in the box it
+    /// has if that fits.
+    pub fn set<F>(&mut self, fut: F)
+    where
+        F: Future<Output = Result<(), BoxError>> + Send + 'static,
+    {
+        match &mut self.0 {
+            Some(boxed) => boxed.set(fut),
+            None => self.0 = Some(tokio_util::sync::ReusableBoxFuture::new(fut)),
+        }
+    }
+}
+
+impl Future for FutureSlot {
+    type Output = Result<(), BoxError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Self::Output> {
+        match &mut self.0 {
+            Some(boxed) => boxed.poll(cx),
+            None => Poll::Ready(Err("kconc: a handler call left no future".into())),
+        }
+    }
+}
+
+impl fmt::Debug for FutureSlot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("FutureSlot")
+    }
+}
+
+/// A type-erased handler of one message: it writes the call's future into
+/// the slot it is given.
+pub(crate) type HandlerFn = dyn Fn(Message, &Context, &mut FutureSlot) + Send + Sync + 'static;
 
 pub(crate) type BatchFn = dyn Fn(Vec<Message>, &Context) -> BatchFuture + Send + Sync + 'static;
 
@@ -50,9 +89,9 @@ impl Handler {
         Fut: Future<Output = R> + Send + 'static,
         R: IntoHandlerResult,
     {
-        Self(Kind::One(Arc::new(move |msg, _: &Context| {
+        Self(Kind::One(Arc::new(move |msg, _: &Context, slot: &mut FutureSlot| {
             let fut = f(msg);
-            Box::pin(async move { fut.await.into_handler_result() })
+            slot.set(async move { fut.await.into_handler_result() });
         })))
     }
 
@@ -64,9 +103,9 @@ impl Handler {
         Fut: Future<Output = R> + Send + 'static,
         R: IntoHandlerResult,
     {
-        Self(Kind::One(Arc::new(move |msg, cx: &Context| {
+        Self(Kind::One(Arc::new(move |msg, cx: &Context, slot: &mut FutureSlot| {
             let fut = f(msg, cx.clone());
-            Box::pin(async move { fut.await.into_handler_result() })
+            slot.set(async move { fut.await.into_handler_result() });
         })))
     }
 
@@ -89,9 +128,9 @@ impl Handler {
         })))
     }
 
-    /// Wraps a plain function pointer that already returns a [`HandlerFuture`]
-    /// (what `#[subscriber]` generates).
-    pub(crate) fn from_fn(f: fn(Message, &Context) -> HandlerFuture) -> Self {
+    /// Wraps a plain function pointer that writes its call's future into
+    /// the slot (what `#[subscriber]` generates).
+    pub(crate) fn from_fn(f: fn(Message, &Context, &mut FutureSlot)) -> Self {
         Self(Kind::One(Arc::new(f)))
     }
 
@@ -114,12 +153,12 @@ impl Handler {
         matches!(self.0, Kind::Batch(_))
     }
 
-    /// Calls the handler on one message and returns its future; a panic
-    /// while building it is the call's outcome. (A batch handler is not
-    /// called so: the engine starts its messages as batches.)
-    pub(crate) fn begin(&self, msg: Message, cx: &Context) -> Result<HandlerFuture, Outcome> {
+    /// Calls the handler on one message, its future going into `slot`; a
+    /// panic while building it is the call's outcome. (A batch handler is
+    /// not called so: the engine starts its messages as batches.)
+    pub(crate) fn begin(&self, msg: Message, cx: &Context, slot: &mut FutureSlot) -> Result<(), Outcome> {
         match &self.0 {
-            Kind::One(f) => std::panic::catch_unwind(AssertUnwindSafe(|| f(msg, cx)))
+            Kind::One(f) => std::panic::catch_unwind(AssertUnwindSafe(|| f(msg, cx, slot)))
                 .map_err(|panic| Outcome::Panicked(panic_text(&*panic))),
             Kind::Batch(_) => Err(Outcome::Panicked("a batch handler was given one message".to_owned())),
         }
@@ -141,8 +180,8 @@ impl Handler {
     /// Polls a handler's future once, turning a panic into the outcome, so
     /// it never escapes to the thread polling it. A future that ended (or
     /// panicked) is not polled again.
-    pub(crate) fn poll(fut: &mut HandlerFuture, cx: &mut std::task::Context<'_>) -> Poll<Outcome> {
-        match std::panic::catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(cx))) {
+    pub(crate) fn poll(fut: &mut FutureSlot, cx: &mut std::task::Context<'_>) -> Poll<Outcome> {
+        match std::panic::catch_unwind(AssertUnwindSafe(|| Pin::new(&mut *fut).poll(cx))) {
             Ok(Poll::Pending) => Poll::Pending,
             Ok(Poll::Ready(Ok(()))) => Poll::Ready(Outcome::Ok),
             Ok(Poll::Ready(Err(e))) => Poll::Ready(Outcome::Failed(e)),

@@ -179,16 +179,16 @@ pub mod __private {
 
     pub use crate::context::Context;
     pub use crate::extract::{FromMessage, FromMessageOwned};
-    pub use crate::handler::{HandlerFuture, IntoHandlerResult};
+    pub use crate::handler::{FutureSlot, IntoHandlerResult};
     pub use crate::message::{Message, PayloadError};
     pub use crate::subscriber::{CommitMetadata, FirstPoll, OffsetStore, OrderingMode};
     pub use ::std::result::Result::{Err, Ok};
 
-    /// The future of a handler whose arguments could not be extracted: the
+    /// The call of a handler whose arguments could not be extracted: the
     /// message fails with the extractor's error (and goes to the error policy).
-    pub fn extraction_failed(error: PayloadError) -> HandlerFuture {
+    pub fn extraction_failed(error: PayloadError, slot: &mut FutureSlot) {
         let error: crate::handler::BoxError = Box::new(crate::message::Undecodable(error));
-        Box::pin(::std::future::ready(Err(error)))
+        slot.set(::std::future::ready(Err(error)));
     }
     pub use crate::policy::OnError;
     pub use crate::registry::Registration;
@@ -215,13 +215,14 @@ pub mod __private {
     pub use crate::reply::{into_reply_future, ReplyOrigin};
     pub use crate::sql::TxArg;
 
-    /// Boxes the future of a user's handler into the erased type.
-    pub fn into_handler_future<Fut>(fut: Fut) -> HandlerFuture
+    /// Puts the future of a user's handler, as the erased type, in the
+    /// call's slot.
+    pub fn into_handler_future<Fut>(fut: Fut, slot: &mut FutureSlot)
     where
         Fut: ::std::future::Future + Send + 'static,
         Fut::Output: IntoHandlerResult,
     {
-        Box::pin(async move { fut.await.into_handler_result() })
+        slot.set(async move { fut.await.into_handler_result() });
     }
 
     pub use crate::app::MainOptions;

@@ -2,7 +2,7 @@
 //! through `inventory`. Iteration order is unspecified; callers sort by name.
 
 use crate::context::Context;
-use crate::handler::{Handler, HandlerFuture};
+use crate::handler::{FutureSlot, Handler};
 use crate::message::Message;
 use crate::subscriber::Subscriber;
 
@@ -26,7 +26,7 @@ pub fn registered_subscriber(
     function: &str,
     topics: &[&str],
     group: &str,
-    handler: fn(Message, &Context) -> HandlerFuture,
+    handler: fn(Message, &Context, &mut FutureSlot),
     file: &str,
     line: u32,
 ) -> Subscriber {

@@ -16,7 +16,7 @@ use serde::Serialize;
 
 use crate::context::Context;
 use crate::extract::{Bytes, Json, Text};
-use crate::handler::{BoxError, HandlerFuture};
+use crate::handler::{BoxError, FutureSlot};
 use crate::message::Message;
 
 /// One record to publish: its payload, and optionally its own key and
@@ -147,13 +147,13 @@ impl ReplyOrigin {
 /// what it returned to the subscriber's reply topic and waits for every
 /// acknowledgement. Not public API: generated code names it.
 #[doc(hidden)]
-pub fn into_reply_future<Fut>(fut: Fut, cx: &Context, origin: ReplyOrigin) -> HandlerFuture
+pub fn into_reply_future<Fut>(fut: Fut, cx: &Context, origin: ReplyOrigin, slot: &mut FutureSlot)
 where
     Fut: std::future::Future + Send + 'static,
     Fut::Output: IntoReplies,
 {
     let cx = cx.clone();
-    Box::pin(async move {
+    slot.set(async move {
         let mut replies = Vec::new();
         fut.await.into_replies(&mut replies)?;
         if replies.is_empty() {

@@ -53,7 +53,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::batch::{BatchEnd, BatchFuture};
 use crate::context::Context;
-use crate::handler::{BatchFn, BoxError, HandlerFn, HandlerFuture};
+use crate::handler::{BatchFn, BoxError, FutureSlot, HandlerFn};
 use crate::message::{Message, PayloadError};
 use crate::state::States;
 use crate::stats::Stats;
@@ -765,11 +765,12 @@ async fn run_one<DB: Database>(
     let at = store.place(msg.topic(), msg.partition());
     let offset = msg.offset();
     let mut rerun = Rerun::default();
+    let mut call = FutureSlot::default();
     loop {
         rerun.wait().await;
         let (tx, back) = open_tx(store.begin().await);
-        let call = OPEN.sync_scope(RefCell::new(Some(Box::new(tx))), || f(msg.clone(), &cx));
-        match call.await {
+        OPEN.sync_scope(RefCell::new(Some(Box::new(tx))), || f(msg.clone(), &cx, &mut call));
+        match (&mut call).await {
             Ok(()) => {
                 if store.commit(returned(back)?, &at, &[(offset, offset + 1)]).await? {
                     return Ok(());
@@ -829,8 +830,8 @@ async fn run_batch<DB: Database>(
 
 impl<DB: Database> Store for SqlStore<DB> {
     fn wrap_one(self: Arc<Self>, f: Arc<HandlerFn>) -> Arc<HandlerFn> {
-        Arc::new(move |msg: Message, cx: &Context| -> HandlerFuture {
-            Box::pin(run_one(self.clone(), f.clone(), msg, cx.clone()))
+        Arc::new(move |msg: Message, cx: &Context, slot: &mut FutureSlot| {
+            slot.set(run_one(self.clone(), f.clone(), msg, cx.clone()));
         })
     }
 

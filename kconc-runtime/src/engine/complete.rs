@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use super::event::{Completion, Event, MessageTag};
 use crate::context::Context;
-use crate::handler::{BoxError, Handler, HandlerFuture, Outcome};
+use crate::handler::{BoxError, FutureSlot, Handler, Outcome};
 use crate::message::Message;
 use crate::policy::{self, ErrorPolicy, OnError};
 use crate::stats::Stats;
@@ -213,9 +213,9 @@ impl HandlerEnv {
     }
 
     /// Begins a call: the span, the copy kept for a retry or a dead letter,
-    /// and the handler's future (a panic while building it is the call's
-    /// outcome).
-    pub(super) fn begin(&self, slot: MessageTag, msg: Message) -> (Call, Result<HandlerFuture, Outcome>) {
+    /// and the handler's future, in `fut` (a panic while building it is the
+    /// call's outcome).
+    pub(super) fn begin(&self, slot: MessageTag, msg: Message, fut: &mut FutureSlot) -> (Call, Result<(), Outcome>) {
         let end = self.ending(slot, &msg);
         let span = tracing::debug_span!(
             "message",
@@ -239,7 +239,7 @@ impl HandlerEnv {
         let started = Instant::now();
         let begun = {
             let _in_span = span.enter();
-            self.handler.begin(msg, &self.context)
+            self.handler.begin(msg, &self.context, fut)
         };
         (Call { end, span, started }, begun)
     }

@@ -13,7 +13,7 @@ use super::complete::{describe_error, drop_guarded, Concluded, DeadLetter, Endin
 use super::event::{Event, MessageTag};
 use super::inline::{FirstPollEnd, Handover, Inline};
 use super::worker::{work, Start};
-use crate::handler::{Handler, Outcome};
+use crate::handler::{FutureSlot, Handler, Outcome};
 use crate::message::Message;
 use crate::policy::OnError;
 use crate::stats::Stats;
@@ -70,6 +70,9 @@ pub(crate) struct Dispatcher {
     pub(super) handover: Arc<Handover>,
     /// A first poll here has failed before (its warning is given once).
     pub(super) rerun_warned: bool,
+    /// The box of the next first poll's future here (kept while first
+    /// polls end here; one that waits takes it to its worker).
+    pub(super) spare: FutureSlot,
 }
 
 impl Dispatcher {
@@ -96,6 +99,7 @@ impl Dispatcher {
             inline: Inline::new(first_poll),
             handover: Arc::default(),
             rerun_warned: false,
+            spare: FutureSlot::default(),
         }
     }
 
@@ -252,9 +256,10 @@ impl Dispatcher {
     /// one fail.
     pub(super) fn begin_here(&mut self, slot: MessageTag, msg: Message, again: &Message) -> Begun {
         let shared = &*self.shared;
-        let (call, begun) = shared.begin(slot, msg);
+        let mut fut = std::mem::take(&mut self.spare);
+        let (call, begun) = shared.begin(slot, msg, &mut fut);
         let failure = match begun {
-            Ok(mut fut) => {
+            Ok(()) => {
                 let waker = std::task::Waker::from(self.handover.clone());
                 let polled = {
                     let _in_span = call.span.enter();
@@ -272,7 +277,7 @@ impl Dispatcher {
                     }
                     Poll::Ready(Outcome::Ok) => {
                         self.inline.record(took, FirstPollEnd::Ended);
-                        drop_guarded(fut);
+                        self.spare = fut;
                         return match shared.conclude(call.end, Outcome::Ok, took) {
                             Concluded::Event(event) => Begun::Ended(event),
                             Concluded::DeadLetter(dead) => Begun::HandOver(Start::DeadLetter(dead)),
@@ -287,6 +292,7 @@ impl Dispatcher {
             }
             Err(failed) => {
                 self.inline.record(call.started.elapsed(), FirstPollEnd::Failed);
+                drop_guarded(fut);
                 failed
             }
         };

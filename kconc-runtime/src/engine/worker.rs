@@ -14,7 +14,7 @@ use super::complete::{drop_guarded, Call, Concluded, DeadLetter, HandlerEnv, Han
 use super::event::{Event, MessageTag};
 use super::inline::Handover;
 use super::places::Places;
-use crate::handler::{Handler, HandlerFuture, Outcome};
+use crate::handler::{FutureSlot, Handler, Outcome};
 use crate::message::Message;
 use crate::stats::unix_ms;
 
@@ -25,7 +25,7 @@ pub(crate) enum Start {
     /// The poll thread called the handler and its future waits: the worker
     /// polls it on (with its own waker) until it ends. The waker of that
     /// first poll, if the future kept it, forwards to the worker's.
-    Running(Call, HandlerFuture, Option<Arc<Handover>>),
+    Running(Call, FutureSlot, Option<Arc<Handover>>),
     /// The handler failed its last attempt and the policy dead-letters it:
     /// the worker produces the dead letter.
     DeadLetter(Box<DeadLetter>),
@@ -57,6 +57,43 @@ impl Start {
             }
         }
     }
+}
+
+/// At most this many boxes of ended calls are kept per thread.
+const SPARE_BOXES: usize = 1024;
+
+thread_local! {
+    /// The boxes of ended calls' futures (of every subscriber whose workers
+    /// run on this thread), for the next calls (see [`FutureSlot`]). Only
+    /// a future that ended is kept: it holds nothing more.
+    static SPARE: std::cell::RefCell<Vec<FutureSlot>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// A box for a call's future: a spare one of this thread's, or a new one.
+fn spare_box() -> FutureSlot {
+    SPARE
+        .try_with(|spare| spare.borrow_mut().pop())
+        .ok()
+        .flatten()
+        .unwrap_or_default()
+}
+
+/// Keeps the box of a call's future that ended, for the next call on this
+/// thread; gives it back if there are enough.
+fn keep_box(fut: FutureSlot) -> Result<(), FutureSlot> {
+    let mut fut = Some(fut);
+    let _ = SPARE.try_with(|spare| {
+        let mut spare = spare.borrow_mut();
+        if spare.len() < SPARE_BOXES {
+            spare.extend(fut.take());
+        }
+    });
+    fut.map_or(Ok(()), Err)
+}
+
+/// Whether the outcome is a `handler_timeout` (its future did not end).
+fn took_over_timeout(outcome: &Outcome) -> bool {
+    matches!(outcome, Outcome::Failed(e) if e.is::<HandlerTimedOut>())
 }
 
 /// Which hand-overs may begin, decided once per hand-over (one flush of
@@ -212,7 +249,7 @@ pub(super) enum DriveState<'a> {
     /// of kconc's own code is caught).
     Fresh(MessageTag, Message),
     /// The handler runs.
-    Handler(Call, HandlerFuture),
+    Handler(Call, FutureSlot),
     /// Producing the dead letter.
     DeadLetter(std::pin::Pin<Box<dyn Future<Output = Event> + Send + 'a>>),
     /// A batch handler's call, to its messages' conclusions (each
@@ -257,13 +294,15 @@ impl<'a> Drive<'a> {
                     let DriveState::Fresh(slot, msg) = std::mem::replace(&mut self.state, DriveState::Ended) else {
                         continue;
                     };
-                    match self.shared.begin(slot, msg) {
-                        (call, Ok(fut)) => {
+                    let mut fut = spare_box();
+                    match self.shared.begin(slot, msg, &mut fut) {
+                        (call, Ok(())) => {
                             self.deadline = self.shared.deadline(call.started);
                             self.state = DriveState::Handler(call, fut);
                             continue;
                         }
                         (call, Err(outcome)) => {
+                            drop_guarded(fut);
                             let took = call.started.elapsed();
                             (call.end, outcome, took)
                         }
@@ -300,7 +339,15 @@ impl<'a> Drive<'a> {
                     };
                     let took = call.started.elapsed();
                     drop(call.span);
-                    drop_guarded(fut);
+                    // A future that ended holds nothing more: its box is
+                    // kept for the next call. One that panicked or was cut
+                    // off at the timeout is dropped now, where a panic of
+                    // its own drop cannot escape.
+                    if matches!(outcome, Outcome::Panicked(_)) || took_over_timeout(&outcome) {
+                        drop_guarded(fut);
+                    } else if let Err(fut) = keep_box(fut) {
+                        drop_guarded(fut);
+                    }
                     (call.end, outcome, took)
                 }
                 DriveState::DeadLetter(fut) | DriveState::Batch(_, fut) => {
