@@ -76,26 +76,7 @@ impl Message {
 
     /// Stores the key and the payload together.
     fn set_data(&mut self, key: Option<&[u8]>, payload: Option<&[u8]>) {
-        let (k, p) = (key.unwrap_or_default(), payload.unwrap_or_default());
-        // One allocation either way: with a key, the two are put side by
-        // side in this thread's scratch buffer first (two memcpys; an
-        // iterator over both would copy byte by byte).
-        self.data = if k.is_empty() {
-            Arc::from(p)
-        } else {
-            SCRATCH.with(|scratch| {
-                let mut buf = scratch.borrow_mut();
-                buf.clear();
-                buf.extend_from_slice(k);
-                buf.extend_from_slice(p);
-                let data = Arc::from(&buf[..]);
-                // A large record's buffer is not kept for ever.
-                if buf.capacity() > 64 * 1024 {
-                    *buf = Vec::new();
-                }
-                data
-            })
-        };
+        self.data = joined(key, payload);
         self.key_len = key.map(<[u8]>::len);
         self.has_payload = payload.is_some();
     }
@@ -120,19 +101,17 @@ impl Message {
         payload: Option<&[u8]>,
         headers: Option<Vec<Header>>,
     ) -> Self {
-        let mut this = Self {
+        Self {
             topic,
             partition,
             offset,
             timestamp,
-            data: Arc::from(&[][..]),
-            key_len: None,
-            has_payload: false,
+            data: joined(key, payload),
+            key_len: key.map(<[u8]>::len),
+            has_payload: payload.is_some(),
             headers: headers.map(Into::into),
             attempt: 1,
-        };
-        this.set_data(key, payload);
-        this
+        }
     }
 
     /// Which attempt at handling this record this is: 1, then 2 on the
@@ -232,6 +211,29 @@ impl Message {
             what: what.into(),
         }
     }
+}
+
+/// The key's bytes followed by the payload's, in one allocation (the
+/// only one a record's copy makes): with a key, the two are put side by
+/// side in this thread's scratch buffer first (two memcpys; an iterator
+/// over both would copy byte by byte).
+fn joined(key: Option<&[u8]>, payload: Option<&[u8]>) -> Arc<[u8]> {
+    let (k, p) = (key.unwrap_or_default(), payload.unwrap_or_default());
+    if k.is_empty() {
+        return Arc::from(p);
+    }
+    SCRATCH.with(|scratch| {
+        let mut buf = scratch.borrow_mut();
+        buf.clear();
+        buf.extend_from_slice(k);
+        buf.extend_from_slice(p);
+        let data = Arc::from(&buf[..]);
+        // A large record's buffer is not kept for ever.
+        if buf.capacity() > 64 * 1024 {
+            *buf = Vec::new();
+        }
+        data
+    })
 }
 
 /// A message whose content cannot be used as the handler asked (null payload,
