@@ -13,14 +13,21 @@
 //!   installed;
 //! - heap allocations, counted by the bench's allocator.
 //!
-//! Counts, not timings, so a busy machine does not move them; but how the
-//! poll thread's and the workers' turns fall does (how many messages one
-//! wake-up carries), by several percent from run to run, so each figure is
-//! the median of [`ROUNDS`] pairs. The gate compares kconc's own counts
+//! Counts, not timings, so a busy machine hardly moves them: each run
+//! reads a topic of its own size to the end. (Both sizes once read one
+//! topic of 50,000 records, and the smaller run stopped with 30,000 of
+//! them fetched and unread; dropping those cost kconc a varying amount,
+//! and its count per message moved by up to 15 % between runs of one
+//! build. Read to the end, five pairs of one build agree within 1 %.)
+//! Each figure is the median of [`ROUNDS`] pairs. The gate compares kconc's own counts
 //! (its overhead over the raw loop is printed beside them: a difference
 //! of two noisy figures is too noisy to gate at 5 %). Build in release
 //! (`scripts/gate` does): the recorded figures are a release build's.
 //! `--gate --record` writes the figures measured as the new reference.
+//! `--gate --vs OTHER_BUILD` (a kconc-bench binary of another commit)
+//! measures that build's kconc in the same rounds, taking turns, and
+//! prints the two side by side instead of gating: a change's before and
+//! after.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -40,9 +47,10 @@ const SMALL: usize = 20_000;
 const LARGE: usize = 50_000;
 
 /// Pairs of runs per kind; the median is taken.
-const ROUNDS: usize = 5;
+const ROUNDS: usize = 3;
 
-fn middle(mut v: Vec<f64>) -> f64 {
+fn middle(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
 }
@@ -62,6 +70,16 @@ pub(crate) struct PerMessage {
     pub(crate) allocations: f64,
 }
 
+/// The topics the gate produces to.
+pub(crate) fn topics() -> impl Iterator<Item = String> {
+    [SMALL, LARGE].into_iter().map(topic)
+}
+
+/// The topic of the runs on `n` messages (`n` records on 8 partitions).
+pub(crate) fn topic(n: usize) -> String {
+    format!("bench-gate-{n}")
+}
+
 fn valgrind() -> bool {
     Command::new("valgrind")
         .arg("--version")
@@ -71,19 +89,30 @@ fn valgrind() -> bool {
 
 /// Runs one child on `n` messages of `topic` (a fresh group) and returns
 /// its counts.
-fn count(kind: &str, brokers: &str, topic: &str, n: usize, callgrind: bool, round: usize) -> Result<Counts, String> {
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let out_file = std::env::temp_dir().join(format!("kconc-gate-{kind}-{n}-{}.callgrind", std::process::id()));
+fn count(
+    (kind, exe): (&str, &Path),
+    brokers: &str,
+    topic: &str,
+    n: usize,
+    callgrind: bool,
+    round: usize,
+) -> Result<Counts, String> {
+    let label = if exe == std::env::current_exe().map_err(|e| e.to_string())?.as_path() {
+        kind.to_owned()
+    } else {
+        format!("{kind}-vs")
+    };
+    let out_file = std::env::temp_dir().join(format!("kconc-gate-{label}-{n}-{}.callgrind", std::process::id()));
     let mut command = if callgrind {
         let mut c = Command::new("valgrind");
         c.arg("--tool=callgrind")
             .arg(format!("--callgrind-out-file={}", out_file.display()))
-            .arg(&exe);
+            .arg(exe);
         c
     } else {
-        Command::new(&exe)
+        Command::new(exe)
     };
-    let group = format!("gate-{kind}-{n}-{round}-{}", std::process::id());
+    let group = format!("gate-{label}-{n}-{round}-{}", std::process::id());
     let out = command
         .args(["--child", kind, brokers, topic, &group, &n.to_string()])
         // No statistics reports: building them costs instructions that
@@ -122,45 +151,58 @@ fn count(kind: &str, brokers: &str, topic: &str, n: usize, callgrind: bool, roun
     })
 }
 
-/// Measures kconc's and the raw loop's costs per message.
-pub(crate) fn measure(brokers: &str) -> Result<(PerMessage, PerMessage), String> {
+/// Measures the raw loop's and kconc's costs per message, and with `vs`
+/// (another build of kconc-bench) that build's kconc too, the rounds of
+/// all of them taking turns. Returns them in that order.
+pub(crate) fn measure(brokers: &str, vs: Option<&Path>) -> Result<Vec<PerMessage>, String> {
     let callgrind = valgrind();
     if !callgrind {
         println!("gate: valgrind is not installed: allocations only (apt-get install valgrind for instructions)");
     }
-    let topic = "bench-gate";
-    produce(brokers, topic, LARGE, 1_000)?;
+    // A topic per size, each read to its end: a child that stopped with
+    // records left unread would pay for dropping them, in the smaller run
+    // only, and the difference would not be the cost of a message.
+    for n in [SMALL, LARGE] {
+        produce(brokers, &topic(n), n, 1_000)?;
+    }
     let span = (LARGE - SMALL) as f64;
-    let mut per = Vec::new();
-    for kind in ["raw", "kconc"] {
-        // How the poll thread's and the workers' turns fall varies from
-        // run to run (under valgrind, threads take turns): the median of
-        // `ROUNDS` pairs.
-        let (mut instructions, mut allocations) = (Vec::new(), Vec::new());
-        for round in 0..ROUNDS {
-            let small = count(kind, brokers, topic, SMALL, callgrind, round)?;
-            let large = count(kind, brokers, topic, LARGE, callgrind, round)?;
+    let me = std::env::current_exe().map_err(|e| e.to_string())?;
+    let mut kinds = vec![("raw", me.as_path()), ("kconc", me.as_path())];
+    if let Some(other) = vs {
+        kinds.push(("kconc", other));
+    }
+    // The median of `ROUNDS` pairs, the kinds taking turns.
+    let mut samples = vec![(Vec::new(), Vec::new()); kinds.len()];
+    for round in 0..ROUNDS {
+        for (&kind, (instructions, allocations)) in kinds.iter().zip(&mut samples) {
+            let small = count(kind, brokers, &topic(SMALL), SMALL, callgrind, round)?;
+            let large = count(kind, brokers, &topic(LARGE), LARGE, callgrind, round)?;
             if let Some(i) = small.instructions.zip(large.instructions).map(|(s, l)| (l - s) / span) {
                 instructions.push(i);
             }
             allocations.push((large.allocations - small.allocations) / span);
         }
+    }
+    let mut per = Vec::new();
+    for ((kind, exe), (instructions, allocations)) in kinds.into_iter().zip(samples) {
+        let kind = if exe == me.as_path() {
+            kind.to_owned()
+        } else {
+            format!("{kind} of {}", exe.display())
+        };
         let text = |v: &[f64], digits: usize| v.iter().map(|x| format!("{x:.digits$}")).collect::<Vec<_>>().join(" ");
         println!(
             "gate: {kind:<5} instructions per message [{}], allocations [{}]",
             text(&instructions, 0),
             text(&allocations, 2)
         );
-        let instructions = (!instructions.is_empty()).then(|| middle(instructions));
+        let instructions = (!instructions.is_empty()).then(|| middle(&instructions));
         per.push(PerMessage {
             instructions,
-            allocations: middle(allocations),
+            allocations: middle(&allocations),
         });
     }
-    let [raw, kconc] = per[..] else {
-        return Err("gate: a kind was not measured".into());
-    };
-    Ok((kconc, raw))
+    Ok(per)
 }
 
 /// The reference figures, kconc's per message, from `gate.txt`
@@ -212,9 +254,29 @@ pub(crate) fn regressions(measured: PerMessage, reference: PerMessage) -> Vec<St
     out
 }
 
-/// `--gate [--record]`.
-pub(crate) fn run(brokers: &str, record: bool) -> Result<(), String> {
-    let (measured, raw) = measure(brokers)?;
+/// `--gate [--record | --vs OTHER_BUILD]`.
+pub(crate) fn run(brokers: &str, record: bool, vs: Option<&Path>) -> Result<(), String> {
+    let per = measure(brokers, vs)?;
+    let (raw, measured) = match per[..] {
+        [raw, kconc, ..] => (raw, kconc),
+        _ => return Err("gate: a kind was not measured".into()),
+    };
+    if let Some(other) = per.get(2) {
+        // A comparison of two builds, not a gate.
+        if let (Some(a), Some(b)) = (measured.instructions, other.instructions) {
+            println!(
+                "gate --vs: instructions per message {a:.0} against {b:.0} ({:+.0})",
+                a - b
+            );
+        }
+        println!(
+            "gate --vs: allocations per message {:.2} against {:.2} ({:+.2})",
+            measured.allocations,
+            other.allocations,
+            measured.allocations - other.allocations
+        );
+        return Ok(());
+    }
     let path = reference_path();
     let over_a = measured.allocations - raw.allocations;
     match measured.instructions.zip(raw.instructions) {

@@ -176,6 +176,8 @@ struct Options {
     /// recorded figures; `--record` records them instead.
     gate: bool,
     record: bool,
+    /// `--gate --vs OTHER_BUILD`: kconc of this build against another's.
+    vs: Option<std::path::PathBuf>,
     postgres: Option<String>,
 }
 
@@ -210,6 +212,7 @@ fn options() -> Result<Options, String> {
         db: false,
         gate: false,
         record: false,
+        vs: None,
         postgres: None,
     };
     let mut args = std::env::args().skip(1);
@@ -253,6 +256,7 @@ fn options() -> Result<Options, String> {
             "--db" => o.db = true,
             "--gate" => o.gate = true,
             "--record" => o.record = true,
+            "--vs" => o.vs = Some(args.next().ok_or("--vs needs a kconc-bench binary")?.into()),
             "--postgres" => o.postgres = Some(args.next().ok_or("--postgres needs a URL")?),
             "--brokers" => o.brokers = Some(args.next().ok_or("--brokers needs a value")?),
             "--runs" => {
@@ -644,16 +648,10 @@ async fn run() -> Result<(), String> {
             cluster
                 .create_topic("bench-noop", PARTITIONS)
                 .map_err(|e| e.to_string())?;
-            for topic in [
-                "bench-io",
-                "bench-key100",
-                "bench-separate",
-                "bench-low-rate",
-                "bench-gate",
-            ] {
+            for topic in ["bench-io", "bench-key100", "bench-separate", "bench-low-rate"] {
                 cluster.create_topic(topic, PARTITIONS).map_err(|e| e.to_string())?;
             }
-            for topic in batch::topics().chain(db::topics()) {
+            for topic in batch::topics().chain(db::topics()).chain(gate::topics()) {
                 cluster.create_topic(&topic, PARTITIONS).map_err(|e| e.to_string())?;
             }
             cluster.bootstrap_servers().to_owned()
@@ -682,7 +680,7 @@ async fn run() -> Result<(), String> {
         return batch::run(&bootstrap, o.brokers.is_none(), o.svg.as_deref()).await;
     }
     if o.gate {
-        return tokio::task::block_in_place(|| gate::run(&bootstrap, o.record));
+        return tokio::task::block_in_place(|| gate::run(&bootstrap, o.record, o.vs.as_deref()));
     }
     if o.exit {
         return tokio::task::block_in_place(|| separate::exit_times(&bootstrap, 10_000, o.runs.max(5)));
