@@ -36,6 +36,16 @@ impl FutureSlot {
             None => self.0 = Some(tokio_util::sync::ReusableBoxFuture::new(fut)),
         }
     }
+
+    /// Puts the future of a user's handler in, its output reduced to the
+    /// erased result.
+    pub(crate) fn set_handler<Fut>(&mut self, fut: Fut)
+    where
+        Fut: Future + Send + 'static,
+        Fut::Output: IntoHandlerResult,
+    {
+        self.set(async move { fut.await.into_handler_result() });
+    }
 }
 
 impl Future for FutureSlot {
@@ -90,8 +100,7 @@ impl Handler {
         R: IntoHandlerResult,
     {
         Self(Kind::One(Arc::new(move |msg, _: &Context, slot: &mut FutureSlot| {
-            let fut = f(msg);
-            slot.set(async move { fut.await.into_handler_result() });
+            slot.set_handler(f(msg));
         })))
     }
 
@@ -104,8 +113,7 @@ impl Handler {
         R: IntoHandlerResult,
     {
         Self(Kind::One(Arc::new(move |msg, cx: &Context, slot: &mut FutureSlot| {
-            let fut = f(msg, cx.clone());
-            slot.set(async move { fut.await.into_handler_result() });
+            slot.set_handler(f(msg, cx.clone()));
         })))
     }
 

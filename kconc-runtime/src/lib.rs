@@ -222,7 +222,7 @@ pub mod __private {
         Fut: ::std::future::Future + Send + 'static,
         Fut::Output: IntoHandlerResult,
     {
-        slot.set(async move { fut.await.into_handler_result() });
+        slot.set_handler(fut);
     }
 
     pub use crate::app::MainOptions;

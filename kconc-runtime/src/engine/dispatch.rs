@@ -13,7 +13,7 @@ use super::complete::{describe_error, drop_guarded, Concluded, DeadLetter, Endin
 use super::event::{Event, MessageTag};
 use super::inline::{FirstPollEnd, Handover, Inline};
 use super::worker::{work, Start};
-use crate::handler::{FutureSlot, Handler, Outcome};
+use crate::handler::{Handler, Outcome};
 use crate::message::Message;
 use crate::policy::OnError;
 use crate::stats::Stats;
@@ -70,9 +70,6 @@ pub(crate) struct Dispatcher {
     pub(super) handover: Arc<Handover>,
     /// A first poll here has failed before (its warning is given once).
     pub(super) rerun_warned: bool,
-    /// The box of the next first poll's future here (kept while first
-    /// polls end here; one that waits takes it to its worker).
-    pub(super) spare: FutureSlot,
 }
 
 impl Dispatcher {
@@ -99,7 +96,6 @@ impl Dispatcher {
             inline: Inline::new(first_poll),
             handover: Arc::default(),
             rerun_warned: false,
-            spare: FutureSlot::default(),
         }
     }
 
@@ -256,7 +252,9 @@ impl Dispatcher {
     /// one fail.
     pub(super) fn begin_here(&mut self, slot: MessageTag, msg: Message, again: &Message) -> Begun {
         let shared = &*self.shared;
-        let mut fut = std::mem::take(&mut self.spare);
+        // This thread's spare boxes, as on a worker: one whose future waits
+        // goes to the worker with it.
+        let mut fut = super::worker::spare_box();
         let (call, begun) = shared.begin(slot, msg, &mut fut);
         let failure = match begun {
             Ok(()) => {
@@ -277,7 +275,7 @@ impl Dispatcher {
                     }
                     Poll::Ready(Outcome::Ok) => {
                         self.inline.record(took, FirstPollEnd::Ended);
-                        self.spare = fut;
+                        super::worker::recycle(fut, true);
                         return match shared.conclude(call.end, Outcome::Ok, took) {
                             Concluded::Event(event) => Begun::Ended(event),
                             Concluded::DeadLetter(dead) => Begun::HandOver(Start::DeadLetter(dead)),

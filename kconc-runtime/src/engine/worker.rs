@@ -70,7 +70,7 @@ thread_local! {
 }
 
 /// A box for a call's future: a spare one of this thread's, or a new one.
-fn spare_box() -> FutureSlot {
+pub(super) fn spare_box() -> FutureSlot {
     SPARE
         .try_with(|spare| spare.borrow_mut().pop())
         .ok()
@@ -91,9 +91,15 @@ fn keep_box(fut: FutureSlot) -> Result<(), FutureSlot> {
     fut.map_or(Ok(()), Err)
 }
 
-/// Whether the outcome is a `handler_timeout` (its future did not end).
-fn took_over_timeout(outcome: &Outcome) -> bool {
-    matches!(outcome, Outcome::Failed(e) if e.is::<HandlerTimedOut>())
+/// Keeps the box of a call that is over for the next call on this thread
+/// if its future `ended` (then it holds nothing more); otherwise (it
+/// panicked, or was cut off at the timeout), or with enough boxes kept,
+/// drops it now, where a panic of its own drop cannot escape.
+pub(super) fn recycle(fut: FutureSlot, ended: bool) {
+    let rest = if ended { keep_box(fut).err() } else { Some(fut) };
+    if let Some(fut) = rest {
+        drop_guarded(fut);
+    }
 }
 
 /// Which hand-overs may begin, decided once per hand-over (one flush of
@@ -302,7 +308,7 @@ impl<'a> Drive<'a> {
                             continue;
                         }
                         (call, Err(outcome)) => {
-                            drop_guarded(fut);
+                            recycle(fut, false);
                             let took = call.started.elapsed();
                             (call.end, outcome, took)
                         }
@@ -316,8 +322,10 @@ impl<'a> Drive<'a> {
                         }
                         Handler::poll(fut, cx)
                     };
-                    let outcome = match polled {
-                        Poll::Ready(outcome) => outcome,
+                    // Whether the future ended (Ok, Err or a panic caught
+                    // in it) rather than being cut off at the timeout.
+                    let (outcome, ended) = match polled {
+                        Poll::Ready(outcome) => (outcome, true),
                         Poll::Pending => {
                             let Some(deadline) = self.deadline.as_mut() else {
                                 return Poll::Pending;
@@ -327,10 +335,11 @@ impl<'a> Drive<'a> {
                             let unacknowledged_reply = crate::reply::take_awaiting_ack()
                                 .then(|| self.shared.context.reply_topic().map(str::to_owned))
                                 .flatten();
-                            Outcome::Failed(Box::new(HandlerTimedOut {
+                            let timed_out = Outcome::Failed(Box::new(HandlerTimedOut {
                                 after,
                                 unacknowledged_reply,
-                            }))
+                            }));
+                            (timed_out, false)
                         }
                     };
                     self.deadline = None;
@@ -343,11 +352,7 @@ impl<'a> Drive<'a> {
                     // kept for the next call. One that panicked or was cut
                     // off at the timeout is dropped now, where a panic of
                     // its own drop cannot escape.
-                    if matches!(outcome, Outcome::Panicked(_)) || took_over_timeout(&outcome) {
-                        drop_guarded(fut);
-                    } else if let Err(fut) = keep_box(fut) {
-                        drop_guarded(fut);
-                    }
+                    recycle(fut, ended && !matches!(outcome, Outcome::Panicked(_)));
                     (call.end, outcome, took)
                 }
                 DriveState::DeadLetter(fut) | DriveState::Batch(_, fut) => {
