@@ -66,7 +66,8 @@ impl<T: FromMessage> FromMessageOwned for T {
 
 impl FromMessageOwned for Message {
     fn from_message_owned(msg: Message, _: &Context) -> Result<Self, PayloadError> {
-        Ok(msg)
+        // The handler owns it: not librdkafka's record (see `Message`).
+        Ok(msg.detached())
     }
 }
 

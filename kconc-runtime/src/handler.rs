@@ -100,7 +100,7 @@ impl Handler {
         R: IntoHandlerResult,
     {
         Self(Kind::One(Arc::new(move |msg, _: &Context, slot: &mut FutureSlot| {
-            slot.set_handler(f(msg));
+            slot.set_handler(f(msg.detached()));
         })))
     }
 
@@ -113,8 +113,43 @@ impl Handler {
         R: IntoHandlerResult,
     {
         Self(Kind::One(Arc::new(move |msg, cx: &Context, slot: &mut FutureSlot| {
-            slot.set_handler(f(msg, cx.clone()));
+            slot.set_handler(f(msg.detached(), cx.clone()));
         })))
+    }
+
+    /// Wraps an async function or closure taking one extracted argument
+    /// (`Json<T>`, `Text`, `Key<T>`, `Meta`, or a type of yours that
+    /// implements [`FromMessage`](crate::FromMessage)), as `#[subscriber]`
+    /// does for its arguments: a message the extractor cannot read fails
+    /// without calling it (an undecodable message, through the error
+    /// policy). The message is only lent to the extractor, so the record is
+    /// not copied for it (see [`Message`]'s note).
+    ///
+    /// ```no_run
+    /// use kconc_runtime::{Handler, Json, Subscriber};
+    ///
+    /// #[derive(serde::Deserialize)]
+    /// struct Order { id: u64 }
+    ///
+    /// let handler = Handler::from_extractor(|Json(order): Json<Order>| async move {
+    ///     let _ = order.id;
+    /// });
+    /// let sub = Subscriber::from_handler("orders", ["orders"], "billing", handler);
+    /// # let _ = sub;
+    /// ```
+    pub fn from_extractor<T, F, Fut, R>(f: F) -> Self
+    where
+        T: crate::FromMessage,
+        F: Fn(T) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = R> + Send + 'static,
+        R: IntoHandlerResult,
+    {
+        Self(Kind::One(Arc::new(
+            move |msg: Message, cx: &Context, slot: &mut FutureSlot| match T::from_message(&msg, cx) {
+                Ok(arg) => slot.set_handler(f(arg)),
+                Err(error) => crate::__private::extraction_failed(error, slot),
+            },
+        )))
     }
 
     /// Wraps an async function or closure taking a batch: messages of one
@@ -177,8 +212,12 @@ impl Handler {
     /// one message is not called so.)
     pub(crate) fn begin_batch(&self, msgs: Vec<Message>, cx: &Context) -> Result<BatchFuture, Outcome> {
         match &self.0 {
-            Kind::Batch(f) => std::panic::catch_unwind(AssertUnwindSafe(|| f(msgs, cx)))
-                .map_err(|panic| Outcome::Panicked(panic_text(&*panic))),
+            // (The engine holds no record of a batch handler's: this is
+            // only in case.)
+            Kind::Batch(f) => std::panic::catch_unwind(AssertUnwindSafe(|| {
+                f(msgs.into_iter().map(Message::detached).collect(), cx)
+            }))
+            .map_err(|panic| Outcome::Panicked(panic_text(&*panic))),
             Kind::One(_) => Err(Outcome::Panicked(
                 "a handler of one message was given a batch".to_owned(),
             )),

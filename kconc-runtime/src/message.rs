@@ -2,6 +2,8 @@
 
 use std::sync::Arc;
 
+use crate::engine::Held;
+
 thread_local! {
     /// Where a record's key and payload are joined before they are shared.
     static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
@@ -14,22 +16,65 @@ thread_local! {
 /// message is cheap: clones share the key, payload and headers (which never
 /// change once read), so the runtime keeps one for a retry or a dead letter
 /// without copying the record.
-#[derive(Clone, Debug)]
+///
+/// (Inside the engine, a record may wait for its handler without being
+/// copied, holding librdkafka's own: such a message is copied before any
+/// user code can own one. Extractors only borrow it, and a clone of it is a
+/// copy.)
+#[derive(Debug)]
 pub struct Message {
     topic: Arc<str>,
     partition: i32,
     offset: i64,
     timestamp: Option<i64>,
-    /// The key's bytes followed by the payload's, in one allocation.
-    data: Arc<[u8]>,
-    /// The key's length; `None` for a null key.
-    key_len: Option<usize>,
-    /// `false` for a null payload (a tombstone).
-    has_payload: bool,
-    /// `None` when the record has no headers (no allocation then).
-    headers: Option<Arc<[Header]>>,
+    data: Data,
     /// Which attempt at handling this record this is (1 for the first).
     attempt: u32,
+}
+
+/// Where a message's key, payload and headers are.
+#[derive(Debug)]
+enum Data {
+    /// Copied: shared by the message's clones.
+    Copied {
+        /// The key's bytes followed by the payload's, in one allocation.
+        bytes: Arc<[u8]>,
+        /// The key's length; `None` for a null key.
+        key_len: Option<usize>,
+        /// `false` for a null payload (a tombstone).
+        has_payload: bool,
+        /// `None` when the record has no headers (no allocation then).
+        headers: Option<Arc<[Header]>>,
+    },
+    /// Still librdkafka's (see `engine::ffi::Held`).
+    Held(Held),
+}
+
+impl Clone for Message {
+    /// A clone shares a copied record; a held one is copied.
+    fn clone(&self) -> Self {
+        Self {
+            topic: self.topic.clone(),
+            partition: self.partition,
+            offset: self.offset,
+            timestamp: self.timestamp,
+            data: match &self.data {
+                Data::Copied {
+                    bytes,
+                    key_len,
+                    has_payload,
+                    headers,
+                } => Data::Copied {
+                    bytes: bytes.clone(),
+                    key_len: *key_len,
+                    has_payload: *has_payload,
+                    headers: headers.clone(),
+                },
+                Data::Held(held) => copied(held.key(), held.payload(), held.headers().clone()),
+            },
+            attempt: self.attempt,
+        }
+    }
 }
 
 /// One record header: a name and an optional value.
@@ -50,44 +95,47 @@ impl Message {
             partition,
             offset,
             timestamp: None,
-            data: Arc::from(&[][..]),
-            key_len: None,
-            has_payload: false,
-            headers: None,
+            data: copied(None, None, None),
             attempt: 1,
         }
     }
 
     /// Sets the key (builder style, for tests).
     #[must_use]
-    pub fn with_key(mut self, key: impl Into<Vec<u8>>) -> Self {
+    pub fn with_key(self, key: impl Into<Vec<u8>>) -> Self {
         let payload = self.payload().map(<[u8]>::to_vec);
-        self.set_data(Some(&key.into()), payload.as_deref());
-        self
+        let data = copied(Some(&key.into()), payload.as_deref(), self.shared_headers());
+        self.with_data(data)
     }
 
     /// Sets the payload (builder style, for tests).
     #[must_use]
-    pub fn with_payload(mut self, payload: impl Into<Vec<u8>>) -> Self {
+    pub fn with_payload(self, payload: impl Into<Vec<u8>>) -> Self {
         let key = self.key().map(<[u8]>::to_vec);
-        self.set_data(key.as_deref(), Some(&payload.into()));
-        self
-    }
-
-    /// Stores the key and the payload together.
-    fn set_data(&mut self, key: Option<&[u8]>, payload: Option<&[u8]>) {
-        self.data = joined(key, payload);
-        self.key_len = key.map(<[u8]>::len);
-        self.has_payload = payload.is_some();
+        let data = copied(key.as_deref(), Some(&payload.into()), self.shared_headers());
+        self.with_data(data)
     }
 
     /// Adds a header (builder style, for tests).
     #[must_use]
-    pub fn with_header(mut self, key: impl Into<String>, value: Option<Vec<u8>>) -> Self {
-        let mut headers = self.headers.as_deref().map(<[Header]>::to_vec).unwrap_or_default();
+    pub fn with_header(self, key: impl Into<String>, value: Option<Vec<u8>>) -> Self {
+        let mut headers = self.headers().to_vec();
         headers.push(Header { key: key.into(), value });
-        self.headers = Some(headers.into());
+        let data = copied(self.key(), self.payload(), Some(headers.into()));
+        self.with_data(data)
+    }
+
+    fn with_data(mut self, data: Data) -> Self {
+        self.data = data;
         self
+    }
+
+    /// The headers, shared (`None` when there are none).
+    fn shared_headers(&self) -> Option<Arc<[Header]>> {
+        match &self.data {
+            Data::Copied { headers, .. } => headers.clone(),
+            Data::Held(held) => held.headers().clone(),
+        }
     }
 
     /// A fetched record's parts, copied (see `engine::ffi`). `topic` is
@@ -106,11 +154,29 @@ impl Message {
             partition,
             offset,
             timestamp,
-            data: joined(key, payload),
-            key_len: key.map(<[u8]>::len),
-            has_payload: payload.is_some(),
-            headers: headers.map(Into::into),
+            data: copied(key, payload, headers.map(Into::into)),
             attempt: 1,
+        }
+    }
+
+    /// A fetched record, not copied (see `engine::ffi::Held`).
+    pub(crate) fn from_held(topic: Arc<str>, partition: i32, offset: i64, timestamp: Option<i64>, held: Held) -> Self {
+        Self {
+            topic,
+            partition,
+            offset,
+            timestamp,
+            data: Data::Held(held),
+            attempt: 1,
+        }
+    }
+
+    /// The message as user code may own it: a held record is copied (and
+    /// librdkafka's released); a copied one is returned as it is.
+    pub(crate) fn detached(self) -> Self {
+        match self.data {
+            Data::Copied { .. } => self,
+            Data::Held(_) => self.clone(),
         }
     }
 
@@ -153,21 +219,32 @@ impl Message {
 
     /// The record's key, if it has one.
     pub fn key(&self) -> Option<&[u8]> {
-        self.key_len.and_then(|n| self.data.get(..n))
+        match &self.data {
+            Data::Copied { bytes, key_len, .. } => key_len.and_then(|n| bytes.get(..n)),
+            Data::Held(held) => held.key(),
+        }
     }
 
     /// The record's payload; `None` for a tombstone (null value).
     pub fn payload(&self) -> Option<&[u8]> {
-        if self.has_payload {
-            self.data.get(self.key_len.unwrap_or(0)..)
-        } else {
-            None
+        match &self.data {
+            Data::Copied {
+                bytes,
+                key_len,
+                has_payload: true,
+                ..
+            } => bytes.get(key_len.unwrap_or(0)..),
+            Data::Copied { .. } => None,
+            Data::Held(held) => held.payload(),
         }
     }
 
     /// The record's headers, in the order they were sent.
     pub fn headers(&self) -> &[Header] {
-        self.headers.as_deref().unwrap_or_default()
+        match &self.data {
+            Data::Copied { headers, .. } => headers.as_deref().unwrap_or_default(),
+            Data::Held(held) => held.headers().as_deref().unwrap_or_default(),
+        }
     }
 
     /// The first header with this name, if any.
@@ -210,6 +287,16 @@ impl Message {
             offset: self.offset,
             what: what.into(),
         }
+    }
+}
+
+/// A record's parts, copied.
+fn copied(key: Option<&[u8]>, payload: Option<&[u8]>, headers: Option<Arc<[Header]>>) -> Data {
+    Data::Copied {
+        bytes: joined(key, payload),
+        key_len: key.map(<[u8]>::len),
+        has_payload: payload.is_some(),
+        headers,
     }
 }
 

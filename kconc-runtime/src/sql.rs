@@ -831,7 +831,8 @@ async fn run_batch<DB: Database>(
 impl<DB: Database> Store for SqlStore<DB> {
     fn wrap_one(self: Arc<Self>, f: Arc<HandlerFn>) -> Arc<HandlerFn> {
         Arc::new(move |msg: Message, cx: &Context, slot: &mut FutureSlot| {
-            slot.set(run_one(self.clone(), f.clone(), msg, cx.clone()));
+            // A transaction may last: it holds a copy, not librdkafka's record.
+            slot.set(run_one(self.clone(), f.clone(), msg.detached(), cx.clone()));
         })
     }
 

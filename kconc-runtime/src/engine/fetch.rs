@@ -218,7 +218,7 @@ impl Engine {
                         self.set_paused(t, p, Some(held));
                         break;
                     }
-                    match self.parts.poll(t, p) {
+                    match self.parts.poll(t, p, self.settings.hold) {
                         Polled::Message(msg, leader_epoch) => {
                             self.enqueue(t, msg, leader_epoch);
                             read += 1;

@@ -112,8 +112,10 @@ impl PartitionQueue {
         unsafe { rd::rd_kafka_queue_length(self.queue.as_ptr()) }
     }
 
-    /// The next record or error of the queue, without waiting.
-    pub(crate) fn poll(&self, topic: &Arc<str>) -> Polled {
+    /// The next record or error of the queue, without waiting. With
+    /// `hold`, a record's message keeps librdkafka's event instead of a
+    /// copy (see [`Held`]).
+    pub(crate) fn poll(&self, topic: &Arc<str>, hold: bool) -> Polled {
         loop {
             // SAFETY: the queue is live; a zero timeout never blocks; the
             // event returned is ours, destroyed by its guard.
@@ -121,8 +123,9 @@ impl PartitionQueue {
                 return Polled::Empty;
             };
             let event = EventGuard(event);
-            // SAFETY: the event is live until its guard drops, after the
-            // message it holds has been copied.
+            // SAFETY: the event is live until its guard drops: after the
+            // message it holds has been copied, or with the `Held` it moved
+            // into.
             match unsafe { rd::rd_kafka_event_type(event.0.as_ptr()) } {
                 rd::RD_KAFKA_EVENT_FETCH => {
                     // SAFETY: as above; the message belongs to the event.
@@ -138,7 +141,16 @@ impl PartitionQueue {
                         };
                     }
                     // SAFETY: `m` is a live message of a fetch event.
-                    let (msg, epoch) = unsafe { (detach(topic, m), rd::rd_kafka_message_leader_epoch(m)) };
+                    let epoch = unsafe { rd::rd_kafka_message_leader_epoch(m) };
+                    let msg = if hold {
+                        let msg = NonNull::from(m);
+                        // SAFETY: `msg` belongs to `event`, which the
+                        // `Held` owns from here on.
+                        unsafe { held(topic, event, msg) }
+                    } else {
+                        // SAFETY: `m` is a live message of a fetch event.
+                        unsafe { detach(topic, m) }
+                    };
                     return Polled::Message(msg, epoch);
                 }
                 rd::RD_KAFKA_EVENT_ERROR => {
@@ -200,6 +212,94 @@ unsafe fn owned(s: *const c_char) -> String {
     unsafe { CStr::from_ptr(s) }.to_string_lossy().into_owned()
 }
 
+/// A fetched record that was not copied: librdkafka's fetch event, owned,
+/// lending its key and payload to the [`Message`] that holds it, and its
+/// headers parsed only when read. It pins the fetch response the record
+/// came in, and `rd_kafka_destroy` waits for it: the engine holds one only
+/// while the record waits in read order, and never gives one to user code
+/// (a `Message` holding one is copied when cloned or handed over by value:
+/// see `Message::detached`).
+pub(crate) struct Held {
+    /// Owned for its drop, which releases the record.
+    _event: EventGuard,
+    /// The event's message, alive as long as the event is.
+    msg: NonNull<rd::rd_kafka_message_t>,
+    headers: std::sync::OnceLock<Option<Arc<[Header]>>>,
+}
+
+// SAFETY: the event is owned by this value alone; librdkafka's message may
+// be read from any thread, and the one call that changes it (parsing its
+// headers, `rd_kafka_message_headers`) runs inside a `OnceLock`, once.
+unsafe impl Send for Held {}
+// SAFETY: as above: shared access only reads, or parses the headers once.
+unsafe impl Sync for Held {}
+
+impl std::fmt::Debug for Held {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Held").finish_non_exhaustive()
+    }
+}
+
+impl Held {
+    fn message(&self) -> &rd::rd_kafka_message_t {
+        // SAFETY: the message belongs to the event this value owns.
+        unsafe { self.msg.as_ref() }
+    }
+
+    fn bytes(&self, p: *mut c_void, len: usize) -> Option<&[u8]> {
+        // SAFETY: a non-null key or payload pointer of a live message is
+        // valid for its length while the message (its event) is.
+        (!p.is_null()).then(|| unsafe { std::slice::from_raw_parts(p as *const u8, len) })
+    }
+
+    /// The record's key, lent.
+    pub(crate) fn key(&self) -> Option<&[u8]> {
+        let m = self.message();
+        self.bytes(m.key, m.key_len)
+    }
+
+    /// The record's payload, lent.
+    pub(crate) fn payload(&self) -> Option<&[u8]> {
+        let m = self.message();
+        self.bytes(m.payload, m.len)
+    }
+
+    /// The record's headers, parsed on the first call.
+    pub(crate) fn headers(&self) -> &Option<Arc<[Header]>> {
+        // SAFETY: the message is live; only this call parses its headers.
+        self.headers
+            .get_or_init(|| unsafe { headers(self.message()) }.map(Into::into))
+    }
+}
+
+/// A fetched record as a [`Message`] holding its event (see [`Held`]).
+///
+/// # Safety
+/// `msg` is the message of the fetch event `event`.
+unsafe fn held(topic: &Arc<str>, event: EventGuard, msg: NonNull<rd::rd_kafka_message_t>) -> Message {
+    let held = Held {
+        _event: event,
+        msg,
+        headers: std::sync::OnceLock::new(),
+    };
+    let m = held.message();
+    let (partition, offset) = (m.partition, m.offset);
+    // SAFETY: `m` is live.
+    let timestamp = unsafe { timestamp(m) };
+    Message::from_held(topic.clone(), partition, offset, timestamp, held)
+}
+
+/// A record's timestamp, if it has one.
+///
+/// # Safety
+/// `m` is a live message.
+unsafe fn timestamp(m: &rd::rd_kafka_message_t) -> Option<i64> {
+    let mut kind = rd::rd_kafka_timestamp_type_t::RD_KAFKA_TIMESTAMP_NOT_AVAILABLE;
+    // SAFETY: `m` is live; `kind` is valid for writes.
+    let ts = unsafe { rd::rd_kafka_message_timestamp(m, &mut kind) };
+    (kind != rd::rd_kafka_timestamp_type_t::RD_KAFKA_TIMESTAMP_NOT_AVAILABLE).then_some(ts)
+}
+
 /// Copies a fetched record into an owned [`Message`].
 ///
 /// # Safety
@@ -211,12 +311,8 @@ unsafe fn detach(topic: &Arc<str>, m: &rd::rd_kafka_message_t) -> Message {
         // for `len` bytes.
         (!p.is_null()).then(|| unsafe { std::slice::from_raw_parts(p as *const u8, len) })
     };
-    let mut kind = rd::rd_kafka_timestamp_type_t::RD_KAFKA_TIMESTAMP_NOT_AVAILABLE;
-    // SAFETY: `m` is live; `kind` is valid for writes.
-    let ts = unsafe { rd::rd_kafka_message_timestamp(m, &mut kind) };
-    let timestamp = (kind != rd::rd_kafka_timestamp_type_t::RD_KAFKA_TIMESTAMP_NOT_AVAILABLE).then_some(ts);
     // SAFETY: `m` is live.
-    let headers = unsafe { headers(m) };
+    let (timestamp, headers) = unsafe { (timestamp(m), headers(m)) };
     Message::from_parts(
         topic.clone(),
         m.partition,

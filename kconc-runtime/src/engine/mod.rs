@@ -76,7 +76,7 @@ mod shutdown;
 mod worker;
 
 pub use complete::HandlerTimedOut;
-pub(crate) use ffi::{committed_metadata, mock_request_errors, no_initial_rebalance_delay};
+pub(crate) use ffi::{committed_metadata, mock_request_errors, no_initial_rebalance_delay, Held};
 pub(crate) use finished::{encode_offsets as encode_finished, finished_count};
 pub(crate) use poll::{start, Runner};
 
@@ -132,6 +132,10 @@ struct Settings {
     prefetch_kb: u64,
     shutdown_timeout: Duration,
     revoke_timeout: Duration,
+    /// Records wait for their handlers as librdkafka's, not copied (see
+    /// `ffi::Held`): only where each waits in read order, and begins on a
+    /// worker.
+    hold: bool,
     /// For a batch handler: the most messages, and bytes of keys and
     /// payloads, in one call, and how long a partition's messages may
     /// wait to fill one.

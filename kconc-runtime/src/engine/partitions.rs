@@ -441,10 +441,11 @@ impl Partitions {
     }
 
     /// The next record or error of partition `p`'s queue.
-    pub(super) fn poll(&self, t: usize, p: i32) -> Polled {
+    /// With `hold`, a record is not copied (see `ffi::Held`).
+    pub(super) fn poll(&self, t: usize, p: i32, hold: bool) -> Polled {
         let topic = &self.topics[t];
         match topic.partitions.get(&p).and_then(|ps| ps.queue.as_ref()) {
-            Some(q) => q.poll(&topic.name),
+            Some(q) => q.poll(&topic.name, hold),
             None => Polled::Empty,
         }
     }
@@ -625,7 +626,7 @@ impl Partitions {
                 .filter(|ps| ps.stopped.is_some() && ps.unreadable.is_some())
             {
                 if let Some(q) = &ps.queue {
-                    while !matches!(q.poll(&ts.name), Polled::Empty) {}
+                    while !matches!(q.poll(&ts.name, true), Polled::Empty) {}
                 }
             }
         }

@@ -287,6 +287,19 @@ fn failure(consumer: &BaseConsumer<ClientHooks>) -> Option<String> {
         .then(|| format!("its committer thread (kconc-commit-{}) has ended", cx.subscriber))
 }
 
+/// Whether `sub`'s records wait for their handlers as librdkafka's, not
+/// copied (see `ffi::Held`). A held record pins the fetch response it came
+/// in, so only where each record waits in read order, as in librdkafka's
+/// own queue: in `unordered` mode, where they wait for a slot first in,
+/// first out. Not for a batch handler (its batches gather records) nor
+/// where first polls may run on the poll thread (one there keeps a copy in
+/// case kconc's own code panics around it).
+fn holds_records(sub: &Subscriber) -> bool {
+    sub.settings.ordering == crate::OrderingMode::Unordered
+        && sub.settings.first_poll == crate::FirstPoll::Worker
+        && !sub.handler.is_batch()
+}
+
 impl Engine {
     /// The engine of subscriber `sub`, its handlers running in `env`, with
     /// librdkafka's prefetch bound per partition (`prefetch_kb`), its
@@ -311,6 +324,7 @@ impl Engine {
                 prefetch_kb,
                 shutdown_timeout: sub.settings.shutdown_timeout,
                 revoke_timeout: sub.settings.revoke_timeout,
+                hold: holds_records(sub),
                 batch: sub.handler.is_batch().then_some(BatchLimits {
                     max: sub.settings.max_batch,
                     max_bytes: sub.settings.max_batch_bytes,
