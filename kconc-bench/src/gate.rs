@@ -7,7 +7,9 @@
 //! twice, on 20,000 and on 50,000 messages, and the difference of the two
 //! runs divided by 30,000 is its cost per message: start-up and shut-down
 //! cancel out. Two counts per message, of kconc (`concurrency = 100`, the
-//! W-noop handler) and of the raw `BaseConsumer` loop doing the same work:
+//! W-noop handler, once taking the `Message` and once `Json<Order>`, whose
+//! record is not copied) and of the raw `BaseConsumer` loop doing the same
+//! work:
 //! - instructions, counted by `valgrind --tool=callgrind` (the whole child
 //!   process, every thread); left out, with a note, where valgrind is not
 //!   installed;
@@ -167,7 +169,13 @@ pub(crate) fn measure(brokers: &str, vs: Option<&Path>) -> Result<Vec<PerMessage
     }
     let span = (LARGE - SMALL) as f64;
     let me = std::env::current_exe().map_err(|e| e.to_string())?;
-    let mut kinds = vec![("raw", me.as_path()), ("kconc", me.as_path())];
+    // kconc twice: its W-noop handler taking the `Message` (a copy), and
+    // taking `Json<Order>` (the record lent to the extractor, not copied).
+    let mut kinds = vec![
+        ("raw", me.as_path()),
+        ("kconc", me.as_path()),
+        ("kconc-json", me.as_path()),
+    ];
     if let Some(other) = vs {
         kinds.push(("kconc", other));
     }
@@ -205,9 +213,12 @@ pub(crate) fn measure(brokers: &str, vs: Option<&Path>) -> Result<Vec<PerMessage
     Ok(per)
 }
 
-/// The reference figures, kconc's per message, from `gate.txt`
-/// (`instructions N`, `allocations X`; `#` starts a comment).
-pub(crate) fn parse_reference(text: &str) -> Result<PerMessage, String> {
+/// The reference figures per message from `gate.txt`: kconc's with the
+/// `Message` handler (`instructions N`, `allocations X`) with `prefix` "",
+/// with the `Json<T>` one (`json_instructions`, `json_allocations`) with
+/// `prefix` "json_"; `#` starts a comment. `None` when that handler's
+/// allocations are not recorded.
+pub(crate) fn parse_reference(text: &str, prefix: &str) -> Result<Option<PerMessage>, String> {
     let mut instructions = None;
     let mut allocations = None;
     for line in text.lines() {
@@ -222,20 +233,24 @@ pub(crate) fn parse_reference(text: &str) -> Result<PerMessage, String> {
             .trim()
             .parse()
             .map_err(|_| format!("gate.txt: `{value}` is not a number"))?;
-        match key {
-            "instructions" => instructions = Some(value),
-            "allocations" => allocations = Some(value),
-            other => return Err(format!("gate.txt: unknown figure `{other}`")),
+        if !["instructions", "allocations", "json_instructions", "json_allocations"].contains(&key) {
+            return Err(format!("gate.txt: unknown figure `{key}`"));
+        }
+        match key.strip_prefix(prefix) {
+            Some("instructions") => instructions = Some(value),
+            Some("allocations") => allocations = Some(value),
+            _ => {}
         }
     }
-    Ok(PerMessage {
+    Ok(allocations.map(|allocations| PerMessage {
         instructions,
-        allocations: allocations.ok_or("gate.txt: no `allocations` figure")?,
-    })
+        allocations,
+    }))
 }
 
-/// The figures that grew more than [`TOLERANCE`] over the reference.
-pub(crate) fn regressions(measured: PerMessage, reference: PerMessage) -> Vec<String> {
+/// The figures of `who` that grew more than [`TOLERANCE`] over the
+/// reference.
+pub(crate) fn regressions(who: &str, measured: PerMessage, reference: PerMessage) -> Vec<String> {
     let mut out = Vec::new();
     let mut check = |what: &str, m: f64, r: f64| {
         // An absolute floor for figures near zero (a fraction of an
@@ -243,7 +258,7 @@ pub(crate) fn regressions(measured: PerMessage, reference: PerMessage) -> Vec<St
         let limit = r * (1.0 + TOLERANCE) + if what == "allocations" { 0.05 } else { 0.0 };
         if m > limit {
             out.push(format!(
-                "kconc's {what} per message: {m:.2}, more than {limit:.2} (recorded {r:.2} + 5 %)"
+                "{who}'s {what} per message: {m:.2}, more than {limit:.2} (recorded {r:.2} + 5 %)"
             ));
         }
     };
@@ -257,11 +272,11 @@ pub(crate) fn regressions(measured: PerMessage, reference: PerMessage) -> Vec<St
 /// `--gate [--record | --vs OTHER_BUILD]`.
 pub(crate) fn run(brokers: &str, record: bool, vs: Option<&Path>) -> Result<(), String> {
     let per = measure(brokers, vs)?;
-    let (raw, measured) = match per[..] {
-        [raw, kconc, ..] => (raw, kconc),
+    let (raw, measured, json) = match per[..] {
+        [raw, kconc, json, ..] => (raw, kconc, json),
         _ => return Err("gate: a kind was not measured".into()),
     };
-    if let Some(other) = per.get(2) {
+    if let Some(other) = per.get(3) {
         // A comparison of two builds, not a gate.
         if let (Some(a), Some(b)) = (measured.instructions, other.instructions) {
             println!(
@@ -278,38 +293,46 @@ pub(crate) fn run(brokers: &str, record: bool, vs: Option<&Path>) -> Result<(), 
         return Ok(());
     }
     let path = reference_path();
-    let over_a = measured.allocations - raw.allocations;
-    match measured.instructions.zip(raw.instructions) {
-        Some((k, r)) => println!(
-            "gate: kconc {k:.0} instructions and {:.2} allocations per message; over the raw loop: {:.0} and {over_a:.2}",
-            measured.allocations,
-            k - r
-        ),
-        None => println!(
-            "gate: kconc {:.2} allocations per message; over the raw loop: {over_a:.2}",
-            measured.allocations
-        ),
+    for (who, m) in [("kconc", measured), ("kconc, Json<T> handler", json)] {
+        let over_a = m.allocations - raw.allocations;
+        match m.instructions.zip(raw.instructions) {
+            Some((k, r)) => println!(
+                "gate: {who}: {k:.0} instructions and {:.2} allocations per message; over the raw loop: {:.0} and {over_a:.2}",
+                m.allocations,
+                k - r
+            ),
+            None => println!(
+                "gate: {who}: {:.2} allocations per message; over the raw loop: {over_a:.2}",
+                m.allocations
+            ),
+        }
     }
     if record {
-        let instructions = measured
-            .instructions
-            .ok_or("gate --record needs valgrind: both figures are recorded")?;
+        let (Some(instructions), Some(json_instructions)) = (measured.instructions, json.instructions) else {
+            return Err("gate --record needs valgrind: both figures are recorded".into());
+        };
         let text = format!(
             "# kconc-bench --gate: kconc's instructions and allocations per message\n\
-             # (W-noop, release build, embedded cluster; see kconc-bench/src/gate.rs).\n\
+             # (W-noop, release build, embedded cluster; see kconc-bench/src/gate.rs),\n\
+             # its handler taking the `Message`, and (json_) taking `Json<Order>`.\n\
              # Measured with them, the raw loop's: {} instructions, {:.2} allocations.\n\
-             instructions {instructions:.0}\nallocations {:.2}\n",
+             instructions {instructions:.0}\nallocations {:.2}\n\
+             json_instructions {json_instructions:.0}\njson_allocations {:.2}\n",
             raw.instructions.map_or("?".to_owned(), |i| format!("{i:.0}")),
             raw.allocations,
-            measured.allocations
+            measured.allocations,
+            json.allocations
         );
         std::fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))?;
         println!("gate: recorded in {}", path.display());
         return Ok(());
     }
     let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let reference = parse_reference(&text)?;
-    let failed = regressions(measured, reference);
+    let reference = parse_reference(&text, "")?.ok_or("gate.txt: no `allocations` figure")?;
+    let mut failed = regressions("kconc", measured, reference);
+    if let Some(reference) = parse_reference(&text, "json_")? {
+        failed.extend(regressions("kconc (Json<T> handler)", json, reference));
+    }
     if failed.is_empty() {
         println!("gate: passed (within 5 % of {})", path.display());
         Ok(())
@@ -324,7 +347,8 @@ mod tests {
 
     #[test]
     fn a_figure_over_its_reference_by_more_than_five_percent_fails() {
-        let reference = parse_reference("# c\ninstructions 4000\nallocations 2.0\n").unwrap();
+        let text = "# c\ninstructions 4000\nallocations 2.0\njson_instructions 3000\njson_allocations 1.0\n";
+        let reference = parse_reference(text, "").unwrap().unwrap();
         assert_eq!(
             reference,
             PerMessage {
@@ -332,22 +356,32 @@ mod tests {
                 allocations: 2.0
             }
         );
+        let json = parse_reference(text, "json_").unwrap().unwrap();
+        assert_eq!(json.instructions, Some(3000.0));
         let ok = PerMessage {
             instructions: Some(4190.0),
             allocations: 2.1,
         };
-        assert!(regressions(ok, reference).is_empty());
+        assert!(regressions("kconc", ok, reference).is_empty());
         let worse = PerMessage {
             instructions: Some(4210.0),
             allocations: 2.2,
         };
-        assert_eq!(regressions(worse, reference).len(), 2);
+        assert_eq!(regressions("kconc", worse, reference).len(), 2);
+        assert_eq!(regressions("json", ok, json).len(), 2);
         let no_valgrind = PerMessage {
             instructions: None,
             allocations: 2.0,
         };
-        assert!(regressions(no_valgrind, reference).is_empty());
-        assert!(parse_reference("instructions x").is_err());
-        assert!(parse_reference("instructions 1").is_err(), "allocations are required");
+        assert!(regressions("kconc", no_valgrind, reference).is_empty());
+        assert!(parse_reference("instructions x", "").is_err());
+        assert!(
+            parse_reference("instructions 1", "").unwrap().is_none(),
+            "no allocations: no figures"
+        );
+        assert!(parse_reference("instructions 1\nallocations 1", "json_")
+            .unwrap()
+            .is_none());
+        assert!(parse_reference("other 1", "").is_err());
     }
 }

@@ -484,6 +484,11 @@ impl Probe {
 /// Where kconc runs handlers' first polls in this run (`--first-poll`).
 static FIRST_POLL: std::sync::OnceLock<FirstPoll> = std::sync::OnceLock::new();
 
+/// The W-noop handler takes `Json<Order>` (the extractor) instead of the
+/// `Message` (`--child kconc-json`, for `--gate`): the record is lent to the
+/// extractor, not copied.
+static JSON_HANDLER: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// Messages per second of kconc reading `n` messages with `concurrency` and
 /// `ordering`, the handler sleeping `work` (or only decoding when zero).
 async fn framework(
@@ -512,7 +517,7 @@ async fn framework_with(
     // instead of cloning three `Arc`s per message, which the raw loop
     // does not pay either.
     let probe: &'static Probe = Box::leak(Box::default());
-    let sub = Subscriber::new("bench", [topic], group, move |m: Message| async move {
+    let sub = Subscriber::new("bench", [topic], group.clone(), move |m: Message| async move {
         probe.first.get_or_init(|| (Instant::now(), Usage::now()));
         let order: Result<Order, _> = serde_json::from_slice(m.payload().unwrap_or_default());
         std::hint::black_box(order.map(|o| o.id).unwrap_or(0));
@@ -536,6 +541,21 @@ async fn framework_with(
     .concurrency(concurrency)
     .ordering(ordering)
     .first_poll(FIRST_POLL.get().copied().unwrap_or_default());
+    let sub = if JSON_HANDLER.load(Ordering::Relaxed) {
+        // The same work for W-noop: the JSON decoded (by the extractor),
+        // counted. No lanes or sleeps: W-noop only.
+        let json = kconc_runtime::Handler::from_extractor(move |order: kconc_runtime::Json<Order>| async move {
+            probe.first.get_or_init(|| (Instant::now(), Usage::now()));
+            std::hint::black_box(order.id);
+            probe.count.fetch_add(1, Ordering::Relaxed);
+        });
+        Subscriber::from_handler("bench", [topic], group.clone(), json)
+            .concurrency(concurrency)
+            .ordering(ordering)
+            .first_poll(FIRST_POLL.get().copied().unwrap_or_default())
+    } else {
+        sub
+    };
     // `KCONC_BENCH_SET="commit_batch_size=1000,.."`: settings to try, as
     // `--set` takes them.
     let mut sub = sub;

@@ -173,15 +173,23 @@ async fn kconc_child(brokers: &str, topic: &str, group: &str, n: usize) -> Resul
 /// `--child raw|kconc BROKERS TOPIC GROUP N`: runs one and prints its report.
 pub(crate) async fn child(args: &[String]) -> Result<(), String> {
     let [kind, brokers, topic, group, n] = args else {
-        return Err("--child needs: raw|kconc|exit|exit-raw BROKERS TOPIC GROUP N".into());
+        return Err("--child needs: raw|kconc|kconc-json|exit|exit-raw BROKERS TOPIC GROUP N".into());
     };
     let n: usize = n.parse().map_err(|_| "--child: N is a number")?;
     let report = match kind.as_str() {
         "raw" => tokio::task::block_in_place(|| raw_child(brokers, topic, group, n))?,
         "kconc" => kconc_child(brokers, topic, group, n).await?,
+        "kconc-json" => {
+            super::JSON_HANDLER.store(true, std::sync::atomic::Ordering::Relaxed);
+            kconc_child(brokers, topic, group, n).await?
+        }
         "exit" => return exit_child(brokers, topic, group, n).await,
         "exit-raw" => return exit_raw_child(brokers, topic, group, n).await,
-        other => return Err(format!("--child: `{other}` is not raw, kconc, exit or exit-raw")),
+        other => {
+            return Err(format!(
+                "--child: `{other}` is not raw, kconc, kconc-json, exit or exit-raw"
+            ))
+        }
     };
     print_report(&report);
     Ok(())
@@ -225,14 +233,16 @@ struct Medians {
     requests: BTreeMap<String, f64>,
 }
 
-/// The parent: produces `n` messages once, runs the two children `runs`
-/// times alternately, and prints their medians side by side.
+/// The parent: produces `n` messages once, runs the children `runs` times
+/// taking turns (the raw loop, kconc with the W-noop handler taking the
+/// `Message`, and taking `Json<Order>`), and prints their medians side by
+/// side.
 pub(crate) fn separate(brokers: &str, n: usize, runs: usize) -> Result<(), String> {
     let topic = "bench-separate";
     produce(brokers, topic, n, 1_000)?;
     let mut reports: BTreeMap<&str, Vec<ChildReport>> = BTreeMap::new();
     for run in 0..runs {
-        for kind in ["raw", "kconc"] {
+        for kind in ["raw", "kconc", "kconc-json"] {
             let r = run_child(
                 kind,
                 brokers,
@@ -266,7 +276,7 @@ pub(crate) fn separate(brokers: &str, n: usize, runs: usize) -> Result<(), Strin
             })
             .collect();
         println!(
-            "  {kind:<5}  {:>8.0} msg/s ({:.0}-{:.0})  cpu {:.2} us/msg ({:.2}-{:.2})  peak RSS {:.1} MB ({:.1}-{:.1})  \
+            "  {kind:<10}  {:>8.0} msg/s ({:.0}-{:.0})  cpu {:.2} us/msg ({:.2}-{:.2})  peak RSS {:.1} MB ({:.1}-{:.1})  \
              context switches per 1,000 msgs {:.0} ({:.0}-{:.0})",
             rate.0, rate.1, rate.2, cpu.0, cpu.1, cpu.2, rss.0, rss.1, rss.2, switches.0, switches.1, switches.2
         );
@@ -282,13 +292,17 @@ pub(crate) fn separate(brokers: &str, n: usize, runs: usize) -> Result<(), Strin
             },
         );
     }
+    for kind in ["kconc-json", "kconc"] {
+        if let (Some(raw), Some(k)) = (medians.get("raw"), medians.get(kind)) {
+            println!(
+                "  {kind} / raw: throughput {:.2}, CPU per message {:.2}, peak RSS {:.2}",
+                k.rate / raw.rate,
+                k.cpu / raw.cpu,
+                k.rss / raw.rss
+            );
+        }
+    }
     if let (Some(raw), Some(k)) = (medians.get("raw"), medians.get("kconc")) {
-        println!(
-            "  kconc / raw: throughput {:.2}, CPU per message {:.2}, peak RSS {:.2}",
-            k.rate / raw.rate,
-            k.cpu / raw.cpu,
-            k.rss / raw.rss
-        );
         let ratios: Vec<String> = ["Fetch", "OffsetCommit", "Heartbeat", "Metadata"]
             .iter()
             .map(|t| {
