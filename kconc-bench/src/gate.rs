@@ -137,7 +137,11 @@ fn count(
         .ok_or_else(|| format!("{kind} child printed no allocation count: {stdout}"))?;
     let instructions = if callgrind {
         let text = std::fs::read_to_string(&out_file).map_err(|e| format!("{}: {e}", out_file.display()))?;
-        let _ = std::fs::remove_file(&out_file);
+        // `KCONC_BENCH_KEEP_CALLGRIND=1` keeps the profiles (in the temporary
+        // directory), for `callgrind_annotate`.
+        if std::env::var_os("KCONC_BENCH_KEEP_CALLGRIND").is_none() {
+            let _ = std::fs::remove_file(&out_file);
+        }
         let total = text
             .lines()
             .find_map(|l| l.strip_prefix("totals:").or_else(|| l.strip_prefix("summary:")))
