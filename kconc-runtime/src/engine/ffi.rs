@@ -215,7 +215,7 @@ unsafe fn owned(s: *const c_char) -> String {
 /// A fetched record that was not copied: librdkafka's fetch event, owned,
 /// lending its key and payload to the [`Message`] that holds it, and its
 /// headers parsed only when read. It pins the fetch response the record
-/// came in, and `rd_kafka_destroy` waits for it: the engine holds one only
+/// came in, and `rd_kafka_destroy` may wait for it: the engine holds one only
 /// while the record waits in read order, and never gives one to user code
 /// (a `Message` holding one is copied when cloned or handed over by value:
 /// see `Message::detached`).

@@ -289,15 +289,14 @@ fn failure(consumer: &BaseConsumer<ClientHooks>) -> Option<String> {
 
 /// Whether `sub`'s records wait for their handlers as librdkafka's, not
 /// copied (see `ffi::Held`). A held record pins the fetch response it came
-/// in, so only where each record waits in read order, as in librdkafka's
-/// own queue: in `unordered` mode, where they wait for a slot first in,
-/// first out. Not for a batch handler (its batches gather records) nor
-/// where first polls may run on the poll thread (one there keeps a copy in
-/// case kconc's own code panics around it).
+/// in, so only while each record waits in read order, as in librdkafka's
+/// own queue: for a slot, first in, first out. One that would wait behind
+/// a busy key or partition is copied as it enters its lane (see
+/// `Schedule::push`). Not for a batch handler (its batches gather
+/// records) nor where first polls may run on the poll thread (one there
+/// keeps a copy in case kconc's own code panics around it).
 fn holds_records(sub: &Subscriber) -> bool {
-    sub.settings.ordering == crate::OrderingMode::Unordered
-        && sub.settings.first_poll == crate::FirstPoll::Worker
-        && !sub.handler.is_batch()
+    sub.settings.first_poll == crate::FirstPoll::Worker && !sub.handler.is_batch()
 }
 
 impl Engine {

@@ -139,7 +139,10 @@ impl Schedule {
         match self.lanes.get_mut(&id) {
             Some(lane) => {
                 *self.blocked.entry((slot.topic, slot.partition)).or_insert(0) += 1;
-                lane.waiting.push_back((slot, msg));
+                // It waits behind its key (partition) while later records
+                // go on: copied, so it keeps no fetch response (see
+                // `ffi::Held`).
+                lane.waiting.push_back((slot, msg.detached()));
             }
             None => {
                 self.lanes.insert(
