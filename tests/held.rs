@@ -120,20 +120,28 @@ async fn a_message_a_handler_keeps_is_its_own_and_outlives_the_consumer() {
     check(&kept.iter().map(parts).collect::<Vec<_>>());
 }
 
+/// Runs a builder subscriber `name` in `ordering` whose handler keeps every
+/// `Message` it is given in `kept`, then checks what it kept.
+async fn keep_built(name: &str, ordering: OrderingMode, kept: &'static Mutex<Vec<Message>>) {
+    let topic = format!("kept-{name}");
+    run_app(name, &topic, |topic| {
+        let sub = Subscriber::new(name, [topic], topic, move |m: Message| async move {
+            kept.lock().unwrap().push(m);
+        })
+        .concurrency(8)
+        .ordering(ordering);
+        App::new().subscriber(sub)
+    })
+    .await;
+    let kept: Vec<_> = kept.lock().unwrap().drain(..).collect();
+    check(&kept.iter().map(parts).collect::<Vec<_>>());
+}
+
 static KEPT_BUILT: Mutex<Vec<Message>> = Mutex::new(Vec::new());
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_a_built_handler_keeps_outlives_the_consumer() {
-    run_app("built", "kept-built", |topic| {
-        let sub = Subscriber::new("built", [topic], "kept-built", |m: Message| async move {
-            KEPT_BUILT.lock().unwrap().push(m);
-        })
-        .concurrency(8);
-        App::new().subscriber(sub)
-    })
-    .await;
-    let kept: Vec<_> = KEPT_BUILT.lock().unwrap().drain(..).collect();
-    check(&kept.iter().map(parts).collect::<Vec<_>>());
+    keep_built("built", OrderingMode::Unordered, &KEPT_BUILT).await;
 }
 
 static KEPT_KEYED: Mutex<Vec<Message>> = Mutex::new(Vec::new());
@@ -142,17 +150,7 @@ static KEPT_KEYED: Mutex<Vec<Message>> = Mutex::new(Vec::new());
 /// `unordered`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_key_order_a_message_a_handler_keeps_outlives_the_consumer() {
-    run_app("keyed", "kept-keyed", |topic| {
-        let sub = Subscriber::new("keyed", [topic], "kept-keyed", |m: Message| async move {
-            KEPT_KEYED.lock().unwrap().push(m);
-        })
-        .concurrency(8)
-        .ordering(OrderingMode::Key);
-        App::new().subscriber(sub)
-    })
-    .await;
-    let kept: Vec<_> = KEPT_KEYED.lock().unwrap().drain(..).collect();
-    check(&kept.iter().map(parts).collect::<Vec<_>>());
+    keep_built("keyed", OrderingMode::Key, &KEPT_KEYED).await;
 }
 
 /// An extractor that clones the message it borrows (so keeps it).

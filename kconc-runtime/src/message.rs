@@ -32,20 +32,24 @@ pub struct Message {
     attempt: u32,
 }
 
+/// A record's key, payload and headers, copied.
+#[derive(Clone, Debug)]
+struct Copied {
+    /// The key's bytes followed by the payload's, in one allocation.
+    bytes: Arc<[u8]>,
+    /// The key's length; `None` for a null key.
+    key_len: Option<usize>,
+    /// `false` for a null payload (a tombstone).
+    has_payload: bool,
+    /// `None` when the record has no headers (no allocation then).
+    headers: Option<Arc<[Header]>>,
+}
+
 /// Where a message's key, payload and headers are.
 #[derive(Debug)]
 enum Data {
     /// Copied: shared by the message's clones.
-    Copied {
-        /// The key's bytes followed by the payload's, in one allocation.
-        bytes: Arc<[u8]>,
-        /// The key's length; `None` for a null key.
-        key_len: Option<usize>,
-        /// `false` for a null payload (a tombstone).
-        has_payload: bool,
-        /// `None` when the record has no headers (no allocation then).
-        headers: Option<Arc<[Header]>>,
-    },
+    Copied(Copied),
     /// Still librdkafka's (see `engine::ffi::Held`).
     Held(Held),
 }
@@ -59,17 +63,7 @@ impl Clone for Message {
             offset: self.offset,
             timestamp: self.timestamp,
             data: match &self.data {
-                Data::Copied {
-                    bytes,
-                    key_len,
-                    has_payload,
-                    headers,
-                } => Data::Copied {
-                    bytes: bytes.clone(),
-                    key_len: *key_len,
-                    has_payload: *has_payload,
-                    headers: headers.clone(),
-                },
+                Data::Copied(c) => Data::Copied(c.clone()),
                 Data::Held(held) => copied(held.key(), held.payload(), held.headers().clone()),
             },
             attempt: self.attempt,
@@ -133,7 +127,7 @@ impl Message {
     /// The headers, shared (`None` when there are none).
     fn shared_headers(&self) -> Option<Arc<[Header]>> {
         match &self.data {
-            Data::Copied { headers, .. } => headers.clone(),
+            Data::Copied(c) => c.headers.clone(),
             Data::Held(held) => held.headers().clone(),
         }
     }
@@ -175,7 +169,7 @@ impl Message {
     /// librdkafka's released); a copied one is returned as it is.
     pub(crate) fn detached(self) -> Self {
         match self.data {
-            Data::Copied { .. } => self,
+            Data::Copied(_) => self,
             Data::Held(_) => self.clone(),
         }
     }
@@ -220,7 +214,7 @@ impl Message {
     /// The record's key, if it has one.
     pub fn key(&self) -> Option<&[u8]> {
         match &self.data {
-            Data::Copied { bytes, key_len, .. } => key_len.and_then(|n| bytes.get(..n)),
+            Data::Copied(c) => c.key_len.and_then(|n| c.bytes.get(..n)),
             Data::Held(held) => held.key(),
         }
     }
@@ -228,13 +222,8 @@ impl Message {
     /// The record's payload; `None` for a tombstone (null value).
     pub fn payload(&self) -> Option<&[u8]> {
         match &self.data {
-            Data::Copied {
-                bytes,
-                key_len,
-                has_payload: true,
-                ..
-            } => bytes.get(key_len.unwrap_or(0)..),
-            Data::Copied { .. } => None,
+            Data::Copied(c) if c.has_payload => c.bytes.get(c.key_len.unwrap_or(0)..),
+            Data::Copied(_) => None,
             Data::Held(held) => held.payload(),
         }
     }
@@ -242,7 +231,7 @@ impl Message {
     /// The record's headers, in the order they were sent.
     pub fn headers(&self) -> &[Header] {
         match &self.data {
-            Data::Copied { headers, .. } => headers.as_deref().unwrap_or_default(),
+            Data::Copied(c) => c.headers.as_deref().unwrap_or_default(),
             Data::Held(held) => held.headers().as_deref().unwrap_or_default(),
         }
     }
@@ -292,12 +281,12 @@ impl Message {
 
 /// A record's parts, copied.
 fn copied(key: Option<&[u8]>, payload: Option<&[u8]>, headers: Option<Arc<[Header]>>) -> Data {
-    Data::Copied {
+    Data::Copied(Copied {
         bytes: joined(key, payload),
         key_len: key.map(<[u8]>::len),
         has_payload: payload.is_some(),
         headers,
-    }
+    })
 }
 
 /// The key's bytes followed by the payload's, in one allocation (the
