@@ -27,7 +27,7 @@
 //! (`scripts/gate` does): the recorded figures are a release build's.
 //! `--gate --record` writes the figures measured as the new reference.
 //! `--gate --vs OTHER_BUILD` (a kconc-bench binary of another commit)
-//! measures that build's kconc in the same rounds, taking turns, and
+//! measures that build's two kconc children in the same rounds, taking turns, and
 //! prints the two side by side instead of gating: a change's before and
 //! after.
 
@@ -182,6 +182,7 @@ pub(crate) fn measure(brokers: &str, vs: Option<&Path>) -> Result<Vec<PerMessage
     ];
     if let Some(other) = vs {
         kinds.push(("kconc", other));
+        kinds.push(("kconc-json", other));
     }
     // The median of `ROUNDS` pairs, the kinds taking turns.
     let mut samples = vec![(Vec::new(), Vec::new()); kinds.len()];
@@ -280,21 +281,25 @@ pub(crate) fn run(brokers: &str, record: bool, vs: Option<&Path>) -> Result<(), 
         [raw, kconc, json, ..] => (raw, kconc, json),
         _ => return Err("gate: a kind was not measured".into()),
     };
-    if let Some(other) = per.get(3) {
-        // A comparison of two builds, not a gate.
-        if let (Some(a), Some(b)) = (measured.instructions, other.instructions) {
-            println!(
-                "gate --vs: instructions per message {a:.0} against {b:.0} ({:+.0})",
-                a - b
-            );
+    if let [.., other, other_json] = per[..] {
+        if per.len() == 5 {
+            // A comparison of two builds, not a gate.
+            for (who, a, b) in [("Message", measured, other), ("Json<T>", json, other_json)] {
+                if let (Some(ai), Some(bi)) = (a.instructions, b.instructions) {
+                    println!(
+                        "gate --vs: {who} handler: instructions per message {ai:.0} against {bi:.0} ({:+.0})",
+                        ai - bi
+                    );
+                }
+                println!(
+                    "gate --vs: {who} handler: allocations per message {:.2} against {:.2} ({:+.2})",
+                    a.allocations,
+                    b.allocations,
+                    a.allocations - b.allocations
+                );
+            }
+            return Ok(());
         }
-        println!(
-            "gate --vs: allocations per message {:.2} against {:.2} ({:+.2})",
-            measured.allocations,
-            other.allocations,
-            measured.allocations - other.allocations
-        );
-        return Ok(());
     }
     let path = reference_path();
     for (who, m) in [("kconc", measured), ("kconc, Json<T> handler", json)] {

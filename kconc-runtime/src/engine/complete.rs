@@ -334,7 +334,7 @@ impl HandlerEnv {
             );
             return Concluded::Event(Event::Retry {
                 slot,
-                msg: copy.clone().next_attempt(),
+                msg: Box::new(copy.clone().next_attempt()),
                 due: Instant::now() + delay,
             });
         }

@@ -15,10 +15,12 @@ use crate::message::Message;
 pub(crate) enum Event {
     /// Finished: handled, skipped or dead-lettered.
     Done(Completion),
-    /// Failed with retries left: `msg` (its next attempt) starts again at `due`.
+    /// Failed with retries left: `msg` (its next attempt) starts again at
+    /// `due`. Boxed: a retry is rare, and every event is moved (from the
+    /// handler's place to the poll loop) at the size of its largest kind.
     Retry {
         slot: MessageTag,
-        msg: Message,
+        msg: Box<Message>,
         due: Instant,
     },
     /// Failed its last attempt under `on_error = stop`.
@@ -137,7 +139,7 @@ impl Engine {
                 if ended.may_retry(msg.offset()) && !self.closing {
                     // It keeps its lane, idle, until its retry starts.
                     self.waiting.idle(slot, msg.offset());
-                    self.delayed.push(due, slot, msg);
+                    self.delayed.push(due, slot, *msg);
                 } else {
                     self.waiting.finished(slot, msg.offset());
                 }
@@ -249,7 +251,7 @@ mod tests {
         let due = std::time::Instant::now() + Duration::from_secs(3600);
         let retry = |tag| Event::Retry {
             slot: tag,
-            msg: Message::new("t", 0, 0).with_key("k"),
+            msg: Box::new(Message::new("t", 0, 0).with_key("k")),
             due,
         };
         te.engine.on_event(retry(tags[0]));
@@ -322,7 +324,7 @@ mod tests {
         let now = std::time::Instant::now();
         let retry = |tag, offset, after| Event::Retry {
             slot: tag,
-            msg: Message::new("t", 0, offset),
+            msg: Box::new(Message::new("t", 0, offset)),
             due: now + Duration::from_secs(after),
         };
         te.engine.batches = 1;
