@@ -227,14 +227,23 @@ impl HandlerEnv {
             attempt = end.attempt,
             traceparent = tracing::field::Empty,
         );
-        if !span.is_disabled() {
+        let span = if span.is_disabled() {
+            // Nothing listens at this level. A disabled span still tells
+            // the `log` crate of every enter, exit and close (tracing's
+            // `log` feature, which sqlx turns on), a call each time the
+            // handler is polled; the empty span does nothing. Forgetting
+            // the disabled one leaks nothing (it holds no subscriber).
+            std::mem::forget(span);
+            tracing::Span::none()
+        } else {
             if let Some(key) = msg.key() {
                 span.record("key", String::from_utf8_lossy(key).as_ref());
             }
             if let Some(tp) = msg.header("traceparent").and_then(|h| h.value.as_deref()) {
                 span.record("traceparent", String::from_utf8_lossy(tp).as_ref());
             }
-        }
+            span
+        };
         self.stats.in_flight.fetch_add(1, Ordering::Relaxed);
         let started = Instant::now();
         let begun = {
