@@ -17,14 +17,19 @@ pub type BoxError = Box<dyn StdError + Send + Sync + 'static>;
 
 /// Where a call's future is kept: one box, reused by the next call (of a
 /// future of the same size and alignment, which every call of one handler
-/// is) instead of an allocation per message. A worker keeps the boxes of
-/// the calls that ended for the next ones. Not public API: the code
+/// is) instead of an allocation per message. Each place of a worker keeps
+/// the box of its call that ended for its next one. Not public API: the code
 /// `#[subscriber]` generates writes into it.
 #[doc(hidden)]
 #[derive(Default)]
 pub struct FutureSlot(Option<tokio_util::sync::ReusableBoxFuture<'static, Result<(), BoxError>>>);
 
 impl FutureSlot {
+    /// Whether it has no box yet.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.0.is_none()
+    }
+
     /// Puts `fut` in the slot (dropping what was there), in the box it
     /// has if that fits.
     pub fn set<F>(&mut self, fut: F)

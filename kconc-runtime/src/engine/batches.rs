@@ -125,8 +125,8 @@ impl HandlerEnv {
             }
         }
         let mut events = Vec::with_capacity(n);
-        for (end, outcome) in ends.into_iter().zip(outcomes) {
-            match self.settle(end, outcome.unwrap_or(Outcome::Ok)) {
+        for (mut end, outcome) in ends.into_iter().zip(outcomes) {
+            match self.settle(&mut end, outcome.unwrap_or(Outcome::Ok)) {
                 Concluded::Event(event) => events.push(event),
                 Concluded::DeadLetter(dead) => events.push(self.dead_letter_boxed(*dead).await),
             }

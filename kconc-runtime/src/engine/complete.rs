@@ -122,6 +122,21 @@ pub(super) struct Ending {
     pub(super) copy: Option<Message>,
 }
 
+impl Ending {
+    /// Its parts, as a value of their own (without the copy, which the
+    /// conclusion has taken): for a dead letter, which outlives the call.
+    fn to_owned_end(&self) -> Ending {
+        Ending {
+            slot: self.slot,
+            topic: self.topic.clone(),
+            partition: self.partition,
+            offset: self.offset,
+            attempt: self.attempt,
+            copy: None,
+        }
+    }
+}
+
 /// How a handler call ended, for the poll loop.
 pub(super) enum Concluded {
     Event(Event),
@@ -216,7 +231,34 @@ impl HandlerEnv {
     /// and the handler's future, in `fut` (a panic while building it is the
     /// call's outcome).
     pub(super) fn begin(&self, slot: MessageTag, msg: Message, fut: &mut FutureSlot) -> (Call, Result<(), Outcome>) {
-        let end = self.ending(slot, &msg);
+        let call = self.open_call(slot, &msg);
+        let begun = self.call_handler(&call, msg, fut);
+        (call, begun)
+    }
+
+    /// As [`HandlerEnv::begin`], the call made in `into` (a worker's
+    /// place: the call is not moved there afterwards).
+    pub(super) fn begin_in<'c>(
+        &self,
+        slot: MessageTag,
+        msg: Message,
+        fut: &mut FutureSlot,
+        into: &'c mut Option<Call>,
+    ) -> (&'c mut Call, Result<(), Outcome>) {
+        let call = into.insert(self.open_call(slot, &msg));
+        let begun = self.call_handler(call, msg, fut);
+        (call, begun)
+    }
+
+    fn call_handler(&self, call: &Call, msg: Message, fut: &mut FutureSlot) -> Result<(), Outcome> {
+        let _in_span = call.span.enter();
+        self.handler.begin(msg, &self.context, fut)
+    }
+
+    /// A call of `msg`'s handler, begun now: what its conclusion needs, its
+    /// span, counted as in flight.
+    fn open_call(&self, slot: MessageTag, msg: &Message) -> Call {
+        let end = self.ending(slot, msg);
         let span = tracing::debug_span!(
             "message",
             subscriber = &*self.subscriber,
@@ -246,11 +288,7 @@ impl HandlerEnv {
         };
         self.stats.in_flight.fetch_add(1, Ordering::Relaxed);
         let started = Instant::now();
-        let begun = {
-            let _in_span = span.enter();
-            self.handler.begin(msg, &self.context, fut)
-        };
-        (Call { end, span, started }, begun)
+        Call { end, span, started }
     }
 
     /// What `msg`'s conclusion will need, read before its handler takes it
@@ -294,14 +332,14 @@ impl HandlerEnv {
     /// policy what its outcome leads to. Every outcome leads to exactly one
     /// conclusion; the error's own code (its text, its source chain, its
     /// drop) cannot break it off.
-    pub(super) fn conclude(&self, end: Ending, outcome: Outcome, took: std::time::Duration) -> Concluded {
+    pub(super) fn conclude(&self, end: &mut Ending, outcome: Outcome, took: std::time::Duration) -> Concluded {
         self.stats.handler_seconds.0.observe(took.as_secs_f64());
         self.settle(end, outcome)
     }
 
     /// As [`HandlerEnv::conclude`], without timing a call (a batch's
     /// messages share theirs).
-    pub(super) fn settle(&self, mut end: Ending, outcome: Outcome) -> Concluded {
+    pub(super) fn settle(&self, end: &mut Ending, outcome: Outcome) -> Concluded {
         self.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
         let (slot, partition, offset, attempt) = (end.slot, end.partition, end.offset, end.attempt);
         let copy = end.copy.take();
@@ -352,7 +390,7 @@ impl HandlerEnv {
             // records it, in a transaction of its own.
             OnError::Skip if self.store.is_some() => Concluded::DeadLetter(Box::new(DeadLetter {
                 copy: Message::new(&topic, partition, offset),
-                end,
+                end: end.to_owned_end(),
                 error,
                 what,
             })),
@@ -373,7 +411,12 @@ impl HandlerEnv {
                 })
             }
             OnError::DeadLetter(_) => match copy {
-                Some(copy) => Concluded::DeadLetter(Box::new(DeadLetter { end, copy, error, what })),
+                Some(copy) => Concluded::DeadLetter(Box::new(DeadLetter {
+                    end: end.to_owned_end(),
+                    copy,
+                    error,
+                    what,
+                })),
                 // Not reached: a dead-letter policy always keeps a copy.
                 None => {
                     self.stats.stopped.fetch_add(1, Ordering::Relaxed);

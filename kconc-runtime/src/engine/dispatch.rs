@@ -255,7 +255,7 @@ impl Dispatcher {
         // This thread's spare boxes, as on a worker: one whose future waits
         // goes to the worker with it.
         let mut fut = super::worker::spare_box();
-        let (call, begun) = shared.begin(slot, msg, &mut fut);
+        let (mut call, begun) = shared.begin(slot, msg, &mut fut);
         let failure = match begun {
             Ok(()) => {
                 let waker = std::task::Waker::from(self.handover.clone());
@@ -276,7 +276,7 @@ impl Dispatcher {
                     Poll::Ready(Outcome::Ok) => {
                         self.inline.record(took, FirstPollEnd::Ended);
                         super::worker::recycle(fut, true);
-                        return match shared.conclude(call.end, Outcome::Ok, took) {
+                        return match shared.conclude(&mut call.end, Outcome::Ok, took) {
                             Concluded::Event(event) => Begun::Ended(event),
                             Concluded::DeadLetter(dead) => Begun::HandOver(Start::DeadLetter(dead)),
                         };

@@ -26,10 +26,15 @@ pub(super) struct Places<F> {
     pub(super) stats: Option<Arc<Stats>>,
     /// The time stamped on the futures inserted next, in Unix milliseconds.
     pub(super) now_ms: u64,
+    /// Whether a future that finished stays in its place, to be made
+    /// into the next one there (see [`Places::insert_with`]).
+    pub(super) keep_ended: bool,
 }
 
 pub(super) struct Place<F> {
     pub(super) future: std::pin::Pin<Box<Option<F>>>,
+    /// Whether its future runs (one kept after it finished does not).
+    pub(super) live: bool,
     pub(super) wake: Arc<SlotWake>,
     pub(super) waker: std::task::Waker,
     /// When its future began, in Unix milliseconds (0: free).
@@ -79,6 +84,17 @@ impl<F: Future> Places<F> {
             woken: Arc::default(),
             stats: None,
             now_ms: 0,
+            keep_ended: false,
+        }
+    }
+
+    /// As [`Places::new`], keeping each future that finished in its place
+    /// (it must hold nothing more then) for [`Places::insert_with`] to make
+    /// the next future of the place from, without moving one in.
+    pub(super) fn reusing() -> Self {
+        Self {
+            keep_ended: true,
+            ..Self::new()
         }
     }
 
@@ -98,35 +114,63 @@ impl<F: Future> Places<F> {
 
     /// Adds a future, to be polled first by the next [`Places::poll_woken`];
     /// returns its place.
+    #[cfg(test)]
     pub(super) fn insert(&mut self, future: F) -> usize {
-        let place = match self.free.pop() {
-            Some(place) => place,
-            None => {
-                let place = self.places.len();
-                let wake = Arc::new(SlotWake {
-                    place,
-                    queued: AtomicBool::new(false),
-                    woken: self.woken.clone(),
-                });
-                let since = Arc::new(AtomicU64::new(0));
-                if let Some(list) = self.stats.as_ref().and_then(|s| s.running_since.lock().ok()).as_mut() {
-                    list.push(since.clone());
-                }
-                self.places.push(Place {
-                    future: Box::pin(None),
-                    waker: std::task::Waker::from(wake.clone()),
-                    wake,
-                    since,
-                });
-                place
-            }
-        };
+        let place = self.vacant();
         if let Some(slot) = self.places.get_mut(place) {
             slot.future.set(Some(future));
+        }
+        self.occupy(place);
+        place
+    }
+
+    /// As [`Places::insert`], the future made where it lives by `fill`,
+    /// from the future that ended in that place if one was kept (see
+    /// [`Places::reusing`]), or from nothing.
+    pub(super) fn insert_with(&mut self, fill: impl FnOnce(&mut Option<F>)) -> usize
+    where
+        F: Unpin,
+    {
+        let place = self.vacant();
+        if let Some(slot) = self.places.get_mut(place) {
+            fill(&mut slot.future);
+        }
+        self.occupy(place);
+        place
+    }
+
+    /// A free place, made if there is none.
+    fn vacant(&mut self) -> usize {
+        if let Some(place) = self.free.pop() {
+            return place;
+        }
+        let place = self.places.len();
+        let wake = Arc::new(SlotWake {
+            place,
+            queued: AtomicBool::new(false),
+            woken: self.woken.clone(),
+        });
+        let since = Arc::new(AtomicU64::new(0));
+        if let Some(list) = self.stats.as_ref().and_then(|s| s.running_since.lock().ok()).as_mut() {
+            list.push(since.clone());
+        }
+        self.places.push(Place {
+            future: Box::pin(None),
+            live: false,
+            waker: std::task::Waker::from(wake.clone()),
+            wake,
+            since,
+        });
+        place
+    }
+
+    /// Marks the future just put in `place` as running, to be polled.
+    fn occupy(&mut self, place: usize) {
+        if let Some(slot) = self.places.get_mut(place) {
+            slot.live = true;
             slot.since.store(self.now_ms.max(1), Ordering::Relaxed);
         }
         self.due.push(place);
-        place
     }
 
     /// Drops every future (where a panic in a `Drop` cannot escape).
@@ -134,6 +178,7 @@ impl<F: Future> Places<F> {
         for slot in &mut self.places {
             let future = &mut slot.future;
             run_guarded(|| future.set(None));
+            slot.live = false;
             slot.since.store(0, Ordering::Relaxed);
         }
     }
@@ -158,11 +203,17 @@ impl<F: Future> Places<F> {
                 continue;
             };
             slot.wake.queued.store(false, Ordering::SeqCst);
-            let Some(future) = slot.future.as_mut().as_pin_mut() else {
+            if !slot.live {
                 continue; // already finished: a late or repeated wake
+            }
+            let Some(future) = slot.future.as_mut().as_pin_mut() else {
+                continue;
             };
             if let Poll::Ready(out) = future.poll(&mut std::task::Context::from_waker(&slot.waker)) {
-                slot.future.set(None);
+                slot.live = false;
+                if !self.keep_ended {
+                    slot.future.set(None);
+                }
                 slot.since.store(0, Ordering::Relaxed);
                 self.free.push(place);
                 ended.push(out);
@@ -228,5 +279,36 @@ mod tests {
         assert_eq!(ended, [7, 5, 9, 3]);
         assert!(slots.is_empty());
         assert_eq!(slots.places.len(), 2, "two places served four futures");
+    }
+
+    #[test]
+    fn a_reusing_set_keeps_an_ended_future_for_the_next_and_polls_it_no_more() {
+        let worker = Arc::new(Count(AtomicU64::new(0)));
+        let waker = Waker::from(worker.clone());
+        let mut slots = Places::reusing();
+        slots.register(&Context::from_waker(&waker));
+        let mut ended = Vec::new();
+        let mut kept = Vec::new();
+        let place = slots.insert_with(|f| {
+            kept.push(f.is_some());
+            *f = Some(async { 1 }.boxed());
+        });
+        slots.poll_woken(&mut ended);
+        assert_eq!(ended, [1]);
+        // Woken late: the ended future, kept, is not polled again.
+        slots.places[place].waker.wake_by_ref();
+        slots.poll_woken(&mut ended);
+        assert_eq!(ended, [1], "an ended future is not polled");
+        assert!(slots.is_empty());
+        let again = slots.insert_with(|f| {
+            kept.push(f.is_some());
+            *f = Some(async { 2 }.boxed());
+        });
+        assert_eq!(again, place, "the place is reused");
+        assert_eq!(kept, [false, true], "the second fill is given the ended future");
+        slots.poll_woken(&mut ended);
+        assert_eq!(ended, [1, 2]);
+        slots.clear();
+        assert!(slots.places[place].future.is_none(), "clear drops what was kept");
     }
 }

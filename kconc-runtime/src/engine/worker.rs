@@ -167,7 +167,8 @@ impl std::fmt::Debug for Start {
 /// dropped and its handlers have ended.
 pub(super) async fn work(shared: Arc<HandlerEnv>, mut inbox: UnboundedReceiver<(u64, Vec<Start>)>) {
     let shared = &*shared;
-    let mut running = Places::new();
+    // A drive that ended stays in its place and is made into the next.
+    let mut running: Places<Drive<'_>> = Places::reusing();
     running.report_to(shared.stats.clone());
     let mut ended = Vec::new();
     let mut open = true;
@@ -197,7 +198,10 @@ pub(super) async fn work(shared: Arc<HandlerEnv>, mut inbox: UnboundedReceiver<(
                             Start::Running(_, _, handover) => handover.take(),
                             _ => None,
                         };
-                        let place = running.insert(Drive::new(shared, start));
+                        let place = running.insert_with(|place| match place {
+                            Some(drive) => drive.restart(start),
+                            None => *place = Some(Drive::new(shared, start)),
+                        });
                         if let (Some(handover), Some(waker)) = (handover, running.waker(place)) {
                             handover.connect(waker);
                         }
@@ -231,31 +235,38 @@ pub(super) async fn work(shared: Arc<HandlerEnv>, mut inbox: UnboundedReceiver<(
 }
 
 /// One message on a worker, from where its [`Start`] says to its event: a
-/// plain state machine, not nested `async` layers, so building it and
-/// moving it into its place copies one small value. Should kconc's own
-/// code around the handler panic (the handler's panics are caught inside),
-/// the message is concluded as panicked under the error policy (without a
-/// retry), so its lane and slot are freed and its offset is final.
+/// plain state machine, not nested `async` layers. Its parts are fields of
+/// their own (the message until its handler begins, the call while it
+/// runs), each taken or set where it is used: a step moves no more than the
+/// part it changes (moving the whole state at every step cost 7 calls to
+/// `memcpy` per message). Should kconc's own code around the handler panic
+/// (the handler's panics are caught inside), the message is concluded as
+/// panicked under the error policy (without a retry), so its lane and slot
+/// are freed and its offset is final.
 pub(super) struct Drive<'a> {
     pub(super) shared: &'a HandlerEnv,
     /// The message's slot and offset, for a conclusion after such a panic.
     pub(super) slot: MessageTag,
     pub(super) offset: i64,
     pub(super) state: DriveState<'a>,
+    /// The message, until its handler begins ([`DriveState::Fresh`]).
+    pub(super) msg: Option<Message>,
+    /// The handler's call while it runs ([`DriveState::Handler`]), and
+    /// until its conclusion.
+    pub(super) call: Option<Call>,
+    /// The handler's future while it runs.
+    pub(super) fut: FutureSlot,
     /// Ends the handler at `handler_timeout` (boxed: made only where a
     /// timeout is set).
     pub(super) deadline: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
 }
 
-// The handler state is the one every message is in; boxing it to even out
-// the sizes would cost an allocation per message.
-#[allow(clippy::large_enum_variant)]
 pub(super) enum DriveState<'a> {
     /// Not begun: the handler is called on the first poll (where a panic
     /// of kconc's own code is caught).
-    Fresh(MessageTag, Message),
+    Fresh,
     /// The handler runs.
-    Handler(Call, FutureSlot),
+    Handler,
     /// Producing the dead letter.
     DeadLetter(std::pin::Pin<Box<dyn Future<Output = Event> + Send + 'a>>),
     /// A batch handler's call, to its messages' conclusions (each
@@ -264,63 +275,90 @@ pub(super) enum DriveState<'a> {
         Vec<(MessageTag, i64)>,
         std::pin::Pin<Box<dyn Future<Output = Event> + Send + 'a>>,
     ),
-    /// Ended (its event returned).
+    /// Ended (its event returned), or between two states.
     Ended,
 }
 
 impl<'a> Drive<'a> {
     pub(super) fn new(shared: &'a HandlerEnv, start: Start) -> Self {
-        let (slot, offset) = start.slot_offset();
-        let state = match start {
-            Start::Fresh(slot, msg) => DriveState::Fresh(slot, msg),
-            Start::Running(call, fut, _) => DriveState::Handler(call, fut),
-            Start::DeadLetter(dead) => DriveState::DeadLetter(shared.dead_letter_boxed(*dead)),
-            Start::Batch(batch) => {
-                let members = batch.iter().map(|(slot, msg)| (*slot, msg.offset())).collect();
-                DriveState::Batch(members, shared.run_batch_boxed(batch))
-            }
-        };
         let mut drive = Self {
             shared,
-            slot,
-            offset,
-            state,
+            slot: MessageTag::default(),
+            offset: -1,
+            state: DriveState::Ended,
+            msg: None,
+            call: None,
+            fut: FutureSlot::default(),
             deadline: None,
         };
-        if let DriveState::Handler(call, _) = &drive.state {
-            drive.deadline = shared.deadline(call.started);
-        }
+        drive.restart(start);
         drive
+    }
+
+    /// Makes an ended drive (kept in its place) the drive of `start`, in
+    /// place: only the parts `start` brings are moved in. Its future's box
+    /// is kept for the next call.
+    pub(super) fn restart(&mut self, start: Start) {
+        let (slot, offset) = start.slot_offset();
+        self.slot = slot;
+        self.offset = offset;
+        match start {
+            Start::Fresh(_, msg) => {
+                self.msg = Some(msg);
+                self.state = DriveState::Fresh;
+            }
+            Start::Running(call, fut, _) => {
+                self.deadline = self.shared.deadline(call.started);
+                self.call = Some(call);
+                recycle(std::mem::replace(&mut self.fut, fut), true);
+                self.state = DriveState::Handler;
+            }
+            Start::DeadLetter(dead) => self.state = DriveState::DeadLetter(self.shared.dead_letter_boxed(*dead)),
+            Start::Batch(batch) => {
+                let members = batch.iter().map(|(slot, msg)| (*slot, msg.offset())).collect();
+                self.state = DriveState::Batch(members, self.shared.run_batch_boxed(batch));
+            }
+        }
     }
 
     pub(super) fn step(&mut self, cx: &mut std::task::Context<'_>) -> Poll<Event> {
         loop {
-            let (end, outcome, took) = match &mut self.state {
-                DriveState::Fresh(..) => {
-                    let DriveState::Fresh(slot, msg) = std::mem::replace(&mut self.state, DriveState::Ended) else {
+            let (outcome, took) = match &mut self.state {
+                DriveState::Fresh => {
+                    // Ended while kconc's code runs: a panic there is not
+                    // one inside a call (see `Future::poll` below).
+                    self.state = DriveState::Ended;
+                    let Some(msg) = self.msg.take() else {
                         continue;
                     };
-                    let mut fut = spare_box();
-                    match self.shared.begin(slot, msg, &mut fut) {
-                        (call, Ok(())) => {
+                    if self.fut.is_empty() {
+                        self.fut = spare_box();
+                    }
+                    let (call, begun) = self.shared.begin_in(self.slot, msg, &mut self.fut, &mut self.call);
+                    match begun {
+                        Ok(()) => {
                             self.deadline = self.shared.deadline(call.started);
-                            self.state = DriveState::Handler(call, fut);
+                            self.state = DriveState::Handler;
                             continue;
                         }
-                        (call, Err(outcome)) => {
-                            recycle(fut, false);
+                        Err(outcome) => {
                             let took = call.started.elapsed();
-                            (call.end, outcome, took)
+                            recycle(std::mem::take(&mut self.fut), false);
+                            (outcome, took)
                         }
                     }
                 }
-                DriveState::Handler(call, fut) => {
+                DriveState::Handler => {
+                    let Some(call) = self.call.as_mut() else {
+                        self.state = DriveState::Ended;
+                        continue;
+                    };
                     let polled = {
                         let _in_span = call.span.enter();
                         if self.deadline.is_some() {
                             crate::reply::take_awaiting_ack();
                         }
-                        Handler::poll(fut, cx)
+                        Handler::poll(&mut self.fut, cx)
                     };
                     // Whether the future ended (Ok, Err or a panic caught
                     // in it) rather than being cut off at the timeout.
@@ -343,17 +381,17 @@ impl<'a> Drive<'a> {
                         }
                     };
                     self.deadline = None;
-                    let DriveState::Handler(call, fut) = std::mem::replace(&mut self.state, DriveState::Ended) else {
-                        continue;
-                    };
+                    self.state = DriveState::Ended;
                     let took = call.started.elapsed();
-                    drop(call.span);
+                    call.span = tracing::Span::none();
                     // A future that ended holds nothing more: its box is
-                    // kept for the next call. One that panicked or was cut
-                    // off at the timeout is dropped now, where a panic of
-                    // its own drop cannot escape.
-                    recycle(fut, ended && !matches!(outcome, Outcome::Panicked(_)));
-                    (call.end, outcome, took)
+                    // kept here for the next call. One that panicked or was
+                    // cut off at the timeout is dropped now, where a panic
+                    // of its own drop cannot escape.
+                    if !ended || matches!(outcome, Outcome::Panicked(_)) {
+                        drop_guarded(std::mem::take(&mut self.fut));
+                    }
+                    (outcome, took)
                 }
                 DriveState::DeadLetter(fut) | DriveState::Batch(_, fut) => {
                     let event = std::task::ready!(fut.as_mut().poll(cx));
@@ -363,7 +401,12 @@ impl<'a> Drive<'a> {
                 // Not polled again once ended (the worker frees its place).
                 DriveState::Ended => return Poll::Ready(Event::Abandoned(self.slot, self.offset)),
             };
-            match self.shared.conclude(end, outcome, took) {
+            let Some(call) = self.call.as_mut() else {
+                return Poll::Ready(Event::Abandoned(self.slot, self.offset));
+            };
+            let concluded = self.shared.conclude(&mut call.end, outcome, took);
+            self.call = None;
+            match concluded {
                 Concluded::Event(event) => return Poll::Ready(event),
                 Concluded::DeadLetter(dead) => {
                     self.state = DriveState::DeadLetter(self.shared.dead_letter_boxed(*dead));
@@ -388,7 +431,8 @@ impl Future for Drive<'_> {
                     "kconc panicked around a handler call; the message is concluded as panicked"
                 );
                 let state = std::mem::replace(&mut this.state, DriveState::Ended);
-                let in_call = matches!(state, DriveState::Handler(..));
+                let in_call = matches!(state, DriveState::Handler);
+                drop_guarded((this.msg.take(), this.call.take(), std::mem::take(&mut this.fut)));
                 if let DriveState::Batch(members, fut) = state {
                     drop_guarded(fut);
                     let events = members
