@@ -10,7 +10,13 @@ struct Order {
 #[derive(Clone)]
 struct Db;
 
-#[subscriber(topic = "orders", group = "a", max_batch = 500, max_batch_bytes = 262144, ordering = "key")]
+#[subscriber(
+    topic = "orders",
+    group = "a",
+    max_batch = 500,
+    max_batch_bytes = 262144,
+    ordering = "key"
+)]
 async fn per_message(State(_db): State<Db>, orders: Batch<Json<Order>>, _cx: Context) -> BatchOutcome {
     let mut outcome = BatchOutcome::new();
     for (i, Json(order)) in orders.iter().enumerate() {

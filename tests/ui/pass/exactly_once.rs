@@ -12,7 +12,11 @@ struct Order {
 struct Prices;
 
 #[subscriber(topic = "orders", group = "ledger", store = "sql", concurrency = 8)]
-async fn record(State(_prices): State<Prices>, mut tx: Tx<Sqlite>, Json(order): Json<Order>) -> Result<(), sqlx::Error> {
+async fn record(
+    State(_prices): State<Prices>,
+    mut tx: Tx<Sqlite>,
+    Json(order): Json<Order>,
+) -> Result<(), sqlx::Error> {
     sqlx::query("INSERT INTO orders (id) VALUES (?1)")
         .bind(order.id)
         .execute(&mut *tx)

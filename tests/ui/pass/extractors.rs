@@ -12,7 +12,10 @@ struct CustomerKey {
 
 #[subscriber(topic = "orders", group = "json")]
 async fn json(order: Json<Order>, key: Key<String>, meta: Meta) -> anyhow::Result<()> {
-    println!("{} {} {}@{} attempt {}", order.id, *key, meta.partition, meta.offset, meta.attempt);
+    println!(
+        "{} {} {}@{} attempt {}",
+        order.id, *key, meta.partition, meta.offset, meta.attempt
+    );
     Ok(())
 }
 
@@ -31,7 +34,12 @@ async fn raw(body: Bytes, key: Key<Vec<u8>>) {
 
 #[subscriber(topic = "orders", group = "optional")]
 async fn optional(body: Option<Json<Order>>, key: Option<Key<Json<CustomerKey>>>, tombstone: Option<Text>) {
-    println!("{} {:?} {}", body.is_some(), key.map(|k| k.0 .0.customer), tombstone.is_none());
+    println!(
+        "{} {:?} {}",
+        body.is_some(),
+        key.map(|k| k.0 .0.customer),
+        tombstone.is_none()
+    );
 }
 
 #[subscriber(topic = "orders", group = "whole")]

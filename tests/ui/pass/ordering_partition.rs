@@ -4,8 +4,12 @@ use kconc_runtime::{subscriber, Message};
 #[subscriber(topic = "ledger", group = "ledger", concurrency = 12, ordering = "partition")]
 async fn post(_entry: Message) {}
 
-fn main() {
-    let app = kconc_runtime::App::from_registry();
-    let s = app.subscribers().next().unwrap();
-    assert_eq!(s.ordering_mode(), kconc_runtime::OrderingMode::Partition);
+// Run by tests/macro_pass.rs (with the other fixtures' subscribers).
+pub(crate) fn main() {
+    let subs = kconc_runtime::testing::registered();
+    let s = subs.iter().find(|s| s.name().ends_with("::post"));
+    assert_eq!(
+        s.map(|s| s.ordering_mode()),
+        Some(kconc_runtime::OrderingMode::Partition)
+    );
 }

@@ -13,7 +13,14 @@ async fn audit(Json(n): Json<u64>) -> Option<Json<u64>> {
     (n > 0).then_some(Json(n))
 }
 
-fn main() {
+// Run by tests/macro_pass.rs (with the other fixtures' subscribers).
+pub(crate) fn main() {
     let subs = kconc_runtime::testing::registered();
-    assert_eq!(subs.len(), 2);
+    for name in ["bill", "audit"] {
+        assert!(
+            subs.iter()
+                .any(|s| s.name().ends_with(&format!("state_and_reply::{name}"))),
+            "{name} registered"
+        );
+    }
 }
