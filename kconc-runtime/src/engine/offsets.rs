@@ -63,7 +63,7 @@ impl OffsetTracker {
     /// Records that `offset` finished (handled, or given up on by the error
     /// policy). Returns `true` if the committable position moved.
     pub(crate) fn finished(&mut self, offset: i64) -> bool {
-        let Ok(idx) = self.pending.binary_search_by_key(&offset, |&(o, _)| o) else {
+        let Some(idx) = self.index_of(offset) else {
             return false;
         };
         if std::mem::replace(&mut self.pending[idx].1, true) {
@@ -81,6 +81,19 @@ impl OffsetTracker {
             self.pending.pop_front();
         }
         true
+    }
+
+    /// Where `offset` is in `pending`, if it is there. Offsets increase
+    /// along `pending`, so an offset's place is at most its distance from
+    /// the front, and exactly that where no gap lies before it (the usual
+    /// case, looked at first); otherwise it is searched for.
+    fn index_of(&self, offset: i64) -> Option<usize> {
+        let &(front, _) = self.pending.front()?;
+        let guess = usize::try_from(offset.checked_sub(front)?).ok()?;
+        if self.pending.get(guess).is_some_and(|&(o, _)| o == offset) {
+            return Some(guess);
+        }
+        self.pending.binary_search_by_key(&offset, |&(o, _)| o).ok()
     }
 
     /// Whether everything dispatched has finished.
@@ -299,6 +312,32 @@ mod tests {
                 assert_eq!(t.committable(), expect);
                 assert!(t.committable() >= last);
                 last = t.committable();
+            }
+        }
+    }
+
+    #[test]
+    fn an_offset_is_found_where_it_is_with_or_without_gaps_before_it() {
+        // Every way of leaving gaps in 0..8, each queried from -2 to 10,
+        // with the front moved on by finished prefixes too.
+        for gaps in 0u32..256 {
+            let offsets: Vec<i64> = (0..8).filter(|o| gaps & (1 << o) == 0).collect();
+            let mut t = OffsetTracker::default();
+            for &o in &offsets {
+                t.dispatched(o);
+            }
+            for finished in 0..=offsets.len() {
+                if finished > 0 {
+                    t.finished(offsets[finished - 1]);
+                }
+                for q in -2..10 {
+                    let searched = t.pending.binary_search_by_key(&q, |&(o, _)| o).ok();
+                    assert_eq!(
+                        t.index_of(q),
+                        searched,
+                        "offsets {offsets:?}, {finished} finished, query {q}"
+                    );
+                }
             }
         }
     }
