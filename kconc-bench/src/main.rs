@@ -179,6 +179,9 @@ struct Options {
     /// `--gate --vs OTHER_BUILD`: kconc of this build against another's.
     vs: Option<std::path::PathBuf>,
     postgres: Option<String>,
+    /// `--separate --broker-pid PID`: the CPU the broker's process (an
+    /// external one, such as Tansu) spent serving each child.
+    broker_pid: Option<u32>,
 }
 
 impl Options {
@@ -213,6 +216,7 @@ fn options() -> Result<Options, String> {
         gate: false,
         record: false,
         vs: None,
+        broker_pid: None,
         postgres: None,
     };
     let mut args = std::env::args().skip(1);
@@ -258,6 +262,13 @@ fn options() -> Result<Options, String> {
             "--record" => o.record = true,
             "--vs" => o.vs = Some(args.next().ok_or("--vs needs a kconc-bench binary")?.into()),
             "--postgres" => o.postgres = Some(args.next().ok_or("--postgres needs a URL")?),
+            "--broker-pid" => {
+                o.broker_pid = Some(
+                    args.next()
+                        .and_then(|v| v.parse().ok())
+                        .ok_or("--broker-pid needs the broker's process id")?,
+                );
+            }
             "--brokers" => o.brokers = Some(args.next().ok_or("--brokers needs a value")?),
             "--runs" => {
                 o.runs = args
@@ -273,7 +284,7 @@ fn options() -> Result<Options, String> {
             }
             "--help" | "-h" => {
                 println!(
-                    "usage: kconc-bench [--smoke] [--brokers HOST:PORT] [--runs N] [--messages N] [--only {}] [--first-poll auto|poll_thread|worker] [--svg FILE] [--separate] [--exit] [--metadata] [--low-rate] [--batch] [--db [--postgres URL]]",
+                    "usage: kconc-bench [--smoke] [--brokers HOST:PORT] [--runs N] [--messages N] [--only {}] [--first-poll auto|poll_thread|worker] [--svg FILE] [--separate [--broker-pid PID]] [--exit] [--metadata] [--low-rate] [--batch] [--db [--postgres URL]]",
                     WORKLOADS.join(",")
                 );
                 std::process::exit(0);
@@ -706,7 +717,7 @@ async fn run() -> Result<(), String> {
         return tokio::task::block_in_place(|| separate::exit_times(&bootstrap, 10_000, o.runs.max(5)));
     }
     if o.separate {
-        return tokio::task::block_in_place(|| separate::separate(&bootstrap, o.noop_messages, o.runs));
+        return tokio::task::block_in_place(|| separate::separate(&bootstrap, o.noop_messages, o.runs, o.broker_pid));
     }
     let where_ = o.brokers.as_deref().unwrap_or("embedded mock cluster");
     println!(
@@ -892,7 +903,7 @@ async fn run() -> Result<(), String> {
     if o.smoke {
         // The separate-process and exit modes too, briefly, so that they
         // keep working.
-        tokio::task::block_in_place(|| separate::separate(&bootstrap, o.noop_messages, 1))?;
+        tokio::task::block_in_place(|| separate::separate(&bootstrap, o.noop_messages, 1, None))?;
         tokio::task::block_in_place(|| separate::exit_times(&bootstrap, 1_000, 1))?;
     }
     Ok(())

@@ -236,13 +236,17 @@ struct Medians {
 /// The parent: produces `n` messages once, runs the children `runs` times
 /// taking turns (the raw loop, kconc with the W-noop handler taking the
 /// `Message`, and taking `Json<Order>`), and prints their medians side by
-/// side.
-pub(crate) fn separate(brokers: &str, n: usize, runs: usize) -> Result<(), String> {
+/// side. With `broker_pid` (an external broker's process), also the CPU
+/// that process spent while each child ran: the broker's work of serving
+/// it (its fetches, commits, heartbeats; nothing else uses the broker then).
+pub(crate) fn separate(brokers: &str, n: usize, runs: usize, broker_pid: Option<u32>) -> Result<(), String> {
     let topic = "bench-separate";
     produce(brokers, topic, n, 1_000)?;
     let mut reports: BTreeMap<&str, Vec<ChildReport>> = BTreeMap::new();
+    let mut broker_cpu: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
     for run in 0..runs {
         for kind in ["raw", "kconc", "kconc-json"] {
+            let before = broker_pid.map(process_cpu_s).transpose()?;
             let r = run_child(
                 kind,
                 brokers,
@@ -250,6 +254,9 @@ pub(crate) fn separate(brokers: &str, n: usize, runs: usize) -> Result<(), Strin
                 &format!("sep-{kind}-{run}-{}", std::process::id()),
                 n,
             )?;
+            if let (Some(pid), Some(before)) = (broker_pid, before) {
+                broker_cpu.entry(kind).or_default().push(process_cpu_s(pid)? - before);
+            }
             reports.entry(kind).or_default().push(r);
         }
     }
@@ -302,6 +309,25 @@ pub(crate) fn separate(brokers: &str, n: usize, runs: usize) -> Result<(), Strin
             );
         }
     }
+    if !broker_cpu.is_empty() {
+        let text: Vec<String> = broker_cpu
+            .iter()
+            .map(|(kind, v)| {
+                let (m, lo, hi) = median(v.clone());
+                format!("{kind} {m:.2} s ({lo:.2}-{hi:.2})")
+            })
+            .collect();
+        println!(
+            "  broker CPU per run (its process, while the child ran): {}",
+            text.join(", ")
+        );
+        if let (Some(raw), Some(k)) = (broker_cpu.get("raw"), broker_cpu.get("kconc")) {
+            let (raw, k) = (median(raw.clone()).0, median(k.clone()).0);
+            if raw > 0.0 {
+                println!("  kconc / raw broker CPU: {:.2}", k / raw);
+            }
+        }
+    }
     if let (Some(raw), Some(k)) = (medians.get("raw"), medians.get("kconc")) {
         let ratios: Vec<String> = ["Fetch", "OffsetCommit", "Heartbeat", "Metadata"]
             .iter()
@@ -320,6 +346,22 @@ pub(crate) fn separate(brokers: &str, n: usize, runs: usize) -> Result<(), Strin
         println!("  kconc / raw requests: {}", ratios.join(", "));
     }
     Ok(())
+}
+
+/// The CPU a process has used so far (user and system), in seconds, from
+/// `/proc/PID/stat` (in clock ticks of 10 ms: Linux's `USER_HZ` is 100).
+fn process_cpu_s(pid: u32) -> Result<f64, String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map_err(|e| format!("--broker-pid {pid}: cannot read its /proc/{pid}/stat: {e}"))?;
+    // The fields after the command's name (which may hold spaces, in
+    // parentheses): utime and stime are the 14th and 15th of the line.
+    let rest = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok());
+    match (ticks(11), ticks(12)) {
+        (Some(user), Some(system)) => Ok((user + system) as f64 / 100.0),
+        _ => Err(format!("--broker-pid {pid}: /proc/{pid}/stat has no CPU times")),
+    }
 }
 
 /// How long an exit child sees no message before it counts as idle.
