@@ -310,7 +310,10 @@ impl<'a> Drive<'a> {
             Start::Running(call, fut, _) => {
                 self.deadline = self.shared.deadline(call.started);
                 self.call = Some(call);
-                recycle(std::mem::replace(&mut self.fut, fut), true);
+                let kept = std::mem::replace(&mut self.fut, fut);
+                if !kept.is_empty() {
+                    recycle(kept, true);
+                }
                 self.state = DriveState::Handler;
             }
             Start::DeadLetter(dead) => self.state = DriveState::DeadLetter(self.shared.dead_letter_boxed(*dead)),
