@@ -117,8 +117,9 @@ pub(super) struct Ending {
     pub(super) offset: i64,
     pub(super) attempt: u32,
     /// The message as it was, for a retry or a dead letter (when the policy
-    /// may need one: the handler consumes the message). A clone shares the
-    /// record: nothing is copied.
+    /// may need one: the handler consumes the message). A clone of a copied
+    /// message shares its record; one of a held record is a copy (see
+    /// `Message`'s `Clone`).
     pub(super) copy: Option<Message>,
 }
 

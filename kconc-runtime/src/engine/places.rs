@@ -13,7 +13,10 @@ use crate::stats::Stats;
 /// The handlers one worker runs: a set of futures polled only when woken,
 /// like `FuturesUnordered`, but whose places (the pinned box a future lives
 /// in, and its waker) are made once and reused by later messages, so
-/// running a message allocates nothing here.
+/// running a message allocates nothing here. A future that finished stays
+/// in its place (it must hold nothing more then; it is not polled again)
+/// until [`Places::insert_with`] makes the next future of the place from it,
+/// or [`Places::clear`] drops it.
 pub(super) struct Places<F> {
     pub(super) places: Vec<Place<F>>,
     /// Places free for the next message.
@@ -26,9 +29,6 @@ pub(super) struct Places<F> {
     pub(super) stats: Option<Arc<Stats>>,
     /// The time stamped on the futures inserted next, in Unix milliseconds.
     pub(super) now_ms: u64,
-    /// Whether a future that finished stays in its place, to be made
-    /// into the next one there (see [`Places::insert_with`]).
-    pub(super) keep_ended: bool,
 }
 
 pub(super) struct Place<F> {
@@ -84,17 +84,6 @@ impl<F: Future> Places<F> {
             woken: Arc::default(),
             stats: None,
             now_ms: 0,
-            keep_ended: false,
-        }
-    }
-
-    /// As [`Places::new`], keeping each future that finished in its place
-    /// (it must hold nothing more then) for [`Places::insert_with`] to make
-    /// the next future of the place from, without moving one in.
-    pub(super) fn reusing() -> Self {
-        Self {
-            keep_ended: true,
-            ..Self::new()
         }
     }
 
@@ -125,8 +114,8 @@ impl<F: Future> Places<F> {
     }
 
     /// As [`Places::insert`], the future made where it lives by `fill`,
-    /// from the future that ended in that place if one was kept (see
-    /// [`Places::reusing`]), or from nothing.
+    /// from the future that ended in that place, or from nothing in a new
+    /// place.
     pub(super) fn insert_with(&mut self, fill: impl FnOnce(&mut Option<F>)) -> usize
     where
         F: Unpin,
@@ -211,9 +200,6 @@ impl<F: Future> Places<F> {
             };
             if let Poll::Ready(out) = future.poll(&mut std::task::Context::from_waker(&slot.waker)) {
                 slot.live = false;
-                if !self.keep_ended {
-                    slot.future.set(None);
-                }
                 slot.since.store(0, Ordering::Relaxed);
                 self.free.push(place);
                 ended.push(out);
@@ -285,7 +271,7 @@ mod tests {
     fn a_reusing_set_keeps_an_ended_future_for_the_next_and_polls_it_no_more() {
         let worker = Arc::new(Count(AtomicU64::new(0)));
         let waker = Waker::from(worker.clone());
-        let mut slots = Places::reusing();
+        let mut slots = Places::new();
         slots.register(&Context::from_waker(&waker));
         let mut ended = Vec::new();
         let mut kept = Vec::new();

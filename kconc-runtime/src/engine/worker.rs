@@ -168,7 +168,7 @@ impl std::fmt::Debug for Start {
 pub(super) async fn work(shared: Arc<HandlerEnv>, mut inbox: UnboundedReceiver<(u64, Vec<Start>)>) {
     let shared = &*shared;
     // A drive that ended stays in its place and is made into the next.
-    let mut running: Places<Drive<'_>> = Places::reusing();
+    let mut running: Places<Drive<'_>> = Places::new();
     running.report_to(shared.stats.clone());
     let mut ended = Vec::new();
     let mut open = true;
