@@ -160,6 +160,12 @@ struct Options {
     svg: Option<String>,
     /// `--separate`: W-noop with each consumer in its own process.
     separate: bool,
+    /// `--separate --w1`: W1 instead (10 ms handlers, concurrency 100,
+    /// against the raw spawn-and-semaphore loop; 20,000 messages unless
+    /// `--messages` says).
+    w1: bool,
+    /// `--messages` was given.
+    messages_given: bool,
     /// `--exit`: time from SIGTERM (with nothing in flight) to exit.
     exit: bool,
     /// `--smoke`: every mode, briefly (the test suite's run).
@@ -207,6 +213,8 @@ fn options() -> Result<Options, String> {
         only: Vec::new(),
         svg: None,
         separate: false,
+        w1: false,
+        messages_given: false,
         exit: false,
         smoke: false,
         metadata: false,
@@ -253,6 +261,7 @@ fn options() -> Result<Options, String> {
             }
             "--svg" => o.svg = Some(args.next().ok_or("--svg needs a file")?),
             "--separate" => o.separate = true,
+            "--w1" => o.w1 = true,
             "--exit" => o.exit = true,
             "--metadata" => o.metadata = true,
             "--low-rate" => o.low_rate = true,
@@ -281,10 +290,11 @@ fn options() -> Result<Options, String> {
                     .next()
                     .and_then(|v| v.parse().ok())
                     .ok_or("--messages needs a number")?;
+                o.messages_given = true;
             }
             "--help" | "-h" => {
                 println!(
-                    "usage: kconc-bench [--smoke] [--brokers HOST:PORT] [--runs N] [--messages N] [--only {}] [--first-poll auto|poll_thread|worker] [--svg FILE] [--separate [--broker-pid PID]] [--exit] [--metadata] [--low-rate] [--batch] [--db [--postgres URL]]",
+                    "usage: kconc-bench [--smoke] [--brokers HOST:PORT] [--runs N] [--messages N] [--only {}] [--first-poll auto|poll_thread|worker] [--svg FILE] [--separate [--w1] [--broker-pid PID]] [--exit] [--metadata] [--low-rate] [--batch] [--db [--postgres URL]]",
                     WORKLOADS.join(",")
                 );
                 std::process::exit(0);
@@ -679,7 +689,13 @@ async fn run() -> Result<(), String> {
             cluster
                 .create_topic("bench-noop", PARTITIONS)
                 .map_err(|e| e.to_string())?;
-            for topic in ["bench-io", "bench-key100", "bench-separate", "bench-low-rate"] {
+            for topic in [
+                "bench-io",
+                "bench-key100",
+                "bench-separate",
+                "bench-separate-w1",
+                "bench-low-rate",
+            ] {
                 cluster.create_topic(topic, PARTITIONS).map_err(|e| e.to_string())?;
             }
             for topic in batch::topics().chain(db::topics()).chain(gate::topics()) {
@@ -717,7 +733,12 @@ async fn run() -> Result<(), String> {
         return tokio::task::block_in_place(|| separate::exit_times(&bootstrap, 10_000, o.runs.max(5)));
     }
     if o.separate {
-        return tokio::task::block_in_place(|| separate::separate(&bootstrap, o.noop_messages, o.runs, o.broker_pid));
+        let n = if o.w1 && !o.messages_given {
+            20_000
+        } else {
+            o.noop_messages
+        };
+        return tokio::task::block_in_place(|| separate::separate(&bootstrap, n, o.runs, o.broker_pid, o.w1));
     }
     let where_ = o.brokers.as_deref().unwrap_or("embedded mock cluster");
     println!(
@@ -903,7 +924,7 @@ async fn run() -> Result<(), String> {
     if o.smoke {
         // The separate-process and exit modes too, briefly, so that they
         // keep working.
-        tokio::task::block_in_place(|| separate::separate(&bootstrap, o.noop_messages, 1, None))?;
+        tokio::task::block_in_place(|| separate::separate(&bootstrap, o.noop_messages, 1, None, false))?;
         tokio::task::block_in_place(|| separate::exit_times(&bootstrap, 1_000, 1))?;
     }
     Ok(())

@@ -148,8 +148,94 @@ fn raw_child(brokers: &str, topic: &str, group: &str, n: usize) -> Result<ChildR
     })
 }
 
-/// kconc in a child: the W-noop handler at concurrency 100.
-async fn kconc_child(brokers: &str, topic: &str, group: &str, n: usize) -> Result<ChildReport, String> {
+/// W1's handler: decode, then await a 10 ms timer, at concurrency 100.
+const W1_WORK: Duration = Duration::from_millis(10);
+
+/// The raw spawn-and-semaphore loop in a child (W1): a tokio service
+/// without kconc reads from a `StreamConsumer`, takes one of 100 permits,
+/// spawns the handler (decode, a 10 ms timer) and stores its offset when it
+/// ends; librdkafka commits the stored offsets every 5 s. (It can skip a
+/// message on a crash: an offset stored out of order covers one still
+/// running. That is the loop kconc replaces; here it is the baseline of the
+/// broker's work.)
+async fn raw_spawn_child(brokers: &str, topic: &str, group: &str, n: usize) -> Result<ChildReport, String> {
+    use kconc_runtime::rdkafka::consumer::StreamConsumer;
+    use kconc_runtime::rdkafka::Message as _;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let mut config = raw_config(brokers, group);
+    config.set("statistics.interval.ms", stats_every_ms().to_string());
+    let consumer: Arc<StreamConsumer<KeepStats>> = Arc::new(
+        config
+            .create_with_context(KeepStats::default())
+            .map_err(|e| e.to_string())?,
+    );
+    consumer.subscribe(&[topic]).map_err(|e| e.to_string())?;
+    let permits = Arc::new(tokio::sync::Semaphore::new(100));
+    let done = Arc::new(AtomicUsize::new(0));
+    let ended = Arc::new(tokio::sync::Notify::new());
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let mut start = None;
+    let mut read = 0;
+    while read < n {
+        let m = tokio::time::timeout_at(deadline.into(), consumer.recv())
+            .await
+            .map_err(|_| format!("raw spawn loop: only {read} of {n} messages"))?
+            .map_err(|e| e.to_string())?;
+        start.get_or_insert_with(|| (Instant::now(), super::Usage::now()));
+        let permit = permits.clone().acquire_owned().await.map_err(|e| e.to_string())?;
+        let payload = m.payload().unwrap_or_default().to_vec();
+        let (partition, offset) = (m.partition(), m.offset());
+        drop(m);
+        read += 1;
+        let (consumer, done, ended, topic) = (consumer.clone(), done.clone(), ended.clone(), topic.to_owned());
+        tokio::spawn(async move {
+            let order: Result<super::Order, _> = serde_json::from_slice(&payload);
+            std::hint::black_box(order.map(|o| o.id).unwrap_or(0));
+            tokio::time::sleep(W1_WORK).await;
+            let _ = consumer.store_offset(&topic, partition, offset);
+            drop(permit);
+            if done.fetch_add(1, Ordering::Relaxed) + 1 == n {
+                ended.notify_one();
+            }
+        });
+    }
+    while done.load(Ordering::Relaxed) < n {
+        let _ = tokio::time::timeout(Duration::from_millis(100), ended.notified()).await;
+        if Instant::now() > deadline {
+            return Err(format!(
+                "raw spawn loop: only {} of {n} handled",
+                done.load(Ordering::Relaxed)
+            ));
+        }
+    }
+    let (took, usage) = start.map_or((Duration::ZERO, super::Usage::default()), |(t, u)| {
+        (t.elapsed(), super::Usage::now().since(u))
+    });
+    if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
+        eprintln!("raw spawn loop: final commit: {e}");
+    }
+    // One more statistics report after the last request.
+    tokio::time::sleep(Duration::from_millis(3 * stats_every_ms())).await;
+    let stats = consumer
+        .context()
+        .0
+        .lock()
+        .ok()
+        .and_then(|s| s.clone())
+        .unwrap_or_default();
+    Ok(ChildReport {
+        rate: n as f64 / took.as_secs_f64().max(1e-9),
+        cpu_s: usage.cpu.as_secs_f64(),
+        switches: usage.switches,
+        rss_mb: peak_rss_mb(),
+        requests: requests(&stats),
+    })
+}
+
+/// kconc in a child: the W-noop handler at concurrency 100 (or W1's, with
+/// `work` of 10 ms).
+async fn kconc_child(brokers: &str, topic: &str, group: &str, n: usize, work: Duration) -> Result<ChildReport, String> {
     let every = Duration::from_millis(stats_every_ms());
     let m = framework_with(
         brokers,
@@ -157,7 +243,7 @@ async fn kconc_child(brokers: &str, topic: &str, group: &str, n: usize) -> Resul
         group.to_owned(),
         n,
         (100, OrderingMode::Unordered),
-        Duration::ZERO,
+        work,
         Some(every),
     )
     .await?;
@@ -173,21 +259,25 @@ async fn kconc_child(brokers: &str, topic: &str, group: &str, n: usize) -> Resul
 /// `--child raw|kconc BROKERS TOPIC GROUP N`: runs one and prints its report.
 pub(crate) async fn child(args: &[String]) -> Result<(), String> {
     let [kind, brokers, topic, group, n] = args else {
-        return Err("--child needs: raw|kconc|kconc-json|exit|exit-raw BROKERS TOPIC GROUP N".into());
+        return Err(
+            "--child needs: raw|kconc|kconc-json|raw-spawn|kconc-w1|exit|exit-raw BROKERS TOPIC GROUP N".into(),
+        );
     };
     let n: usize = n.parse().map_err(|_| "--child: N is a number")?;
     let report = match kind.as_str() {
         "raw" => tokio::task::block_in_place(|| raw_child(brokers, topic, group, n))?,
-        "kconc" => kconc_child(brokers, topic, group, n).await?,
+        "kconc" => kconc_child(brokers, topic, group, n, Duration::ZERO).await?,
         "kconc-json" => {
             super::JSON_HANDLER.store(true, std::sync::atomic::Ordering::Relaxed);
-            kconc_child(brokers, topic, group, n).await?
+            kconc_child(brokers, topic, group, n, Duration::ZERO).await?
         }
+        "raw-spawn" => raw_spawn_child(brokers, topic, group, n).await?,
+        "kconc-w1" => kconc_child(brokers, topic, group, n, W1_WORK).await?,
         "exit" => return exit_child(brokers, topic, group, n).await,
         "exit-raw" => return exit_raw_child(brokers, topic, group, n).await,
         other => {
             return Err(format!(
-                "--child: `{other}` is not raw, kconc, kconc-json, exit or exit-raw"
+                "--child: `{other}` is not raw, kconc, kconc-json, raw-spawn, kconc-w1, exit or exit-raw"
             ))
         }
     };
@@ -235,17 +325,24 @@ struct Medians {
 
 /// The parent: produces `n` messages once, runs the children `runs` times
 /// taking turns (the raw loop, kconc with the W-noop handler taking the
-/// `Message`, and taking `Json<Order>`), and prints their medians side by
-/// side. With `broker_pid` (an external broker's process), also the CPU
-/// that process spent while each child ran: the broker's work of serving
-/// it (its fetches, commits, heartbeats; nothing else uses the broker then).
-pub(crate) fn separate(brokers: &str, n: usize, runs: usize, broker_pid: Option<u32>) -> Result<(), String> {
-    let topic = "bench-separate";
+/// `Message`, and taking `Json<Order>`; with `w1`, the raw spawn-and-
+/// semaphore loop and kconc, both with W1's 10 ms handler at concurrency
+/// 100), and prints their medians side by side. With `broker_pid` (an
+/// external broker's process), also the CPU that process spent while each
+/// child ran: the broker's work of serving it (its fetches, commits,
+/// heartbeats; nothing else uses the broker then).
+pub(crate) fn separate(brokers: &str, n: usize, runs: usize, broker_pid: Option<u32>, w1: bool) -> Result<(), String> {
+    let topic = if w1 { "bench-separate-w1" } else { "bench-separate" };
+    let (kinds, raw_kind): (&[&str], &str) = if w1 {
+        (&["raw-spawn", "kconc-w1"], "raw-spawn")
+    } else {
+        (&["raw", "kconc", "kconc-json"], "raw")
+    };
     produce(brokers, topic, n, 1_000)?;
     let mut reports: BTreeMap<&str, Vec<ChildReport>> = BTreeMap::new();
     let mut broker_cpu: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
     for run in 0..runs {
-        for kind in ["raw", "kconc", "kconc-json"] {
+        for &kind in kinds {
             let before = broker_pid.map(process_cpu_s).transpose()?;
             let r = run_child(
                 kind,
@@ -260,7 +357,12 @@ pub(crate) fn separate(brokers: &str, n: usize, runs: usize, broker_pid: Option<
             reports.entry(kind).or_default().push(r);
         }
     }
-    println!("W-noop, {n} msgs, each consumer in its own process ({runs} runs each, median (min-max)):");
+    let workload = if w1 {
+        "W1 (10 ms handlers, concurrency 100)"
+    } else {
+        "W-noop"
+    };
+    println!("{workload}, {n} msgs, each consumer in its own process ({runs} runs each, median (min-max)):");
     let per_10k = 10_000.0 / n as f64;
     let mut medians: BTreeMap<&str, Medians> = BTreeMap::new();
     for (kind, rs) in &reports {
@@ -299,8 +401,8 @@ pub(crate) fn separate(brokers: &str, n: usize, runs: usize, broker_pid: Option<
             },
         );
     }
-    for kind in ["kconc-json", "kconc"] {
-        if let (Some(raw), Some(k)) = (medians.get("raw"), medians.get(kind)) {
+    for kind in ["kconc-json", "kconc", "kconc-w1"] {
+        if let (Some(raw), Some(k)) = (medians.get(raw_kind), medians.get(kind)) {
             println!(
                 "  {kind} / raw: throughput {:.2}, CPU per message {:.2}, peak RSS {:.2}",
                 k.rate / raw.rate,
@@ -314,21 +416,24 @@ pub(crate) fn separate(brokers: &str, n: usize, runs: usize, broker_pid: Option<
             .iter()
             .map(|(kind, v)| {
                 let (m, lo, hi) = median(v.clone());
-                format!("{kind} {m:.2} s ({lo:.2}-{hi:.2})")
+                format!("{kind} {m:.3} s ({lo:.3}-{hi:.3})")
             })
             .collect();
         println!(
             "  broker CPU per run (its process, while the child ran): {}",
             text.join(", ")
         );
-        if let (Some(raw), Some(k)) = (broker_cpu.get("raw"), broker_cpu.get("kconc")) {
-            let (raw, k) = (median(raw.clone()).0, median(k.clone()).0);
-            if raw > 0.0 {
-                println!("  kconc / raw broker CPU: {:.2}", k / raw);
+        for kind in ["kconc", "kconc-json", "kconc-w1"] {
+            if let (Some(raw), Some(k)) = (broker_cpu.get(raw_kind), broker_cpu.get(kind)) {
+                let (raw, k) = (median(raw.clone()).0, median(k.clone()).0);
+                if raw > 0.0 {
+                    println!("  {kind} / {raw_kind} broker CPU: {:.2}", k / raw);
+                }
             }
         }
     }
-    if let (Some(raw), Some(k)) = (medians.get("raw"), medians.get("kconc")) {
+    let kconc_kind = if w1 { "kconc-w1" } else { "kconc" };
+    if let (Some(raw), Some(k)) = (medians.get(raw_kind), medians.get(kconc_kind)) {
         let ratios: Vec<String> = ["Fetch", "OffsetCommit", "Heartbeat", "Metadata"]
             .iter()
             .map(|t| {
