@@ -738,7 +738,9 @@ async fn run() -> Result<(), String> {
         } else {
             o.noop_messages
         };
-        return tokio::task::block_in_place(|| separate::separate(&bootstrap, n, o.runs, o.broker_pid, o.w1));
+        return tokio::task::block_in_place(|| {
+            separate::separate(&bootstrap, o.brokers.is_none(), n, o.runs, o.broker_pid, o.w1)
+        });
     }
     let where_ = o.brokers.as_deref().unwrap_or("embedded mock cluster");
     println!(
@@ -924,7 +926,9 @@ async fn run() -> Result<(), String> {
     if o.smoke {
         // The separate-process and exit modes too, briefly, so that they
         // keep working.
-        tokio::task::block_in_place(|| separate::separate(&bootstrap, o.noop_messages, 1, None, false))?;
+        tokio::task::block_in_place(|| {
+            separate::separate(&bootstrap, o.brokers.is_none(), o.noop_messages, 1, None, false)
+        })?;
         tokio::task::block_in_place(|| separate::exit_times(&bootstrap, 1_000, 1))?;
     }
     Ok(())

@@ -331,8 +331,28 @@ struct Medians {
 /// external broker's process), also the CPU that process spent while each
 /// child ran: the broker's work of serving it (its fetches, commits,
 /// heartbeats; nothing else uses the broker then).
-pub(crate) fn separate(brokers: &str, n: usize, runs: usize, broker_pid: Option<u32>, w1: bool) -> Result<(), String> {
-    let topic = if w1 { "bench-separate-w1" } else { "bench-separate" };
+///
+/// On an external broker the topic is a new one, holding these `n`
+/// messages only: a child consumes all its topic holds (kconc's goes on
+/// after its `n`th while it waits for its last statistics), so messages
+/// left by earlier runs would count against it.
+pub(crate) fn separate(
+    brokers: &str,
+    embedded: bool,
+    n: usize,
+    runs: usize,
+    broker_pid: Option<u32>,
+    w1: bool,
+) -> Result<(), String> {
+    let base = if w1 { "bench-separate-w1" } else { "bench-separate" };
+    let topic = if embedded {
+        base.to_owned()
+    } else {
+        let topic = format!("{base}-{}", super::low_rate::stamp());
+        tokio::runtime::Handle::current().block_on(super::low_rate::create_topic(brokers, &topic))?;
+        topic
+    };
+    let topic = topic.as_str();
     let (kinds, raw_kind): (&[&str], &str) = if w1 {
         (&["raw-spawn", "kconc-w1"], "raw-spawn")
     } else {
