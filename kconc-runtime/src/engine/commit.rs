@@ -22,6 +22,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::event::{Event, PartitionKey};
+use super::spares::Spares;
 use crate::stats::Stats;
 
 /// A partition in the assignment numbered `epoch`.
@@ -80,6 +81,8 @@ pub(crate) struct Committer {
     tx: Sender<CommitRequest>,
     /// Told when the thread has ended.
     ended: Receiver<()>,
+    /// The emptied vectors of positions requests, back from the thread.
+    spares: Arc<Spares<Wanted>>,
 }
 
 impl Committer {
@@ -94,6 +97,11 @@ impl Committer {
     ) -> std::io::Result<Self> {
         let (tx, rx) = mpsc::channel();
         let (ended_tx, ended) = mpsc::channel();
+        let spares: Arc<Spares<Wanted>> = Arc::default();
+        let book = Book {
+            spares: spares.clone(),
+            ..Book::default()
+        };
         // Alive from now (the poll loop checks it from its first turn)
         // until the thread ends.
         let alive = stats.alive_while(|s| &s.committer_alive);
@@ -101,10 +109,16 @@ impl Committer {
             .name(format!("kconc-commit-{name}"))
             .spawn(move || {
                 let _alive = alive;
-                run(&rx, &group, &consumer, &stats, &events);
+                run(&rx, book, &group, &consumer, &stats, &events);
                 let _ = ended_tx.send(());
             })?;
-        Ok(Self { tx, ended })
+        Ok(Self { tx, ended, spares })
+    }
+
+    /// Where the thread puts the emptied vectors of positions requests,
+    /// for the poll thread's next ones.
+    pub(crate) fn spares(&self) -> Arc<Spares<Wanted>> {
+        self.spares.clone()
     }
 
     /// A committer with no thread: what it is asked comes out of the
@@ -113,7 +127,8 @@ impl Committer {
     pub(crate) fn for_test() -> (Self, Receiver<CommitRequest>) {
         let (tx, rx) = mpsc::channel();
         let (_, ended) = mpsc::channel();
-        (Self { tx, ended }, rx)
+        let spares = Arc::default();
+        (Self { tx, ended, spares }, rx)
     }
 
     pub(crate) fn request(&self, req: CommitRequest) {
@@ -170,6 +185,8 @@ struct Book {
     without_metadata: bool,
     /// The broker refused a commit's leader epoch: commits go without it.
     without_leader_epochs: bool,
+    /// Where the emptied vectors of positions requests go back to.
+    spares: Arc<Spares<Wanted>>,
 }
 
 /// What a broker refused of what commits carry (they go on without it).
@@ -197,8 +214,8 @@ impl Book {
         let mut served = Served::default();
         for req in requests {
             match req {
-                CommitRequest::Positions(ps) => {
-                    for mut w in ps {
+                CommitRequest::Positions(mut ps) => {
+                    for mut w in ps.drain(..) {
                         if self.forgotten.get(&w.key).is_some_and(|&f| w.epoch <= f) {
                             continue;
                         }
@@ -207,6 +224,7 @@ impl Book {
                         }
                         merge(&mut self.entries, w);
                     }
+                    self.spares.put(ps);
                 }
                 CommitRequest::Forget(assigned) => self.forget(assigned),
                 CommitRequest::Flush {
@@ -299,12 +317,12 @@ impl Book {
 
 fn run<C: ConsumerContext>(
     rx: &Receiver<CommitRequest>,
+    mut book: Book,
     group: &str,
     consumer: &BaseConsumer<C>,
     stats: &Stats,
     events: &Sender<Event>,
 ) {
-    let mut book = Book::default();
     let mut retry_at: Option<Instant> = None;
     let mut backoff = RETRY_MIN;
     loop {

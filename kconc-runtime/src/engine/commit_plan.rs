@@ -9,8 +9,11 @@
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use std::sync::Arc;
+
 use super::commit::Wanted;
 use super::partitions::Partitions;
+use super::spares::Spares;
 use crate::stats::Stats;
 
 /// Idle commits are asked for at most this often (each request covers every
@@ -32,6 +35,10 @@ pub(super) struct CommitPlan {
     last_commit: Instant,
     /// When idle partitions were last asked to be committed.
     last_idle_commit: Option<Instant>,
+    /// The partitions a commit looks at, reused.
+    scratch: Vec<(usize, i32)>,
+    /// Emptied vectors of positions, back from the committer.
+    spares: Arc<Spares<Wanted>>,
 }
 
 impl CommitPlan {
@@ -43,7 +50,15 @@ impl CommitPlan {
             finished: 0,
             last_commit: Instant::now(),
             last_idle_commit: None,
+            scratch: Vec::new(),
+            spares: Arc::default(),
         }
+    }
+
+    /// Takes the vectors of its requests from `spares` (the committer's).
+    pub(super) fn with_spares(mut self, spares: Arc<Spares<Wanted>>) -> Self {
+        self.spares = spares;
+        self
     }
 
     /// Whether commits carry the finished offsets above them.
@@ -58,7 +73,7 @@ impl CommitPlan {
 
     /// The positions of `parts` to ask for now (see `Partitions::wanted`).
     pub(super) fn positions(&self, parts: &mut Partitions, which: &[(usize, i32)], stats: &Stats) -> Vec<Wanted> {
-        let mut out = Vec::new();
+        let mut out = self.spares.take();
         for &(t, p) in which {
             if let Some((wanted, truncated)) = parts.wanted(t, p, self.metadata) {
                 if truncated {
@@ -79,11 +94,11 @@ impl CommitPlan {
         if !(due || force) {
             return None;
         }
-        let all = parts.all();
-        let positions = self.positions(parts, &all, stats);
+        parts.all_into(&mut self.scratch);
+        let positions = self.positions(parts, &self.scratch, stats);
         self.finished = 0;
         self.last_commit = Instant::now();
-        (!positions.is_empty()).then_some(positions)
+        self.unless_empty(positions)
     }
 
     /// The positions of the partitions of `order` that went idle (see
@@ -103,17 +118,27 @@ impl CommitPlan {
         if self.last_idle_commit.is_some_and(|at| at.elapsed() < gap) {
             return None;
         }
-        let idle: Vec<(usize, i32)> = order.iter().copied().filter(|&(t, p)| parts.idle(t, p)).collect();
-        if idle.is_empty() {
+        self.scratch.clear();
+        self.scratch
+            .extend(order.iter().copied().filter(|&(t, p)| parts.idle(t, p)));
+        if self.scratch.is_empty() {
             return None;
         }
-        let positions = self.positions(parts, &idle, stats);
-        if positions.is_empty() {
-            return None;
-        }
+        let positions = self.positions(parts, &self.scratch, stats);
+        let positions = self.unless_empty(positions)?;
         self.last_idle_commit = Some(Instant::now());
         stats.idle_commits.fetch_add(1, Ordering::Relaxed);
         Some(positions)
+    }
+
+    /// `positions`, or none if it is empty (its vector kept for the next).
+    fn unless_empty(&self, positions: Vec<Wanted>) -> Option<Vec<Wanted>> {
+        if positions.is_empty() {
+            self.spares.put(positions);
+            None
+        } else {
+            Some(positions)
+        }
     }
 }
 

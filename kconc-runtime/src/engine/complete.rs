@@ -35,6 +35,10 @@ pub(crate) struct HandlerEnv {
     pub(crate) abort: tokio_util::sync::CancellationToken,
     /// Which hand-overs may still begin once shutdown has begun.
     pub(crate) admission: super::worker::Admission,
+    /// The hand-over's emptied batches, for the next ones.
+    pub(crate) spare_starts: super::spares::Spares<super::worker::Start>,
+    /// The workers' emptied batches of events, for the next ones.
+    pub(crate) spare_events: super::spares::Spares<Event>,
 }
 
 /// A message to dead-letter: where it came from (with the message as it

@@ -176,7 +176,7 @@ impl Dispatcher {
                 continue;
             }
             sent = true;
-            if let Err(unsent) = tx.send((self.seq, std::mem::take(batch))) {
+            if let Err(unsent) = tx.send((self.seq, std::mem::replace(batch, self.shared.spare_starts.take()))) {
                 alive = false;
                 for start in unsent.0 .1 {
                     if let Start::Running(..) = start {

@@ -83,10 +83,11 @@ impl Engine {
                 }
                 return;
             }
-            Event::Batch(events) => {
-                for ev in events {
+            Event::Batch(mut events) => {
+                for ev in events.drain(..) {
                     self.on_event(ev);
                 }
+                self.dispatcher.shared.spare_events.put(events);
                 return;
             }
             Event::BatchEnded(mut events) => {

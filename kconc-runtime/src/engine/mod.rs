@@ -26,6 +26,7 @@
 //! - `shutdown`: drain, final commit, close.
 //! - `ffi`: the librdkafka calls rdkafka does not wrap (the only `unsafe`).
 //! - `hash`: a cheap hasher for the engine's small keys.
+//! - `spares`: vectors handed back across threads for reuse.
 //!
 //! The engine's state lives in `Mutex<Option<Engine>>` inside the
 //! consumer's context, because librdkafka runs the rebalance callbacks
@@ -73,6 +74,7 @@ mod rebalance;
 mod retry;
 mod schedule;
 mod shutdown;
+mod spares;
 mod worker;
 
 pub use complete::HandlerTimedOut;
@@ -249,6 +251,8 @@ mod test_util {
                 handler_timeout: sub.settings.handler_timeout,
                 abort: tokio_util::sync::CancellationToken::new(),
                 admission: super::worker::Admission::default(),
+                spare_starts: super::spares::Spares::default(),
+                spare_events: super::spares::Spares::default(),
             };
             let (committer, commits) = Committer::for_test();
             let engine = Engine::new(sub, 8192, env, committer, Weak::new(), (events, events_tx), shutdown);

@@ -280,11 +280,20 @@ impl Partitions {
 
     /// Every assigned partition.
     pub(super) fn all(&self) -> Vec<(usize, i32)> {
-        self.topics
-            .iter()
-            .enumerate()
-            .flat_map(|(t, ts)| ts.partitions.keys().map(move |&p| (t, p)))
-            .collect()
+        let mut out = Vec::new();
+        self.all_into(&mut out);
+        out
+    }
+
+    /// [`Partitions::all`], into `out` (emptied first).
+    pub(super) fn all_into(&self, out: &mut Vec<(usize, i32)>) {
+        out.clear();
+        out.extend(
+            self.topics
+                .iter()
+                .enumerate()
+                .flat_map(|(t, ts)| ts.partitions.keys().map(move |&p| (t, p))),
+        );
     }
 
     /// The assignment (epoch) of each of `parts` that is assigned.

@@ -139,6 +139,8 @@ pub(crate) fn start(
         handler_timeout: sub.settings.handler_timeout,
         abort: tokio_util::sync::CancellationToken::new(),
         admission: super::worker::Admission::default(),
+        spare_starts: super::spares::Spares::default(),
+        spare_events: super::spares::Spares::default(),
     };
     let engine = Engine::new(
         sub,
@@ -336,7 +338,8 @@ impl Engine {
                 sub.settings.commit_batch_size,
                 sub.settings.commit_interval,
                 sub.settings.commit_metadata == crate::CommitMetadata::Finished,
-            ),
+            )
+            .with_spares(committer.spares()),
             events,
             dispatcher: Dispatcher::new(env, sub.settings.concurrency, sub.settings.first_poll),
             committer,

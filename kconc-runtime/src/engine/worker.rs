@@ -182,14 +182,14 @@ pub(super) async fn work(shared: Arc<HandlerEnv>, mut inbox: UnboundedReceiver<(
         running.register(cx);
         while open {
             match inbox.poll_recv(cx) {
-                Poll::Ready(Some((seq, batch))) => {
+                Poll::Ready(Some((seq, mut batch))) => {
                     // Handed over before shutdown began and not admitted
                     // then: what has not begun never does (it is read
                     // again after a restart).
                     let admitted = shared.admission.admit(seq, || shared.context.is_shutting_down());
                     // One clock reading for the batch: its messages begin now.
                     running.now_ms = unix_ms();
-                    for mut start in batch {
+                    for mut start in batch.drain(..) {
                         if !admitted && matches!(start, Start::Fresh(..) | Start::Batch(_)) {
                             ended.push(start.abandoned());
                             continue;
@@ -206,6 +206,7 @@ pub(super) async fn work(shared: Arc<HandlerEnv>, mut inbox: UnboundedReceiver<(
                             handover.connect(waker);
                         }
                     }
+                    shared.spare_starts.put(batch);
                 }
                 Poll::Ready(None) => open = false,
                 Poll::Pending => break,
@@ -222,7 +223,9 @@ pub(super) async fn work(shared: Arc<HandlerEnv>, mut inbox: UnboundedReceiver<(
             _ => {
                 // The poll loop keeps the receiver until shutdown has given
                 // up on running handlers; a failed send means nobody waits.
-                let _ = shared.events.send(Event::Batch(std::mem::take(&mut ended)));
+                let _ = shared
+                    .events
+                    .send(Event::Batch(std::mem::replace(&mut ended, shared.spare_events.take())));
             }
         }
         if !open && running.is_empty() {
