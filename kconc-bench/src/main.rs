@@ -51,14 +51,55 @@ mod counting {
     use std::sync::atomic::{AtomicU64, Ordering};
 
     pub(crate) static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+    /// Those made on a kconc poll thread (a thread named `kconc-poll-..`).
+    pub(crate) static POLL_THREAD_ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+
+    std::thread_local! {
+        /// Whether this thread is a poll thread (once seen, for good), and
+        /// how many allocations until its name is looked at again (a
+        /// thread's name is set as it starts, possibly after it allocated).
+        static POLL_THREAD: std::cell::Cell<(bool, u16)> = const { std::cell::Cell::new((false, 0)) };
+    }
+
+    /// Whether the calling thread's name starts with `kconc-poll`.
+    fn named_poll_thread() -> bool {
+        let mut name = [0u8; 16];
+        // SAFETY: the calling thread's own handle and a buffer of the
+        // length given (Linux's names are at most 16 bytes with the NUL).
+        let ok = unsafe { libc::pthread_getname_np(libc::pthread_self(), name.as_mut_ptr().cast(), name.len()) } == 0;
+        ok && name.starts_with(b"kconc-poll")
+    }
+
+    /// Counts one allocation (allocates nothing itself).
+    fn count() {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        let on_poll_thread = POLL_THREAD
+            .try_with(|state| match state.get() {
+                (true, _) => true,
+                (false, 0) => {
+                    let yes = named_poll_thread();
+                    state.set((yes, 1_023));
+                    yes
+                }
+                (false, n) => {
+                    state.set((false, n - 1));
+                    false
+                }
+            })
+            .unwrap_or(false);
+        if on_poll_thread {
+            POLL_THREAD_ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        }
+    }
 
     pub(crate) struct Counting;
 
     // SAFETY: every call is forwarded unchanged to the system allocator;
-    // the only addition is a relaxed counter increment.
+    // the only addition is counting it (relaxed counters, a thread-local
+    // flag, and now and then the thread's name, none of which allocates).
     unsafe impl GlobalAlloc for Counting {
         unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-            ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+            count();
             // SAFETY: the caller upholds `alloc`'s contract, passed on as is.
             unsafe { System.alloc(layout) }
         }
@@ -69,7 +110,7 @@ mod counting {
         }
 
         unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-            ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+            count();
             // SAFETY: as for `alloc` and `dealloc`.
             unsafe { System.realloc(ptr, layout, new_size) }
         }

@@ -64,14 +64,15 @@ fn requests(stats_json: &str) -> BTreeMap<String, u64> {
 fn print_report(r: &ChildReport) {
     let req: Vec<String> = r.requests.iter().map(|(k, n)| format!("{k}:{n}")).collect();
     println!(
-        "CHILD rate={:.0} cpu_s={:.4} switches={} rss_mb={:.1} req={} allocs_total={}",
+        "CHILD rate={:.0} cpu_s={:.4} switches={} rss_mb={:.1} req={} allocs_total={} poll_allocs_total={}",
         r.rate,
         r.cpu_s,
         r.switches,
         r.rss_mb,
         req.join(","),
         // The whole process's, for `--gate` (which subtracts two runs).
-        super::counting::ALLOCATIONS.load(std::sync::atomic::Ordering::Relaxed)
+        super::counting::ALLOCATIONS.load(std::sync::atomic::Ordering::Relaxed),
+        super::counting::POLL_THREAD_ALLOCATIONS.load(std::sync::atomic::Ordering::Relaxed)
     );
 }
 
