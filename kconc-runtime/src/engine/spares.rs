@@ -26,8 +26,9 @@ impl<T> std::fmt::Debug for Spares<T> {
 impl<T> Spares<T> {
     /// Spare vectors kept, at most (a few per worker).
     const KEEP: usize = 16;
-    /// A vector that grew past this many elements (a burst) is not kept.
-    const LARGEST: usize = 4096;
+    /// A vector that grew past this many bytes (a burst, or a concurrency
+    /// of thousands) is not kept: the pool holds at most `KEEP` times this.
+    const LARGEST_BYTES: usize = 64 * 1024;
 
     /// An empty vector, a spare one if there is one.
     pub(crate) fn take(&self) -> Vec<T> {
@@ -37,7 +38,7 @@ impl<T> Spares<T> {
     /// Keeps `v`, emptied, for a later [`Spares::take`] (unless `KEEP` are
     /// kept already).
     pub(crate) fn put(&self, mut v: Vec<T>) {
-        if v.capacity() == 0 || v.capacity() > Self::LARGEST {
+        if v.capacity() == 0 || v.capacity().saturating_mul(std::mem::size_of::<T>()) > Self::LARGEST_BYTES {
             return;
         }
         v.clear();
@@ -68,7 +69,7 @@ mod tests {
         let spares: Spares<u8> = Spares::default();
         spares.put(Vec::new());
         assert_eq!(spares.take().capacity(), 0, "an unallocated vector is not kept");
-        spares.put(Vec::with_capacity(Spares::<u8>::LARGEST + 1));
+        spares.put(Vec::with_capacity(Spares::<u8>::LARGEST_BYTES + 1));
         assert_eq!(spares.take().capacity(), 0, "a burst's vector is not kept");
         for _ in 0..Spares::<u8>::KEEP + 5 {
             spares.put(Vec::with_capacity(8));
