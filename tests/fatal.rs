@@ -35,7 +35,9 @@ async fn a_fenced_static_member_stops_says_why_and_ends_the_app_with_an_error() 
         .instance_id("pod-1");
         let app = match protocol {
             "classic" => test_app(&bootstrap),
-            _ => App::new().brokers(&bootstrap).property("group.protocol", "consumer"),
+            _ => App::new()
+                .brokers(&bootstrap)
+                .group_protocol(kconc_runtime::GroupProtocol::Consumer),
         };
         let running = app.subscriber(sub).start_in_test_mode().unwrap();
         let stats = running.stats_handle("s").unwrap();

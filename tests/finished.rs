@@ -409,7 +409,7 @@ async fn a_static_member_restarts_without_revoking_the_other() {
             let sub = if is_static { sub.instance_id(id) } else { sub };
             App::new()
                 .brokers(&bootstrap)
-                .property("group.protocol", "consumer")
+                .group_protocol(kconc_runtime::GroupProtocol::Consumer)
                 .subscriber(sub)
                 .start_in_test_mode()
                 .unwrap()

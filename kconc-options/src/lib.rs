@@ -212,6 +212,20 @@ macro_rules! settings {
                     in a StatefulSet, a host name) and is unique in the group: two live members with one id \
                     fence each other. `--instance-id` and `KCONC_INSTANCE_ID` set it for every subscriber of \
                     a program." }
+            { key: "group_protocol", setter: group_protocol,
+              kind: Choice(GroupProtocol: "classic" => Classic, "consumer" => Consumer;
+                "use `group_protocol = \"classic\"` (the default: the classic rebalance protocol) or `\"consumer\"` (KIP-848: the broker assigns partitions; Kafka 4.0 or later)"),
+              value: (GroupProtocol = GroupProtocol::Classic), attribute: yes, set: yes,
+              default: r#"`"classic"`"#, example: "consumer", quoted: true,
+              meaning: "classic, or consumer (KIP-848: the broker assigns partitions)", what: "",
+              doc: "the consumer group protocol: `classic`, or `consumer` (KIP-848; \"Group protocols\" in the README)\n\n\
+                    Under `consumer` the broker computes the assignment (`group.remote.assignor` chooses its \
+                    assignor) and rebalances are incremental: a member joining or leaving does not stop the \
+                    others. The session timeout and the heartbeat interval are the broker's settings \
+                    (`group.consumer.session.timeout.ms`, `group.consumer.heartbeat.interval.ms`): \
+                    `session.timeout.ms`, `heartbeat.interval.ms`, `partition.assignment.strategy` and \
+                    `group.protocol.type` are refused. `--group-protocol` and `KCONC_GROUP_PROTOCOL` set it \
+                    for every subscriber of a program." }
             { key: "shutdown_timeout", setter: shutdown_timeout, kind: Duration, value: (Duration = Duration::from_secs(20)),
               attribute: yes, set: yes, default: r#"`"20s"`"#, example: "20s", quoted: true,
               meaning: "how long shutdown waits for running handlers", what: "",

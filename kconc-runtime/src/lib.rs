@@ -123,7 +123,7 @@ pub use message::{Header, Message, PayloadError};
 pub use policy::{NonRetryable, OnError};
 pub use reply::{IntoReplies, Reply};
 pub use stats::{PartitionPause, StatsSnapshot, StoppedPartition};
-pub use subscriber::{CommitMetadata, FirstPoll, OffsetStore, OrderingMode, Subscriber};
+pub use subscriber::{CommitMetadata, FirstPoll, GroupProtocol, OffsetStore, OrderingMode, Subscriber};
 
 /// Generates the program's `main`: runs every `#[subscriber]` until SIGINT or
 /// SIGTERM, then shuts down gracefully. `--help` lists the flags;
@@ -181,7 +181,7 @@ pub mod __private {
     pub use crate::extract::{FromMessage, FromMessageOwned};
     pub use crate::handler::{FutureSlot, IntoHandlerResult};
     pub use crate::message::{Message, PayloadError};
-    pub use crate::subscriber::{CommitMetadata, FirstPoll, OffsetStore, OrderingMode};
+    pub use crate::subscriber::{CommitMetadata, FirstPoll, GroupProtocol, OffsetStore, OrderingMode};
     pub use ::std::result::Result::{Err, Ok};
 
     /// The call of a handler whose arguments could not be extracted: the

@@ -54,6 +54,8 @@ pub struct App {
     /// From the file, the environment and flags; override everything in code.
     run_properties: Vec<(String, String)>,
     subscribers: Vec<Subscriber>,
+    /// The group protocol every subscriber gets, added before or after.
+    group_protocol: Option<crate::GroupProtocol>,
     only: Vec<String>,
     embedded_partitions: Option<i32>,
     /// A bad run-time setting found by `configure`, reported by `start`.
@@ -143,6 +145,9 @@ impl App {
                         sub.settings.instance_id = Some(id.clone());
                     }
                 }
+                if let Some(protocol) = s.group_protocol {
+                    self = self.group_protocol(protocol);
+                }
                 self.run_properties = config::merge_properties(&[&self.run_properties, &s.properties]);
             }
             Err(Error::Config(e)) => self.config_error = self.config_error.or(Some(e)),
@@ -230,6 +235,19 @@ impl App {
         self
     }
 
+    /// The consumer group protocol of every subscriber, those added before
+    /// and after (overriding their own `group_protocol`), as
+    /// `--group-protocol` sets it at run time; see [`crate::GroupProtocol`]
+    /// and the README's "Group protocols".
+    #[must_use]
+    pub fn group_protocol(mut self, protocol: crate::GroupProtocol) -> Self {
+        self.group_protocol = Some(protocol);
+        for sub in &mut self.subscribers {
+            sub.settings.group_protocol = protocol;
+        }
+        self
+    }
+
     /// Kafka bootstrap servers, or `"embedded"` for the in-process mock cluster.
     #[must_use]
     pub fn brokers(mut self, brokers: impl Into<String>) -> Self {
@@ -256,7 +274,10 @@ impl App {
 
     /// Adds a subscriber built in code.
     #[must_use]
-    pub fn subscriber(mut self, subscriber: Subscriber) -> Self {
+    pub fn subscriber(mut self, mut subscriber: Subscriber) -> Self {
+        if let Some(protocol) = self.group_protocol {
+            subscriber.settings.group_protocol = protocol;
+        }
         self.subscribers.push(subscriber);
         self
     }
@@ -419,6 +440,7 @@ impl App {
             }
         }
         config::check_code_properties(&self.properties, &subs)?;
+        config::check_group_protocol(&self.properties, &self.run_properties, &subs)?;
         if self.brokers_in_use().is_empty() {
             return Err(Error::Config("`brokers` (KCONC_BROKERS / --brokers) is empty".into()));
         }

@@ -39,6 +39,13 @@ pub struct Cli {
     #[arg(long, env = "KCONC_INSTANCE_ID", value_name = "ID", hide_env_values = true)]
     pub instance_id: Option<String>,
 
+    /// The consumer group protocol of every subscriber: `classic` (the
+    /// default) or `consumer` (KIP-848: the broker assigns partitions and
+    /// rebalances do not stop the group; Kafka 4.0 or later). Overrides
+    /// each subscriber's `group_protocol`.
+    #[arg(long, env = "KCONC_GROUP_PROTOCOL", value_name = "PROTOCOL", hide_env_values = true)]
+    pub group_protocol: Option<crate::GroupProtocol>,
+
     /// A file of librdkafka properties (`key=value` per line, `#` or `!`
     /// comments), as for any Kafka client; its `bootstrap.servers` is the
     /// brokers unless --brokers/KCONC_BROKERS says otherwise.
@@ -146,6 +153,7 @@ impl std::fmt::Debug for Cli {
             .field("brokers", &self.brokers)
             .field("group_prefix", &self.group_prefix)
             .field("instance_id", &self.instance_id)
+            .field("group_protocol", &self.group_protocol)
             .field("config", &self.config)
             .field("properties", &Redacted(&self.properties))
             .field("set", &self.set)
@@ -259,6 +267,9 @@ pub(crate) struct RunSettings {
     pub(crate) group_prefix: Option<String>,
     /// `--instance-id`/`KCONC_INSTANCE_ID`; `None` keeps what the code set.
     pub(crate) instance_id: Option<String>,
+    /// `--group-protocol`/`KCONC_GROUP_PROTOCOL`; `None` keeps what the
+    /// code set.
+    pub(crate) group_protocol: Option<crate::GroupProtocol>,
     /// librdkafka properties, file < environment < flags, without `bootstrap.servers`.
     pub(crate) properties: Vec<(String, String)>,
 }
@@ -269,6 +280,7 @@ impl std::fmt::Debug for RunSettings {
             .field("brokers", &self.brokers)
             .field("group_prefix", &self.group_prefix)
             .field("instance_id", &self.instance_id)
+            .field("group_protocol", &self.group_protocol)
             .field("properties", &Redacted(&self.properties))
             .finish()
     }
@@ -301,6 +313,7 @@ where
         brokers: cli.brokers.clone().or(file_brokers),
         group_prefix: cli.group_prefix.clone(),
         instance_id: cli.instance_id.clone(),
+        group_protocol: cli.group_protocol,
         properties: merge_properties(&[&file_props, &env_props, &cli.properties]),
     })
 }

@@ -7,7 +7,7 @@ use rdkafka::types::RDKafkaConfRes;
 use rdkafka::ClientConfig;
 
 use crate::error::Error;
-use crate::subscriber::Subscriber;
+use crate::subscriber::{GroupProtocol, Subscriber};
 
 use super::*;
 
@@ -96,6 +96,10 @@ pub(crate) fn refusal(key: &str, value: &str) -> Option<&'static str> {
         "group.id" => Some(
             "the consumer group is each subscriber's own; \
              use --group-prefix / KCONC_GROUP_PREFIX to change it per deployment",
+        ),
+        "group.protocol" => Some(
+            "the group protocol is a setting of kconc's: use --group-protocol / KCONC_GROUP_PROTOCOL \
+             (or `group_protocol` per subscriber)",
         ),
         "group.instance.id" => Some(
             "a static member's id must differ per subscriber; \
@@ -361,18 +365,73 @@ pub(crate) fn consumer_config(
     for (k, v) in app_properties.iter().chain(&sub.properties).chain(run_properties) {
         c.set(canonical_key(k), v);
     }
-    if c.get("group.protocol")
-        .is_some_and(|p| p.trim().eq_ignore_ascii_case("consumer"))
-    {
+    c.set("group.protocol", sub.settings.group_protocol.as_str());
+    if sub.settings.group_protocol == GroupProtocol::Consumer {
         // The KIP-848 protocol assigns on the broker
         // (`group.remote.assignor`): librdkafka refuses the client-side
-        // strategy with it.
+        // strategy with it (one set in any layer is refused at start:
+        // `check_group_protocol`).
         c.remove("partition.assignment.strategy");
     }
     if let Some(id) = &sub.settings.instance_id {
         c.set("group.instance.id", format!("{id}-{}", sub.name));
     }
     c
+}
+
+/// What replaces a classic-protocol-only property under
+/// `group_protocol = "consumer"` (KIP-848), where librdkafka rejects it.
+pub(crate) fn classic_only(key: &str) -> Option<&'static str> {
+    match canonical_key(key) {
+        "partition.assignment.strategy" => Some(
+            "the broker assigns partitions under group_protocol = \"consumer\": \
+             choose its assignor with `group.remote.assignor` (uniform or range)",
+        ),
+        "session.timeout.ms" => Some(
+            "the session timeout is the broker's under group_protocol = \"consumer\": \
+             set `group.consumer.session.timeout.ms` on the broker (or the group's config)",
+        ),
+        "heartbeat.interval.ms" => Some(
+            "the heartbeat interval is the broker's under group_protocol = \"consumer\": \
+             set `group.consumer.heartbeat.interval.ms` on the broker (or the group's config)",
+        ),
+        "group.protocol.type" => Some("it has no use under group_protocol = \"consumer\"; leave it out"),
+        _ => None,
+    }
+}
+
+/// Refuses, for each subscriber under `group_protocol = "consumer"`, the
+/// classic-only properties ([`classic_only`]) in any layer, naming the
+/// subscriber, the layer and what replaces the property.
+pub(crate) fn check_group_protocol(
+    app_properties: &[(String, String)],
+    run_properties: &[(String, String)],
+    subscribers: &[&Subscriber],
+) -> Result<(), Error> {
+    for s in subscribers {
+        if s.settings.group_protocol != GroupProtocol::Consumer {
+            continue;
+        }
+        let layers = [
+            ("App::property", app_properties),
+            ("Subscriber::property", &s.properties[..]),
+            (
+                "a run-time property (--property, KCONC_RDKAFKA_*, --config)",
+                run_properties,
+            ),
+        ];
+        for (layer, properties) in layers {
+            for (k, _) in properties {
+                if let Some(why) = classic_only(k) {
+                    return Err(Error::Config(format!(
+                        "subscriber `{}` (group_protocol = \"consumer\"): {layer} `{k}`: {why}",
+                        s.name
+                    )));
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Refuses, naming where it was set, a property set in code that
@@ -432,11 +491,59 @@ mod tests {
         let c = consumer_config("b:1", &sub, &[], &[]);
         assert_eq!(c.get("group.instance.id"), Some("pod-3-billing"));
         assert!(c.get("partition.assignment.strategy").is_some());
-        let c = consumer_config("b:1", &sub, &kv(&[("group.protocol", "consumer")]), &[]);
+        assert_eq!(c.get("group.protocol"), Some("classic"));
+        let consumer = sub.clone().group_protocol(GroupProtocol::Consumer);
+        let c = consumer_config("b:1", &consumer, &[], &[]);
         assert_eq!(c.get("partition.assignment.strategy"), None);
+        assert_eq!(c.get("group.protocol"), Some("consumer"));
         let plain = Subscriber::new("s", ["t"], "g", |_m: crate::Message| async {});
         assert_eq!(consumer_config("b:1", &plain, &[], &[]).get("group.instance.id"), None);
         assert!(refusal("group.instance.id", "x").is_some_and(|why| why.contains("--instance-id")));
+    }
+
+    /// `group.protocol` is refused as a property (it is `group_protocol`);
+    /// under `consumer` the classic-only properties are refused from every
+    /// layer, naming what replaces them, and `group.remote.assignor` is
+    /// taken; under `classic` they are taken.
+    #[test]
+    fn under_the_consumer_protocol_the_classic_only_properties_are_refused() {
+        assert!(refusal("group.protocol", "consumer").is_some_and(|why| why.contains("--group-protocol")));
+        let classic = Subscriber::new("s", ["t"], "g", |_m: crate::Message| async {});
+        let consumer = classic.clone().group_protocol(GroupProtocol::Consumer);
+        let timeout = kv(&[("session.timeout.ms", "6000")]);
+        assert!(check_group_protocol(&timeout, &timeout, &[&classic]).is_ok());
+        for (layer, app, run, sub) in [
+            ("App::property", timeout.clone(), Vec::new(), consumer.clone()),
+            ("run-time", Vec::new(), timeout.clone(), consumer.clone()),
+            (
+                "Subscriber::property",
+                Vec::new(),
+                Vec::new(),
+                consumer.clone().property("session.timeout.ms", "6000"),
+            ),
+        ] {
+            let Err(Error::Config(e)) = check_group_protocol(&app, &run, &[&sub]) else {
+                panic!("{layer}: not refused");
+            };
+            assert!(
+                e.contains(layer)
+                    && e.contains("session.timeout.ms")
+                    && e.contains("group.consumer.session.timeout.ms"),
+                "{e}"
+            );
+        }
+        for (key, replacement) in [
+            ("partition.assignment.strategy", "group.remote.assignor"),
+            ("heartbeat.interval.ms", "group.consumer.heartbeat.interval.ms"),
+            ("group.protocol.type", "no use"),
+        ] {
+            let Err(Error::Config(e)) = check_group_protocol(&kv(&[(key, "x")]), &[], &[&consumer]) else {
+                panic!("{key}: not refused");
+            };
+            assert!(e.contains(replacement), "{e}");
+        }
+        let assignor = kv(&[("group.remote.assignor", "range")]);
+        assert!(check_group_protocol(&assignor, &assignor, &[&consumer]).is_ok());
     }
 
     #[test]

@@ -9,7 +9,7 @@ use crate::state::{StateRequirement, States};
 mod modes;
 mod settings;
 
-pub use modes::{CommitMetadata, FirstPoll, OffsetStore, OrderingMode};
+pub use modes::{CommitMetadata, FirstPoll, GroupProtocol, OffsetStore, OrderingMode};
 pub(crate) use settings::Settings;
 
 /// One consumer of one or more topics in one group, with its handler.

@@ -110,6 +110,26 @@ pub enum OffsetStore {
     Sql,
 }
 
+/// The consumer group protocol a subscriber's consumer speaks
+/// (`group_protocol`; librdkafka's `group.protocol`).
+///
+/// Under [`GroupProtocol::Consumer`] (KIP-848, Kafka 4.0 or later) the
+/// broker computes the assignment and rebalances are incremental: members
+/// that keep their partitions go on reading while others join or leave.
+/// The session timeout and heartbeat interval are then the broker's
+/// settings, and a static member whose instance id is still in use is
+/// refused (the new one is fenced, where the classic protocol fences the
+/// old one).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum GroupProtocol {
+    /// The classic protocol: the group leader assigns partitions
+    /// (`cooperative-sticky`). The default.
+    #[default]
+    Classic,
+    /// KIP-848: the broker assigns partitions (`group.remote.assignor`).
+    Consumer,
+}
+
 /// `as_str`, `Display` and `FromStr` of each choice of the settings table,
 /// with the names the table gives.
 macro_rules! choices {

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use super::{CommitMetadata, FirstPoll, OffsetStore, OrderingMode, Subscriber};
+use super::{CommitMetadata, FirstPoll, GroupProtocol, OffsetStore, OrderingMode, Subscriber};
 use crate::error::SettingError;
 use crate::policy::{ErrorPolicy, OnError};
 

@@ -6,6 +6,7 @@ use kconc_runtime::{subscriber, Message};
     concurrency = 20,
     ordering = "unordered",
     first_poll = "worker",
+    group_protocol = "consumer",
     max_uncommitted = 5000,
     handler_timeout = "30s",
     commit_batch_size = 500,
