@@ -482,9 +482,14 @@ async fn slow_handlers_never_exceed_max_poll_interval_and_the_buffer_stays_bound
     })
     .concurrency(2)
     .max_buffered(3)
-    .property("session.timeout.ms", "1500")
-    .property("heartbeat.interval.ms", "300")
     .property("max.poll.interval.ms", "1500");
+    // The session as short as the poll interval: the broker's under the
+    // consumer protocol.
+    let sub = classic_only_sub(sub, "session.timeout.ms", "1500");
+    let sub = classic_only_sub(sub, "heartbeat.interval.ms", "300");
+    if consumer_protocol() {
+        cluster.consumer_group_timing(Duration::from_millis(1_500), Duration::from_millis(300));
+    }
     let app = test_app(cluster.bootstrap_servers())
         .subscriber(sub)
         .start_in_test_mode()

@@ -218,10 +218,17 @@ async fn broker_down_for_five_seconds_loses_nothing() {
         handled_up > handled_down,
         "nothing was handled during the outage, so the stalled commits prove nothing; {s:?}"
     );
-    assert!(
-        s.revocations >= 1 && s.assignments >= 2,
-        "a 5 s outage of the coordinator should outlast the 3 s session; {s:?}"
-    );
+    // Under the classic protocol the member's session (3 s, the client's)
+    // runs out and it rejoins. Under the consumer protocol (KIP-848) the
+    // session is the broker's: the mock coordinator that was down kept the
+    // member, which kept its partitions (seen: no revocation, no
+    // duplicate). Either way nothing is lost or skipped (below).
+    if !consumer_protocol() {
+        assert!(
+            s.revocations >= 1 && s.assignments >= 2,
+            "a 5 s outage of the coordinator should outlast the 3 s session; {s:?}"
+        );
+    }
     assert!(readings > 3, "the watcher saw too little");
     assert_all_handled(&counts, &ends);
     assert_redelivered_only_above(&counts, &before, &ends);
@@ -331,8 +338,11 @@ async fn commit_errors_are_retried_and_commits_never_go_backwards() {
     // A session timeout of 10 s keeps this test about failed commits.
     let sub = recording("refused", topic, group, &rec, Duration::from_millis(2))
         .concurrency(8)
-        .commit_batch_size(50)
-        .property("session.timeout.ms", "10000");
+        .commit_batch_size(50);
+    let sub = classic_only_sub(sub, "session.timeout.ms", "10000");
+    if consumer_protocol() {
+        cluster.consumer_group_timing(Duration::from_secs(10), Duration::from_millis(500));
+    }
     let app = test_app(&bootstrap).subscriber(sub).start_in_test_mode().unwrap();
     let stats = app.stats_handle("refused").unwrap();
     wait_for("some commits before the errors", DEADLINE, || {

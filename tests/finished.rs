@@ -91,8 +91,7 @@ async fn first_member(
     metadata: CommitMetadata,
 ) -> (Running, StatsHandle, Runs) {
     let (sub, runs) = subscriber("first", topic, group, true, ordering, metadata);
-    let app = test_app(bootstrap)
-        .property("partition.assignment.strategy", "range")
+    let app = classic_only(test_app(bootstrap), "partition.assignment.strategy", "range")
         .subscriber(sub)
         .start_in_test_mode()
         .unwrap();
@@ -164,8 +163,7 @@ async fn a_rebalance_hands_the_new_owner_only_what_had_not_finished() {
         OrderingMode::Unordered,
         CommitMetadata::Finished,
     );
-    let second = test_app(&bootstrap)
-        .property("partition.assignment.strategy", "range")
+    let second = classic_only(test_app(&bootstrap), "partition.assignment.strategy", "range")
         .subscriber(sub)
         .start_in_test_mode()
         .unwrap();

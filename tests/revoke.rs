@@ -111,10 +111,15 @@ async fn a_lost_assignment_is_dropped_at_once_and_withdraws_readiness_until_the_
         stuck.load(Ordering::SeqCst) == 1 && app.health().ready
     })
     .await;
-    cluster.mock().unwrap().request_errors(
-        RDKafkaApiKey::Heartbeat,
-        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNKNOWN_MEMBER_ID],
-    );
+    if consumer_protocol() {
+        // KIP-848's heartbeat (ConsumerGroupHeartbeat, API 68).
+        cluster.request_errors_by_number(68, &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNKNOWN_MEMBER_ID]);
+    } else {
+        cluster.mock().unwrap().request_errors(
+            RDKafkaApiKey::Heartbeat,
+            &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNKNOWN_MEMBER_ID],
+        );
+    }
     wait_for("the assignment lost", DEADLINE, || stats.snapshot().revocations >= 1).await;
     let began = Instant::now();
     let mut seen_unready = false;
@@ -179,10 +184,12 @@ async fn a_revoke_holds_the_rebalance_at_most_revoke_timeout_even_when_its_commi
     .commit_interval(Duration::from_millis(100))
     .revoke_timeout(Duration::from_secs(2));
     // Heartbeats answered after 2.5 s must stay within the session.
+    if consumer_protocol() {
+        cluster.consumer_group_timing(Duration::from_secs(8), Duration::from_secs(2));
+    }
     let app = |sub| {
-        test_app(&bootstrap)
-            .property("session.timeout.ms", "8000")
-            .property("heartbeat.interval.ms", "2000")
+        let app = classic_only(test_app(&bootstrap), "session.timeout.ms", "8000");
+        classic_only(app, "heartbeat.interval.ms", "2000")
             .subscriber(sub)
             .start_in_test_mode()
             .unwrap()
@@ -248,8 +255,7 @@ async fn a_key_of_a_partition_that_comes_back_waits_for_its_message_still_runnin
     .revoke_timeout(Duration::from_millis(500))
     .commit_interval(Duration::from_millis(100));
     let eager = |sub| {
-        test_app(&bootstrap)
-            .property("partition.assignment.strategy", "range")
+        classic_only(test_app(&bootstrap), "partition.assignment.strategy", "range")
             .subscriber(sub)
             .start_in_test_mode()
             .unwrap()

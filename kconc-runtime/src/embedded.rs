@@ -92,6 +92,16 @@ impl EmbeddedCluster {
         crate::engine::mock_request_errors(self.owner.client(), api_key, errors);
     }
 
+    /// The session timeout and heartbeat interval of the cluster's KIP-848
+    /// consumer groups (`group_protocol = "consumer"`), which under that
+    /// protocol are the broker's, not the client's (the mock's defaults are
+    /// 30 s and 3 s).
+    #[doc(hidden)]
+    pub fn consumer_group_timing(&self, session_timeout: std::time::Duration, heartbeat_interval: std::time::Duration) {
+        let ms = |d: std::time::Duration| i32::try_from(d.as_millis()).unwrap_or(i32::MAX);
+        crate::engine::mock_consumer_group_timing(self.owner.client(), ms(session_timeout), ms(heartbeat_interval));
+    }
+
     /// rdkafka's handle on the cluster, for topic creation and fault injection.
     pub fn mock(&self) -> Result<MockCluster<'_, DefaultProducerContext>, Error> {
         self.owner

@@ -18,12 +18,52 @@ pub const DEADLINE: Duration = Duration::from_secs(60);
 
 /// An app on `bootstrap` with the mock cluster's rebalance wait made short:
 /// the mock waits `session.timeout.ms - 1 s` for members on every rebalance
-/// after the first join (45 s with librdkafka's default).
+/// after the first join (45 s with librdkafka's default). Under the group
+/// protocol the run asks for (`KCONC_TEST_GROUP_PROTOCOL=consumer`, see
+/// [`consumer_protocol`]) the session is the broker's: [`cluster`] sets it.
 pub fn test_app(bootstrap: &str) -> App {
-    App::new()
-        .brokers(bootstrap)
-        .property("session.timeout.ms", "3000")
-        .property("heartbeat.interval.ms", "500")
+    let app = App::new().brokers(bootstrap);
+    if consumer_protocol() {
+        app.group_protocol(kconc_runtime::GroupProtocol::Consumer)
+    } else {
+        app.property("session.timeout.ms", "3000")
+            .property("heartbeat.interval.ms", "500")
+    }
+}
+
+/// Whether this run's subscribers speak KIP-848's group protocol
+/// (`KCONC_TEST_GROUP_PROTOCOL=consumer`): `scripts/test` runs the tests of
+/// rebalances, revokes, commits and shutdown once more so.
+pub fn consumer_protocol() -> bool {
+    std::env::var("KCONC_TEST_GROUP_PROTOCOL").is_ok_and(|p| p == "consumer")
+}
+
+/// `app` with property `key` (one of the classic protocol's client-side
+/// group settings, refused under `consumer`), unless the run is under the
+/// consumer protocol, where the broker's settings ([`cluster`]) stand in.
+pub fn classic_only(app: App, key: &str, value: &str) -> App {
+    if consumer_protocol() {
+        app
+    } else {
+        app.property(key, value)
+    }
+}
+
+/// [`classic_only`] for a subscriber's own property.
+pub fn classic_only_sub(sub: kconc_runtime::Subscriber, key: &str, value: &str) -> kconc_runtime::Subscriber {
+    if consumer_protocol() {
+        sub
+    } else {
+        sub.property(key, value)
+    }
+}
+
+/// Under the consumer protocol, the cluster's group session timeout and
+/// heartbeat interval, as `test_app` sets the client's under classic.
+fn consumer_group_timing(c: &EmbeddedCluster) {
+    if consumer_protocol() {
+        c.consumer_group_timing(Duration::from_millis(3_000), Duration::from_millis(500));
+    }
 }
 
 /// How many messages the new owner of revoked partitions may handle again
@@ -55,6 +95,7 @@ pub fn cluster(topic: &str, partitions: i32) -> EmbeddedCluster {
     }
     let c = EmbeddedCluster::start(1).expect("start the embedded cluster");
     c.create_topic(topic, partitions).expect("create the topic");
+    consumer_group_timing(&c);
     c
 }
 
@@ -68,6 +109,7 @@ pub fn cluster_with_coordinator(topic: &str, partitions: i32, group: &str, coord
     }
     let c = EmbeddedCluster::start(3).expect("start the embedded cluster");
     c.create_topic(topic, partitions).expect("create the topic");
+    consumer_group_timing(&c);
     {
         let mock = c.mock().expect("the mock cluster");
         for p in 0..partitions {
@@ -341,6 +383,11 @@ impl StartInTestMode for App {
 /// `app` with its subscribers in the `FirstPoll` mode the test run asks for
 /// (`KCONC_TEST_FIRST_POLL`), else their own.
 pub fn in_test_mode(app: App) -> App {
+    let app = if consumer_protocol() {
+        app.group_protocol(kconc_runtime::GroupProtocol::Consumer)
+    } else {
+        app
+    };
     match std::env::var("KCONC_TEST_FIRST_POLL") {
         Ok(mode) if !mode.is_empty() => {
             let set = format!("*.first_poll={mode}");

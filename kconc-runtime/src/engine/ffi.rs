@@ -395,6 +395,27 @@ pub(crate) fn no_initial_rebalance_delay(client: &rdkafka::client::Client<impl r
     }
 }
 
+/// Sets a mock cluster's (owned by `client`, see
+/// [`no_initial_rebalance_delay`]) session timeout and heartbeat interval
+/// of KIP-848 consumer groups (`group.protocol=consumer`), which are the
+/// broker's under that protocol: rdkafka's `MockCluster` does not expose
+/// them.
+pub(crate) fn mock_consumer_group_timing(
+    client: &rdkafka::client::Client<impl rdkafka::ClientContext>,
+    session_timeout_ms: i32,
+    heartbeat_interval_ms: i32,
+) {
+    // SAFETY: as in `no_initial_rebalance_delay`: the setters store
+    // integers in the live cluster under its lock.
+    unsafe {
+        let cluster = rd::rd_kafka_handle_mock_cluster(client.native_ptr());
+        if !cluster.is_null() {
+            rd::rd_kafka_mock_set_group_consumer_session_timeout_ms(cluster, session_timeout_ms);
+            rd::rd_kafka_mock_set_group_consumer_heartbeat_interval_ms(cluster, heartbeat_interval_ms);
+        }
+    }
+}
+
 /// Makes a mock cluster (owned by `client`, see
 /// [`no_initial_rebalance_delay`]) answer the next requests of API
 /// `api_key` with `errors`, one each: for the APIs rdkafka's

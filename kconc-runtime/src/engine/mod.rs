@@ -78,7 +78,9 @@ mod spares;
 mod worker;
 
 pub use complete::HandlerTimedOut;
-pub(crate) use ffi::{committed_metadata, mock_request_errors, no_initial_rebalance_delay, Held};
+pub(crate) use ffi::{
+    committed_metadata, mock_consumer_group_timing, mock_request_errors, no_initial_rebalance_delay, Held,
+};
 pub(crate) use finished::{encode_offsets as encode_finished, finished_count};
 pub(crate) use poll::{start, Runner};
 
