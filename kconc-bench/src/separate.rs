@@ -112,6 +112,27 @@ impl ClientContext for KeepStats {
 
 impl ConsumerContext for KeepStats {}
 
+impl KeepStats {
+    /// The latest statistics JSON, or an empty one.
+    fn latest(&self) -> String {
+        self.0.lock().ok().and_then(|s| s.clone()).unwrap_or_default()
+    }
+}
+
+impl ChildReport {
+    /// What a child ran at `rate` msg/s, with `usage` over its timed
+    /// window and librdkafka's last statistics `stats`.
+    fn new(rate: f64, usage: super::Usage, stats: &str) -> Self {
+        ChildReport {
+            rate,
+            cpu_s: usage.cpu.as_secs_f64(),
+            switches: usage.switches,
+            rss_mb: peak_rss_mb(),
+            requests: requests(stats),
+        }
+    }
+}
+
 /// The raw loop in a child: decodes each message, stores its offset, and
 /// commits every 100 messages (asynchronously, as a hand-written service
 /// would), then reports.
@@ -133,20 +154,7 @@ fn raw_child(brokers: &str, topic: &str, group: &str, n: usize) -> Result<ChildR
     while Instant::now() < until {
         let _ = consumer.poll(Duration::from_millis(20));
     }
-    let stats = consumer
-        .context()
-        .0
-        .lock()
-        .ok()
-        .and_then(|s| s.clone())
-        .unwrap_or_default();
-    Ok(ChildReport {
-        rate,
-        cpu_s: usage.cpu.as_secs_f64(),
-        switches: usage.switches,
-        rss_mb: peak_rss_mb(),
-        requests: requests(&stats),
-    })
+    Ok(ChildReport::new(rate, usage, &consumer.context().latest()))
 }
 
 /// W1's handler: decode, then await a 10 ms timer, at concurrency 100.
@@ -213,25 +221,14 @@ async fn raw_spawn_child(brokers: &str, topic: &str, group: &str, n: usize) -> R
     let (took, usage) = start.map_or((Duration::ZERO, super::Usage::default()), |(t, u)| {
         (t.elapsed(), super::Usage::now().since(u))
     });
+    // A `StreamConsumer` hands over statistics only while it is read: its
+    // last report is from before this commit, which the requests leave out
+    // (the broker's CPU, measured from outside, includes it).
     if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
         eprintln!("raw spawn loop: final commit: {e}");
     }
-    // One more statistics report after the last request.
-    tokio::time::sleep(Duration::from_millis(3 * stats_every_ms())).await;
-    let stats = consumer
-        .context()
-        .0
-        .lock()
-        .ok()
-        .and_then(|s| s.clone())
-        .unwrap_or_default();
-    Ok(ChildReport {
-        rate: n as f64 / took.as_secs_f64().max(1e-9),
-        cpu_s: usage.cpu.as_secs_f64(),
-        switches: usage.switches,
-        rss_mb: peak_rss_mb(),
-        requests: requests(&stats),
-    })
+    let rate = n as f64 / took.as_secs_f64().max(1e-9);
+    Ok(ChildReport::new(rate, usage, &consumer.context().latest()))
 }
 
 /// kconc in a child: the W-noop handler at concurrency 100 (or W1's, with
@@ -248,13 +245,11 @@ async fn kconc_child(brokers: &str, topic: &str, group: &str, n: usize, work: Du
         Some(every),
     )
     .await?;
-    Ok(ChildReport {
-        rate: m.rate,
-        cpu_s: m.usage.cpu.as_secs_f64(),
-        switches: m.usage.switches,
-        rss_mb: peak_rss_mb(),
-        requests: requests(&m.librdkafka_statistics.unwrap_or_default()),
-    })
+    Ok(ChildReport::new(
+        m.rate,
+        m.usage,
+        &m.librdkafka_statistics.unwrap_or_default(),
+    ))
 }
 
 /// `--child raw|kconc BROKERS TOPIC GROUP N`: runs one and prints its report.
