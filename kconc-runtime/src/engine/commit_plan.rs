@@ -7,9 +7,8 @@
 //! metadata (see `Partitions::wanted`). The committer thread does the rest.
 
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
-
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use super::commit::Wanted;
 use super::partitions::Partitions;
