@@ -394,3 +394,51 @@ async fn commit_errors_are_retried_and_commits_never_go_backwards() {
     }
     assert_eq!(committed(&bootstrap, group, topic, parts), all_committed(&ends));
 }
+
+/// The commit of the last positions, refused because the member's epoch
+/// (consumer protocol: `STALE_MEMBER_EPOCH`) or generation (classic:
+/// `ILLEGAL_GENERATION`) moved on, is retried until the partitions are
+/// committed to their ends, never dropped: no message comes after them
+/// whose commit would cover it. librdkafka does not retry a manual commit
+/// refused for a stale epoch itself (`rdkafka_cgrp.c`), it only hurries
+/// the next heartbeat, so the retry is kconc's (seen failing with refused
+/// positions counted as committed). Under classic librdkafka takes
+/// `ILLEGAL_GENERATION` for a lost assignment and rejoins, so there the
+/// messages also come again: the test checks the recovery, not the retry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_refused_for_a_stale_member_epoch_is_retried_until_committed() {
+    let (topic, group, parts, n) = ("stale-epoch", "g-stale-epoch", 2, 200);
+    let cluster = three_brokers(topic, parts);
+    let bootstrap = cluster.bootstrap_servers().to_owned();
+    let ends = produce(&bootstrap, topic, parts, n, 100);
+    let refusal = if consumer_protocol() {
+        cluster.consumer_group_timing(Duration::from_secs(10), Duration::from_millis(500));
+        RDKafkaRespErr::RD_KAFKA_RESP_ERR_STALE_MEMBER_EPOCH
+    } else {
+        RDKafkaRespErr::RD_KAFKA_RESP_ERR_ILLEGAL_GENERATION
+    };
+    // Every commit the subscriber makes before the errors are used up is
+    // refused: with 200 messages handled at once, those include the
+    // commit of the last positions.
+    cluster
+        .mock()
+        .unwrap()
+        .request_errors(RDKafkaApiKey::OffsetCommit, &[refusal; 3]);
+
+    let rec = Recorder::new();
+    let sub = recording("stale", topic, group, &rec, Duration::ZERO);
+    let app = test_app(&bootstrap).subscriber(sub).start_in_test_mode().unwrap();
+    let stats = app.stats_handle("stale").unwrap();
+    wait_for("all handled", DEADLINE, || rec.finished() >= n).await;
+    wait_for("committed up to the ends", DEADLINE, || {
+        try_committed(&bootstrap, group, topic, parts) == Some(all_committed(&ends))
+    })
+    .await;
+    let s = stats.snapshot();
+    app.shutdown().await;
+    let counts = rec.counts();
+    eprintln!("{refusal:?} x3: {} duplicates; {s:?}", duplicates(&counts));
+    assert!(s.commit_failures >= 1, "no commit was refused: {s:?}");
+    assert_all_handled(&counts, &ends);
+    assert_eq!(committed(&bootstrap, group, topic, parts), all_committed(&ends));
+}
