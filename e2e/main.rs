@@ -8,14 +8,18 @@
 //!                   [--commit-batch-size 100] [--shutdown-timeout-ms 20000] [--properties k=v,k=v]
 //!                   [--commit-metadata finished|none] [--instance-id ID]
 //!                   [--max-batch N] [--fail-offset O] [--store sqlite:PATH|postgres:URL]
+//!                   [--group-protocol classic|consumer]
 //!
-//! kconc-e2e mock-broker --topic T --partitions P
+//! kconc-e2e mock-broker --topic T --partitions P [--group-timing SESSION_MS,HEARTBEAT_MS]
 //! ```
 //!
 //! `mock-broker` hosts librdkafka's mock cluster in this process, creates the
 //! topic, prints `bootstrap ADDRESS` and serves until its standard input
 //! closes: a second external broker, whose group coordinator (unlike Tansu
 //! 0.6.0's) waits for every member to rejoin before completing a rebalance.
+//! `--group-timing` sets its consumer-protocol groups' session timeout and
+//! heartbeat interval (KIP-848 keeps them on the broker; librdkafka's mock
+//! defaults to 30 s and 3 s).
 //! A line `rtt MS` on its standard input makes it answer every request MS
 //! milliseconds late (it prints `rtt MS` once set).
 //!
@@ -45,7 +49,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use kconc_runtime::testing::TestProducer;
-use kconc_runtime::{App, Message, OrderingMode, Subscriber};
+use kconc_runtime::{App, GroupProtocol, Message, OrderingMode, Subscriber};
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -102,6 +106,16 @@ fn mock_broker(o: &Opts) -> Result<(), String> {
     cluster
         .create_topic(o.str("topic")?, o.num("partitions", None)?)
         .map_err(|e| e.to_string())?;
+    if let Some(timing) = o.0.get("group-timing") {
+        let ms = |v: Option<&str>| -> Result<Duration, String> {
+            v.and_then(|v| v.trim().parse().ok())
+                .map(Duration::from_millis)
+                .ok_or_else(|| format!("--group-timing: `{timing}` is not SESSION_MS,HEARTBEAT_MS"))
+        };
+        let mut parts = timing.split(',');
+        let (session, heartbeat) = (ms(parts.next())?, ms(parts.next())?);
+        cluster.consumer_group_timing(session, heartbeat);
+    }
     println!("bootstrap {}", cluster.bootstrap_servers());
     std::io::stdout().flush().map_err(|e| e.to_string())?;
     // Serve until the parent closes our standard input (or kills us),
@@ -343,13 +357,21 @@ fn consume(o: &Opts) -> Result<(), String> {
         .commit_batch_size(batch)
         .shutdown_timeout(Duration::from_millis(shutdown_ms));
 
+    let protocol: GroupProtocol = match o.0.get("group-protocol") {
+        Some(p) => p.parse().map_err(|e| format!("--group-protocol: {e}"))?,
+        None => GroupProtocol::Classic,
+    };
     let result = runtime.block_on(async move {
-        let app = App::new()
-            .brokers(brokers)
-            // A killed member is noticed after 6 s (Kafka's minimum) rather
-            // than librdkafka's default 45 s.
-            .property("session.timeout.ms", "6000")
-            .property("heartbeat.interval.ms", "1000");
+        let app = App::new().brokers(brokers).group_protocol(protocol);
+        // A killed member is noticed after 6 s (Kafka's minimum) rather
+        // than librdkafka's default 45 s (under the consumer protocol the
+        // broker's setting says: see mock-broker's --group-timing).
+        let app = match protocol {
+            GroupProtocol::Classic => app
+                .property("session.timeout.ms", "6000")
+                .property("heartbeat.interval.ms", "1000"),
+            GroupProtocol::Consumer => app,
+        };
         let app = properties.iter().fold(app, |app, (k, v)| app.property(k, v));
         let app = match rows {
             Some(rows) => rows.state(app),

@@ -27,6 +27,16 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 const E2E: &str = env!("CARGO_BIN_EXE_kconc-e2e");
+
+/// The group settings of the consumers on the mock cluster in its own
+/// process: under classic a session of 3 s (the mock holds each rebalance
+/// for `session.timeout.ms - 1 s`); with `KCONC_TEST_GROUP_PROTOCOL=consumer`
+/// the consumer protocol, whose 3 s session the mock broker holds.
+static GROUP: std::sync::LazyLock<[&str; 2]> =
+    std::sync::LazyLock::new(|| match std::env::var("KCONC_TEST_GROUP_PROTOCOL").as_deref() {
+        Ok("consumer") => ["--group-protocol", "consumer"],
+        _ => ["--properties", "session.timeout.ms=3000,heartbeat.interval.ms=500"],
+    });
 const START_IT: &str = "bash scripts/broker install && bash scripts/broker start";
 
 fn brokers() -> String {
@@ -70,10 +80,13 @@ impl Broker {
         }
     }
 
-    /// A mock cluster in its own process, with `topic` created on it.
+    /// A mock cluster in its own process, with `topic` created on it (its
+    /// consumer-protocol groups with the session and heartbeat `GROUP`
+    /// gives classic members).
     fn mock_process(topic: &str, partitions: i32) -> Self {
         let mut child = Command::new(E2E)
             .args(["mock-broker", "--topic", topic, "--partitions", &partitions.to_string()])
+            .args(["--group-timing", "3000,500"])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
@@ -392,12 +405,7 @@ fn kill9_and_restart_with_and_without_commit_metadata_on_the_mock_cluster() {
     for metadata in ["finished", "none"] {
         let topic = unique(&format!("e2e-kill-mock-{metadata}"));
         let broker = Broker::mock_process(&topic, 8);
-        let args = [
-            "--commit-metadata",
-            metadata,
-            "--properties",
-            "session.timeout.ms=3000,heartbeat.interval.ms=500",
-        ];
+        let args = ["--commit-metadata", metadata, GROUP[0], GROUP[1]];
         let run = kill9_and_restart(&broker, &topic, &format!("kill9-mock-{metadata}"), 20_000, &args);
         if metadata == "finished" {
             assert!(run.skipped > 0, "the restart skipped nothing: the test proves nothing");
@@ -439,8 +447,8 @@ fn kill9_with_a_batch_handler_brings_back_only_the_failed_message_and_what_was_r
         "1-5",
         "--commit-batch-size",
         "100",
-        "--properties",
-        "session.timeout.ms=3000,heartbeat.interval.ms=500",
+        GROUP[0],
+        GROUP[1],
     ];
     let mut args = common.to_vec();
     args.extend_from_slice(&["--fail-offset", "100"]);
@@ -752,13 +760,7 @@ fn three_processes_share_partitions_and_take_over_on_tansu() {
 fn three_processes_share_partitions_and_take_over_in_key_order() {
     let topic = unique("e2e-scale-mock");
     let broker = Broker::mock_process(&topic, 12);
-    // The mock holds each rebalance for session.timeout.ms - 1 s.
-    let report = scale_out(
-        &broker,
-        &topic,
-        "scale-out-mock",
-        &["--properties", "session.timeout.ms=3000,heartbeat.interval.ms=500"],
-    );
+    let report = scale_out(&broker, &topic, "scale-out-mock", &GROUP[..]);
     let all: Vec<Entry> = report.by_pid.values().flatten().cloned().collect();
     check_key_order(&all);
     // A graceful handover redelivers nothing when its commits go through.
@@ -1099,8 +1101,8 @@ fn kill9_twice_with_a_store_leaves_exactly_one_row_per_message() {
                 "100",
                 "--store",
                 &store_arg,
-                "--properties",
-                "session.timeout.ms=3000,heartbeat.interval.ms=500",
+                GROUP[0],
+                GROUP[1],
             ];
             if batch {
                 args.extend_from_slice(&["--max-batch", "20"]);
@@ -1155,8 +1157,8 @@ fn a_rebalance_storm_with_a_store_leaves_exactly_one_row_per_message() {
             "1-5",
             "--store",
             &store_arg,
-            "--properties",
-            "session.timeout.ms=3000,heartbeat.interval.ms=500",
+            GROUP[0],
+            GROUP[1],
         ];
         let mut consumers: Vec<Consumer> = ["a", "b", "c"]
             .iter()
