@@ -76,3 +76,62 @@ async fn a_fenced_static_member_stops_says_why_and_ends_the_app_with_an_error() 
         );
     }
 }
+
+/// Under `group_protocol = "consumer"`, a broker without the consumer group
+/// protocol (no ConsumerGroupHeartbeat API: Kafka before 4.0, Tansu 0.6.0)
+/// would leave the member waiting to join forever, the reason only in
+/// librdkafka's debug log. The subscriber stops instead, its health names
+/// the protocol and what to use, and the app ends with that error. The same
+/// cluster with the API serves the same subscriber (the check is no false
+/// alarm).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_without_the_consumer_group_protocol_stops_the_subscriber_and_says_so() {
+    for supported in [true, false] {
+        let topic = format!("no-kip848-{supported}");
+        let cluster = cluster(&topic, 2);
+        if !supported {
+            cluster.without_api(68);
+        }
+        let bootstrap = cluster.bootstrap_servers().to_owned();
+        produce(&bootstrap, &topic, 2, 20, 5);
+        let recorder = Recorder::new();
+        let r = recorder.clone();
+        let sub = Subscriber::new("s", [topic.as_str()], format!("g-{topic}"), move |m: Message| {
+            let r = r.clone();
+            async move {
+                let _g = r.start(&m);
+            }
+        });
+        let running = App::new()
+            .brokers(&bootstrap)
+            .group_protocol(kconc_runtime::GroupProtocol::Consumer)
+            .subscriber(sub)
+            .start_in_test_mode()
+            .unwrap();
+        if supported {
+            wait_for("everything handled", DEADLINE, || recorder.distinct() == 20).await;
+            assert!(running.health().healthy);
+            running.shutdown().await;
+            continue;
+        }
+        let stats = running.stats_handle("s").unwrap();
+        wait_for("the subscriber stopped", DEADLINE, || {
+            !running.health().healthy && !stats.is_running()
+        })
+        .await;
+        let problems = running.health().subscribers[0].problems.join("; ");
+        assert!(
+            problems.contains("does not support the consumer group protocol")
+                && problems.contains("group_protocol = \"classic\""),
+            "{problems}"
+        );
+        assert_eq!(recorder.distinct(), 0, "it never joined, so it handled nothing");
+        let ended = tokio::time::timeout(DEADLINE, running.run_until_signal())
+            .await
+            .expect("the app ends on its own");
+        assert!(
+            matches!(&ended, Err(Error::SubscriberFailed { reason, .. }) if reason.contains("KIP-848")),
+            "{ended:?}"
+        );
+    }
+}

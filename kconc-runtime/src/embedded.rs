@@ -92,6 +92,15 @@ impl EmbeddedCluster {
         crate::engine::mock_request_errors(self.owner.client(), api_key, errors);
     }
 
+    /// Makes the cluster leave the API numbered `api_key` out of its
+    /// ApiVersions answers to connections made from now on, as a broker
+    /// without it would (ConsumerGroupHeartbeat, the consumer group
+    /// protocol's, is 68).
+    #[doc(hidden)]
+    pub fn without_api(&self, api_key: i16) {
+        crate::engine::mock_without_api(self.owner.client(), api_key);
+    }
+
     /// The session timeout and heartbeat interval of the cluster's KIP-848
     /// consumer groups (`group_protocol = "consumer"`), which under that
     /// protocol are the broker's, not the client's (the mock's defaults are

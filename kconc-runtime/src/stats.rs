@@ -204,6 +204,9 @@ stats! {
     /// Why the subscriber stopped on its own, if it did (a fatal consumer
     /// error, a thread of it that ended): not healthy from then on.
     pub stopped_because: Mutex<Option<String>>,
+    /// Why the subscriber must stop, found outside its consumer: its
+    /// brokers lack its group protocol (see `engine::protocol_probe`).
+    pub must_stop: std::sync::OnceLock<String>,
     /// Why the subscriber's database (`store = "sql"`) cannot be used now,
     /// while it waits for it.
     pub store_waiting: Mutex<Option<String>>,

@@ -417,6 +417,22 @@ pub(crate) fn mock_consumer_group_timing(
 }
 
 /// Makes a mock cluster (owned by `client`, see
+/// [`no_initial_rebalance_delay`]) leave API `api_key` out of its
+/// ApiVersions answers, as a broker without it would: for the APIs
+/// rdkafka's `RDKafkaApiKey` does not list (ConsumerGroupHeartbeat, 68).
+pub(crate) fn mock_without_api(client: &rdkafka::client::Client<impl rdkafka::ClientContext>, api_key: i16) {
+    // SAFETY: as in `no_initial_rebalance_delay`: the setter hands the
+    // live cluster a command and waits for it to be applied; an unknown
+    // key is refused with an error, which is ignored (nothing changes).
+    unsafe {
+        let cluster = rd::rd_kafka_handle_mock_cluster(client.native_ptr());
+        if !cluster.is_null() {
+            let _ = rd::rd_kafka_mock_set_apiversion(cluster, api_key, -1, -1);
+        }
+    }
+}
+
+/// Makes a mock cluster (owned by `client`, see
 /// [`no_initial_rebalance_delay`]) answer the next requests of API
 /// `api_key` with `errors`, one each: for the APIs rdkafka's
 /// `RDKafkaApiKey` does not list (ConsumerGroupHeartbeat, 68).

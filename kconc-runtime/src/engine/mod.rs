@@ -70,6 +70,7 @@ mod offsets;
 mod partitions;
 mod places;
 mod poll;
+mod protocol_probe;
 mod rebalance;
 mod retry;
 mod schedule;
@@ -79,7 +80,8 @@ mod worker;
 
 pub use complete::HandlerTimedOut;
 pub(crate) use ffi::{
-    committed_metadata, mock_consumer_group_timing, mock_request_errors, no_initial_rebalance_delay, Held,
+    committed_metadata, mock_consumer_group_timing, mock_request_errors, mock_without_api, no_initial_rebalance_delay,
+    Held,
 };
 pub(crate) use finished::{encode_offsets as encode_finished, finished_count};
 pub(crate) use poll::{start, Runner};

@@ -188,12 +188,42 @@ pub(crate) fn start(
             let _ = done_tx.send(ended);
         })
         .map_err(|e| Error::Thread(sub.name.clone(), e))?;
+    if sub.settings.group_protocol == crate::GroupProtocol::Consumer {
+        probe_group_protocol(&sub.name, &config, stats.clone());
+    }
     tracing::info!(subscriber = &*name, group = sub.group, topics = ?sub.topics, concurrency = sub.settings.concurrency, "subscriber started");
     Ok(Runner {
         name: sub.name.clone(),
         stats,
         done,
     })
+}
+
+/// Asks, on a thread of its own, whether the brokers of `config` speak the
+/// consumer group protocol; if they do not, the subscriber stops (its poll
+/// loop sees `must_stop`) with a reason that says what to do. One that
+/// cannot be asked leaves the subscriber as it is.
+fn probe_group_protocol(name: &str, config: &ClientConfig, stats: Arc<Stats>) {
+    let (config, subscriber) = (config.clone(), name.to_owned());
+    let probe = move || match super::protocol_probe::lacks_consumer_protocol(&config, Duration::from_secs(10)) {
+        Some(true) => {
+            let bootstrap = config.get("bootstrap.servers").unwrap_or_default();
+            let _ = stats
+                .must_stop
+                .set(super::protocol_probe::unsupported_reason(bootstrap));
+        }
+        Some(false) => tracing::debug!(subscriber, "the brokers support the consumer group protocol"),
+        None => tracing::debug!(
+            subscriber,
+            "could not ask the brokers whether they support the consumer group protocol"
+        ),
+    };
+    if let Err(e) = std::thread::Builder::new()
+        .name(format!("kconc-probe-{name}"))
+        .spawn(probe)
+    {
+        tracing::debug!(subscriber = name, error = %e, "could not start the group protocol probe");
+    }
 }
 
 /// Runs until shutdown, then drains; returns the shutdown's deadline. A
@@ -272,8 +302,9 @@ pub(super) fn poll_loop(consumer: &BaseConsumer<ClientHooks>, shutdown: &Cancell
 /// fatal error (a static member fenced by another with the same instance
 /// id; under `group.protocol=consumer` also an unreleased instance id, a
 /// full group, a denied group). librdkafka then drops the assignment
-/// without a rebalance callback and never rejoins. Or the committer thread
-/// has ended (nothing would be committed any more).
+/// without a rebalance callback and never rejoins. Or its brokers lack its
+/// group protocol (see `protocol_probe`). Or the committer thread has
+/// ended (nothing would be committed any more).
 fn failure(consumer: &BaseConsumer<ClientHooks>) -> Option<String> {
     if let Some((code, reason)) = consumer.client().fatal_error() {
         return Some(format!(
@@ -281,12 +312,16 @@ fn failure(consumer: &BaseConsumer<ClientHooks>) -> Option<String> {
         ));
     }
     let cx = consumer.context();
-    let committer_gone = with_engine(consumer, |e| {
-        !e.dispatcher.stats().committer_alive.load(Ordering::Relaxed)
-    });
-    committer_gone
-        .unwrap_or(false)
-        .then(|| format!("its committer thread (kconc-commit-{}) has ended", cx.subscriber))
+    let (must_stop, committer_gone) = with_engine(consumer, |e| {
+        let stats = e.dispatcher.stats();
+        (
+            stats.must_stop.get().cloned(),
+            !stats.committer_alive.load(Ordering::Relaxed),
+        )
+    })
+    .unwrap_or((None, false));
+    must_stop
+        .or_else(|| committer_gone.then(|| format!("its committer thread (kconc-commit-{}) has ended", cx.subscriber)))
 }
 
 /// Whether `sub`'s records wait for their handlers as librdkafka's, not
