@@ -23,11 +23,16 @@ const PER_PARTITION: u32 = 10;
 /// Creates `topic` with `PARTITIONS` partitions on a real cluster (one that
 /// already exists is fine).
 pub(crate) async fn create_topic(bootstrap: &str, topic: &str) -> Result<(), String> {
+    create_topic_of(bootstrap, topic, PARTITIONS).await
+}
+
+/// [`create_topic`] with `partitions` partitions.
+pub(crate) async fn create_topic_of(bootstrap: &str, topic: &str, partitions: i32) -> Result<(), String> {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .create()
         .map_err(|e| e.to_string())?;
-    let new = NewTopic::new(topic, PARTITIONS, TopicReplication::Fixed(1));
+    let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
     let results = admin
         .create_topics([&new], &AdminOptions::new())
         .await

@@ -22,6 +22,8 @@
 //! 5 ms per call + 10 us per message at concurrency 4, with `max_batch` 1,
 //! 10, 100 and 500 and the single-message handler; bound: `concurrency * n
 //! / (5 ms + 10 us * n)` for a mean batch size `n` (`--svg FILE` draws it).
+//! `--rebalance` measures a member's join and leave under each group
+//! protocol, 64 partitions (see `rebalance`).
 //! `--gate` checks kconc's instructions and allocations per message over
 //! the raw loop's against `kconc-bench/gate.txt` (see `gate`; `--record`
 //! writes it); run it in release, as `scripts/gate` does.
@@ -40,6 +42,7 @@ mod db;
 mod gate;
 mod low_rate;
 mod metadata;
+mod rebalance;
 mod separate;
 
 const PARTITIONS: i32 = 8;
@@ -217,6 +220,9 @@ struct Options {
     low_rate: bool,
     /// `--batch`: W-batch, batch handlers against the single-message one.
     batch: bool,
+    /// `--rebalance`: how long a member's join and leave stop
+    /// consumption, under each group protocol.
+    rebalance: bool,
     /// `--db`: W-db; `--postgres URL` adds PostgreSQL to it.
     db: bool,
     /// `--gate`: instructions and allocations per message against the
@@ -261,6 +267,7 @@ fn options() -> Result<Options, String> {
         metadata: false,
         low_rate: false,
         batch: false,
+        rebalance: false,
         db: false,
         gate: false,
         record: false,
@@ -307,6 +314,7 @@ fn options() -> Result<Options, String> {
             "--metadata" => o.metadata = true,
             "--low-rate" => o.low_rate = true,
             "--batch" => o.batch = true,
+            "--rebalance" => o.rebalance = true,
             "--db" => o.db = true,
             "--gate" => o.gate = true,
             "--record" => o.record = true,
@@ -335,7 +343,7 @@ fn options() -> Result<Options, String> {
             }
             "--help" | "-h" => {
                 println!(
-                    "usage: kconc-bench [--smoke] [--brokers HOST:PORT] [--runs N] [--messages N] [--only {}] [--first-poll auto|poll_thread|worker] [--svg FILE] [--separate [--w1] [--broker-pid PID]] [--exit] [--metadata] [--low-rate] [--batch] [--db [--postgres URL]]",
+                    "usage: kconc-bench [--smoke] [--brokers HOST:PORT] [--runs N] [--messages N] [--only {}] [--first-poll auto|poll_thread|worker] [--svg FILE] [--separate [--w1] [--broker-pid PID]] [--exit] [--metadata] [--low-rate] [--batch] [--rebalance] [--db [--postgres URL]]",
                     WORKLOADS.join(",")
                 );
                 std::process::exit(0);
@@ -708,6 +716,10 @@ fn median(mut v: Vec<f64>) -> (f64, f64, f64) {
 
 #[tokio::main]
 async fn main() {
+    // `RUST_LOG=..`: kconc's log on stderr (none otherwise).
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = kconc_runtime::init_tracing_with(None);
+    }
     let args: Vec<String> = std::env::args().collect();
     let result = if args.get(1).map(String::as_str) == Some("--child") {
         separate::child(&args[2..]).await
@@ -763,6 +775,9 @@ async fn run() -> Result<(), String> {
             .clone()
             .or_else(|| std::env::var("KCONC_BENCH_POSTGRES").ok());
         return db::run(&bootstrap, o.brokers.is_none(), postgres.as_deref()).await;
+    }
+    if o.rebalance {
+        return rebalance::run(o.brokers.as_deref(), o.runs).await;
     }
     if o.batch {
         return batch::run(&bootstrap, o.brokers.is_none(), o.svg.as_deref()).await;
