@@ -284,11 +284,16 @@ async fn without_metadata_a_restart_handles_everything_above_the_commit_again() 
 /// partition is counted as rejected.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn another_clients_metadata_skips_nothing() {
-    let (topic, group) = ("finished-foreign", "g-finished-foreign");
+    let topic = "finished-foreign";
     let cluster = cluster(topic, 1);
     let bootstrap = cluster.bootstrap_servers().to_owned();
     let ends = produce(&bootstrap, topic, 1, 50, 5);
-    for metadata in ["some other client's note", "kconc:AQAKBQ-garbage"] {
+    // A group each: the mock cluster takes a commit from outside a group
+    // only while it has never had members.
+    for (group, metadata) in [
+        ("g-finished-foreign-note", "some other client's note"),
+        ("g-finished-foreign-garbage", "kconc:AQAKBQ-garbage"),
+    ] {
         kconc_runtime::testing::commit_with_metadata(&bootstrap, group, topic, 0, 10, metadata).unwrap();
         let recorder = Recorder::new();
         let sub = recording("s", topic, group, &recorder);

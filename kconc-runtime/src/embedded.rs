@@ -160,9 +160,13 @@ pub fn committed_offsets(
 }
 
 /// Commits `offset` with `metadata` for partition `partition` of `topic` in
-/// `group`, as another client of the group would: it joins the group (which
-/// must have no other members), commits, and leaves. To test what another
-/// client's metadata does, or to set a group's starting point.
+/// `group`, as another client would: from outside the group (no member,
+/// generation -1), which Kafka accepts while the group has no members under
+/// either group protocol. The mock cluster refuses that
+/// (UNKNOWN_MEMBER_ID) once the group has had members, so then the client
+/// joins the group with the classic protocol (it must have no other
+/// members), commits, and leaves. To test what another client's metadata
+/// does, or to set a group's starting point.
 pub fn commit_with_metadata(
     bootstrap: &str,
     group: &str,
@@ -172,17 +176,38 @@ pub fn commit_with_metadata(
     metadata: &str,
 ) -> Result<(), Error> {
     use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _};
+    use rdkafka::error::{KafkaError, RDKafkaErrorCode};
     use rdkafka::{Offset, TopicPartitionList};
-    let consumer: BaseConsumer<DefaultConsumerContext> = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", group)
-        .set("enable.auto.commit", "false")
-        // The group's next rebalance waits for members this long (the mock
-        // cluster waits `session.timeout.ms - 1 s`): keep it short.
-        .set("session.timeout.ms", "3000")
-        .set("heartbeat.interval.ms", "500")
-        .create()
+    let mut tpl = TopicPartitionList::new();
+    let mut el = tpl.add_partition(topic, partition);
+    el.set_offset(Offset::Offset(offset))
         .map_err(|e| Error::Embedded(e.to_string()))?;
+    el.set_metadata(metadata);
+    let commit = |consumer: &BaseConsumer<DefaultConsumerContext>| consumer.commit(&tpl, CommitMode::Sync);
+    let failed = |e: KafkaError| Error::Embedded(format!("cannot commit for `{group}`: {e}"));
+    let client = |config: &mut ClientConfig| -> Result<BaseConsumer<DefaultConsumerContext>, Error> {
+        config
+            .set("bootstrap.servers", bootstrap)
+            .set("group.id", group)
+            .set("enable.auto.commit", "false")
+            .create()
+            .map_err(|e| Error::Embedded(e.to_string()))
+    };
+    // From outside first: a classic member would leave the mock cluster a
+    // classic group, whose commits it then takes for those of a later
+    // consumer-protocol group (it answers them UNKNOWN_MEMBER_ID,
+    // rdkafka_mock_handlers.c).
+    match commit(&client(&mut ClientConfig::new())?) {
+        Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::UnknownMemberId)) => {}
+        done => return done.map_err(failed),
+    }
+    let consumer = client(
+        ClientConfig::new()
+            // The group's next rebalance waits for members this long (the
+            // mock cluster waits `session.timeout.ms - 1 s`): keep it short.
+            .set("session.timeout.ms", "3000")
+            .set("heartbeat.interval.ms", "500"),
+    )?;
     consumer
         .subscribe(&[topic])
         .map_err(|e| Error::Embedded(e.to_string()))?;
@@ -193,14 +218,7 @@ pub fn commit_with_metadata(
         }
         let _ = consumer.poll(std::time::Duration::from_millis(50));
     }
-    let mut tpl = TopicPartitionList::new();
-    let mut el = tpl.add_partition(topic, partition);
-    el.set_offset(Offset::Offset(offset))
-        .map_err(|e| Error::Embedded(e.to_string()))?;
-    el.set_metadata(metadata);
-    consumer
-        .commit(&tpl, CommitMode::Sync)
-        .map_err(|e| Error::Embedded(format!("cannot commit for `{group}`: {e}")))
+    commit(&consumer).map_err(failed)
 }
 
 /// Each partition's committed offset with how many offsets above it its
