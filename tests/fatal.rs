@@ -5,7 +5,8 @@
 //! rejoins. The subscriber must stop, drop its partitions, say why in its
 //! health, and end the app with an error (so `main!()` exits non-zero and
 //! an orchestrator restarts it). The fence is the mock cluster's injected
-//! heartbeat error, under both group protocols.
+//! heartbeat error, under both group protocols (under consumer also a full
+//! group, GROUP_MAX_SIZE_REACHED).
 
 // Tests fail loudly: unwrap and expect are the point here.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -18,8 +19,13 @@ use kconc_runtime::{App, Error, Message, Subscriber};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fenced_static_member_stops_says_why_and_ends_the_app_with_an_error() {
-    for protocol in ["classic", "consumer"] {
-        let topic = format!("fatal-{protocol}");
+    use RDKafkaRespErr::*;
+    for (protocol, fence) in [
+        ("classic", RD_KAFKA_RESP_ERR_FENCED_INSTANCE_ID),
+        ("consumer", RD_KAFKA_RESP_ERR_UNRELEASED_INSTANCE_ID),
+        ("consumer", RD_KAFKA_RESP_ERR_GROUP_MAX_SIZE_REACHED),
+    ] {
+        let topic = format!("fatal-{protocol}-{}", fence as i32);
         let group = format!("g-{topic}");
         let cluster = cluster(&topic, 2);
         let bootstrap = cluster.bootstrap_servers().to_owned();
@@ -44,12 +50,12 @@ async fn a_fenced_static_member_stops_says_why_and_ends_the_app_with_an_error() 
         wait_for("everything handled", DEADLINE, || recorder.distinct() == 20).await;
         assert!(running.health().healthy);
         match protocol {
-            "classic" => cluster.mock().unwrap().request_errors(
-                RDKafkaApiKey::Heartbeat,
-                &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_FENCED_INSTANCE_ID],
-            ),
+            "classic" => cluster
+                .mock()
+                .unwrap()
+                .request_errors(RDKafkaApiKey::Heartbeat, &[fence]),
             // ConsumerGroupHeartbeat, which RDKafkaApiKey does not list.
-            _ => cluster.request_errors_by_number(68, &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNRELEASED_INSTANCE_ID]),
+            _ => cluster.request_errors_by_number(68, &[fence]),
         }
         // Health says why as soon as the poll thread knows, before its
         // consumer has closed: wait for the whole stop, then check each part.
@@ -59,13 +65,16 @@ async fn a_fenced_static_member_stops_says_why_and_ends_the_app_with_an_error() 
         .await;
         let health = running.health();
         let problems = health.subscribers[0].problems.join("; ");
-        assert!(problems.contains("fatal consumer error"), "{protocol}: {problems}");
-        assert!(!health.ready, "{protocol}");
+        assert!(
+            problems.contains("fatal consumer error"),
+            "{protocol} {fence:?}: {problems}"
+        );
+        assert!(!health.ready, "{protocol} {fence:?}");
         assert!(
             stats.assigned_partitions().is_empty(),
-            "{protocol}: its partitions are dropped"
+            "{protocol} {fence:?}: its partitions are dropped"
         );
-        assert!(!stats.is_running(), "{protocol}: its poll thread has ended");
+        assert!(!stats.is_running(), "{protocol} {fence:?}: its poll thread has ended");
         let ended = tokio::time::timeout(DEADLINE, running.run_until_signal())
             .await
             .expect("the app ends on its own");
