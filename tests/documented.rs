@@ -71,6 +71,7 @@ fn every_documented_flag_is_accepted_and_every_flag_is_documented() {
             "FILTER" => "info",
             "ADDR" => "127.0.0.1:0",
             "N" => "2",
+            "FORMAT" => "yaml",
             other => panic!("no sample value for {flag} {other}"),
         });
         let mut args = vec!["program", flag];

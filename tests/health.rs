@@ -10,8 +10,7 @@
 mod common;
 
 use std::collections::HashMap;
-use std::io::{Read as _, Write as _};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,26 +20,6 @@ use kconc_runtime::rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use kconc_runtime::{HealthThresholds, Message, OnError, Subscriber};
 
 const SECRET: &str = "hunter2-do-not-print";
-
-/// `GET path` with a plain HTTP/1.1 request; `None` when nothing listens.
-async fn get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
-    let path = path.to_owned();
-    tokio::task::spawn_blocking(move || {
-        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
-        s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-        write!(s, "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").ok()?;
-        let mut text = String::new();
-        s.read_to_string(&mut text).ok()?;
-        let status = text.split(' ').nth(1)?.parse().ok()?;
-        let body = text
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_owned())
-            .unwrap_or_default();
-        Some((status, body))
-    })
-    .await
-    .unwrap()
-}
 
 async fn status(addr: SocketAddr, path: &str) -> u16 {
     get(addr, path).await.map_or(0, |(s, _)| s)

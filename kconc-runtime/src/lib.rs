@@ -103,6 +103,7 @@ mod policy; // what a failure comes to
 mod stats; // the counters, each declared once
 mod watch; // cluster reachability, missing topics
 mod health; // health, readiness, metrics, HTTP
+mod asyncapi; // the AsyncAPI document of the subscribers
 mod signal; // SIGINT and SIGTERM
 mod error; // why an app could not start
 pub mod testing; // the test harness and helpers for tests and demos
@@ -110,7 +111,7 @@ pub mod sql; // exactly once into a database: `Tx`, kconc's offset table
 
 pub use app::{App, Running, Setup, ShutdownHandle, StatsHandle, SHUTDOWN_MARGIN};
 pub use batch::{Batch, BatchOutcome, FromBatchContext, IntoBatchResult};
-pub use config::{init_tracing, init_tracing_with, Cli, CliCommand, ProduceArgs, EMBEDDED};
+pub use config::{init_tracing, init_tracing_with, AsyncApiFormat, Cli, CliCommand, ProduceArgs, EMBEDDED};
 pub use context::Context;
 pub use context::ProducerHooks;
 pub use embedded::EmbeddedCluster;

@@ -374,6 +374,20 @@ impl App {
         Ok(self.describe_subscribers())
     }
 
+    /// The AsyncAPI 3.0 document of the subscribers that would run (after
+    /// `only`, `--set` and the group prefix), titled `title`: what
+    /// `--asyncapi` prints and `/asyncapi.json` serves. A bad configuration
+    /// fails here as [`App::start`] would fail. Connects to nothing.
+    pub fn asyncapi(&self, title: &str) -> Result<serde_json::Value, Error> {
+        let subs = self.preflight()?;
+        Ok(self.asyncapi_of(title, &subs))
+    }
+
+    fn asyncapi_of(&self, title: &str, subs: &[&Subscriber]) -> serde_json::Value {
+        let with_groups: Vec<(&Subscriber, String)> = subs.iter().map(|s| (*s, self.group_of(s))).collect();
+        crate::asyncapi::document(title, self.brokers_in_use(), &with_groups)
+    }
+
     /// Every check [`App::start`] makes before it connects to anything (or
     /// binds the HTTP endpoint): the run-time configuration, `only`, each
     /// subscriber's settings and properties, names given twice. Returns the

@@ -112,6 +112,25 @@ pub(crate) fn run_main(options: MainOptions) -> std::process::ExitCode {
             }
         };
     }
+    if cli.asyncapi {
+        let document = app
+            .asyncapi(&crate::asyncapi::program_title())
+            .map(|doc| match cli.asyncapi_format {
+                config::AsyncApiFormat::Json => format!("{doc:#}\n"),
+                config::AsyncApiFormat::Yaml => crate::asyncapi::to_yaml(&doc),
+            });
+        return match document {
+            Ok(text) => {
+                // A closed stdout (`--asyncapi | head`) is no failure.
+                let _ = std::io::Write::write_all(&mut std::io::stdout(), text.as_bytes());
+                std::process::ExitCode::SUCCESS
+            }
+            Err(e) => {
+                say_error(&e);
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

@@ -24,6 +24,8 @@ struct Prepared {
     runtime: tokio::runtime::Handle,
     subs: Vec<Subscriber>,
     listener: Option<(std::net::TcpListener, std::net::SocketAddr)>,
+    /// The AsyncAPI document the HTTP endpoint serves, if there is one.
+    asyncapi: Option<String>,
     embedded: Option<EmbeddedCluster>,
     bootstrap: String,
     configs: Vec<rdkafka::ClientConfig>,
@@ -88,6 +90,9 @@ impl App {
             Some(addr) => Some(health::bind(addr)?),
             None => None,
         };
+        let asyncapi = listener
+            .is_some()
+            .then(|| self.asyncapi_of(&crate::asyncapi::program_title(), &subs).to_string());
         // The prefixed group is the one the consumer joins, commits under and logs.
         let subs: Vec<Subscriber> = subs
             .into_iter()
@@ -158,6 +163,7 @@ impl App {
             runtime,
             subs,
             listener,
+            asyncapi,
             embedded,
             bootstrap,
             configs,
@@ -179,6 +185,7 @@ impl Prepared {
             runtime,
             mut subs,
             listener,
+            asyncapi,
             embedded,
             bootstrap,
             configs,
@@ -221,7 +228,14 @@ impl Prepared {
             None => None,
             Some(listener) => {
                 let stop = CancellationToken::new();
-                match health::serve(listener, watched.clone(), thresholds, stop.clone(), &runtime) {
+                let asyncapi = asyncapi.unwrap_or_default();
+                match health::serve(
+                    listener,
+                    watched.clone(),
+                    (thresholds, asyncapi),
+                    stop.clone(),
+                    &runtime,
+                ) {
                     Ok((local, task)) => Some(HttpServer { local, task, stop }),
                     Err(e) => {
                         token.cancel();

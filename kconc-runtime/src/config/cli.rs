@@ -80,6 +80,17 @@ pub struct Cli {
     #[arg(long)]
     pub list: bool,
 
+    /// Print the AsyncAPI 3.0 document of the subscribers (their topics,
+    /// groups, replies, dead-letter topics and error policies) and exit
+    /// without connecting to any broker. The HTTP endpoint (--http) serves
+    /// the same at /asyncapi.json.
+    #[arg(long)]
+    pub asyncapi: bool,
+
+    /// The format --asyncapi prints.
+    #[arg(long, value_enum, value_name = "FORMAT", default_value_t = AsyncApiFormat::Json)]
+    pub asyncapi_format: AsyncApiFormat,
+
     /// Log filter, as RUST_LOG (`info`, `kconc_runtime=debug`, ...).
     /// Default: RUST_LOG, else `info`.
     #[arg(long = "log", env = "KCONC_LOG", value_name = "FILTER", hide_env_values = true)]
@@ -114,6 +125,16 @@ pub struct Cli {
     /// What to do instead of running the subscribers.
     #[command(subcommand)]
     pub command: Option<CliCommand>,
+}
+
+/// The format `--asyncapi` prints.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AsyncApiFormat {
+    /// JSON, as `/asyncapi.json` serves it.
+    #[default]
+    Json,
+    /// YAML.
+    Yaml,
 }
 
 /// What a program `main!()` generates does instead of running its subscribers.
@@ -159,6 +180,8 @@ impl std::fmt::Debug for Cli {
             .field("set", &self.set)
             .field("only", &self.only)
             .field("list", &self.list)
+            .field("asyncapi", &self.asyncapi)
+            .field("asyncapi_format", &self.asyncapi_format)
             .field("log", &self.log)
             .field("http", &self.http)
             .field("wait_for_topics", &self.wait_for_topics)

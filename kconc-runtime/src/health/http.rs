@@ -1,4 +1,5 @@
-//! The optional HTTP endpoint (`--http`): `/healthz`, `/readyz`, `/metrics`.
+//! The optional HTTP endpoint (`--http`): `/healthz`, `/readyz`, `/metrics`,
+//! `/asyncapi.json`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -22,12 +23,13 @@ pub(crate) fn bind(addr: &str) -> Result<(std::net::TcpListener, SocketAddr), Er
     Ok((listener, local))
 }
 
-/// The HTTP endpoint on a listener from [`bind`]: serves until `stop` is
-/// cancelled.
+/// The HTTP endpoint on a listener from [`bind`], with the health
+/// thresholds and the AsyncAPI document (JSON) it serves: serves until
+/// `stop` is cancelled.
 pub(crate) fn serve(
     (std_listener, local): (std::net::TcpListener, SocketAddr),
     watched: Vec<Watched>,
-    thresholds: HealthThresholds,
+    (thresholds, asyncapi): (HealthThresholds, String),
     stop: CancellationToken,
     runtime: &tokio::runtime::Handle,
 ) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), Error> {
@@ -52,6 +54,13 @@ pub(crate) fn serve(
     // subscribers' live state through it.
     let metrics = Arc::new(registry(state.0.clone(), state.1));
     let app = axum::Router::new()
+        .route(
+            "/asyncapi.json",
+            get(move || {
+                let document = asyncapi.clone();
+                async move { (StatusCode::OK, [("content-type", "application/json")], document) }
+            }),
+        )
         .route("/healthz", probe(|h| h.healthy))
         .route("/readyz", probe(|h| h.ready))
         .route(
@@ -92,6 +101,6 @@ pub(crate) fn serve(
             tracing::error!(error = %e, "the HTTP endpoint failed");
         }
     });
-    tracing::info!(address = %local, "HTTP endpoint: /healthz /readyz /metrics");
+    tracing::info!(address = %local, "HTTP endpoint: /healthz /readyz /metrics /asyncapi.json");
     Ok((local, task))
 }

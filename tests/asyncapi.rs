@@ -1,0 +1,158 @@
+//! The AsyncAPI document of an app's subscribers (`--asyncapi`,
+//! `/asyncapi.json`): valid against AsyncAPI 3.0.0's JSON schema
+//! (`tests/data/asyncapi-3.0.0.json`, see `tests/data/README.md`), and saying
+//! what the code says: a channel per topic, reply and dead-letter topic, a
+//! receive operation per subscriber and topic with its (prefixed) group,
+//! its reply, a send operation to its dead-letter topic, and its error
+//! policy.
+
+// Tests fail loudly: unwrap and expect are the point here.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+use kconc_runtime::{App, Cli, Message, Subscriber};
+use serde_json::Value;
+
+/// Checks `doc` against AsyncAPI 3.0.0's schema; fails listing every error.
+fn assert_valid(doc: &Value) {
+    let schema: Value = serde_json::from_str(include_str!("data/asyncapi-3.0.0.json")).unwrap();
+    let validator = jsonschema::draft7::new(&schema).unwrap();
+    let errors: Vec<String> = validator
+        .iter_errors(doc)
+        .map(|e| format!("{} at {}", e, e.instance_path()))
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "not valid AsyncAPI 3.0.0:\n{}\n{doc:#}",
+        errors.join("\n")
+    );
+}
+
+fn app() -> App {
+    let cli = Cli::try_from_iter(["svc", "--group-prefix", "staging-"]).unwrap();
+    App::new()
+        .brokers("kafka-1:9092,kafka-2:9092")
+        .property("sasl.password", "hunter2-do-not-print")
+        .subscriber(
+            Subscriber::new("billing::bill", ["orders", "refunds"], "billing", |_m: Message| async {
+            })
+            .retries(3)
+            .dead_letter("orders.dlq"),
+        )
+        .subscriber(Subscriber::new("audit", ["orders"], "audit", |_m: Message| async {}).reply("audit.out"))
+        .configure_with_env(&cli, Vec::new())
+}
+
+#[test]
+fn the_document_is_valid_asyncapi_and_says_what_the_code_says() {
+    let doc = app().asyncapi("svc").unwrap();
+    assert_valid(&doc);
+    assert_eq!(doc["asyncapi"], "3.0.0");
+    let channels: Vec<&str> = doc["channels"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(channels.len(), 4, "{channels:?}");
+    for topic in ["orders", "refunds", "orders.dlq", "audit.out"] {
+        assert_eq!(doc["channels"][topic]["address"], topic);
+        assert_eq!(doc["channels"][topic]["bindings"]["kafka"]["topic"], topic);
+    }
+    let ops = &doc["operations"];
+    for (op, topic) in [("billing__bill.orders", "orders"), ("billing__bill.refunds", "refunds")] {
+        assert_eq!(ops[op]["action"], "receive", "{op}");
+        assert_eq!(ops[op]["channel"]["$ref"], format!("#/channels/{topic}"));
+        assert_eq!(
+            ops[op]["bindings"]["kafka"]["groupId"]["enum"][0], "staging-billing",
+            "the group as the consumer joins it"
+        );
+        assert_eq!(ops[op]["x-kconc-error-policy"]["retries"], 3);
+        assert_eq!(ops[op]["x-kconc-error-policy"]["dead_letter"], "orders.dlq");
+    }
+    assert_eq!(ops["billing__bill.dead_letter"]["action"], "send");
+    assert_eq!(
+        ops["billing__bill.dead_letter"]["channel"]["$ref"],
+        "#/channels/orders.dlq"
+    );
+    assert_eq!(ops["audit"]["reply"]["channel"]["$ref"], "#/channels/audit.out");
+    assert_eq!(ops["audit"]["x-kconc-error-policy"]["on_error"], "skip");
+    // Every reference points at something in the document.
+    let text = doc.to_string();
+    for r in text.split("\"$ref\":\"").skip(1) {
+        let path = r.split('"').next().unwrap().trim_start_matches("#/");
+        let target = path.split('/').fold(&doc, |v, part| &v[part]);
+        assert!(!target.is_null(), "dangling $ref #/{path}");
+    }
+    assert_eq!(doc["servers"]["broker-0"]["host"], "kafka-1:9092");
+    assert!(!text.contains("hunter2"), "a secret in the document");
+}
+
+/// A configuration `App::start` refuses is refused here too.
+#[test]
+fn a_bad_configuration_fails_as_a_run_would() {
+    let err = App::new()
+        .subscriber(Subscriber::new("a", ["t"], "g", |_m: Message| async {}).concurrency(0))
+        .asyncapi("svc")
+        .unwrap_err();
+    assert!(err.to_string().contains("concurrency"), "{err}");
+}
+
+/// `--asyncapi` prints it from `main!()` (the billing example: a reply, a
+/// dead-letter topic, a start-up hook) without connecting anywhere, as
+/// JSON, or YAML with `--asyncapi-format yaml`.
+#[test]
+fn the_program_prints_it_as_json_or_yaml() {
+    let run = |args: &[&str]| {
+        let out = Command::new(example_binary("billing"))
+            .args(args)
+            .env_remove("KCONC_BROKERS")
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        assert!(
+            !String::from_utf8_lossy(&out.stderr).contains("librdkafka"),
+            "it connected: {out:?}"
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let json: Value = serde_json::from_str(&run(&["--asyncapi"])).unwrap();
+    assert_valid(&json);
+    assert_eq!(
+        json["operations"]["billing"]["reply"]["channel"]["$ref"],
+        "#/channels/orders.billed"
+    );
+    assert_eq!(json["operations"]["billing.dead_letter"]["action"], "send");
+    let yaml = run(&["--asyncapi", "--asyncapi-format", "yaml"]);
+    assert!(yaml.starts_with("asyncapi: \"3.0.0\"\n"), "{yaml}");
+    assert!(
+        yaml.contains("\n  orders.dlq:\n    address: \"orders.dlq\"\n"),
+        "{yaml}"
+    );
+}
+
+/// A running app's HTTP endpoint serves the same document.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_http_endpoint_serves_it() {
+    let topic = "asyncapi-served";
+    let cluster = cluster(topic, 1);
+    let app = test_app(cluster.bootstrap_servers())
+        .http("127.0.0.1:0")
+        .subscriber(Subscriber::new("served", [topic], "g-served", |_m: Message| async {}))
+        .start_in_test_mode()
+        .unwrap();
+    let (code, body) = get(app.http_addr().unwrap(), "/asyncapi.json").await.unwrap();
+    app.shutdown().await;
+    assert_eq!(code, 200, "{body}");
+    let doc: Value = serde_json::from_str(&body).unwrap();
+    assert_valid(&doc);
+    assert_eq!(
+        doc["operations"]["served"]["channel"]["$ref"],
+        "#/channels/asyncapi-served"
+    );
+}
