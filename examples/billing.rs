@@ -20,9 +20,13 @@ use kconc_runtime::{subscriber, Json, NonRetryable, Setup, State};
 use serde::{Deserialize, Serialize};
 
 /// An order as it arrives on `orders`.
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+// `JsonSchema`: the AsyncAPI document (`--asyncapi`) has its schema.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq, kconc_runtime::schemars::JsonSchema)]
+#[schemars(crate = "kconc_runtime::schemars")]
 pub struct Order {
+    /// The order's id, unique per customer.
     pub id: u64,
+    /// What to charge, in cents.
     pub amount: i64,
 }
 

@@ -14,8 +14,35 @@ mod common;
 use std::process::Command;
 
 use common::*;
-use kconc_runtime::{App, Cli, Message, Subscriber};
+use kconc_runtime::{subscriber, App, Cli, Json, Key, Message, Subscriber};
 use serde_json::Value;
+
+/// A payload type with a schema (through kconc's `schemars`).
+#[derive(serde::Deserialize, kconc_runtime::schemars::JsonSchema)]
+#[schemars(crate = "kconc_runtime::schemars")]
+#[allow(dead_code)]
+struct Refund {
+    /// The refund's id.
+    id: u64,
+    reason: Option<String>,
+}
+
+/// One without.
+#[derive(serde::Deserialize)]
+#[allow(dead_code)]
+struct Opaque {
+    blob: String,
+}
+
+// Registered handlers (never run here): what `App::from_registry` reads.
+#[subscriber(topic = "refunds", group = "g-refunds")]
+async fn refund(_refund: Json<Refund>, _customer: Key<String>) {}
+
+#[subscriber(topic = "opaque", group = "g-opaque", dead_letter = "opaque.dlq")]
+async fn opaque(_o: Json<Opaque>) {}
+
+#[subscriber(topic = "raw", group = "g-raw")]
+async fn raw(_m: Message) {}
 
 /// Checks `doc` against AsyncAPI 3.0.0's schema; fails listing every error.
 fn assert_valid(doc: &Value) {
@@ -92,6 +119,34 @@ fn the_document_is_valid_asyncapi_and_says_what_the_code_says() {
     assert!(!text.contains("hunter2"), "a secret in the document");
 }
 
+/// A `#[subscriber]` handler's `Json<T>` and `Key<T>` give the messages'
+/// payload and key schemas where `T` derives `JsonSchema`; where it does
+/// not, or the handler takes the record as it is, the message says so and
+/// the build does not fail.
+#[test]
+fn the_handlers_payload_and_key_types_give_their_schemas() {
+    let doc = App::from_registry().asyncapi("svc").unwrap();
+    assert_valid(&doc);
+    let messages = &doc["components"]["messages"];
+    let refund = &messages["asyncapi__refund.message"];
+    assert_eq!(refund["payload"]["$ref"], "#/components/schemas/Refund", "{doc:#}");
+    let schema = &doc["components"]["schemas"]["Refund"];
+    assert_eq!(schema["properties"]["id"]["type"], "integer", "{schema:#}");
+    assert_eq!(schema["properties"]["id"]["description"], "The refund's id.");
+    assert_eq!(schema["required"], serde_json::json!(["id"]));
+    assert_eq!(refund["bindings"]["kafka"]["key"]["type"], "string");
+    let opaque = &messages["asyncapi__opaque.message"];
+    assert!(opaque.get("payload").is_none());
+    let said = opaque["x-kconc-payload"].as_str().unwrap();
+    assert!(said.contains("Opaque`: no JSON schema"), "{said}");
+    assert_eq!(
+        messages["asyncapi__opaque.dead_letter"]["x-kconc-payload"], opaque["x-kconc-payload"],
+        "a dead letter carries the payload as read"
+    );
+    let raw = messages["asyncapi__raw.message"]["x-kconc-payload"].as_str().unwrap();
+    assert!(raw.starts_with("no payload type"), "{raw}");
+}
+
 /// A configuration `App::start` refuses is refused here too.
 #[test]
 fn a_bad_configuration_fails_as_a_run_would() {
@@ -128,6 +183,14 @@ fn the_program_prints_it_as_json_or_yaml() {
         "#/channels/orders.billed"
     );
     assert_eq!(json["operations"]["billing.dead_letter"]["action"], "send");
+    assert_eq!(
+        json["components"]["messages"]["billing.message"]["payload"]["$ref"],
+        "#/components/schemas/Order"
+    );
+    assert_eq!(
+        json["components"]["schemas"]["Order"]["required"],
+        serde_json::json!(["id", "amount"])
+    );
     let yaml = run(&["--asyncapi", "--asyncapi-format", "yaml"]);
     assert!(yaml.starts_with("asyncapi: \"3.0.0\"\n"), "{yaml}");
     assert!(

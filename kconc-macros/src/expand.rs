@@ -147,6 +147,7 @@ fn registration(args: &Args, func: &ItemFn) -> TokenStream {
     let handler = local("handler", ident.span());
     let types: Vec<&syn::Type> = signature::argument_types(func).collect();
     let requirements = state_requirements(args, &types);
+    let descriptions = descriptions(args, &types);
     // The database of the `Tx` argument, from its type (an error there if
     // it names none kconc supports).
     let sql_store = signature::tx_argument(func).and_then(|i| types.get(i)).map(|ty| {
@@ -276,6 +277,7 @@ fn registration(args: &Args, func: &ItemFn) -> TokenStream {
                     ::core::line!(),
                 )
                 #(#requirements)*
+                #(#descriptions)*
                 #sql_store
                 #(#calls)*
             }
@@ -301,6 +303,29 @@ fn state_requirements(args: &Args, types: &[&syn::Type]) -> Vec<TokenStream> {
                     #[allow(clippy::needless_borrow)]
                     let required = (&&#p::StateProbe::<#ty>::new()).required_state();
                     required
+                })
+            }
+        })
+        .collect()
+}
+
+/// What each argument says of the message, for the AsyncAPI document: a
+/// `Json<T>` (or `Option<Json<T>>`, `Batch<Json<T>>`) its payload type, a
+/// `Key<T>` its key type, each with its schema when `T` derives
+/// `JsonSchema`; other arguments say nothing (and, asked of no trait, add
+/// no error).
+fn descriptions(args: &Args, types: &[&syn::Type]) -> Vec<TokenStream> {
+    let p = private(args, Span::call_site());
+    types
+        .iter()
+        .map(|ty| {
+            quote! {
+                .describes({
+                    use #p::{DescribedWithSchema as _, DescribedWithoutSchema as _, DescribesNothing as _};
+                    // The borrows pick the trait (see `DescribeProbe`).
+                    #[allow(clippy::needless_borrow)]
+                    let described = (&&&#p::DescribeProbe::<#ty>::new()).describes();
+                    described
                 })
             }
         })

@@ -9,12 +9,19 @@
 //!   topic) where it has one, and kconc's settings and error policy as
 //!   extensions (`x-kconc`, `x-kconc-error-policy`);
 //! - per subscriber with a dead-letter topic, a `send` operation to it;
-//! - a message per operation. Its payload schema is not known yet (the
-//!   handlers' payload types are not registered): it says so in
-//!   `x-kconc-payload`.
+//! - a message per operation, with the JSON schema of the payload type the
+//!   handler decodes (`Json<T>`) and of its key type (`Key<T>`, as the
+//!   Kafka binding's `key`) where the type derives `schemars::JsonSchema`;
+//!   where it does not, or the handler reads the record as it is, the
+//!   message says so in `x-kconc-payload` (`x-kconc-key`). Named schemas
+//!   are in `components.schemas`.
 
 use serde_json::{json, Map, Value};
 
+use schemars::generate::SchemaSettings;
+use schemars::SchemaGenerator;
+
+use crate::describe::{Described, Part};
 use crate::policy::OnError;
 use crate::subscriber::Subscriber;
 
@@ -40,6 +47,59 @@ fn ms(d: std::time::Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
+/// Adds to `message` what `described` says of it: the payload's schema
+/// (or why there is none) and the key's, as the Kafka binding.
+fn describe_into(message: &mut Value, described: &Described, generator: &mut SchemaGenerator) {
+    let Some(map) = message.as_object_mut() else {
+        return;
+    };
+    match described.payload {
+        Some(Part {
+            schema: Some(schema), ..
+        }) => {
+            map.insert("payload".to_owned(), schema(generator).to_value());
+        }
+        Some(Part {
+            type_name,
+            schema: None,
+        }) => {
+            map.insert(
+                "x-kconc-payload".to_owned(),
+                json!(format!(
+                    "`{type_name}`: no JSON schema (derive schemars::JsonSchema for it to have one here)"
+                )),
+            );
+        }
+        None => {
+            map.insert(
+                "x-kconc-payload".to_owned(),
+                json!("no payload type: the handler reads the record as it is"),
+            );
+        }
+    }
+    match described.key {
+        Some(Part {
+            schema: Some(schema), ..
+        }) => {
+            let key = schema(generator).to_value();
+            map.insert(
+                "bindings".to_owned(),
+                json!({ "kafka": { "key": key, "bindingVersion": KAFKA_BINDING } }),
+            );
+        }
+        Some(Part {
+            type_name,
+            schema: None,
+        }) => {
+            map.insert(
+                "x-kconc-key".to_owned(),
+                json!(format!("`{type_name}`: no JSON schema")),
+            );
+        }
+        None => {}
+    }
+}
+
 /// The document of `subs` (each with the consumer group it joins, its
 /// prefix applied), titled `title`, for a cluster at `brokers` (no server
 /// is listed for the embedded one).
@@ -47,6 +107,10 @@ pub(crate) fn document(title: &str, brokers: &str, subs: &[(&Subscriber, String)
     let mut channels = Map::new();
     let mut operations = Map::new();
     let mut messages = Map::new();
+    // Named types' schemas go to components.schemas, referenced from there.
+    let mut settings = SchemaSettings::draft07();
+    settings.definitions_path = "/components/schemas".into();
+    let mut generator = settings.into_generator();
     // A channel's entry, made on first use; `message` added to it.
     let add_channel = |channels: &mut Map<String, Value>, topic: &str, message: &str| {
         let channel = channels.entry(key(topic)).or_insert_with(|| {
@@ -91,14 +155,12 @@ pub(crate) fn document(title: &str, brokers: &str, subs: &[(&Subscriber, String)
                 format!("{sub_key}.{}", key(topic))
             };
             let message = format!("{op}.message");
-            messages.insert(
-                message.clone(),
-                json!({
-                    "name": message,
-                    "summary": format!("A record of `{topic}` as `{}` reads it", sub.name),
-                    "x-kconc-payload": "no schema known: the handler's payload type is not registered",
-                }),
-            );
+            let mut body = json!({
+                "name": message,
+                "summary": format!("A record of `{topic}` as `{}` reads it", sub.name),
+            });
+            describe_into(&mut body, &sub.described, &mut generator);
+            messages.insert(message.clone(), body);
             add_channel(&mut channels, topic, &message);
             let mut operation = json!({
                 "action": "receive",
@@ -138,17 +200,15 @@ pub(crate) fn document(title: &str, brokers: &str, subs: &[(&Subscriber, String)
         }
         if let Some(topic) = s.on_error.dead_letter_topic() {
             let message = format!("{sub_key}.dead_letter");
-            messages.insert(
-                message.clone(),
-                json!({
-                    "name": message,
-                    "summary": format!(
-                        "A record `{}` failed for good: its key, payload and headers, and kconc-* headers saying where it came from and why it failed",
-                        sub.name
-                    ),
-                    "x-kconc-payload": "the failed record's payload, as it was read",
-                }),
-            );
+            let mut body = json!({
+                "name": message,
+                "summary": format!(
+                    "A record `{}` failed for good: its key, payload and headers as read, and kconc-* headers saying where it came from and why it failed",
+                    sub.name
+                ),
+            });
+            describe_into(&mut body, &sub.described, &mut generator);
+            messages.insert(message.clone(), body);
             add_channel(&mut channels, topic, &message);
             operations.insert(
                 format!("{sub_key}.dead_letter"),
@@ -173,6 +233,13 @@ pub(crate) fn document(title: &str, brokers: &str, subs: &[(&Subscriber, String)
         "operations": operations,
         "components": { "messages": messages },
     });
+    let schemas = generator.take_definitions(true);
+    if let (false, Some(components)) = (
+        schemas.is_empty(),
+        doc.get_mut("components").and_then(Value::as_object_mut),
+    ) {
+        components.insert("schemas".to_owned(), Value::Object(schemas));
+    }
     if brokers != crate::config::EMBEDDED {
         if let Some(map) = doc.as_object_mut() {
             let servers: Map<String, Value> = brokers

@@ -83,6 +83,11 @@ pub use kconc_macros::subscriber;
 
 /// The rdkafka crate kconc runs on, for producing and for fault injection in tests.
 pub use ::rdkafka;
+/// The `schemars` kconc builds the AsyncAPI document's schemas with: derive
+/// `JsonSchema` for a handler's `Json<T>` or `Key<T>` type (with `schemars`
+/// 1.x as a dependency of your own, or `#[schemars(crate =
+/// "kconc_runtime::schemars")]`) and the document has its schema.
+pub use ::schemars;
 
 // In the order a message meets them (the crate doc above says more).
 mod registry; // the handlers `#[subscriber]` registered, built
@@ -104,6 +109,7 @@ mod stats; // the counters, each declared once
 mod watch; // cluster reachability, missing topics
 mod health; // health, readiness, metrics, HTTP
 mod asyncapi; // the AsyncAPI document of the subscribers
+mod describe; // what a handler's arguments say of its messages
 mod signal; // SIGINT and SIGTERM
 mod error; // why an app could not start
 pub mod testing; // the test harness and helpers for tests and demos
@@ -210,6 +216,9 @@ pub mod __private {
     pub use crate::batch::{
         batch_extraction_failed, into_batch_future, Batch, BatchEnd, BatchFuture, BatchMapping, FromBatchContext,
         IntoBatchResult,
+    };
+    pub use crate::describe::{
+        DescribeProbe, DescribedWithSchema, DescribedWithoutSchema, Describes, DescribesNothing,
     };
     pub use crate::extract::{StateProbe, TakesNoState, TakesState};
     pub use crate::registry::registered_batch_subscriber;

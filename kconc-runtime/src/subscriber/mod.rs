@@ -37,6 +37,9 @@ pub struct Subscriber {
     pub(crate) states: States,
     /// The database its handler's `Tx` argument names (`store = "sql"`).
     pub(crate) sql: Option<crate::sql::StoreSpec>,
+    /// The payload and key types its handler reads, for the AsyncAPI
+    /// document.
+    pub(crate) described: crate::describe::Described,
 }
 
 impl std::fmt::Debug for Subscriber {
@@ -101,6 +104,7 @@ impl Subscriber {
             handler,
             origin: None,
             required_states: Vec::new(),
+            described: crate::describe::Described::default(),
             states: States::default(),
             sql: None,
         }
@@ -124,6 +128,27 @@ impl Subscriber {
     pub fn sql_store(mut self, spec: crate::sql::StoreSpec) -> Self {
         self.sql = Some(spec);
         self.requires_state(Some(spec.requires))
+    }
+
+    /// Records what one argument of a `#[subscriber]` handler says of the
+    /// message (generated code; not public API).
+    #[doc(hidden)]
+    #[must_use]
+    pub fn describes(mut self, what: Option<crate::describe::Describes>) -> Self {
+        if let Some(what) = what {
+            self.described.add(what);
+        }
+        self
+    }
+
+    /// The type the handler decodes the payload to, for the AsyncAPI
+    /// document's schema of its messages (`#[subscriber]` finds it in the
+    /// handler's `Json<T>` argument; a subscriber built in code says it
+    /// here).
+    #[must_use]
+    pub fn payload_schema<T: schemars::JsonSchema>(mut self) -> Self {
+        self.described.payload::<T>();
+        self
     }
 
     /// Records that the handler takes a `State<T>` (what `#[subscriber]`
