@@ -31,7 +31,8 @@ pub struct Order {
 }
 
 /// What `bill` publishes on `orders.billed`.
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq, kconc_runtime::schemars::JsonSchema)]
+#[schemars(crate = "kconc_runtime::schemars")]
 pub struct Billed {
     pub order: u64,
     pub amount: i64,

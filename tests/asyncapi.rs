@@ -28,7 +28,7 @@ struct Refund {
 }
 
 /// One without.
-#[derive(serde::Deserialize)]
+#[derive(serde::Deserialize, serde::Serialize)]
 #[allow(dead_code)]
 struct Opaque {
     blob: String,
@@ -43,6 +43,11 @@ async fn opaque(_o: Json<Opaque>) {}
 
 #[subscriber(topic = "raw", group = "g-raw")]
 async fn raw(_m: Message) {}
+
+#[subscriber(topic = "asked", group = "g-asked", reply = "answers")]
+async fn answer(_m: Message) -> Option<Json<Opaque>> {
+    None
+}
 
 /// Checks `doc` against AsyncAPI 3.0.0's schema; fails listing every error.
 fn assert_valid(doc: &Value) {
@@ -145,6 +150,11 @@ fn the_handlers_payload_and_key_types_give_their_schemas() {
     );
     let raw = messages["asyncapi__raw.message"]["x-kconc-payload"].as_str().unwrap();
     assert!(raw.starts_with("no payload type"), "{raw}");
+    let answer = messages["asyncapi__answer.reply"]["x-kconc-payload"].as_str().unwrap();
+    assert!(
+        answer.contains("Opaque`: no JSON schema"),
+        "the reply's type, named: {answer}"
+    );
 }
 
 /// A configuration `App::start` refuses is refused here too.
@@ -191,6 +201,12 @@ fn the_program_prints_it_as_json_or_yaml() {
         json["components"]["schemas"]["Order"]["required"],
         serde_json::json!(["id", "amount"])
     );
+    // What `bill` returns (`Result<Json<Billed>, NonRetryable>`) is the reply's.
+    assert_eq!(
+        json["components"]["messages"]["billing.reply"]["payload"]["$ref"],
+        "#/components/schemas/Billed"
+    );
+    assert!(json["components"]["schemas"]["Billed"]["properties"]["balance"].is_object());
     let yaml = run(&["--asyncapi", "--asyncapi-format", "yaml"]);
     assert!(yaml.starts_with("asyncapi: \"3.0.0\"\n"), "{yaml}");
     assert!(

@@ -147,7 +147,11 @@ fn registration(args: &Args, func: &ItemFn) -> TokenStream {
     let handler = local("handler", ident.span());
     let types: Vec<&syn::Type> = signature::argument_types(func).collect();
     let requirements = state_requirements(args, &types);
-    let descriptions = descriptions(args, &types);
+    let mut descriptions = descriptions(args, &types);
+    // With `reply`, what the handler returns is the reply's payload.
+    if let (true, ReturnType::Type(_, ty)) = (args.options.iter().any(|(s, _)| s.key == "reply"), &func.sig.output) {
+        descriptions.push(reply_description(args, ty));
+    }
     // The database of the `Tx` argument, from its type (an error there if
     // it names none kconc supports).
     let sql_store = signature::tx_argument(func).and_then(|i| types.get(i)).map(|ty| {
@@ -330,6 +334,22 @@ fn descriptions(args: &Args, types: &[&syn::Type]) -> Vec<TokenStream> {
             }
         })
         .collect()
+}
+
+/// What the handler's return type says of its replies: a `Json<T>` (also
+/// in a `Result`, `Option` or `Vec`) gives their payload type, with its
+/// schema when `T` derives `JsonSchema`.
+fn reply_description(args: &Args, ty: &syn::Type) -> TokenStream {
+    let p = private(args, Span::call_site());
+    quote! {
+        .describes({
+            use #p::{DescribedWithSchema as _, DescribedWithoutSchema as _, DescribesNothing as _};
+            // The borrows pick the trait (see `DescribeProbe`).
+            #[allow(clippy::needless_borrow)]
+            let described = (&&&#p::ReplyProbe::<#ty>::new()).describes();
+            described
+        })
+    }
 }
 
 /// The path of the runtime's `__private` module: under `::kconc_runtime`, or

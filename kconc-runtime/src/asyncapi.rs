@@ -10,8 +10,9 @@
 //!   extensions (`x-kconc`, `x-kconc-error-policy`);
 //! - per subscriber with a dead-letter topic, a `send` operation to it;
 //! - a message per operation, with the JSON schema of the payload type the
-//!   handler decodes (`Json<T>`) and of its key type (`Key<T>`, as the
-//!   Kafka binding's `key`) where the type derives `schemars::JsonSchema`;
+//!   handler decodes (`Json<T>`) or replies with, and of its key type
+//!   (`Key<T>`, as the Kafka binding's `key`) where the type derives
+//!   `schemars::JsonSchema`;
 //!   where it does not, or the handler reads the record as it is, the
 //!   message says so in `x-kconc-payload` (`x-kconc-key`). Named schemas
 //!   are in `components.schemas`.
@@ -73,7 +74,7 @@ fn describe_into(message: &mut Value, described: &Described, generator: &mut Sch
         None => {
             map.insert(
                 "x-kconc-payload".to_owned(),
-                json!("no payload type: the handler reads the record as it is"),
+                json!("no payload type: the handler reads (or replies with) the record as it is"),
             );
         }
     }
@@ -134,14 +135,16 @@ pub(crate) fn document(title: &str, brokers: &str, subs: &[(&Subscriber, String)
         let sub_key = key(&sub.name);
         let reply = s.reply.as_deref().map(|topic| {
             let message = format!("{sub_key}.reply");
-            messages.insert(
-                message.clone(),
-                json!({
-                    "name": message,
-                    "summary": format!("What `{}` returns, sent with the key of the message it answers", sub.name),
-                    "x-kconc-payload": "the handler's reply: no schema known",
-                }),
-            );
+            let mut body = json!({
+                "name": message,
+                "summary": format!("What `{}` returns, sent with the key of the message it answers", sub.name),
+            });
+            let reply = Described {
+                payload: sub.described.reply,
+                ..Described::default()
+            };
+            describe_into(&mut body, &reply, &mut generator);
+            messages.insert(message.clone(), body);
             add_channel(&mut channels, topic, &message);
             json!({
                 "channel": { "$ref": format!("#/channels/{}", key(topic)) },

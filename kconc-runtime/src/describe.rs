@@ -51,19 +51,23 @@ impl Part {
     }
 }
 
-/// What one handler argument says of the message.
+/// What one handler argument (or, with `reply`, its return type) says of
+/// the messages.
 #[doc(hidden)]
 #[derive(Clone, Copy, Debug)]
 pub enum Describes {
     Payload(Part),
     Key(Part),
+    Reply(Part),
 }
 
-/// What a subscriber's handler says of the messages it reads.
+/// What a subscriber's handler says of the messages it reads and, with
+/// `reply`, of those it publishes.
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct Described {
     pub(crate) payload: Option<Part>,
     pub(crate) key: Option<Part>,
+    pub(crate) reply: Option<Part>,
 }
 
 impl Described {
@@ -71,6 +75,7 @@ impl Described {
         match what {
             Describes::Payload(p) => self.payload = Some(p),
             Describes::Key(k) => self.key = Some(k),
+            Describes::Reply(r) => self.reply = Some(r),
         }
     }
 
@@ -113,18 +118,32 @@ pub trait DescribesNothing {
 
 impl<A> DescribesNothing for DescribeProbe<A> {}
 
-/// The impls of both levels for an argument type whose `T` is the payload
-/// or the key.
+/// [`DescribeProbe`] for the return type of a handler with `reply`.
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct ReplyProbe<A>(PhantomData<A>);
+
+impl<A> ReplyProbe<A> {
+    #[allow(clippy::new_without_default)]
+    pub fn new() -> Self {
+        ReplyProbe(PhantomData)
+    }
+}
+
+impl<A> DescribesNothing for ReplyProbe<A> {}
+
+/// The impls of both levels for a type whose `T` is the payload, key or
+/// reply (`$probe` the probe it is asked through).
 macro_rules! describe {
-    ($($arg:ty => $part:ident),* $(,)?) => {
+    ($($probe:ident[$arg:ty] => $part:ident),* $(,)?) => {
         $(
-            impl<T: JsonSchema> DescribedWithSchema for &&DescribeProbe<$arg> {
+            impl<T: JsonSchema> DescribedWithSchema for &&$probe<$arg> {
                 fn describes(&self) -> Option<Describes> {
                     Some(Describes::$part(Part::with_schema::<T>()))
                 }
             }
 
-            impl<T> DescribedWithoutSchema for &DescribeProbe<$arg> {
+            impl<T> DescribedWithoutSchema for &$probe<$arg> {
                 fn describes(&self) -> Option<Describes> {
                     Some(Describes::$part(Part::named::<T>()))
                 }
@@ -134,10 +153,42 @@ macro_rules! describe {
 }
 
 describe! {
-    Json<T> => Payload,
-    Option<Json<T>> => Payload,
-    Batch<Json<T>> => Payload,
-    Key<T> => Key,
+    DescribeProbe[Json<T>] => Payload,
+    DescribeProbe[Option<Json<T>>] => Payload,
+    DescribeProbe[Batch<Json<T>>] => Payload,
+    DescribeProbe[Key<T>] => Key,
+}
+
+/// A reply's payload: what `Json<T>` publishes, alone or in a `Result` (its
+/// `Ok`), an `Option` or a `Vec`.
+macro_rules! describe_reply {
+    ($($arg:ty),* $(,)?) => {
+        $(
+            impl<T: JsonSchema, E> DescribedWithSchema for &&ReplyProbe<$arg> {
+                fn describes(&self) -> Option<Describes> {
+                    Some(Describes::Reply(Part::with_schema::<T>()))
+                }
+            }
+
+            impl<T, E> DescribedWithoutSchema for &ReplyProbe<$arg> {
+                fn describes(&self) -> Option<Describes> {
+                    Some(Describes::Reply(Part::named::<T>()))
+                }
+            }
+        )*
+    };
+}
+
+describe! {
+    ReplyProbe[Json<T>] => Reply,
+    ReplyProbe[Option<Json<T>>] => Reply,
+    ReplyProbe[Vec<Json<T>>] => Reply,
+}
+
+describe_reply! {
+    Result<Json<T>, E>,
+    Result<Option<Json<T>>, E>,
+    Result<Vec<Json<T>>, E>,
 }
 
 #[cfg(test)]
@@ -174,5 +225,11 @@ mod tests {
         assert!(matches!(key, Some(Describes::Key(Part { schema: Some(_), .. }))));
         let other = (&&&DescribeProbe::<crate::Meta>::new()).describes();
         assert!(other.is_none());
+        let reply = (&&&ReplyProbe::<Result<Json<WithSchema>, std::io::Error>>::new()).describes();
+        assert!(matches!(reply, Some(Describes::Reply(Part { schema: Some(_), .. }))));
+        let reply = (&&&ReplyProbe::<Vec<Json<WithoutSchema>>>::new()).describes();
+        assert!(matches!(reply, Some(Describes::Reply(Part { schema: None, .. }))));
+        let bytes = (&&&ReplyProbe::<crate::Bytes>::new()).describes();
+        assert!(bytes.is_none());
     }
 }

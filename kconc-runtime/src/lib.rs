@@ -218,7 +218,7 @@ pub mod __private {
         IntoBatchResult,
     };
     pub use crate::describe::{
-        DescribeProbe, DescribedWithSchema, DescribedWithoutSchema, Describes, DescribesNothing,
+        DescribeProbe, DescribedWithSchema, DescribedWithoutSchema, Describes, DescribesNothing, ReplyProbe,
     };
     pub use crate::extract::{StateProbe, TakesNoState, TakesState};
     pub use crate::registry::registered_batch_subscriber;
