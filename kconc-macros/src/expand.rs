@@ -319,34 +319,27 @@ fn state_requirements(args: &Args, types: &[&syn::Type]) -> Vec<TokenStream> {
 /// `JsonSchema`; other arguments say nothing (and, asked of no trait, add
 /// no error).
 fn descriptions(args: &Args, types: &[&syn::Type]) -> Vec<TokenStream> {
-    let p = private(args, Span::call_site());
-    types
-        .iter()
-        .map(|ty| {
-            quote! {
-                .describes({
-                    use #p::{DescribedWithSchema as _, DescribedWithoutSchema as _, DescribesNothing as _};
-                    // The borrows pick the trait (see `DescribeProbe`).
-                    #[allow(clippy::needless_borrow)]
-                    let described = (&&&#p::DescribeProbe::<#ty>::new()).describes();
-                    described
-                })
-            }
-        })
-        .collect()
+    types.iter().map(|ty| describe(args, "DescribeProbe", ty)).collect()
 }
 
 /// What the handler's return type says of its replies: a `Json<T>` (also
 /// in a `Result`, `Option` or `Vec`) gives their payload type, with its
 /// schema when `T` derives `JsonSchema`.
 fn reply_description(args: &Args, ty: &syn::Type) -> TokenStream {
+    describe(args, "ReplyProbe", ty)
+}
+
+/// The setter call recording what `probe` (`DescribeProbe` or
+/// `ReplyProbe`) of `ty` says.
+fn describe(args: &Args, probe: &str, ty: &syn::Type) -> TokenStream {
     let p = private(args, Span::call_site());
+    let probe = Ident::new(probe, Span::call_site());
     quote! {
         .describes({
             use #p::{DescribedWithSchema as _, DescribedWithoutSchema as _, DescribesNothing as _};
             // The borrows pick the trait (see `DescribeProbe`).
             #[allow(clippy::needless_borrow)]
-            let described = (&&&#p::ReplyProbe::<#ty>::new()).describes();
+            let described = (&&&#p::#probe::<#ty>::new()).describes();
             described
         })
     }
