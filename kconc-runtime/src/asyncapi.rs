@@ -101,6 +101,37 @@ fn describe_into(message: &mut Value, described: &Described, generator: &mut Sch
     }
 }
 
+/// Adds message `name` (`body`) to the components and to `topic`'s channel
+/// (made on first use); returns what an operation names: the channel, and
+/// the message in it.
+fn add_message(
+    channels: &mut Map<String, Value>,
+    messages: &mut Map<String, Value>,
+    topic: &str,
+    name: &str,
+    body: Value,
+) -> (Value, Value) {
+    messages.insert(name.to_owned(), body);
+    let channel_key = key(topic);
+    let channel = channels.entry(channel_key.clone()).or_insert_with(|| {
+        json!({
+            "address": topic,
+            "messages": {},
+            "bindings": { "kafka": { "topic": topic, "bindingVersion": KAFKA_BINDING } },
+        })
+    });
+    if let Some(list) = channel.get_mut("messages").and_then(Value::as_object_mut) {
+        list.insert(
+            name.to_owned(),
+            json!({ "$ref": format!("#/components/messages/{name}") }),
+        );
+    }
+    (
+        json!({ "$ref": format!("#/channels/{channel_key}") }),
+        json!({ "$ref": format!("#/channels/{channel_key}/messages/{name}") }),
+    )
+}
+
 /// The document of `subs` (each with the consumer group it joins, its
 /// prefix applied), titled `title`, for a cluster at `brokers` (no server
 /// is listed for the embedded one).
@@ -112,24 +143,6 @@ pub(crate) fn document(title: &str, brokers: &str, subs: &[(&Subscriber, String)
     let mut settings = SchemaSettings::draft07();
     settings.definitions_path = "/components/schemas".into();
     let mut generator = settings.into_generator();
-    // A channel's entry, made on first use; `message` added to it.
-    let add_channel = |channels: &mut Map<String, Value>, topic: &str, message: &str| {
-        let channel = channels.entry(key(topic)).or_insert_with(|| {
-            json!({
-                "address": topic,
-                "messages": {},
-                "bindings": { "kafka": { "topic": topic, "bindingVersion": KAFKA_BINDING } },
-            })
-        });
-        if let Some(list) = channel.get_mut("messages").and_then(Value::as_object_mut) {
-            list.insert(
-                message.to_owned(),
-                json!({ "$ref": format!("#/components/messages/{message}") }),
-            );
-        }
-    };
-    let message_ref =
-        |topic: &str, message: &str| json!({ "$ref": format!("#/channels/{}/messages/{message}", key(topic)) });
     for (sub, group) in subs {
         let s = &sub.settings;
         let sub_key = key(&sub.name);
@@ -144,12 +157,8 @@ pub(crate) fn document(title: &str, brokers: &str, subs: &[(&Subscriber, String)
                 ..Described::default()
             };
             describe_into(&mut body, &reply, &mut generator);
-            messages.insert(message.clone(), body);
-            add_channel(&mut channels, topic, &message);
-            json!({
-                "channel": { "$ref": format!("#/channels/{}", key(topic)) },
-                "messages": [message_ref(topic, &message)],
-            })
+            let (channel, listed) = add_message(&mut channels, &mut messages, topic, &message, body);
+            json!({ "channel": channel, "messages": [listed] })
         });
         for topic in &sub.topics {
             let op = if sub.topics.len() == 1 {
@@ -163,13 +172,12 @@ pub(crate) fn document(title: &str, brokers: &str, subs: &[(&Subscriber, String)
                 "summary": format!("A record of `{topic}` as `{}` reads it", sub.name),
             });
             describe_into(&mut body, &sub.described, &mut generator);
-            messages.insert(message.clone(), body);
-            add_channel(&mut channels, topic, &message);
+            let (channel, listed) = add_message(&mut channels, &mut messages, topic, &message, body);
             let mut operation = json!({
                 "action": "receive",
-                "channel": { "$ref": format!("#/channels/{}", key(topic)) },
+                "channel": channel,
                 "summary": format!("`{}` handles each record of `{topic}`", sub.name),
-                "messages": [message_ref(topic, &message)],
+                "messages": [listed],
                 "bindings": {
                     "kafka": {
                         "groupId": { "type": "string", "enum": [group] },
@@ -211,15 +219,14 @@ pub(crate) fn document(title: &str, brokers: &str, subs: &[(&Subscriber, String)
                 ),
             });
             describe_into(&mut body, &sub.described, &mut generator);
-            messages.insert(message.clone(), body);
-            add_channel(&mut channels, topic, &message);
+            let (channel, listed) = add_message(&mut channels, &mut messages, topic, &message, body);
             operations.insert(
-                format!("{sub_key}.dead_letter"),
+                message,
                 json!({
                     "action": "send",
-                    "channel": { "$ref": format!("#/channels/{}", key(topic)) },
+                    "channel": channel,
                     "summary": format!("`{}` sends here what failed after its last attempt", sub.name),
-                    "messages": [message_ref(topic, &message)],
+                    "messages": [listed],
                 }),
             );
         }
