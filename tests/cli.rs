@@ -67,6 +67,19 @@ fn a_bad_http_address_fails_before_anything_starts() {
     assert!(!err.contains("EMBEDDED BROKER"), "{err}");
 }
 
+/// Traces need the `otel` feature: without it, `--trace-relation parent`
+/// fails start-up naming the flag instead of being ignored.
+#[test]
+#[cfg(not(feature = "otel"))]
+fn a_trace_relation_without_the_otel_feature_fails_naming_the_flag() {
+    let out = service(&["--trace-relation", "parent"]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("--trace-relation/KCONC_TRACE_RELATION"), "{err}");
+    assert!(err.contains("`otel` feature"), "{err}");
+    assert!(service(&["--trace-relation", "link", "--list"]).status.success());
+}
+
 /// `--list` shows the configuration a run would use, so it fails where a
 /// run fails: an unknown `--only`, a bad `--http`.
 #[test]

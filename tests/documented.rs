@@ -72,6 +72,8 @@ fn every_documented_flag_is_accepted_and_every_flag_is_documented() {
             "ADDR" => "127.0.0.1:0",
             "N" => "2",
             "FORMAT" => "yaml",
+            // (`parent` needs the `otel` feature.)
+            "RELATION" => "link",
             other => panic!("no sample value for {flag} {other}"),
         });
         let mut args = vec!["program", flag];
@@ -149,6 +151,7 @@ fn every_documented_variable_is_read_and_every_variable_is_documented() {
             "KCONC_WAIT_FOR_TOPICS" => "true",
             "KCONC_GROUP_PROTOCOL" => "consumer",
             "KCONC_LOG" => "info",
+            "KCONC_TRACE_RELATION" => "link",
             "KCONC_RDKAFKA_SECURITY_PROTOCOL" => "PLAINTEXT",
             _ => "value",
         };

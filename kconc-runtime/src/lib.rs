@@ -106,6 +106,7 @@ mod batch; // batch handlers: their argument and outcome
 mod reply; // what a handler with `reply = ".."` returns, published
 mod policy; // what a failure comes to
 mod stats; // the counters, each declared once
+mod telemetry; // the spans and metrics of calls, sends and commits
 mod watch; // cluster reachability, missing topics
 mod health; // health, readiness, metrics, HTTP
 mod asyncapi; // the AsyncAPI document of the subscribers
@@ -114,10 +115,14 @@ mod signal; // SIGINT and SIGTERM
 mod error; // why an app could not start
 pub mod testing; // the test harness and helpers for tests and demos
 pub mod sql; // exactly once into a database: `Tx`, kconc's offset table
+#[cfg(feature = "otel")]
+pub mod otel; // OpenTelemetry: installing the exporters
 
 pub use app::{App, Running, Setup, ShutdownHandle, StatsHandle, SHUTDOWN_MARGIN};
 pub use batch::{Batch, BatchOutcome, FromBatchContext, IntoBatchResult};
-pub use config::{init_tracing, init_tracing_with, AsyncApiFormat, Cli, CliCommand, ProduceArgs, EMBEDDED};
+pub use config::{
+    init_tracing, init_tracing_with, AsyncApiFormat, Cli, CliCommand, ProduceArgs, TraceRelation, EMBEDDED,
+};
 pub use context::Context;
 pub use context::ProducerHooks;
 pub use embedded::EmbeddedCluster;

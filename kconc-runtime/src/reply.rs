@@ -8,6 +8,7 @@
 //! like a handler error; a retry runs the handler again, so a reply may be
 //! published twice (never lost).
 
+use crate::telemetry::Telemetry;
 use std::time::Duration;
 
 use rdkafka::message::{Header as KafkaHeader, OwnedHeaders};
@@ -182,10 +183,24 @@ pub(crate) fn take_awaiting_ack() -> bool {
 
 /// Produces every reply, then waits for all acknowledgements.
 async fn publish(cx: &Context, topic: &str, origin: &ReplyOrigin, replies: Vec<Reply>) -> Result<(), BoxError> {
+    let span = Telemetry::send_span(topic, replies.len());
+    let published = publish_traced(cx, topic, origin, &replies, &span).await;
+    Telemetry::sent(&span, topic, replies.len(), published.is_err());
+    published
+}
+
+async fn publish_traced(
+    cx: &Context,
+    topic: &str,
+    origin: &ReplyOrigin,
+    replies: &[Reply],
+    span: &tracing::Span,
+) -> Result<(), BoxError> {
     let producer = cx.producer()?;
+    let trace = Telemetry::trace_headers(span);
     let mut pending = Vec::with_capacity(replies.len());
-    for reply in &replies {
-        pending.push(queue(producer, topic, &origin.0, reply).await?);
+    for reply in replies {
+        pending.push(queue(producer, topic, &origin.0, reply, &trace).await?);
     }
     let acks = async {
         for delivery in pending {
@@ -231,10 +246,12 @@ pub(crate) async fn publish_batch(
             return failed;
         }
     };
+    let span = Telemetry::send_span(topic, replies.len());
+    let trace = Telemetry::trace_headers(&span);
     let mut pending = Vec::with_capacity(replies.len());
     for (i, reply) in &replies {
         let Some(input) = inputs.get(*i) else { continue };
-        match queue(producer, topic, input, reply).await {
+        match queue(producer, topic, input, reply, &trace).await {
             Ok(delivery) => pending.push((*i, delivery)),
             Err(e) => failed.push((*i, e)),
         }
@@ -243,6 +260,11 @@ pub(crate) async fn publish_batch(
         if let Err(e) = acknowledged(topic, delivery).await {
             failed.push((i, e));
         }
+    }
+    let stored = replies.len().saturating_sub(failed.len());
+    Telemetry::sent(&span, topic, stored, false);
+    if !failed.is_empty() {
+        Telemetry::sent(&span, topic, failed.len(), true);
     }
     failed
 }
@@ -253,15 +275,20 @@ async fn queue(
     topic: &str,
     input: &Message,
     reply: &Reply,
+    trace: &[(&'static str, String)],
 ) -> Result<rdkafka::producer::DeliveryFuture, BoxError> {
     let partition = input.partition().to_string();
     let offset = input.offset().to_string();
-    let carried: Vec<(&str, &[u8])> = input
+    // The input's trace headers, or (with OpenTelemetry) those of the
+    // reply's own span, which continue the input's trace.
+    let mut carried: Vec<(&str, &[u8])> = input
         .headers()
         .iter()
         .filter(|h| CARRIED.contains(&h.key.as_str()))
+        .filter(|h| trace.is_empty() || !h.key.starts_with("trace"))
         .filter_map(|h| Some((h.key.as_str(), h.value.as_deref()?)))
         .collect();
+    carried.extend(trace.iter().map(|(k, v)| (*k, v.as_bytes())));
     let mut headers = OwnedHeaders::new_with_capacity(reply.headers.len() + carried.len() + 3);
     let own = reply.headers.iter().map(|(k, v)| (k.as_str(), v.as_slice()));
     let source = [
@@ -318,14 +345,28 @@ impl Context {
     ) -> Result<(i32, i64), BoxError> {
         let payload = serde_json::to_vec(value)?;
         let producer = self.producer()?;
-        let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic).payload(&payload);
+        let span = Telemetry::send_span(topic, 1);
+        let trace = Telemetry::trace_headers(&span);
+        let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic).payload(payload.as_slice());
+        if !trace.is_empty() {
+            let mut headers = OwnedHeaders::new_with_capacity(trace.len());
+            for (key, value) in &trace {
+                headers = headers.insert(KafkaHeader {
+                    key,
+                    value: Some(value.as_bytes()),
+                });
+            }
+            record = record.headers(headers);
+        }
         if let Some(k) = key {
             record = record.key(k);
         }
-        producer
+        let sent = producer
             .send(record, rdkafka::util::Timeout::Never)
             .await
             .map(|d| (d.partition, d.offset))
-            .map_err(|(e, _)| format!("send to `{topic}`: {e}").into())
+            .map_err(|(e, _)| format!("send to `{topic}`: {e}").into());
+        Telemetry::sent(&span, topic, 1, sent.is_err());
+        sent
     }
 }

@@ -75,10 +75,16 @@ impl MainOptions {
 pub(crate) fn run_main(options: MainOptions) -> std::process::ExitCode {
     let default_brokers = options.default_brokers;
     let cli = Cli::from_args_with_default_brokers(default_brokers);
-    if let Err(e) = config::init_tracing_with(cli.log.as_deref()) {
-        say_error(&e);
-        return std::process::ExitCode::FAILURE;
-    }
+    // Dropped last: flushes what the exporters hold once the app stopped
+    // (nothing to hold without the `otel` feature).
+    #[allow(clippy::let_unit_value)]
+    let _telemetry = match init_telemetry(&cli) {
+        Ok(guard) => guard,
+        Err(e) => {
+            say_error(&e);
+            return std::process::ExitCode::FAILURE;
+        }
+    };
     if let Some(CliCommand::Produce(args)) = &cli.command {
         return match super::produce::produce(&cli, args, default_brokers) {
             Ok(said) => {
@@ -149,6 +155,31 @@ pub(crate) fn run_main(options: MainOptions) -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// The log lines, and with the `otel` feature OpenTelemetry as the
+/// environment configures it when the app is to run (printing a document
+/// or sending messages exports nothing).
+#[cfg(feature = "otel")]
+fn init_telemetry(cli: &Cli) -> Result<Option<crate::otel::OtelGuard>, crate::Error> {
+    crate::otel::set_trace_relation(cli.trace_relation);
+    if cli.command.is_none() && !cli.list && !cli.asyncapi {
+        crate::otel::init_from_env(cli.log.as_deref()).map(Some)
+    } else {
+        config::init_tracing_with(cli.log.as_deref()).map(|()| None)
+    }
+}
+
+/// The log lines. A program without the `otel` feature cannot relate its
+/// spans to others: `--trace-relation parent` is refused.
+#[cfg(not(feature = "otel"))]
+fn init_telemetry(cli: &Cli) -> Result<(), crate::Error> {
+    if cli.trace_relation != config::TraceRelation::Link {
+        return Err(crate::Error::Config(
+            "--trace-relation/KCONC_TRACE_RELATION: traces need kconc-runtime's `otel` feature".to_owned(),
+        ));
+    }
+    config::init_tracing_with(cli.log.as_deref())
 }
 
 /// Writes `error: {e}` to stderr; a closed stderr loses it (`eprintln!`

@@ -91,6 +91,14 @@ pub struct Cli {
     #[arg(long, value_enum, value_name = "FORMAT", default_value_t = AsyncApiFormat::Json)]
     pub asyncapi_format: AsyncApiFormat,
 
+    /// With the `otel` feature: how the span of a message's processing
+    /// relates to its producer's span (the message's `traceparent`
+    /// header). `link`, the OpenTelemetry messaging conventions' default,
+    /// starts a trace per message that links to the producer's; `parent`
+    /// makes it a child in the producer's trace.
+    #[arg(long, env = "KCONC_TRACE_RELATION", value_enum, value_name = "RELATION", default_value_t = TraceRelation::Link)]
+    pub trace_relation: TraceRelation,
+
     /// Log filter, as RUST_LOG (`info`, `kconc_runtime=debug`, ...).
     /// Default: RUST_LOG, else `info`.
     #[arg(long = "log", env = "KCONC_LOG", value_name = "FILTER", hide_env_values = true)]
@@ -135,6 +143,18 @@ pub enum AsyncApiFormat {
     Json,
     /// YAML.
     Yaml,
+}
+
+/// How the span of a message's processing relates to the span that
+/// produced the message (`--trace-relation`, with the `otel` feature).
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum TraceRelation {
+    /// A trace of its own, linked to the producer's span (for a batch, to
+    /// each message's).
+    #[default]
+    Link,
+    /// A child of the producer's span, in its trace (a batch links still).
+    Parent,
 }
 
 /// What a program `main!()` generates does instead of running its subscribers.
@@ -182,6 +202,7 @@ impl std::fmt::Debug for Cli {
             .field("list", &self.list)
             .field("asyncapi", &self.asyncapi)
             .field("asyncapi_format", &self.asyncapi_format)
+            .field("trace_relation", &self.trace_relation)
             .field("log", &self.log)
             .field("http", &self.http)
             .field("wait_for_topics", &self.wait_for_topics)
@@ -350,6 +371,17 @@ pub(crate) fn resolve_from_process(cli: &Cli) -> Result<RunSettings, Error> {
     resolve(cli, &file, process_env()?)
 }
 
+/// The log lines' filter: `filter` (`--log`/`KCONC_LOG`), else `RUST_LOG`,
+/// else `info`. Fails naming `--log`/`KCONC_LOG` on a bad filter.
+pub(crate) fn log_filter(filter: Option<&str>) -> Result<tracing_subscriber::EnvFilter, Error> {
+    Ok(match filter {
+        Some(f) => tracing_subscriber::EnvFilter::try_new(f)
+            .map_err(|e| Error::Config(format!("--log/KCONC_LOG: invalid filter `{f}`: {e}")))?,
+        None => tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+    })
+}
+
 /// Installs a `tracing` subscriber printing to stderr, filtered by `RUST_LOG`
 /// (default `info`). Does nothing if one is already installed.
 pub fn init_tracing() {
@@ -361,12 +393,7 @@ pub fn init_tracing() {
 /// (`--log`/`KCONC_LOG`), else `RUST_LOG`, else `info`. Does nothing if one
 /// is already installed. Fails naming `--log`/`KCONC_LOG` on a bad filter.
 pub fn init_tracing_with(filter: Option<&str>) -> Result<(), Error> {
-    let filter = match filter {
-        Some(f) => tracing_subscriber::EnvFilter::try_new(f)
-            .map_err(|e| Error::Config(format!("--log/KCONC_LOG: invalid filter `{f}`: {e}")))?,
-        None => tracing_subscriber::EnvFilter::try_from_default_env()
-            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-    };
+    let filter = log_filter(filter)?;
     // A log line that cannot be written (stderr closed: piped into `head`
     // that stopped reading) is lost, never reported with `eprintln!`,
     // which panics on a closed stderr in whatever thread logged.

@@ -16,6 +16,7 @@ use super::event::{Event, MessageTag};
 use crate::batch::BatchEnd;
 use crate::handler::{panic_text, BoxError, Outcome};
 use crate::message::Message;
+use crate::telemetry::{CallEnd, Failure};
 
 impl HandlerEnv {
     /// [`HandlerEnv::run_batch`], boxed: made once per batch.
@@ -32,18 +33,10 @@ impl HandlerEnv {
     /// other one is done. Returns [`Event::BatchEnded`].
     async fn run_batch(&self, batch: Vec<(MessageTag, Message)>) -> Event {
         let n = batch.len();
-        let span = match batch.first() {
-            Some((_, first)) => tracing::debug_span!(
-                "batch",
-                subscriber = &*self.subscriber,
-                topic = first.topic(),
-                partition = first.partition(),
-                first_offset = first.offset(),
-                last_offset = batch.last().map_or(first.offset(), |(_, m)| m.offset()),
-                messages = n,
-            ),
-            None => return Event::BatchEnded(Vec::new()),
-        };
+        if batch.is_empty() {
+            return Event::BatchEnded(Vec::new());
+        }
+        let span = self.telemetry.batch_span(&batch);
         let mut ends = Vec::with_capacity(n);
         let mut msgs = Vec::with_capacity(n);
         for (slot, msg) in batch {
@@ -100,7 +93,20 @@ impl HandlerEnv {
                 ended
             }
         };
-        self.stats.handler_seconds.0.observe(started.elapsed().as_secs_f64());
+        let took = started.elapsed();
+        self.stats.handler_seconds.0.observe(took.as_secs_f64());
+        if let Some(first) = ends.first() {
+            self.telemetry.call_ended(
+                &span,
+                CallEnd {
+                    topic: &first.topic,
+                    partition: first.partition,
+                    consumed: ends.iter().filter(|e| e.attempt == 1).count(),
+                    failure: ended.as_ref().err().and_then(Failure::of),
+                    took,
+                },
+            );
+        }
         let mut outcomes: Vec<Option<Outcome>> = (0..n).map(|_| None).collect();
         match ended {
             Ok(end) => {

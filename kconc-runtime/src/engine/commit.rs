@@ -24,6 +24,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use super::event::{Event, PartitionKey};
 use super::spares::Spares;
 use crate::stats::Stats;
+use crate::telemetry::Telemetry;
 
 /// A partition in the assignment numbered `epoch`.
 pub(crate) type Assigned = (PartitionKey, u64);
@@ -418,6 +419,15 @@ fn merge(entries: &mut HashMap<PartitionKey, Entry>, w: Wanted) {
     }
 }
 
+/// A failed commit's `error.type`: the broker's error code, else
+/// librdkafka's error's kind.
+fn commit_error_type(e: &KafkaError) -> String {
+    match e.rdkafka_error_code() {
+        Some(code) => format!("{code:?}"),
+        None => "commit_failed".to_owned(),
+    }
+}
+
 /// The list a commit of `sent` sends: each offset with its metadata and
 /// leader epoch.
 fn commit_list(sent: &[Wanted]) -> Result<TopicPartitionList, KafkaError> {
@@ -454,7 +464,23 @@ fn commit_wanted<C: ConsumerContext>(
         return Ok(());
     }
     let tpl = commit_list(&sent)?;
-    match consumer.commit(&tpl, CommitMode::Sync) {
+    // The commit's span (a settle operation) is named after its topic
+    // when it has one.
+    let topic = sent
+        .first()
+        .map(|w| &*w.key.topic)
+        .filter(|t| sent.iter().all(|w| &*w.key.topic == *t));
+    let span = Telemetry::commit_span(group, topic, sent.len());
+    let started = Instant::now();
+    let committed = span.in_scope(|| consumer.commit(&tpl, CommitMode::Sync));
+    Telemetry::commit_ended(
+        &span,
+        group,
+        topic,
+        started.elapsed(),
+        committed.as_ref().err().map(commit_error_type),
+    );
+    match committed {
         Ok(()) => {
             stats.commits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             stats

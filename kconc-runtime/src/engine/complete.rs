@@ -15,6 +15,7 @@ use crate::handler::{BoxError, FutureSlot, Handler, Outcome};
 use crate::message::Message;
 use crate::policy::{self, ErrorPolicy, OnError};
 use crate::stats::Stats;
+use crate::telemetry::{CallEnd, Failure, Telemetry};
 
 /// What every handler of one subscriber shares.
 #[derive(Debug)]
@@ -39,6 +40,8 @@ pub(crate) struct HandlerEnv {
     pub(crate) spare_starts: super::spares::Spares<super::worker::Start>,
     /// The workers' emptied batches of events, for the next ones.
     pub(crate) spare_events: super::spares::Spares<Event>,
+    /// The spans and metrics of its calls.
+    pub(crate) telemetry: Telemetry,
 }
 
 /// A message to dead-letter: where it came from (with the message as it
@@ -264,33 +267,7 @@ impl HandlerEnv {
     /// span, counted as in flight.
     fn open_call(&self, slot: MessageTag, msg: &Message) -> Call {
         let end = self.ending(slot, msg);
-        let span = tracing::debug_span!(
-            "message",
-            subscriber = &*self.subscriber,
-            topic = &*end.topic,
-            partition = end.partition,
-            offset = end.offset,
-            key = tracing::field::Empty,
-            attempt = end.attempt,
-            traceparent = tracing::field::Empty,
-        );
-        let span = if span.is_disabled() {
-            // Nothing listens at this level. A disabled span still tells
-            // the `log` crate of every enter, exit and close (tracing's
-            // `log` feature, which sqlx turns on), a call each time the
-            // handler is polled; the empty span does nothing. Forgetting
-            // the disabled one leaks nothing (it holds no subscriber).
-            std::mem::forget(span);
-            tracing::Span::none()
-        } else {
-            if let Some(key) = msg.key() {
-                span.record("key", String::from_utf8_lossy(key).as_ref());
-            }
-            if let Some(tp) = msg.header("traceparent").and_then(|h| h.value.as_deref()) {
-                span.record("traceparent", String::from_utf8_lossy(tp).as_ref());
-            }
-            span
-        };
+        let span = self.telemetry.process_span(msg, &end.topic);
         self.stats.in_flight.fetch_add(1, Ordering::Relaxed);
         let started = Instant::now();
         Call { end, span, started }
@@ -337,8 +314,24 @@ impl HandlerEnv {
     /// policy what its outcome leads to. Every outcome leads to exactly one
     /// conclusion; the error's own code (its text, its source chain, its
     /// drop) cannot break it off.
-    pub(super) fn conclude(&self, end: &mut Ending, outcome: Outcome, took: std::time::Duration) -> Concluded {
+    pub(super) fn conclude(
+        &self,
+        end: &mut Ending,
+        span: &tracing::Span,
+        outcome: Outcome,
+        took: std::time::Duration,
+    ) -> Concluded {
         self.stats.handler_seconds.0.observe(took.as_secs_f64());
+        self.telemetry.call_ended(
+            span,
+            CallEnd {
+                topic: &end.topic,
+                partition: end.partition,
+                consumed: usize::from(end.attempt == 1),
+                failure: Failure::of(&outcome),
+                took,
+            },
+        );
         self.settle(end, outcome)
     }
 

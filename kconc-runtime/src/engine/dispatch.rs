@@ -276,7 +276,7 @@ impl Dispatcher {
                     Poll::Ready(Outcome::Ok) => {
                         self.inline.record(took, FirstPollEnd::Ended);
                         super::worker::recycle(fut, true);
-                        return match shared.conclude(&mut call.end, Outcome::Ok, took) {
+                        return match shared.conclude(&mut call.end, &call.span, Outcome::Ok, took) {
                             Concluded::Event(event) => Begun::Ended(event),
                             Concluded::DeadLetter(dead) => Begun::HandOver(Start::DeadLetter(dead)),
                         };

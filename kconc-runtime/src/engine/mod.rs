@@ -244,6 +244,7 @@ mod test_util {
             );
             let (events_tx, events) = mpsc::channel();
             let env = HandlerEnv {
+                telemetry: crate::telemetry::Telemetry::new(name.clone(), context.group_name()),
                 subscriber: name,
                 handler: sub.handler.clone(),
                 store: None,

@@ -128,6 +128,7 @@ pub(crate) fn start(
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(8192);
     let env = HandlerEnv {
+        telemetry: crate::telemetry::Telemetry::new(name.clone(), handler_context.group_name()),
         subscriber: name.clone(),
         handler,
         store,

@@ -389,7 +389,6 @@ impl<'a> Drive<'a> {
                     self.deadline = None;
                     self.state = DriveState::Ended;
                     let took = call.started.elapsed();
-                    call.span = tracing::Span::none();
                     // A future that ended holds nothing more: its box is
                     // kept here for the next call. One that panicked or was
                     // cut off at the timeout is dropped now, where a panic
@@ -410,7 +409,8 @@ impl<'a> Drive<'a> {
             let Some(call) = self.call.as_mut() else {
                 return Poll::Ready(Event::Abandoned(self.slot, self.offset));
             };
-            let concluded = self.shared.conclude(&mut call.end, outcome, took);
+            // The call's span ends with it, after its conclusion.
+            let concluded = self.shared.conclude(&mut call.end, &call.span, outcome, took);
             self.call = None;
             match concluded {
                 Concluded::Event(event) => return Poll::Ready(event),
