@@ -1,5 +1,5 @@
-//! The optional HTTP endpoint (`--http`): `/healthz`, `/readyz`, `/metrics`,
-//! `/asyncapi.json`.
+//! The optional HTTP endpoint (`--http`): the status page at `/`,
+//! `/healthz`, `/readyz`, `/metrics`, `/asyncapi.json`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -53,7 +53,22 @@ pub(crate) fn serve(
     // The metrics' collector is registered once; each scrape reads the
     // subscribers' live state through it.
     let metrics = Arc::new(registry(state.0.clone(), state.1));
+    // The status page's charts: sampled while the endpoint serves.
+    let history = Arc::new(super::page::History::default());
+    let sampled = (history.clone(), state.clone(), stop.clone());
+    runtime.spawn(async move {
+        let (history, state, stop) = sampled;
+        history.keep(&state.0, stop).await;
+    });
+    let page = state.clone();
     let app = axum::Router::new()
+        .route(
+            "/",
+            get(move || {
+                let html = super::page::render(&page.0, &page.1, &history);
+                async move { (StatusCode::OK, [("content-type", "text/html; charset=utf-8")], html) }
+            }),
+        )
         .route(
             "/asyncapi.json",
             get(move || {
@@ -101,6 +116,6 @@ pub(crate) fn serve(
             tracing::error!(error = %e, "the HTTP endpoint failed");
         }
     });
-    tracing::info!(address = %local, "HTTP endpoint: /healthz /readyz /metrics /asyncapi.json");
+    tracing::info!(address = %local, "HTTP endpoint: / (status page) /healthz /readyz /metrics /asyncapi.json");
     Ok((local, task))
 }

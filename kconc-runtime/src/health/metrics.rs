@@ -100,13 +100,42 @@ fn partition_labels(name: &str, topic: &str, partition: i32) -> Labels {
     ]
 }
 
-/// One partition's row of the per-partition gauges: its labels, committed
-/// offset, high watermark and lag, each where known.
-struct PartitionRow {
-    labels: Labels,
-    committed: Option<i64>,
-    high: Option<i64>,
-    lag: Option<i64>,
+/// One partition's row of the per-partition gauges (and of the status
+/// page): its committed offset, high watermark and lag, each where known.
+pub(super) struct PartitionRow {
+    pub(super) topic: String,
+    pub(super) partition: i32,
+    pub(super) committed: Option<i64>,
+    pub(super) high: Option<i64>,
+    pub(super) lag: Option<i64>,
+}
+
+/// The partitions `w` has committed or fetched, in order, with their
+/// committed offset, high watermark and lag.
+pub(super) fn partition_rows(w: &Watched) -> Vec<PartitionRow> {
+    let commits = w.stats.committed.lock().map(|m| m.clone()).unwrap_or_default();
+    let marks = w.stats.high_watermarks.lock().map(|m| m.clone()).unwrap_or_default();
+    let starts = w.stats.fetch_starts.lock().map(|m| m.clone()).unwrap_or_default();
+    let mut keys: Vec<&(String, i32)> = commits.keys().chain(marks.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    keys.into_iter()
+        .map(|key @ (topic, p)| {
+            let high = marks.get(key).copied();
+            // Lag counts from this member's last commit of the partition,
+            // or before that from the first offset it read there. With
+            // neither (nothing read since the assignment) it is unknown
+            // and left out rather than reported as the whole partition.
+            let from = commits.get(key).or_else(|| starts.get(key));
+            PartitionRow {
+                topic: topic.clone(),
+                partition: *p,
+                committed: commits.get(key).copied(),
+                high,
+                lag: high.zip(from).map(|(h, from)| (h - from).max(0)),
+            }
+        })
+        .collect()
 }
 
 /// A per-partition gauge: its name, its help, and how a row gives it.
@@ -196,36 +225,20 @@ impl Collector for Exposition {
 impl Exposition {
     /// The per-partition gauges: committed offset, high watermark, lag.
     fn encode_partitions(&self, encoder: &mut DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
-        let mut rows = Vec::new();
-        for w in &self.watched {
-            let commits = w.stats.committed.lock().map(|m| m.clone()).unwrap_or_default();
-            let marks = w.stats.high_watermarks.lock().map(|m| m.clone()).unwrap_or_default();
-            let starts = w.stats.fetch_starts.lock().map(|m| m.clone()).unwrap_or_default();
-            let mut keys: Vec<&(String, i32)> = commits.keys().chain(marks.keys()).collect();
-            keys.sort();
-            keys.dedup();
-            for key @ (topic, p) in keys {
-                let high = marks.get(key).copied();
-                // Lag counts from this member's last commit of the
-                // partition, or before that from the first offset it read
-                // there. With neither (nothing read since the assignment)
-                // it is unknown and left out rather than reported as the
-                // whole partition.
-                let from = commits.get(key).or_else(|| starts.get(key));
-                let lag = high.zip(from).map(|(h, from)| (h - from).max(0));
-                rows.push(PartitionRow {
-                    labels: partition_labels(&w.name, topic, *p),
-                    committed: commits.get(key).copied(),
-                    high,
-                    lag,
-                });
-            }
-        }
+        let rows: Vec<(Labels, PartitionRow)> = self
+            .watched
+            .iter()
+            .flat_map(|w| {
+                partition_rows(w)
+                    .into_iter()
+                    .map(|row| (partition_labels(&w.name, &row.topic, row.partition), row))
+            })
+            .collect();
         for (name, help, get) in PARTITION_GAUGES {
             let mut family = describe(encoder, name, help, MetricType::Gauge)?;
-            for row in &rows {
+            for (labels, row) in &rows {
                 if let Some(value) = get(row) {
-                    ConstGauge::new(value).encode(family.encode_family(&row.labels)?)?;
+                    ConstGauge::new(value).encode(family.encode_family(labels)?)?;
                 }
             }
         }

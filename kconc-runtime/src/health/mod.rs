@@ -1,6 +1,7 @@
 //! Operating a running app: health (liveness and readiness), Prometheus
-//! metrics, and the optional HTTP endpoint that serves both
-//! (`--http 127.0.0.1:9090` / `KCONC_HTTP`: `/healthz`, `/readyz`, `/metrics`).
+//! metrics, the status page, and the optional HTTP endpoint that serves
+//! them (`--http 127.0.0.1:9090` / `KCONC_HTTP`: `/`, `/healthz`,
+//! `/readyz`, `/metrics`).
 //!
 //! Everything here reads the counters and flags each subscriber's poll loop
 //! and committer publish in its `Stats`; nothing here talks to Kafka.
@@ -14,6 +15,7 @@ use crate::watch::Watched;
 
 mod http;
 mod metrics;
+mod page;
 
 pub(crate) use http::{bind, serve};
 pub(crate) use metrics::{metrics_text, registry};
