@@ -12,8 +12,7 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead as _, BufReader, Read as _, Write as _};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::OnceLock;
 
 use common::{in_test_mode, DEADLINE};
 use kconc_runtime::otel::opentelemetry::trace::{SpanContext, SpanId, SpanKind, Status, TraceId};
@@ -442,58 +441,6 @@ async fn with_the_parent_relation_the_process_span_joins_the_producers_trace_and
     );
 }
 
-/// What an OTLP/HTTP receiver got: each request's path and body.
-type Received = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
-
-/// A minimal OTLP/HTTP receiver: answers every POST with 200 and keeps
-/// its body. Returns its address.
-fn otlp_receiver(received: Received) -> std::net::SocketAddr {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for stream in listener.incoming().flatten() {
-            let received = received.clone();
-            std::thread::spawn(move || {
-                let mut reader = BufReader::new(stream.try_clone().unwrap());
-                let mut stream = stream;
-                loop {
-                    let mut request_line = String::new();
-                    if reader.read_line(&mut request_line).unwrap_or(0) == 0 {
-                        return;
-                    }
-                    let path = request_line.split_whitespace().nth(1).unwrap_or_default().to_owned();
-                    let mut length = 0;
-                    loop {
-                        let mut line = String::new();
-                        if reader.read_line(&mut line).unwrap_or(0) == 0 {
-                            return;
-                        }
-                        let line = line.trim_end();
-                        if line.is_empty() {
-                            break;
-                        }
-                        if let Some((name, value)) = line.split_once(':') {
-                            if name.eq_ignore_ascii_case("content-length") {
-                                length = value.trim().parse().unwrap_or(0);
-                            }
-                        }
-                    }
-                    let mut body = vec![0; length];
-                    if reader.read_exact(&mut body).is_err() {
-                        return;
-                    }
-                    received.lock().unwrap().push((path, body));
-                    let answer = "HTTP/1.1 200 OK\r\ncontent-type: application/x-protobuf\r\ncontent-length: 0\r\n\r\n";
-                    if stream.write_all(answer.as_bytes()).is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    addr
-}
-
 /// The quickstart example, built with the `otel` feature (and this test's
 /// other features, so that nothing else is built again).
 fn otel_quickstart() -> std::path::PathBuf {
@@ -515,8 +462,8 @@ fn otel_quickstart() -> std::path::PathBuf {
 
 #[test]
 fn main_exports_over_otlp_as_the_environment_says_and_refuses_what_is_not_built_in() {
-    let received = Received::default();
-    let addr = otlp_receiver(received.clone());
+    let receiver = kconc_runtime::testing::OtlpReceiver::start("127.0.0.1:0", true).unwrap();
+    let addr = receiver.addr();
     let quickstart = otel_quickstart();
     let out = std::process::Command::new(&quickstart)
         .env_remove("RUST_LOG")
@@ -527,14 +474,7 @@ fn main_exports_over_otlp_as_the_environment_says_and_refuses_what_is_not_built_
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
-    let bodies = received.lock().unwrap().clone();
-    let body_of = |path: &str| -> Vec<u8> {
-        bodies
-            .iter()
-            .filter(|(p, _)| p == path)
-            .flat_map(|(_, b)| b.iter().copied())
-            .collect()
-    };
+    let body_of = |path: &str| -> Vec<u8> { receiver.bodies(path).concat() };
     let contains = |body: &[u8], needle: &str| body.windows(needle.len()).any(|w| w == needle.as_bytes());
     let traces = body_of("/v1/traces");
     for needle in [

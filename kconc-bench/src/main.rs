@@ -24,6 +24,9 @@
 //! / (5 ms + 10 us * n)` for a mean batch size `n` (`--svg FILE` draws it).
 //! `--rebalance` measures a member's join and leave under each group
 //! protocol, 64 partitions (see `rebalance`).
+//! `--otel` (built with `--features otel`) exports kconc's spans and
+//! metrics over OTLP as the `OTEL_*` variables say; `--otlp-sink ADDR`
+//! runs a receiver for it (`127.0.0.1:4318` by default) in another shell.
 //! `--gate` checks kconc's instructions and allocations per message over
 //! the raw loop's against `kconc-bench/gate.txt` (see `gate`; `--record`
 //! writes it); run it in release, as `scripts/gate` does.
@@ -317,6 +320,14 @@ fn options() -> Result<Options, String> {
             "--rebalance" => o.rebalance = true,
             "--db" => o.db = true,
             "--gate" => o.gate = true,
+            // Installed in `main` (before anything runs).
+            "--otel" if cfg!(feature = "otel") => {}
+            "--otel" => {
+                return Err(
+                    "--otel needs the otel feature: cargo run --release -p kconc-bench --features otel -- --otel"
+                        .into(),
+                )
+            }
             "--record" => o.record = true,
             "--vs" => o.vs = Some(args.next().ok_or("--vs needs a kconc-bench binary")?.into()),
             "--postgres" => o.postgres = Some(args.next().ok_or("--postgres needs a URL")?),
@@ -343,7 +354,7 @@ fn options() -> Result<Options, String> {
             }
             "--help" | "-h" => {
                 println!(
-                    "usage: kconc-bench [--smoke] [--brokers HOST:PORT] [--runs N] [--messages N] [--only {}] [--first-poll auto|poll_thread|worker] [--svg FILE] [--separate [--w1] [--broker-pid PID]] [--exit] [--metadata] [--low-rate] [--batch] [--rebalance] [--db [--postgres URL]]",
+                    "usage: kconc-bench [--smoke] [--brokers HOST:PORT] [--runs N] [--messages N] [--only {}] [--first-poll auto|poll_thread|worker] [--svg FILE] [--separate [--w1] [--broker-pid PID]] [--exit] [--metadata] [--low-rate] [--batch] [--rebalance] [--db [--postgres URL]] [--otel]",
                     WORKLOADS.join(",")
                 );
                 std::process::exit(0);
@@ -716,11 +727,41 @@ fn median(mut v: Vec<f64>) -> (f64, f64, f64) {
 
 #[tokio::main]
 async fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    // `--otlp-sink ADDR`: an OTLP/HTTP receiver that only reads, for
+    // `--otel` runs to export to (a process of its own: its CPU is not
+    // kconc's).
+    #[cfg(feature = "otel")]
+    if args.get(1).map(String::as_str) == Some("--otlp-sink") {
+        let addr = args.get(2).map_or("127.0.0.1:4318", String::as_str);
+        match kconc_runtime::testing::OtlpReceiver::start(addr, false) {
+            Ok(r) => eprintln!("OTLP sink on http://{}", r.addr()),
+            Err(e) => {
+                eprintln!("error: --otlp-sink {addr}: {e}");
+                std::process::exit(1);
+            }
+        }
+        loop {
+            std::thread::park();
+        }
+    }
+    // `--otel`: kconc's spans and metrics exported over OTLP as the OTEL_*
+    // variables say (to `--otlp-sink` on localhost:4318 by default).
+    #[cfg(feature = "otel")]
+    let _otel = match args.iter().any(|a| a == "--otel") {
+        false => None,
+        true => match kconc_runtime::otel::init_from_env(Some("warn")) {
+            Ok(guard) => Some(guard),
+            Err(e) => {
+                eprintln!("error: {e}");
+                std::process::exit(1);
+            }
+        },
+    };
     // `RUST_LOG=..`: kconc's log on stderr (none otherwise).
     if std::env::var_os("RUST_LOG").is_some() {
         let _ = kconc_runtime::init_tracing_with(None);
     }
-    let args: Vec<String> = std::env::args().collect();
     let result = if args.get(1).map(String::as_str) == Some("--child") {
         separate::child(&args[2..]).await
     } else {

@@ -22,6 +22,7 @@
 //!   `messaging.client.operation.duration` (commits) and
 //!   `messaging.client.sent.messages` (replies and sends).
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
 
 pub use opentelemetry;
@@ -54,11 +55,17 @@ pub(crate) struct Instruments {
 
 static INSTRUMENTS: OnceLock<Instruments> = OnceLock::new();
 
-/// kconc's instruments, from the meter provider installed when first
-/// asked (install it, with [`init_with`] or [`init_from_env`], before an
-/// app starts).
-pub(crate) fn instruments() -> &'static Instruments {
-    INSTRUMENTS.get_or_init(|| {
+/// Whether a meter provider was installed ([`init_with`]): until then no
+/// measurement is made (none would go anywhere).
+static METERED: AtomicBool = AtomicBool::new(false);
+
+/// kconc's instruments, made from the meter provider [`init_with`]
+/// installed (install it before an app starts); `None` without one.
+pub(crate) fn instruments() -> Option<&'static Instruments> {
+    if !METERED.load(Ordering::Relaxed) {
+        return None;
+    }
+    Some(INSTRUMENTS.get_or_init(|| {
         let meter = opentelemetry::global::meter("kconc");
         Instruments {
             process_duration: meter
@@ -84,7 +91,7 @@ pub(crate) fn instruments() -> &'static Instruments {
                 .with_description("Number of messages producer attempted to send to the broker.")
                 .build(),
         }
-    })
+    }))
 }
 
 /// How the span of a message's processing relates to its producer's
@@ -156,6 +163,7 @@ pub fn init_with(
     opentelemetry::global::set_text_map_propagator(opentelemetry_sdk::propagation::TraceContextPropagator::new());
     if let Some(p) = &meter_provider {
         opentelemetry::global::set_meter_provider(p.clone());
+        METERED.store(true, Ordering::Relaxed);
     }
     Ok(OtelGuard {
         tracer_provider,

@@ -340,7 +340,9 @@ mod otel_on {
             span.record("error.type", f.as_str());
             span.record("otel.status_code", "error");
         }
-        let instruments = crate::otel::instruments();
+        let Some(instruments) = crate::otel::instruments() else {
+            return;
+        };
         let mut attrs = attributes(("process", "process"), None, Some(&telemetry.group));
         attrs.push(KeyValue::new("messaging.destination.name", call.topic.clone()));
         attrs.push(KeyValue::new(
@@ -398,13 +400,18 @@ mod otel_on {
     }
 
     pub(super) fn sent(span: &tracing::Span, topic: &str, messages: usize, failed: bool) {
-        let mut attrs = attributes(("send", "send"), Some(topic), None);
         if failed {
             span.record("error.type", "send_failed");
             span.record("otel.status_code", "error");
+        }
+        let Some(instruments) = crate::otel::instruments() else {
+            return;
+        };
+        let mut attrs = attributes(("send", "send"), Some(topic), None);
+        if failed {
             attrs.push(KeyValue::new("error.type", "send_failed"));
         }
-        crate::otel::instruments().sent.add(messages as u64, &attrs);
+        instruments.sent.add(messages as u64, &attrs);
     }
 
     pub(super) fn commit_span(group: &str, topic: Option<&str>, partitions: usize) -> tracing::Span {
@@ -433,16 +440,19 @@ mod otel_on {
         took: Duration,
         error: Option<String>,
     ) {
+        if let Some(e) = &error {
+            span.record("error.type", e.as_str());
+            span.record("otel.status_code", "error");
+        }
+        let Some(instruments) = crate::otel::instruments() else {
+            return;
+        };
         let mut attrs = attributes(("commit", "settle"), topic, None);
         attrs.push(KeyValue::new("messaging.consumer.group.name", group.to_owned()));
         if let Some(e) = error {
-            span.record("error.type", e.as_str());
-            span.record("otel.status_code", "error");
             attrs.push(KeyValue::new("error.type", e));
         }
-        crate::otel::instruments()
-            .operation_duration
-            .record(took.as_secs_f64(), &attrs);
+        instruments.operation_duration.record(took.as_secs_f64(), &attrs);
     }
 }
 

@@ -37,8 +37,12 @@ use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer as _,
 use rdkafka::{ClientConfig, ClientContext, Message as _};
 
 mod harness;
+#[cfg(feature = "otel")]
+mod otlp;
 
 pub use harness::{TestApp, TestMessage, TestRun};
+#[cfg(feature = "otel")]
+pub use otlp::OtlpReceiver;
 
 pub use crate::embedded::{commit_with_metadata, committed_finished, committed_offsets};
 use crate::error::Error;
