@@ -441,30 +441,17 @@ async fn with_the_parent_relation_the_process_span_joins_the_producers_trace_and
     );
 }
 
-/// The quickstart example, built with the `otel` feature (and this test's
-/// other features, so that nothing else is built again).
-fn otel_quickstart() -> std::path::PathBuf {
-    let features = if cfg!(feature = "postgres") {
-        "otel,postgres"
-    } else {
-        "otel"
-    };
-    let status = std::process::Command::new(env!("CARGO"))
-        .args(["build", "-q", "--example", "quickstart", "--features", features])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .status()
-        .expect("run cargo");
-    assert!(status.success(), "building the quickstart example failed");
-    let deps = std::env::current_exe().expect("the test's path");
-    let profile_dir = deps.parent().and_then(|d| d.parent()).expect("the profile directory");
-    profile_dir.join("examples").join("quickstart")
-}
-
 #[test]
 fn main_exports_over_otlp_as_the_environment_says_and_refuses_what_is_not_built_in() {
     let receiver = kconc_runtime::testing::OtlpReceiver::start("127.0.0.1:0", true).unwrap();
     let addr = receiver.addr();
-    let quickstart = otel_quickstart();
+    // With the `otel` feature (and this test's other features).
+    let features: &[&str] = if cfg!(feature = "postgres") {
+        &["otel", "postgres"]
+    } else {
+        &["otel"]
+    };
+    let quickstart = common::example_binary_with("quickstart", features);
     let out = std::process::Command::new(&quickstart)
         .env_remove("RUST_LOG")
         .env("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{addr}"))

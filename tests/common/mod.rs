@@ -401,8 +401,19 @@ pub fn in_test_mode(app: App) -> App {
 /// An example's binary (`service`, say), built (a no-op when it is fresh)
 /// with the cargo that runs this test.
 pub fn example_binary(name: &str) -> std::path::PathBuf {
+    example_binary_with(name, &[])
+}
+
+/// [`example_binary`], built with `features` (the test's own features
+/// among them, so that nothing else is built again).
+pub fn example_binary_with(name: &str, features: &[&str]) -> std::path::PathBuf {
+    let mut args = vec!["build", "-q", "--example", name];
+    let features = features.join(",");
+    if !features.is_empty() {
+        args.extend(["--features", &features]);
+    }
     let status = std::process::Command::new(env!("CARGO"))
-        .args(["build", "-q", "--example", name])
+        .args(&args)
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .status()
         .expect("run cargo");
