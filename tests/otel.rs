@@ -442,7 +442,7 @@ async fn with_the_parent_relation_the_process_span_joins_the_producers_trace_and
 }
 
 #[test]
-fn main_exports_over_otlp_as_the_environment_says_and_refuses_what_is_not_built_in() {
+fn main_exports_over_otlp_as_the_environment_says_only_when_it_runs_and_refuses_what_is_not_built_in() {
     let receiver = kconc_runtime::testing::OtlpReceiver::start("127.0.0.1:0", true).unwrap();
     let addr = receiver.addr();
     // With the `otel` feature (and this test's other features).
@@ -482,6 +482,24 @@ fn main_exports_over_otlp_as_the_environment_says_and_refuses_what_is_not_built_
         "messaging.client.operation.duration",
     ] {
         assert!(contains(&metrics, needle), "no `{needle}` in the metrics sent");
+    }
+
+    // The run installed the providers (the SDK says so at `info`);
+    // printing the subscribers or the document installs nothing.
+    assert!(stderr.contains("TracerProvider.GlobalSet"), "{stderr}");
+    for args in [&["--list"][..], &["--asyncapi"][..]] {
+        let out = std::process::Command::new(&quickstart)
+            .args(args)
+            .env_remove("RUST_LOG")
+            .env("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{addr}"))
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{args:?}: {stderr}");
+        assert!(
+            !stderr.contains("GlobalSet"),
+            "{args:?} installed OpenTelemetry: {stderr}"
+        );
     }
 
     let refused = std::process::Command::new(&quickstart)
