@@ -134,12 +134,7 @@ pub fn init_with(
     meter_provider: Option<SdkMeterProvider>,
     log_filter: Option<&str>,
 ) -> Result<OtelGuard, Error> {
-    let filter = crate::config::log_filter(log_filter)?;
-    let fmt = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .log_internal_errors(false)
-        .with_filter(filter);
+    let fmt = crate::config::log_lines(log_filter)?;
     let otel = tracer_provider.as_ref().map(|p| {
         tracing_opentelemetry::layer()
             .with_tracer(p.tracer("kconc"))

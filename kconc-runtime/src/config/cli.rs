@@ -373,7 +373,7 @@ pub(crate) fn resolve_from_process(cli: &Cli) -> Result<RunSettings, Error> {
 
 /// The log lines' filter: `filter` (`--log`/`KCONC_LOG`), else `RUST_LOG`,
 /// else `info`. Fails naming `--log`/`KCONC_LOG` on a bad filter.
-pub(crate) fn log_filter(filter: Option<&str>) -> Result<tracing_subscriber::EnvFilter, Error> {
+fn log_filter(filter: Option<&str>) -> Result<tracing_subscriber::EnvFilter, Error> {
     Ok(match filter {
         Some(f) => tracing_subscriber::EnvFilter::try_new(f)
             .map_err(|e| Error::Config(format!("--log/KCONC_LOG: invalid filter `{f}`: {e}")))?,
@@ -393,17 +393,29 @@ pub fn init_tracing() {
 /// (`--log`/`KCONC_LOG`), else `RUST_LOG`, else `info`. Does nothing if one
 /// is already installed. Fails naming `--log`/`KCONC_LOG` on a bad filter.
 pub fn init_tracing_with(filter: Option<&str>) -> Result<(), Error> {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    let _ = tracing_subscriber::registry().with(log_lines(filter)?).try_init();
+    Ok(())
+}
+
+/// The log lines every kconc program writes: to stderr, filtered by
+/// `filter`, else `RUST_LOG`, else `info` (see [`log_filter`]). With the
+/// `otel` feature a second layer beside it exports spans.
+pub(crate) fn log_lines<S>(filter: Option<&str>) -> Result<impl tracing_subscriber::Layer<S>, Error>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    use tracing_subscriber::Layer as _;
     let filter = log_filter(filter)?;
     // A log line that cannot be written (stderr closed: piped into `head`
     // that stopped reading) is lost, never reported with `eprintln!`,
     // which panics on a closed stderr in whatever thread logged.
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    Ok(tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .log_internal_errors(false)
-        .try_init();
-    Ok(())
+        .with_filter(filter))
 }
 
 #[cfg(test)]
