@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::metrics::{partition_rows, PartitionRow};
 use super::{health, HealthThresholds, SubscriberHealth};
-use crate::stats::unix_ms;
+use crate::stats::{unix_ms, StatsSnapshot};
 use crate::watch::Watched;
 
 /// How often the charts' samples are taken, and how many are kept (10
@@ -47,19 +47,21 @@ pub(crate) struct History {
     samples: Mutex<VecDeque<Sample>>,
 }
 
+/// A subscriber's point: its counters and the lag of its partitions.
+fn point(s: &StatsSnapshot, rows: &[PartitionRow]) -> Point {
+    Point {
+        handled: s.handled,
+        failed: s.failed.saturating_add(s.panicked),
+        lag: rows.iter().filter_map(|r| r.lag).sum(),
+    }
+}
+
 fn sample(watched: &[Watched]) -> Sample {
     Sample {
         at_ms: unix_ms(),
         subscribers: watched
             .iter()
-            .map(|w| {
-                let s = w.stats.snapshot();
-                Point {
-                    handled: s.handled,
-                    failed: s.failed.saturating_add(s.panicked),
-                    lag: partition_rows(w).iter().filter_map(|r| r.lag).sum(),
-                }
-            })
+            .map(|w| point(&w.stats.snapshot(), &partition_rows(w)))
             .collect(),
     }
 }
@@ -158,7 +160,7 @@ footer{color:#5b6478;font-size:12px;padding:0 24px 16px}";
 /// The page, as it is now.
 pub(crate) fn render(watched: &[Watched], thresholds: &HealthThresholds, history: &History) -> String {
     let health = health(watched, thresholds);
-    let now = sample(watched);
+    let now_ms = unix_ms();
     let title = crate::asyncapi::program_title();
     let (overall, class) = match (health.healthy, health.ready) {
         (true, true) => ("healthy and ready", "ok"),
@@ -186,13 +188,17 @@ pub(crate) fn render(watched: &[Watched], thresholds: &HealthThresholds, history
         Err(_) => Vec::new(),
     };
     for (i, (w, h)) in watched.iter().zip(&health.subscribers).enumerate() {
+        // Read once: for the counters, the partitions and the charts' last point.
+        let now = Now {
+            counts: w.stats.snapshot(),
+            rows: partition_rows(w),
+        };
         let series: Vec<(u64, Point)> = samples
             .iter()
-            .copied()
-            .chain(std::iter::once(&now))
             .filter_map(|s| Some((s.at_ms, *s.subscribers.get(i)?)))
+            .chain(std::iter::once((now_ms, point(&now.counts, &now.rows))))
             .collect();
-        subscriber(&mut out, w, h, &series);
+        subscriber(&mut out, w, h, &now, &series);
     }
     let _ = write!(
         out,
@@ -204,8 +210,14 @@ pub(crate) fn render(watched: &[Watched], thresholds: &HealthThresholds, history
     out
 }
 
-fn subscriber(out: &mut String, w: &Watched, h: &SubscriberHealth, series: &[(u64, Point)]) {
-    let s = w.stats.snapshot();
+/// A subscriber's counters and partitions, read once per page.
+struct Now {
+    counts: StatsSnapshot,
+    rows: Vec<PartitionRow>,
+}
+
+fn subscriber(out: &mut String, w: &Watched, h: &SubscriberHealth, now: &Now, series: &[(u64, Point)]) {
+    let s = &now.counts;
     let (word, class) = state(h);
     let _ = write!(
         out,
@@ -264,7 +276,7 @@ fn subscriber(out: &mut String, w: &Watched, h: &SubscriberHealth, series: &[(u6
     let lag: Vec<f64> = series.iter().map(|(_, p)| p.lag as f64).collect();
     chart(out, "lag (messages behind, all partitions)", &lag, "#3949ab");
     out.push_str("</div>");
-    partitions(out, w, h);
+    partitions(out, &now.rows, h);
     out.push_str("</section>");
 }
 
@@ -315,8 +327,7 @@ fn number(v: f64) -> String {
     }
 }
 
-fn partitions(out: &mut String, w: &Watched, h: &SubscriberHealth) {
-    let rows = partition_rows(w);
+fn partitions(out: &mut String, rows: &[PartitionRow], h: &SubscriberHealth) {
     let assigned = &h.assigned;
     if rows.is_empty() && assigned.is_empty() {
         out.push_str("<p class=\"sub\">No partitions assigned or committed.</p>");
@@ -335,6 +346,7 @@ fn partitions(out: &mut String, w: &Watched, h: &SubscriberHealth) {
         lag,
     } in rows
     {
+        let (partition, committed, high, lag) = (*partition, *committed, *high, *lag);
         let key = (topic.clone(), partition);
         let (state, class) = partition_state(h, &key, assigned.contains(&key));
         let shown = |v: Option<i64>| v.map_or_else(|| "–".to_owned(), |v| v.to_string());
@@ -342,7 +354,7 @@ fn partitions(out: &mut String, w: &Watched, h: &SubscriberHealth) {
             out,
             "<tr class=\"{class}\"><td class=\"l\">{}</td><td>{partition}</td><td>{}</td><td>{}</td><td>{}</td>\
              <td class=\"l\">{}</td></tr>",
-            esc(&topic),
+            esc(topic),
             shown(committed),
             shown(high),
             shown(lag),
