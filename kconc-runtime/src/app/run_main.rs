@@ -86,16 +86,7 @@ pub(crate) fn run_main(options: MainOptions) -> std::process::ExitCode {
         }
     };
     if let Some(CliCommand::Produce(args)) = &cli.command {
-        return match super::produce::produce(&cli, args, default_brokers) {
-            Ok(said) => {
-                let _ = std::io::Write::write_all(&mut std::io::stdout(), format!("{said}\n").as_bytes());
-                std::process::ExitCode::SUCCESS
-            }
-            Err(e) => {
-                say_error(&e);
-                std::process::ExitCode::FAILURE
-            }
-        };
+        return printed(super::produce::produce(&cli, args, default_brokers).map(|said| format!("{said}\n")));
     }
     let mut app = App::from_registry();
     if let Some(b) = default_brokers {
@@ -106,17 +97,7 @@ pub(crate) fn run_main(options: MainOptions) -> std::process::ExitCode {
         app = apply(app);
     }
     if cli.list {
-        return match app.listing() {
-            Ok(table) => {
-                // A closed stdout (`--list | head -1`) is no failure.
-                let _ = std::io::Write::write_all(&mut std::io::stdout(), table.as_bytes());
-                std::process::ExitCode::SUCCESS
-            }
-            Err(e) => {
-                say_error(&e);
-                std::process::ExitCode::FAILURE
-            }
-        };
+        return printed(app.listing());
     }
     if cli.asyncapi {
         let document = app
@@ -125,17 +106,7 @@ pub(crate) fn run_main(options: MainOptions) -> std::process::ExitCode {
                 config::AsyncApiFormat::Json => format!("{doc:#}\n"),
                 config::AsyncApiFormat::Yaml => crate::asyncapi::to_yaml(&doc),
             });
-        return match document {
-            Ok(text) => {
-                // A closed stdout (`--asyncapi | head`) is no failure.
-                let _ = std::io::Write::write_all(&mut std::io::stdout(), text.as_bytes());
-                std::process::ExitCode::SUCCESS
-            }
-            Err(e) => {
-                say_error(&e);
-                std::process::ExitCode::FAILURE
-            }
-        };
+        return printed(document);
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
@@ -180,6 +151,22 @@ fn init_telemetry(cli: &Cli) -> Result<(), crate::Error> {
         ));
     }
     config::init_tracing_with(cli.log.as_deref())
+}
+
+/// What `--list`, `--asyncapi` and `produce` end with: `text` on stdout
+/// and success, or the error and failure. A closed stdout (`--list | head
+/// -1`) is no failure.
+fn printed<E: std::fmt::Display>(result: Result<String, E>) -> std::process::ExitCode {
+    match result {
+        Ok(text) => {
+            let _ = std::io::Write::write_all(&mut std::io::stdout(), text.as_bytes());
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            say_error(&e);
+            std::process::ExitCode::FAILURE
+        }
+    }
 }
 
 /// Writes `error: {e}` to stderr; a closed stderr loses it (`eprintln!`
